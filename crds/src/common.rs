@@ -1,0 +1,62 @@
+//! Types shared by every kind: status conditions and Secret references.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every Switchyard kind.
+pub const GROUP: &str = "switchyard.dev";
+/// API version of every Switchyard kind.
+pub const VERSION: &str = "v1alpha1";
+
+/// Condition types reported on every kind.
+pub mod condition {
+    /// The resource is valid and was admitted into the compiled configuration.
+    pub const ACCEPTED: &str = "Accepted";
+    /// Every reference (Secrets, pools) resolved.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// Every connected data plane acknowledged a snapshot containing this generation.
+    pub const PROGRAMMED: &str = "Programmed";
+}
+
+/// A condition in the Kubernetes API convention.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition: `Accepted`, `ResolvedRefs` or `Programmed`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// The `.metadata.generation` this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// Machine-readable CamelCase reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Status shared by ProviderPool, LLMRoute and Guardrail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    /// Current conditions, keyed by `type`.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A key inside a Secret in the resource's own namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as the referring resource.
+    pub name: String,
+    /// Key inside the Secret's `data` (or `stringData`).
+    pub key: String,
+}

@@ -1,0 +1,496 @@
+//! `compile`: resources + Secret values -> a versioned protobuf Snapshot and per-resource
+//! diagnostics. Pure and deterministic: the same World always gives the same version.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use kube::{Resource, ResourceExt};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use switchyard_proto::v1 as pb;
+
+use crate::common::condition;
+use crate::validate::{self, InvalidField};
+use crate::world::{DEFAULT_NAMESPACE, World};
+use crate::{Guardrail, GuardrailPhase, LLMRoute, PiiAction, ProviderKind, ProviderPool, VirtualKey};
+
+/// Defaults for pool timeouts.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_MOCK_COMPLETION_TOKENS: u32 = 16;
+
+/// Identifies one resource in diagnostics and status.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+}
+
+impl ResourceKey {
+    fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
+        Self {
+            kind: kind_name::<K>(),
+            namespace: obj.namespace().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            name: obj.name_any(),
+            generation: obj.meta().generation.unwrap_or(0),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn to_proto(&self) -> pb::ResourceRef {
+        pb::ResourceRef {
+            kind: self.kind.to_owned(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "ProviderPool" => "ProviderPool",
+        "LLMRoute" => "LLMRoute",
+        "VirtualKey" => "VirtualKey",
+        "Guardrail" => "Guardrail",
+        _ => "Unknown",
+    }
+}
+
+/// Why a resource was left out of the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub resource: ResourceKey,
+    /// The condition that is False: `Accepted` or `ResolvedRefs`.
+    pub condition: &'static str,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rejected ({}): {}", self.resource, self.reason, self.message)
+    }
+}
+
+/// Result of `compile`.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub snapshot: pb::Snapshot,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// True when the resource made it into the snapshot.
+    pub fn accepted(&self, key: &ResourceKey) -> bool {
+        !self.diagnostics.iter().any(|d| &d.resource == key)
+    }
+}
+
+struct Reject {
+    condition: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+impl Reject {
+    fn invalid(e: InvalidField) -> Self {
+        Self { condition: condition::ACCEPTED, reason: "Invalid", message: e.to_string() }
+    }
+    fn refs(reason: &'static str, message: String) -> Self {
+        Self { condition: condition::RESOLVED_REFS, reason, message }
+    }
+    fn spec(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { condition: condition::ACCEPTED, reason, message: message.into() }
+    }
+}
+
+impl From<InvalidField> for Reject {
+    fn from(e: InvalidField) -> Self {
+        Self::invalid(e)
+    }
+}
+
+/// Compiles the world. Invalid resources are left out with a diagnostic; the rest compiles.
+pub fn compile(world: &World) -> Compiled {
+    let mut diagnostics = Vec::new();
+    let mut resources = Vec::new();
+
+    for e in &world.load_errors {
+        diagnostics.push(Diagnostic {
+            resource: ResourceKey {
+                kind: "File",
+                namespace: String::new(),
+                name: format!("{}#{}", e.source_name, e.index),
+                generation: 0,
+            },
+            condition: condition::ACCEPTED,
+            reason: "ParseError",
+            message: e.message.clone(),
+        });
+    }
+
+    let mut admit = |key: ResourceKey, result: Result<(), Reject>, diagnostics: &mut Vec<Diagnostic>| {
+        match result {
+            Ok(()) => {
+                resources.push(key);
+                true
+            }
+            Err(r) => {
+                diagnostics.push(Diagnostic {
+                    resource: key,
+                    condition: r.condition,
+                    reason: r.reason,
+                    message: r.message,
+                });
+                false
+            }
+        }
+    };
+
+    let mut pools = Vec::new();
+    for pool in sorted(&world.pools) {
+        let key = ResourceKey::of(pool);
+        match compile_pool(pool, &key, world) {
+            Ok(p) => {
+                admit(key, Ok(()), &mut diagnostics);
+                pools.push(p);
+            }
+            Err(r) => {
+                admit(key, Err(r), &mut diagnostics);
+            }
+        }
+    }
+    let pool_index: BTreeMap<&str, &pb::Pool> = pools.iter().map(|p| (p.id.as_str(), p)).collect();
+    let rejected_pools: BTreeSet<String> =
+        world.pools.iter().map(|p| ResourceKey::of(p).id()).filter(|id| !pool_index.contains_key(id.as_str())).collect();
+
+    let mut routes = Vec::new();
+    for route in sorted(&world.routes) {
+        let key = ResourceKey::of(route);
+        match compile_route(route, &key, &pool_index, &rejected_pools) {
+            Ok(r) => {
+                admit(key, Ok(()), &mut diagnostics);
+                routes.push(r);
+            }
+            Err(r) => {
+                admit(key, Err(r), &mut diagnostics);
+            }
+        }
+    }
+
+    let mut keys = Vec::new();
+    let mut seen_hashes = HashSet::new();
+    for vk in sorted(&world.keys) {
+        let key = ResourceKey::of(vk);
+        let compiled = compile_key(vk, &key, world).and_then(|k| {
+            if seen_hashes.insert(k.key_sha256.clone()) {
+                Ok(k)
+            } else {
+                Err(Reject::spec("DuplicateKey", "another VirtualKey already uses the same key"))
+            }
+        });
+        match compiled {
+            Ok(k) => {
+                admit(key, Ok(()), &mut diagnostics);
+                keys.push(k);
+            }
+            Err(r) => {
+                admit(key, Err(r), &mut diagnostics);
+            }
+        }
+    }
+
+    let mut guardrails = Vec::new();
+    for g in sorted(&world.guardrails) {
+        let key = ResourceKey::of(g);
+        match compile_guardrail(g, &key) {
+            Ok(c) => {
+                admit(key, Ok(()), &mut diagnostics);
+                guardrails.push(c);
+            }
+            Err(r) => {
+                admit(key, Err(r), &mut diagnostics);
+            }
+        }
+    }
+
+    let mut snapshot = pb::Snapshot {
+        version: String::new(),
+        pools,
+        routes,
+        keys,
+        guardrails,
+        resources: resources.iter().map(ResourceKey::to_proto).collect(),
+    };
+    snapshot.version = content_version(&snapshot);
+    Compiled { snapshot, diagnostics }
+}
+
+/// Content hash of a snapshot (its `version` field excluded).
+pub fn content_version(snapshot: &pb::Snapshot) -> String {
+    let mut s = snapshot.clone();
+    s.version.clear();
+    let digest = Sha256::digest(s.encode_to_vec());
+    hex::encode(&digest[..8])
+}
+
+/// SHA-256 of a virtual key, hex: what data planes look keys up by.
+pub fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn sorted<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
+    let mut v: Vec<&K> = items.iter().collect();
+    v.sort_by_key(|k| ResourceKey::of(*k));
+    v
+}
+
+fn secret_value<'w>(world: &'w World, ns: &str, name: &str, key: &str) -> Result<&'w str, Reject> {
+    let secret = world
+        .secrets
+        .get(&(ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| Reject::refs("SecretNotFound", format!("Secret {ns}/{name} not found")))?;
+    secret.get(key).map(String::as_str).ok_or_else(|| {
+        Reject::refs("SecretKeyNotFound", format!("Secret {ns}/{name} has no key {key:?}"))
+    })
+}
+
+fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result<pb::Pool, Reject> {
+    let spec = &pool.spec;
+    let provider = match spec.provider {
+        ProviderKind::Openai => pb::ProviderKind::Openai,
+        ProviderKind::AzureOpenai => pb::ProviderKind::AzureOpenai,
+        ProviderKind::Anthropic => pb::ProviderKind::Anthropic,
+        ProviderKind::OpenaiCompatible => pb::ProviderKind::OpenaiCompatible,
+        ProviderKind::Mock => pb::ProviderKind::Mock,
+        ProviderKind::Gemini | ProviderKind::Bedrock => {
+            return Err(Reject::spec(
+                "UnsupportedProvider",
+                format!("provider {:?} is not served by this data plane version yet", spec.provider),
+            ));
+        }
+    };
+    let needs_credential = matches!(
+        spec.provider,
+        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic
+    );
+    if spec.endpoints.is_empty() && spec.provider != ProviderKind::Mock {
+        return Err(Reject::spec("NoEndpoints", "spec.endpoints: at least one endpoint is required"));
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let field = format!("spec.endpoints[{i}]");
+        validate::endpoint_url(&format!("{field}.url"), &e.url)?;
+        let weight = validate::weight(&format!("{field}.weight"), e.weight.unwrap_or(1))?;
+        let credential = match (&e.credential_secret_ref, &e.credential_env) {
+            (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?.trim().to_owned(),
+            (None, Some(var)) => world.env.get(var).cloned().ok_or_else(|| {
+                Reject::refs("EnvNotFound", format!("{field}.credentialEnv: variable {var} is not set"))
+            })?,
+            (None, None) if needs_credential => {
+                return Err(Reject::refs(
+                    "MissingCredential",
+                    format!("{field}: provider {:?} needs credentialSecretRef", spec.provider),
+                ));
+            }
+            (None, None) => String::new(),
+        };
+        endpoints.push(pb::Endpoint { url: e.url.trim_end_matches('/').to_owned(), weight, credential });
+    }
+    if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
+        return Err(Reject::spec("NoWeight", "spec.endpoints: every endpoint has weight 0"));
+    }
+    let mut models = Vec::new();
+    let mut names = HashSet::new();
+    for (i, m) in spec.models.iter().enumerate() {
+        let field = format!("spec.models[{i}]");
+        validate::model_glob(&format!("{field}.name"), &m.name)?;
+        if m.name.contains(['*', '?']) {
+            return Err(Reject::spec("Invalid", format!("{field}.name: pool models are exact names, not globs")));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(Reject::spec("Invalid", format!("{field}.name: {:?} listed twice", m.name)));
+        }
+        let price = |f: &str, v: &Option<String>| -> Result<u64, Reject> {
+            Ok(v.as_deref().map(|v| validate::price_micros(&format!("{field}.{f}"), v)).transpose()?.unwrap_or(0))
+        };
+        models.push(pb::Model {
+            name: m.name.clone(),
+            context_window: m.context_window.unwrap_or(0),
+            input_price_per_million_micros: price("inputPricePerMillion", &m.input_price_per_million)?,
+            output_price_per_million_micros: price("outputPricePerMillion", &m.output_price_per_million)?,
+        });
+    }
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let t = spec.timeouts.clone().unwrap_or_default();
+    let dur = |f: &str, v: &Option<String>, default: Duration| -> Result<u64, Reject> {
+        let d = v.as_deref().map(|v| validate::duration(&format!("spec.timeouts.{f}"), v)).transpose()?;
+        Ok(ms(d.unwrap_or(default)))
+    };
+    let timeouts = pb::Timeouts {
+        connect_ms: dur("connect", &t.connect, DEFAULT_CONNECT_TIMEOUT)?,
+        first_byte_ms: dur("firstByte", &t.first_byte, DEFAULT_FIRST_BYTE_TIMEOUT)?,
+        total_ms: dur("total", &t.total, DEFAULT_TOTAL_TIMEOUT)?,
+    };
+    let api_version = match (&spec.azure, spec.provider) {
+        (Some(a), _) if !a.api_version.trim().is_empty() => a.api_version.trim().to_owned(),
+        (_, ProviderKind::AzureOpenai) => {
+            return Err(Reject::spec("Invalid", "spec.azure.apiVersion is required for azure-openai"));
+        }
+        _ => String::new(),
+    };
+    let mock = match &spec.mock {
+        Some(m) => pb::MockBehaviour {
+            latency_ms: m
+                .latency
+                .as_deref()
+                .map(|v| validate::duration("spec.mock.latency", v))
+                .transpose()?
+                .map(ms)
+                .unwrap_or(0),
+            tokens_per_second: m.tokens_per_second.unwrap_or(0),
+            completion_tokens: m.completion_tokens.unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS),
+        },
+        None => pb::MockBehaviour { completion_tokens: DEFAULT_MOCK_COMPLETION_TOKENS, ..Default::default() },
+    };
+    let load_balancing = match spec.load_balancing {
+        Some(crate::LoadBalancingStrategy::RoundRobin) => pb::LoadBalancing::RoundRobin,
+        _ => pb::LoadBalancing::WeightedRandom,
+    };
+    Ok(pb::Pool {
+        id: key.id(),
+        provider: provider.into(),
+        endpoints,
+        models,
+        load_balancing: load_balancing.into(),
+        timeouts: Some(timeouts),
+        api_version,
+        mock: Some(mock),
+    })
+}
+
+fn compile_route(
+    route: &LLMRoute,
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<pb::Route, Reject> {
+    let spec = &route.spec;
+    if spec.models.is_empty() {
+        return Err(Reject::spec("Invalid", "spec.models: at least one model name is required"));
+    }
+    for (i, m) in spec.models.iter().enumerate() {
+        validate::model_glob(&format!("spec.models[{i}]"), m)?;
+    }
+    if spec.backends.is_empty() {
+        return Err(Reject::spec("Invalid", "spec.backends: at least one backend is required"));
+    }
+    let mut backends = Vec::new();
+    for (i, b) in spec.backends.iter().enumerate() {
+        let field = format!("spec.backends[{i}]");
+        let weight = validate::weight(&format!("{field}.weight"), b.weight.unwrap_or(1))?;
+        if let Some(m) = &b.model {
+            validate::model_glob(&format!("{field}.model"), m)?;
+            if m.contains(['*', '?']) {
+                return Err(Reject::spec("Invalid", format!("{field}.model: must be an exact name")));
+            }
+        }
+        let pool_id = format!("{}/{}", key.namespace, b.pool);
+        let Some(pool) = pools.get(pool_id.as_str()) else {
+            let (reason, what) = if rejected_pools.contains(&pool_id) {
+                ("PoolNotAccepted", "is not accepted")
+            } else {
+                ("PoolNotFound", "does not exist")
+            };
+            return Err(Reject::refs(reason, format!("{field}.pool: ProviderPool {pool_id} {what}")));
+        };
+        if let Some(m) = &b.model {
+            if !pool.models.is_empty() && !pool.models.iter().any(|pm| &pm.name == m) {
+                return Err(Reject::refs(
+                    "ModelNotServed",
+                    format!("{field}.model: ProviderPool {pool_id} does not serve {m:?}"),
+                ));
+            }
+        }
+        backends.push(pb::Backend { pool: pool_id, model: b.model.clone().unwrap_or_default(), weight });
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        return Err(Reject::spec("NoWeight", "spec.backends: every backend has weight 0"));
+    }
+    Ok(pb::Route {
+        id: key.id(),
+        models: spec.models.clone(),
+        backends,
+        key_selector: spec.key_selector.clone().map(|s| s.match_labels).unwrap_or_default(),
+    })
+}
+
+fn compile_key(vk: &VirtualKey, key: &ResourceKey, world: &World) -> Result<pb::VirtualKey, Reject> {
+    let spec = &vk.spec;
+    for (i, m) in spec.allowed_models.iter().enumerate() {
+        validate::model_glob(&format!("spec.allowedModels[{i}]"), m)?;
+    }
+    let expires_at_unix = spec
+        .expires_at
+        .as_deref()
+        .map(|t| validate::timestamp_unix("spec.expiresAt", t))
+        .transpose()?
+        .unwrap_or(0);
+    let secret_key = spec.secret_ref.data_key();
+    let value = secret_value(world, &key.namespace, &spec.secret_ref.name, secret_key)?.trim();
+    if value.len() < 8 {
+        return Err(Reject::spec("WeakKey", "the key must be at least 8 characters"));
+    }
+    Ok(pb::VirtualKey {
+        id: key.id(),
+        key_sha256: key_hash(value),
+        allowed_models: spec.allowed_models.clone(),
+        expires_at_unix,
+        disabled: spec.disabled,
+        labels: vk.labels().clone().into_iter().collect(),
+    })
+}
+
+fn compile_guardrail(g: &Guardrail, key: &ResourceKey) -> Result<pb::Guardrail, Reject> {
+    let spec = &g.spec;
+    for (i, p) in spec.deny_patterns.iter().enumerate() {
+        validate::regex(&format!("spec.denyPatterns[{i}]"), p)?;
+    }
+    if spec.pii.as_ref().is_some_and(|p| p.entities.is_empty()) {
+        return Err(Reject::spec("Invalid", "spec.pii.entities: list at least one entity"));
+    }
+    let phases: &[GuardrailPhase] =
+        if spec.phases.is_empty() { &[GuardrailPhase::Request] } else { &spec.phases };
+    let to_str = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    Ok(pb::Guardrail {
+        id: key.id(),
+        request_phase: phases.contains(&GuardrailPhase::Request),
+        response_phase: phases.contains(&GuardrailPhase::Response),
+        deny_patterns: spec.deny_patterns.clone(),
+        max_input_tokens: spec.max_input_tokens.unwrap_or(0),
+        pii_entities: spec.pii.iter().flat_map(|p| p.entities.iter().map(|e| to_str(e))).collect(),
+        pii_action: spec
+            .pii
+            .as_ref()
+            .map(|p| to_str(&p.action.unwrap_or(PiiAction::Redact)))
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

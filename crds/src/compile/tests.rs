@@ -1,0 +1,257 @@
+use super::*;
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {alice: sk-alice-123456, bob: sk-bob-1234567, openai: sk-upstream}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: mock}
+spec:
+  provider: mock
+  models: [{name: demo, inputPricePerMillion: "0.5", outputPricePerMillion: "1.5"}]
+  mock: {latency: 10ms, tokensPerSecond: 100}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: openai}
+spec:
+  provider: openai
+  endpoints: [{url: "https://api.openai.com/v1/", credentialSecretRef: {name: keys, key: openai}}]
+  models: [{name: gpt-4o}]
+  timeouts: {connect: 2s, firstByte: 30s}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: demo}
+spec:
+  models: [demo]
+  backends: [{pool: mock, weight: 3}, {pool: openai, model: gpt-4o, weight: 1}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: alice, labels: {team: a}}
+spec: {secretRef: {name: keys, key: alice}, allowedModels: [demo], expiresAt: "2030-01-01T00:00:00Z"}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: bob}
+spec: {secretRef: {name: keys, key: bob}, disabled: true}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: pii}
+spec: {pii: {entities: [Email, CreditCard], action: Mask}, denyPatterns: ["(?i)ignore previous"]}
+"#;
+
+fn world(extra: &str) -> World {
+    let mut w = World::default();
+    w.add_yaml("base.yaml", BASE);
+    w.add_yaml("extra.yaml", extra);
+    w
+}
+
+fn reasons(c: &Compiled) -> Vec<(String, &'static str, &'static str)> {
+    c.diagnostics.iter().map(|d| (d.resource.to_string(), d.condition, d.reason)).collect()
+}
+
+#[test]
+fn valid_world_compiles_everything() {
+    let c = compile(&world(""));
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let s = &c.snapshot;
+    assert_eq!(s.pools.len(), 2);
+    assert_eq!(s.routes.len(), 1);
+    assert_eq!(s.keys.len(), 2);
+    assert_eq!(s.guardrails.len(), 1);
+    assert_eq!(s.resources.len(), 6);
+
+    let openai = s.pools.iter().find(|p| p.id == "default/openai").expect("openai pool");
+    assert_eq!(openai.endpoints[0].url, "https://api.openai.com/v1");
+    assert_eq!(openai.endpoints[0].credential, "sk-upstream");
+    let t = openai.timeouts.expect("timeouts");
+    assert_eq!((t.connect_ms, t.first_byte_ms, t.total_ms), (2000, 30_000, 600_000));
+
+    let mock = s.pools.iter().find(|p| p.id == "default/mock").expect("mock pool");
+    assert_eq!(mock.models[0].input_price_per_million_micros, 500_000);
+    assert_eq!(mock.mock.expect("mock").latency_ms, 10);
+
+    let route = &s.routes[0];
+    assert_eq!(route.backends[0].pool, "default/mock");
+    assert_eq!(route.backends[1].model, "gpt-4o");
+    assert_eq!(route.backends[0].weight, 3);
+
+    let alice = s.keys.iter().find(|k| k.id == "default/alice").expect("alice");
+    assert_eq!(alice.key_sha256, key_hash("sk-alice-123456"));
+    assert_eq!(alice.labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(alice.expires_at_unix, 1_893_456_000);
+    assert!(s.keys.iter().any(|k| k.id == "default/bob" && k.disabled));
+
+    assert_eq!(s.guardrails[0].pii_action, "Mask");
+}
+
+#[test]
+fn snapshot_never_carries_plain_keys() {
+    let c = compile(&world(""));
+    let bytes = c.snapshot.encode_to_vec();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains("sk-alice-123456"));
+    assert!(!text.contains("sk-bob-1234567"));
+}
+
+#[test]
+fn version_is_a_content_hash() {
+    let a = compile(&world(""));
+    let b = compile(&world(""));
+    assert_eq!(a.snapshot.version, b.snapshot.version);
+    assert_eq!(a.snapshot.version.len(), 16);
+    let mut w = world("");
+    w.keys[0].spec.disabled = true;
+    assert_ne!(compile(&w).snapshot.version, a.snapshot.version);
+    // Input order does not matter.
+    let mut w = world("");
+    w.pools.reverse();
+    w.keys.reverse();
+    assert_eq!(compile(&w).snapshot.version, a.snapshot.version);
+}
+
+#[test]
+fn invalid_resource_is_left_out_alone() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: broken}
+spec: {models: ["bad name"], backends: [{pool: mock}]}
+"#,
+    ));
+    assert_eq!(reasons(&c), vec![("LLMRoute default/broken".into(), "Accepted", "Invalid")]);
+    assert!(c.diagnostics[0].message.contains("spec.models[0]"), "{}", c.diagnostics[0].message);
+    assert_eq!(c.snapshot.routes.len(), 1);
+    assert_eq!(c.snapshot.pools.len(), 2);
+}
+
+#[test]
+fn unresolved_references_are_reported() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: ghost}
+spec: {models: [x], backends: [{pool: nowhere}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: wrong-model}
+spec: {models: [y], backends: [{pool: openai, model: gpt-9}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: nosecret}
+spec: {secretRef: {name: missing}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: anth}
+spec: {provider: anthropic, endpoints: [{url: "https://api.anthropic.com", credentialSecretRef: {name: keys, key: nope}}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: via-anth}
+spec: {models: [z], backends: [{pool: anth}]}
+"#,
+    ));
+    let mut r = reasons(&c);
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            ("LLMRoute default/ghost".into(), "ResolvedRefs", "PoolNotFound"),
+            ("LLMRoute default/via-anth".into(), "ResolvedRefs", "PoolNotAccepted"),
+            ("LLMRoute default/wrong-model".into(), "ResolvedRefs", "ModelNotServed"),
+            ("ProviderPool default/anth".into(), "ResolvedRefs", "SecretKeyNotFound"),
+            ("VirtualKey default/nosecret".into(), "ResolvedRefs", "SecretNotFound"),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_keys_and_bad_fields_are_rejected() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: zz-copy}
+spec: {secretRef: {name: keys, key: alice}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: badre}
+spec: {denyPatterns: ["(unclosed"]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: badurl}
+spec: {provider: openai-compatible, endpoints: [{url: "ftp://x"}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: gem}
+spec: {provider: gemini, endpoints: [{url: "https://x"}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: az}
+spec: {provider: azure-openai, endpoints: [{url: "https://x.openai.azure.com", credentialSecretRef: {name: keys, key: openai}}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: slow}
+spec: {provider: openai-compatible, endpoints: [{url: "http://x"}], timeouts: {total: forever}}
+"#,
+    ));
+    let mut r = reasons(&c);
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            ("Guardrail default/badre".into(), "Accepted", "Invalid"),
+            ("ProviderPool default/az".into(), "Accepted", "Invalid"),
+            ("ProviderPool default/badurl".into(), "Accepted", "Invalid"),
+            ("ProviderPool default/gem".into(), "Accepted", "UnsupportedProvider"),
+            ("ProviderPool default/slow".into(), "Accepted", "Invalid"),
+            ("VirtualKey default/zz-copy".into(), "Accepted", "DuplicateKey"),
+        ]
+    );
+}
+
+#[test]
+fn credentials_from_env() {
+    let mut w = world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: envpool}
+spec: {provider: openai, endpoints: [{url: "https://api.openai.com/v1", credentialEnv: OPENAI_API_KEY}]}
+"#,
+    );
+    assert_eq!(w.referenced_env(), vec!["OPENAI_API_KEY".to_owned()]);
+    let c = compile(&w);
+    assert_eq!(reasons(&c), vec![("ProviderPool default/envpool".into(), "ResolvedRefs", "EnvNotFound")]);
+    w.env.insert("OPENAI_API_KEY".into(), "sk-env".into());
+    let c = compile(&w);
+    assert!(c.diagnostics.is_empty());
+    let p = c.snapshot.pools.iter().find(|p| p.id == "default/envpool").expect("pool");
+    assert_eq!(p.endpoints[0].credential, "sk-env");
+}
+
+#[test]
+fn parse_errors_become_diagnostics() {
+    let mut w = world("");
+    w.add_yaml("broken.yaml", "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: x}\nspec: {models: 3}\n");
+    let c = compile(&w);
+    assert_eq!(reasons(&c), vec![("File /broken.yaml#0".into(), "Accepted", "ParseError")]);
+    assert_eq!(c.snapshot.routes.len(), 1);
+}

@@ -1,0 +1,87 @@
+//! Guardrail: checks applied to requests and responses.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::ResourceStatus;
+
+/// Checks applied to prompts and/or completions: PII, deny patterns, input size.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "Guardrail",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "gr",
+    category = "switchyard",
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailSpec {
+    /// Phases the guardrail runs in. Default `[Request]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<GuardrailPhase>,
+    /// Personal data detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<PiiSpec>,
+    /// Regular expressions (Rust `regex` syntax); a match blocks the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_patterns: Vec<String>,
+    /// Largest prompt accepted, in (estimated) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+}
+
+/// When a guardrail runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GuardrailPhase {
+    /// On the prompt, before it goes upstream.
+    Request,
+    /// On the completion, before it reaches the client (streaming too).
+    Response,
+}
+
+/// Personal data detection.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PiiSpec {
+    /// Entity types to detect.
+    pub entities: Vec<PiiEntity>,
+    /// What to do on detection. Default `Redact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<PiiAction>,
+}
+
+/// Kinds of personal data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PiiEntity {
+    /// Email addresses.
+    Email,
+    /// Phone numbers.
+    Phone,
+    /// Payment card numbers (Luhn-checked).
+    CreditCard,
+    /// US social security numbers.
+    Ssn,
+    /// International bank account numbers.
+    Iban,
+    /// IPv4 and IPv6 addresses.
+    IpAddress,
+    /// API keys and other secrets.
+    Secret,
+}
+
+/// Action on detected personal data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PiiAction {
+    /// Replace with a placeholder naming the entity, e.g. `[EMAIL]`.
+    Redact,
+    /// Replace every character but the last four with `*`.
+    Mask,
+    /// Reject the request.
+    Block,
+}

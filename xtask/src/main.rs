@@ -1,0 +1,99 @@
+//! `cargo xtask`: code generation and project automation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(about = "Switchyard project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write charts/switchyard/crds/*.yaml from the Rust types (`--check`: fail if they differ).
+    Crdgen {
+        #[arg(long)]
+        check: bool,
+    },
+    /// Regenerate proto/src/gen from proto/proto/*.proto (`--check`: fail if it differs).
+    Codegen {
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Crdgen { check } => crdgen(check),
+        Cmd::Codegen { check } => codegen(check),
+    }
+}
+
+fn write_or_check(path: &Path, content: &str, check: bool) -> Result<bool> {
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    if current == content {
+        return Ok(true);
+    }
+    if check {
+        eprintln!("out of date: {}", path.display());
+        return Ok(false);
+    }
+    std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(true)
+}
+
+fn crdgen(check: bool) -> Result<()> {
+    let dir = root().join("charts/switchyard/crds");
+    std::fs::create_dir_all(&dir)?;
+    let mut ok = true;
+    for (file, yaml) in switchyard_crds::crd_yamls()? {
+        ok &= write_or_check(&dir.join(file), &yaml, check)?;
+    }
+    if !ok {
+        bail!("CRD YAML is out of date: run `cargo xtask crdgen`");
+    }
+    Ok(())
+}
+
+fn codegen(check: bool) -> Result<()> {
+    let root = root();
+    let proto_dir = root.join("proto/proto");
+    let fds = protox::compile([proto_dir.join("config.proto")], [&proto_dir])
+        .context("compiling .proto files")?;
+    let tmp = std::env::temp_dir().join(format!("switchyard-codegen-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .out_dir(&tmp)
+        .skip_debug(["switchyard.config.v1.Endpoint"])
+        .btree_map(".")
+        .compile_fds(fds)
+        .context("generating Rust code")?;
+    let out_dir = root.join("proto/src/gen");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut ok = true;
+    for entry in std::fs::read_dir(&tmp)? {
+        let entry = entry?;
+        let content = std::fs::read_to_string(entry.path())?;
+        ok &= write_or_check(&out_dir.join(entry.file_name()), &content, check)?;
+    }
+    std::fs::remove_dir_all(&tmp)?;
+    if !ok {
+        bail!("generated protobuf code is out of date: run `cargo xtask codegen`");
+    }
+    Ok(())
+}
