@@ -58,3 +58,51 @@ mod tests {
         assert!(yaml.contains("shortNames"));
     }
 }
+
+/// Reading a directory of YAML files into a [`World`] (standalone mode and the `dir:` source).
+pub mod fs {
+    use std::path::{Path, PathBuf};
+
+    use crate::World;
+
+    fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Loads every `*.yaml`/`*.yml` file in `dir` (not recursive), plus the environment
+    /// variables that pools reference through `credentialEnv`.
+    pub fn load_dir(dir: &Path) -> std::io::Result<World> {
+        let mut world = World::default();
+        for path in yaml_files(dir)? {
+            let text = std::fs::read_to_string(&path)?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            world.add_yaml(&name, &text);
+        }
+        for var in world.referenced_env() {
+            if let Ok(v) = std::env::var(&var) {
+                world.env.insert(var, v);
+            }
+        }
+        Ok(world)
+    }
+
+    /// A cheap fingerprint of the directory (names, sizes, modification times): when it
+    /// changes, reload.
+    pub fn fingerprint(dir: &Path) -> std::io::Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for path in yaml_files(dir)? {
+            let meta = std::fs::metadata(&path)?;
+            path.hash(&mut h);
+            meta.len().hash(&mut h);
+            meta.modified().ok().hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+}

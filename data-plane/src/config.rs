@@ -1,0 +1,334 @@
+//! The runtime configuration: a validated, indexed form of the protobuf Snapshot that the
+//! request path reads without allocation. Built once per snapshot and swapped atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use switchyard_proto::v1 as pb;
+
+use crate::glob;
+use crate::providers::Provider;
+use crate::upstream::{HttpClient, Upstreams};
+
+/// Why a snapshot (or one of its resources) cannot be run.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {id}: {message}")]
+pub struct InvalidResource {
+    pub kind: &'static str,
+    pub id: String,
+    pub message: String,
+}
+
+/// A rejected snapshot: every resource that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {version} rejected: {} invalid resource(s)", errors.len())]
+pub struct InvalidConfig {
+    pub version: String,
+    pub errors: Vec<InvalidResource>,
+}
+
+/// A virtual key as the request path sees it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: String,
+    pub allowed_models: Vec<String>,
+    /// Unix seconds; `None` = never.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl KeyEntry {
+    /// Whether the key's own allow-list admits a model.
+    pub fn allows(&self, model: &str) -> bool {
+        self.allowed_models.is_empty() || self.allowed_models.iter().any(|p| glob::matches(p, model))
+    }
+}
+
+/// A provider credential; never printed.
+#[derive(Clone)]
+pub struct Credential(pub HeaderValue);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug)]
+pub struct EndpointEntry {
+    /// Base URL without a trailing slash.
+    pub base: String,
+    pub weight: u32,
+    pub credential: Option<Credential>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MockBehaviour {
+    pub latency: Duration,
+    pub tokens_per_second: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug)]
+pub struct PoolEntry {
+    pub id: String,
+    pub provider: Provider,
+    pub endpoints: Vec<EndpointEntry>,
+    pub round_robin: bool,
+    next: AtomicUsize,
+    pub timeouts: Timeouts,
+    pub api_version: String,
+    pub mock: MockBehaviour,
+    pub models: Vec<String>,
+    pub client: HttpClient,
+}
+
+impl PoolEntry {
+    /// Picks an endpoint by the pool's strategy. `None` only for the built-in mock.
+    pub fn pick(&self) -> Option<&EndpointEntry> {
+        if self.round_robin {
+            let live: Vec<&EndpointEntry> = self.endpoints.iter().filter(|e| e.weight > 0).collect();
+            if live.is_empty() {
+                return None;
+            }
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
+            return Some(live[i]);
+        }
+        pick_weighted(&self.endpoints, |e| e.weight)
+    }
+}
+
+fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
+    if items.len() == 1 {
+        return items.first();
+    }
+    let total: u64 = items.iter().map(|i| u64::from(weight(i))).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = fastrand::u64(0..total);
+    for item in items {
+        let w = u64::from(weight(item));
+        if r < w {
+            return Some(item);
+        }
+        r -= w;
+    }
+    items.last()
+}
+
+#[derive(Debug)]
+pub struct BackendEntry {
+    pub pool: Arc<PoolEntry>,
+    /// Upstream model override.
+    pub model: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub id: String,
+    pub models: Vec<String>,
+    pub backends: Vec<BackendEntry>,
+    pub key_selector: BTreeMap<String, String>,
+}
+
+impl RouteEntry {
+    pub fn pick(&self) -> Option<&BackendEntry> {
+        pick_weighted(&self.backends, |b| b.weight)
+    }
+
+    /// Whether the route's key selector admits a key.
+    pub fn selects(&self, key: &KeyEntry) -> bool {
+        self.key_selector.iter().all(|(k, v)| key.labels.get(k) == Some(v))
+    }
+}
+
+/// Everything the request path needs, indexed.
+#[derive(Debug)]
+pub struct RuntimeConfig {
+    pub version: String,
+    keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    exact_routes: HashMap<String, Arc<RouteEntry>>,
+    glob_routes: Vec<(String, Arc<RouteEntry>)>,
+    routes: Vec<Arc<RouteEntry>>,
+}
+
+impl RuntimeConfig {
+    /// Validates and indexes a snapshot. Any invalid resource rejects the whole snapshot (the
+    /// control plane already filtered what it could; what is left is a version mismatch or a
+    /// bug, and the last good config keeps serving).
+    pub fn build(snapshot: &pb::Snapshot, upstreams: &Upstreams) -> Result<Self, InvalidConfig> {
+        let mut errors = Vec::new();
+        let mut pools: HashMap<&str, Arc<PoolEntry>> = HashMap::new();
+        for p in &snapshot.pools {
+            match build_pool(p, upstreams) {
+                Ok(pool) => {
+                    pools.insert(p.id.as_str(), Arc::new(pool));
+                }
+                Err(message) => errors.push(InvalidResource { kind: "ProviderPool", id: p.id.clone(), message }),
+            }
+        }
+        let mut routes = Vec::new();
+        for r in &snapshot.routes {
+            let mut backends = Vec::new();
+            for b in &r.backends {
+                match pools.get(b.pool.as_str()) {
+                    Some(pool) => backends.push(BackendEntry {
+                        pool: pool.clone(),
+                        model: (!b.model.is_empty()).then(|| b.model.clone()),
+                        weight: b.weight,
+                    }),
+                    None => errors.push(InvalidResource {
+                        kind: "LLMRoute",
+                        id: r.id.clone(),
+                        message: format!("backend pool {} is not in the snapshot", b.pool),
+                    }),
+                }
+            }
+            routes.push(Arc::new(RouteEntry {
+                id: r.id.clone(),
+                models: r.models.clone(),
+                backends,
+                key_selector: r.key_selector.clone(),
+            }));
+        }
+        let mut exact_routes = HashMap::new();
+        let mut glob_routes = Vec::new();
+        for route in &routes {
+            for m in &route.models {
+                if glob::is_glob(m) {
+                    glob_routes.push((m.clone(), route.clone()));
+                } else {
+                    // Routes arrive sorted by id: the first claim on a name wins.
+                    exact_routes.entry(m.clone()).or_insert_with(|| route.clone());
+                }
+            }
+        }
+        let mut keys = HashMap::with_capacity(snapshot.keys.len());
+        for k in &snapshot.keys {
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(&k.key_sha256, &mut hash).is_err() {
+                errors.push(InvalidResource {
+                    kind: "VirtualKey",
+                    id: k.id.clone(),
+                    message: "key_sha256 is not 64 hex characters".into(),
+                });
+                continue;
+            }
+            keys.insert(
+                hash,
+                Arc::new(KeyEntry {
+                    id: k.id.clone(),
+                    allowed_models: k.allowed_models.clone(),
+                    expires_at: (k.expires_at_unix > 0).then_some(k.expires_at_unix),
+                    disabled: k.disabled,
+                    labels: k.labels.clone(),
+                }),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(InvalidConfig { version: snapshot.version.clone(), errors });
+        }
+        Ok(Self { version: snapshot.version.clone(), keys, exact_routes, glob_routes, routes })
+    }
+
+    pub fn key(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
+        self.keys.get(hash)
+    }
+
+    /// The route answering a client-facing model name: exact names first, then globs.
+    pub fn route(&self, model: &str) -> Option<&Arc<RouteEntry>> {
+        self.exact_routes
+            .get(model)
+            .or_else(|| self.glob_routes.iter().find(|(p, _)| glob::matches(p, model)).map(|(_, r)| r))
+    }
+
+    /// Model names a key may use, for `GET /v1/models`: exact route names, and for glob
+    /// routes the pool models the glob admits.
+    pub fn models_for(&self, key: &KeyEntry) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for route in self.routes.iter().filter(|r| r.selects(key)) {
+            for m in &route.models {
+                if !glob::is_glob(m) {
+                    if self.route(m).is_some_and(|r| Arc::ptr_eq(r, route)) && key.allows(m) {
+                        out.insert(m.clone());
+                    }
+                    continue;
+                }
+                for b in &route.backends {
+                    for pm in &b.pool.models {
+                        if glob::matches(m, pm) && key.allows(pm) && self.route(pm).is_some_and(|r| Arc::ptr_eq(r, route)) {
+                            out.insert(pm.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> {
+    let provider = Provider::from_proto(p.provider())
+        .ok_or_else(|| format!("provider {:?} is not supported by this data plane", p.provider()))?;
+    let mut endpoints = Vec::new();
+    for e in &p.endpoints {
+        let uri: http::Uri = e.url.parse().map_err(|_| format!("endpoint URL {:?} is invalid", e.url))?;
+        if uri.host().is_none() {
+            return Err(format!("endpoint URL {:?} has no host", e.url));
+        }
+        let credential = if e.credential.is_empty() {
+            None
+        } else {
+            let value = provider.credential_header_value(&e.credential).map_err(|_| "credential contains invalid characters".to_owned())?;
+            Some(Credential(value))
+        };
+        endpoints.push(EndpointEntry { base: e.url.trim_end_matches('/').to_owned(), weight: e.weight, credential });
+    }
+    if endpoints.is_empty() && provider != Provider::Mock {
+        return Err("no endpoints".into());
+    }
+    let t = p.timeouts.unwrap_or_default();
+    let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
+    let timeouts = Timeouts {
+        connect: ms(t.connect_ms, Duration::from_secs(5)),
+        first_byte: ms(t.first_byte_ms, Duration::from_secs(60)),
+        total: ms(t.total_ms, Duration::from_secs(600)),
+    };
+    let m = p.mock.unwrap_or_default();
+    Ok(PoolEntry {
+        id: p.id.clone(),
+        provider,
+        endpoints,
+        round_robin: p.load_balancing() == pb::LoadBalancing::RoundRobin,
+        next: AtomicUsize::new(0),
+        timeouts,
+        api_version: p.api_version.clone(),
+        mock: MockBehaviour {
+            latency: Duration::from_millis(m.latency_ms),
+            tokens_per_second: m.tokens_per_second,
+            completion_tokens: m.completion_tokens.max(1),
+        },
+        models: p.models.iter().map(|m| m.name.clone()).collect(),
+        client: upstreams.client(timeouts.connect)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

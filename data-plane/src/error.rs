@@ -1,0 +1,253 @@
+//! One error type for the request path. It records where a failure came from and whether a
+//! retry may help, and is rendered once, at the edge, in the caller's dialect.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// The API dialect a client speaks; errors are rendered in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+/// Who caused an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidJson,
+    InvalidRequest,
+    MissingKey,
+    InvalidKey,
+    ExpiredKey,
+    DisabledKey,
+    ModelNotAllowed,
+    ModelNotFound,
+    UnknownEndpoint,
+    BodyTooLarge,
+    Unsupported,
+    NotReady,
+    UpstreamTimeout,
+    UpstreamConnect,
+    UpstreamProtocol,
+    /// The upstream answered with an error status; the status is in `ProxyError::upstream_status`.
+    UpstreamStatus,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn origin(self) -> Origin {
+        use ErrorKind::*;
+        match self {
+            InvalidJson | InvalidRequest | MissingKey | InvalidKey | ExpiredKey | DisabledKey
+            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported => Origin::Client,
+            UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => Origin::Upstream,
+            NotReady | Internal => Origin::Internal,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidJson => "invalid_json",
+            InvalidRequest => "invalid_request",
+            MissingKey => "missing_key",
+            InvalidKey => "invalid_key",
+            ExpiredKey => "expired_key",
+            DisabledKey => "disabled_key",
+            ModelNotAllowed => "model_not_allowed",
+            ModelNotFound => "model_not_found",
+            UnknownEndpoint => "unknown_endpoint",
+            BodyTooLarge => "body_too_large",
+            Unsupported => "unsupported",
+            NotReady => "not_ready",
+            UpstreamTimeout => "upstream_timeout",
+            UpstreamConnect => "upstream_connect",
+            UpstreamProtocol => "upstream_protocol",
+            UpstreamStatus => "upstream_status",
+            Internal => "internal",
+        }
+    }
+}
+
+/// An error on the request path.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub param: Option<&'static str>,
+    /// Status the upstream answered with (kind `UpstreamStatus`).
+    pub upstream_status: Option<StatusCode>,
+    pub retry_after: Option<HeaderValue>,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), param: None, upstream_status: None, retry_after: None }
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn upstream_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorKind::UpstreamStatus, message);
+        e.upstream_status = Some(status);
+        e
+    }
+
+    /// Whether trying again (another backend, later) may succeed.
+    pub fn retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::UpstreamTimeout | ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => true,
+            ErrorKind::UpstreamStatus => self.upstream_status.is_some_and(|s| s.is_server_error() || s == 429),
+            _ => false,
+        }
+    }
+
+    /// The status returned to the client.
+    pub fn status(&self) -> StatusCode {
+        use ErrorKind::*;
+        match self.kind {
+            InvalidJson | InvalidRequest | Unsupported => StatusCode::BAD_REQUEST,
+            MissingKey | InvalidKey | ExpiredKey | DisabledKey => StatusCode::UNAUTHORIZED,
+            ModelNotAllowed => StatusCode::FORBIDDEN,
+            ModelNotFound | UnknownEndpoint => StatusCode::NOT_FOUND,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            UpstreamStatus => match self.upstream_status {
+                // The upstream rejected the gateway's own credential: not the client's fault.
+                Some(s) if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
+                    StatusCode::BAD_GATEWAY
+                }
+                Some(s) if s.is_client_error() => s,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        use ErrorKind::*;
+        match self.kind {
+            InvalidJson | InvalidRequest | Unsupported | BodyTooLarge => ("invalid_request_error", None),
+            MissingKey | InvalidKey | ExpiredKey | DisabledKey => ("invalid_request_error", Some("invalid_api_key")),
+            ModelNotAllowed => ("permission_error", Some("model_not_allowed")),
+            ModelNotFound => ("invalid_request_error", Some("model_not_found")),
+            UnknownEndpoint => ("invalid_request_error", Some("unknown_url")),
+            NotReady => ("server_error", Some("not_ready")),
+            UpstreamTimeout => ("timeout_error", Some("upstream_timeout")),
+            UpstreamConnect | UpstreamProtocol => ("upstream_error", Some(self.kind.metric_label())),
+            Internal => ("server_error", None),
+            UpstreamStatus => match self.status().as_u16() {
+                429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+                400..=499 => ("invalid_request_error", None),
+                _ => ("upstream_error", Some("upstream_status")),
+            },
+        }
+    }
+
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The error body in a dialect.
+    pub fn body(&self, dialect: Dialect) -> serde_json::Value {
+        match dialect {
+            Dialect::OpenAi => {
+                let (kind, code) = self.openai_type_and_code();
+                json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
+            }
+            Dialect::Anthropic => {
+                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": self.message}})
+            }
+        }
+    }
+
+    /// Renders the error as an HTTP response in a dialect.
+    pub fn into_response_in(self, dialect: Dialect) -> Response {
+        let status = self.status();
+        let body = self.body(dialect).to_string();
+        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let Some(ra) = &self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+        }
+        resp.extensions_mut().insert(ErrorLabel(self.kind.metric_label()));
+        resp
+    }
+}
+
+/// Response extension read by the metrics layer: which error a response carries.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorLabel(pub &'static str);
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.metric_label(), self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        let cases = [
+            (ErrorKind::InvalidJson, 400),
+            (ErrorKind::MissingKey, 401),
+            (ErrorKind::ExpiredKey, 401),
+            (ErrorKind::ModelNotAllowed, 403),
+            (ErrorKind::ModelNotFound, 404),
+            (ErrorKind::BodyTooLarge, 413),
+            (ErrorKind::UpstreamTimeout, 504),
+            (ErrorKind::UpstreamConnect, 502),
+            (ErrorKind::UpstreamProtocol, 502),
+        ];
+        for (kind, status) in cases {
+            assert_eq!(ProxyError::new(kind, "x").status().as_u16(), status, "{kind:?}");
+        }
+        let up = |s: u16| ProxyError::upstream_status(StatusCode::from_u16(s).expect("status"), "x");
+        assert_eq!(up(429).status().as_u16(), 429);
+        assert_eq!(up(400).status().as_u16(), 400);
+        assert_eq!(up(401).status().as_u16(), 502, "upstream credential errors are not the client's");
+        assert_eq!(up(500).status().as_u16(), 502);
+        assert!(up(503).retryable());
+        assert!(!up(400).retryable());
+    }
+
+    #[test]
+    fn bodies_in_each_dialect() {
+        let e = ProxyError::new(ErrorKind::InvalidKey, "bad key");
+        let o = e.body(Dialect::OpenAi);
+        assert_eq!(o["error"]["code"], "invalid_api_key");
+        assert_eq!(o["error"]["message"], "bad key");
+        let a = e.body(Dialect::Anthropic);
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "authentication_error");
+    }
+}

@@ -1,0 +1,68 @@
+//! The shared state of a data plane: the current config (swapped atomically; an in-flight
+//! request keeps the config it started with), upstream clients and metrics.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use switchyard_proto::v1 as pb;
+
+use crate::config::{InvalidConfig, RuntimeConfig};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::upstream::Upstreams;
+
+/// Default limit on request bodies.
+pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Gateway {
+    config: ArcSwapOption<RuntimeConfig>,
+    pub upstreams: Upstreams,
+    pub metrics: Metrics,
+    pub body_limit: usize,
+}
+
+impl Gateway {
+    pub fn new(body_limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            config: ArcSwapOption::empty(),
+            upstreams: Upstreams::default(),
+            metrics: Metrics::new(),
+            body_limit,
+        })
+    }
+
+    /// The running config, if one was loaded.
+    pub fn config(&self) -> Option<Arc<RuntimeConfig>> {
+        self.config.load_full()
+    }
+
+    /// Version of the running config.
+    pub fn version(&self) -> Option<String> {
+        self.config.load().as_ref().map(|c| c.version.clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.config.load().is_some()
+    }
+
+    /// Validates a snapshot and, if it is valid, makes it the running config.
+    pub fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), InvalidConfig> {
+        match RuntimeConfig::build(snapshot, &self.upstreams) {
+            Ok(cfg) => {
+                self.metrics.config_keys.set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
+                self.metrics.config_routes.set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
+                self.config.store(Some(Arc::new(cfg)));
+                self.metrics.config_updates.get_or_create(&ResultLabels { result: "applied" }).inc();
+                tracing::info!(version = %snapshot.version, pools = snapshot.pools.len(), routes = snapshot.routes.len(), keys = snapshot.keys.len(), "config applied");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.config_updates.get_or_create(&ResultLabels { result: "rejected" }).inc();
+                for r in &e.errors {
+                    tracing::warn!(version = %e.version, resource = %r, "config resource invalid");
+                }
+                Err(e)
+            }
+        }
+    }
+}

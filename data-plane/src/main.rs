@@ -1,0 +1,95 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use switchyard_data_plane::{ConfigSource, Options, stack::StackOptions, xds::ClientOptions};
+
+/// Switchyard data plane: the LLM gateway proxy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Control-plane gRPC URL (fleet mode), e.g. https://switchyard-control-plane:18000.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE", conflicts_with = "config")]
+    control_plane: Option<String>,
+    /// Directory of YAML resources (standalone mode), compiled in-process and hot-reloaded.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the API listener.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// Name of this data plane towards the control plane (default: the host name).
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    node_id: Option<String>,
+    /// PEM CA certificate that signs the control plane's TLS certificate.
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// Server name to verify in the control plane's certificate (default: the URL's host).
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_SERVER_NAME")]
+    control_plane_server_name: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = switchyard_data_plane::gateway::DEFAULT_BODY_LIMIT)]
+    max_body_bytes: usize,
+    /// Most requests in flight; more get 503.
+    #[arg(long, env = "SWITCHYARD_MAX_CONCURRENCY", default_value_t = 10_000)]
+    max_concurrency: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { builder.json().init() } else { builder.init() }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "data-plane".to_owned())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let source = match (args.control_plane, args.config) {
+        (Some(url), None) => ConfigSource::ControlPlane(ClientOptions {
+            url,
+            node_id: args.node_id.unwrap_or_else(hostname),
+            ca_pem: args
+                .control_plane_ca
+                .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+                .transpose()?,
+            server_name: args.control_plane_server_name,
+        }),
+        (None, Some(dir)) => ConfigSource::Directory(dir),
+        _ => bail!("pass exactly one of --control-plane URL (fleet mode) or --config DIR (standalone)"),
+    };
+    let opts = Options {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        source,
+        body_limit: args.max_body_bytes,
+        stack: StackOptions { max_concurrency: args.max_concurrency },
+    };
+    switchyard_data_plane::run(opts, shutdown_signal()).await.context("data plane failed")
+}

@@ -1,0 +1,130 @@
+//! Prometheus metrics of the data plane. Every label is low-cardinality and static.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub status: u16,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub provider: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub provider: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// The data plane's metrics and the registry that exposes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<EndpointLabels, Histogram>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: Family<EndpointLabels, Histogram>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub stream_errors: Family<ReasonLabels, Counter>,
+    pub config_updates: Family<ResultLabels, Counter>,
+    pub config_keys: Gauge,
+    pub config_routes: Gauge,
+    pub control_plane_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let hist = || Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(hist);
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        let upstream_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(hist);
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let stream_errors = Family::<ReasonLabels, Counter>::default();
+        let config_updates = Family::<ResultLabels, Counter>::default();
+        let config_keys = Gauge::default();
+        let config_routes = Gauge::default();
+        let control_plane_connected = Gauge::default();
+        registry.register("requests", "Client requests by endpoint, status and error", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head (streams: to the first byte)",
+            request_duration.clone(),
+        );
+        registry.register("upstream_requests", "Upstream attempts by provider and outcome", upstream_requests.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream time to the response head, by provider",
+            upstream_duration.clone(),
+        );
+        registry.register("tokens", "Tokens by provider and direction (input/output)", tokens.clone());
+        registry.register("stream_errors", "Streams ended early, by reason", stream_errors.clone());
+        registry.register("config_updates", "Config snapshots applied or rejected", config_updates.clone());
+        registry.register("config_virtual_keys", "Virtual keys in the running config", config_keys.clone());
+        registry.register("config_routes", "Routes in the running config", config_routes.clone());
+        registry.register(
+            "control_plane_connected",
+            "1 while the config stream to the control plane is up",
+            control_plane_connected.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            tokens,
+            stream_errors,
+            config_updates,
+            config_keys,
+            config_routes,
+            control_plane_connected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    pub fn record_usage(&self, provider: &'static str, usage: crate::openai::Usage) {
+        self.tokens.get_or_create(&TokenLabels { provider, direction: "input" }).inc_by(usage.prompt_tokens);
+        self.tokens.get_or_create(&TokenLabels { provider, direction: "output" }).inc_by(usage.completion_tokens);
+    }
+}

@@ -1,0 +1,126 @@
+//! The data-plane request stack, outer to inner. Outer layers are tower middleware applied to
+//! every request; the inner steps run in the handlers (`proxy.rs`) in this order:
+//!
+//! 1. catch-panic          — outermost, so a bug anywhere becomes a 500, never a dropped connection
+//! 2. sensitive headers    — before anything can log them: `authorization`, `x-api-key`
+//! 3. request id           — set early so every later log line and the response carry it
+//! 4. trace span           — one span per request, with the id, for logs and traces
+//! 5. metrics              — sees every response, including errors from the steps below
+//! 6. concurrency limit    — sheds load before any per-request work is spent
+//! 7. authenticate key     — cheapest rejection of strangers: one hash and one map lookup
+//! 8. body limit + parse   — only authenticated callers make us read and parse bodies
+//! 9. route + authorize    — the model comes from the body; 404 unknown, 403 not allowed
+//! 10. pick backend        — weighted over the route's backends, then over the pool's endpoints
+//! 11. provider client     — translate, send with first-byte/total deadlines, translate back
+//! 12. stream forwarding   — event by event, usage counted from the stream, errors as events
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderName, StatusCode, header};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{Dialect, ErrorKind, ErrorLabel, ProxyError};
+use crate::gateway::Gateway;
+use crate::metrics::{EndpointLabels, RequestLabels};
+use crate::proxy;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: 16 random hex digits (a caller-supplied `x-request-id` is kept).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        http::HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).ok().map(RequestId::new)
+    }
+}
+
+/// Options of the API listener.
+#[derive(Clone, Copy, Debug)]
+pub struct StackOptions {
+    /// Most requests in flight before new ones get 503.
+    pub max_concurrency: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self { max_concurrency: 10_000 }
+    }
+}
+
+/// The API router with the whole stack.
+pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
+    let limiter = Arc::new(tokio::sync::Semaphore::new(opts.max_concurrency));
+    Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::models))
+        .fallback(proxy::not_found)
+        .layer(axum::middleware::from_fn_with_state(limiter, concurrency_limit))
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), record_metrics))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, HeaderName::from_static("x-api-key")]))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
+                    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id)
+                })),
+        )
+        .with_state(gw)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    let mut r = ProxyError::new(ErrorKind::Internal, "internal error").into_response_in(Dialect::OpenAi);
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/embeddings" => "embeddings",
+        "/v1/models" => "models",
+        "/v1/messages" => "messages",
+        _ => "other",
+    }
+}
+
+async fn record_metrics(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let endpoint = endpoint_label(req.uri().path());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
+    gw.metrics
+        .requests
+        .get_or_create(&RequestLabels { endpoint, status: resp.status().as_u16(), error })
+        .inc();
+    gw.metrics
+        .request_duration
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn concurrency_limit(State(limiter): State<Arc<tokio::sync::Semaphore>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = limiter.try_acquire() else {
+        let mut e = ProxyError::new(ErrorKind::NotReady, "The gateway is at its concurrency limit; retry shortly.");
+        e.retry_after = Some(http::HeaderValue::from_static("1"));
+        return e.into_response_in(Dialect::OpenAi);
+    };
+    next.run(req).await.into_response()
+}

@@ -1,0 +1,45 @@
+//! Standalone mode: compile a directory of YAML in-process and hot-reload it on change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::gateway::Gateway;
+
+/// How often the directory is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Loads, compiles and applies the directory once. Diagnostics are logged; invalid resources
+/// are left out and the rest is served.
+pub fn load(gw: &Gateway, dir: &Path) -> std::io::Result<()> {
+    let world = switchyard_crds::fs::load_dir(dir)?;
+    let compiled = switchyard_crds::compile(&world);
+    for d in &compiled.diagnostics {
+        tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
+    }
+    if gw.version().as_deref() == Some(compiled.snapshot.version.as_str()) {
+        return Ok(());
+    }
+    gw.apply(&compiled.snapshot).map_err(std::io::Error::other)
+}
+
+/// Watches the directory forever, reloading when its files change.
+pub async fn watch(gw: Arc<Gateway>, dir: PathBuf, mut last: Option<u64>) {
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let fp = match switchyard_crds::fs::fingerprint(&dir) {
+            Ok(fp) => fp,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "config directory unreadable; keeping the last good config");
+                continue;
+            }
+        };
+        if last == Some(fp) {
+            continue;
+        }
+        last = Some(fp);
+        if let Err(e) = load(&gw, &dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "reload failed; keeping the last good config");
+        }
+    }
+}

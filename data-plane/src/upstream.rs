@@ -1,0 +1,97 @@
+//! The pooled keep-alive HTTP client towards providers, and timeout handling.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use crate::error::{ErrorKind, ProxyError};
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Largest upstream (non-streaming) response body accepted.
+pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// Shared upstream clients, one per connect timeout, so connection pools survive config
+/// changes.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clients: Mutex<HashMap<Duration, HttpClient>>,
+}
+
+impl Upstreams {
+    /// The client for a connect timeout, created on first use.
+    pub fn client(&self, connect_timeout: Duration) -> Result<HttpClient, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&connect_timeout) {
+            return Ok(c.clone());
+        }
+        let c = new_client(connect_timeout)?;
+        clients.insert(connect_timeout, c.clone());
+        Ok(c)
+    }
+}
+
+fn new_client(connect_timeout: Duration) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|e| format!("TLS client setup failed: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https))
+}
+
+/// Sends a request and waits for the response head until the first-byte deadline.
+pub async fn send(
+    client: &HttpClient,
+    req: http::Request<Full<Bytes>>,
+    first_byte: Instant,
+) -> Result<http::Response<Incoming>, ProxyError> {
+    match tokio::time::timeout_at(first_byte, client.request(req)).await {
+        Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "upstream did not answer in time")),
+        Ok(Err(e)) if e.is_connect() => {
+            Err(ProxyError::new(ErrorKind::UpstreamConnect, format!("upstream connection failed: {}", source_chain(&e))))
+        }
+        Ok(Err(e)) => Err(ProxyError::new(ErrorKind::UpstreamProtocol, format!("upstream request failed: {}", source_chain(&e)))),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// Reads a whole upstream body before the deadline.
+pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, ProxyError> {
+    let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
+    match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "upstream response did not complete in time")),
+        Ok(Err(e)) => Err(ProxyError::new(ErrorKind::UpstreamProtocol, format!("reading upstream response failed: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,143 @@
+//! Fleet mode: the config stream client. Identifies itself with the version it holds, applies
+//! every snapshot it receives, answers ACK or NACK, and reconnects with backoff. While the
+//! control plane is away the last good config keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::config_discovery_client::ConfigDiscoveryClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::gateway::Gateway;
+
+/// Largest snapshot accepted (100k keys fit with room to spare).
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+
+/// How to reach the control plane.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub url: String,
+    pub node_id: String,
+    /// PEM CA bundle that signs the control plane's certificate (https URLs).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Server name to verify, when it differs from the URL's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control-plane URL: {0}")]
+    Url(#[source] tonic::transport::Error),
+    #[error("connecting to the control plane failed: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("config stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("config stream closed by the client side")]
+    Closed,
+}
+
+/// Runs forever: connect, stream, reconnect.
+pub async fn run(gw: Arc<Gateway>, opts: ClientOptions) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut received = false;
+        match session(&gw, &opts, &mut received).await {
+            Ok(()) => tracing::info!("config stream ended by the control plane"),
+            Err(e) => tracing::warn!(error = %e, url = %opts.url, "config stream down; serving the last good config"),
+        }
+        gw.metrics.control_plane_connected.set(0);
+        if received {
+            backoff = Duration::from_millis(100);
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
+    let mut ep = Endpoint::from_shared(opts.url.clone())
+        .map_err(ClientError::Url)?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if opts.url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &opts.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some(name) = &opts.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        ep = ep.tls_config(tls).map_err(ClientError::Url)?;
+    }
+    Ok(ep)
+}
+
+async fn session(gw: &Gateway, opts: &ClientOptions, received: &mut bool) -> Result<(), ClientError> {
+    let channel = endpoint(opts)?.connect().await.map_err(ClientError::Connect)?;
+    let mut client = ConfigDiscoveryClient::new(channel)
+        .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
+        .max_encoding_message_size(MAX_SNAPSHOT_BYTES);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::DiscoveryRequest {
+        node_id: opts.node_id.clone(),
+        version_info: gw.version().unwrap_or_default(),
+        ..Default::default()
+    };
+    tx.send(hello).await.map_err(|_| ClientError::Closed)?;
+    let mut inbound = client.stream_config(ReceiverStream::new(rx)).await?.into_inner();
+    gw.metrics.control_plane_connected.set(1);
+    tracing::info!(url = %opts.url, node_id = %opts.node_id, "config stream connected");
+    while let Some(resp) = inbound.message().await? {
+        *received = true;
+        let snapshot = resp.snapshot.unwrap_or_default();
+        let reply = if gw.version().as_deref() == Some(snapshot.version.as_str()) {
+            ack(opts, &snapshot.version, resp.nonce)
+        } else {
+            match gw.apply(&snapshot) {
+                Ok(()) => ack(opts, &snapshot.version, resp.nonce),
+                Err(e) => pb::DiscoveryRequest {
+                    node_id: opts.node_id.clone(),
+                    version_info: gw.version().unwrap_or_default(),
+                    response_nonce: resp.nonce,
+                    error_detail: Some(pb::ErrorDetail {
+                        message: e.to_string(),
+                        resource_errors: e
+                            .errors
+                            .iter()
+                            .map(|r| {
+                                let (namespace, name) = r.id.split_once('/').unwrap_or(("", &r.id));
+                                pb::ResourceError {
+                                    resource: Some(pb::ResourceRef {
+                                        kind: r.kind.to_owned(),
+                                        namespace: namespace.to_owned(),
+                                        name: name.to_owned(),
+                                        generation: 0,
+                                    }),
+                                    message: r.message.clone(),
+                                }
+                            })
+                            .collect(),
+                    }),
+                },
+            }
+        };
+        tx.send(reply).await.map_err(|_| ClientError::Closed)?;
+    }
+    Ok(())
+}
+
+fn ack(opts: &ClientOptions, version: &str, nonce: String) -> pb::DiscoveryRequest {
+    pb::DiscoveryRequest {
+        node_id: opts.node_id.clone(),
+        version_info: version.to_owned(),
+        response_nonce: nonce,
+        error_detail: None,
+    }
+}
