@@ -1,0 +1,130 @@
+//! Switchyard control plane: turns resources from a source (a directory, or the Kubernetes
+//! API) into compiled snapshots and streams them to every data plane over gRPC.
+
+pub mod metrics;
+pub mod server;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::StatusCode;
+use switchyard_crds::World;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use server::ConfigServer;
+pub use source::{DirSource, Source, SourceError, SourceSpec};
+
+/// TLS material for the gRPC server (PEM).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Everything `run` needs.
+#[derive(Debug)]
+pub struct Options {
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("listening failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Compiles every new World and publishes the result.
+async fn compile_loop(mut worlds: watch::Receiver<Option<Arc<World>>>, out: watch::Sender<server::Published>, metrics: Arc<metrics::Metrics>) {
+    loop {
+        let world = worlds.borrow_and_update().clone();
+        if let Some(world) = world {
+            let compiled = switchyard_crds::compile(&world);
+            metrics.compiles.inc();
+            metrics.rejected_resources.set(i64::try_from(compiled.diagnostics.len()).unwrap_or(i64::MAX));
+            for d in &compiled.diagnostics {
+                tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
+            }
+            let changed = out.borrow().as_ref().is_none_or(|c| c.snapshot.version != compiled.snapshot.version);
+            if changed {
+                let s = &compiled.snapshot;
+                tracing::info!(version = %s.version, pools = s.pools.len(), routes = s.routes.len(), keys = s.keys.len(), rejected = compiled.diagnostics.len(), "snapshot compiled");
+                out.send_replace(Some(Arc::new(compiled)));
+            }
+        }
+        if worlds.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the control plane with a source until the source or a server fails.
+pub async fn run<S: Source>(source: S, opts: Options) -> Result<(), RunError> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (world_tx, world_rx) = watch::channel(None);
+    let (snap_tx, snap_rx) = watch::channel(None);
+    tracing::info!(source = %source.describe(), "starting control plane");
+    let source_task = tokio::spawn(source.run(world_tx));
+    tokio::spawn(compile_loop(world_rx, snap_tx, metrics.clone()));
+
+    let admin = TcpListener::bind(opts.admin_listen).await?;
+    let admin_state = (snap_rx.clone(), metrics.clone());
+    let admin_app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(admin_state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, admin_app).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+
+    let server = ConfigServer::new(snap_rx, metrics);
+    let svc = switchyard_proto::v1::config_discovery_server::ConfigDiscoveryServer::new(server)
+        .max_encoding_message_size(256 * 1024 * 1024)
+        .max_decoding_message_size(16 * 1024 * 1024);
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
+    if let Some(tls) = &opts.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let listener = TcpListener::bind(opts.grpc_listen).await?;
+    tracing::info!(grpc = %listener.local_addr()?, admin = %opts.admin_listen, tls = opts.tls.is_some(), "control plane listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let grpc = builder.add_service(svc).serve_with_incoming(incoming);
+    tokio::select! {
+        r = grpc => r?,
+        r = source_task => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(RunError::Io(std::io::Error::other(e))),
+        },
+    }
+    Ok(())
+}
+
+type AdminState = (watch::Receiver<server::Published>, Arc<metrics::Metrics>);
+
+async fn readyz(State((snap, _)): State<AdminState>) -> impl IntoResponse {
+    match snap.borrow().as_ref() {
+        Some(c) => (StatusCode::OK, format!("ready: snapshot {}", c.snapshot.version)),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot compiled yet".to_owned()),
+    }
+}
+
+async fn metrics_handler(State((_, metrics)): State<AdminState>) -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+}

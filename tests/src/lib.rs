@@ -1,0 +1,8 @@
+//! Test support for Switchyard. `mock` is the mock LLM upstream (`switchyard-mock-llm`):
+//! it speaks the real wire formats of OpenAI (chat, embeddings, models; Azure deployment
+//! paths too) and Anthropic (messages), streaming included, with knobs for latency, chunking,
+//! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
+//! `procs` starts the real binaries for end-to-end tests.
+
+pub mod mock;
+pub mod procs;

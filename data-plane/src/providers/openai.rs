@@ -75,7 +75,7 @@ impl StreamState {
                     return Ok(Flow::Continue);
                 }
             }
-        } else if !data.starts_with(b"{") {
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() || !data.starts_with(b"{") {
             return Err(StreamError::new("malformed_event", "upstream sent a chunk that is not JSON"));
         }
         out.push(sse::data(data));
@@ -135,6 +135,7 @@ mod tests {
         let mut s = StreamState::new(false);
         let mut out = Vec::new();
         assert!(s.on_event(ev("garbage"), &mut out).is_err());
+        assert!(s.on_event(ev("{not json"), &mut out).is_err());
         assert!(s.on_event(ev(r#"{"usage":{"prompt_tokens":"x"}}"#), &mut out).is_err());
     }
 }

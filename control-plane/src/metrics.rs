@@ -1,0 +1,52 @@
+//! Prometheus metrics of the control plane.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub compiles: Counter,
+    pub rejected_resources: Gauge,
+    pub connected_data_planes: Gauge,
+    pub snapshots_sent: Counter,
+    pub acks: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard_control_plane");
+        let m = Self {
+            compiles: Counter::default(),
+            rejected_resources: Gauge::default(),
+            connected_data_planes: Gauge::default(),
+            snapshots_sent: Counter::default(),
+            acks: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("compiles", "Compilations of the resource set", m.compiles.clone());
+        registry.register("rejected_resources", "Resources left out of the current snapshot", m.rejected_resources.clone());
+        registry.register("connected_data_planes", "Data planes with an open config stream", m.connected_data_planes.clone());
+        registry.register("snapshots_sent", "Snapshots sent to data planes", m.snapshots_sent.clone());
+        registry.register("data_plane_responses", "ACKs and NACKs from data planes", m.acks.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

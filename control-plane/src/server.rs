@@ -1,0 +1,196 @@
+//! The gRPC config server: every connected data plane gets the current snapshot, then every
+//! new one; its ACKs and NACKs are recorded per node.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use switchyard_crds::Compiled;
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::config_discovery_server::ConfigDiscovery;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// What a data plane last told us.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    pub node_id: String,
+    /// Version the node runs (its last ACK, or what it said it held on connect).
+    pub acked_version: String,
+    /// Last rejected version and why.
+    pub nacked: Option<(String, String)>,
+}
+
+/// Connected data planes, by connection.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    next_id: AtomicU64,
+    nodes: Mutex<HashMap<u64, NodeState>>,
+}
+
+impl Nodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, NodeState>> {
+        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of every connected node's state.
+    pub fn snapshot(&self) -> Vec<NodeState> {
+        let mut v: Vec<NodeState> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    fn update(&self, conn: u64, f: impl FnOnce(&mut NodeState)) {
+        if let Some(n) = self.lock().get_mut(&conn) {
+            f(n);
+        }
+    }
+}
+
+/// The compiled snapshot being served.
+pub type Published = Option<Arc<Compiled>>;
+
+/// The ConfigDiscovery service.
+#[derive(Clone, Debug)]
+pub struct ConfigServer {
+    snapshots: watch::Receiver<Published>,
+    pub nodes: Arc<Nodes>,
+    metrics: Arc<Metrics>,
+    nonce: Arc<AtomicU64>,
+}
+
+impl ConfigServer {
+    pub fn new(snapshots: watch::Receiver<Published>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshots, nodes: Arc::default(), metrics, nonce: Arc::default() }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigDiscovery for ConfigServer {
+    type StreamConfigStream = ResponseStream;
+
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream must start with a DiscoveryRequest"))?;
+        if hello.node_id.is_empty() {
+            return Err(Status::invalid_argument("node_id is required"));
+        }
+        let conn = self.nodes.next_id.fetch_add(1, Ordering::Relaxed);
+        self.nodes.lock().insert(
+            conn,
+            NodeState { node_id: hello.node_id.clone(), acked_version: hello.version_info.clone(), nacked: None },
+        );
+        self.metrics.connected_data_planes.inc();
+        tracing::info!(node = %hello.node_id, holds = %hello.version_info, "data plane connected");
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.serve_node(conn, hello, inbound, tx).await;
+            let node = this.nodes.lock().remove(&conn);
+            this.metrics.connected_data_planes.dec();
+            tracing::info!(node = %node.map(|n| n.node_id).unwrap_or_default(), "data plane disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl ConfigServer {
+    async fn serve_node(
+        &self,
+        conn: u64,
+        hello: pb::DiscoveryRequest,
+        mut inbound: Streaming<pb::DiscoveryRequest>,
+        tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+    ) {
+        let mut snapshots = self.snapshots.clone();
+        let mut sent_version = hello.version_info;
+        // Send the current snapshot unless the node already runs it.
+        let current = snapshots.borrow_and_update().clone();
+        if let Some(c) = current {
+            if c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = snapshots.borrow_and_update().clone();
+                    if let Some(c) = current {
+                        if c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
+                            return;
+                        }
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => self.on_reply(conn, m),
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(%status, "config stream from data plane broke");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+        c: &Compiled,
+        sent_version: &mut String,
+    ) -> bool {
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed).to_string();
+        let resp = pb::DiscoveryResponse {
+            version_info: c.snapshot.version.clone(),
+            nonce,
+            snapshot: Some(c.snapshot.clone()),
+        };
+        if tx.send(Ok(resp)).await.is_err() {
+            return false;
+        }
+        self.metrics.snapshots_sent.inc();
+        sent_version.clone_from(&c.snapshot.version);
+        true
+    }
+
+    fn on_reply(&self, conn: u64, m: pb::DiscoveryRequest) {
+        match m.error_detail {
+            None => {
+                self.metrics.acks.get_or_create(&ResultLabels { result: "ack" }).inc();
+                tracing::debug!(node = %m.node_id, version = %m.version_info, "ACK");
+                self.nodes.update(conn, |n| {
+                    n.acked_version = m.version_info;
+                    n.nacked = None;
+                });
+            }
+            Some(err) => {
+                self.metrics.acks.get_or_create(&ResultLabels { result: "nack" }).inc();
+                for r in &err.resource_errors {
+                    let res = r.resource.clone().unwrap_or_default();
+                    tracing::warn!(node = %m.node_id, kind = %res.kind, namespace = %res.namespace, name = %res.name, message = %r.message, "data plane rejected resource");
+                }
+                tracing::warn!(node = %m.node_id, holds = %m.version_info, error = %err.message, "NACK");
+                self.nodes.update(conn, |n| {
+                    n.acked_version = m.version_info;
+                    n.nacked = Some((m.response_nonce, err.message));
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Starting the real binaries as processes for end-to-end tests, and polling helpers.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (`target/debug` when run by `cargo test`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> -> target/debug
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Builds the workspace binaries once per test process (a no-op when they are fresh).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bins", "-p", "switchyard-data-plane", "-p", "switchyard-control-plane", "-p", "switchyard-tests"])
+            .current_dir(workspace_root())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "building the binaries failed");
+    });
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A free loopback address.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A child process killed on drop; its stderr goes to a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args` and extra environment.
+    pub fn start(bin: &str, args: &[String], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        ensure_built();
+        let path = bin_dir().join(bin);
+        let log = log_dir.join(format!("{bin}-{}.log", free_port()));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = file.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let mut cmd = Command::new(&path);
+        cmd.args(args).stdout(Stdio::from(file)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        cmd.env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        Self { name: bin.to_owned(), child, log }
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_http_ok(client: &reqwest_lite::Client, url: &str, timeout: Duration) {
+    eventually(timeout, &format!("{url} to answer 200"), || async {
+        client.get_status(url).await.filter(|s| *s == 200)
+    })
+    .await;
+}
+
+/// A tiny HTTP/1.1 client on hyper, so the library has no heavyweight client dependency.
+pub mod reqwest_lite {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HClient;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    #[derive(Clone, Debug)]
+    pub struct Client {
+        inner: HClient<HttpConnector, Full<Bytes>>,
+    }
+
+    impl Default for Client {
+        fn default() -> Self {
+            Self { inner: HClient::builder(TokioExecutor::new()).build_http() }
+        }
+    }
+
+    impl Client {
+        /// GET, returning the status (None when the connection fails).
+        pub async fn get_status(&self, url: &str) -> Option<u16> {
+            let uri: http::Uri = url.parse().ok()?;
+            let resp = self.inner.get(uri).await.ok()?;
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            Some(status)
+        }
+
+        /// GET, returning status and body text.
+        pub async fn get_text(&self, url: &str) -> Option<(u16, String)> {
+            let uri: http::Uri = url.parse().ok()?;
+            let resp = self.inner.get(uri).await.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    }
+}

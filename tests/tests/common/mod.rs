@@ -1,0 +1,208 @@
+//! Shared setup for the end-to-end suites: temp dirs, config YAML, process wiring.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
+
+pub const CLIENT_KEY: &str = "sk-client-e2e-0001";
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-xyz";
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "switchyard-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    d
+}
+
+/// The base configuration: OpenAI and Anthropic pools on the mock upstream, routes, keys.
+pub fn base_config(mock_url: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: upstream-cred}}
+stringData: {{api-key: {UPSTREAM_KEY}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-keys}}
+stringData:
+  main: {CLIENT_KEY}
+  expired: sk-expired-key-0001
+  disabled: sk-disabled-key-0001
+  limited: sk-limited-key-0001
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: openai}}
+spec:
+  provider: openai
+  endpoints: [{{url: "{mock_url}/v1", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: mock-gpt}}, {{name: mock-gpt-mini}}]
+  timeouts: {{firstByte: 1500ms, total: 20s}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: anthropic}}
+spec:
+  provider: anthropic
+  endpoints: [{{url: "{mock_url}", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: claude-mock}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: azure}}
+spec:
+  provider: azure-openai
+  endpoints: [{{url: "{mock_url}", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  azure: {{apiVersion: "2024-10-21"}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: builtin}}
+spec:
+  provider: mock
+  models: [{{name: demo}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: chat}}
+spec:
+  models: [chat, "gpt-*", "mock-*"]
+  backends: [{{pool: openai, model: mock-gpt}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: claude}}
+spec:
+  models: [claude]
+  backends: [{{pool: anthropic, model: claude-mock}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: azure}}
+spec:
+  models: [azure-chat, text-embedding]
+  backends: [{{pool: azure, model: my-deployment}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: embed}}
+spec:
+  models: [embed]
+  backends: [{{pool: openai, model: mock-gpt-mini}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: demo}}
+spec:
+  models: [demo]
+  backends: [{{pool: builtin}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: main}}
+spec: {{secretRef: {{name: client-keys, key: main}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: expired}}
+spec: {{secretRef: {{name: client-keys, key: expired}}, expiresAt: "2020-01-01T00:00:00Z"}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: disabled}}
+spec: {{secretRef: {{name: client-keys, key: disabled}}, disabled: true}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: limited}}
+spec: {{secretRef: {{name: client-keys, key: limited}}, allowedModels: [demo]}}
+"#
+    )
+}
+
+/// A mock upstream process.
+pub fn start_mock(log_dir: &Path) -> (Proc, String) {
+    let addr = free_addr();
+    let p = Proc::start("switchyard-mock-llm", &["--listen".into(), addr.to_string()], &[], log_dir);
+    (p, format!("http://{addr}"))
+}
+
+/// A standalone data plane on `dir`. Returns the process, API URL and admin URL.
+pub fn start_standalone(dir: &Path, extra: &[&str], log_dir: &Path) -> (Proc, String, String) {
+    let (api, admin) = (free_addr(), free_addr());
+    let mut args = vec![
+        "--config".into(),
+        dir.display().to_string(),
+        "--listen".into(),
+        api.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let p = Proc::start("switchyard-data-plane", &args, &[], log_dir);
+    (p, format!("http://{api}"), format!("http://{admin}"))
+}
+
+pub async fn wait_ready(admin: &str) {
+    let c = reqwest_lite::Client::default();
+    eventually(DEADLINE, &format!("{admin}/readyz"), || async {
+        c.get_status(&format!("{admin}/readyz")).await.filter(|s| *s == 200)
+    })
+    .await;
+}
+
+pub async fn wait_up(url: &str) {
+    let c = reqwest_lite::Client::default();
+    eventually(DEADLINE, &format!("{url} up"), || async { c.get_status(url).await }).await;
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+}
+
+pub fn chat_body(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// POSTs JSON with the client key; returns status, headers and body as JSON.
+pub async fn post(url: &str, key: Option<&str>, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut r = client().post(url).json(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let resp = r.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+/// Requests recorded by the mock upstream.
+pub async fn mock_requests(mock_url: &str) -> Vec<Value> {
+    let c = reqwest_lite::Client::default();
+    let (_, body) = c.get_text(&format!("{mock_url}/_mock/requests")).await.unwrap_or_default();
+    serde_json::from_str::<Vec<Value>>(&body).unwrap_or_default()
+}
+
+/// Asserts an OpenAI-style error body with the given status.
+pub fn assert_openai_error(status: u16, body: &Value, want: u16) {
+    assert_eq!(status, want, "body: {body}");
+    let err = &body["error"];
+    assert!(err.is_object(), "not an OpenAI error body: {body}");
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(err["type"].is_string(), "{body}");
+}
