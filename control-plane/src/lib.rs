@@ -45,17 +45,26 @@ pub enum RunError {
 }
 
 /// Compiles every new World and publishes the result.
-async fn compile_loop(mut worlds: watch::Receiver<Option<Arc<World>>>, out: watch::Sender<server::Published>, metrics: Arc<metrics::Metrics>) {
+async fn compile_loop(
+    mut worlds: watch::Receiver<Option<Arc<World>>>,
+    out: watch::Sender<server::Published>,
+    metrics: Arc<metrics::Metrics>,
+) {
     loop {
         let world = worlds.borrow_and_update().clone();
         if let Some(world) = world {
             let compiled = switchyard_crds::compile(&world);
             metrics.compiles.inc();
-            metrics.rejected_resources.set(i64::try_from(compiled.diagnostics.len()).unwrap_or(i64::MAX));
+            metrics
+                .rejected_resources
+                .set(i64::try_from(compiled.diagnostics.len()).unwrap_or(i64::MAX));
             for d in &compiled.diagnostics {
                 tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
             }
-            let changed = out.borrow().as_ref().is_none_or(|c| c.snapshot.version != compiled.snapshot.version);
+            let changed = out
+                .borrow()
+                .as_ref()
+                .is_none_or(|c| c.snapshot.version != compiled.snapshot.version);
             if changed {
                 let s = &compiled.snapshot;
                 tracing::info!(version = %s.version, pools = s.pools.len(), routes = s.routes.len(), keys = s.keys.len(), rejected = compiled.diagnostics.len(), "snapshot compiled");
@@ -99,7 +108,8 @@ pub async fn run<S: Source>(source: S, opts: Options) -> Result<(), RunError> {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
     if let Some(tls) = &opts.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let listener = TcpListener::bind(opts.grpc_listen).await?;
     tracing::info!(grpc = %listener.local_addr()?, admin = %opts.admin_listen, tls = opts.tls.is_some(), "control plane listening");
@@ -120,11 +130,23 @@ type AdminState = (watch::Receiver<server::Published>, Arc<metrics::Metrics>);
 
 async fn readyz(State((snap, _)): State<AdminState>) -> impl IntoResponse {
     match snap.borrow().as_ref() {
-        Some(c) => (StatusCode::OK, format!("ready: snapshot {}", c.snapshot.version)),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot compiled yet".to_owned()),
+        Some(c) => (
+            StatusCode::OK,
+            format!("ready: snapshot {}", c.snapshot.version),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no snapshot compiled yet".to_owned(),
+        ),
     }
 }
 
 async fn metrics_handler(State((_, metrics)): State<AdminState>) -> impl IntoResponse {
-    ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
 }

@@ -38,9 +38,16 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 #[tokio::main]
@@ -54,15 +61,24 @@ async fn main() -> Result<()> {
         }),
         _ => None,
     };
-    let opts = Options { grpc_listen: args.grpc_listen, admin_listen: args.admin_listen, tls };
+    let opts = Options {
+        grpc_listen: args.grpc_listen,
+        admin_listen: args.admin_listen,
+        tls,
+    };
     match args.source {
         SourceSpec::Dir(dir) => {
-            let source = DirSource { dir, poll: args.poll_interval };
+            let source = DirSource {
+                dir,
+                poll: args.poll_interval,
+            };
             tokio::select! {
                 r = switchyard_control_plane::run(source, opts) => r.context("control plane failed"),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }
-        SourceSpec::Kubernetes => bail!("--source kubernetes is not available in this build yet; use dir:PATH"),
+        SourceSpec::Kubernetes => {
+            bail!("--source kubernetes is not available in this build yet; use dir:PATH")
+        }
     }
 }

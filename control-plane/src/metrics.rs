@@ -32,11 +32,31 @@ impl Default for Metrics {
             acks: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("compiles", "Compilations of the resource set", m.compiles.clone());
-        registry.register("rejected_resources", "Resources left out of the current snapshot", m.rejected_resources.clone());
-        registry.register("connected_data_planes", "Data planes with an open config stream", m.connected_data_planes.clone());
-        registry.register("snapshots_sent", "Snapshots sent to data planes", m.snapshots_sent.clone());
-        registry.register("data_plane_responses", "ACKs and NACKs from data planes", m.acks.clone());
+        registry.register(
+            "compiles",
+            "Compilations of the resource set",
+            m.compiles.clone(),
+        );
+        registry.register(
+            "rejected_resources",
+            "Resources left out of the current snapshot",
+            m.rejected_resources.clone(),
+        );
+        registry.register(
+            "connected_data_planes",
+            "Data planes with an open config stream",
+            m.connected_data_planes.clone(),
+        );
+        registry.register(
+            "snapshots_sent",
+            "Snapshots sent to data planes",
+            m.snapshots_sent.clone(),
+        );
+        registry.register(
+            "data_plane_responses",
+            "ACKs and NACKs from data planes",
+            m.acks.clone(),
+        );
         Self { registry, ..m }
     }
 }

@@ -35,7 +35,9 @@ pub struct Nodes {
 
 impl Nodes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, NodeState>> {
-        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A copy of every connected node's state.
@@ -66,7 +68,12 @@ pub struct ConfigServer {
 
 impl ConfigServer {
     pub fn new(snapshots: watch::Receiver<Published>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshots, nodes: Arc::default(), metrics, nonce: Arc::default() }
+        Self {
+            snapshots,
+            nodes: Arc::default(),
+            metrics,
+            nonce: Arc::default(),
+        }
     }
 }
 
@@ -81,17 +88,20 @@ impl ConfigDiscovery for ConfigServer {
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream must start with a DiscoveryRequest"))?;
+        let hello = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the stream must start with a DiscoveryRequest")
+        })?;
         if hello.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id is required"));
         }
         let conn = self.nodes.next_id.fetch_add(1, Ordering::Relaxed);
         self.nodes.lock().insert(
             conn,
-            NodeState { node_id: hello.node_id.clone(), acked_version: hello.version_info.clone(), nacked: None },
+            NodeState {
+                node_id: hello.node_id.clone(),
+                acked_version: hello.version_info.clone(),
+                nacked: None,
+            },
         );
         self.metrics.connected_data_planes.inc();
         tracing::info!(node = %hello.node_id, holds = %hello.version_info, "data plane connected");
@@ -119,11 +129,10 @@ impl ConfigServer {
         let mut sent_version = hello.version_info;
         // Send the current snapshot unless the node already runs it.
         let current = snapshots.borrow_and_update().clone();
-        if let Some(c) = current {
-            if c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
+        if let Some(c) = current
+            && c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
                 return;
             }
-        }
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {
@@ -131,11 +140,10 @@ impl ConfigServer {
                         return;
                     }
                     let current = snapshots.borrow_and_update().clone();
-                    if let Some(c) = current {
-                        if c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
+                    if let Some(c) = current
+                        && c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
                             return;
                         }
-                    }
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => self.on_reply(conn, m),
@@ -172,7 +180,10 @@ impl ConfigServer {
     fn on_reply(&self, conn: u64, m: pb::DiscoveryRequest) {
         match m.error_detail {
             None => {
-                self.metrics.acks.get_or_create(&ResultLabels { result: "ack" }).inc();
+                self.metrics
+                    .acks
+                    .get_or_create(&ResultLabels { result: "ack" })
+                    .inc();
                 tracing::debug!(node = %m.node_id, version = %m.version_info, "ACK");
                 self.nodes.update(conn, |n| {
                     n.acked_version = m.version_info;
@@ -180,7 +191,10 @@ impl ConfigServer {
                 });
             }
             Some(err) => {
-                self.metrics.acks.get_or_create(&ResultLabels { result: "nack" }).inc();
+                self.metrics
+                    .acks
+                    .get_or_create(&ResultLabels { result: "nack" })
+                    .inc();
                 for r in &err.resource_errors {
                     let res = r.resource.clone().unwrap_or_default();
                     tracing::warn!(node = %m.node_id, kind = %res.kind, namespace = %res.namespace, name = %res.name, message = %r.message, "data plane rejected resource");

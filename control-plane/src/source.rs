@@ -16,7 +16,11 @@ pub enum SourceError {
     #[error("source `{0}` is not available in this build yet")]
     Unavailable(&'static str),
     #[error("reading {path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A producer of resource sets.
@@ -24,7 +28,10 @@ pub trait Source: Send + 'static {
     /// Human-readable description for logs.
     fn describe(&self) -> String;
     /// Runs forever, publishing a new World whenever the resources change.
-    fn run(self, tx: watch::Sender<Option<Arc<World>>>) -> impl Future<Output = Result<(), SourceError>> + Send;
+    fn run(
+        self,
+        tx: watch::Sender<Option<Arc<World>>>,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
 /// The `--source` flag, parsed.
@@ -60,7 +67,10 @@ impl Source for DirSource {
     }
 
     async fn run(self, tx: watch::Sender<Option<Arc<World>>>) -> Result<(), SourceError> {
-        let io = |source| SourceError::Io { path: self.dir.display().to_string(), source };
+        let io = |source| SourceError::Io {
+            path: self.dir.display().to_string(),
+            source,
+        };
         // The first load must succeed: a control plane without its input is misconfigured.
         let mut last = switchyard_crds::fs::fingerprint(&self.dir).map_err(io)?;
         let world = switchyard_crds::fs::load_dir(&self.dir).map_err(io)?;
@@ -75,9 +85,13 @@ impl Source for DirSource {
                         tracing::info!(dir = %self.dir.display(), "resources changed");
                         tx.send_replace(Some(Arc::new(world)));
                     }
-                    Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "reading resources failed; keeping the last set"),
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "reading resources failed; keeping the last set")
+                    }
                 },
-                Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "resource directory unreadable; keeping the last set"),
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "resource directory unreadable; keeping the last set")
+                }
             }
         }
     }
@@ -89,8 +103,14 @@ mod tests {
 
     #[test]
     fn parses_source_flags() {
-        assert_eq!("kubernetes".parse::<SourceSpec>().ok(), Some(SourceSpec::Kubernetes));
-        assert_eq!("dir:/etc/sy".parse::<SourceSpec>().ok(), Some(SourceSpec::Dir("/etc/sy".into())));
+        assert_eq!(
+            "kubernetes".parse::<SourceSpec>().ok(),
+            Some(SourceSpec::Kubernetes)
+        );
+        assert_eq!(
+            "dir:/etc/sy".parse::<SourceSpec>().ok(),
+            Some(SourceSpec::Dir("/etc/sy".into()))
+        );
         assert!("dir:".parse::<SourceSpec>().is_err());
         assert!("etcd".parse::<SourceSpec>().is_err());
     }

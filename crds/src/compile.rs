@@ -12,7 +12,9 @@ use switchyard_proto::v1 as pb;
 use crate::common::condition;
 use crate::validate::{self, InvalidField};
 use crate::world::{DEFAULT_NAMESPACE, World};
-use crate::{Guardrail, GuardrailPhase, LLMRoute, PiiAction, ProviderKind, ProviderPool, VirtualKey};
+use crate::{
+    Guardrail, GuardrailPhase, LLMRoute, PiiAction, ProviderKind, ProviderPool, VirtualKey,
+};
 
 /// Defaults for pool timeouts.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,7 +35,9 @@ impl ResourceKey {
     fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
         Self {
             kind: kind_name::<K>(),
-            namespace: obj.namespace().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            namespace: obj
+                .namespace()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
             name: obj.name_any(),
             generation: obj.meta().generation.unwrap_or(0),
         }
@@ -83,7 +87,11 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} rejected ({}): {}", self.resource, self.reason, self.message)
+        write!(
+            f,
+            "{} rejected ({}): {}",
+            self.resource, self.reason, self.message
+        )
     }
 }
 
@@ -109,13 +117,25 @@ struct Reject {
 
 impl Reject {
     fn invalid(e: InvalidField) -> Self {
-        Self { condition: condition::ACCEPTED, reason: "Invalid", message: e.to_string() }
+        Self {
+            condition: condition::ACCEPTED,
+            reason: "Invalid",
+            message: e.to_string(),
+        }
     }
     fn refs(reason: &'static str, message: String) -> Self {
-        Self { condition: condition::RESOLVED_REFS, reason, message }
+        Self {
+            condition: condition::RESOLVED_REFS,
+            reason,
+            message,
+        }
     }
     fn spec(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { condition: condition::ACCEPTED, reason, message: message.into() }
+        Self {
+            condition: condition::ACCEPTED,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -144,23 +164,24 @@ pub fn compile(world: &World) -> Compiled {
         });
     }
 
-    let mut admit = |key: ResourceKey, result: Result<(), Reject>, diagnostics: &mut Vec<Diagnostic>| {
-        match result {
-            Ok(()) => {
-                resources.push(key);
-                true
+    let mut admit =
+        |key: ResourceKey, result: Result<(), Reject>, diagnostics: &mut Vec<Diagnostic>| {
+            match result {
+                Ok(()) => {
+                    resources.push(key);
+                    true
+                }
+                Err(r) => {
+                    diagnostics.push(Diagnostic {
+                        resource: key,
+                        condition: r.condition,
+                        reason: r.reason,
+                        message: r.message,
+                    });
+                    false
+                }
             }
-            Err(r) => {
-                diagnostics.push(Diagnostic {
-                    resource: key,
-                    condition: r.condition,
-                    reason: r.reason,
-                    message: r.message,
-                });
-                false
-            }
-        }
-    };
+        };
 
     let mut pools = Vec::new();
     for pool in sorted(&world.pools) {
@@ -176,8 +197,12 @@ pub fn compile(world: &World) -> Compiled {
         }
     }
     let pool_index: BTreeMap<&str, &pb::Pool> = pools.iter().map(|p| (p.id.as_str(), p)).collect();
-    let rejected_pools: BTreeSet<String> =
-        world.pools.iter().map(|p| ResourceKey::of(p).id()).filter(|id| !pool_index.contains_key(id.as_str())).collect();
+    let rejected_pools: BTreeSet<String> = world
+        .pools
+        .iter()
+        .map(|p| ResourceKey::of(p).id())
+        .filter(|id| !pool_index.contains_key(id.as_str()))
+        .collect();
 
     let mut routes = Vec::new();
     for route in sorted(&world.routes) {
@@ -201,7 +226,10 @@ pub fn compile(world: &World) -> Compiled {
             if seen_hashes.insert(k.key_sha256.clone()) {
                 Ok(k)
             } else {
-                Err(Reject::spec("DuplicateKey", "another VirtualKey already uses the same key"))
+                Err(Reject::spec(
+                    "DuplicateKey",
+                    "another VirtualKey already uses the same key",
+                ))
             }
         });
         match compiled {
@@ -238,7 +266,10 @@ pub fn compile(world: &World) -> Compiled {
         resources: resources.iter().map(ResourceKey::to_proto).collect(),
     };
     snapshot.version = content_version(&snapshot);
-    Compiled { snapshot, diagnostics }
+    Compiled {
+        snapshot,
+        diagnostics,
+    }
 }
 
 /// Content hash of a snapshot (its `version` field excluded).
@@ -266,7 +297,10 @@ fn secret_value<'w>(world: &'w World, ns: &str, name: &str, key: &str) -> Result
         .get(&(ns.to_owned(), name.to_owned()))
         .ok_or_else(|| Reject::refs("SecretNotFound", format!("Secret {ns}/{name} not found")))?;
     secret.get(key).map(String::as_str).ok_or_else(|| {
-        Reject::refs("SecretKeyNotFound", format!("Secret {ns}/{name} has no key {key:?}"))
+        Reject::refs(
+            "SecretKeyNotFound",
+            format!("Secret {ns}/{name} has no key {key:?}"),
+        )
     })
 }
 
@@ -281,7 +315,10 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         ProviderKind::Gemini | ProviderKind::Bedrock => {
             return Err(Reject::spec(
                 "UnsupportedProvider",
-                format!("provider {:?} is not served by this data plane version yet", spec.provider),
+                format!(
+                    "provider {:?} is not served by this data plane version yet",
+                    spec.provider
+                ),
             ));
         }
     };
@@ -290,7 +327,10 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic
     );
     if spec.endpoints.is_empty() && spec.provider != ProviderKind::Mock {
-        return Err(Reject::spec("NoEndpoints", "spec.endpoints: at least one endpoint is required"));
+        return Err(Reject::spec(
+            "NoEndpoints",
+            "spec.endpoints: at least one endpoint is required",
+        ));
     }
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
@@ -298,22 +338,37 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         validate::endpoint_url(&format!("{field}.url"), &e.url)?;
         let weight = validate::weight(&format!("{field}.weight"), e.weight.unwrap_or(1))?;
         let credential = match (&e.credential_secret_ref, &e.credential_env) {
-            (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?.trim().to_owned(),
+            (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?
+                .trim()
+                .to_owned(),
             (None, Some(var)) => world.env.get(var).cloned().ok_or_else(|| {
-                Reject::refs("EnvNotFound", format!("{field}.credentialEnv: variable {var} is not set"))
+                Reject::refs(
+                    "EnvNotFound",
+                    format!("{field}.credentialEnv: variable {var} is not set"),
+                )
             })?,
             (None, None) if needs_credential => {
                 return Err(Reject::refs(
                     "MissingCredential",
-                    format!("{field}: provider {:?} needs credentialSecretRef", spec.provider),
+                    format!(
+                        "{field}: provider {:?} needs credentialSecretRef",
+                        spec.provider
+                    ),
                 ));
             }
             (None, None) => String::new(),
         };
-        endpoints.push(pb::Endpoint { url: e.url.trim_end_matches('/').to_owned(), weight, credential });
+        endpoints.push(pb::Endpoint {
+            url: e.url.trim_end_matches('/').to_owned(),
+            weight,
+            credential,
+        });
     }
     if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
-        return Err(Reject::spec("NoWeight", "spec.endpoints: every endpoint has weight 0"));
+        return Err(Reject::spec(
+            "NoWeight",
+            "spec.endpoints: every endpoint has weight 0",
+        ));
     }
     let mut models = Vec::new();
     let mut names = HashSet::new();
@@ -321,25 +376,43 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         let field = format!("spec.models[{i}]");
         validate::model_glob(&format!("{field}.name"), &m.name)?;
         if m.name.contains(['*', '?']) {
-            return Err(Reject::spec("Invalid", format!("{field}.name: pool models are exact names, not globs")));
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.name: pool models are exact names, not globs"),
+            ));
         }
         if !names.insert(m.name.as_str()) {
-            return Err(Reject::spec("Invalid", format!("{field}.name: {:?} listed twice", m.name)));
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.name: {:?} listed twice", m.name),
+            ));
         }
         let price = |f: &str, v: &Option<String>| -> Result<u64, Reject> {
-            Ok(v.as_deref().map(|v| validate::price_micros(&format!("{field}.{f}"), v)).transpose()?.unwrap_or(0))
+            Ok(v.as_deref()
+                .map(|v| validate::price_micros(&format!("{field}.{f}"), v))
+                .transpose()?
+                .unwrap_or(0))
         };
         models.push(pb::Model {
             name: m.name.clone(),
             context_window: m.context_window.unwrap_or(0),
-            input_price_per_million_micros: price("inputPricePerMillion", &m.input_price_per_million)?,
-            output_price_per_million_micros: price("outputPricePerMillion", &m.output_price_per_million)?,
+            input_price_per_million_micros: price(
+                "inputPricePerMillion",
+                &m.input_price_per_million,
+            )?,
+            output_price_per_million_micros: price(
+                "outputPricePerMillion",
+                &m.output_price_per_million,
+            )?,
         });
     }
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let t = spec.timeouts.clone().unwrap_or_default();
     let dur = |f: &str, v: &Option<String>, default: Duration| -> Result<u64, Reject> {
-        let d = v.as_deref().map(|v| validate::duration(&format!("spec.timeouts.{f}"), v)).transpose()?;
+        let d = v
+            .as_deref()
+            .map(|v| validate::duration(&format!("spec.timeouts.{f}"), v))
+            .transpose()?;
         Ok(ms(d.unwrap_or(default)))
     };
     let timeouts = pb::Timeouts {
@@ -350,7 +423,10 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
     let api_version = match (&spec.azure, spec.provider) {
         (Some(a), _) if !a.api_version.trim().is_empty() => a.api_version.trim().to_owned(),
         (_, ProviderKind::AzureOpenai) => {
-            return Err(Reject::spec("Invalid", "spec.azure.apiVersion is required for azure-openai"));
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.azure.apiVersion is required for azure-openai",
+            ));
         }
         _ => String::new(),
     };
@@ -364,9 +440,14 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
                 .map(ms)
                 .unwrap_or(0),
             tokens_per_second: m.tokens_per_second.unwrap_or(0),
-            completion_tokens: m.completion_tokens.unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS),
+            completion_tokens: m
+                .completion_tokens
+                .unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS),
         },
-        None => pb::MockBehaviour { completion_tokens: DEFAULT_MOCK_COMPLETION_TOKENS, ..Default::default() },
+        None => pb::MockBehaviour {
+            completion_tokens: DEFAULT_MOCK_COMPLETION_TOKENS,
+            ..Default::default()
+        },
     };
     let load_balancing = match spec.load_balancing {
         Some(crate::LoadBalancingStrategy::RoundRobin) => pb::LoadBalancing::RoundRobin,
@@ -392,13 +473,19 @@ fn compile_route(
 ) -> Result<pb::Route, Reject> {
     let spec = &route.spec;
     if spec.models.is_empty() {
-        return Err(Reject::spec("Invalid", "spec.models: at least one model name is required"));
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.models: at least one model name is required",
+        ));
     }
     for (i, m) in spec.models.iter().enumerate() {
         validate::model_glob(&format!("spec.models[{i}]"), m)?;
     }
     if spec.backends.is_empty() {
-        return Err(Reject::spec("Invalid", "spec.backends: at least one backend is required"));
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.backends: at least one backend is required",
+        ));
     }
     let mut backends = Vec::new();
     for (i, b) in spec.backends.iter().enumerate() {
@@ -407,7 +494,10 @@ fn compile_route(
         if let Some(m) = &b.model {
             validate::model_glob(&format!("{field}.model"), m)?;
             if m.contains(['*', '?']) {
-                return Err(Reject::spec("Invalid", format!("{field}.model: must be an exact name")));
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("{field}.model: must be an exact name"),
+                ));
             }
         }
         let pool_id = format!("{}/{}", key.namespace, b.pool);
@@ -417,30 +507,47 @@ fn compile_route(
             } else {
                 ("PoolNotFound", "does not exist")
             };
-            return Err(Reject::refs(reason, format!("{field}.pool: ProviderPool {pool_id} {what}")));
+            return Err(Reject::refs(
+                reason,
+                format!("{field}.pool: ProviderPool {pool_id} {what}"),
+            ));
         };
-        if let Some(m) = &b.model {
-            if !pool.models.is_empty() && !pool.models.iter().any(|pm| &pm.name == m) {
+        if let Some(m) = &b.model
+            && !pool.models.is_empty() && !pool.models.iter().any(|pm| &pm.name == m) {
                 return Err(Reject::refs(
                     "ModelNotServed",
                     format!("{field}.model: ProviderPool {pool_id} does not serve {m:?}"),
                 ));
             }
-        }
-        backends.push(pb::Backend { pool: pool_id, model: b.model.clone().unwrap_or_default(), weight });
+        backends.push(pb::Backend {
+            pool: pool_id,
+            model: b.model.clone().unwrap_or_default(),
+            weight,
+        });
     }
     if backends.iter().all(|b| b.weight == 0) {
-        return Err(Reject::spec("NoWeight", "spec.backends: every backend has weight 0"));
+        return Err(Reject::spec(
+            "NoWeight",
+            "spec.backends: every backend has weight 0",
+        ));
     }
     Ok(pb::Route {
         id: key.id(),
         models: spec.models.clone(),
         backends,
-        key_selector: spec.key_selector.clone().map(|s| s.match_labels).unwrap_or_default(),
+        key_selector: spec
+            .key_selector
+            .clone()
+            .map(|s| s.match_labels)
+            .unwrap_or_default(),
     })
 }
 
-fn compile_key(vk: &VirtualKey, key: &ResourceKey, world: &World) -> Result<pb::VirtualKey, Reject> {
+fn compile_key(
+    vk: &VirtualKey,
+    key: &ResourceKey,
+    world: &World,
+) -> Result<pb::VirtualKey, Reject> {
     let spec = &vk.spec;
     for (i, m) in spec.allowed_models.iter().enumerate() {
         validate::model_glob(&format!("spec.allowedModels[{i}]"), m)?;
@@ -454,7 +561,10 @@ fn compile_key(vk: &VirtualKey, key: &ResourceKey, world: &World) -> Result<pb::
     let secret_key = spec.secret_ref.data_key();
     let value = secret_value(world, &key.namespace, &spec.secret_ref.name, secret_key)?.trim();
     if value.len() < 8 {
-        return Err(Reject::spec("WeakKey", "the key must be at least 8 characters"));
+        return Err(Reject::spec(
+            "WeakKey",
+            "the key must be at least 8 characters",
+        ));
     }
     Ok(pb::VirtualKey {
         id: key.id(),
@@ -472,10 +582,16 @@ fn compile_guardrail(g: &Guardrail, key: &ResourceKey) -> Result<pb::Guardrail, 
         validate::regex(&format!("spec.denyPatterns[{i}]"), p)?;
     }
     if spec.pii.as_ref().is_some_and(|p| p.entities.is_empty()) {
-        return Err(Reject::spec("Invalid", "spec.pii.entities: list at least one entity"));
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.pii.entities: list at least one entity",
+        ));
     }
-    let phases: &[GuardrailPhase] =
-        if spec.phases.is_empty() { &[GuardrailPhase::Request] } else { &spec.phases };
+    let phases: &[GuardrailPhase] = if spec.phases.is_empty() {
+        &[GuardrailPhase::Request]
+    } else {
+        &spec.phases
+    };
     let to_str = |v: &dyn std::fmt::Debug| format!("{v:?}");
     Ok(pb::Guardrail {
         id: key.id(),
@@ -483,7 +599,11 @@ fn compile_guardrail(g: &Guardrail, key: &ResourceKey) -> Result<pb::Guardrail, 
         response_phase: phases.contains(&GuardrailPhase::Response),
         deny_patterns: spec.deny_patterns.clone(),
         max_input_tokens: spec.max_input_tokens.unwrap_or(0),
-        pii_entities: spec.pii.iter().flat_map(|p| p.entities.iter().map(|e| to_str(e))).collect(),
+        pii_entities: spec
+            .pii
+            .iter()
+            .flat_map(|p| p.entities.iter().map(|e| to_str(e)))
+            .collect(),
         pii_action: spec
             .pii
             .as_ref()

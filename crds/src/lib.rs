@@ -12,9 +12,7 @@ pub mod world;
 
 pub use common::{Condition, GROUP, ResourceStatus, SecretKeyRef, VERSION};
 pub use compile::{Compiled, Diagnostic, ResourceKey, compile, key_hash};
-pub use guardrail::{
-    Guardrail, GuardrailPhase, GuardrailSpec, PiiAction, PiiEntity, PiiSpec,
-};
+pub use guardrail::{Guardrail, GuardrailPhase, GuardrailSpec, PiiAction, PiiEntity, PiiSpec};
 pub use key::{KeySecretRef, VirtualKey, VirtualKeySpec, VirtualKeyStatus};
 pub use pool::{
     LoadBalancingStrategy, MockSettings, PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind,
@@ -47,7 +45,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/switchyard/crds");
         for (file, yaml) in super::crd_yamls().expect("render") {
             let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            assert!(committed == yaml, "{file} is out of date: run `cargo xtask crdgen`");
+            assert!(
+                committed == yaml,
+                "{file} is out of date: run `cargo xtask crdgen`"
+            );
         }
     }
 
@@ -81,7 +82,10 @@ pub mod fs {
         let mut world = World::default();
         for path in yaml_files(dir)? {
             let text = std::fs::read_to_string(&path)?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             world.add_yaml(&name, &text);
         }
         for var in world.referenced_env() {

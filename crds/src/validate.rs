@@ -11,7 +11,9 @@ pub enum InvalidField {
     Duration { field: String, value: String },
     #[error("{field}: {value:?} is not an http(s) URL with a host")]
     Url { field: String, value: String },
-    #[error("{field}: {value:?} is not a valid model name or glob (letters, digits, . _ - : / @ and the globs * ?)")]
+    #[error(
+        "{field}: {value:?} is not a valid model name or glob (letters, digits, . _ - : / @ and the globs * ?)"
+    )]
     Glob { field: String, value: String },
     #[error("{field}: invalid regular expression: {reason}")]
     Regex { field: String, reason: String },
@@ -36,7 +38,10 @@ pub fn duration(field: &str, value: &str) -> Result<Duration, InvalidField> {
 
 /// Checks an endpoint URL: http or https, with a host, no query or fragment.
 pub fn endpoint_url(field: &str, value: &str) -> Result<url::Url, InvalidField> {
-    let err = || InvalidField::Url { field: field.to_owned(), value: value.to_owned() };
+    let err = || InvalidField::Url {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    };
     let parsed = url::Url::parse(value).map_err(|_| err())?;
     if !matches!(parsed.scheme(), "http" | "https")
         || parsed.host_str().is_none_or(str::is_empty)
@@ -58,7 +63,10 @@ pub fn model_glob(field: &str, value: &str) -> Result<(), InvalidField> {
     if ok {
         Ok(())
     } else {
-        Err(InvalidField::Glob { field: field.to_owned(), value: value.to_owned() })
+        Err(InvalidField::Glob {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        })
     }
 }
 
@@ -68,7 +76,10 @@ pub fn regex(field: &str, value: &str) -> Result<(), InvalidField> {
         .size_limit(1 << 20)
         .build()
         .map(|_| ())
-        .map_err(|e| InvalidField::Regex { field: field.to_owned(), reason: e.to_string() })
+        .map_err(|e| InvalidField::Regex {
+            field: field.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Checks a weight is within bounds.
@@ -84,7 +95,10 @@ pub fn weight(field: &str, value: u32) -> Result<u32, InvalidField> {
 
 /// Parses a decimal USD price such as `"2.50"` into micro-dollars.
 pub fn price_micros(field: &str, value: &str) -> Result<u64, InvalidField> {
-    let err = || InvalidField::Price { field: field.to_owned(), value: value.to_owned() };
+    let err = || InvalidField::Price {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    };
     let v = value.trim();
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
     if int.is_empty() && frac.is_empty()
@@ -94,20 +108,32 @@ pub fn price_micros(field: &str, value: &str) -> Result<u64, InvalidField> {
     {
         return Err(err());
     }
-    let int: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| err())? };
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| err())?
+    };
     let frac_micros: u64 = if frac.is_empty() {
         0
     } else {
         format!("{frac:0<6}").parse().map_err(|_| err())?
     };
-    int.checked_mul(1_000_000).and_then(|m| m.checked_add(frac_micros)).ok_or_else(err)
+    int.checked_mul(1_000_000)
+        .and_then(|m| m.checked_add(frac_micros))
+        .ok_or_else(err)
 }
 
 /// Parses an RFC 3339 timestamp into Unix seconds.
 pub fn timestamp_unix(field: &str, value: &str) -> Result<i64, InvalidField> {
-    let err = || InvalidField::Timestamp { field: field.to_owned(), value: value.to_owned() };
+    let err = || InvalidField::Timestamp {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    };
     let t = humantime::parse_rfc3339_weak(value.trim()).map_err(|_| err())?;
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| err())?.as_secs();
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| err())?
+        .as_secs();
     i64::try_from(secs).map_err(|_| err())
 }
 
@@ -119,7 +145,10 @@ mod tests {
     fn durations() {
         assert_eq!(duration("f", "30s"), Ok(Duration::from_secs(30)));
         assert_eq!(duration("f", "500ms"), Ok(Duration::from_millis(500)));
-        assert!(matches!(duration("f", "soon"), Err(InvalidField::Duration { .. })));
+        assert!(matches!(
+            duration("f", "soon"),
+            Err(InvalidField::Duration { .. })
+        ));
         assert!(duration("f", "").is_err());
     }
 
@@ -146,7 +175,10 @@ mod tests {
     fn regexes() {
         assert!(regex("p", r"(?i)ignore previous").is_ok());
         let e = regex("p", "(unclosed").unwrap_err();
-        assert!(e.to_string().starts_with("p: invalid regular expression"), "{e}");
+        assert!(
+            e.to_string().starts_with("p: invalid regular expression"),
+            "{e}"
+        );
     }
 
     #[test]

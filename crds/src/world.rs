@@ -49,7 +49,9 @@ struct TypeMeta {
 impl World {
     /// Adds a Secret's values (both `data` and `stringData`).
     pub fn add_secret(&mut self, secret: &Secret) {
-        let ns = secret.namespace().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let ns = secret
+            .namespace()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         let mut values = BTreeMap::new();
         for (k, v) in secret.data.iter().flatten() {
             if let Ok(s) = String::from_utf8(v.0.clone()) {
@@ -82,7 +84,11 @@ impl World {
     }
 
     fn load_error(&mut self, source_name: &str, index: usize, message: String) {
-        self.load_errors.push(LoadError { source_name: source_name.to_owned(), index, message });
+        self.load_errors.push(LoadError {
+            source_name: source_name.to_owned(),
+            index,
+            message,
+        });
     }
 
     fn add_value(&mut self, value: serde_yaml::Value) -> Result<(), String> {
@@ -105,11 +111,17 @@ impl World {
                     self.add_value(item)?;
                 }
             }
-            (crate::GROUP, "ProviderPool") => self.pools.push(defaulted(parse("ProviderPool", value)?)),
+            (crate::GROUP, "ProviderPool") => {
+                self.pools.push(defaulted(parse("ProviderPool", value)?))
+            }
             (crate::GROUP, "LLMRoute") => self.routes.push(defaulted(parse("LLMRoute", value)?)),
             (crate::GROUP, "VirtualKey") => self.keys.push(defaulted(parse("VirtualKey", value)?)),
-            (crate::GROUP, "Guardrail") => self.guardrails.push(defaulted(parse("Guardrail", value)?)),
-            (crate::GROUP, other) => return Err(format!("unknown kind {other:?} in {}", crate::GROUP)),
+            (crate::GROUP, "Guardrail") => {
+                self.guardrails.push(defaulted(parse("Guardrail", value)?))
+            }
+            (crate::GROUP, other) => {
+                return Err(format!("unknown kind {other:?} in {}", crate::GROUP));
+            }
             _ => {}
         }
         Ok(())

@@ -21,10 +21,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     match gw.version() {
         Some(v) => (StatusCode::OK, format!("ready: config {v}")),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no config yet".to_owned()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config yet".to_owned(),
+        ),
     }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gw.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.encode(),
+    )
 }

@@ -10,17 +10,31 @@ use crate::error::{ErrorKind, ProxyError};
 
 /// The key a client presented: `Authorization: Bearer <key>` or `x-api-key: <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
-        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+        if let Some(k) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(k.trim()).filter(|k| !k.is_empty());
         }
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty())
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 /// Looks the presented key up by hash; rejects unknown, disabled and expired keys.
-pub fn authenticate(cfg: &RuntimeConfig, headers: &HeaderMap, now_unix: i64) -> Result<Arc<KeyEntry>, ProxyError> {
+pub fn authenticate(
+    cfg: &RuntimeConfig,
+    headers: &HeaderMap,
+    now_unix: i64,
+) -> Result<Arc<KeyEntry>, ProxyError> {
     let key = presented_key(headers).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::MissingKey,
@@ -32,10 +46,16 @@ pub fn authenticate(cfg: &RuntimeConfig, headers: &HeaderMap, now_unix: i64) -> 
         .key(&hash)
         .ok_or_else(|| ProxyError::new(ErrorKind::InvalidKey, "Incorrect API key provided."))?;
     if entry.disabled {
-        return Err(ProxyError::new(ErrorKind::DisabledKey, "This API key is disabled."));
+        return Err(ProxyError::new(
+            ErrorKind::DisabledKey,
+            "This API key is disabled.",
+        ));
     }
     if entry.expires_at.is_some_and(|t| t <= now_unix) {
-        return Err(ProxyError::new(ErrorKind::ExpiredKey, "This API key has expired."));
+        return Err(ProxyError::new(
+            ErrorKind::ExpiredKey,
+            "This API key has expired.",
+        ));
     }
     Ok(entry.clone())
 }
@@ -45,8 +65,11 @@ pub fn authorize(key: &KeyEntry, route: &RouteEntry, model: &str) -> Result<(), 
     if key.allows(model) && route.selects(key) {
         Ok(())
     } else {
-        Err(ProxyError::new(ErrorKind::ModelNotAllowed, format!("This API key is not allowed to use model `{model}`."))
-            .with_param("model"))
+        Err(ProxyError::new(
+            ErrorKind::ModelNotAllowed,
+            format!("This API key is not allowed to use model `{model}`."),
+        )
+        .with_param("model"))
     }
 }
 
@@ -61,9 +84,15 @@ mod tests {
         assert_eq!(presented_key(&h), None);
         h.insert("x-api-key", HeaderValue::from_static("sk-a"));
         assert_eq!(presented_key(&h), Some("sk-a"));
-        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer sk-b"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-b"),
+        );
         assert_eq!(presented_key(&h), Some("sk-b"));
-        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer "),
+        );
         assert_eq!(presented_key(&h), Some("sk-a"));
     }
 }

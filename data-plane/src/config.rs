@@ -44,7 +44,8 @@ pub struct KeyEntry {
 impl KeyEntry {
     /// Whether the key's own allow-list admits a model.
     pub fn allows(&self, model: &str) -> bool {
-        self.allowed_models.is_empty() || self.allowed_models.iter().any(|p| glob::matches(p, model))
+        self.allowed_models.is_empty()
+            || self.allowed_models.iter().any(|p| glob::matches(p, model))
     }
 }
 
@@ -98,7 +99,8 @@ impl PoolEntry {
     /// Picks an endpoint by the pool's strategy. `None` only for the built-in mock.
     pub fn pick(&self) -> Option<&EndpointEntry> {
         if self.round_robin {
-            let live: Vec<&EndpointEntry> = self.endpoints.iter().filter(|e| e.weight > 0).collect();
+            let live: Vec<&EndpointEntry> =
+                self.endpoints.iter().filter(|e| e.weight > 0).collect();
             if live.is_empty() {
                 return None;
             }
@@ -151,7 +153,9 @@ impl RouteEntry {
 
     /// Whether the route's key selector admits a key.
     pub fn selects(&self, key: &KeyEntry) -> bool {
-        self.key_selector.iter().all(|(k, v)| key.labels.get(k) == Some(v))
+        self.key_selector
+            .iter()
+            .all(|(k, v)| key.labels.get(k) == Some(v))
     }
 }
 
@@ -177,7 +181,11 @@ impl RuntimeConfig {
                 Ok(pool) => {
                     pools.insert(p.id.as_str(), Arc::new(pool));
                 }
-                Err(message) => errors.push(InvalidResource { kind: "ProviderPool", id: p.id.clone(), message }),
+                Err(message) => errors.push(InvalidResource {
+                    kind: "ProviderPool",
+                    id: p.id.clone(),
+                    message,
+                }),
             }
         }
         let mut routes = Vec::new();
@@ -212,7 +220,9 @@ impl RuntimeConfig {
                     glob_routes.push((m.clone(), route.clone()));
                 } else {
                     // Routes arrive sorted by id: the first claim on a name wins.
-                    exact_routes.entry(m.clone()).or_insert_with(|| route.clone());
+                    exact_routes
+                        .entry(m.clone())
+                        .or_insert_with(|| route.clone());
                 }
             }
         }
@@ -239,9 +249,18 @@ impl RuntimeConfig {
             );
         }
         if !errors.is_empty() {
-            return Err(InvalidConfig { version: snapshot.version.clone(), errors });
+            return Err(InvalidConfig {
+                version: snapshot.version.clone(),
+                errors,
+            });
         }
-        Ok(Self { version: snapshot.version.clone(), keys, exact_routes, glob_routes, routes })
+        Ok(Self {
+            version: snapshot.version.clone(),
+            keys,
+            exact_routes,
+            glob_routes,
+            routes,
+        })
     }
 
     pub fn key(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
@@ -250,9 +269,12 @@ impl RuntimeConfig {
 
     /// The route answering a client-facing model name: exact names first, then globs.
     pub fn route(&self, model: &str) -> Option<&Arc<RouteEntry>> {
-        self.exact_routes
-            .get(model)
-            .or_else(|| self.glob_routes.iter().find(|(p, _)| glob::matches(p, model)).map(|(_, r)| r))
+        self.exact_routes.get(model).or_else(|| {
+            self.glob_routes
+                .iter()
+                .find(|(p, _)| glob::matches(p, model))
+                .map(|(_, r)| r)
+        })
     }
 
     /// Model names a key may use, for `GET /v1/models`: exact route names, and for glob
@@ -269,7 +291,10 @@ impl RuntimeConfig {
                 }
                 for b in &route.backends {
                     for pm in &b.pool.models {
-                        if glob::matches(m, pm) && key.allows(pm) && self.route(pm).is_some_and(|r| Arc::ptr_eq(r, route)) {
+                        if glob::matches(m, pm)
+                            && key.allows(pm)
+                            && self.route(pm).is_some_and(|r| Arc::ptr_eq(r, route))
+                        {
                             out.insert(pm.clone());
                         }
                     }
@@ -285,21 +310,34 @@ impl RuntimeConfig {
 }
 
 fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> {
-    let provider = Provider::from_proto(p.provider())
-        .ok_or_else(|| format!("provider {:?} is not supported by this data plane", p.provider()))?;
+    let provider = Provider::from_proto(p.provider()).ok_or_else(|| {
+        format!(
+            "provider {:?} is not supported by this data plane",
+            p.provider()
+        )
+    })?;
     let mut endpoints = Vec::new();
     for e in &p.endpoints {
-        let uri: http::Uri = e.url.parse().map_err(|_| format!("endpoint URL {:?} is invalid", e.url))?;
+        let uri: http::Uri = e
+            .url
+            .parse()
+            .map_err(|_| format!("endpoint URL {:?} is invalid", e.url))?;
         if uri.host().is_none() {
             return Err(format!("endpoint URL {:?} has no host", e.url));
         }
         let credential = if e.credential.is_empty() {
             None
         } else {
-            let value = provider.credential_header_value(&e.credential).map_err(|_| "credential contains invalid characters".to_owned())?;
+            let value = provider
+                .credential_header_value(&e.credential)
+                .map_err(|_| "credential contains invalid characters".to_owned())?;
             Some(Credential(value))
         };
-        endpoints.push(EndpointEntry { base: e.url.trim_end_matches('/').to_owned(), weight: e.weight, credential });
+        endpoints.push(EndpointEntry {
+            base: e.url.trim_end_matches('/').to_owned(),
+            weight: e.weight,
+            credential,
+        });
     }
     if endpoints.is_empty() && provider != Provider::Mock {
         return Err("no endpoints".into());

@@ -48,8 +48,12 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             InvalidJson | InvalidRequest | MissingKey | InvalidKey | ExpiredKey | DisabledKey
-            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported => Origin::Client,
-            UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => Origin::Upstream,
+            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported => {
+                Origin::Client
+            }
+            UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => {
+                Origin::Upstream
+            }
             NotReady | Internal => Origin::Internal,
         }
     }
@@ -92,7 +96,13 @@ pub struct ProxyError {
 
 impl ProxyError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), param: None, upstream_status: None, retry_after: None }
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            upstream_status: None,
+            retry_after: None,
+        }
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -109,8 +119,12 @@ impl ProxyError {
     /// Whether trying again (another backend, later) may succeed.
     pub fn retryable(&self) -> bool {
         match self.kind {
-            ErrorKind::UpstreamTimeout | ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => true,
-            ErrorKind::UpstreamStatus => self.upstream_status.is_some_and(|s| s.is_server_error() || s == 429),
+            ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamProtocol => true,
+            ErrorKind::UpstreamStatus => self
+                .upstream_status
+                .is_some_and(|s| s.is_server_error() || s == 429),
             _ => false,
         }
     }
@@ -142,14 +156,20 @@ impl ProxyError {
     fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
         use ErrorKind::*;
         match self.kind {
-            InvalidJson | InvalidRequest | Unsupported | BodyTooLarge => ("invalid_request_error", None),
-            MissingKey | InvalidKey | ExpiredKey | DisabledKey => ("invalid_request_error", Some("invalid_api_key")),
+            InvalidJson | InvalidRequest | Unsupported | BodyTooLarge => {
+                ("invalid_request_error", None)
+            }
+            MissingKey | InvalidKey | ExpiredKey | DisabledKey => {
+                ("invalid_request_error", Some("invalid_api_key"))
+            }
             ModelNotAllowed => ("permission_error", Some("model_not_allowed")),
             ModelNotFound => ("invalid_request_error", Some("model_not_found")),
             UnknownEndpoint => ("invalid_request_error", Some("unknown_url")),
             NotReady => ("server_error", Some("not_ready")),
             UpstreamTimeout => ("timeout_error", Some("upstream_timeout")),
-            UpstreamConnect | UpstreamProtocol => ("upstream_error", Some(self.kind.metric_label())),
+            UpstreamConnect | UpstreamProtocol => {
+                ("upstream_error", Some(self.kind.metric_label()))
+            }
             Internal => ("server_error", None),
             UpstreamStatus => match self.status().as_u16() {
                 429 => ("rate_limit_error", Some("rate_limit_exceeded")),
@@ -194,7 +214,8 @@ impl ProxyError {
         if let Some(ra) = &self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
         }
-        resp.extensions_mut().insert(ErrorLabel(self.kind.metric_label()));
+        resp.extensions_mut()
+            .insert(ErrorLabel(self.kind.metric_label()));
         resp
     }
 }
@@ -229,12 +250,21 @@ mod tests {
             (ErrorKind::UpstreamProtocol, 502),
         ];
         for (kind, status) in cases {
-            assert_eq!(ProxyError::new(kind, "x").status().as_u16(), status, "{kind:?}");
+            assert_eq!(
+                ProxyError::new(kind, "x").status().as_u16(),
+                status,
+                "{kind:?}"
+            );
         }
-        let up = |s: u16| ProxyError::upstream_status(StatusCode::from_u16(s).expect("status"), "x");
+        let up =
+            |s: u16| ProxyError::upstream_status(StatusCode::from_u16(s).expect("status"), "x");
         assert_eq!(up(429).status().as_u16(), 429);
         assert_eq!(up(400).status().as_u16(), 400);
-        assert_eq!(up(401).status().as_u16(), 502, "upstream credential errors are not the client's");
+        assert_eq!(
+            up(401).status().as_u16(),
+            502,
+            "upstream credential errors are not the client's"
+        );
         assert_eq!(up(500).status().as_u16(), 502);
         assert!(up(503).retryable());
         assert!(!up(400).retryable());

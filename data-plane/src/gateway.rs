@@ -49,15 +49,25 @@ impl Gateway {
     pub fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), InvalidConfig> {
         match RuntimeConfig::build(snapshot, &self.upstreams) {
             Ok(cfg) => {
-                self.metrics.config_keys.set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
-                self.metrics.config_routes.set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
+                self.metrics
+                    .config_keys
+                    .set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
+                self.metrics
+                    .config_routes
+                    .set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
                 self.config.store(Some(Arc::new(cfg)));
-                self.metrics.config_updates.get_or_create(&ResultLabels { result: "applied" }).inc();
+                self.metrics
+                    .config_updates
+                    .get_or_create(&ResultLabels { result: "applied" })
+                    .inc();
                 tracing::info!(version = %snapshot.version, pools = snapshot.pools.len(), routes = snapshot.routes.len(), keys = snapshot.keys.len(), "config applied");
                 Ok(())
             }
             Err(e) => {
-                self.metrics.config_updates.get_or_create(&ResultLabels { result: "rejected" }).inc();
+                self.metrics
+                    .config_updates
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
                 for r in &e.errors {
                     tracing::warn!(version = %e.version, resource = %r, "config resource invalid");
                 }

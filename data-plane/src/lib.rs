@@ -47,7 +47,10 @@ pub struct Options {
 }
 
 /// Runs the data plane until `shutdown` resolves, then drains in-flight requests.
-pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let gw = Gateway::new(opts.body_limit);
     match &opts.source {
         ConfigSource::Directory(dir) => {

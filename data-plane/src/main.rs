@@ -42,15 +42,26 @@ struct Args {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "data-plane".to_owned())
 }
@@ -59,7 +70,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
             return;
         }
@@ -82,14 +95,20 @@ async fn main() -> Result<()> {
             server_name: args.control_plane_server_name,
         }),
         (None, Some(dir)) => ConfigSource::Directory(dir),
-        _ => bail!("pass exactly one of --control-plane URL (fleet mode) or --config DIR (standalone)"),
+        _ => bail!(
+            "pass exactly one of --control-plane URL (fleet mode) or --config DIR (standalone)"
+        ),
     };
     let opts = Options {
         listen: args.listen,
         admin_listen: args.admin_listen,
         source,
         body_limit: args.max_body_bytes,
-        stack: StackOptions { max_concurrency: args.max_concurrency },
+        stack: StackOptions {
+            max_concurrency: args.max_concurrency,
+        },
     };
-    switchyard_data_plane::run(opts, shutdown_signal()).await.context("data plane failed")
+    switchyard_data_plane::run(opts, shutdown_signal())
+        .await
+        .context("data plane failed")
 }

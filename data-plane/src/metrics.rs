@@ -77,23 +77,51 @@ impl Metrics {
         let config_keys = Gauge::default();
         let config_routes = Gauge::default();
         let control_plane_connected = Gauge::default();
-        registry.register("requests", "Client requests by endpoint, status and error", requests.clone());
+        registry.register(
+            "requests",
+            "Client requests by endpoint, status and error",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time to the response head (streams: to the first byte)",
             request_duration.clone(),
         );
-        registry.register("upstream_requests", "Upstream attempts by provider and outcome", upstream_requests.clone());
+        registry.register(
+            "upstream_requests",
+            "Upstream attempts by provider and outcome",
+            upstream_requests.clone(),
+        );
         registry.register(
             "upstream_duration_seconds",
             "Upstream time to the response head, by provider",
             upstream_duration.clone(),
         );
-        registry.register("tokens", "Tokens by provider and direction (input/output)", tokens.clone());
-        registry.register("stream_errors", "Streams ended early, by reason", stream_errors.clone());
-        registry.register("config_updates", "Config snapshots applied or rejected", config_updates.clone());
-        registry.register("config_virtual_keys", "Virtual keys in the running config", config_keys.clone());
-        registry.register("config_routes", "Routes in the running config", config_routes.clone());
+        registry.register(
+            "tokens",
+            "Tokens by provider and direction (input/output)",
+            tokens.clone(),
+        );
+        registry.register(
+            "stream_errors",
+            "Streams ended early, by reason",
+            stream_errors.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Config snapshots applied or rejected",
+            config_updates.clone(),
+        );
+        registry.register(
+            "config_virtual_keys",
+            "Virtual keys in the running config",
+            config_keys.clone(),
+        );
+        registry.register(
+            "config_routes",
+            "Routes in the running config",
+            config_routes.clone(),
+        );
         registry.register(
             "control_plane_connected",
             "1 while the config stream to the control plane is up",
@@ -124,7 +152,17 @@ impl Metrics {
     }
 
     pub fn record_usage(&self, provider: &'static str, usage: crate::openai::Usage) {
-        self.tokens.get_or_create(&TokenLabels { provider, direction: "input" }).inc_by(usage.prompt_tokens);
-        self.tokens.get_or_create(&TokenLabels { provider, direction: "output" }).inc_by(usage.completion_tokens);
+        self.tokens
+            .get_or_create(&TokenLabels {
+                provider,
+                direction: "input",
+            })
+            .inc_by(usage.prompt_tokens);
+        self.tokens
+            .get_or_create(&TokenLabels {
+                provider,
+                direction: "output",
+            })
+            .inc_by(usage.completion_tokens);
     }
 }

@@ -39,7 +39,9 @@ impl ChatRequest {
     }
 
     pub fn wants_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage.unwrap_or(false))
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage.unwrap_or(false))
     }
 
     /// Checks what serde cannot: a usable request.
@@ -48,13 +50,15 @@ impl ChatRequest {
             return Err(("model must not be empty".into(), "model"));
         }
         if self.messages.is_empty() {
-            return Err(("messages must contain at least one message".into(), "messages"));
+            return Err((
+                "messages must contain at least one message".into(),
+                "messages",
+            ));
         }
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t) {
                 return Err((format!("temperature {t} is outside [0, 2]"), "temperature"));
             }
-        }
         Ok(())
     }
 }
@@ -133,7 +137,11 @@ impl MessageContent {
     pub fn text_len(&self) -> usize {
         match self {
             MessageContent::Text(s) => s.len(),
-            MessageContent::Parts(parts) => parts.iter().filter_map(|p| p.text.as_ref()).map(String::len).sum(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.text.as_ref())
+                .map(String::len)
+                .sum(),
         }
     }
 }
@@ -204,7 +212,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 

@@ -42,7 +42,11 @@ fn render(gw: &Gateway, e: ProxyError, dialect: Dialect) -> Response {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn chat_completions(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match chat(&gw, &headers, body).await {
         Ok(r) => r,
         Err(e) => render(&gw, e, Dialect::OpenAi),
@@ -50,7 +54,11 @@ pub async fn chat_completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap
 }
 
 /// `POST /v1/embeddings`.
-pub async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn embeddings(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match embed(&gw, &headers, body).await {
         Ok(r) => r,
         Err(e) => render(&gw, e, Dialect::OpenAi),
@@ -74,37 +82,65 @@ pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
 
 /// Any other path under the API listener.
 pub async fn not_found(method: Method, uri: http::Uri) -> Response {
-    ProxyError::new(ErrorKind::UnknownEndpoint, format!("Unknown request URL: {method} {}.", uri.path()))
-        .into_response_in(Dialect::OpenAi)
+    ProxyError::new(
+        ErrorKind::UnknownEndpoint,
+        format!("Unknown request URL: {method} {}.", uri.path()),
+    )
+    .into_response_in(Dialect::OpenAi)
 }
 
 fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
-    gw.config().ok_or_else(|| ProxyError::new(ErrorKind::NotReady, "The gateway has no configuration yet."))
+    gw.config().ok_or_else(|| {
+        ProxyError::new(ErrorKind::NotReady, "The gateway has no configuration yet.")
+    })
 }
 
 /// Reads the body up to the limit (413 beyond it).
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
-    let too_large = || ProxyError::new(ErrorKind::BodyTooLarge, format!("Request body is larger than the limit of {limit} bytes."));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
-        if len > limit {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit {
             return Err(too_large());
         }
-    }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ProxyError::new(ErrorKind::InvalidRequest, format!("Reading the request body failed: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ProxyError::new(
+            ErrorKind::InvalidRequest,
+            format!("Reading the request body failed: {e}"),
+        )),
     }
 }
 
 /// Parses a JSON body: syntax errors and type errors get distinct, precise messages.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.is_empty() {
-        return Err(ProxyError::new(ErrorKind::InvalidJson, "The request body is empty; expected a JSON object."));
+        return Err(ProxyError::new(
+            ErrorKind::InvalidJson,
+            "The request body is empty; expected a JSON object.",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ProxyError::new(ErrorKind::InvalidRequest, format!("Invalid request: {e}")),
-        _ => ProxyError::new(ErrorKind::InvalidJson, format!("The request body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => {
+            ProxyError::new(ErrorKind::InvalidRequest, format!("Invalid request: {e}"))
+        }
+        _ => ProxyError::new(
+            ErrorKind::InvalidJson,
+            format!("The request body is not valid JSON: {e}"),
+        ),
     })
 }
 
@@ -115,25 +151,49 @@ struct Routed<'c, T> {
     upstream_model: String,
 }
 
-fn route<'c, T>(cfg: &'c RuntimeConfig, key: &KeyEntry, req: T, model: &str) -> Result<Routed<'c, T>> {
+fn route<'c, T>(
+    cfg: &'c RuntimeConfig,
+    key: &KeyEntry,
+    req: T,
+    model: &str,
+) -> Result<Routed<'c, T>> {
     let route = cfg.route(model).ok_or_else(|| {
-        ProxyError::new(ErrorKind::ModelNotFound, format!("The model `{model}` does not exist or you do not have access to it."))
-            .with_param("model")
+        ProxyError::new(
+            ErrorKind::ModelNotFound,
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        )
+        .with_param("model")
     })?;
     auth::authorize(key, route, model)?;
-    let backend = route
-        .pick()
-        .ok_or_else(|| ProxyError::new(ErrorKind::Internal, format!("route {} has no backend with weight", route.id)))?;
+    let backend = route.pick().ok_or_else(|| {
+        ProxyError::new(
+            ErrorKind::Internal,
+            format!("route {} has no backend with weight", route.id),
+        )
+    })?;
     let upstream_model = backend.model.clone().unwrap_or_else(|| model.to_owned());
-    Ok(Routed { req, backend, upstream_model })
+    Ok(Routed {
+        req,
+        backend,
+        upstream_model,
+    })
 }
 
 fn endpoint(pool: &PoolEntry) -> Result<&EndpointEntry> {
-    pool.pick()
-        .ok_or_else(|| ProxyError::new(ErrorKind::UpstreamConnect, format!("pool {} has no endpoint with weight", pool.id)))
+    pool.pick().ok_or_else(|| {
+        ProxyError::new(
+            ErrorKind::UpstreamConnect,
+            format!("pool {} has no endpoint with weight", pool.id),
+        )
+    })
 }
 
-fn upstream_request(pool: &PoolEntry, ep: &EndpointEntry, url: String, body: Bytes) -> Result<http::Request<Full<Bytes>>> {
+fn upstream_request(
+    pool: &PoolEntry,
+    ep: &EndpointEntry,
+    url: String,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>> {
     let mut b = http::Request::post(url).header(header::CONTENT_TYPE, "application/json");
     if let Some(c) = &ep.credential {
         b = b.header(pool.provider.credential_header(), c.0.clone());
@@ -141,8 +201,12 @@ fn upstream_request(pool: &PoolEntry, ep: &EndpointEntry, url: String, body: Byt
     if pool.provider == Provider::Anthropic {
         b = b.header("anthropic-version", anthropic::API_VERSION);
     }
-    b.body(Full::new(body))
-        .map_err(|e| ProxyError::new(ErrorKind::Internal, format!("building the upstream request failed: {e}")))
+    b.body(Full::new(body)).map_err(|e| {
+        ProxyError::new(
+            ErrorKind::Internal,
+            format!("building the upstream request failed: {e}"),
+        )
+    })
 }
 
 /// Deadlines of one upstream call.
@@ -156,12 +220,20 @@ impl Deadlines {
     fn of(pool: &PoolEntry) -> Self {
         let now = Instant::now();
         let total = now + pool.timeouts.total;
-        Self { first_byte: (now + pool.timeouts.first_byte).min(total), total }
+        Self {
+            first_byte: (now + pool.timeouts.first_byte).min(total),
+            total,
+        }
     }
 }
 
 /// Sends the request; turns error statuses into errors carrying the upstream's message.
-async fn call(gw: &Gateway, pool: &PoolEntry, req: http::Request<Full<Bytes>>, d: Deadlines) -> Result<http::Response<Incoming>> {
+async fn call(
+    gw: &Gateway,
+    pool: &PoolEntry,
+    req: http::Request<Full<Bytes>>,
+    d: Deadlines,
+) -> Result<http::Response<Incoming>> {
     let provider = pool.provider.label();
     let started = Instant::now();
     let result = upstream::send(&pool.client, req, d.first_byte).await;
@@ -169,7 +241,15 @@ async fn call(gw: &Gateway, pool: &PoolEntry, req: http::Request<Full<Bytes>>, d
         .upstream_duration
         .get_or_create(&EndpointLabels { endpoint: provider })
         .observe(started.elapsed().as_secs_f64());
-    let outcome = |o: &'static str| gw.metrics.upstream_requests.get_or_create(&UpstreamLabels { provider, outcome: o }).inc();
+    let outcome = |o: &'static str| {
+        gw.metrics
+            .upstream_requests
+            .get_or_create(&UpstreamLabels {
+                provider,
+                outcome: o,
+            })
+            .inc()
+    };
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -184,12 +264,21 @@ async fn call(gw: &Gateway, pool: &PoolEntry, req: http::Request<Full<Bytes>>, d
     outcome("error_status");
     let status = resp.status();
     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-    let body = upstream::read_body(resp.into_body(), d.total).await.unwrap_or_default();
+    let body = upstream::read_body(resp.into_body(), d.total)
+        .await
+        .unwrap_or_default();
     Err(providers::upstream_error(status, &body, retry_after))
 }
 
 fn json_response(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Response> {
@@ -197,9 +286,14 @@ async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Resp
     let key = auth::authenticate(&cfg, headers, now_unix())?;
     let bytes = read_body(headers, body, gw.body_limit).await?;
     let req: ChatRequest = parse_json(&bytes)?;
-    req.validate().map_err(|(m, p)| ProxyError::new(ErrorKind::InvalidRequest, m).with_param(p))?;
+    req.validate()
+        .map_err(|(m, p)| ProxyError::new(ErrorKind::InvalidRequest, m).with_param(p))?;
     let model = req.model.clone();
-    let Routed { req, backend, upstream_model } = route(&cfg, &key, req, &model)?;
+    let Routed {
+        req,
+        backend,
+        upstream_model,
+    } = route(&cfg, &key, req, &model)?;
     let pool = &backend.pool;
     let stream = req.is_stream();
     let wants_usage = req.wants_usage();
@@ -219,15 +313,30 @@ async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Resp
         _ => {
             let url = oa::chat_url(provider, &ep.base, &upstream_model, &pool.api_version);
             let body = oa::translate_request(req, &upstream_model).map_err(internal)?;
-            (url, body, StreamTranslator::OpenAi(oa::StreamState::new(wants_usage)))
+            (
+                url,
+                body,
+                StreamTranslator::OpenAi(oa::StreamState::new(wants_usage)),
+            )
         }
     };
     let resp = call(gw, pool, upstream_request(pool, ep, url, body)?, d).await?;
     if stream {
-        return Ok(stream_response(gw.clone(), provider.label(), resp.into_body(), translator, d.total));
+        return Ok(stream_response(
+            gw.clone(),
+            provider.label(),
+            resp.into_body(),
+            translator,
+            d.total,
+        ));
     }
     let body = upstream::read_body(resp.into_body(), d.total).await?;
-    let garbage = |e: serde_json::Error| ProxyError::new(ErrorKind::UpstreamProtocol, format!("upstream returned an invalid response: {e}"));
+    let garbage = |e: serde_json::Error| {
+        ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("upstream returned an invalid response: {e}"),
+        )
+    };
     if provider == Provider::Anthropic {
         let out = anthropic::translate_response(&body).map_err(garbage)?;
         if let Some(u) = out.usage {
@@ -246,7 +355,12 @@ fn internal(e: impl std::fmt::Display) -> ProxyError {
     ProxyError::new(ErrorKind::Internal, format!("internal error: {e}"))
 }
 
-async fn mock_chat(gw: &Arc<Gateway>, pool: &PoolEntry, req: &ChatRequest, model: &str) -> Response {
+async fn mock_chat(
+    gw: &Arc<Gateway>,
+    pool: &PoolEntry,
+    req: &ChatRequest,
+    model: &str,
+) -> Response {
     let behaviour = pool.mock;
     let prompt_tokens = estimate_tokens(req);
     if !behaviour.latency.is_zero() {
@@ -296,8 +410,17 @@ struct StreamDriver {
 impl StreamDriver {
     fn fail(&mut self, label: &'static str, message: &str, out: &mut Vec<Bytes>) {
         self.finished = true;
-        self.gw.metrics.stream_errors.get_or_create(&ReasonLabels { reason: label }).inc();
-        tracing::warn!(provider = self.provider, reason = label, message, "stream ended with an error");
+        self.gw
+            .metrics
+            .stream_errors
+            .get_or_create(&ReasonLabels { reason: label })
+            .inc();
+        tracing::warn!(
+            provider = self.provider,
+            reason = label,
+            message,
+            "stream ended with an error"
+        );
         let body = json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": label}});
         out.push(sse::data(body.to_string().as_bytes()));
     }
@@ -314,7 +437,11 @@ impl StreamDriver {
                 if label == "upstream_error_event" {
                     // The translator already emitted the upstream's error event.
                     self.finished = true;
-                    self.gw.metrics.stream_errors.get_or_create(&ReasonLabels { reason: label }).inc();
+                    self.gw
+                        .metrics
+                        .stream_errors
+                        .get_or_create(&ReasonLabels { reason: label })
+                        .inc();
                 } else {
                     self.fail(label, &e.message, out);
                 }
@@ -327,7 +454,11 @@ impl StreamDriver {
             match self.decoder.next_event() {
                 Ok(Some(ev)) => self.handle(ev, out),
                 Ok(None) => break,
-                Err(e) => self.fail("malformed_event", &format!("upstream stream is malformed: {e}"), out),
+                Err(e) => self.fail(
+                    "malformed_event",
+                    &format!("upstream stream is malformed: {e}"),
+                    out,
+                ),
             }
         }
     }
@@ -340,17 +471,29 @@ impl StreamDriver {
                 return None;
             }
             match tokio::time::timeout_at(self.deadline, self.body.frame()).await {
-                Err(_) => self.fail("timeout", "upstream stream did not complete in time", &mut out),
+                Err(_) => self.fail(
+                    "timeout",
+                    "upstream stream did not complete in time",
+                    &mut out,
+                ),
                 Ok(None) => {
                     if let Ok(Some(ev)) = self.decoder.finish() {
                         self.handle(ev, &mut out);
                     }
                     if !self.saw_end && !self.finished {
-                        self.fail("upstream_disconnect", "upstream stream ended before completion", &mut out);
+                        self.fail(
+                            "upstream_disconnect",
+                            "upstream stream ended before completion",
+                            &mut out,
+                        );
                     }
                     self.finished = true;
                 }
-                Ok(Some(Err(e))) => self.fail("upstream_disconnect", &format!("upstream stream broke: {e}"), &mut out),
+                Ok(Some(Err(e))) => self.fail(
+                    "upstream_disconnect",
+                    &format!("upstream stream broke: {e}"),
+                    &mut out,
+                ),
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         self.decoder.push(&data);
@@ -359,7 +502,11 @@ impl StreamDriver {
                 }
             }
         }
-        Some(if out.len() == 1 { out.swap_remove(0) } else { Bytes::from(out.concat()) })
+        Some(if out.len() == 1 {
+            out.swap_remove(0)
+        } else {
+            Bytes::from(out.concat())
+        })
     }
 
     fn complete(&mut self) {
@@ -371,7 +518,13 @@ impl StreamDriver {
     }
 }
 
-fn stream_response(gw: Arc<Gateway>, provider: &'static str, body: Incoming, translator: StreamTranslator, deadline: Instant) -> Response {
+fn stream_response(
+    gw: Arc<Gateway>,
+    provider: &'static str,
+    body: Incoming,
+    translator: StreamTranslator,
+    deadline: Instant,
+) -> Response {
     let driver = StreamDriver {
         gw,
         provider,
@@ -382,7 +535,9 @@ fn stream_response(gw: Arc<Gateway>, provider: &'static str, body: Incoming, tra
         finished: false,
         saw_end: false,
     };
-    let stream = futures_util::stream::unfold(driver, |mut d| async move { d.next().await.map(|b| (Ok::<_, Infallible>(b), d)) });
+    let stream = futures_util::stream::unfold(driver, |mut d| async move {
+        d.next().await.map(|b| (Ok::<_, Infallible>(b), d))
+    });
     sse_response(Body::from_stream(stream))
 }
 
@@ -392,10 +547,17 @@ async fn embed(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Res
     let bytes = read_body(headers, body, gw.body_limit).await?;
     let req: EmbeddingsRequest = parse_json(&bytes)?;
     if req.model.trim().is_empty() {
-        return Err(ProxyError::new(ErrorKind::InvalidRequest, "model must not be empty").with_param("model"));
+        return Err(
+            ProxyError::new(ErrorKind::InvalidRequest, "model must not be empty")
+                .with_param("model"),
+        );
     }
     let model = req.model.clone();
-    let Routed { mut req, backend, upstream_model } = route(&cfg, &key, req, &model)?;
+    let Routed {
+        mut req,
+        backend,
+        upstream_model,
+    } = route(&cfg, &key, req, &model)?;
     let pool = &backend.pool;
     match pool.provider {
         Provider::Mock => {
@@ -428,7 +590,10 @@ async fn embed(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Res
             let resp = call(gw, pool, upstream_request(pool, ep, url, body)?, d).await?;
             let body = upstream::read_body(resp.into_body(), d.total).await?;
             let usage = oa::response_usage(&body).map_err(|e| {
-                ProxyError::new(ErrorKind::UpstreamProtocol, format!("upstream returned an invalid response: {e}"))
+                ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("upstream returned an invalid response: {e}"),
+                )
             })?;
             if let Some(u) = usage {
                 gw.metrics.record_usage(provider.label(), u);

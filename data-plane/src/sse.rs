@@ -66,7 +66,11 @@ fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
         if buf[i] == b'\n' && buf[i + 1] == b'\n' {
             return Some((i, 2));
         }
-        if buf[i] == b'\r' && buf.get(i + 1) == Some(&b'\n') && buf.get(i + 2) == Some(&b'\r') && buf.get(i + 3) == Some(&b'\n') {
+        if buf[i] == b'\r'
+            && buf.get(i + 1) == Some(&b'\n')
+            && buf.get(i + 2) == Some(&b'\r')
+            && buf.get(i + 3) == Some(&b'\n')
+        {
             return Some((i, 4));
         }
         i += 1;
@@ -158,6 +162,9 @@ mod tests {
         let mut d = Decoder::default();
         d.push(b"data: tail");
         assert_eq!(d.next_event(), Ok(None));
-        assert_eq!(d.finish().expect("finish").map(|e| e.data), Some("tail".into()));
+        assert_eq!(
+            d.finish().expect("finish").map(|e| e.data),
+            Some("tail".into())
+        );
     }
 }

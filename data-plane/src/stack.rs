@@ -25,7 +25,9 @@ use axum::routing::{get, post};
 use http::{HeaderName, StatusCode, header};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
@@ -42,7 +44,9 @@ pub struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        http::HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).ok().map(RequestId::new)
+        http::HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -55,7 +59,9 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { max_concurrency: 10_000 }
+        Self {
+            max_concurrency: 10_000,
+        }
     }
 }
 
@@ -85,7 +91,8 @@ pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("request handler panicked");
-    let mut r = ProxyError::new(ErrorKind::Internal, "internal error").into_response_in(Dialect::OpenAi);
+    let mut r =
+        ProxyError::new(ErrorKind::Internal, "internal error").into_response_in(Dialect::OpenAi);
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     r
 }
@@ -107,7 +114,11 @@ async fn record_metrics(State(gw): State<Arc<Gateway>>, req: Request, next: Next
     let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
     gw.metrics
         .requests
-        .get_or_create(&RequestLabels { endpoint, status: resp.status().as_u16(), error })
+        .get_or_create(&RequestLabels {
+            endpoint,
+            status: resp.status().as_u16(),
+            error,
+        })
         .inc();
     gw.metrics
         .request_duration
@@ -116,9 +127,16 @@ async fn record_metrics(State(gw): State<Arc<Gateway>>, req: Request, next: Next
     resp
 }
 
-async fn concurrency_limit(State(limiter): State<Arc<tokio::sync::Semaphore>>, req: Request, next: Next) -> Response {
+async fn concurrency_limit(
+    State(limiter): State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Ok(_permit) = limiter.try_acquire() else {
-        let mut e = ProxyError::new(ErrorKind::NotReady, "The gateway is at its concurrency limit; retry shortly.");
+        let mut e = ProxyError::new(
+            ErrorKind::NotReady,
+            "The gateway is at its concurrency limit; retry shortly.",
+        );
         e.retry_after = Some(http::HeaderValue::from_static("1"));
         return e.into_response_in(Dialect::OpenAi);
     };

@@ -30,7 +30,10 @@ pub struct Upstreams {
 impl Upstreams {
     /// The client for a connect timeout, created on first use.
     pub fn client(&self, connect_timeout: Duration) -> Result<HttpClient, String> {
-        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = clients.get(&connect_timeout) {
             return Ok(c.clone());
         }
@@ -47,7 +50,9 @@ fn new_client(connect_timeout: Duration) -> Result<HttpClient, String> {
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_provider_and_webpki_roots(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
         .map_err(|e| format!("TLS client setup failed: {e}"))?
         .https_or_http()
         .enable_http1()
@@ -66,11 +71,18 @@ pub async fn send(
     first_byte: Instant,
 ) -> Result<http::Response<Incoming>, ProxyError> {
     match tokio::time::timeout_at(first_byte, client.request(req)).await {
-        Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "upstream did not answer in time")),
-        Ok(Err(e)) if e.is_connect() => {
-            Err(ProxyError::new(ErrorKind::UpstreamConnect, format!("upstream connection failed: {}", source_chain(&e))))
-        }
-        Ok(Err(e)) => Err(ProxyError::new(ErrorKind::UpstreamProtocol, format!("upstream request failed: {}", source_chain(&e)))),
+        Err(_) => Err(ProxyError::new(
+            ErrorKind::UpstreamTimeout,
+            "upstream did not answer in time",
+        )),
+        Ok(Err(e)) if e.is_connect() => Err(ProxyError::new(
+            ErrorKind::UpstreamConnect,
+            format!("upstream connection failed: {}", source_chain(&e)),
+        )),
+        Ok(Err(e)) => Err(ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("upstream request failed: {}", source_chain(&e)),
+        )),
         Ok(Ok(resp)) => Ok(resp),
     }
 }
@@ -79,8 +91,14 @@ pub async fn send(
 pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, ProxyError> {
     let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
     match tokio::time::timeout_at(deadline, limited.collect()).await {
-        Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "upstream response did not complete in time")),
-        Ok(Err(e)) => Err(ProxyError::new(ErrorKind::UpstreamProtocol, format!("reading upstream response failed: {e}"))),
+        Err(_) => Err(ProxyError::new(
+            ErrorKind::UpstreamTimeout,
+            "upstream response did not complete in time",
+        )),
+        Ok(Err(e)) => Err(ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("reading upstream response failed: {e}"),
+        )),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }

@@ -46,7 +46,9 @@ pub async fn run(gw: Arc<Gateway>, opts: ClientOptions) {
         let mut received = false;
         match session(&gw, &opts, &mut received).await {
             Ok(()) => tracing::info!("config stream ended by the control plane"),
-            Err(e) => tracing::warn!(error = %e, url = %opts.url, "config stream down; serving the last good config"),
+            Err(e) => {
+                tracing::warn!(error = %e, url = %opts.url, "config stream down; serving the last good config")
+            }
         }
         gw.metrics.control_plane_connected.set(0);
         if received {
@@ -79,8 +81,15 @@ fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
     Ok(ep)
 }
 
-async fn session(gw: &Gateway, opts: &ClientOptions, received: &mut bool) -> Result<(), ClientError> {
-    let channel = endpoint(opts)?.connect().await.map_err(ClientError::Connect)?;
+async fn session(
+    gw: &Gateway,
+    opts: &ClientOptions,
+    received: &mut bool,
+) -> Result<(), ClientError> {
+    let channel = endpoint(opts)?
+        .connect()
+        .await
+        .map_err(ClientError::Connect)?;
     let mut client = ConfigDiscoveryClient::new(channel)
         .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
         .max_encoding_message_size(MAX_SNAPSHOT_BYTES);
@@ -91,7 +100,10 @@ async fn session(gw: &Gateway, opts: &ClientOptions, received: &mut bool) -> Res
         ..Default::default()
     };
     tx.send(hello).await.map_err(|_| ClientError::Closed)?;
-    let mut inbound = client.stream_config(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .stream_config(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     gw.metrics.control_plane_connected.set(1);
     tracing::info!(url = %opts.url, node_id = %opts.node_id, "config stream connected");
     while let Some(resp) = inbound.message().await? {

@@ -12,7 +12,14 @@ pub mod v1 {
             f.debug_struct("Endpoint")
                 .field("url", &self.url)
                 .field("weight", &self.weight)
-                .field("credential", &if self.credential.is_empty() { "" } else { "<redacted>" })
+                .field(
+                    "credential",
+                    &if self.credential.is_empty() {
+                        ""
+                    } else {
+                        "<redacted>"
+                    },
+                )
                 .finish()
         }
     }
@@ -24,7 +31,11 @@ mod tests {
 
     #[test]
     fn endpoint_debug_redacts_credential() {
-        let e = Endpoint { url: "https://api.example".into(), weight: 1, credential: "sk-secret".into() };
+        let e = Endpoint {
+            url: "https://api.example".into(),
+            weight: 1,
+            credential: "sk-secret".into(),
+        };
         let s = format!("{e:?}");
         assert!(!s.contains("sk-secret"), "{s}");
         assert!(s.contains("<redacted>"));

@@ -51,11 +51,17 @@ pub struct MockState {
 
 impl MockState {
     pub fn new(record: bool) -> Self {
-        Self { record, ..Default::default() }
+        Self {
+            record,
+            ..Default::default()
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+        self.recorded
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn clear(&self) {
@@ -97,7 +103,9 @@ pub async fn spawn(addr: SocketAddr, record: bool) -> std::io::Result<MockHandle
 /// Serves connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<MockState>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
@@ -163,7 +171,11 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(body.into()).map_err(|e: Infallible| match e {}).boxed())
+        .body(
+            Full::new(body.into())
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        )
         .unwrap_or_default()
 }
 
@@ -171,7 +183,10 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     full(status, "application/json", v.to_string())
 }
 
-async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     if parts.method == Method::GET {
@@ -203,18 +218,34 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
     } else if path.ends_with("/messages") {
         Api::AnthropicMessages
     } else {
-        return Ok(json_response(StatusCode::NOT_FOUND, &openai_error(404, "unknown path")));
+        return Ok(json_response(
+            StatusCode::NOT_FOUND,
+            &openai_error(404, "unknown path"),
+        ));
     };
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "text/plain", "body read failed")),
+        Err(_) => {
+            return Ok(full(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "body read failed",
+            ));
+        }
     };
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return Ok(error_response(api, 400, &format!("invalid JSON: {e}"), None)),
+        Err(e) => {
+            return Ok(error_response(
+                api,
+                400,
+                &format!("invalid JSON: {e}"),
+                None,
+            ));
+        }
     };
-    if state.record {
-        if let Ok(mut r) = state.recorded.lock() {
+    if state.record
+        && let Ok(mut r) = state.recorded.lock() {
             if r.len() >= 256 {
                 r.pop_front();
             }
@@ -225,33 +256,53 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
                 headers: parts
                     .headers
                     .iter()
-                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                    .filter_map(|(k, v)| {
+                        v.to_str()
+                            .ok()
+                            .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                    })
                     .collect(),
                 body: parsed.clone(),
             });
         }
-    }
     let prompt = prompt_text(api, &parsed);
     let knobs = Knobs::from_request(&parts.headers, &prompt);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
     if let Some(status) = knobs.status {
-        return Ok(error_response(api, status, "mock error requested", knobs.retry_after.as_deref()));
+        return Ok(error_response(
+            api,
+            status,
+            "mock error requested",
+            knobs.retry_after.as_deref(),
+        ));
     }
-    let model = parsed.get("model").and_then(Value::as_str).unwrap_or("mock-gpt").to_owned();
+    let model = parsed
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-gpt")
+        .to_owned();
     if model.is_empty() && api != Api::OpenAiEmbeddings {
         return Ok(error_response(api, 400, "model is required", None));
     }
-    let stream = parsed.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = parsed
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(match api {
         Api::OpenAiEmbeddings => embeddings(&parsed, &model, &knobs),
         Api::OpenAiChat if stream => {
-            let usage = parsed.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+            let usage = parsed
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             stream_response(openai_stream_events(&model, &prompt, &knobs, usage), &knobs)
         }
         Api::OpenAiChat => chat_response(&model, &prompt, &knobs),
-        Api::AnthropicMessages if stream => stream_response(anthropic_stream_events(&model, &prompt, &knobs), &knobs),
+        Api::AnthropicMessages if stream => {
+            stream_response(anthropic_stream_events(&model, &prompt, &knobs), &knobs)
+        }
         Api::AnthropicMessages => messages_response(&model, &prompt, &knobs),
     })
 }
@@ -274,7 +325,12 @@ fn prompt_text(api: Api, body: &Value) -> String {
         out.push_str(s);
         out.push(' ');
     }
-    for m in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match m.get("content") {
             Some(Value::String(s)) => out.push_str(s),
             Some(Value::Array(parts)) => {
@@ -293,14 +349,23 @@ fn prompt_text(api: Api, body: &Value) -> String {
 }
 
 fn last_user_text(prompt: &str) -> String {
-    prompt.split_whitespace().filter(|w| !w.starts_with("mock.")).collect::<Vec<_>>().join(" ")
+    prompt
+        .split_whitespace()
+        .filter(|w| !w.starts_with("mock."))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn tokens(prompt: &str, knobs: &Knobs) -> Vec<String> {
     if knobs.echo {
-        return last_user_text(prompt).split_inclusive(' ').map(str::to_owned).collect();
+        return last_user_text(prompt)
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect();
     }
-    (0..knobs.chunks.unwrap_or(8)).map(|i| format!("tok{i} ")).collect()
+    (0..knobs.chunks.unwrap_or(8))
+        .map(|i| format!("tok{i} "))
+        .collect()
 }
 
 fn prompt_tokens(prompt: &str) -> u64 {
@@ -332,7 +397,12 @@ fn anthropic_error(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-fn error_response(api: Api, status: u16, message: &str, retry_after: Option<&str>) -> Response<Body> {
+fn error_response(
+    api: Api,
+    status: u16,
+    message: &str,
+    retry_after: Option<&str>,
+) -> Response<Body> {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = match api {
         Api::AnthropicMessages => anthropic_error(status, message),
@@ -346,12 +416,19 @@ fn error_response(api: Api, status: u16, message: &str, retry_after: Option<&str
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn chat_response(model: &str, prompt: &str, knobs: &Knobs) -> Response<Body> {
     if knobs.malformed {
-        return full(StatusCode::OK, "application/json", "{\"id\": \"chatcmpl-mock\", \"choices\": [");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"id\": \"chatcmpl-mock\", \"choices\": [",
+        );
     }
     let toks = tokens(prompt, knobs);
     let (p, c) = (prompt_tokens(prompt), toks.len() as u64);
@@ -368,7 +445,11 @@ fn chat_response(model: &str, prompt: &str, knobs: &Knobs) -> Response<Body> {
 
 fn messages_response(model: &str, prompt: &str, knobs: &Knobs) -> Response<Body> {
     if knobs.malformed {
-        return full(StatusCode::OK, "application/json", "{\"type\": \"message\", \"content\": [");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"type\": \"message\", \"content\": [",
+        );
     }
     let toks = tokens(prompt, knobs);
     json_response(
@@ -388,7 +469,10 @@ fn embeddings(body: &Value, model: &str, knobs: &Knobs) -> Response<Body> {
     }
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect(),
         _ => return error_response(Api::OpenAiEmbeddings, 400, "input is required", None),
     };
     let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(4) as usize;
@@ -396,7 +480,9 @@ fn embeddings(body: &Value, model: &str, knobs: &Knobs) -> Response<Body> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let v: Vec<f64> = (0..dims).map(|d| ((s.len() + d) % 7) as f64 / 7.0).collect();
+            let v: Vec<f64> = (0..dims)
+                .map(|d| ((s.len() + d) % 7) as f64 / 7.0)
+                .collect();
             json!({"object": "embedding", "index": i, "embedding": v})
         })
         .collect();
@@ -408,7 +494,12 @@ fn embeddings(body: &Value, model: &str, knobs: &Knobs) -> Response<Body> {
 }
 
 /// One SSE event of the OpenAI stream.
-fn openai_stream_events(model: &str, prompt: &str, knobs: &Knobs, include_usage: bool) -> Vec<Bytes> {
+fn openai_stream_events(
+    model: &str,
+    prompt: &str,
+    knobs: &Knobs,
+    include_usage: bool,
+) -> Vec<Bytes> {
     let created = now();
     let usage_null = if include_usage { ",\"usage\":null" } else { "" };
     let chunk = |delta: Value, finish: Value| {
@@ -418,7 +509,10 @@ fn openai_stream_events(model: &str, prompt: &str, knobs: &Knobs, include_usage:
         ))
     };
     let toks = tokens(prompt, knobs);
-    let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
     for (i, t) in toks.iter().enumerate() {
         if knobs.malformed && i == toks.len() / 2 {
             events.push(Bytes::from_static(b"data: {this is not json\n\n"));
@@ -449,39 +543,55 @@ fn anthropic_stream_events(model: &str, prompt: &str, knobs: &Knobs) -> Vec<Byte
             "message_start",
             &json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": prompt_tokens(prompt), "output_tokens": 1}}}),
         ),
-        anthropic_event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        anthropic_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         anthropic_event("ping", &json!({"type": "ping"})),
     ];
     for (i, t) in toks.iter().enumerate() {
         if knobs.malformed && i == toks.len() / 2 {
-            events.push(Bytes::from_static(b"event: content_block_delta\ndata: {broken\n\n"));
+            events.push(Bytes::from_static(
+                b"event: content_block_delta\ndata: {broken\n\n",
+            ));
         }
         events.push(anthropic_event(
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
         ));
     }
-    events.push(anthropic_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+    events.push(anthropic_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push(anthropic_event(
         "message_delta",
         &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": toks.len()}}),
     ));
-    events.push(anthropic_event("message_stop", &json!({"type": "message_stop"})));
+    events.push(anthropic_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
     events
 }
 
 fn stream_response(events: Vec<Bytes>, knobs: &Knobs) -> Response<Body> {
     let interval = Duration::from_millis(knobs.interval_ms);
     let disconnect_after = knobs.disconnect_after;
-    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
-        if i > 0 && !interval.is_zero() {
-            tokio::time::sleep(interval).await;
-        }
-        if disconnect_after.is_some_and(|n| i >= n) {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock disconnect"));
-        }
-        Ok(Frame::data(ev))
-    });
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(i, ev)| async move {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            if disconnect_after.is_some_and(|n| i >= n) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock disconnect",
+                ));
+            }
+            Ok(Frame::data(ev))
+        },
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

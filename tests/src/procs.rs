@@ -23,21 +23,40 @@ pub fn ensure_built() {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", "switchyard-data-plane", "-p", "switchyard-control-plane", "-p", "switchyard-tests"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "switchyard-data-plane",
+                "-p",
+                "switchyard-control-plane",
+                "-p",
+                "switchyard-tests",
+            ])
             .current_dir(workspace_root())
             .status();
-        assert!(status.is_ok_and(|s| s.success()), "building the binaries failed");
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "building the binaries failed"
+        );
     });
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// A free loopback address.
@@ -59,16 +78,31 @@ impl Proc {
         ensure_built();
         let path = bin_dir().join(bin);
         let log = log_dir.join(format!("{bin}-{}.log", free_port()));
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = file.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let file = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
         let mut cmd = Command::new(&path);
-        cmd.args(args).stdout(Stdio::from(file)).stderr(Stdio::from(err)).stdin(Stdio::null());
-        cmd.env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.args(args)
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
-        Self { name: bin.to_owned(), child, log }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        Self {
+            name: bin.to_owned(),
+            child,
+            log,
+        }
     }
 
     /// Everything the process logged so far.
@@ -108,7 +142,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -136,7 +173,9 @@ pub mod reqwest_lite {
 
     impl Default for Client {
         fn default() -> Self {
-            Self { inner: HClient::builder(TokioExecutor::new()).build_http() }
+            Self {
+                inner: HClient::builder(TokioExecutor::new()).build_http(),
+            }
         }
     }
 

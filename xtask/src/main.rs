@@ -1,6 +1,7 @@
 //! `cargo xtask`: code generation and project automation.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -24,6 +25,13 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
+    /// the official SDK conformance suite in a Python venv it creates).
+    Ci {
+        /// Skip fmt and clippy (quicker local runs).
+        #[arg(long)]
+        skip_lint: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -38,6 +46,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Crdgen { check } => crdgen(check),
         Cmd::Codegen { check } => codegen(check),
+        Cmd::Ci { skip_lint } => ci(skip_lint),
     }
 }
 
@@ -95,5 +104,42 @@ fn codegen(check: bool) -> Result<()> {
     if !ok {
         bail!("generated protobuf code is out of date: run `cargo xtask codegen`");
     }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn ci(skip_lint: bool) -> Result<()> {
+    let root = root();
+    if !skip_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    crdgen(true)?;
+    codegen(true)?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+
+    // The official SDKs as clients, from a venv this command owns.
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(root.join("tests/python/requirements.txt")))?;
+    run(Command::new(&python).args(["-m", "pytest", "-q", "tests/python"]).current_dir(&root))?;
     Ok(())
 }

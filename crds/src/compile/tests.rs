@@ -54,7 +54,10 @@ fn world(extra: &str) -> World {
 }
 
 fn reasons(c: &Compiled) -> Vec<(String, &'static str, &'static str)> {
-    c.diagnostics.iter().map(|d| (d.resource.to_string(), d.condition, d.reason)).collect()
+    c.diagnostics
+        .iter()
+        .map(|d| (d.resource.to_string(), d.condition, d.reason))
+        .collect()
 }
 
 #[test]
@@ -68,13 +71,24 @@ fn valid_world_compiles_everything() {
     assert_eq!(s.guardrails.len(), 1);
     assert_eq!(s.resources.len(), 6);
 
-    let openai = s.pools.iter().find(|p| p.id == "default/openai").expect("openai pool");
+    let openai = s
+        .pools
+        .iter()
+        .find(|p| p.id == "default/openai")
+        .expect("openai pool");
     assert_eq!(openai.endpoints[0].url, "https://api.openai.com/v1");
     assert_eq!(openai.endpoints[0].credential, "sk-upstream");
     let t = openai.timeouts.expect("timeouts");
-    assert_eq!((t.connect_ms, t.first_byte_ms, t.total_ms), (2000, 30_000, 600_000));
+    assert_eq!(
+        (t.connect_ms, t.first_byte_ms, t.total_ms),
+        (2000, 30_000, 600_000)
+    );
 
-    let mock = s.pools.iter().find(|p| p.id == "default/mock").expect("mock pool");
+    let mock = s
+        .pools
+        .iter()
+        .find(|p| p.id == "default/mock")
+        .expect("mock pool");
     assert_eq!(mock.models[0].input_price_per_million_micros, 500_000);
     assert_eq!(mock.mock.expect("mock").latency_ms, 10);
 
@@ -83,7 +97,11 @@ fn valid_world_compiles_everything() {
     assert_eq!(route.backends[1].model, "gpt-4o");
     assert_eq!(route.backends[0].weight, 3);
 
-    let alice = s.keys.iter().find(|k| k.id == "default/alice").expect("alice");
+    let alice = s
+        .keys
+        .iter()
+        .find(|k| k.id == "default/alice")
+        .expect("alice");
     assert_eq!(alice.key_sha256, key_hash("sk-alice-123456"));
     assert_eq!(alice.labels.get("team").map(String::as_str), Some("a"));
     assert_eq!(alice.expires_at_unix, 1_893_456_000);
@@ -127,8 +145,15 @@ metadata: {name: broken}
 spec: {models: ["bad name"], backends: [{pool: mock}]}
 "#,
     ));
-    assert_eq!(reasons(&c), vec![("LLMRoute default/broken".into(), "Accepted", "Invalid")]);
-    assert!(c.diagnostics[0].message.contains("spec.models[0]"), "{}", c.diagnostics[0].message);
+    assert_eq!(
+        reasons(&c),
+        vec![("LLMRoute default/broken".into(), "Accepted", "Invalid")]
+    );
+    assert!(
+        c.diagnostics[0].message.contains("spec.models[0]"),
+        "{}",
+        c.diagnostics[0].message
+    );
     assert_eq!(c.snapshot.routes.len(), 1);
     assert_eq!(c.snapshot.pools.len(), 2);
 }
@@ -168,11 +193,31 @@ spec: {models: [z], backends: [{pool: anth}]}
     assert_eq!(
         r,
         vec![
-            ("LLMRoute default/ghost".into(), "ResolvedRefs", "PoolNotFound"),
-            ("LLMRoute default/via-anth".into(), "ResolvedRefs", "PoolNotAccepted"),
-            ("LLMRoute default/wrong-model".into(), "ResolvedRefs", "ModelNotServed"),
-            ("ProviderPool default/anth".into(), "ResolvedRefs", "SecretKeyNotFound"),
-            ("VirtualKey default/nosecret".into(), "ResolvedRefs", "SecretNotFound"),
+            (
+                "LLMRoute default/ghost".into(),
+                "ResolvedRefs",
+                "PoolNotFound"
+            ),
+            (
+                "LLMRoute default/via-anth".into(),
+                "ResolvedRefs",
+                "PoolNotAccepted"
+            ),
+            (
+                "LLMRoute default/wrong-model".into(),
+                "ResolvedRefs",
+                "ModelNotServed"
+            ),
+            (
+                "ProviderPool default/anth".into(),
+                "ResolvedRefs",
+                "SecretKeyNotFound"
+            ),
+            (
+                "VirtualKey default/nosecret".into(),
+                "ResolvedRefs",
+                "SecretNotFound"
+            ),
         ]
     );
 }
@@ -220,9 +265,17 @@ spec: {provider: openai-compatible, endpoints: [{url: "http://x"}], timeouts: {t
             ("Guardrail default/badre".into(), "Accepted", "Invalid"),
             ("ProviderPool default/az".into(), "Accepted", "Invalid"),
             ("ProviderPool default/badurl".into(), "Accepted", "Invalid"),
-            ("ProviderPool default/gem".into(), "Accepted", "UnsupportedProvider"),
+            (
+                "ProviderPool default/gem".into(),
+                "Accepted",
+                "UnsupportedProvider"
+            ),
             ("ProviderPool default/slow".into(), "Accepted", "Invalid"),
-            ("VirtualKey default/zz-copy".into(), "Accepted", "DuplicateKey"),
+            (
+                "VirtualKey default/zz-copy".into(),
+                "Accepted",
+                "DuplicateKey"
+            ),
         ]
     );
 }
@@ -239,11 +292,23 @@ spec: {provider: openai, endpoints: [{url: "https://api.openai.com/v1", credenti
     );
     assert_eq!(w.referenced_env(), vec!["OPENAI_API_KEY".to_owned()]);
     let c = compile(&w);
-    assert_eq!(reasons(&c), vec![("ProviderPool default/envpool".into(), "ResolvedRefs", "EnvNotFound")]);
+    assert_eq!(
+        reasons(&c),
+        vec![(
+            "ProviderPool default/envpool".into(),
+            "ResolvedRefs",
+            "EnvNotFound"
+        )]
+    );
     w.env.insert("OPENAI_API_KEY".into(), "sk-env".into());
     let c = compile(&w);
     assert!(c.diagnostics.is_empty());
-    let p = c.snapshot.pools.iter().find(|p| p.id == "default/envpool").expect("pool");
+    let p = c
+        .snapshot
+        .pools
+        .iter()
+        .find(|p| p.id == "default/envpool")
+        .expect("pool");
     assert_eq!(p.endpoints[0].credential, "sk-env");
 }
 
@@ -252,6 +317,9 @@ fn parse_errors_become_diagnostics() {
     let mut w = world("");
     w.add_yaml("broken.yaml", "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: x}\nspec: {models: 3}\n");
     let c = compile(&w);
-    assert_eq!(reasons(&c), vec![("File /broken.yaml#0".into(), "Accepted", "ParseError")]);
+    assert_eq!(
+        reasons(&c),
+        vec![("File /broken.yaml#0".into(), "Accepted", "ParseError")]
+    );
     assert_eq!(c.snapshot.routes.len(), 1);
 }

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use super::{Flow, StreamError};
 use crate::openai::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FunctionCall,
-    FunctionCallDelta, MessageContent, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage, now_unix,
+    FunctionCallDelta, MessageContent, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    now_unix,
 };
 use crate::sse::{self, Event};
 
@@ -19,7 +20,11 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// URL of the Messages endpoint.
 pub fn messages_url(base: &str) -> String {
-    if base.ends_with("/v1") { format!("{base}/messages") } else { format!("{base}/v1/messages") }
+    if base.ends_with("/v1") {
+        format!("{base}/messages")
+    } else {
+        format!("{base}/v1/messages")
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -54,10 +59,21 @@ struct Message {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block {
-    Text { text: String },
-    Image { source: Value },
-    ToolUse { id: String, name: String, input: Value },
-    ToolResult { tool_use_id: String, content: String },
+    Text {
+        text: String,
+    },
+    Image {
+        source: Value,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -70,12 +86,11 @@ struct ToolDef {
 
 fn image_source(url: &str) -> Value {
     // data:image/png;base64,XXXX
-    if let Some(rest) = url.strip_prefix("data:") {
-        if let Some((meta, data)) = rest.split_once(',') {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((meta, data)) = rest.split_once(',') {
             let media_type = meta.trim_end_matches(";base64");
             return json!({"type": "base64", "media_type": media_type, "data": data});
         }
-    }
     json!({"type": "url", "url": url})
 }
 
@@ -88,7 +103,9 @@ fn content_blocks(content: Option<&MessageContent>) -> Vec<Block> {
             .iter()
             .filter_map(|p| match (p.kind.as_str(), &p.text, &p.image_url) {
                 ("text", Some(t), _) => Some(Block::Text { text: t.clone() }),
-                ("image_url", _, Some(img)) => Some(Block::Image { source: image_source(&img.url) }),
+                ("image_url", _, Some(img)) => Some(Block::Image {
+                    source: image_source(&img.url),
+                }),
                 _ => None,
             })
             .collect(),
@@ -111,7 +128,8 @@ pub fn translate_request(req: &ChatRequest, model: &str) -> Result<Bytes, serde_
             Role::Assistant => {
                 let mut blocks = content_blocks(m.content.as_ref());
                 for call in m.tool_calls.iter().flatten() {
-                    let input = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
+                    let input = serde_json::from_str(&call.function.arguments)
+                        .unwrap_or_else(|_| json!({}));
                     blocks.push(Block::ToolUse {
                         id: call.id.clone().unwrap_or_default(),
                         name: call.function.name.clone(),
@@ -123,15 +141,26 @@ pub fn translate_request(req: &ChatRequest, model: &str) -> Result<Bytes, serde_
             Role::Tool | Role::Function => (
                 "user",
                 vec![Block::ToolResult {
-                    tool_use_id: m.tool_call_id.clone().or_else(|| m.name.clone()).unwrap_or_default(),
-                    content: m.content.as_ref().map(MessageContent::text).unwrap_or_default(),
+                    tool_use_id: m
+                        .tool_call_id
+                        .clone()
+                        .or_else(|| m.name.clone())
+                        .unwrap_or_default(),
+                    content: m
+                        .content
+                        .as_ref()
+                        .map(MessageContent::text)
+                        .unwrap_or_default(),
                 }],
             ),
         };
         // Anthropic wants alternating roles: merge consecutive messages of one role.
         match messages.last_mut() {
             Some(last) if last.role == role => last.content.extend(blocks),
-            _ => messages.push(Message { role, content: blocks }),
+            _ => messages.push(Message {
+                role,
+                content: blocks,
+            }),
         }
     }
     let tools = req
@@ -141,7 +170,11 @@ pub fn translate_request(req: &ChatRequest, model: &str) -> Result<Bytes, serde_
         .map(|t| ToolDef {
             name: t.function.name.clone(),
             description: t.function.description.clone(),
-            input_schema: t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"})),
+            input_schema: t
+                .function
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object"})),
         })
         .collect();
     let tool_choice = req.tool_choice.as_ref().and_then(|c| match c {
@@ -156,7 +189,10 @@ pub fn translate_request(req: &ChatRequest, model: &str) -> Result<Bytes, serde_
     });
     let body = MessagesRequest {
         model: model.to_owned(),
-        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens: req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(DEFAULT_MAX_TOKENS),
         messages,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         temperature: req.temperature.map(|t| t.min(1.0)),
@@ -182,8 +218,14 @@ struct MessagesResponse {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ResponseBlock {
-    Text { text: String },
-    ToolUse { id: String, name: String, input: Value },
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
     #[serde(other)]
     Other,
 }
@@ -227,7 +269,10 @@ pub fn translate_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error
             ResponseBlock::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id: Some(id),
                 kind: "function".into(),
-                function: FunctionCall { name, arguments: input.to_string() },
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
             }),
             ResponseBlock::Other => {}
         }
@@ -244,7 +289,9 @@ pub fn translate_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error
                 content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
                 tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
             },
-            finish_reason: Some(finish_reason(r.stop_reason.as_deref().unwrap_or("end_turn")).into()),
+            finish_reason: Some(
+                finish_reason(r.stop_reason.as_deref().unwrap_or("end_turn")).into(),
+            ),
             logprobs: None,
         }],
         usage: Some(Usage::new(r.usage.prompt(), r.usage.output_tokens)),
@@ -254,14 +301,28 @@ pub fn translate_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StreamEvent {
-    MessageStart { message: StartMessage },
-    ContentBlockStart { index: u32, content_block: StartBlock },
-    ContentBlockDelta { index: u32, delta: BlockDelta },
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: StartBlock,
+    },
+    ContentBlockDelta {
+        index: u32,
+        delta: BlockDelta,
+    },
     ContentBlockStop {},
-    MessageDelta { delta: MessageDeltaBody, #[serde(default)] usage: Option<AnthropicUsage> },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<AnthropicUsage>,
+    },
     MessageStop {},
     Ping {},
-    Error { error: ErrorBody },
+    Error {
+        error: ErrorBody,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,7 +337,10 @@ struct StartMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StartBlock {
     Text {},
-    ToolUse { id: String, name: String },
+    ToolUse {
+        id: String,
+        name: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -284,8 +348,12 @@ enum StartBlock {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockDelta {
-    TextDelta { text: String },
-    InputJsonDelta { partial_json: String },
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -344,17 +412,30 @@ impl StreamState {
             object: "chat.completion.chunk",
             created: self.created,
             model: self.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish_reason.map(str::to_owned) }],
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish_reason.map(str::to_owned),
+            }],
             usage: None,
         };
         encode(&c)
     }
 
     pub fn on_event(&mut self, ev: Event, out: &mut Vec<Bytes>) -> Result<Flow, StreamError> {
-        let parsed: StreamEvent = serde_json::from_str(&ev.data)
-            .map_err(|e| StreamError::new("malformed_event", format!("malformed upstream event: {e}")))?;
-        if !self.started && !matches!(parsed, StreamEvent::MessageStart { .. } | StreamEvent::Ping {} | StreamEvent::Error { .. }) {
-            return Err(StreamError::new("malformed_event", "upstream stream did not start with message_start"));
+        let parsed: StreamEvent = serde_json::from_str(&ev.data).map_err(|e| {
+            StreamError::new("malformed_event", format!("malformed upstream event: {e}"))
+        })?;
+        if !self.started
+            && !matches!(
+                parsed,
+                StreamEvent::MessageStart { .. } | StreamEvent::Ping {} | StreamEvent::Error { .. }
+            )
+        {
+            return Err(StreamError::new(
+                "malformed_event",
+                "upstream stream did not start with message_start",
+            ));
         }
         match parsed {
             StreamEvent::MessageStart { message } => {
@@ -362,9 +443,19 @@ impl StreamState {
                 self.id = message.id;
                 self.model = message.model;
                 self.input_tokens = message.usage.prompt();
-                out.push(self.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None }, None)?);
+                out.push(self.chunk(
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        tool_calls: None,
+                    },
+                    None,
+                )?);
             }
-            StreamEvent::ContentBlockStart { index, content_block } => {
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
                 if let StartBlock::ToolUse { id, name } = content_block {
                     let tool_index = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
                     self.tool_blocks.push((index, tool_index));
@@ -372,14 +463,29 @@ impl StreamState {
                         index: tool_index,
                         id: Some(id),
                         kind: Some("function".into()),
-                        function: FunctionCallDelta { name: Some(name), arguments: Some(String::new()) },
+                        function: FunctionCallDelta {
+                            name: Some(name),
+                            arguments: Some(String::new()),
+                        },
                     };
-                    out.push(self.chunk(Delta { tool_calls: Some(vec![delta]), ..Default::default() }, None)?);
+                    out.push(self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![delta]),
+                            ..Default::default()
+                        },
+                        None,
+                    )?);
                 }
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => {
-                    out.push(self.chunk(Delta { content: Some(text), ..Default::default() }, None)?);
+                    out.push(self.chunk(
+                        Delta {
+                            content: Some(text),
+                            ..Default::default()
+                        },
+                        None,
+                    )?);
                 }
                 BlockDelta::InputJsonDelta { partial_json } => {
                     let tool_index = self
@@ -387,13 +493,27 @@ impl StreamState {
                         .iter()
                         .find(|(b, _)| *b == index)
                         .map(|(_, t)| *t)
-                        .ok_or_else(|| StreamError::new("malformed_event", "input_json_delta for an unknown block"))?;
+                        .ok_or_else(|| {
+                            StreamError::new(
+                                "malformed_event",
+                                "input_json_delta for an unknown block",
+                            )
+                        })?;
                     let delta = ToolCallDelta {
                         index: tool_index,
-                        function: FunctionCallDelta { name: None, arguments: Some(partial_json) },
+                        function: FunctionCallDelta {
+                            name: None,
+                            arguments: Some(partial_json),
+                        },
                         ..Default::default()
                     };
-                    out.push(self.chunk(Delta { tool_calls: Some(vec![delta]), ..Default::default() }, None)?);
+                    out.push(self.chunk(
+                        Delta {
+                            tool_calls: Some(vec![delta]),
+                            ..Default::default()
+                        },
+                        None,
+                    )?);
                 }
                 BlockDelta::Other => {}
             },
@@ -422,7 +542,10 @@ impl StreamState {
                         created: self.created,
                         model: self.model.clone(),
                         choices: Vec::new(),
-                        usage: Some(self.usage().unwrap_or_else(|| Usage::new(self.input_tokens, 0))),
+                        usage: Some(
+                            self.usage()
+                                .unwrap_or_else(|| Usage::new(self.input_tokens, 0)),
+                        ),
                     };
                     out.push(encode(&c)?);
                 }
@@ -432,7 +555,10 @@ impl StreamState {
             StreamEvent::Error { error } => {
                 let body = json!({"error": {"message": error.message, "type": error.kind, "param": null, "code": null}});
                 out.push(sse::data(body.to_string().as_bytes()));
-                return Err(StreamError::new("upstream_error_event", format!("upstream stream error: {}", error.kind)));
+                return Err(StreamError::new(
+                    "upstream_error_event",
+                    format!("upstream stream error: {}", error.kind),
+                ));
             }
         }
         Ok(Flow::Continue)

@@ -6,12 +6,31 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::MockBehaviour;
-use crate::openai::{ChatChunk, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage, now_unix};
+use crate::openai::{
+    ChatChunk, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage, now_unix,
+};
 use crate::sse;
 
 const WORDS: &[&str] = &[
-    "This", " is", " a", " mock", " completion", " from", " Switchyard", ".", " It", " is",
-    " deterministic", ",", " so", " tests", " can", " rely", " on", " it", ".",
+    "This",
+    " is",
+    " a",
+    " mock",
+    " completion",
+    " from",
+    " Switchyard",
+    ".",
+    " It",
+    " is",
+    " deterministic",
+    ",",
+    " so",
+    " tests",
+    " can",
+    " rely",
+    " on",
+    " it",
+    ".",
 ];
 
 /// The `i`-th token of the mock completion.
@@ -38,7 +57,11 @@ pub fn response(model: &str, behaviour: &MockBehaviour, prompt_tokens: u64) -> C
         model: model.to_owned(),
         choices: vec![Choice {
             index: 0,
-            message: ResponseMessage { role: "assistant".into(), content: Some(text(n)), tool_calls: None },
+            message: ResponseMessage {
+                role: "assistant".into(),
+                content: Some(text(n)),
+                tool_calls: None,
+            },
             finish_reason: Some("stop".into()),
             logprobs: None,
         }],
@@ -69,7 +92,12 @@ pub struct MockStream {
 }
 
 impl MockStream {
-    pub fn new(model: &str, behaviour: &MockBehaviour, prompt_tokens: u64, include_usage: bool) -> Self {
+    pub fn new(
+        model: &str,
+        behaviour: &MockBehaviour,
+        prompt_tokens: u64,
+        include_usage: bool,
+    ) -> Self {
         Self {
             id: id(),
             model: model.to_owned(),
@@ -91,7 +119,11 @@ impl MockStream {
             choices: if usage.is_some() {
                 Vec::new()
             } else {
-                vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_owned) }]
+                vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: finish.map(str::to_owned),
+                }]
             },
             usage,
         };
@@ -112,10 +144,25 @@ impl MockStream {
         let i = self.next;
         self.next += 1;
         if i == 0 {
-            return Some(self.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None }, None, None));
+            return Some(self.chunk(
+                Delta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                    tool_calls: None,
+                },
+                None,
+                None,
+            ));
         }
         if i <= self.n {
-            return Some(self.chunk(Delta { content: Some(token(i as usize - 1).to_owned()), ..Default::default() }, None, None));
+            return Some(self.chunk(
+                Delta {
+                    content: Some(token(i as usize - 1).to_owned()),
+                    ..Default::default()
+                },
+                None,
+                None,
+            ));
         }
         self.done = true;
         let mut tail = Vec::from(&self.chunk(Delta::default(), Some("stop"), None)[..]);
@@ -135,7 +182,12 @@ pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
     }
     let mut rng = fastrand::Rng::with_seed(state);
     let v: Vec<f32> = (0..dims).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.into_iter().map(|x| x / norm).collect()
 }
 
@@ -145,7 +197,10 @@ mod tests {
 
     #[test]
     fn stream_has_role_tokens_finish_usage_done() {
-        let b = MockBehaviour { completion_tokens: 3, ..Default::default() };
+        let b = MockBehaviour {
+            completion_tokens: 3,
+            ..Default::default()
+        };
         let mut s = MockStream::new("demo", &b, 5, true);
         let mut chunks = Vec::new();
         while let Some(c) = s.next_chunk() {
@@ -156,15 +211,23 @@ mod tests {
         assert!(chunks[1].contains("\"content\":\"This\""));
         let tail = &chunks[4];
         assert!(tail.contains("\"finish_reason\":\"stop\""));
-        assert!(tail.contains("\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}"));
+        assert!(tail.contains(
+            "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}"
+        ));
         assert!(tail.ends_with("data: [DONE]\n\n"));
     }
 
     #[test]
     fn response_text_is_deterministic() {
-        let b = MockBehaviour { completion_tokens: 4, ..Default::default() };
+        let b = MockBehaviour {
+            completion_tokens: 4,
+            ..Default::default()
+        };
         let r = response("demo", &b, 2);
-        assert_eq!(r.choices[0].message.content.as_deref(), Some("This is a mock"));
+        assert_eq!(
+            r.choices[0].message.content.as_deref(),
+            Some("This is a mock")
+        );
         assert_eq!(r.usage, Some(Usage::new(2, 4)));
     }
 

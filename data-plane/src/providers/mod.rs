@@ -34,7 +34,9 @@ impl Provider {
             pb::ProviderKind::Anthropic => Self::Anthropic,
             pb::ProviderKind::OpenaiCompatible => Self::OpenAiCompatible,
             pb::ProviderKind::Mock => Self::Mock,
-            pb::ProviderKind::Gemini | pb::ProviderKind::Bedrock | pb::ProviderKind::Unspecified => return None,
+            pb::ProviderKind::Gemini
+            | pb::ProviderKind::Bedrock
+            | pb::ProviderKind::Unspecified => return None,
         })
     }
 
@@ -51,7 +53,10 @@ impl Provider {
 
     /// Whether the upstream speaks OpenAI's wire format.
     pub fn speaks_openai(self) -> bool {
-        matches!(self, Self::OpenAi | Self::AzureOpenAi | Self::OpenAiCompatible)
+        matches!(
+            self,
+            Self::OpenAi | Self::AzureOpenAi | Self::OpenAiCompatible
+        )
     }
 
     /// The header carrying the credential.
@@ -64,7 +69,10 @@ impl Provider {
     }
 
     /// The credential header's value, marked sensitive so it never shows in debug output.
-    pub fn credential_header_value(self, credential: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    pub fn credential_header_value(
+        self,
+        credential: &str,
+    ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
         let mut v = match self {
             Self::AzureOpenAi | Self::Anthropic => HeaderValue::from_str(credential)?,
             _ => HeaderValue::from_str(&format!("Bearer {credential}"))?,
@@ -92,7 +100,10 @@ pub struct StreamError {
 
 impl StreamError {
     pub fn new(label: &'static str, message: impl Into<String>) -> Self {
-        Self { label, message: message.into() }
+        Self {
+            label,
+            message: message.into(),
+        }
     }
 }
 
@@ -122,7 +133,11 @@ impl StreamTranslator {
 }
 
 /// Extracts a readable message from an upstream error body in either format.
-pub fn upstream_error(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue>) -> ProxyError {
+pub fn upstream_error(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<HeaderValue>,
+) -> ProxyError {
     #[derive(serde::Deserialize)]
     struct Inner {
         message: Option<String>,

@@ -136,7 +136,12 @@ spec: {{secretRef: {{name: client-keys, key: limited}}, allowedModels: [demo]}}
 /// A mock upstream process.
 pub fn start_mock(log_dir: &Path) -> (Proc, String) {
     let addr = free_addr();
-    let p = Proc::start("switchyard-mock-llm", &["--listen".into(), addr.to_string()], &[], log_dir);
+    let p = Proc::start(
+        "switchyard-mock-llm",
+        &["--listen".into(), addr.to_string()],
+        &[],
+        log_dir,
+    );
     (p, format!("http://{addr}"))
 }
 
@@ -159,18 +164,26 @@ pub fn start_standalone(dir: &Path, extra: &[&str], log_dir: &Path) -> (Proc, St
 pub async fn wait_ready(admin: &str) {
     let c = reqwest_lite::Client::default();
     eventually(DEADLINE, &format!("{admin}/readyz"), || async {
-        c.get_status(&format!("{admin}/readyz")).await.filter(|s| *s == 200)
+        c.get_status(&format!("{admin}/readyz"))
+            .await
+            .filter(|s| *s == 200)
     })
     .await;
 }
 
 pub async fn wait_up(url: &str) {
     let c = reqwest_lite::Client::default();
-    eventually(DEADLINE, &format!("{url} up"), || async { c.get_status(url).await }).await;
+    eventually(DEADLINE, &format!("{url} up"), || async {
+        c.get_status(url).await
+    })
+    .await;
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 pub fn chat_body(model: &str, prompt: &str) -> Value {
@@ -178,7 +191,11 @@ pub fn chat_body(model: &str, prompt: &str) -> Value {
 }
 
 /// POSTs JSON with the client key; returns status, headers and body as JSON.
-pub async fn post(url: &str, key: Option<&str>, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+pub async fn post(
+    url: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut r = client().post(url).json(body);
     if let Some(k) = key {
         r = r.bearer_auth(k);
@@ -194,7 +211,10 @@ pub async fn post(url: &str, key: Option<&str>, body: &Value) -> (u16, reqwest::
 /// Requests recorded by the mock upstream.
 pub async fn mock_requests(mock_url: &str) -> Vec<Value> {
     let c = reqwest_lite::Client::default();
-    let (_, body) = c.get_text(&format!("{mock_url}/_mock/requests")).await.unwrap_or_default();
+    let (_, body) = c
+        .get_text(&format!("{mock_url}/_mock/requests"))
+        .await
+        .unwrap_or_default();
     serde_json::from_str::<Vec<Value>>(&body).unwrap_or_default()
 }
 
@@ -203,6 +223,9 @@ pub fn assert_openai_error(status: u16, body: &Value, want: u16) {
     assert_eq!(status, want, "body: {body}");
     let err = &body["error"];
     assert!(err.is_object(), "not an OpenAI error body: {body}");
-    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(err["type"].is_string(), "{body}");
 }

@@ -76,17 +76,32 @@ fn golden_response_translation() {
     assert_eq!(v["id"], "msg_1");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], "Let me check.");
-    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"q\":\"dog\"}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":\"dog\"}"
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!(v["usage"], json!({"prompt_tokens": 15, "completion_tokens": 7, "total_tokens": 22}));
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 15, "completion_tokens": 7, "total_tokens": 22})
+    );
 }
 
-fn run_stream(events: &[Value], wants_usage: bool) -> (Vec<Value>, Result<Flow, StreamError>, Option<Usage>) {
+fn run_stream(
+    events: &[Value],
+    wants_usage: bool,
+) -> (Vec<Value>, Result<Flow, StreamError>, Option<Usage>) {
     let mut s = StreamState::new(wants_usage);
     let mut out = Vec::new();
     let mut last = Ok(Flow::Continue);
     for e in events {
-        last = s.on_event(Event { event: None, data: e.to_string() }, &mut out);
+        last = s.on_event(
+            Event {
+                event: None,
+                data: e.to_string(),
+            },
+            &mut out,
+        );
         if last.is_err() {
             break;
         }
@@ -96,7 +111,11 @@ fn run_stream(events: &[Value], wants_usage: bool) -> (Vec<Value>, Result<Flow, 
         .map(|b| {
             let text = std::str::from_utf8(b).expect("utf8");
             let data = text.trim_start_matches("data: ").trim_end();
-            if data == "[DONE]" { json!("[DONE]") } else { serde_json::from_str(data).expect("chunk json") }
+            if data == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(data).expect("chunk json")
+            }
         })
         .collect();
     (chunks, last, s.usage())
@@ -122,7 +141,10 @@ fn golden_stream_translation() {
     assert_eq!(last.expect("ok"), Flow::Done);
     assert_eq!(usage, Some(Usage::new(25, 15)));
     assert_eq!(chunks.len(), 9, "{chunks:#?}");
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     assert_eq!(chunks[0]["id"], "msg_1");
     assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hello");
     assert_eq!(chunks[2]["choices"][0]["delta"]["content"], " world");
@@ -130,10 +152,16 @@ fn golden_stream_translation() {
         chunks[3]["choices"][0]["delta"]["tool_calls"][0],
         json!({"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": ""}})
     );
-    assert_eq!(chunks[4]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"q\":");
+    assert_eq!(
+        chunks[4]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":"
+    );
     assert_eq!(chunks[6]["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(chunks[7]["choices"], json!([]));
-    assert_eq!(chunks[7]["usage"], json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
+    assert_eq!(
+        chunks[7]["usage"],
+        json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40})
+    );
     assert_eq!(chunks[8], json!("[DONE]"));
 
     let (chunks, _, _) = run_stream(&events, false);
@@ -143,19 +171,39 @@ fn golden_stream_translation() {
 #[test]
 fn stream_errors_end_the_stream() {
     let start = json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 1}}});
-    let (chunks, last, _) = run_stream(&[start.clone(), json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})], false);
+    let (chunks, last, _) = run_stream(
+        &[
+            start.clone(),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ],
+        false,
+    );
     assert!(last.is_err());
-    assert_eq!(chunks.last().expect("error chunk")["error"]["type"], "overloaded_error");
+    assert_eq!(
+        chunks.last().expect("error chunk")["error"]["type"],
+        "overloaded_error"
+    );
 
-    let (_, last, _) = run_stream(&[start.clone(), json!({"type": "bogus"})], false);
+    let (_, last, _) = run_stream(&[start, json!({"type": "bogus"})], false);
     assert_eq!(last.expect_err("malformed").label, "malformed_event");
 
-    let (_, last, _) = run_stream(&[json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})], false);
+    let (_, last, _) = run_stream(
+        &[
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+        ],
+        false,
+    );
     assert!(last.is_err(), "a stream must start with message_start");
 }
 
 #[test]
 fn messages_url_handles_both_base_forms() {
-    assert_eq!(messages_url("https://api.anthropic.com"), "https://api.anthropic.com/v1/messages");
-    assert_eq!(messages_url("http://127.0.0.1:9/v1"), "http://127.0.0.1:9/v1/messages");
+    assert_eq!(
+        messages_url("https://api.anthropic.com"),
+        "https://api.anthropic.com/v1/messages"
+    );
+    assert_eq!(
+        messages_url("http://127.0.0.1:9/v1"),
+        "http://127.0.0.1:9/v1/messages"
+    );
 }

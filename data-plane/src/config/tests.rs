@@ -1,0 +1,161 @@
+use super::*;
+use std::collections::BTreeMap;
+
+fn pool(id: &str, provider: pb::ProviderKind, url: &str) -> pb::Pool {
+    pb::Pool {
+        id: id.into(),
+        provider: provider.into(),
+        endpoints: if url.is_empty() {
+            vec![]
+        } else {
+            vec![pb::Endpoint {
+                url: url.into(),
+                weight: 1,
+                credential: "sk-up".into(),
+            }]
+        },
+        models: vec![
+            pb::Model {
+                name: "m1".into(),
+                ..Default::default()
+            },
+            pb::Model {
+                name: "m2".into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn snapshot() -> pb::Snapshot {
+    pb::Snapshot {
+        version: "v1".into(),
+        pools: vec![
+            pool(
+                "ns/a",
+                pb::ProviderKind::Openai,
+                "https://api.openai.com/v1",
+            ),
+            pool("ns/b", pb::ProviderKind::Mock, ""),
+        ],
+        routes: vec![
+            pb::Route {
+                id: "ns/exact".into(),
+                models: vec!["gpt-4o".into()],
+                backends: vec![
+                    pb::Backend {
+                        pool: "ns/a".into(),
+                        model: "m1".into(),
+                        weight: 3,
+                    },
+                    pb::Backend {
+                        pool: "ns/b".into(),
+                        model: String::new(),
+                        weight: 1,
+                    },
+                ],
+                key_selector: BTreeMap::new(),
+            },
+            pb::Route {
+                id: "ns/glob".into(),
+                models: vec!["gpt-*".into(), "m*".into()],
+                backends: vec![pb::Backend {
+                    pool: "ns/b".into(),
+                    model: String::new(),
+                    weight: 1,
+                }],
+                key_selector: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
+            },
+        ],
+        keys: vec![pb::VirtualKey {
+            id: "ns/k".into(),
+            key_sha256: switchyard_crds::key_hash("sk-test-key"),
+            labels: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn exact_routes_win_over_globs() {
+    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    assert_eq!(cfg.route("gpt-4o").map(|r| r.id.as_str()), Some("ns/exact"));
+    assert_eq!(
+        cfg.route("gpt-4o-mini").map(|r| r.id.as_str()),
+        Some("ns/glob")
+    );
+    assert!(cfg.route("claude").is_none());
+}
+
+#[test]
+fn weighted_backends_follow_weights() {
+    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let route = cfg.route("gpt-4o").expect("route");
+    let n = 4000;
+    let to_a = (0..n)
+        .filter(|_| route.pick().is_some_and(|b| b.pool.id == "ns/a"))
+        .count();
+    // Expect 3000 (sd ~27); a broken picker lands far away.
+    assert!(
+        (2700..3300).contains(&to_a),
+        "{to_a} of {n} went to the weight-3 backend"
+    );
+}
+
+#[test]
+fn keys_are_found_by_hash_and_selectors_apply() {
+    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let hash: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        b"sk-test-key",
+    ))
+    .into();
+    let key = cfg.key(&hash).expect("key by hash");
+    assert!(cfg.route("gpt-x").is_some_and(|r| r.selects(key)));
+    let stranger = KeyEntry {
+        id: "x".into(),
+        allowed_models: vec![],
+        expires_at: None,
+        disabled: false,
+        labels: BTreeMap::new(),
+    };
+    assert!(!cfg.route("gpt-x").is_some_and(|r| r.selects(&stranger)));
+    assert_eq!(
+        cfg.models_for(key),
+        vec!["gpt-4o".to_owned(), "m1".to_owned(), "m2".to_owned()]
+    );
+    assert_eq!(cfg.models_for(&stranger), vec!["gpt-4o".to_owned()]);
+}
+
+#[test]
+fn invalid_snapshots_are_rejected_with_every_error() {
+    let mut s = snapshot();
+    s.pools[0].endpoints[0].url = "not a url".into();
+    s.pools.push(pb::Pool {
+        id: "ns/gem".into(),
+        provider: pb::ProviderKind::Gemini.into(),
+        ..Default::default()
+    });
+    s.keys[0].key_sha256 = "zz".into();
+    let err = RuntimeConfig::build(&s, &Upstreams::default()).expect_err("invalid");
+    let kinds: Vec<(&str, &str)> = err.errors.iter().map(|e| (e.kind, e.id.as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("ProviderPool", "ns/a"),
+            ("ProviderPool", "ns/gem"),
+            ("LLMRoute", "ns/exact"),
+            ("VirtualKey", "ns/k")
+        ]
+    );
+}
+
+#[test]
+fn credentials_never_print() {
+    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let route = cfg.route("gpt-4o").expect("route");
+    let dbg = format!("{:?}", route.backends[0].pool);
+    assert!(!dbg.contains("sk-up"), "{dbg}");
+}

@@ -1,0 +1,105 @@
+"""Fixtures: the real gateway binaries (standalone data plane + mock upstream) on loopback."""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("SWITCHYARD_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug")
+CLIENT_KEY = "sk-python-sdk-key-0001"
+
+CONFIG = """
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys}}
+stringData: {{client: {client_key}, upstream: sk-upstream-for-sdk}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: openai}}
+spec:
+  provider: openai
+  endpoints: [{{url: "{mock}/v1", credentialSecretRef: {{name: keys, key: upstream}}}}]
+  models: [{{name: mock-gpt}}, {{name: mock-embed}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: anthropic}}
+spec:
+  provider: anthropic
+  endpoints: [{{url: "{mock}", credentialSecretRef: {{name: keys, key: upstream}}}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: chat}}
+spec: {{models: [gpt-4o-mini], backends: [{{pool: openai, model: mock-gpt}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: claude}}
+spec: {{models: [claude-sonnet], backends: [{{pool: anthropic, model: claude-mock}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: embed}}
+spec: {{models: [text-embedding-3-small], backends: [{{pool: openai, model: mock-embed}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: sdk}}
+spec: {{secretRef: {{name: keys, key: client}}}}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become ready")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    for name in ("switchyard-data-plane", "switchyard-mock-llm"):
+        if not (BIN / name).exists():
+            pytest.fail(f"{BIN / name} is missing: run `cargo build --workspace --bins` first")
+    work = Path(tempfile.mkdtemp(prefix="switchyard-py-"))
+    procs = []
+    try:
+        mock_port, api_port, admin_port = free_port(), free_port(), free_port()
+        mock_log = open(work / "mock.log", "w")
+        procs.append(subprocess.Popen([BIN / "switchyard-mock-llm", "--listen", f"127.0.0.1:{mock_port}"], stdout=mock_log, stderr=mock_log))
+        cfg = work / "config"
+        cfg.mkdir()
+        (cfg / "config.yaml").write_text(CONFIG.format(client_key=CLIENT_KEY, mock=f"http://127.0.0.1:{mock_port}"))
+        dp_log = open(work / "dp.log", "w")
+        procs.append(subprocess.Popen(
+            [BIN / "switchyard-data-plane", "--config", cfg, "--listen", f"127.0.0.1:{api_port}", "--admin-listen", f"127.0.0.1:{admin_port}"],
+            stdout=dp_log, stderr=dp_log,
+        ))
+        wait_http(f"http://127.0.0.1:{mock_port}/healthz")
+        wait_http(f"http://127.0.0.1:{admin_port}/readyz")
+        yield {"base_url": f"http://127.0.0.1:{api_port}/v1", "key": CLIENT_KEY, "mock": f"http://127.0.0.1:{mock_port}"}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

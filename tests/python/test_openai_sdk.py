@@ -1,0 +1,92 @@
+"""The official OpenAI Python SDK against the gateway: it must not notice it is not OpenAI."""
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+
+@pytest.fixture()
+def client(gateway):
+    return openai.OpenAI(base_url=gateway["base_url"], api_key=gateway["key"], max_retries=0, timeout=20)
+
+
+def test_chat_completion(client):
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi mock.chunks=3"}])
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.content == "tok0 tok1 tok2 "
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 3
+    assert r.model == "mock-gpt"
+
+
+def test_streaming_chat_with_usage(client):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi mock.chunks=5"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == "tok0 tok1 tok2 tok3 tok4 "
+    assert finish == "stop"
+    assert usage is not None and usage.completion_tokens == 5
+
+
+def test_streaming_through_anthropic_translation(client):
+    stream = client.chat.completions.create(
+        model="claude-sonnet",
+        messages=[{"role": "system", "content": "terse"}, {"role": "user", "content": "hi mock.chunks=2"}],
+        stream=True,
+        max_tokens=20,
+    )
+    text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+    assert text == "tok0 tok1 "
+
+
+def test_embeddings(client):
+    r = client.embeddings.create(model="text-embedding-3-small", input=["hello", "world"])
+    assert len(r.data) == 2
+    assert all(len(d.embedding) > 0 for d in r.data)
+    assert r.usage.prompt_tokens > 0
+
+
+def test_models_list(client):
+    ids = sorted(m.id for m in client.models.list())
+    assert ids == ["claude-sonnet", "gpt-4o-mini", "text-embedding-3-small"]
+
+
+def test_bad_key_is_authentication_error(gateway):
+    bad = openai.OpenAI(base_url=gateway["base_url"], api_key="sk-not-a-real-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 401
+    assert e.value.code == "invalid_api_key"
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "model_not_found"
+
+
+def test_upstream_rate_limit_is_rate_limit_error(client):
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mock.status=429 mock.retry_after=3"}])
+    assert e.value.response.headers.get("retry-after") == "3"
+
+
+def test_the_client_key_never_reaches_the_upstream(client, gateway):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    with urllib.request.urlopen(gateway["mock"] + "/_mock/requests") as r:
+        seen = json.load(r)
+    assert seen, "the mock recorded nothing"
+    assert all(gateway["key"] not in json.dumps(req) for req in seen)
+    assert seen[-1]["headers"]["authorization"] == "Bearer sk-upstream-for-sdk"

@@ -1,0 +1,241 @@
+//! End-to-end, fleet mode: the control plane (directory source) and two data planes as real
+//! processes, with the mock upstream. Proves the config stream: propagation, resilience when
+//! the control plane goes away, and per-resource rejection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
+
+struct Fleet {
+    dir: PathBuf,
+    cfg: PathBuf,
+    _mock: Proc,
+    cp: Proc,
+    cp_grpc: SocketAddr,
+    cp_admin: SocketAddr,
+    dps: Vec<(Proc, String, String)>,
+}
+
+fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, log_dir: &Path) -> Proc {
+    Proc::start(
+        "switchyard-control-plane",
+        &[
+            "--source".into(),
+            format!("dir:{}", cfg.display()),
+            "--grpc-listen".into(),
+            grpc.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--poll-interval".into(),
+            "100ms".into(),
+        ],
+        &[],
+        log_dir,
+    )
+}
+
+fn start_dp(grpc: SocketAddr, node: &str, log_dir: &Path) -> (Proc, String, String) {
+    let (api, admin) = (free_addr(), free_addr());
+    let p = Proc::start(
+        "switchyard-data-plane",
+        &[
+            "--control-plane".into(),
+            format!("http://{grpc}"),
+            "--node-id".into(),
+            node.into(),
+            "--listen".into(),
+            api.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+        ],
+        &[],
+        log_dir,
+    );
+    (p, format!("http://{api}"), format!("http://{admin}"))
+}
+
+async fn fleet() -> Fleet {
+    let dir = temp_dir("fleet");
+    let (mock, mock_url) = start_mock(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
+    let (cp_grpc, cp_admin) = (free_addr(), free_addr());
+    let cp = start_cp(&cfg, cp_grpc, cp_admin, &dir);
+    let dps = vec![
+        start_dp(cp_grpc, "dp-a", &dir),
+        start_dp(cp_grpc, "dp-b", &dir),
+    ];
+    for (_, _, admin) in &dps {
+        wait_ready(admin).await;
+    }
+    wait_up(&format!("{mock_url}/healthz")).await;
+    Fleet {
+        dir,
+        cfg,
+        _mock: mock,
+        cp,
+        cp_grpc,
+        cp_admin,
+        dps,
+    }
+}
+
+async fn status_of(api: &str, model: &str) -> u16 {
+    post(
+        &format!("{api}/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body(model, "hi"),
+    )
+    .await
+    .0
+}
+
+async fn until_status(api: &str, model: &str, want: u16, what: &str) {
+    eventually(DEADLINE, what, || async move {
+        (status_of(api, model).await == want).then_some(())
+    })
+    .await;
+}
+
+async fn cp_metrics(f: &Fleet) -> String {
+    reqwest_lite::Client::default()
+        .get_text(&format!("http://{}/metrics", f.cp_admin))
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+const LATE_ROUTE: &str = "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: late}\nspec: {models: [late], backends: [{pool: builtin}]}\n";
+
+#[tokio::test]
+async fn requests_flow_and_changes_reach_every_data_plane() {
+    let f = fleet().await;
+    for (_, api, _) in &f.dps {
+        assert_eq!(status_of(api, "chat").await, 200);
+        assert_eq!(status_of(api, "late").await, 404);
+    }
+    eventually(DEADLINE, "both data planes to ACK", || async {
+        cp_metrics(&f)
+            .await
+            .contains("switchyard_control_plane_data_plane_responses_total{result=\"ack\"} 2")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        cp_metrics(&f)
+            .await
+            .contains("switchyard_control_plane_connected_data_planes 2")
+    );
+
+    std::fs::write(f.cfg.join("late.yaml"), LATE_ROUTE).expect("write");
+    for (_, api, _) in &f.dps {
+        until_status(api, "late", 200, "the new route on every data plane").await;
+    }
+    // Removing a key reaches every data plane too.
+    let base = std::fs::read_to_string(f.cfg.join("base.yaml")).expect("read");
+    let without_main = base.replace(
+        "metadata: {name: main}\nspec: {secretRef: {name: client-keys, key: main}}",
+        "metadata: {name: main}\nspec: {secretRef: {name: client-keys, key: main}, disabled: true}",
+    );
+    assert_ne!(base, without_main);
+    std::fs::write(f.cfg.join("base.yaml"), without_main).expect("write");
+    for (_, api, _) in &f.dps {
+        until_status(
+            api,
+            "chat",
+            401,
+            "the disabled key to be rejected everywhere",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn data_planes_survive_the_control_plane_and_catch_up() {
+    let mut f = fleet().await;
+    f.cp.kill();
+    // Still serving the last good config, and still ready.
+    for (_, api, admin) in &f.dps {
+        assert_eq!(status_of(api, "chat").await, 200);
+        let c = reqwest_lite::Client::default();
+        assert_eq!(c.get_status(&format!("{admin}/readyz")).await, Some(200));
+    }
+    // A change made while the control plane is down arrives when it returns.
+    std::fs::write(f.cfg.join("late.yaml"), LATE_ROUTE).expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing may pick it up: no control plane
+    for (_, api, _) in &f.dps {
+        assert_eq!(status_of(api, "late").await, 404);
+    }
+    f.cp = start_cp(&f.cfg, f.cp_grpc, f.cp_admin, &f.dir);
+    for (_, api, _) in &f.dps {
+        until_status(
+            api,
+            "late",
+            200,
+            "the data plane to catch up after the control plane returned",
+        )
+        .await;
+    }
+    for (dp, _, _) in &f.dps {
+        assert!(
+            dp.logs().contains("config stream down"),
+            "the outage is logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_resource_is_reported_and_the_rest_keeps_working() {
+    let f = fleet().await;
+    std::fs::write(
+        f.cfg.join("broken.yaml"),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: broken}\nspec: {models: [broken], backends: [{pool: no-such-pool}]}\n---\n".to_owned() + LATE_ROUTE,
+    )
+    .expect("write");
+    for (_, api, _) in &f.dps {
+        until_status(api, "late", 200, "the valid route next to the broken one").await;
+        assert_eq!(status_of(api, "broken").await, 404);
+        assert_eq!(status_of(api, "chat").await, 200);
+    }
+    eventually(DEADLINE, "the rejection to be logged", || async {
+        let logs = f.cp.logs();
+        (logs.contains("LLMRoute default/broken") && logs.contains("PoolNotFound")).then_some(())
+    })
+    .await;
+    assert!(
+        cp_metrics(&f)
+            .await
+            .contains("switchyard_control_plane_rejected_resources 1")
+    );
+    // A new data plane joining now gets the same (partial) config and becomes ready.
+    let late = start_dp(f.cp_grpc, "dp-c", &f.dir);
+    wait_ready(&late.2).await;
+    assert_eq!(status_of(&late.1, "late").await, 200);
+}
+
+#[tokio::test]
+async fn a_data_plane_without_a_control_plane_is_not_ready() {
+    let dir = temp_dir("orphan");
+    let (_dp, api, admin) = start_dp(free_addr(), "orphan", &dir);
+    let c = reqwest_lite::Client::default();
+    eventually(DEADLINE, "admin up", || async {
+        c.get_status(&format!("{admin}/healthz"))
+            .await
+            .filter(|s| *s == 200)
+    })
+    .await;
+    assert_eq!(c.get_status(&format!("{admin}/readyz")).await, Some(503));
+    let (status, _, body) = post(
+        &format!("{api}/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body("chat", "hi"),
+    )
+    .await;
+    assert_openai_error(status, &body, 503);
+}
