@@ -130,9 +130,11 @@ impl ConfigServer {
         // Send the current snapshot unless the node already runs it.
         let current = snapshots.borrow_and_update().clone();
         if let Some(c) = current
-            && c.snapshot.version != sent_version && !self.send(&tx, &c, &mut sent_version).await {
-                return;
-            }
+            && c.snapshot.version != sent_version
+            && !self.send(&tx, &c, &mut sent_version).await
+        {
+            return;
+        }
         loop {
             tokio::select! {
                 changed = snapshots.changed() => {

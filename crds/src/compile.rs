@@ -513,12 +513,14 @@ fn compile_route(
             ));
         };
         if let Some(m) = &b.model
-            && !pool.models.is_empty() && !pool.models.iter().any(|pm| &pm.name == m) {
-                return Err(Reject::refs(
-                    "ModelNotServed",
-                    format!("{field}.model: ProviderPool {pool_id} does not serve {m:?}"),
-                ));
-            }
+            && !pool.models.is_empty()
+            && !pool.models.iter().any(|pm| &pm.name == m)
+        {
+            return Err(Reject::refs(
+                "ModelNotServed",
+                format!("{field}.model: ProviderPool {pool_id} does not serve {m:?}"),
+            ));
+        }
         backends.push(pb::Backend {
             pool: pool_id,
             model: b.model.clone().unwrap_or_default(),

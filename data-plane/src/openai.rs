@@ -56,9 +56,10 @@ impl ChatRequest {
             ));
         }
         if let Some(t) = self.temperature
-            && !(0.0..=2.0).contains(&t) {
-                return Err((format!("temperature {t} is outside [0, 2]"), "temperature"));
-            }
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err((format!("temperature {t} is outside [0, 2]"), "temperature"));
+        }
         Ok(())
     }
 }

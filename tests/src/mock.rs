@@ -245,26 +245,27 @@ async fn handle(
         }
     };
     if state.record
-        && let Ok(mut r) = state.recorded.lock() {
-            if r.len() >= 256 {
-                r.pop_front();
-            }
-            r.push_back(Recorded {
-                method: parts.method.to_string(),
-                path: path.clone(),
-                query: parts.uri.query().unwrap_or_default().to_owned(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        v.to_str()
-                            .ok()
-                            .map(|v| (k.as_str().to_owned(), v.to_owned()))
-                    })
-                    .collect(),
-                body: parsed.clone(),
-            });
+        && let Ok(mut r) = state.recorded.lock()
+    {
+        if r.len() >= 256 {
+            r.pop_front();
         }
+        r.push_back(Recorded {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                })
+                .collect(),
+            body: parsed.clone(),
+        });
+    }
     let prompt = prompt_text(api, &parsed);
     let knobs = Knobs::from_request(&parts.headers, &prompt);
     if knobs.latency_ms > 0 {

@@ -126,7 +126,14 @@ fn ci(skip_lint: bool) -> Result<()> {
     let root = root();
     if !skip_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     crdgen(true)?;
     codegen(true)?;
@@ -139,7 +146,18 @@ fn ci(skip_lint: bool) -> Result<()> {
     if !python.exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(root.join("tests/python/requirements.txt")))?;
-    run(Command::new(&python).args(["-m", "pytest", "-q", "tests/python"]).current_dir(&root))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(root.join("tests/python/requirements.txt")))?;
+    run(Command::new(&python)
+        .args(["-m", "pytest", "-q", "tests/python"])
+        .current_dir(&root))?;
     Ok(())
 }

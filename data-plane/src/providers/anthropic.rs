@@ -87,10 +87,11 @@ struct ToolDef {
 fn image_source(url: &str) -> Value {
     // data:image/png;base64,XXXX
     if let Some(rest) = url.strip_prefix("data:")
-        && let Some((meta, data)) = rest.split_once(',') {
-            let media_type = meta.trim_end_matches(";base64");
-            return json!({"type": "base64", "media_type": media_type, "data": data});
-        }
+        && let Some((meta, data)) = rest.split_once(',')
+    {
+        let media_type = meta.trim_end_matches(";base64");
+        return json!({"type": "base64", "media_type": media_type, "data": data});
+    }
     json!({"type": "url", "url": url})
 }
 
