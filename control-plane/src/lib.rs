@@ -1,6 +1,7 @@
 //! Switchyard control plane: turns resources from a source (a directory, or the Kubernetes
 //! API) into compiled snapshots and streams them to every data plane over gRPC.
 
+pub mod kube;
 pub mod metrics;
 pub mod server;
 pub mod source;
@@ -77,8 +78,22 @@ async fn compile_loop(
     }
 }
 
-/// Runs the control plane with a source until the source or a server fails.
-pub async fn run<S: Source>(source: S, opts: Options) -> Result<(), RunError> {
+/// What background work started next to the server can observe.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The compiled snapshot being served.
+    pub compiled: watch::Receiver<server::Published>,
+    /// Data planes connected to this replica.
+    pub nodes: Arc<server::Nodes>,
+}
+
+/// Runs the control plane with a source until the source or a server fails. `on_start` gets
+/// the handles once the server exists (the operator starts its status writer there).
+pub async fn run<S: Source>(
+    source: S,
+    opts: Options,
+    on_start: impl FnOnce(Handles),
+) -> Result<(), RunError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (world_tx, world_rx) = watch::channel(None);
     let (snap_tx, snap_rx) = watch::channel(None);
@@ -99,7 +114,11 @@ pub async fn run<S: Source>(source: S, opts: Options) -> Result<(), RunError> {
         }
     });
 
-    let server = ConfigServer::new(snap_rx, metrics);
+    let server = ConfigServer::new(snap_rx.clone(), metrics);
+    on_start(Handles {
+        compiled: snap_rx,
+        nodes: server.nodes.clone(),
+    });
     let svc = switchyard_proto::v1::config_discovery_server::ConfigDiscoveryServer::new(server)
         .max_encoding_message_size(256 * 1024 * 1024)
         .max_decoding_message_size(16 * 1024 * 1024);

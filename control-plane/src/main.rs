@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use switchyard_control_plane::{DirSource, Options, ServerTls, SourceSpec};
+use switchyard_control_plane::kube::{KubeSource, Stores, keys, leader, presence, status};
+use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec};
+use tokio::sync::watch;
 
 /// Switchyard control plane: compiles resources and streams them to data planes.
 #[derive(Parser, Debug)]
@@ -19,22 +21,41 @@ struct Args {
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
     admin_listen: SocketAddr,
-    /// PEM certificate of the gRPC server (TLS when set together with --tls-key).
+    /// PEM certificate (chain) of the gRPC server.
     #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of the gRPC server.
     #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve gRPC without TLS (local development only).
+    #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_plaintext: bool,
     /// How often a `dir:` source checks for changes.
-    #[arg(long, env = "SWITCHYARD_POLL_INTERVAL", default_value = "500ms", value_parser = humantime_duration)]
+    #[arg(long, env = "SWITCHYARD_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
+    /// Namespace of the control plane's own objects (Leases) (`kubernetes` source).
+    #[arg(
+        long,
+        env = "SWITCHYARD_NAMESPACE",
+        default_value = "switchyard-system"
+    )]
+    namespace: String,
+    /// This replica's identity for leader election (default: the host name).
+    #[arg(long, env = "SWITCHYARD_IDENTITY")]
+    identity: Option<String>,
+    /// Leader lease duration; a dead leader is replaced after at most this long.
+    #[arg(long, env = "SWITCHYARD_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    lease_duration: Duration,
+    /// How often the leader re-checks status even without changes.
+    #[arg(long, env = "SWITCHYARD_STATUS_INTERVAL", default_value = "2s", value_parser = duration)]
+    status_interval: Duration,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
 }
 
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    switchyard_crds::validate::duration("--poll-interval", s).map_err(|e| e.to_string())
+fn duration(s: &str) -> Result<Duration, String> {
+    switchyard_crds::validate::duration("duration", s).map_err(|e| e.to_string())
 }
 
 fn init_tracing(format: &str) {
@@ -50,35 +71,109 @@ fn init_tracing(format: &str) {
     }
 }
 
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "control-plane".to_owned())
+}
+
+async fn operator(args: Args, opts: Options) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let stores = Stores::start(&client);
+    let (lead_tx, lead_rx) = watch::channel(false);
+    tokio::spawn(leader::run(
+        client.clone(),
+        leader::LeaseSettings {
+            name: "switchyard-control-plane-leader".into(),
+            namespace: args.namespace.clone(),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+        },
+        lead_tx,
+    ));
+    tokio::spawn(keys::run(
+        client.clone(),
+        stores.clone(),
+        lead_rx.clone(),
+        args.status_interval,
+    ));
+    let source = KubeSource {
+        stores: stores.clone(),
+        debounce: Duration::from_millis(50),
+    };
+    let start = |h: Handles| {
+        tokio::spawn(presence::publish(
+            client.clone(),
+            args.namespace.clone(),
+            identity.clone(),
+            h.nodes,
+            args.lease_duration,
+        ));
+        let writer = status::Writer {
+            client: client.clone(),
+            stores,
+            compiled: h.compiled,
+            leading: lead_rx,
+            namespace: args.namespace.clone(),
+            identity: identity.clone(),
+            interval: args.status_interval,
+        };
+        tokio::spawn(writer.run());
+    };
+    switchyard_control_plane::run(source, opts, start)
+        .await
+        .context("control plane failed")
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(ServerTls {
+    let tls = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
+        (Some(c), Some(k), _) => Some(ServerTls {
             cert_pem: std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
             key_pem: std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
         }),
-        _ => None,
+        (_, _, true) => {
+            tracing::warn!(
+                "serving gRPC without TLS (--insecure-plaintext): for local development only"
+            );
+            None
+        }
+        _ => bail!(
+            "gRPC needs TLS: pass --tls-cert and --tls-key, or --insecure-plaintext for local development"
+        ),
     };
     let opts = Options {
         grpc_listen: args.grpc_listen,
         admin_listen: args.admin_listen,
         tls,
     };
-    match args.source {
-        SourceSpec::Dir(dir) => {
-            let source = DirSource {
-                dir,
-                poll: args.poll_interval,
-            };
-            tokio::select! {
-                r = switchyard_control_plane::run(source, opts) => r.context("control plane failed"),
-                _ = tokio::signal::ctrl_c() => Ok(()),
+    let run = async {
+        match args.source.clone() {
+            SourceSpec::Dir(dir) => {
+                let source = DirSource {
+                    dir,
+                    poll: args.poll_interval,
+                };
+                switchyard_control_plane::run(source, opts, |_| {})
+                    .await
+                    .context("control plane failed")
             }
+            SourceSpec::Kubernetes => operator(args, opts).await,
         }
-        SourceSpec::Kubernetes => {
-            bail!("--source kubernetes is not available in this build yet; use dir:PATH")
-        }
+    };
+    tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

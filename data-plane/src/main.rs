@@ -30,6 +30,9 @@ struct Args {
     /// Server name to verify in the control plane's certificate (default: the URL's host).
     #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_SERVER_NAME")]
     control_plane_server_name: Option<String>,
+    /// Allow a plaintext (http://) control-plane URL (local development only).
+    #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = switchyard_data_plane::gateway::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
@@ -85,6 +88,11 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
     let source = match (args.control_plane, args.config) {
+        (Some(url), None) if url.starts_with("http://") && !args.insecure_plaintext => {
+            bail!(
+                "refusing plaintext control-plane URL {url}: use https:// with --control-plane-ca, or --insecure-plaintext for local development"
+            )
+        }
         (Some(url), None) => ConfigSource::ControlPlane(ClientOptions {
             url,
             node_id: args.node_id.unwrap_or_else(hostname),

@@ -4,5 +4,7 @@
 //! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
 //! `procs` starts the real binaries for end-to-end tests.
 
+pub mod certs;
+pub mod kube;
 pub mod mock;
 pub mod procs;

@@ -73,17 +73,29 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `bin` with `args` and extra environment.
+    /// Starts one of the workspace's binaries with `args` and extra environment.
     pub fn start(bin: &str, args: &[String], env: &[(&str, &str)], log_dir: &Path) -> Self {
         ensure_built();
-        let path = bin_dir().join(bin);
+        Self::start_with_env(&bin_dir().join(bin), args, env, log_dir)
+    }
+
+    /// Starts any executable by path.
+    pub fn start_path(path: &Path, args: &[String], log_dir: &Path) -> Self {
+        Self::start_with_env(path, args, &[], log_dir)
+    }
+
+    fn start_with_env(path: &Path, args: &[String], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        let bin = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let log = log_dir.join(format!("{bin}-{}.log", free_port()));
         let file = std::fs::File::create(&log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = file
             .try_clone()
             .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
-        let mut cmd = Command::new(&path);
+        let mut cmd = Command::new(path);
         cmd.args(args)
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))

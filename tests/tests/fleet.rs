@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use switchyard_tests::certs::{CertFiles, TestCa};
 use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
 
 struct Fleet {
     dir: PathBuf,
+    tls: Tls,
     cfg: PathBuf,
     _mock: Proc,
     cp: Proc,
@@ -21,10 +23,38 @@ struct Fleet {
     dps: Vec<(Proc, String, String)>,
 }
 
-fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, log_dir: &Path) -> Proc {
+/// The control plane's serving certificate and the CA data planes trust.
+#[derive(Clone)]
+struct Tls {
+    ca: PathBuf,
+    server: CertFiles,
+}
+
+fn tls(dir: &Path) -> Tls {
+    let ca = TestCa::new(dir, "planes").expect("ca");
+    let server = ca
+        .issue(
+            dir,
+            "control-plane",
+            "switchyard-control-plane",
+            &["localhost", "127.0.0.1"],
+            &[],
+        )
+        .expect("cert");
+    Tls {
+        ca: ca.cert_file,
+        server,
+    }
+}
+
+fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir: &Path) -> Proc {
     Proc::start(
         "switchyard-control-plane",
         &[
+            "--tls-cert".into(),
+            tls.server.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.server.key.display().to_string(),
             "--source".into(),
             format!("dir:{}", cfg.display()),
             "--grpc-listen".into(),
@@ -39,13 +69,15 @@ fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, log_dir: &Path) -> 
     )
 }
 
-fn start_dp(grpc: SocketAddr, node: &str, log_dir: &Path) -> (Proc, String, String) {
+fn start_dp(grpc: SocketAddr, node: &str, tls: &Tls, log_dir: &Path) -> (Proc, String, String) {
     let (api, admin) = (free_addr(), free_addr());
     let p = Proc::start(
         "switchyard-data-plane",
         &[
             "--control-plane".into(),
-            format!("http://{grpc}"),
+            format!("https://localhost:{}", grpc.port()),
+            "--control-plane-ca".into(),
+            tls.ca.display().to_string(),
             "--node-id".into(),
             node.into(),
             "--listen".into(),
@@ -66,10 +98,11 @@ async fn fleet() -> Fleet {
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
     let (cp_grpc, cp_admin) = (free_addr(), free_addr());
-    let cp = start_cp(&cfg, cp_grpc, cp_admin, &dir);
+    let tls = tls(&dir);
+    let cp = start_cp(&cfg, cp_grpc, cp_admin, &tls, &dir);
     let dps = vec![
-        start_dp(cp_grpc, "dp-a", &dir),
-        start_dp(cp_grpc, "dp-b", &dir),
+        start_dp(cp_grpc, "dp-a", &tls, &dir),
+        start_dp(cp_grpc, "dp-b", &tls, &dir),
     ];
     for (_, _, admin) in &dps {
         wait_ready(admin).await;
@@ -77,6 +110,7 @@ async fn fleet() -> Fleet {
     wait_up(&format!("{mock_url}/healthz")).await;
     Fleet {
         dir,
+        tls,
         cfg,
         _mock: mock,
         cp,
@@ -172,7 +206,7 @@ async fn data_planes_survive_the_control_plane_and_catch_up() {
     for (_, api, _) in &f.dps {
         assert_eq!(status_of(api, "late").await, 404);
     }
-    f.cp = start_cp(&f.cfg, f.cp_grpc, f.cp_admin, &f.dir);
+    f.cp = start_cp(&f.cfg, f.cp_grpc, f.cp_admin, &f.tls, &f.dir);
     for (_, api, _) in &f.dps {
         until_status(
             api,
@@ -214,7 +248,7 @@ async fn an_invalid_resource_is_reported_and_the_rest_keeps_working() {
             .contains("switchyard_control_plane_rejected_resources 1")
     );
     // A new data plane joining now gets the same (partial) config and becomes ready.
-    let late = start_dp(f.cp_grpc, "dp-c", &f.dir);
+    let late = start_dp(f.cp_grpc, "dp-c", &f.tls, &f.dir);
     wait_ready(&late.2).await;
     assert_eq!(status_of(&late.1, "late").await, 200);
 }
@@ -222,7 +256,7 @@ async fn an_invalid_resource_is_reported_and_the_rest_keeps_working() {
 #[tokio::test]
 async fn a_data_plane_without_a_control_plane_is_not_ready() {
     let dir = temp_dir("orphan");
-    let (_dp, api, admin) = start_dp(free_addr(), "orphan", &dir);
+    let (_dp, api, admin) = start_dp(free_addr(), "orphan", &tls(&dir), &dir);
     let c = reqwest_lite::Client::default();
     eventually(DEADLINE, "admin up", || async {
         c.get_status(&format!("{admin}/healthz"))
@@ -238,4 +272,61 @@ async fn a_data_plane_without_a_control_plane_is_not_ready() {
     )
     .await;
     assert_openai_error(status, &body, 503);
+}
+
+#[tokio::test]
+async fn the_config_stream_is_tls_and_the_data_plane_verifies_the_server() {
+    let f = fleet().await;
+    // A data plane trusting another CA never gets a config.
+    let other = tls(&temp_dir("other-ca"));
+    let (mut wrong, _, admin) = start_dp(f.cp_grpc, "dp-wrong-ca", &other, &f.dir);
+    let c = reqwest_lite::Client::default();
+    eventually(DEADLINE, "admin up", || async {
+        c.get_status(&format!("{admin}/healthz"))
+            .await
+            .filter(|s| *s == 200)
+    })
+    .await;
+    eventually(
+        DEADLINE,
+        "a TLS verification failure in the log",
+        || async {
+            let logs = wrong.logs();
+            logs.contains("config stream down").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(c.get_status(&format!("{admin}/readyz")).await, Some(503));
+    wrong.kill();
+
+    // Plaintext is refused unless explicitly allowed, on both sides.
+    let out = std::process::Command::new(
+        switchyard_tests::procs::bin_dir().join("switchyard-data-plane"),
+    )
+    .args(["--control-plane", &format!("http://{}", f.cp_grpc)])
+    .output()
+    .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing plaintext"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(
+        switchyard_tests::procs::bin_dir().join("switchyard-control-plane"),
+    )
+    .args([
+        "--source",
+        &format!("dir:{}", f.cfg.display()),
+        "--grpc-listen",
+        &free_addr().to_string(),
+    ])
+    .output()
+    .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gRPC needs TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -137,6 +137,8 @@ fn ci(skip_lint: bool) -> Result<()> {
     }
     crdgen(true)?;
     codegen(true)?;
+    // The real cluster binaries for the Kubernetes suite (cached by version after the first run).
+    run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
 

@@ -1,0 +1,38 @@
+{{- define "switchyard.name" -}}switchyard{{- end -}}
+
+{{- define "switchyard.fullname" -}}
+{{- if contains "switchyard" .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}{{- else -}}{{ printf "%s-switchyard" .Release.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.labels" -}}
+app.kubernetes.io/name: switchyard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "switchyard.cp.name" -}}{{ include "switchyard.fullname" . }}-control-plane{{- end -}}
+{{- define "switchyard.dp.name" -}}{{ include "switchyard.fullname" . }}-data-plane{{- end -}}
+{{- define "switchyard.tls.secret" -}}{{ default (printf "%s-grpc-tls" (include "switchyard.fullname" .)) .Values.tls.existingSecret }}{{- end -}}
+
+{{- define "switchyard.cp.selector" -}}
+app.kubernetes.io/name: switchyard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: control-plane
+{{- end -}}
+
+{{- define "switchyard.dp.selector" -}}
+app.kubernetes.io/name: switchyard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: data-plane
+{{- end -}}
+
+{{- define "switchyard.image" -}}
+{{- $root := index . 0 -}}{{- $name := index . 1 -}}
+{{ $root.Values.image.repository }}/{{ $name }}:{{ default $root.Chart.AppVersion $root.Values.image.tag }}
+{{- end -}}
+
+{{- define "switchyard.redisUrl" -}}
+{{- if .Values.redis.url -}}{{ .Values.redis.url }}{{- else if .Values.redis.bundled.enabled -}}redis://{{ include "switchyard.fullname" . }}-redis:6379{{- end -}}
+{{- end -}}

@@ -1,0 +1,459 @@
+//! End-to-end on a real kube-apiserver + etcd (+ kube-controller-manager for garbage
+//! collection): the Helm chart installs; two operator replicas (running with exactly the
+//! chart's RBAC) and two data planes (local processes) serve the example resources against the
+//! mock upstream. One test body, phase by phase, because a cluster is expensive on 2 cores.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use switchyard_tests::certs::{CertFiles, TestCa};
+use switchyard_tests::kube::{KubeEnv, RELEASE, SYSTEM_NAMESPACE};
+use switchyard_tests::procs::{Proc, eventually, free_addr, workspace_root};
+
+const NS: &str = "e2e";
+const K8S_DEADLINE: Duration = Duration::from_secs(45);
+
+fn start_operator(
+    kube: &KubeEnv,
+    identity: &str,
+    tls: &CertFiles,
+    dir: &Path,
+) -> (Proc, SocketAddr) {
+    let grpc = free_addr();
+    let p = Proc::start(
+        "switchyard-control-plane",
+        &[
+            "--source".into(),
+            "kubernetes".into(),
+            "--grpc-listen".into(),
+            grpc.to_string(),
+            "--admin-listen".into(),
+            free_addr().to_string(),
+            "--tls-cert".into(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.display().to_string(),
+            "--namespace".into(),
+            SYSTEM_NAMESPACE.into(),
+            "--identity".into(),
+            identity.into(),
+            "--lease-duration".into(),
+            "4s".into(),
+            "--status-interval".into(),
+            "500ms".into(),
+        ],
+        &[(
+            "KUBECONFIG",
+            &kube.operator_kubeconfig.display().to_string(),
+        )],
+        dir,
+    );
+    (p, grpc)
+}
+
+fn start_dp(grpc: SocketAddr, node: &str, ca: &Path, dir: &Path) -> (Proc, String, String) {
+    let (api, admin) = (free_addr(), free_addr());
+    let p = Proc::start(
+        "switchyard-data-plane",
+        &[
+            "--control-plane".into(),
+            format!("https://localhost:{}", grpc.port()),
+            "--control-plane-ca".into(),
+            ca.display().to_string(),
+            "--node-id".into(),
+            node.into(),
+            "--listen".into(),
+            api.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+        ],
+        &[],
+        dir,
+    );
+    (p, format!("http://{api}"), format!("http://{admin}"))
+}
+
+fn get_json(kube: &KubeEnv, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["get", "-o", "json"];
+    a.extend_from_slice(args);
+    kube.kubectl(&a)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn condition(obj: &Value, type_: &str) -> Option<Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+async fn until_condition(
+    kube: &KubeEnv,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> Value {
+    eventually(
+        K8S_DEADLINE,
+        &format!("{kind}/{name} {type_}={status}"),
+        || async {
+            let obj = get_json(kube, &[kind, name, "-n", NS])?;
+            let c = condition(&obj, type_)?;
+            let generation = obj["metadata"]["generation"].clone();
+            (c["status"] == status && c["observedGeneration"] == generation).then_some(c)
+        },
+    )
+    .await
+}
+
+async fn chat(api: &str, key: &str, model: &str) -> (u16, Value) {
+    let (s, _, b) = post(
+        &format!("{api}/v1/chat/completions"),
+        Some(key),
+        &chat_body(model, "hi mock.chunks=2"),
+    )
+    .await;
+    (s, b)
+}
+
+async fn until_chat(api: &str, key: &str, model: &str, want: u16, what: &str) {
+    eventually(K8S_DEADLINE, what, || async {
+        (chat(api, key, model).await.0 == want).then_some(())
+    })
+    .await;
+}
+
+fn secret_value(kube: &KubeEnv, name: &str, key: &str) -> Option<String> {
+    use base64::Engine;
+    let s = get_json(kube, &["secret", name, "-n", NS])?;
+    let b64 = s["data"][key].as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
+}
+
+fn leader(kube: &KubeEnv) -> Option<String> {
+    let l = get_json(
+        kube,
+        &[
+            "lease",
+            "switchyard-control-plane-leader",
+            "-n",
+            SYSTEM_NAMESPACE,
+        ],
+    )?;
+    l["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+fn apply(kube: &KubeEnv, yaml: &str) {
+    kube.kubectl_stdin(&["apply", "-n", NS, "-f", "-"], Some(yaml))
+        .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"));
+}
+
+#[tokio::test]
+async fn kubernetes_end_to_end() {
+    let dir = temp_dir("kube");
+    let mut kube = KubeEnv::start(&dir).await;
+    let chart = workspace_root().join("charts/switchyard");
+    let chart = chart.display().to_string();
+    let version = kube
+        .kubectl(&["version", "-o", "json"])
+        .ok()
+        .and_then(|v| serde_json::from_str::<Value>(&v).ok());
+    let server_version = version
+        .as_ref()
+        .and_then(|v| v["serverVersion"]["gitVersion"].as_str())
+        .unwrap_or("v1.34.0")
+        .to_owned();
+
+    // ---- The chart: lint, server-side dry run of the rendered manifests, then a real install.
+    kube.helm(&["lint", &chart])
+        .unwrap_or_else(|e| panic!("helm lint: {e}"));
+    let rendered = kube
+        .helm(&[
+            "template",
+            RELEASE,
+            &chart,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--kube-version",
+            &server_version,
+        ])
+        .unwrap_or_else(|e| panic!("helm template: {e}"));
+    kube.kubectl(&["create", "namespace", SYSTEM_NAMESPACE])
+        .unwrap_or_else(|e| panic!("namespace: {e}"));
+    kube.kubectl(&["apply", "--server-side", "-f", &format!("{chart}/crds")])
+        .unwrap_or_else(|e| panic!("CRDs: {e}"));
+    kube.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=60s",
+    ])
+    .unwrap_or_else(|e| panic!("CRDs established: {e}"));
+    kube.kubectl_stdin(
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-f",
+            "-",
+        ],
+        Some(&rendered),
+    )
+    .unwrap_or_else(|e| panic!("server-side dry run of the chart: {e}"));
+    kube.helm(&[
+        "install",
+        RELEASE,
+        &chart,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--wait=false",
+    ])
+    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    for doc in rendered.split("\n---").filter(|d| d.contains("kind:")) {
+        let v: serde_yaml_lite::Doc = serde_yaml_lite::parse(doc);
+        let ns_flag = if matches!(v.kind.as_str(), "ClusterRole" | "ClusterRoleBinding") {
+            vec![]
+        } else {
+            vec!["-n", SYSTEM_NAMESPACE]
+        };
+        let mut args = vec!["get", v.kind.as_str(), v.name.as_str()];
+        args.extend(ns_flag);
+        kube.kubectl(&args)
+            .unwrap_or_else(|e| panic!("{} {} was not created: {e}", v.kind, v.name));
+    }
+
+    // ---- Two operator replicas with the chart's RBAC, two data planes, the mock upstream.
+    let ca = TestCa::new(&dir, "grpc").expect("ca");
+    let cp_cert = ca
+        .issue(&dir, "cp", "switchyard-control-plane", &["localhost"], &[])
+        .expect("cert");
+    let (mut cp1, grpc1) = start_operator(&kube, "cp-1", &cp_cert, &dir);
+    let (mut cp2, grpc2) = start_operator(&kube, "cp-2", &cp_cert, &dir);
+    let (_mock, mock_url) = start_mock(&dir);
+    let dps = [
+        start_dp(grpc1, "dp-a", &ca.cert_file, &dir),
+        start_dp(grpc2, "dp-b", &ca.cert_file, &dir),
+    ];
+    kube.kubectl(&["create", "namespace", NS])
+        .unwrap_or_else(|e| panic!("namespace: {e}"));
+    for entry in std::fs::read_dir(workspace_root().join("deploy/examples"))
+        .expect("examples")
+        .flatten()
+    {
+        let yaml = std::fs::read_to_string(entry.path()).expect("read example");
+        apply(
+            &kube,
+            &yaml
+                .replace("https://api.openai.com/v1", &format!("{mock_url}/v1"))
+                .replace("https://api.anthropic.com", &mock_url),
+        );
+    }
+    for (_, _, admin) in &dps {
+        wait_ready(admin).await;
+    }
+
+    // ---- Generated keys: stored in an owned Secret, prefix in status, requests succeed.
+    let key_a = eventually(K8S_DEADLINE, "team-a's generated key", || async {
+        secret_value(&kube, "team-a-key", "key")
+    })
+    .await;
+    assert!(key_a.starts_with("sk-sy-") && key_a.len() > 40, "{key_a}");
+    let secret = get_json(&kube, &["secret", "team-a-key", "-n", NS]).expect("secret");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "VirtualKey"
+    );
+    let key_b = eventually(K8S_DEADLINE, "team-b's generated key", || async {
+        secret_value(&kube, "team-b-key", "key")
+    })
+    .await;
+    for (_, api, _) in &dps {
+        until_chat(api, &key_a, "fast", 200, "team-a on fast").await;
+        assert_eq!(
+            chat(api, &key_a, "smart").await.0,
+            403,
+            "team-a may not use smart"
+        );
+        assert_eq!(chat(api, &key_b, "smart").await.0, 200);
+    }
+    let vk = get_json(&kube, &["virtualkey", "team-a", "-n", NS]).expect("vk");
+    let prefix = vk["status"]["keyPrefix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        prefix.starts_with("sk-sy-")
+            && key_a.starts_with(prefix.trim_end_matches('…'))
+            && prefix.len() < 16,
+        "{prefix}"
+    );
+    for (kind, name) in [
+        ("providerpool", "openai"),
+        ("llmroute", "smart"),
+        ("virtualkey", "team-a"),
+        ("guardrail", "pii"),
+    ] {
+        until_condition(&kube, kind, name, "Accepted", "True").await;
+        let p = until_condition(&kube, kind, name, "Programmed", "True").await;
+        assert_eq!(
+            p["message"],
+            format!(
+                "2 of 2 data planes run generation {}",
+                p["observedGeneration"]
+            )
+        );
+    }
+    let printed = kube.kubectl(&["get", "llmroutes", "-n", NS]).expect("get");
+    assert!(
+        printed.contains("ACCEPTED") && printed.contains("PROGRAMMED"),
+        "{printed}"
+    );
+
+    // ---- Changing weights changes where traffic goes.
+    let routed_to = |api: String, key: String| async move {
+        let (s, b) = chat(&api, &key, "smart").await;
+        assert_eq!(s, 200, "{b}");
+        b["model"].as_str().unwrap_or_default().to_owned()
+    };
+    kube.kubectl(&["patch", "llmroute", "smart", "-n", NS, "--type=merge", "-p", r#"{"spec":{"backends":[{"pool":"openai","model":"gpt-4o","weight":0},{"pool":"anthropic","model":"claude-sonnet-4-5","weight":100}]}}"#])
+        .expect("patch");
+    for (_, api, _) in &dps {
+        eventually(K8S_DEADLINE, "all smart traffic on anthropic", || async {
+            let mut models = Vec::new();
+            for _ in 0..6 {
+                models.push(routed_to(api.clone(), key_b.clone()).await);
+            }
+            models
+                .iter()
+                .all(|m| m == "claude-sonnet-4-5")
+                .then_some(())
+        })
+        .await;
+    }
+
+    // ---- An invalid resource is rejected alone, with a reason and an Event.
+    apply(
+        &kube,
+        "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: broken}\nspec: {models: [broken], backends: [{pool: no-such-pool}]}\n",
+    );
+    let c = until_condition(&kube, "llmroute", "broken", "Accepted", "False").await;
+    assert_eq!(c["reason"], "PoolNotFound");
+    eventually(
+        K8S_DEADLINE,
+        "a Warning event for the broken route",
+        || async {
+            let events = get_json(&kube, &["events.events.k8s.io", "-n", NS])?;
+            events["items"]
+                .as_array()?
+                .iter()
+                .any(|e| e["regarding"]["name"] == "broken" && e["reason"] == "PoolNotFound")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        chat(&dps[0].1, &key_a, "fast").await.0,
+        200,
+        "the rest keeps working"
+    );
+
+    // ---- Bring your own key.
+    apply(
+        &kube,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: byo}\nstringData: {key: sk-bring-your-own-0001}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {name: byo}\nspec: {secretRef: {name: byo}}\n",
+    );
+    for (_, api, _) in &dps {
+        until_chat(
+            api,
+            "sk-bring-your-own-0001",
+            "fast",
+            200,
+            "the bring-your-own key",
+        )
+        .await;
+    }
+
+    // ---- Deleting a VirtualKey stops its key and garbage-collects its Secret.
+    kube.kubectl(&["delete", "virtualkey", "team-b", "-n", NS])
+        .expect("delete");
+    for (_, api, _) in &dps {
+        until_chat(api, &key_b, "smart", 401, "the deleted key to be rejected").await;
+    }
+    eventually(K8S_DEADLINE, "team-b-key garbage collected", || async {
+        secret_value(&kube, "team-b-key", "key")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // ---- Killing the leader hands status writing to the other replica.
+    let first = eventually(K8S_DEADLINE, "a leader", || async { leader(&kube) }).await;
+    let (survivor, survivor_name) = if first == "cp-1" {
+        cp1.kill();
+        (&mut cp2, "cp-2")
+    } else {
+        cp2.kill();
+        (&mut cp1, "cp-1")
+    };
+    apply(
+        &kube,
+        "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: broken-2}\nspec: {models: [b2], backends: [{pool: missing}]}\n",
+    );
+    let c = until_condition(&kube, "llmroute", "broken-2", "Accepted", "False").await;
+    assert_eq!(c["reason"], "PoolNotFound");
+    assert_eq!(leader(&kube).as_deref(), Some(survivor_name));
+    assert!(
+        survivor.logs().contains("leadership changed"),
+        "{}",
+        survivor.logs()
+    );
+
+    // ---- Every control-plane replica down: data planes keep serving.
+    survivor.kill();
+    for (_, api, _) in &dps {
+        assert_eq!(chat(api, &key_a, "fast").await.0, 200);
+    }
+    assert!(kube.running(), "the cluster stayed up");
+}
+
+/// Just enough YAML reading to find `kind` and `metadata.name` in rendered manifests.
+mod serde_yaml_lite {
+    pub(super) struct Doc {
+        pub(super) kind: String,
+        pub(super) name: String,
+    }
+
+    pub(super) fn parse(doc: &str) -> Doc {
+        let mut kind = String::new();
+        let mut name = String::new();
+        let mut in_meta = false;
+        for line in doc.lines() {
+            if let Some(k) = line.strip_prefix("kind: ") {
+                kind = k.trim().to_owned();
+            }
+            if line.starts_with("metadata:") {
+                in_meta = true;
+                continue;
+            }
+            if in_meta && name.is_empty() {
+                if let Some(n) = line.strip_prefix("  name: ") {
+                    name = n.trim().to_owned();
+                }
+            }
+            if !line.starts_with(' ') && !line.starts_with("metadata:") && !line.is_empty() {
+                in_meta = false;
+            }
+        }
+        Doc { kind, name }
+    }
+}
