@@ -59,14 +59,21 @@ async fn compile_loop(
             metrics
                 .rejected_resources
                 .set(i64::try_from(compiled.diagnostics.len()).unwrap_or(i64::MAX));
-            for d in &compiled.diagnostics {
-                tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
+            let (version_changed, diagnostics_changed) = match out.borrow().as_ref() {
+                None => (true, true),
+                Some(c) => (
+                    c.snapshot.version != compiled.snapshot.version,
+                    c.diagnostics != compiled.diagnostics,
+                ),
+            };
+            if diagnostics_changed {
+                for d in &compiled.diagnostics {
+                    tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
+                }
             }
-            let changed = out
-                .borrow()
-                .as_ref()
-                .is_none_or(|c| c.snapshot.version != compiled.snapshot.version);
-            if changed {
+            // Diagnostics can change while the snapshot does not (a new invalid resource is
+            // left out): status must hear about it; data planes are not sent anything.
+            if version_changed || diagnostics_changed {
                 let s = &compiled.snapshot;
                 tracing::info!(version = %s.version, pools = s.pools.len(), routes = s.routes.len(), keys = s.keys.len(), rejected = compiled.diagnostics.len(), "snapshot compiled");
                 out.send_replace(Some(Arc::new(compiled)));

@@ -111,7 +111,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
         Self {
-            name: bin.to_owned(),
+            name: bin,
             child,
             log,
         }

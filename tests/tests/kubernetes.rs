@@ -313,6 +313,15 @@ async fn kubernetes_end_to_end() {
             )
         );
     }
+    // Status writes are deterministic: with nothing changing, nothing is rewritten (the
+    // leader re-evaluates every 500 ms).
+    let rv = |kube: &KubeEnv| {
+        get_json(kube, &["llmroute", "fast", "-n", NS])
+            .map(|o| o["metadata"]["resourceVersion"].clone())
+    };
+    let before = rv(&kube);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rv(&kube), before, "status was rewritten without a change");
     let printed = kube.kubectl(&["get", "llmroutes", "-n", NS]).expect("get");
     assert!(
         printed.contains("ACCEPTED") && printed.contains("PROGRAMMED"),
@@ -445,10 +454,11 @@ mod serde_yaml_lite {
                 in_meta = true;
                 continue;
             }
-            if in_meta && name.is_empty() {
-                if let Some(n) = line.strip_prefix("  name: ") {
-                    name = n.trim().to_owned();
-                }
+            if in_meta
+                && name.is_empty()
+                && let Some(n) = line.strip_prefix("  name: ")
+            {
+                name = n.trim().to_owned();
             }
             if !line.starts_with(' ') && !line.starts_with("metadata:") && !line.is_empty() {
                 in_meta = false;

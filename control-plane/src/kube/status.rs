@@ -268,10 +268,10 @@ impl Writer {
                 history.record(c);
             }
             let leading = *self.leading.borrow_and_update();
-            if let (true, Some(c)) = (leading, compiled) {
-                if let Err(e) = self.write_all(&c, &history, &recorder, &mut evented).await {
-                    tracing::warn!(error = %e, "writing status failed; will retry");
-                }
+            if let (true, Some(c)) = (leading, compiled)
+                && let Err(e) = self.write_all(&c, &history, &recorder, &mut evented).await
+            {
+                tracing::warn!(error = %e, "writing status failed; will retry");
             }
             tokio::select! {
                 _ = self.compiled.changed() => {}
