@@ -1,5 +1,7 @@
 //! `cargo xtask`: code generation and project automation.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +27,18 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Benchmarks against the direct path (and peers): writes docs/benchmarks.md.
+    Bench {
+        /// Seconds per load point.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Tiny run with debug binaries, written to bench-results/ only (CI keeps it from rotting).
+        #[arg(long)]
+        smoke: bool,
+        /// Also run LiteLLM's proxy and Portkey's gateway (installed on request).
+        #[arg(long)]
+        peers: bool,
+    },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
     Ci {
@@ -47,6 +61,19 @@ fn main() -> Result<()> {
         Cmd::Crdgen { check } => crdgen(check),
         Cmd::Codegen { check } => codegen(check),
         Cmd::Ci { skip_lint } => ci(skip_lint),
+        Cmd::Bench {
+            duration,
+            smoke,
+            peers,
+        } => bench::run(
+            &root(),
+            &bench::BenchOpts {
+                duration: std::time::Duration::from_secs(if smoke { 1 } else { duration }),
+                smoke,
+                peers,
+                release: !smoke,
+            },
+        ),
     }
 }
 
@@ -161,5 +188,20 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(Command::new(&python)
         .args(["-m", "pytest", "-q", "tests/python"])
         .current_dir(&root))?;
+
+    // A smoke run of the benchmark harness so it cannot rot (tiny, no speed assertions).
+    if Command::new("wrk").arg("-v").output().is_ok() {
+        bench::run(
+            &root,
+            &bench::BenchOpts {
+                duration: std::time::Duration::from_secs(1),
+                smoke: true,
+                peers: false,
+                release: false,
+            },
+        )?;
+    } else {
+        eprintln!("wrk is not installed: skipping the benchmark smoke run");
+    }
     Ok(())
 }

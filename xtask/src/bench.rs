@@ -1,0 +1,703 @@
+//! `cargo xtask bench`: the gateway against the direct path to the same mock upstream, in one
+//! run, with wrk as the load generator; optional peers (LiteLLM, Portkey). Writes
+//! `docs/benchmarks.md`, `bench-results/results.json` and `docs/benchmarks.svg`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+
+const KEY: &str = "sk-bench-key-000001";
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchOpts {
+    pub(crate) duration: Duration,
+    pub(crate) smoke: bool,
+    pub(crate) peers: bool,
+    pub(crate) release: bool,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Spawns `bin args`, pinned to `cpu` when taskset exists and the machine has 2+ cores.
+fn spawn(
+    name: &'static str,
+    cpu: Option<&str>,
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<Proc> {
+    let mut cmd = match cpu.filter(|_| has_taskset()) {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c).arg(bin);
+            t
+        }
+        None => Command::new(bin),
+    };
+    let file = std::fs::File::create(log)?;
+    cmd.args(args)
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let _ = name;
+    Ok(Proc(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    ))
+}
+
+fn wait_http(url: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        loop {
+            if let Ok(uri) = url.parse::<http::Uri>() {
+                if let Ok(r) = client.get(uri).await {
+                    if r.status().is_success() {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{url} not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn chat_body(stream: bool, chunks: usize) -> String {
+    // ~1 KB request, like a short chat turn with a system prompt.
+    let filler = "The quick brown fox jumps over the lazy dog. ".repeat(18);
+    json!({
+        "model": "bench",
+        "messages": [
+            {"role": "system", "content": filler},
+            {"role": "user", "content": format!("Summarise the above. mock.chunks={chunks}")}
+        ],
+        "stream": stream,
+        "max_tokens": 64
+    })
+    .to_string()
+}
+
+/// wrk results.
+#[derive(Debug, Clone, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    errors: u64,
+    requests: u64,
+}
+
+fn wrk(
+    url: &str,
+    conns: u32,
+    duration: Duration,
+    headers: &[(&str, &str)],
+    body: &str,
+    dir: &Path,
+) -> Result<WrkResult> {
+    let script = dir.join("post.lua");
+    let mut lua = String::from(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    );
+    for (k, v) in headers {
+        let _ = writeln!(lua, "wrk.headers[\"{k}\"] = \"{v}\"");
+    }
+    let _ = writeln!(lua, "wrk.body = [==[{body}]==]");
+    lua.push_str(
+        "done = function(summary, latency, requests)\n  local errs = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout\n  io.write(string.format(\"RESULT %d %d %f %f %f %f\\n\", summary.requests, errs, summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))\nend\n",
+    );
+    std::fs::write(&script, lua)?;
+    let secs = duration.as_secs().max(1).to_string();
+    let mut cmd = Command::new("wrk");
+    if has_taskset() {
+        cmd = Command::new("taskset");
+        cmd.args(["-c", "1", "wrk"]);
+    }
+    let out = cmd
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .with_context(|| format!("no wrk result:\n{text}"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 6 {
+        bail!("bad wrk line {line}");
+    }
+    Ok(WrkResult {
+        requests: f[0] as u64,
+        errors: f[1] as u64,
+        rps: f[2],
+        p50_us: f[3],
+        p99_us: f[4],
+        p999_us: f[5],
+    })
+}
+
+/// Streaming: time to first content chunk and mean gap between chunks, sequential requests.
+async fn stream_timing(
+    url: &str,
+    auth: Option<&str>,
+    n: usize,
+    chunks: usize,
+) -> Result<(f64, f64)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let body = chat_body(true, chunks);
+    let (mut ttft, mut gaps, mut gap_n) = (Vec::new(), 0f64, 0u64);
+    for _ in 0..n {
+        let mut req = http::Request::post(url).header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let started = Instant::now();
+        let resp = client
+            .request(req.body(Full::new(Bytes::from(body.clone())))?)
+            .await?;
+        let mut body = resp.into_body();
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Ok(data) = frame.into_data() {
+                let now = Instant::now();
+                if first.is_none() && data.windows(3).any(|w| w == b"tok") {
+                    first = Some(now);
+                    ttft.push(now.duration_since(started).as_secs_f64() * 1e6);
+                } else if first.is_some() {
+                    gaps += now.duration_since(last).as_secs_f64() * 1e6;
+                    gap_n += 1;
+                }
+                last = now;
+            }
+        }
+    }
+    ttft.sort_by(|a, b| a.total_cmp(b));
+    let p50 = ttft.get(ttft.len() / 2).copied().unwrap_or(0.0);
+    Ok((p50, if gap_n > 0 { gaps / gap_n as f64 } else { 0.0 }))
+}
+
+/// Opens `n` concurrent slow streams and returns the gateway's peak RSS while they are open.
+async fn concurrent_streams(url: &str, n: usize, pid: u32) -> Result<(u64, usize)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Full<Bytes>>();
+    let body = json!({"model": "bench", "stream": true, "messages": [{"role": "user", "content": "mock.chunks=40 mock.interval_ms=100"}]}).to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::post(url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {KEY}"))
+                .body(Full::new(Bytes::from(body)))
+                .ok()?;
+            let resp = client.request(req).await.ok()?;
+            let mut b = resp.into_body();
+            let mut ok = false;
+            while let Some(Ok(f)) = b.frame().await {
+                if f.data_ref()
+                    .is_some_and(|d| d.windows(6).any(|w| w == b"[DONE]"))
+                {
+                    ok = true;
+                }
+            }
+            Some(ok)
+        }));
+    }
+    let mut peak = 0;
+    let end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < end {
+        peak = peak.max(rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut completed = 0;
+    for t in tasks {
+        if matches!(t.await, Ok(Some(true))) {
+            completed += 1;
+        }
+    }
+    Ok((peak, completed))
+}
+
+fn bench_config(mock: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n"
+    )
+}
+
+/// 1k routes and 100k keys (one Secret holding every key).
+fn scale_config(dir: &Path, routes: usize, keys: usize) -> Result<()> {
+    let mut y = String::with_capacity(keys * 200);
+    y.push_str("apiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {name: mock}\nspec: {provider: mock, models: [{name: demo}]}\n");
+    for r in 0..routes {
+        let _ = write!(
+            y,
+            "---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: r{r}}}\nspec: {{models: [m{r}], backends: [{{pool: mock}}]}}\n"
+        );
+    }
+    y.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData:\n");
+    for k in 0..keys {
+        let _ = writeln!(y, "  k{k}: sk-scale-{k:08}");
+    }
+    for k in 0..keys {
+        let _ = write!(
+            y,
+            "---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: k{k}}}\nspec: {{secretRef: {{name: keys, key: k{k}}}}}\n"
+        );
+    }
+    std::fs::write(dir.join("scale.yaml"), y)?;
+    Ok(())
+}
+
+struct Row {
+    gateway: String,
+    scenario: String,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+/// Runs the benchmark.
+pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
+    let profile = if opts.release { "release" } else { "debug" };
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(root).args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "switchyard-data-plane",
+        "-p",
+        "switchyard-control-plane",
+        "-p",
+        "switchyard-tests",
+    ]);
+    if opts.release {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        bail!("building binaries failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let bin = target.join(profile);
+    let work = root.join("bench-results");
+    std::fs::create_dir_all(work.join("config"))?;
+    let pinned = has_taskset()
+        && std::thread::available_parallelism()
+            .map(|n| n.get() >= 2)
+            .unwrap_or(false);
+
+    let mock_port = free_port();
+    let mock_url = format!("http://127.0.0.1:{mock_port}");
+    let _mock = spawn(
+        "mock",
+        Some("1"),
+        &bin.join("switchyard-mock-llm"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{mock_port}"),
+            "--no-record".into(),
+            "--workers".into(),
+            "1".into(),
+        ],
+        &[],
+        &work.join("mock.log"),
+    )?;
+    std::fs::write(work.join("config/bench.yaml"), bench_config(&mock_url))?;
+    let (gw_port, gw_admin) = (free_port(), free_port());
+    let gw = spawn(
+        "switchyard",
+        Some("0"),
+        &bin.join("switchyard-data-plane"),
+        &[
+            "--config".into(),
+            work.join("config").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{gw_port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{gw_admin}"),
+        ],
+        &[
+            ("TOKIO_WORKER_THREADS", if pinned { "1" } else { "2" }),
+            ("RUST_LOG", "warn"),
+        ],
+        &work.join("gateway.log"),
+    )?;
+    wait_http(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
+    wait_http(
+        &format!("http://127.0.0.1:{gw_admin}/readyz"),
+        Duration::from_secs(10),
+    )?;
+    let idle_rss = rss_kib(gw.pid()).unwrap_or(0);
+
+    let body = chat_body(false, 16);
+    let direct = format!("{mock_url}/v1/chat/completions");
+    let gateway = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
+    let auth = format!("Bearer {KEY}");
+    let d = opts.duration;
+    let mut rows = Vec::new();
+    let mut targets: Vec<(String, String, bool)> = Vec::new();
+    let mut record = |gateway: &str, scenario: &str, r: &WrkResult| {
+        println!(
+            "{gateway:>12} {scenario:<28} {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  p99.9 {:>8.0} us  requests {} errors {}",
+            r.rps, r.p50_us, r.p99_us, r.p999_us, r.requests, r.errors
+        );
+        rows.push(Row {
+            gateway: gateway.into(),
+            scenario: scenario.into(),
+            rps: r.rps,
+            p50: r.p50_us,
+            p99: r.p99_us,
+            p999: r.p999_us,
+            errors: r.errors,
+        });
+    };
+
+    // a. concurrency 1: added latency.
+    let wrk_dir = work.clone();
+    let direct_c1 = wrk(&direct, 1, d, &[], &body, &wrk_dir)?;
+    record("direct", "a: chat c=1", &direct_c1);
+    let gw_c1 = wrk(&gateway, 1, d, &[("Authorization", &auth)], &body, &wrk_dir)?;
+    record("switchyard", "a: chat c=1", &gw_c1);
+    let added_p50 = gw_c1.p50_us - direct_c1.p50_us;
+    let added_p99 = gw_c1.p99_us - direct_c1.p99_us;
+    targets.push((
+        "added latency p50 <= 50 us".into(),
+        format!("{added_p50:.0} us"),
+        added_p50 <= 50.0,
+    ));
+    targets.push((
+        "added latency p99 <= 250 us".into(),
+        format!("{added_p99:.0} us"),
+        added_p99 <= 250.0,
+    ));
+
+    // b. concurrency 32 and 128 (auth always on; limits arrive with issue 5).
+    let mut ratio32 = 0.0;
+    for c in [32u32, 128] {
+        let dr = wrk(&direct, c, d, &[], &body, &wrk_dir)?;
+        record("direct", &format!("b: chat c={c}"), &dr);
+        let gr = wrk(&gateway, c, d, &[("Authorization", &auth)], &body, &wrk_dir)?;
+        record("switchyard", &format!("b: chat c={c}"), &gr);
+        if c == 32 {
+            ratio32 = if dr.rps > 0.0 { gr.rps / dr.rps } else { 0.0 };
+        }
+    }
+    targets.push((
+        "throughput c=32 >= 50% of direct (auth on)".into(),
+        format!("{:.0}%", ratio32 * 100.0),
+        ratio32 >= 0.5,
+    ));
+    let scenario_d = "skipped: in-memory and Redis rate limits and budgets do not exist yet (issue 5); b. already runs with virtual-key auth".to_owned();
+    println!("d: {scenario_d}");
+
+    // c. streaming, 64 chunks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let n = if opts.smoke { 5 } else { 200 };
+    let (d_ttft, d_gap) = rt.block_on(stream_timing(&direct, None, n, 64))?;
+    let (g_ttft, g_gap) = rt.block_on(stream_timing(&gateway, Some(&auth), n, 64))?;
+    let added_ttft = g_ttft - d_ttft;
+    println!(
+        "c: streaming 64 chunks: TTFT p50 direct {d_ttft:.0} us, gateway {g_ttft:.0} us (+{added_ttft:.0} us); mean chunk gap direct {d_gap:.1} us, gateway {g_gap:.1} us"
+    );
+    targets.push((
+        "streaming: <= 1 ms added to TTFT".into(),
+        format!("{added_ttft:.0} us"),
+        added_ttft <= 1000.0,
+    ));
+
+    // e. memory idle and with 1,000 open streams.
+    let streams = if opts.smoke { 20 } else { 1000 };
+    let (peak, completed) = rt.block_on(concurrent_streams(&gateway, streams, gw.pid()))?;
+    println!(
+        "e: RSS idle {} KiB; peak with {streams} open streams {peak} KiB ({completed} completed)",
+        idle_rss
+    );
+    targets.push((
+        format!("RSS <= 64 MB at {streams} streams"),
+        format!("{:.1} MB", peak as f64 / 1024.0),
+        peak <= 64 * 1024,
+    ));
+    drop(gw);
+
+    // f. config scale: 1k routes + 100k keys, standalone compile+apply and fleet push.
+    let (routes, keys) = if opts.smoke {
+        (10, 1000)
+    } else {
+        (1000, 100_000)
+    };
+    let scale_dir = work.join("scale");
+    let _ = std::fs::remove_dir_all(&scale_dir);
+    std::fs::create_dir_all(&scale_dir)?;
+    scale_config(&scale_dir, routes, keys)?;
+    let admin = free_port();
+    let started = Instant::now();
+    let sp = spawn(
+        "scale",
+        Some("0"),
+        &bin.join("switchyard-data-plane"),
+        &[
+            "--config".into(),
+            scale_dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+        ],
+        &[("RUST_LOG", "warn")],
+        &work.join("scale.log"),
+    )?;
+    wait_http(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(120),
+    )?;
+    let standalone_s = started.elapsed().as_secs_f64();
+    let scale_rss = rss_kib(sp.pid()).unwrap_or(0);
+    drop(sp);
+    println!(
+        "f: {routes} routes + {keys} keys: standalone load+compile+apply {standalone_s:.2} s, data-plane RSS {:.1} MB",
+        scale_rss as f64 / 1024.0
+    );
+    targets.push((
+        format!("{keys} keys: compile + apply <= 2 s (standalone)"),
+        format!("{standalone_s:.2} s"),
+        standalone_s <= 2.0,
+    ));
+
+    // Peers.
+    if opts.peers {
+        println!("peers: LiteLLM and Portkey are not wired into this harness yet");
+    }
+
+    // Report.
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let wrk_version = Command::new("wrk")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Benchmarks\n\nGenerated by `cargo xtask bench{}` on {date}.\n",
+        if opts.smoke { " --smoke" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "- Machine: {cpu}, {cores} cores; build profile `{profile}`; load generator {wrk_version}, 1 thread."
+    );
+    let _ = writeln!(
+        md,
+        "- Placement: {}.",
+        if pinned {
+            "gateway pinned to CPU 0 (1 Tokio worker); mock upstream (1 worker) and wrk share CPU 1"
+        } else {
+            "no pinning (taskset unavailable or 1 core)"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- Upstream: `switchyard-mock-llm` (hyper, 0 ms), OpenAI wire format; ~1 KB chat request, 16-token answer; the gateway authenticates a virtual key on every request."
+    );
+    let _ = writeln!(md, "- Duration per point: {} s.\n", d.as_secs());
+    let _ = writeln!(
+        md,
+        "| gateway | scenario | req/s | p50 (us) | p99 (us) | p99.9 (us) | errors |\n|---|---|---:|---:|---:|---:|---:|"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            r.gateway, r.scenario, r.rps, r.p50, r.p99, r.p999, r.errors
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRatios (switchyard / direct): c=1 p50 {:.2}x; c=32 throughput {:.0}%.\n",
+        gw_c1.p50_us / direct_c1.p50_us.max(1.0),
+        ratio32 * 100.0
+    );
+    let _ = writeln!(
+        md,
+        "- c. streaming, 64 chunks: TTFT p50 direct {d_ttft:.0} us, switchyard {g_ttft:.0} us (added {added_ttft:.0} us); mean inter-chunk gap direct {d_gap:.1} us, switchyard {g_gap:.1} us."
+    );
+    let _ = writeln!(md, "- d. {scenario_d}.");
+    let _ = writeln!(
+        md,
+        "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "- f. {routes} routes + {keys} virtual keys, standalone (YAML parse + compile + apply, to ready): {standalone_s:.2} s; data-plane RSS {:.1} MB.\n",
+        scale_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| target | measured | met |\n|---|---|---|"
+    );
+    for (t, m, ok) in &targets {
+        let _ = writeln!(md, "| {t} | {m} | {} |", if *ok { "yes" } else { "**no**" });
+    }
+    let _ = writeln!(md, "\n![throughput and p99](benchmarks.svg)");
+    let json = json!({
+        "date": date, "cpu": cpu, "cores": cores, "profile": profile, "pinned": pinned,
+        "rows": rows.iter().map(|r| json!({"gateway": r.gateway, "scenario": r.scenario, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99, "p999_us": r.p999, "errors": r.errors})).collect::<Vec<_>>(),
+        "streaming": {"direct_ttft_p50_us": d_ttft, "gateway_ttft_p50_us": g_ttft, "direct_gap_us": d_gap, "gateway_gap_us": g_gap},
+        "memory": {"idle_kib": idle_rss, "peak_kib": peak, "streams": streams, "completed": completed},
+        "scale": {"routes": routes, "keys": keys, "standalone_seconds": standalone_s, "rss_kib": scale_rss},
+        "targets": targets.iter().map(|(t, m, ok)| json!({"target": t, "measured": m, "met": ok})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        work.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let docs = root.join("docs");
+    std::fs::create_dir_all(&docs)?;
+    let (md_path, svg_path) = if opts.smoke {
+        (work.join("benchmarks.md"), work.join("benchmarks.svg"))
+    } else {
+        (docs.join("benchmarks.md"), docs.join("benchmarks.svg"))
+    };
+    std::fs::write(&md_path, md)?;
+    std::fs::write(&svg_path, svg(&rows))?;
+    println!(
+        "wrote {}, {} and {}",
+        md_path.display(),
+        svg_path.display(),
+        work.join("results.json").display()
+    );
+    Ok(())
+}
+
+/// A bar chart of throughput and p99 per gateway and scenario.
+fn svg(rows: &[Row]) -> String {
+    let max_rps = rows.iter().map(|r| r.rps).fold(1.0, f64::max);
+    let max_p99 = rows.iter().map(|r| r.p99).fold(1.0, f64::max);
+    let (w, bar_h, gap) = (900.0, 16.0, 10.0);
+    let h = 60.0 + rows.len() as f64 * (2.0 * bar_h + gap);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">Throughput (blue, req/s) and p99 latency (orange, us) per gateway and scenario</text>\n"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = 40.0 + i as f64 * (2.0 * bar_h + gap);
+        let rw = (r.rps / max_rps) * 500.0;
+        let pw = (r.p99 / max_p99) * 500.0;
+        let _ = write!(
+            s,
+            "<text x=\"10\" y=\"{:.0}\">{} — {}</text>\n<rect x=\"260\" y=\"{y:.0}\" width=\"{rw:.1}\" height=\"{bar_h}\" fill=\"#3b82f6\"/><text x=\"{:.0}\" y=\"{:.0}\">{:.0}</text>\n<rect x=\"260\" y=\"{:.0}\" width=\"{pw:.1}\" height=\"{bar_h}\" fill=\"#f97316\"/><text x=\"{:.0}\" y=\"{:.0}\">{:.0}</text>\n",
+            y + bar_h + 4.0,
+            r.gateway,
+            r.scenario,
+            265.0 + rw,
+            y + 12.0,
+            r.rps,
+            y + bar_h,
+            265.0 + pw,
+            y + bar_h + 12.0,
+            r.p99
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
