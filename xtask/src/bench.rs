@@ -94,12 +94,11 @@ fn wait_http(url: &str, timeout: Duration) -> Result<()> {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
         loop {
-            if let Ok(uri) = url.parse::<http::Uri>() {
-                if let Ok(r) = client.get(uri).await {
-                    if r.status().is_success() {
-                        return Ok(());
-                    }
-                }
+            if let Ok(uri) = url.parse::<http::Uri>()
+                && let Ok(r) = client.get(uri).await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("{url} not ready after {timeout:?}");
