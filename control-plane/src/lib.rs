@@ -54,7 +54,7 @@ async fn compile_loop(
     loop {
         let world = worlds.borrow_and_update().clone();
         if let Some(world) = world {
-            let compiled = switchyard_crds::compile(&world);
+            let compiled = tokio::task::block_in_place(|| switchyard_crds::compile(&world));
             metrics.compiles.inc();
             metrics
                 .rejected_resources

@@ -72,14 +72,15 @@ impl Source for DirSource {
             source,
         };
         // The first load must succeed: a control plane without its input is misconfigured.
+        let mut cache = switchyard_crds::fs::DirCache::default();
         let mut last = switchyard_crds::fs::fingerprint(&self.dir).map_err(io)?;
-        let world = switchyard_crds::fs::load_dir(&self.dir).map_err(io)?;
+        let world = cache.load(&self.dir).map_err(io)?;
         tx.send_replace(Some(Arc::new(world)));
         loop {
             tokio::time::sleep(self.poll).await;
             match switchyard_crds::fs::fingerprint(&self.dir) {
                 Ok(fp) if fp == last => {}
-                Ok(fp) => match switchyard_crds::fs::load_dir(&self.dir) {
+                Ok(fp) => match tokio::task::block_in_place(|| cache.load(&self.dir)) {
                     Ok(world) => {
                         last = fp;
                         tracing::info!(dir = %self.dir.display(), "resources changed");

@@ -53,6 +53,36 @@ mod tests {
     }
 
     #[test]
+    fn dir_cache_reparses_only_changed_files_and_forgets_removed_ones() {
+        let dir = std::env::temp_dir().join(format!("switchyard-dircache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let route = |name: &str| {
+            format!(
+                "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {name}}}\nspec: {{models: [{name}], backends: [{{pool: p}}]}}\n"
+            )
+        };
+        std::fs::write(dir.join("a.yaml"), route("a")).expect("write");
+        std::fs::write(dir.join("b.yaml"), route("b")).expect("write");
+        let mut cache = super::fs::DirCache::default();
+        let names = |w: &super::World| {
+            let mut v: Vec<String> = w
+                .routes
+                .iter()
+                .map(|r| r.metadata.name.clone().unwrap_or_default())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&cache.load(&dir).expect("load")), ["a", "b"]);
+        std::fs::write(dir.join("b.yaml"), route("b2")).expect("write");
+        assert_eq!(names(&cache.load(&dir).expect("load")), ["a", "b2"]);
+        std::fs::remove_file(dir.join("a.yaml")).expect("rm");
+        assert_eq!(names(&cache.load(&dir).expect("load")), ["b2"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn conditions_are_a_list_map_keyed_by_type() {
         let (_, yaml) = &super::crd_yamls().expect("render")[0];
         assert!(yaml.contains("x-kubernetes-list-type: map"), "{yaml}");
@@ -94,6 +124,57 @@ pub mod fs {
             }
         }
         Ok(world)
+    }
+
+    /// Loads a directory like [`load_dir`], re-parsing only files whose size or modification
+    /// time changed since the last call: with 100k keys in one file and a small file being
+    /// edited, a reload costs the small file, not the big one.
+    #[derive(Debug, Default)]
+    pub struct DirCache {
+        files: std::collections::BTreeMap<PathBuf, (u64, Option<std::time::SystemTime>, World)>,
+    }
+
+    impl DirCache {
+        pub fn load(&mut self, dir: &Path) -> std::io::Result<World> {
+            let files = yaml_files(dir)?;
+            self.files.retain(|p, _| files.contains(p));
+            for path in &files {
+                let meta = std::fs::metadata(path)?;
+                let (len, modified) = (meta.len(), meta.modified().ok());
+                if self
+                    .files
+                    .get(path)
+                    .is_some_and(|(l, m, _)| *l == len && *m == modified)
+                {
+                    continue;
+                }
+                let text = std::fs::read_to_string(path)?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut part = World::default();
+                part.add_yaml(&name, &text);
+                self.files.insert(path.clone(), (len, modified, part));
+            }
+            let mut world = World::default();
+            for (_, _, part) in self.files.values() {
+                world.pools.extend(part.pools.iter().cloned());
+                world.routes.extend(part.routes.iter().cloned());
+                world.keys.extend(part.keys.iter().cloned());
+                world.guardrails.extend(part.guardrails.iter().cloned());
+                world
+                    .secrets
+                    .extend(part.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                world.load_errors.extend(part.load_errors.iter().cloned());
+            }
+            for var in world.referenced_env() {
+                if let Ok(v) = std::env::var(&var) {
+                    world.env.insert(var, v);
+                }
+            }
+            Ok(world)
+        }
     }
 
     /// A cheap fingerprint of the directory (names, sizes, modification times): when it

@@ -55,8 +55,9 @@ pub async fn run(
     match &opts.source {
         ConfigSource::Directory(dir) => {
             let fp = switchyard_crds::fs::fingerprint(dir)?;
-            standalone::load(&gw, dir)?;
-            tokio::spawn(standalone::watch(gw.clone(), dir.clone(), Some(fp)));
+            let mut cache = switchyard_crds::fs::DirCache::default();
+            standalone::load(&gw, dir, &mut cache)?;
+            tokio::spawn(standalone::watch(gw.clone(), dir.clone(), Some(fp), cache));
         }
         ConfigSource::ControlPlane(client) => {
             tokio::spawn(xds::run(gw.clone(), client.clone()));

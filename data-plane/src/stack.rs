@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderName, StatusCode, header};
 use tower::ServiceBuilder;
@@ -73,8 +72,7 @@ pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::models))
         .fallback(proxy::not_found)
-        .layer(axum::middleware::from_fn_with_state(limiter, concurrency_limit))
-        .layer(axum::middleware::from_fn_with_state(gw.clone(), record_metrics))
+        .layer(EdgeLayer { gw: gw.clone(), limiter })
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
@@ -107,38 +105,95 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
-async fn record_metrics(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let endpoint = endpoint_label(req.uri().path());
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
-    gw.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            status: resp.status().as_u16(),
-            error,
-        })
-        .inc();
-    gw.metrics
-        .request_duration
-        .get_or_create(&EndpointLabels { endpoint })
-        .observe(started.elapsed().as_secs_f64());
-    resp
+/// Metrics and load shedding in one layer (one boxed future per request instead of two
+/// `from_fn` middlewares): counts every response by endpoint, status and error label, times
+/// it to the response head, and answers 503 when `max_concurrency` requests are in flight.
+#[derive(Clone, Debug)]
+pub struct EdgeLayer {
+    gw: Arc<Gateway>,
+    limiter: Arc<tokio::sync::Semaphore>,
 }
 
-async fn concurrency_limit(
-    State(limiter): State<Arc<tokio::sync::Semaphore>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Ok(_permit) = limiter.try_acquire() else {
-        let mut e = ProxyError::new(
-            ErrorKind::NotReady,
-            "The gateway is at its concurrency limit; retry shortly.",
-        );
-        e.retry_after = Some(http::HeaderValue::from_static("1"));
-        return e.into_response_in(Dialect::OpenAi);
-    };
-    next.run(req).await.into_response()
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            gw: self.gw.clone(),
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+/// The service of [`EdgeLayer`].
+#[derive(Clone, Debug)]
+pub struct Edge<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+    limiter: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S> tower::Service<Request> for Edge<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let endpoint = endpoint_label(req.uri().path());
+        let started = Instant::now();
+        let gw = self.gw.clone();
+        let admitted = self
+            .limiter
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| (permit, self.inner.call(req)));
+        Box::pin(async move {
+            let resp = match admitted {
+                Some((permit, fut)) => {
+                    let resp = fut.await?;
+                    drop(permit);
+                    resp
+                }
+                None => {
+                    let mut e = ProxyError::new(
+                        ErrorKind::NotReady,
+                        "The gateway is at its concurrency limit; retry shortly.",
+                    );
+                    e.retry_after = Some(http::HeaderValue::from_static("1"));
+                    e.into_response_in(Dialect::OpenAi)
+                }
+            };
+            let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
+            gw.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    endpoint,
+                    status: resp.status().as_u16(),
+                    error,
+                })
+                .inc();
+            gw.metrics
+                .request_duration
+                .get_or_create(&EndpointLabels { endpoint })
+                .observe(started.elapsed().as_secs_f64());
+            Ok(resp)
+        })
+    }
 }

@@ -11,8 +11,12 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Loads, compiles and applies the directory once. Diagnostics are logged; invalid resources
 /// are left out and the rest is served.
-pub fn load(gw: &Gateway, dir: &Path) -> std::io::Result<()> {
-    let world = switchyard_crds::fs::load_dir(dir)?;
+pub fn load(
+    gw: &Gateway,
+    dir: &Path,
+    cache: &mut switchyard_crds::fs::DirCache,
+) -> std::io::Result<()> {
+    let world = cache.load(dir)?;
     let compiled = switchyard_crds::compile(&world);
     for d in &compiled.diagnostics {
         tracing::warn!(resource = %d.resource, condition = d.condition, reason = d.reason, message = %d.message, "resource rejected");
@@ -24,7 +28,12 @@ pub fn load(gw: &Gateway, dir: &Path) -> std::io::Result<()> {
 }
 
 /// Watches the directory forever, reloading when its files change.
-pub async fn watch(gw: Arc<Gateway>, dir: PathBuf, mut last: Option<u64>) {
+pub async fn watch(
+    gw: Arc<Gateway>,
+    dir: PathBuf,
+    mut last: Option<u64>,
+    mut cache: switchyard_crds::fs::DirCache,
+) {
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         let fp = match switchyard_crds::fs::fingerprint(&dir) {
@@ -38,7 +47,8 @@ pub async fn watch(gw: Arc<Gateway>, dir: PathBuf, mut last: Option<u64>) {
             continue;
         }
         last = Some(fp);
-        if let Err(e) = load(&gw, &dir) {
+        // Parsing and compiling a large directory is CPU work: keep it off the async workers.
+        if let Err(e) = tokio::task::block_in_place(|| load(&gw, &dir, &mut cache)) {
             tracing::warn!(dir = %dir.display(), error = %e, "reload failed; keeping the last good config");
         }
     }

@@ -112,7 +112,7 @@ async fn session(
         let reply = if gw.version().as_deref() == Some(snapshot.version.as_str()) {
             ack(opts, &snapshot.version, resp.nonce)
         } else {
-            match gw.apply(&snapshot) {
+            match tokio::task::block_in_place(|| gw.apply(&snapshot)) {
                 Ok(()) => ack(opts, &snapshot.version, resp.nonce),
                 Err(e) => pb::DiscoveryRequest {
                     node_id: opts.node_id.clone(),

@@ -308,14 +308,126 @@ fn scale_config(dir: &Path, routes: usize, keys: usize) -> Result<()> {
     for k in 0..keys {
         let _ = writeln!(y, "  k{k}: sk-scale-{k:08}");
     }
-    for k in 0..keys {
+    for k in 1..keys {
         let _ = write!(
             y,
             "---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: k{k}}}\nspec: {{secretRef: {{name: keys, key: k{k}}}}}\n"
         );
     }
     std::fs::write(dir.join("scale.yaml"), y)?;
+    std::fs::write(dir.join("one-key.yaml"), one_key(false))?;
     Ok(())
+}
+
+/// Key k0 in a file of its own, so changing it is a one-key change.
+fn one_key(disabled: bool) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: k0}}\nspec: {{secretRef: {{name: keys, key: k0}}, disabled: {disabled}}}\n"
+    )
+}
+
+type PlainClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+async fn status_with_key(client: &PlainClient, url: &str, key: &str) -> u16 {
+    let body = json!({"model": "m0", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let Ok(req) = http::Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return 0;
+    };
+    match client.request(req).await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let _ = r.into_body().collect().await;
+            s
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Fleet: control plane + two data planes on the scale config. Returns (seconds until both
+/// are ready, milliseconds for a one-key change to reach both).
+fn fleet_scale(bin: &Path, work: &Path, scale_dir: &Path) -> Result<(f64, f64)> {
+    let grpc = free_port();
+    let started = Instant::now();
+    let _cp = spawn(
+        "cp",
+        Some("0"),
+        &bin.join("switchyard-control-plane"),
+        &[
+            format!("--source=dir:{}", scale_dir.display()),
+            format!("--grpc-listen=127.0.0.1:{grpc}"),
+            format!("--admin-listen=127.0.0.1:{}", free_port()),
+            "--insecure-plaintext".into(),
+            "--poll-interval=20ms".into(),
+        ],
+        &[("RUST_LOG", "warn")],
+        &work.join("scale-cp.log"),
+    )?;
+    let mut dps = Vec::new();
+    let mut apis = Vec::new();
+    for i in 0..2 {
+        let (api, admin) = (free_port(), free_port());
+        dps.push(spawn(
+            "dp",
+            Some("1"),
+            &bin.join("switchyard-data-plane"),
+            &[
+                format!("--control-plane=http://127.0.0.1:{grpc}"),
+                "--insecure-plaintext".into(),
+                format!("--node-id=bench-{i}"),
+                format!("--listen=127.0.0.1:{api}"),
+                format!("--admin-listen=127.0.0.1:{admin}"),
+            ],
+            &[("RUST_LOG", "warn")],
+            &work.join(format!("scale-dp{i}.log")),
+        )?);
+        apis.push((
+            format!("http://127.0.0.1:{api}/v1/chat/completions"),
+            format!("http://127.0.0.1:{admin}/readyz"),
+        ));
+    }
+    for (_, ready) in &apis {
+        wait_http(ready, Duration::from_secs(180))?;
+    }
+    let ready_s = started.elapsed().as_secs_f64();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let change_ms = rt.block_on(async {
+        let client: PlainClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        for (api, _) in &apis {
+            if status_with_key(&client, api, "sk-scale-00000000").await != 200 {
+                bail!("key k0 does not work before the change");
+            }
+        }
+        std::fs::write(scale_dir.join("one-key.yaml"), one_key(true))?;
+        let changed = Instant::now();
+        let deadline = changed + Duration::from_secs(30);
+        let mut pending: Vec<&String> = apis.iter().map(|(a, _)| a).collect();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for api in pending {
+                if status_with_key(&client, api, "sk-scale-00000000").await != 401 {
+                    still.push(api);
+                }
+            }
+            pending = still;
+            if Instant::now() > deadline {
+                bail!("the changed key did not reach every data plane in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(changed.elapsed().as_secs_f64() * 1000.0)
+    })?;
+    drop(dps);
+    Ok((ready_s, change_ms))
 }
 
 struct Row {
@@ -534,10 +646,19 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         "f: {routes} routes + {keys} keys: standalone load+compile+apply {standalone_s:.2} s, data-plane RSS {:.1} MB",
         scale_rss as f64 / 1024.0
     );
+    let (fleet_ready_s, change_ms) = fleet_scale(&bin, &work, &scale_dir)?;
+    println!(
+        "f: fleet (control plane + 2 data planes): both ready after {fleet_ready_s:.2} s; one changed key reached both in {change_ms:.0} ms"
+    );
     targets.push((
-        format!("{keys} keys: compile + apply <= 2 s (standalone)"),
+        format!("{keys} keys: load + compile + apply <= 2 s (standalone)"),
         format!("{standalone_s:.2} s"),
         standalone_s <= 2.0,
+    ));
+    targets.push((
+        "one changed key reaches every data plane <= 500 ms".into(),
+        format!("{change_ms:.0} ms"),
+        change_ms <= 500.0,
     ));
 
     // Peers, same mock, same placement, scenarios a and b.
@@ -546,10 +667,17 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         for peer in [Peer::LiteLlm, Peer::Portkey] {
             match start_peer(peer, root, &work, &mock_url) {
                 Ok((proc_, url, headers)) => {
-                    let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let hdrs: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
                     for c in [1u32, 32, 128] {
                         match wrk(&url, c, d, &hdrs, &body, &wrk_dir) {
-                            Ok(r) => record(peer.name(), &format!("{}: chat c={c}", if c == 1 { "a" } else { "b" }), &r),
+                            Ok(r) => record(
+                                peer.name(),
+                                &format!("{}: chat c={c}", if c == 1 { "a" } else { "b" }),
+                                &r,
+                            ),
                             Err(e) => peer_notes.push(format!("{} c={c}: {e}", peer.name())),
                         }
                     }
@@ -647,7 +775,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "- f. {routes} routes + {keys} virtual keys, standalone (YAML parse + compile + apply, to ready): {standalone_s:.2} s; data-plane RSS {:.1} MB.\n",
+        "- f. {routes} routes + {keys} virtual keys, standalone (YAML parse + compile + apply, to ready): {standalone_s:.2} s; data-plane RSS {:.1} MB. Fleet (control plane with a `dir:` source + 2 data planes, plaintext gRPC on loopback): both ready {fleet_ready_s:.2} s after start; one changed key (disabled) rejected by both data planes {change_ms:.0} ms after its file was written.\n",
         scale_rss as f64 / 1024.0
     );
     let _ = writeln!(
@@ -663,7 +791,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         "rows": rows.iter().map(|r| json!({"gateway": r.gateway, "scenario": r.scenario, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99, "p999_us": r.p999, "errors": r.errors})).collect::<Vec<_>>(),
         "streaming": {"direct_ttft_p50_us": d_ttft, "gateway_ttft_p50_us": g_ttft, "direct_gap_us": d_gap, "gateway_gap_us": g_gap},
         "memory": {"idle_kib": idle_rss, "peak_kib": peak, "streams": streams, "completed": completed},
-        "scale": {"routes": routes, "keys": keys, "standalone_seconds": standalone_s, "rss_kib": scale_rss},
+        "scale": {"routes": routes, "keys": keys, "standalone_seconds": standalone_s, "rss_kib": scale_rss, "fleet_ready_seconds": fleet_ready_s, "one_key_change_ms": change_ms},
         "targets": targets.iter().map(|(t, m, ok)| json!({"target": t, "measured": m, "met": ok})).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -720,6 +848,9 @@ fn svg(rows: &[Row]) -> String {
     s
 }
 
+/// A started peer: its process, chat URL and the headers its requests need.
+type RunningPeer = (Proc, String, Vec<(String, String)>);
+
 #[derive(Clone, Copy, Debug)]
 enum Peer {
     LiteLlm,
@@ -737,22 +868,37 @@ impl Peer {
     fn version(self, _root: &Path, work: &Path) -> String {
         match self {
             Peer::LiteLlm => Command::new(work.join("peers/litellm-venv/bin/python"))
-                .args(["-c", "import importlib.metadata as m; print('litellm', m.version('litellm'))"])
+                .args([
+                    "-c",
+                    "import importlib.metadata as m; print('litellm', m.version('litellm'))",
+                ])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
                 .unwrap_or_default(),
-            Peer::Portkey => std::fs::read_to_string(work.join("peers/portkey/node_modules/@portkey-ai/gateway/package.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .map(|v| format!("@portkey-ai/gateway {}", v["version"].as_str().unwrap_or("?")))
-                .unwrap_or_default(),
+            Peer::Portkey => std::fs::read_to_string(
+                work.join("peers/portkey/node_modules/@portkey-ai/gateway/package.json"),
+            )
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .map(|v| {
+                format!(
+                    "@portkey-ai/gateway {}",
+                    v["version"].as_str().unwrap_or("?")
+                )
+            })
+            .unwrap_or_default(),
         }
     }
 }
 
 /// Installs (on first use) and starts a peer gateway against the mock. Returns the process,
 /// its chat URL and the headers its requests need.
-fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc, String, Vec<(String, String)>)> {
+fn start_peer(
+    peer: Peer,
+    _root: &Path,
+    work: &Path,
+    mock: &str,
+) -> Result<RunningPeer> {
     let dir = work.join("peers");
     std::fs::create_dir_all(&dir)?;
     let port = free_port();
@@ -761,8 +907,16 @@ fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc
             let venv = dir.join("litellm-venv");
             if !venv.join("bin/litellm").exists() {
                 println!("installing litellm[proxy]==1.106.0 into {}", venv.display());
-                if !Command::new("python3").arg("-m").arg("venv").arg(&venv).status()?.success()
-                    || !Command::new(venv.join("bin/pip")).args(["install", "-q", "litellm[proxy]==1.106.0"]).status()?.success()
+                if !Command::new("python3")
+                    .arg("-m")
+                    .arg("venv")
+                    .arg(&venv)
+                    .status()?
+                    .success()
+                    || !Command::new(venv.join("bin/pip"))
+                        .args(["install", "-q", "litellm[proxy]==1.106.0"])
+                        .status()?
+                        .success()
                 {
                     bail!("installing litellm failed");
                 }
@@ -770,18 +924,36 @@ fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc
             let cfg = dir.join("litellm.yaml");
             std::fs::write(
                 &cfg,
-                format!("model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/mock-gpt\n      api_base: {mock}/v1\n      api_key: sk-upstream\ngeneral_settings:\n  master_key: {KEY}\nlitellm_settings:\n  drop_params: true\n"),
+                format!(
+                    "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/mock-gpt\n      api_base: {mock}/v1\n      api_key: sk-upstream\ngeneral_settings:\n  master_key: {KEY}\nlitellm_settings:\n  drop_params: true\n"
+                ),
             )?;
             let p = spawn(
                 "litellm",
                 Some("0"),
                 &venv.join("bin/litellm"),
-                &["--config".into(), cfg.display().to_string(), "--port".into(), port.to_string(), "--host".into(), "127.0.0.1".into(), "--num_workers".into(), "1".into()],
+                &[
+                    "--config".into(),
+                    cfg.display().to_string(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--num_workers".into(),
+                    "1".into(),
+                ],
                 &[("LITELLM_LOG", "ERROR")],
                 &dir.join("litellm.log"),
             )?;
-            wait_http(&format!("http://127.0.0.1:{port}/health/liveliness"), Duration::from_secs(120))?;
-            Ok((p, format!("http://127.0.0.1:{port}/v1/chat/completions"), vec![("Authorization".into(), format!("Bearer {KEY}"))]))
+            wait_http(
+                &format!("http://127.0.0.1:{port}/health/liveliness"),
+                Duration::from_secs(120),
+            )?;
+            Ok((
+                p,
+                format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                vec![("Authorization".into(), format!("Bearer {KEY}"))],
+            ))
         }
         Peer::Portkey => {
             let pkg = dir.join("portkey");
@@ -789,7 +961,12 @@ fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc
             if !entry.exists() {
                 std::fs::create_dir_all(&pkg)?;
                 println!("installing @portkey-ai/gateway into {}", pkg.display());
-                if !Command::new("npm").args(["install", "--no-audit", "--no-fund", "@portkey-ai/gateway"]).current_dir(&pkg).status()?.success() {
+                if !Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "@portkey-ai/gateway"])
+                    .current_dir(&pkg)
+                    .status()?
+                    .success()
+                {
                     bail!("installing @portkey-ai/gateway failed");
                 }
             }
@@ -797,8 +974,18 @@ fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc
                 bail!("{} not found after install", entry.display());
             }
             let node = PathBuf::from("node");
-            let p = spawn("portkey", Some("0"), &which(&node)?, &[entry.display().to_string(), format!("--port={port}")], &[], &dir.join("portkey.log"))?;
-            wait_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(60))?;
+            let p = spawn(
+                "portkey",
+                Some("0"),
+                &which(&node)?,
+                &[entry.display().to_string(), format!("--port={port}")],
+                &[],
+                &dir.join("portkey.log"),
+            )?;
+            wait_http(
+                &format!("http://127.0.0.1:{port}/"),
+                Duration::from_secs(60),
+            )?;
             Ok((
                 p,
                 format!("http://127.0.0.1:{port}/v1/chat/completions"),
@@ -813,7 +1000,10 @@ fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<(Proc
 }
 
 fn which(bin: &Path) -> Result<PathBuf> {
-    let out = Command::new("sh").arg("-c").arg(format!("command -v {}", bin.display())).output()?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {}", bin.display()))
+        .output()?;
     let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if p.is_empty() {
         bail!("{} not found on PATH", bin.display());
