@@ -18,7 +18,8 @@ if have_all; then echo "$bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "go is required to build the cluster binaries" >&2; exit 1; }
 mkdir -p "$bin" "$dir/src"
-export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+# GOTOOLCHAIN=auto: an older Go fetches the toolchain a module needs from the module proxy.
+export GOFLAGS=-mod=mod GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" CGO_ENABLED=0
 log() { echo "kube-env: $*" >&2; }
 
 build_kube() {
