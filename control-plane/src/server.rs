@@ -169,7 +169,7 @@ impl ConfigServer {
         let resp = pb::DiscoveryResponse {
             version_info: c.snapshot.version.clone(),
             nonce,
-            snapshot: Some(c.snapshot.clone()),
+            snapshot: c.encoded.clone(),
         };
         if tx.send(Ok(resp)).await.is_err() {
             return false;

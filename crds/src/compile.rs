@@ -99,6 +99,9 @@ impl std::fmt::Display for Diagnostic {
 #[derive(Clone, Debug)]
 pub struct Compiled {
     pub snapshot: pb::Snapshot,
+    /// `snapshot` protobuf-encoded with an empty `version` (what the version hashes), once,
+    /// for every data plane to share.
+    pub encoded: prost::bytes::Bytes,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -265,9 +268,11 @@ pub fn compile(world: &World) -> Compiled {
         guardrails,
         resources: resources.iter().map(ResourceKey::to_proto).collect(),
     };
-    snapshot.version = content_version(&snapshot);
+    let encoded = prost::bytes::Bytes::from(snapshot.encode_to_vec());
+    snapshot.version = hex::encode(&Sha256::digest(&encoded)[..8]);
     Compiled {
         snapshot,
+        encoded,
         diagnostics,
     }
 }
@@ -287,7 +292,7 @@ pub fn key_hash(key: &str) -> String {
 
 fn sorted<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
     let mut v: Vec<&K> = items.iter().collect();
-    v.sort_by_key(|k| ResourceKey::of(*k));
+    v.sort_by_cached_key(|k| ResourceKey::of(*k));
     v
 }
 

@@ -5,11 +5,6 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switchyard_data_plane::{ConfigSource, Options, stack::StackOptions, xds::ClientOptions};
 
-// mimalloc: the request path allocates many small, short-lived buffers; glibc malloc/free
-// showed up at ~7% of gateway CPU in the c=1 profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Switchyard data plane: the LLM gateway proxy.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -108,36 +108,53 @@ async fn session(
     tracing::info!(url = %opts.url, node_id = %opts.node_id, "config stream connected");
     while let Some(resp) = inbound.message().await? {
         *received = true;
-        let snapshot = resp.snapshot.unwrap_or_default();
-        let reply = if gw.version().as_deref() == Some(snapshot.version.as_str()) {
-            ack(opts, &snapshot.version, resp.nonce)
+        let reply = if gw.version().as_deref() == Some(resp.version_info.as_str()) {
+            ack(opts, &resp.version_info, resp.nonce)
         } else {
+            let decoded = tokio::task::block_in_place(|| {
+                use prost::Message;
+                pb::Snapshot::decode(resp.snapshot.clone()).map(|mut s| {
+                    s.version.clone_from(&resp.version_info);
+                    s
+                })
+            });
+            let snapshot = match decoded {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(version = %resp.version_info, error = %e, "undecodable snapshot");
+                    tx.send(nack(
+                        opts,
+                        gw,
+                        resp.nonce,
+                        format!("snapshot does not decode: {e}"),
+                        Vec::new(),
+                    ))
+                    .await
+                    .map_err(|_| ClientError::Closed)?;
+                    continue;
+                }
+            };
             match tokio::task::block_in_place(|| gw.apply(&snapshot)) {
                 Ok(()) => ack(opts, &snapshot.version, resp.nonce),
-                Err(e) => pb::DiscoveryRequest {
-                    node_id: opts.node_id.clone(),
-                    version_info: gw.version().unwrap_or_default(),
-                    response_nonce: resp.nonce,
-                    error_detail: Some(pb::ErrorDetail {
-                        message: e.to_string(),
-                        resource_errors: e
-                            .errors
-                            .iter()
-                            .map(|r| {
-                                let (namespace, name) = r.id.split_once('/').unwrap_or(("", &r.id));
-                                pb::ResourceError {
-                                    resource: Some(pb::ResourceRef {
-                                        kind: r.kind.to_owned(),
-                                        namespace: namespace.to_owned(),
-                                        name: name.to_owned(),
-                                        generation: 0,
-                                    }),
-                                    message: r.message.clone(),
-                                }
-                            })
-                            .collect(),
-                    }),
-                },
+                Err(e) => {
+                    let errors = e
+                        .errors
+                        .iter()
+                        .map(|r| {
+                            let (namespace, name) = r.id.split_once('/').unwrap_or(("", &r.id));
+                            pb::ResourceError {
+                                resource: Some(pb::ResourceRef {
+                                    kind: r.kind.to_owned(),
+                                    namespace: namespace.to_owned(),
+                                    name: name.to_owned(),
+                                    generation: 0,
+                                }),
+                                message: r.message.clone(),
+                            }
+                        })
+                        .collect();
+                    nack(opts, gw, resp.nonce, e.to_string(), errors)
+                }
             }
         };
         tx.send(reply).await.map_err(|_| ClientError::Closed)?;
@@ -151,5 +168,23 @@ fn ack(opts: &ClientOptions, version: &str, nonce: String) -> pb::DiscoveryReque
         version_info: version.to_owned(),
         response_nonce: nonce,
         error_detail: None,
+    }
+}
+
+fn nack(
+    opts: &ClientOptions,
+    gw: &Gateway,
+    nonce: String,
+    message: String,
+    resource_errors: Vec<pb::ResourceError>,
+) -> pb::DiscoveryRequest {
+    pb::DiscoveryRequest {
+        node_id: opts.node_id.clone(),
+        version_info: gw.version().unwrap_or_default(),
+        response_nonce: nonce,
+        error_detail: Some(pb::ErrorDetail {
+            message,
+            resource_errors,
+        }),
     }
 }

@@ -893,12 +893,7 @@ impl Peer {
 
 /// Installs (on first use) and starts a peer gateway against the mock. Returns the process,
 /// its chat URL and the headers its requests need.
-fn start_peer(
-    peer: Peer,
-    _root: &Path,
-    work: &Path,
-    mock: &str,
-) -> Result<RunningPeer> {
+fn start_peer(peer: Peer, _root: &Path, work: &Path, mock: &str) -> Result<RunningPeer> {
     let dir = work.join("peers");
     std::fs::create_dir_all(&dir)?;
     let port = free_port();

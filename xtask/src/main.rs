@@ -117,6 +117,7 @@ fn codegen(check: bool) -> Result<()> {
         .out_dir(&tmp)
         .skip_debug(["switchyard.config.v1.Endpoint"])
         .btree_map(".")
+        .bytes(".switchyard.config.v1.DiscoveryResponse.snapshot")
         .compile_fds(fds)
         .context("generating Rust code")?;
     let out_dir = root.join("proto/src/gen");

@@ -40,14 +40,16 @@ pub struct ResourceRef {
     #[prost(int64, tag = "4")]
     pub generation: i64,
 }
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DiscoveryResponse {
     #[prost(string, tag = "1")]
     pub version_info: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub nonce: ::prost::alloc::string::String,
-    #[prost(message, optional, tag = "3")]
-    pub snapshot: ::core::option::Option<Snapshot>,
+    /// The Snapshot, protobuf-encoded once per version by the server and shared by every
+    /// stream (a 100k-key snapshot is ~10 MB: encoding it per data plane would dominate).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub snapshot: ::prost::bytes::Bytes,
 }
 /// The compiled configuration: everything a data plane needs, nothing it must look up.
 #[derive(Clone, PartialEq, ::prost::Message)]
