@@ -222,11 +222,13 @@ pub fn compile(world: &World) -> Compiled {
     }
 
     let mut keys = Vec::new();
-    let mut seen_hashes = HashSet::new();
+    let mut seen_hashes: HashSet<[u8; 32]> = HashSet::with_capacity(world.keys.len());
     for vk in sorted(&world.keys) {
         let key = ResourceKey::of(vk);
         let compiled = compile_key(vk, &key, world).and_then(|k| {
-            if seen_hashes.insert(k.key_sha256.clone()) {
+            let mut raw = [0u8; 32];
+            let _ = hex::decode_to_slice(&k.key_sha256, &mut raw);
+            if seen_hashes.insert(raw) {
                 Ok(k)
             } else {
                 Err(Reject::spec(
@@ -269,7 +271,7 @@ pub fn compile(world: &World) -> Compiled {
         resources: resources.iter().map(ResourceKey::to_proto).collect(),
     };
     let encoded = prost::bytes::Bytes::from(snapshot.encode_to_vec());
-    snapshot.version = hex::encode(&Sha256::digest(&encoded)[..8]);
+    snapshot.version = hex_lower(&Sha256::digest(&encoded)[..8]);
     Compiled {
         snapshot,
         encoded,
@@ -282,12 +284,23 @@ pub fn content_version(snapshot: &pb::Snapshot) -> String {
     let mut s = snapshot.clone();
     s.version.clear();
     let digest = Sha256::digest(s.encode_to_vec());
-    hex::encode(&digest[..8])
+    hex_lower(&digest[..8])
 }
 
 /// SHA-256 of a virtual key, hex: what data planes look keys up by.
 pub fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex_lower(&Sha256::digest(key.as_bytes()))
+}
+
+/// Lower-case hex without a per-character `String` push (compile hashes 100k keys).
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn sorted<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
