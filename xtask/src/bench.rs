@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the gateway against the direct path to the same mock upstream, in one
 //! run, with wrk as the load generator; optional peers (LiteLLM, Portkey). Writes
-//! `docs/benchmarks.md`, `bench-results/results.json` and `docs/benchmarks.svg`.
+//! `docs/benchmarks.md`, `docs/benchmarks.json` (raw) and `docs/benchmarks.svg`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -794,12 +794,13 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         "scale": {"routes": routes, "keys": keys, "standalone_seconds": standalone_s, "rss_kib": scale_rss, "fleet_ready_seconds": fleet_ready_s, "one_key_change_ms": change_ms},
         "targets": targets.iter().map(|(t, m, ok)| json!({"target": t, "measured": m, "met": ok})).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        work.join("results.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
+    let raw = serde_json::to_string_pretty(&json)?;
+    std::fs::write(work.join("results.json"), &raw)?;
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
+    if !opts.smoke {
+        std::fs::write(docs.join("benchmarks.json"), &raw)?;
+    }
     let (md_path, svg_path) = if opts.smoke {
         (work.join("benchmarks.md"), work.join("benchmarks.svg"))
     } else {
