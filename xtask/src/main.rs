@@ -170,6 +170,21 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
 
+    // A smoke run of the benchmark harness so it cannot rot (tiny, no speed assertions).
+    if Command::new("wrk").arg("-v").output().is_ok() {
+        bench::run(
+            &root,
+            &bench::BenchOpts {
+                duration: std::time::Duration::from_secs(1),
+                smoke: true,
+                peers: false,
+                release: false,
+            },
+        )?;
+    } else {
+        eprintln!("wrk is not installed: skipping the benchmark smoke run");
+    }
+
     // The official SDKs as clients, from a venv this command owns.
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
@@ -189,20 +204,5 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(Command::new(&python)
         .args(["-m", "pytest", "-q", "tests/python"])
         .current_dir(&root))?;
-
-    // A smoke run of the benchmark harness so it cannot rot (tiny, no speed assertions).
-    if Command::new("wrk").arg("-v").output().is_ok() {
-        bench::run(
-            &root,
-            &bench::BenchOpts {
-                duration: std::time::Duration::from_secs(1),
-                smoke: true,
-                peers: false,
-                release: false,
-            },
-        )?;
-    } else {
-        eprintln!("wrk is not installed: skipping the benchmark smoke run");
-    }
     Ok(())
 }
