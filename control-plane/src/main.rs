@@ -179,6 +179,23 @@ async fn main() -> Result<()> {
     };
     tokio::select! {
         r = run => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
     }
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends on pod termination).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
