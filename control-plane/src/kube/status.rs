@@ -237,6 +237,10 @@ impl std::fmt::Debug for Writer {
 
 trait Conditions {
     fn conditions(&self) -> &[Condition];
+    /// The key prefix in status (VirtualKey only).
+    fn key_prefix(&self) -> Option<&str> {
+        None
+    }
 }
 
 macro_rules! impl_conditions {
@@ -248,7 +252,20 @@ macro_rules! impl_conditions {
         }
     )*};
 }
-impl_conditions!(ProviderPool, LLMRoute, VirtualKey, Guardrail);
+impl_conditions!(ProviderPool, LLMRoute, Guardrail);
+
+impl Conditions for VirtualKey {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default()
+    }
+
+    fn key_prefix(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.key_prefix.as_deref())
+    }
+}
 
 impl Writer {
     /// Runs forever; writes only while leading.
@@ -322,7 +339,7 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| json!({}),
+            |_| None,
         )
         .await?;
         self.write_kind::<LLMRoute>(
@@ -331,7 +348,7 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| json!({}),
+            |_| None,
         )
         .await?;
         self.write_kind::<Guardrail>(
@@ -340,26 +357,20 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| json!({}),
+            |_| None,
         )
         .await?;
         let prefix = |vk: &VirtualKey| {
             let secret = self.stores.secrets.get(
                 &kube::runtime::reflector::ObjectRef::new(&vk.spec.secret_ref.name)
                     .within(&vk.namespace().unwrap_or_default()),
-            );
-            let value = secret.and_then(|s| {
-                s.data
-                    .as_ref()
-                    .and_then(|d| d.get(vk.spec.secret_ref.data_key()))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            });
-            match value {
-                Some(v) => {
-                    json!({"keyPrefix": format!("{}…", v.trim().chars().take(10).collect::<String>())})
-                }
-                None => json!({}),
-            }
+            )?;
+            let data = secret.data.as_ref()?.get(vk.spec.secret_ref.data_key())?;
+            let value = std::str::from_utf8(&data.0).ok()?;
+            Some(format!(
+                "{}…",
+                value.trim().chars().take(10).collect::<String>()
+            ))
         };
         let keys = self.stores.keys.state();
         self.write_kind::<VirtualKey>(&keys, c, &fleet, history, &now, prefix)
@@ -374,7 +385,7 @@ impl Writer {
         fleet: &BTreeMap<String, String>,
         history: &History,
         now: &str,
-        extra: impl Fn(&K) -> serde_json::Value,
+        key_prefix: impl Fn(&K) -> Option<String>,
     ) -> Result<(), kube::Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -395,17 +406,16 @@ impl Writer {
                 generation: obj.meta().generation.unwrap_or(0),
             };
             let desired = desired_conditions(&key, c, fleet, history, obj.conditions(), now);
-            let extra = extra(obj);
-            let current_extra = serde_json::to_value(obj.as_ref())
-                .ok()
-                .and_then(|v| v.get("status").cloned())
-                .unwrap_or_default();
-            let extra_same = extra
-                .as_object()
-                .is_none_or(|m| m.iter().all(|(k, v)| current_extra.get(k) == Some(v)));
-            if same_conditions(obj.conditions(), &desired) && extra_same {
+            // Typed comparisons only: at 100k keys this loop runs every interval.
+            let prefix = key_prefix(obj);
+            let prefix_same = prefix.is_none() || obj.key_prefix() == prefix.as_deref();
+            if prefix_same && same_conditions(obj.conditions(), &desired) {
                 continue;
             }
+            let extra = match prefix {
+                Some(p) => json!({ "keyPrefix": p }),
+                None => json!({}),
+            };
             let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
             match apply_status(&api, &name, status_patch::<K>(&desired, extra)).await {
                 Ok(()) => tracing::debug!(resource = %key, "status written"),
