@@ -32,12 +32,11 @@ fn now_unix() -> i64 {
     i64::try_from(crate::openai::now_unix()).unwrap_or(i64::MAX)
 }
 
-fn render(gw: &Gateway, e: ProxyError, dialect: Dialect) -> Response {
+fn render(e: ProxyError, dialect: Dialect) -> Response {
     match e.kind.origin() {
         crate::error::Origin::Client => tracing::debug!(error = %e, "request rejected"),
         _ => tracing::warn!(error = %e, "request failed"),
     }
-    let _ = gw;
     e.into_response_in(dialect)
 }
 
@@ -49,7 +48,7 @@ pub async fn chat_completions(
 ) -> Response {
     match chat(&gw, &headers, body).await {
         Ok(r) => r,
-        Err(e) => render(&gw, e, Dialect::OpenAi),
+        Err(e) => render(e, Dialect::OpenAi),
     }
 }
 
@@ -61,7 +60,7 @@ pub async fn embeddings(
 ) -> Response {
     match embed(&gw, &headers, body).await {
         Ok(r) => r,
-        Err(e) => render(&gw, e, Dialect::OpenAi),
+        Err(e) => render(e, Dialect::OpenAi),
     }
 }
 
@@ -77,7 +76,7 @@ pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
             .collect();
         Ok::<_, ProxyError>(axum::Json(json!({"object": "list", "data": data})).into_response())
     })();
-    result.unwrap_or_else(|e| render(&gw, e, Dialect::OpenAi))
+    result.unwrap_or_else(|e| render(e, Dialect::OpenAi))
 }
 
 /// Any other path under the API listener.
@@ -406,6 +405,7 @@ struct StreamDriver {
     deadline: Instant,
     finished: bool,
     saw_end: bool,
+    usage_recorded: bool,
 }
 
 impl StreamDriver {
@@ -511,10 +511,12 @@ impl StreamDriver {
     }
 
     fn complete(&mut self) {
+        if self.usage_recorded {
+            return;
+        }
+        self.usage_recorded = true;
         if let Some(u) = self.translator.usage() {
             self.gw.metrics.record_usage(self.provider, u);
-            // Only once.
-            self.translator = StreamTranslator::OpenAi(oa::StreamState::new(false));
         }
     }
 }
@@ -535,6 +537,7 @@ fn stream_response(
         deadline,
         finished: false,
         saw_end: false,
+        usage_recorded: false,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))
