@@ -70,25 +70,7 @@ fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir:
 }
 
 fn start_dp(grpc: SocketAddr, node: &str, tls: &Tls, log_dir: &Path) -> (Proc, String, String) {
-    let (api, admin) = (free_addr(), free_addr());
-    let p = Proc::start(
-        "switchyard-data-plane",
-        &[
-            "--control-plane".into(),
-            format!("https://localhost:{}", grpc.port()),
-            "--control-plane-ca".into(),
-            tls.ca.display().to_string(),
-            "--node-id".into(),
-            node.into(),
-            "--listen".into(),
-            api.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-        ],
-        &[],
-        log_dir,
-    );
-    (p, format!("http://{api}"), format!("http://{admin}"))
+    start_fleet_dp(grpc, node, &tls.ca, log_dir)
 }
 
 async fn fleet() -> Fleet {

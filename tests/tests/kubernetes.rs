@@ -57,25 +57,7 @@ fn start_operator(
 }
 
 fn start_dp(grpc: SocketAddr, node: &str, ca: &Path, dir: &Path) -> (Proc, String, String) {
-    let (api, admin) = (free_addr(), free_addr());
-    let p = Proc::start(
-        "switchyard-data-plane",
-        &[
-            "--control-plane".into(),
-            format!("https://localhost:{}", grpc.port()),
-            "--control-plane-ca".into(),
-            ca.display().to_string(),
-            "--node-id".into(),
-            node.into(),
-            "--listen".into(),
-            api.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-        ],
-        &[],
-        dir,
-    );
-    (p, format!("http://{api}"), format!("http://{admin}"))
+    start_fleet_dp(grpc, node, ca, dir)
 }
 
 fn get_json(kube: &KubeEnv, args: &[&str]) -> Option<Value> {
