@@ -60,3 +60,23 @@ pub struct SecretKeyRef {
     /// Key inside the Secret's `data` (or `stringData`).
     pub key: String,
 }
+
+/// Request and token rate limits. Minutes are fixed windows aligned to the clock minute and
+/// shared by every data plane through Redis; absent fields are unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimits {
+    /// Requests admitted per clock minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (input + output) per clock minute. Input is estimated before the call and
+    /// reconciled with the usage the provider reports afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once (streams count until they end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel_requests: Option<u64>,
+}

@@ -13,7 +13,8 @@ use crate::common::condition;
 use crate::validate::{self, InvalidField};
 use crate::world::{DEFAULT_NAMESPACE, World};
 use crate::{
-    Guardrail, GuardrailPhase, LLMRoute, PiiAction, ProviderKind, ProviderPool, VirtualKey,
+    Budget, BudgetAction, BudgetPeriod, Guardrail, GuardrailPhase, LLMRoute, PiiAction,
+    ProviderKind, ProviderPool, RateLimits, VirtualKey,
 };
 
 /// Defaults for pool timeouts.
@@ -560,6 +561,30 @@ fn compile_route(
             .clone()
             .map(|s| s.match_labels)
             .unwrap_or_default(),
+        limits: spec.limits.as_ref().map(compile_limits),
+    })
+}
+
+fn compile_limits(l: &RateLimits) -> pb::Limits {
+    pb::Limits {
+        requests_per_minute: l.requests_per_minute.unwrap_or(0),
+        tokens_per_minute: l.tokens_per_minute.unwrap_or(0),
+        max_parallel: l.max_parallel_requests.unwrap_or(0),
+    }
+}
+
+fn compile_budget(b: &Budget) -> Result<pb::Budget, Reject> {
+    let micros = validate::price_micros("spec.budget.amount", &b.amount)?;
+    let period = match b.period {
+        BudgetPeriod::Daily => pb::BudgetPeriod::Daily,
+        BudgetPeriod::Weekly => pb::BudgetPeriod::Weekly,
+        BudgetPeriod::Monthly => pb::BudgetPeriod::Monthly,
+        BudgetPeriod::None => pb::BudgetPeriod::None,
+    };
+    Ok(pb::Budget {
+        amount_nanos: micros.saturating_mul(1000),
+        period: period.into(),
+        alert_only: b.action == BudgetAction::Alert,
     })
 }
 
@@ -572,6 +597,24 @@ fn compile_key(
     for (i, m) in spec.allowed_models.iter().enumerate() {
         validate::model_glob(&format!("spec.allowedModels[{i}]"), m)?;
     }
+    let mut allowed_routes = Vec::with_capacity(spec.allowed_routes.len());
+    for (i, r) in spec.allowed_routes.iter().enumerate() {
+        validate::model_glob(&format!("spec.allowedRoutes[{i}]"), r)?;
+        allowed_routes.push(if r.contains('/') {
+            r.clone()
+        } else {
+            format!("{}/{r}", key.namespace)
+        });
+    }
+    let mut model_limits = Vec::with_capacity(spec.model_limits.len());
+    for (i, m) in spec.model_limits.iter().enumerate() {
+        validate::model_glob(&format!("spec.modelLimits[{i}].model"), &m.model)?;
+        model_limits.push(pb::ModelLimits {
+            model: m.model.clone(),
+            limits: Some(compile_limits(&m.limits)),
+        });
+    }
+    let budget = spec.budget.as_ref().map(compile_budget).transpose()?;
     let expires_at_unix = spec
         .expires_at
         .as_deref()
@@ -593,6 +636,10 @@ fn compile_key(
         expires_at_unix,
         disabled: spec.disabled,
         labels: vk.labels().clone().into_iter().collect(),
+        allowed_routes,
+        limits: spec.limits.as_ref().map(compile_limits),
+        model_limits,
+        budget,
     })
 }
 

@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::Condition;
+use crate::common::{Condition, RateLimits};
 
 /// A credential for clients of the gateway. The key lives in a Secret; data planes only ever
 /// receive its SHA-256.
@@ -19,6 +19,8 @@ use crate::common::Condition;
     category = "switchyard",
     printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".status.keyPrefix"}"#,
     printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"Spend","type":"string","jsonPath":".status.spend.amount"}"#,
+    printcolumn = r#"{"name":"Budget","type":"string","jsonPath":".spec.budget.amount"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -38,6 +40,68 @@ pub struct VirtualKeySpec {
     /// A disabled key is rejected with 401.
     #[serde(default)]
     pub disabled: bool,
+    /// LLMRoutes this key may use (globs): `name` for a route in the key's namespace,
+    /// `namespace/name` for any. Empty: every route whose key selector admits the key.
+    #[serde(default)]
+    pub allowed_routes: Vec<String>,
+    /// Rate limits over everything this key sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
+    /// Rate limits for this key on particular client-facing models (globs). Each matching
+    /// entry applies; they add to `limits`.
+    #[serde(default)]
+    pub model_limits: Vec<ModelRateLimits>,
+    /// Spend limit in USD over a period, priced from each ProviderPool's model prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// Rate limits for one key on the models matching a glob.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRateLimits {
+    /// Client-facing model name or glob, e.g. `gpt-4o*`.
+    pub model: String,
+    /// The limits on that model.
+    pub limits: RateLimits,
+}
+
+/// A spend limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// USD as a decimal string, e.g. `"25"` or `"0.50"`.
+    pub amount: String,
+    /// When spend starts again from zero (UTC). Default `Monthly`.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// What happens once spend reaches the amount. Default `Block`.
+    #[serde(default)]
+    pub action: BudgetAction,
+}
+
+/// Budget periods, in UTC: days start at midnight, weeks on Monday, months on the 1st.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BudgetPeriod {
+    /// Resets every day.
+    Daily,
+    /// Resets every Monday.
+    Weekly,
+    /// Resets on the first of every month.
+    #[default]
+    Monthly,
+    /// Never resets: a lifetime budget.
+    None,
+}
+
+/// What a budget does once spent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BudgetAction {
+    /// Reject further requests with 429 `budget_exceeded` until the period resets.
+    #[default]
+    Block,
+    /// Keep serving; log, count and flag the key in its status.
+    Alert,
 }
 
 /// Where a VirtualKey's key is stored.
@@ -69,4 +133,20 @@ pub struct VirtualKeyStatus {
     /// The first characters of the key, to recognise it without revealing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+    /// Spend in the current budget period, as the data planes recorded it in Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendStatus>,
+}
+
+/// Spend of a key in its current budget period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendStatus {
+    /// USD spent in the period, e.g. `"1.234567"`.
+    pub amount: String,
+    /// The period, e.g. `2026-11` (monthly), `2026-W48`, `2026-11-26` or `all`.
+    pub period: String,
+    /// The budget is spent (with action `Alert`, requests are still served).
+    #[serde(default)]
+    pub exceeded: bool,
 }

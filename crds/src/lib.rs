@@ -10,10 +10,13 @@ pub mod route;
 pub mod validate;
 pub mod world;
 
-pub use common::{Condition, GROUP, ResourceStatus, SecretKeyRef, VERSION};
+pub use common::{Condition, GROUP, RateLimits, ResourceStatus, SecretKeyRef, VERSION};
 pub use compile::{Compiled, Diagnostic, ResourceKey, compile, key_hash};
 pub use guardrail::{Guardrail, GuardrailPhase, GuardrailSpec, PiiAction, PiiEntity, PiiSpec};
-pub use key::{KeySecretRef, VirtualKey, VirtualKeySpec, VirtualKeyStatus};
+pub use key::{
+    Budget, BudgetAction, BudgetPeriod, KeySecretRef, ModelRateLimits, SpendStatus, VirtualKey,
+    VirtualKeySpec, VirtualKeyStatus,
+};
 pub use pool::{
     LoadBalancingStrategy, MockSettings, PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind,
     ProviderPool, ProviderPoolSpec,

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::ResourceStatus;
+use crate::common::{RateLimits, ResourceStatus};
 
 /// Maps client-facing model names to weighted backends (a pool plus an upstream model name).
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -35,6 +35,9 @@ pub struct LLMRouteSpec {
     /// Absent: every key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_selector: Option<KeySelector>,
+    /// Rate limits over everything sent through this route, by every key together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// One backend of a route.

@@ -323,3 +323,90 @@ fn parse_errors_become_diagnostics() {
     );
     assert_eq!(c.snapshot.routes.len(), 1);
 }
+
+#[test]
+fn limits_budgets_and_allowed_routes_compile() {
+    let c = compile(&world(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: carol, namespace: team}
+stringData: {key: sk-carol-123456}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: carol, namespace: team}
+spec:
+  secretRef: {name: carol}
+  allowedRoutes: [chat-*, shared/embed]
+  limits: {requestsPerMinute: 60, tokensPerMinute: 10000, maxParallelRequests: 4}
+  modelLimits: [{model: "gpt-4o*", limits: {requestsPerMinute: 5}}]
+  budget: {amount: "12.50", period: Weekly, action: Alert}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: limited}
+spec:
+  models: [limited]
+  backends: [{pool: mock}]
+  limits: {tokensPerMinute: 500}
+"#,
+    ));
+    assert!(c.diagnostics.is_empty(), "{:?}", reasons(&c));
+    let carol = c
+        .snapshot
+        .keys
+        .iter()
+        .find(|k| k.id == "team/carol")
+        .expect("carol compiled");
+    assert_eq!(carol.allowed_routes, ["team/chat-*", "shared/embed"]);
+    let l = carol.limits.expect("limits");
+    assert_eq!(
+        (l.requests_per_minute, l.tokens_per_minute, l.max_parallel),
+        (60, 10_000, 4)
+    );
+    assert_eq!(carol.model_limits[0].model, "gpt-4o*");
+    assert_eq!(
+        carol.model_limits[0].limits.map(|l| l.requests_per_minute),
+        Some(5)
+    );
+    let b = carol.budget.expect("budget");
+    assert_eq!(b.amount_nanos, 12_500_000_000);
+    assert_eq!(b.period(), pb::BudgetPeriod::Weekly);
+    assert!(b.alert_only);
+    let alice = c.snapshot.keys.iter().find(|k| k.id == "default/alice");
+    assert!(alice.is_some_and(|k| k.budget.is_none() && k.limits.is_none()));
+    let route = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.id == "default/limited")
+        .expect("route");
+    assert_eq!(route.limits.map(|l| l.tokens_per_minute), Some(500));
+}
+
+#[test]
+fn bad_budget_amount_rejects_only_that_key() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: dave}
+spec: {secretRef: {name: dave}, budget: {amount: "-3"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: dave}
+stringData: {key: sk-dave-1234567}
+"#,
+    ));
+    let d = c
+        .diagnostics
+        .iter()
+        .find(|d| d.resource.to_string().contains("dave"))
+        .expect("dave rejected");
+    assert_eq!(d.condition, "Accepted");
+    assert!(d.message.contains("spec.budget.amount"), "{d}");
+    assert!(c.snapshot.keys.iter().any(|k| k.id == "default/alice"));
+    assert!(!c.snapshot.keys.iter().any(|k| k.id == "default/dave"));
+}

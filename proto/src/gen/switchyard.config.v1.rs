@@ -148,6 +148,38 @@ pub struct Route {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Limits over every request through the route, all keys together.
+    #[prost(message, optional, tag = "5")]
+    pub limits: ::core::option::Option<Limits>,
+}
+/// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Limits {
+    #[prost(uint64, tag = "1")]
+    pub requests_per_minute: u64,
+    #[prost(uint64, tag = "2")]
+    pub tokens_per_minute: u64,
+    #[prost(uint64, tag = "3")]
+    pub max_parallel: u64,
+}
+/// A key's limits on the client-facing models matching a glob.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ModelLimits {
+    #[prost(string, tag = "1")]
+    pub model: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub limits: ::core::option::Option<Limits>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Budget {
+    /// Amount in nano-dollars (1e-9 USD); 0 = no budget.
+    #[prost(uint64, tag = "1")]
+    pub amount_nanos: u64,
+    #[prost(enumeration = "BudgetPeriod", tag = "2")]
+    pub period: i32,
+    /// Alert: keep serving once spent (log, count, flag in status) instead of blocking.
+    #[prost(bool, tag = "3")]
+    pub alert_only: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Backend {
@@ -181,6 +213,15 @@ pub struct VirtualKey {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Route ids ("namespace/name", globs allowed) the key may use; empty = every route.
+    #[prost(string, repeated, tag = "7")]
+    pub allowed_routes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, optional, tag = "8")]
+    pub limits: ::core::option::Option<Limits>,
+    #[prost(message, repeated, tag = "9")]
+    pub model_limits: ::prost::alloc::vec::Vec<ModelLimits>,
+    #[prost(message, optional, tag = "10")]
+    pub budget: ::core::option::Option<Budget>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Guardrail {
@@ -269,6 +310,39 @@ impl LoadBalancing {
             "LOAD_BALANCING_UNSPECIFIED" => Some(Self::Unspecified),
             "LOAD_BALANCING_WEIGHTED_RANDOM" => Some(Self::WeightedRandom),
             "LOAD_BALANCING_ROUND_ROBIN" => Some(Self::RoundRobin),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum BudgetPeriod {
+    /// Never resets.
+    None = 0,
+    Daily = 1,
+    Weekly = 2,
+    Monthly = 3,
+}
+impl BudgetPeriod {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::None => "BUDGET_PERIOD_NONE",
+            Self::Daily => "BUDGET_PERIOD_DAILY",
+            Self::Weekly => "BUDGET_PERIOD_WEEKLY",
+            Self::Monthly => "BUDGET_PERIOD_MONTHLY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "BUDGET_PERIOD_NONE" => Some(Self::None),
+            "BUDGET_PERIOD_DAILY" => Some(Self::Daily),
+            "BUDGET_PERIOD_WEEKLY" => Some(Self::Weekly),
+            "BUDGET_PERIOD_MONTHLY" => Some(Self::Monthly),
             _ => None,
         }
     }
