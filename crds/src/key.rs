@@ -8,7 +8,7 @@ use crate::common::{Condition, RateLimits};
 
 /// A credential for clients of the gateway. The key lives in a Secret; data planes only ever
 /// receive its SHA-256.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "switchyard.dev",
     version = "v1alpha1",

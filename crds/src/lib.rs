@@ -7,6 +7,7 @@ pub mod guardrail;
 pub mod key;
 pub mod pool;
 pub mod route;
+pub mod spend;
 pub mod validate;
 pub mod world;
 

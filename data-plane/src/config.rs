@@ -10,6 +10,7 @@ use http::HeaderValue;
 use switchyard_proto::v1 as pb;
 
 use crate::glob;
+use crate::limits::{BudgetSpec, Limits, Price};
 use crate::providers::Provider;
 use crate::upstream::{HttpClient, Upstreams};
 
@@ -31,7 +32,7 @@ pub struct InvalidConfig {
 }
 
 /// A virtual key as the request path sees it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct KeyEntry {
     pub id: String,
     pub allowed_models: Vec<String>,
@@ -39,6 +40,12 @@ pub struct KeyEntry {
     pub expires_at: Option<i64>,
     pub disabled: bool,
     pub labels: BTreeMap<String, String>,
+    /// Route ids ("namespace/name", globs) the key may use; empty = all.
+    pub allowed_routes: Vec<String>,
+    pub limits: Limits,
+    /// (model glob, limits) from the key's `modelLimits`.
+    pub model_limits: Vec<(String, Limits)>,
+    pub budget: Option<BudgetSpec>,
 }
 
 impl KeyEntry {
@@ -46,6 +53,25 @@ impl KeyEntry {
     pub fn allows(&self, model: &str) -> bool {
         self.allowed_models.is_empty()
             || self.allowed_models.iter().any(|p| glob::matches(p, model))
+    }
+
+    /// Whether the key's route allow-list admits a route.
+    pub fn allows_route(&self, route_id: &str) -> bool {
+        self.allowed_routes.is_empty()
+            || self
+                .allowed_routes
+                .iter()
+                .any(|p| glob::matches(p, route_id))
+    }
+
+    /// The key's per-model limits that apply to a model, with their index.
+    pub fn model_limits_for(&self, model: &str) -> Vec<(usize, Limits)> {
+        self.model_limits
+            .iter()
+            .enumerate()
+            .filter(|(_, (g, l))| !l.is_empty() && glob::matches(g, model))
+            .map(|(i, (_, l))| (i, *l))
+            .collect()
     }
 }
 
@@ -92,6 +118,8 @@ pub struct PoolEntry {
     pub api_version: String,
     pub mock: MockBehaviour,
     pub models: Vec<String>,
+    /// Prices by upstream model name.
+    pub prices: HashMap<String, Price>,
     pub client: HttpClient,
 }
 
@@ -144,6 +172,7 @@ pub struct RouteEntry {
     pub models: Vec<String>,
     pub backends: Vec<BackendEntry>,
     pub key_selector: BTreeMap<String, String>,
+    pub limits: Limits,
 }
 
 impl RouteEntry {
@@ -151,11 +180,14 @@ impl RouteEntry {
         pick_weighted(&self.backends, |b| b.weight)
     }
 
-    /// Whether the route's key selector admits a key.
+    /// Whether the route admits a key: its selector matches the key's labels and the key's
+    /// route allow-list names it.
     pub fn selects(&self, key: &KeyEntry) -> bool {
-        self.key_selector
-            .iter()
-            .all(|(k, v)| key.labels.get(k) == Some(v))
+        key.allows_route(&self.id)
+            && self
+                .key_selector
+                .iter()
+                .all(|(k, v)| key.labels.get(k) == Some(v))
     }
 }
 
@@ -210,6 +242,7 @@ impl RuntimeConfig {
                 models: r.models.clone(),
                 backends,
                 key_selector: r.key_selector.clone(),
+                limits: Limits::from_proto(r.limits),
             }));
         }
         let mut exact_routes = HashMap::new();
@@ -245,6 +278,14 @@ impl RuntimeConfig {
                     expires_at: (k.expires_at_unix > 0).then_some(k.expires_at_unix),
                     disabled: k.disabled,
                     labels: k.labels.clone(),
+                    allowed_routes: k.allowed_routes.clone(),
+                    limits: Limits::from_proto(k.limits),
+                    model_limits: k
+                        .model_limits
+                        .iter()
+                        .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
+                        .collect(),
+                    budget: BudgetSpec::from_proto(k.budget),
                 }),
             );
         }
@@ -364,6 +405,17 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
             completion_tokens: m.completion_tokens.max(1),
         },
         models: p.models.iter().map(|m| m.name.clone()).collect(),
+        prices: p
+            .models
+            .iter()
+            .map(|m| {
+                let price = Price {
+                    input: m.input_price_per_million_micros,
+                    output: m.output_price_per_million_micros,
+                };
+                (m.name.clone(), price)
+            })
+            .collect(),
         client: upstreams.client(timeouts.connect)?,
     })
 }

@@ -40,6 +40,12 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// The upstream answered with an error status; the status is in `ProxyError::upstream_status`.
     UpstreamStatus,
+    RateLimitRequests,
+    RateLimitTokens,
+    RateLimitParallel,
+    BudgetExceeded,
+    /// The shared limit store is unreachable and the limiter fails closed.
+    LimitsUnavailable,
     Internal,
 }
 
@@ -48,13 +54,14 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             InvalidJson | InvalidRequest | MissingKey | InvalidKey | ExpiredKey | DisabledKey
-            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported => {
+            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported
+            | RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded => {
                 Origin::Client
             }
             UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => {
                 Origin::Upstream
             }
-            NotReady | Internal => Origin::Internal,
+            NotReady | LimitsUnavailable | Internal => Origin::Internal,
         }
     }
 
@@ -78,6 +85,11 @@ impl ErrorKind {
             UpstreamConnect => "upstream_connect",
             UpstreamProtocol => "upstream_protocol",
             UpstreamStatus => "upstream_status",
+            RateLimitRequests => "rate_limit_requests",
+            RateLimitTokens => "rate_limit_tokens",
+            RateLimitParallel => "rate_limit_parallel",
+            BudgetExceeded => "budget_exceeded",
+            LimitsUnavailable => "limits_unavailable",
             Internal => "internal",
         }
     }
@@ -92,6 +104,8 @@ pub struct ProxyError {
     /// Status the upstream answered with (kind `UpstreamStatus`).
     pub upstream_status: Option<StatusCode>,
     pub retry_after: Option<HeaderValue>,
+    /// Extra response headers (`x-ratelimit-*`, `retry-after-ms`).
+    pub headers: Option<Box<http::HeaderMap>>,
 }
 
 impl ProxyError {
@@ -102,7 +116,17 @@ impl ProxyError {
             param: None,
             upstream_status: None,
             retry_after: None,
+            headers: None,
         }
+    }
+
+    /// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
+    pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after = Some(HeaderValue::from(ms.div_ceil(1000).max(1)));
+        self.headers
+            .get_or_insert_default()
+            .insert("retry-after-ms", HeaderValue::from(ms));
+        self
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -138,7 +162,10 @@ impl ProxyError {
             ModelNotAllowed => StatusCode::FORBIDDEN,
             ModelNotFound | UnknownEndpoint => StatusCode::NOT_FOUND,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +193,10 @@ impl ProxyError {
             ModelNotFound => ("invalid_request_error", Some("model_not_found")),
             UnknownEndpoint => ("invalid_request_error", Some("unknown_url")),
             NotReady => ("server_error", Some("not_ready")),
+            RateLimitRequests | RateLimitParallel => ("requests", Some("rate_limit_exceeded")),
+            RateLimitTokens => ("tokens", Some("rate_limit_exceeded")),
+            BudgetExceeded => ("insufficient_quota", Some("budget_exceeded")),
+            LimitsUnavailable => ("server_error", Some("limits_unavailable")),
             UpstreamTimeout => ("timeout_error", Some("upstream_timeout")),
             UpstreamConnect | UpstreamProtocol => {
                 ("upstream_error", Some(self.kind.metric_label()))
@@ -213,6 +244,9 @@ impl ProxyError {
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(ra) = &self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+        }
+        if let Some(h) = self.headers {
+            resp.headers_mut().extend(*h);
         }
         resp.extensions_mut()
             .insert(ErrorLabel(self.kind.metric_label()));

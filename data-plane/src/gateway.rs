@@ -7,6 +7,7 @@ use arc_swap::ArcSwapOption;
 use switchyard_proto::v1 as pb;
 
 use crate::config::{InvalidConfig, RuntimeConfig};
+use crate::limits::Limiter;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::upstream::Upstreams;
 
@@ -17,16 +18,28 @@ pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 pub struct Gateway {
     config: ArcSwapOption<RuntimeConfig>,
     pub upstreams: Upstreams,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
     pub body_limit: usize,
 }
 
 impl Gateway {
+    /// A gateway with in-memory limits.
     pub fn new(body_limit: usize) -> Arc<Self> {
+        Self::with_limiter(body_limit, Limiter::in_memory)
+    }
+
+    /// A gateway whose limiter is built over its metrics.
+    pub fn with_limiter(
+        body_limit: usize,
+        limiter: impl FnOnce(Arc<Metrics>) -> Arc<Limiter>,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
         Arc::new(Self {
             config: ArcSwapOption::empty(),
             upstreams: Upstreams::default(),
-            metrics: Metrics::new(),
+            limiter: limiter(metrics.clone()),
+            metrics,
             body_limit,
         })
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod glob;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
@@ -15,6 +16,7 @@ pub mod proxy;
 pub mod sse;
 pub mod stack;
 pub mod standalone;
+pub mod tokens;
 pub mod upstream;
 pub mod xds;
 
@@ -44,6 +46,53 @@ pub struct Options {
     pub source: ConfigSource,
     pub body_limit: usize,
     pub stack: stack::StackOptions,
+    pub limits: LimitOptions,
+}
+
+/// Where rate-limit and budget counters live.
+#[derive(Clone, Debug)]
+pub struct LimitOptions {
+    /// Shared Redis (`redis://` or `rediss://`); `None` keeps counters in this process.
+    pub redis_url: Option<String>,
+    /// Bound on every Redis operation.
+    pub redis_timeout: std::time::Duration,
+    pub fail_mode: limits::FailMode,
+    /// Fleet size assumed until the first heartbeat through Redis counts the proxies.
+    pub fleet_size: u64,
+    /// Name of this proxy in the fleet set and in request ids.
+    pub node_id: String,
+}
+
+impl Default for LimitOptions {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_timeout: std::time::Duration::from_millis(250),
+            fail_mode: limits::FailMode::Open,
+            fleet_size: 1,
+            node_id: "local".into(),
+        }
+    }
+}
+
+/// Builds the gateway with the limiter the options ask for.
+pub fn gateway(opts: &Options) -> std::io::Result<Arc<Gateway>> {
+    let l = &opts.limits;
+    let Some(url) = &l.redis_url else {
+        return Ok(Gateway::new(opts.body_limit));
+    };
+    let store = limits::redis::RedisStore::new(url, l.redis_timeout)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    tracing::info!(mode = ?l.fail_mode, timeout = ?l.redis_timeout, "rate limits and budgets shared through Redis");
+    Ok(Gateway::with_limiter(opts.body_limit, |m| {
+        limits::Limiter::new(
+            Arc::new(store),
+            l.fail_mode,
+            l.node_id.clone(),
+            l.fleet_size,
+            m,
+        )
+    }))
 }
 
 /// Runs the data plane until `shutdown` resolves, then drains in-flight requests.
@@ -51,7 +100,12 @@ pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let gw = Gateway::new(opts.body_limit);
+    let gw = gateway(&opts)?;
+    if opts.limits.redis_url.is_none() && matches!(opts.source, ConfigSource::ControlPlane(_)) {
+        tracing::warn!(
+            "no --redis-url: rate limits and budgets are counted per proxy, not across the fleet"
+        );
+    }
     match &opts.source {
         ConfigSource::Directory(dir) => {
             let fp = switchyard_crds::fs::fingerprint(dir)?;

@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use switchyard_data_plane::{ConfigSource, Options, stack::StackOptions, xds::ClientOptions};
+use switchyard_data_plane::{
+    ConfigSource, LimitOptions, Options, stack::StackOptions, xds::ClientOptions,
+};
 
 /// Switchyard data plane: the LLM gateway proxy.
 #[derive(Parser, Debug)]
@@ -39,6 +41,26 @@ struct Args {
     /// Most requests in flight; more get 503.
     #[arg(long, env = "SWITCHYARD_MAX_CONCURRENCY", default_value_t = 10_000)]
     max_concurrency: usize,
+    /// Redis for rate limits and budgets shared by the fleet, e.g. redis://redis:6379/0
+    /// (without it, counters live in this process).
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Bound on every Redis operation.
+    #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    redis_timeout: std::time::Duration,
+    /// When Redis does not answer: `open` serves with local limits divided by the fleet
+    /// size; `closed` rejects requests that have limits with 503.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REDIS_FAIL_MODE",
+        value_enum,
+        default_value = "open"
+    )]
+    redis_fail_mode: switchyard_data_plane::limits::FailMode,
+    /// Number of proxies assumed before Redis has counted them (divides limits when failing
+    /// open).
+    #[arg(long, env = "SWITCHYARD_FLEET_SIZE", default_value_t = 1)]
+    fleet_size: u64,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -87,6 +109,7 @@ async fn shutdown_signal() {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    let node_id = args.node_id.clone().unwrap_or_else(hostname);
     let source = match (args.control_plane, args.config) {
         (Some(url), None) if url.starts_with("http://") && !args.insecure_plaintext => {
             bail!(
@@ -95,7 +118,7 @@ async fn main() -> Result<()> {
         }
         (Some(url), None) => ConfigSource::ControlPlane(ClientOptions {
             url,
-            node_id: args.node_id.unwrap_or_else(hostname),
+            node_id: node_id.clone(),
             ca_pem: args
                 .control_plane_ca
                 .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
@@ -114,6 +137,13 @@ async fn main() -> Result<()> {
         body_limit: args.max_body_bytes,
         stack: StackOptions {
             max_concurrency: args.max_concurrency,
+        },
+        limits: LimitOptions {
+            redis_url: args.redis_url,
+            redis_timeout: args.redis_timeout,
+            fail_mode: args.redis_fail_mode,
+            fleet_size: args.fleet_size.max(1),
+            node_id,
         },
     };
     switchyard_data_plane::run(opts, shutdown_signal())

@@ -37,6 +37,17 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub scope: &'static str,
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -55,6 +66,15 @@ pub struct Metrics {
     pub config_keys: Gauge,
     pub config_routes: Gauge,
     pub control_plane_connected: Gauge,
+    pub limit_rejections: Family<LimitLabels, Counter>,
+    pub budget_alerts: Counter,
+    pub limit_store_errors: Family<OpLabels, Counter>,
+    pub limit_store_up: Gauge,
+    pub limit_fallbacks: Family<ResultLabels, Counter>,
+    pub limit_pending_settlements: Gauge,
+    pub limit_dropped_settlements: Counter,
+    pub limit_check_duration: Histogram,
+    pub fleet_size: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,8 +147,71 @@ impl Metrics {
             "1 while the config stream to the control plane is up",
             control_plane_connected.clone(),
         );
+        let limit_rejections = Family::<LimitLabels, Counter>::default();
+        let budget_alerts = Counter::default();
+        let limit_store_errors = Family::<OpLabels, Counter>::default();
+        let limit_store_up = Gauge::default();
+        let limit_fallbacks = Family::<ResultLabels, Counter>::default();
+        let limit_pending_settlements = Gauge::default();
+        let limit_dropped_settlements = Counter::default();
+        let limit_check_duration = hist();
+        let fleet_size = Gauge::default();
+        registry.register(
+            "limit_rejections",
+            "Requests rejected by a rate limit or budget, by scope (key, key_model, route) and limit",
+            limit_rejections.clone(),
+        );
+        registry.register(
+            "budget_alerts",
+            "Requests served over an Alert budget",
+            budget_alerts.clone(),
+        );
+        registry.register(
+            "limit_store_errors",
+            "Limit store (Redis) operations that failed or timed out, by operation",
+            limit_store_errors.clone(),
+        );
+        registry.register(
+            "limit_store_up",
+            "1 while the shared limit store (Redis) answers; always 1 for the in-memory store",
+            limit_store_up.clone(),
+        );
+        registry.register(
+            "limit_fallbacks",
+            "Requests decided without the shared store: local (fail open) or rejected (fail closed)",
+            limit_fallbacks.clone(),
+        );
+        registry.register(
+            "limit_pending_settlements",
+            "Settlements waiting for Redis to come back",
+            limit_pending_settlements.clone(),
+        );
+        registry.register(
+            "limit_dropped_settlements",
+            "Settlements dropped because the pending queue was full",
+            limit_dropped_settlements.clone(),
+        );
+        registry.register(
+            "limit_check_duration_seconds",
+            "Time of one admission check against the limit store",
+            limit_check_duration.clone(),
+        );
+        registry.register(
+            "fleet_size",
+            "Data planes seen in the shared store's fleet set (divides limits when failing open)",
+            fleet_size.clone(),
+        );
         Self {
             registry,
+            limit_rejections,
+            budget_alerts,
+            limit_store_errors,
+            limit_store_up,
+            limit_fallbacks,
+            limit_pending_settlements,
+            limit_dropped_settlements,
+            limit_check_duration,
+            fleet_size,
             requests,
             request_duration,
             upstream_requests,

@@ -17,13 +17,15 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::config::{BackendEntry, EndpointEntry, KeyEntry, PoolEntry, RuntimeConfig};
+use crate::config::{BackendEntry, EndpointEntry, KeyEntry, PoolEntry, RouteEntry, RuntimeConfig};
 use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
+use crate::limits::{self, Estimate, Permit, RateHeaders, Subject};
 use crate::metrics::{EndpointLabels, ReasonLabels, UpstreamLabels};
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage, estimate_tokens};
 use crate::providers::{self, Flow, Provider, StreamTranslator, anthropic, mock, openai as oa};
 use crate::sse;
+use crate::tokens;
 use crate::upstream;
 
 type Result<T, E = ProxyError> = std::result::Result<T, E>;
@@ -147,6 +149,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// Authenticated, parsed, routed and authorized: what every model call starts from.
 struct Routed<'c, T> {
     req: T,
+    route: &'c RouteEntry,
     backend: &'c BackendEntry,
     upstream_model: String,
 }
@@ -174,9 +177,65 @@ fn route<'c, T>(
     let upstream_model = backend.model.clone().unwrap_or_else(|| model.to_owned());
     Ok(Routed {
         req,
+        route,
         backend,
         upstream_model,
     })
+}
+
+/// Checks and charges the rate limits and budget that apply (none: `None`, no store call).
+async fn admit(
+    gw: &Gateway,
+    key: &KeyEntry,
+    route: &RouteEntry,
+    model: &str,
+    backend: &BackendEntry,
+    upstream_model: &str,
+    estimate: impl FnOnce() -> Estimate,
+) -> Result<Option<Permit>> {
+    let pool = &backend.pool;
+    let subject = Subject {
+        key_id: &key.id,
+        key_limits: key.limits,
+        model_limits: key.model_limits_for(model),
+        budget: key.budget,
+        route_id: &route.id,
+        route_limits: route.limits,
+        model,
+        price: pool.prices.get(upstream_model).copied().unwrap_or_default(),
+        lease: pool.timeouts.total + std::time::Duration::from_secs(60),
+    };
+    let Some(plan) = limits::plan(&subject, limits::now_ms(), estimate) else {
+        return Ok(None);
+    };
+    gw.limiter.admit(plan).await.map(Some)
+}
+
+/// Settles what the call left unsettled (errors: nothing was used) and puts the rate-limit
+/// headers on the response.
+fn finish(
+    result: Result<Response>,
+    mut permit: Option<Permit>,
+    rate: Option<RateHeaders>,
+) -> Result<Response> {
+    if let Some(p) = permit.take() {
+        p.settle(match &result {
+            Ok(_) => None,
+            Err(_) => Some(Usage::new(0, 0)),
+        });
+    }
+    let mut resp = result?;
+    if let Some(h) = rate {
+        h.apply(resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+fn rate_headers(permit: &Option<Permit>) -> Option<RateHeaders> {
+    permit
+        .as_ref()
+        .map(|p| p.headers.clone())
+        .filter(|h| !h.is_empty())
 }
 
 fn endpoint(pool: &PoolEntry) -> Result<&EndpointEntry> {
@@ -291,16 +350,34 @@ async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Resp
     let model = req.model.clone();
     let Routed {
         req,
+        route,
         backend,
         upstream_model,
     } = route(&cfg, &key, req, &model)?;
+    let mut permit = admit(gw, &key, route, &model, backend, &upstream_model, || {
+        tokens::estimate_chat(&req, &upstream_model)
+    })
+    .await?;
+    let rate = rate_headers(&permit);
+    let result = chat_upstream(gw, req, backend, &upstream_model, &mut permit).await;
+    finish(result, permit, rate)
+}
+
+async fn chat_upstream(
+    gw: &Arc<Gateway>,
+    req: ChatRequest,
+    backend: &BackendEntry,
+    upstream_model: &str,
+    permit: &mut Option<Permit>,
+) -> Result<Response> {
+    let upstream_model = upstream_model.to_owned();
     let pool = &backend.pool;
     let stream = req.is_stream();
     let wants_usage = req.wants_usage();
     let provider = pool.provider;
 
     if provider == Provider::Mock {
-        return Ok(mock_chat(gw, pool, &req, &upstream_model).await);
+        return Ok(mock_chat(gw, pool, &req, &upstream_model, permit.take()).await);
     }
     let ep = endpoint(pool)?;
     let d = Deadlines::of(pool);
@@ -328,6 +405,7 @@ async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Resp
             resp.into_body(),
             translator,
             d.total,
+            permit.take(),
         ));
     }
     let body = upstream::read_body(resp.into_body(), d.total).await?;
@@ -342,11 +420,18 @@ async fn chat(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Resp
         if let Some(u) = out.usage {
             gw.metrics.record_usage(provider.label(), u);
         }
+        if let Some(p) = permit.take() {
+            p.settle(out.usage);
+        }
         let bytes = serde_json::to_vec(&out).map_err(internal)?;
         return Ok(json_response(Bytes::from(bytes)));
     }
-    if let Some(u) = oa::response_usage(&body).map_err(garbage)? {
+    let usage = oa::response_usage(&body).map_err(garbage)?;
+    if let Some(u) = usage {
         gw.metrics.record_usage(provider.label(), u);
+    }
+    if let Some(p) = permit.take() {
+        p.settle(usage);
     }
     Ok(json_response(body))
 }
@@ -360,6 +445,7 @@ async fn mock_chat(
     pool: &PoolEntry,
     req: &ChatRequest,
     model: &str,
+    permit: Option<Permit>,
 ) -> Response {
     let behaviour = pool.mock;
     let prompt_tokens = estimate_tokens(req);
@@ -371,17 +457,29 @@ async fn mock_chat(
         if let Some(u) = r.usage {
             gw.metrics.record_usage("mock", u);
         }
+        if let Some(p) = permit {
+            p.settle(r.usage);
+        }
         return axum::Json(r).into_response();
     }
     let interval = mock::token_interval(&behaviour);
     let s = mock::MockStream::new(model, &behaviour, prompt_tokens, req.wants_usage());
     gw.metrics.record_usage("mock", s.usage());
-    let stream = futures_util::stream::unfold((s, true), move |(mut s, first)| async move {
-        if !first && !interval.is_zero() {
-            tokio::time::sleep(interval).await;
-        }
-        s.next_chunk().map(|c| (Ok::<_, Infallible>(c), (s, false)))
-    });
+    // The permit rides along and settles when the last chunk is out.
+    let state = (s, true, permit);
+    let stream =
+        futures_util::stream::unfold(state, move |(mut s, first, mut permit)| async move {
+            if !first && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            let chunk = s.next_chunk();
+            if chunk.is_none()
+                && let Some(p) = permit.take()
+            {
+                p.settle(Some(s.usage()));
+            }
+            chunk.map(|c| (Ok::<_, Infallible>(c), (s, false, permit)))
+        });
     sse_response(Body::from_stream(stream))
 }
 
@@ -406,6 +504,7 @@ struct StreamDriver {
     finished: bool,
     saw_end: bool,
     usage_recorded: bool,
+    permit: Option<Permit>,
 }
 
 impl StreamDriver {
@@ -515,8 +614,12 @@ impl StreamDriver {
             return;
         }
         self.usage_recorded = true;
-        if let Some(u) = self.translator.usage() {
+        let usage = self.translator.usage();
+        if let Some(u) = usage {
             self.gw.metrics.record_usage(self.provider, u);
+        }
+        if let Some(p) = self.permit.take() {
+            p.settle(usage);
         }
     }
 }
@@ -527,6 +630,7 @@ fn stream_response(
     body: Incoming,
     translator: StreamTranslator,
     deadline: Instant,
+    permit: Option<Permit>,
 ) -> Response {
     let driver = StreamDriver {
         gw,
@@ -538,6 +642,7 @@ fn stream_response(
         finished: false,
         saw_end: false,
         usage_recorded: false,
+        permit,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))
@@ -558,10 +663,28 @@ async fn embed(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Res
     }
     let model = req.model.clone();
     let Routed {
-        mut req,
+        req,
+        route,
         backend,
         upstream_model,
     } = route(&cfg, &key, req, &model)?;
+    let mut permit = admit(gw, &key, route, &model, backend, &upstream_model, || {
+        tokens::estimate_texts(&req.input.texts(), &upstream_model)
+    })
+    .await?;
+    let rate = rate_headers(&permit);
+    let result = embed_upstream(gw, req, &model, backend, upstream_model, &mut permit).await;
+    finish(result, permit, rate)
+}
+
+async fn embed_upstream(
+    gw: &Arc<Gateway>,
+    mut req: EmbeddingsRequest,
+    model: &str,
+    backend: &BackendEntry,
+    upstream_model: String,
+    permit: &mut Option<Permit>,
+) -> Result<Response> {
     let pool = &backend.pool;
     match pool.provider {
         Provider::Mock => {
@@ -574,6 +697,9 @@ async fn embed(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Res
                 .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": mock::embedding(t, dims)}))
                 .collect();
             gw.metrics.record_usage("mock", Usage::new(tokens, 0));
+            if let Some(p) = permit.take() {
+                p.settle(Some(Usage::new(tokens, 0)));
+            }
             Ok(axum::Json(json!({
                 "object": "list", "data": data, "model": upstream_model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
@@ -601,6 +727,9 @@ async fn embed(gw: &Arc<Gateway>, headers: &HeaderMap, body: Body) -> Result<Res
             })?;
             if let Some(u) = usage {
                 gw.metrics.record_usage(provider.label(), u);
+            }
+            if let Some(p) = permit.take() {
+                p.settle(usage);
             }
             Ok(json_response(body))
         }

@@ -123,9 +123,7 @@ mod tests {
                     name: "k-secret".into(),
                     key: None,
                 },
-                allowed_models: vec![],
-                expires_at: None,
-                disabled: false,
+                ..Default::default()
             },
         );
         assert!(key_secret(&vk, "x").is_none(), "no uid yet: cannot own");

@@ -56,6 +56,7 @@ fn snapshot() -> pb::Snapshot {
                     },
                 ],
                 key_selector: BTreeMap::new(),
+                limits: None,
             },
             pb::Route {
                 id: "ns/glob".into(),
@@ -66,6 +67,7 @@ fn snapshot() -> pb::Snapshot {
                     weight: 1,
                 }],
                 key_selector: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
+                limits: None,
             },
         ],
         keys: vec![pb::VirtualKey {
@@ -116,10 +118,7 @@ fn keys_are_found_by_hash_and_selectors_apply() {
     assert!(cfg.route("gpt-x").is_some_and(|r| r.selects(key)));
     let stranger = KeyEntry {
         id: "x".into(),
-        allowed_models: vec![],
-        expires_at: None,
-        disabled: false,
-        labels: BTreeMap::new(),
+        ..KeyEntry::default()
     };
     assert!(!cfg.route("gpt-x").is_some_and(|r| r.selects(&stranger)));
     assert_eq!(
@@ -127,6 +126,15 @@ fn keys_are_found_by_hash_and_selectors_apply() {
         vec!["gpt-4o".to_owned(), "m1".to_owned(), "m2".to_owned()]
     );
     assert_eq!(cfg.models_for(&stranger), vec!["gpt-4o".to_owned()]);
+    // A route allow-list narrows what the selector admits.
+    let only_exact = KeyEntry {
+        id: "y".into(),
+        allowed_routes: vec!["ns/ex*".into()],
+        labels: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
+        ..KeyEntry::default()
+    };
+    assert!(!cfg.route("gpt-x").is_some_and(|r| r.selects(&only_exact)));
+    assert_eq!(cfg.models_for(&only_exact), vec!["gpt-4o".to_owned()]);
 }
 
 #[test]

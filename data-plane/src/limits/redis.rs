@@ -1,0 +1,370 @@
+//! Redis counter store. Every group of checks is one Lua script (atomic, one slot: its keys
+//! share a hash tag), and the groups of one request travel in one pipeline: one round trip per
+//! admission, one per settlement. The connection is a `ConnectionManager`, which reconnects by
+//! itself; every operation is bounded by a timeout.
+
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Pipeline, Script, Value};
+
+use super::store::{
+    AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest, StoreError,
+};
+
+/// KEYS: one per check. ARGV[1] = now (ms), ARGV[2] = request id, then four per check:
+/// kind (`w` window, `p` parallel, `b` budget, `a` alert-only budget), limit, cost (for `p`:
+/// the lease's expiry in ms), ttl in ms (0 = none).
+/// Returns `{1, used...}` when admitted (everything charged), `{0, index, used}` when not
+/// (nothing charged). Amounts travel as strings so Lua's doubles never format them.
+const ADMIT: &str = r"
+local now = tonumber(ARGV[1])
+local used = {}
+for i = 1, #KEYS do
+  local b = 2 + (i - 1) * 4
+  local kind, limit, cost = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local u
+  if kind == 'w' then
+    u = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if u + cost > limit then return {0, i, u} end
+  elseif kind == 'p' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    u = redis.call('ZCARD', KEYS[i])
+    if u >= limit then return {0, i, u} end
+  else
+    local v = redis.call('HMGET', KEYS[i], 's', 'r')
+    u = tonumber(v[1] or '0') + tonumber(v[2] or '0')
+    if kind == 'b' and u >= limit then return {0, i, u} end
+  end
+  used[i] = u
+end
+local out = {1}
+for i = 1, #KEYS do
+  local b = 2 + (i - 1) * 4
+  local kind, cost, ttl = ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
+  if kind == 'w' then
+    local v = redis.call('INCRBY', KEYS[i], cost)
+    if v == tonumber(cost) then redis.call('PEXPIRE', KEYS[i], ttl) end
+    out[i + 1] = v
+  elseif kind == 'p' then
+    redis.call('ZADD', KEYS[i], cost, ARGV[2])
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    out[i + 1] = used[i] + 1
+  else
+    local r = redis.call('HINCRBY', KEYS[i], 'r', cost)
+    if tonumber(ttl) > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+    out[i + 1] = used[i] + tonumber(cost)
+  end
+end
+return out
+";
+
+/// KEYS: one per op. ARGV[1] = request id, then four per op: kind (`a` adjust a window,
+/// `r` release a lease, `s` spend), then for `a`: delta; for `s`: minus the reservation,
+/// the spend, the ttl in ms.
+const SETTLE: &str = r"
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 4
+  local kind = ARGV[b + 1]
+  if kind == 'a' then
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      if redis.call('INCRBY', KEYS[i], ARGV[b + 2]) < 0 then
+        redis.call('SET', KEYS[i], '0', 'KEEPTTL')
+      end
+    end
+  elseif kind == 'r' then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  else
+    if redis.call('HINCRBY', KEYS[i], 'r', ARGV[b + 2]) < 0 then
+      redis.call('HSET', KEYS[i], 'r', '0')
+    end
+    redis.call('HINCRBY', KEYS[i], 's', ARGV[b + 3])
+    if tonumber(ARGV[b + 4]) > 0 and redis.call('PTTL', KEYS[i]) < 0 then
+      redis.call('PEXPIRE', KEYS[i], ARGV[b + 4])
+    end
+  end
+end
+return 1
+";
+
+/// Counters in Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    admit: Script,
+    settle: Script,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never printed.
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: redis::RedisError) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedisStore {
+    /// Creates the store without connecting: the first operation connects, and a Redis that
+    /// is down at start-up is handled like one that goes down later.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            // The parse error may echo the URL; keep only its category.
+            StoreError(format!("invalid Redis URL ({:?})", e.kind()))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        Ok(Self {
+            conn,
+            admit: Script::new(ADMIT),
+            settle: Script::new(SETTLE),
+            timeout,
+        })
+    }
+
+    /// Runs a pipeline of script calls, loading the scripts once if Redis lost them (a
+    /// restarted Redis starts with an empty script cache).
+    async fn run(&self, build: impl Fn(&mut Pipeline)) -> Result<Vec<Value>, StoreError> {
+        let attempt = || async {
+            let mut pipe = redis::pipe();
+            build(&mut pipe);
+            let mut conn = self.conn.clone();
+            pipe.query_async::<Vec<Value>>(&mut conn).await
+        };
+        let fut = async {
+            match attempt().await {
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    let mut conn = self.conn.clone();
+                    self.admit.load_async(&mut conn).await.map_err(err)?;
+                    self.settle.load_async(&mut conn).await.map_err(err)?;
+                    attempt().await.map_err(err)
+                }
+                r => r.map_err(err),
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| StoreError(format!("Redis did not answer within {:?}", self.timeout)))?
+    }
+
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError("PING timed out".into()))?
+        .map(drop)
+        .map_err(err)
+    }
+
+    /// Registers this proxy in the fleet set and returns how many proxies were seen in the
+    /// last `window`: the divisor for local limits when Redis goes away.
+    async fn heartbeat_now(&self, node: &str, window: Duration) -> Result<u64, StoreError> {
+        const KEY: &str = "sy:{fleet}:nodes";
+        let now = super::now_ms();
+        let stale = now.saturating_sub(window.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD").arg(KEY).arg(now).arg(node).ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(KEY)
+            .arg("-inf")
+            .arg(stale)
+            .ignore();
+        pipe.cmd("ZCARD").arg(KEY);
+        let mut conn = self.conn.clone();
+        let (n,): (u64,) = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| StoreError("heartbeat timed out".into()))?
+            .map_err(err)?;
+        Ok(n)
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+impl LimitStore for RedisStore {
+    fn admit<'a>(&'a self, req: &'a AdmitRequest) -> BoxFuture<'a, Result<AdmitReply, StoreError>> {
+        async move {
+            let now = req.now_ms.to_string();
+            let replies = self
+                .run(|pipe| {
+                    for group in &req.groups {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.admit.get_hash()).arg(group.len());
+                        for c in group {
+                            cmd.arg(&c.key);
+                        }
+                        cmd.arg(&now).arg(&req.member);
+                        for c in group {
+                            let (kind, cost) = match c.kind {
+                                CheckKind::Window => ("w", c.cost),
+                                CheckKind::Parallel => ("p", req.now_ms.saturating_add(c.ttl_ms)),
+                                CheckKind::Budget => ("b", c.cost),
+                                CheckKind::BudgetAlert => ("a", c.cost),
+                            };
+                            cmd.arg(kind).arg(c.limit).arg(cost).arg(c.ttl_ms);
+                        }
+                        pipe.add_command(cmd);
+                    }
+                })
+                .await?;
+            let garbage = || StoreError("unexpected reply from the admission script".into());
+            let mut used = Vec::with_capacity(replies.len());
+            let mut denied = None;
+            for (gi, reply) in replies.iter().enumerate() {
+                let Value::Array(items) = reply else {
+                    return Err(garbage());
+                };
+                let nums: Vec<i64> = items.iter().filter_map(as_i64).collect();
+                match nums.first() {
+                    Some(1) => used.push(nums[1..].iter().map(|&n| n.max(0) as u64).collect()),
+                    Some(0) if nums.len() == 3 && denied.is_none() => {
+                        denied = Some(AdmitReply::Denied {
+                            group: gi,
+                            check: (nums[1] - 1).max(0) as usize,
+                            used: nums[2].max(0) as u64,
+                        });
+                        used.push(Vec::new());
+                    }
+                    Some(0) => used.push(Vec::new()),
+                    _ => return Err(garbage()),
+                }
+            }
+            let Some(denied) = denied else {
+                return Ok(AdmitReply::Admitted(used));
+            };
+            // Groups run independently: undo the ones that were charged.
+            let undo = undo_of(req, &used);
+            if !undo.groups.is_empty() {
+                self.settle(&undo).await?;
+            }
+            Ok(denied)
+        }
+        .boxed()
+    }
+
+    fn settle<'a>(&'a self, req: &'a SettleRequest) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            self.run(|pipe| {
+                for ops in req.groups.iter().filter(|g| !g.is_empty()) {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(self.settle.get_hash()).arg(ops.len());
+                    for op in ops {
+                        cmd.arg(match op {
+                            SettleOp::Adjust { key, .. }
+                            | SettleOp::Release { key }
+                            | SettleOp::Spend { key, .. } => key,
+                        });
+                    }
+                    cmd.arg(&req.member);
+                    for op in ops {
+                        match op {
+                            SettleOp::Adjust { delta, .. } => {
+                                cmd.arg("a").arg(*delta).arg(0).arg(0);
+                            }
+                            SettleOp::Release { .. } => {
+                                cmd.arg("r").arg(0).arg(0).arg(0);
+                            }
+                            SettleOp::Spend {
+                                reserved,
+                                spent,
+                                ttl_ms,
+                                ..
+                            } => {
+                                let minus = -i64::try_from(*reserved).unwrap_or(i64::MAX);
+                                cmd.arg("s").arg(minus).arg(*spent).arg(*ttl_ms);
+                            }
+                        }
+                    }
+                    pipe.add_command(cmd);
+                }
+            })
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.ping_now().boxed()
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.heartbeat_now(node, window).boxed()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let (s, r): (Option<u64>, Option<u64>) = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("s")
+                    .arg("r")
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| StoreError("HMGET timed out".into()))?
+            .map_err(err)?;
+            Ok((s.unwrap_or(0), r.unwrap_or(0)))
+        }
+        .boxed()
+    }
+}
+
+/// The settlement that takes back what the admitted groups of a denied request charged.
+fn undo_of(req: &AdmitRequest, used: &[Vec<u64>]) -> SettleRequest {
+    let groups = req
+        .groups
+        .iter()
+        .zip(used)
+        .filter(|(_, u)| !u.is_empty())
+        .map(|(g, _)| {
+            g.iter()
+                .map(|c| match c.kind {
+                    CheckKind::Window => SettleOp::Adjust {
+                        key: c.key.clone(),
+                        delta: -(c.cost as i64),
+                    },
+                    CheckKind::Parallel => SettleOp::Release { key: c.key.clone() },
+                    CheckKind::Budget | CheckKind::BudgetAlert => SettleOp::Spend {
+                        key: c.key.clone(),
+                        reserved: c.cost,
+                        spent: 0,
+                        ttl_ms: 0,
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    SettleRequest {
+        member: req.member.clone(),
+        groups,
+    }
+}

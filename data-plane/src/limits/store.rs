@@ -1,0 +1,110 @@
+//! The counter store behind every limit: Redis for a fleet, memory for one process. Both run
+//! the same two operations with the same semantics, and the same test bodies run against both
+//! (`tests/tests/limits_store.rs`).
+
+use futures_util::future::{BoxFuture, FutureExt};
+
+/// What one counter check does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A counter in a fixed window: admitted when `used + cost <= limit`, then `used += cost`.
+    Window,
+    /// Leases in flight: admitted when fewer than `limit` unexpired leases are held, then a
+    /// lease named by the request expires after `ttl_ms` unless released first.
+    Parallel,
+    /// A budget: admitted while `spent + reserved < limit`, then `reserved += cost`.
+    Budget,
+    /// A budget that only alerts: always admitted, `reserved += cost`.
+    BudgetAlert,
+}
+
+/// One counter to check and charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub key: String,
+    pub kind: CheckKind,
+    pub limit: u64,
+    pub cost: u64,
+    /// How long the counter (or lease) lives; 0 = forever.
+    pub ttl_ms: u64,
+}
+
+/// Checks that are decided together, atomically. Every key of a group shares a hash tag, so
+/// a group is one script call on one Redis Cluster slot.
+pub type Group = Vec<Check>;
+
+/// An admission request: every group is checked; the request is admitted only if every check
+/// of every group passes, and then every check is charged.
+#[derive(Clone, Debug)]
+pub struct AdmitRequest {
+    /// Wall clock (ms since the epoch) of the proxy; leases expire against it.
+    pub now_ms: u64,
+    /// Unique id of the request: names its parallel-request leases.
+    pub member: String,
+    pub groups: Vec<Group>,
+}
+
+/// The answer to an admission request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdmitReply {
+    /// Usage of each check after charging, by group and check.
+    Admitted(Vec<Vec<u64>>),
+    /// The first check that failed and the usage it saw. Nothing was charged.
+    Denied {
+        group: usize,
+        check: usize,
+        used: u64,
+    },
+}
+
+/// One correction after the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettleOp {
+    /// Add a (possibly negative) amount to a window counter, if the window still exists.
+    Adjust { key: String, delta: i64 },
+    /// Release a parallel-request lease.
+    Release { key: String },
+    /// Move a reservation to spend: `reserved -= reserved`, `spent += spent`.
+    Spend {
+        key: String,
+        reserved: u64,
+        spent: u64,
+        ttl_ms: u64,
+    },
+}
+
+/// Corrections for one request, by group (each group is applied atomically).
+#[derive(Clone, Debug)]
+pub struct SettleRequest {
+    pub member: String,
+    pub groups: Vec<Vec<SettleOp>>,
+}
+
+/// The store could not answer (Redis unreachable, timed out, or replied with garbage).
+#[derive(Debug, thiserror::Error)]
+#[error("limit store: {0}")]
+pub struct StoreError(pub String);
+
+/// A counter store.
+pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
+    fn admit<'a>(&'a self, req: &'a AdmitRequest) -> BoxFuture<'a, Result<AdmitReply, StoreError>>;
+    fn settle<'a>(&'a self, req: &'a SettleRequest) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Spent and reserved nano-dollars in a budget hash (for status and tests).
+    fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
+    /// Whether the store answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        std::future::ready(Ok(())).boxed()
+    }
+    /// Registers `node` as alive and returns how many nodes were alive within `window`.
+    fn heartbeat<'a>(
+        &'a self,
+        _node: &'a str,
+        _window: std::time::Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        std::future::ready(Ok(1)).boxed()
+    }
+    /// Whether the store is shared by a fleet (and can therefore be unreachable).
+    fn shared(&self) -> bool {
+        false
+    }
+}
