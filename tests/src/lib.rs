@@ -2,9 +2,10 @@
 //! it speaks the real wire formats of OpenAI (chat, embeddings, models; Azure deployment
 //! paths too) and Anthropic (messages), streaming included, with knobs for latency, chunking,
 //! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
-//! `procs` starts the real binaries for end-to-end tests.
+//! `procs` starts the real binaries for end-to-end tests; `redis` a real `redis-server`.
 
 pub mod certs;
 pub mod kube;
 pub mod mock;
 pub mod procs;
+pub mod redis;

@@ -700,6 +700,10 @@ impl Limiter {
             member: s.req.member,
             groups,
         };
+        if req.groups.iter().all(Vec::is_empty) {
+            // Request limits only: nothing to correct.
+            return;
+        }
         match s.via {
             Via::Local => {
                 self.local.settle_now(&req, now_ms());
@@ -818,18 +822,19 @@ async fn recover(l: Arc<Limiter>) {
 async fn heartbeat(l: std::sync::Weak<Limiter>) {
     const EVERY: Duration = Duration::from_secs(2);
     loop {
-        tokio::time::sleep(EVERY).await;
-        let Some(l) = l.upgrade() else { return };
-        if !l.is_up() {
-            continue;
-        }
-        match l.primary.heartbeat(&l.node, EVERY * 5).await {
-            Ok(n) => {
-                l.fleet.store(n.max(1), Ordering::Relaxed);
-                l.metrics.fleet_size.set(n.max(1) as i64);
+        {
+            let Some(l) = l.upgrade() else { return };
+            if l.is_up() {
+                match l.primary.heartbeat(&l.node, EVERY * 5).await {
+                    Ok(n) => {
+                        l.fleet.store(n.max(1), Ordering::Relaxed);
+                        l.metrics.fleet_size.set(n.max(1) as i64);
+                    }
+                    Err(e) => l.store_failed("heartbeat", &e),
+                }
             }
-            Err(e) => l.store_failed("heartbeat", &e),
         }
+        tokio::time::sleep(EVERY).await;
     }
 }
 

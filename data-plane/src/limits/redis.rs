@@ -262,6 +262,9 @@ impl LimitStore for RedisStore {
 
     fn settle<'a>(&'a self, req: &'a SettleRequest) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
+            if req.groups.iter().all(Vec::is_empty) {
+                return Ok(());
+            }
             self.run(|pipe| {
                 for ops in req.groups.iter().filter(|g| !g.is_empty()) {
                     let mut cmd = redis::cmd("EVALSHA");

@@ -1,0 +1,570 @@
+//! End-to-end: access control, rate limits and budgets held across three data planes that
+//! share one real `redis-server`, driven by concurrent clients over real HTTP.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_tests::procs::{Proc, eventually, reqwest_lite};
+use switchyard_tests::redis::RedisServer;
+
+const RPM_KEY: &str = "sk-limits-rpm-0001";
+const BUDGET_KEY: &str = "sk-limits-budget-01";
+const TPM_KEY: &str = "sk-limits-tpm-0001";
+const PAR_KEY: &str = "sk-limits-par-0001";
+const OUTAGE_KEY: &str = "sk-limits-outage-01";
+const TEAM_KEY: &str = "sk-limits-team-0001";
+
+/// Price of the `priced` pool: $1000 per million tokens, i.e. $0.001 (1,000,000
+/// nano-dollars) per token.
+const NANOS_PER_TOKEN: u64 = 1_000_000;
+
+fn limits_config() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: limit-keys}}
+stringData:
+  rpm: {RPM_KEY}
+  budget: {BUDGET_KEY}
+  tpm: {TPM_KEY}
+  par: {PAR_KEY}
+  outage: {OUTAGE_KEY}
+  team: {TEAM_KEY}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: priced}}
+spec:
+  provider: mock
+  models: [{{name: priced, inputPricePerMillion: "1000", outputPricePerMillion: "1000"}}]
+  mock: {{completionTokens: 10}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: slow}}
+spec:
+  provider: mock
+  models: [{{name: slow}}]
+  mock: {{latency: 400ms}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: priced}}
+spec:
+  models: [priced]
+  backends: [{{pool: priced}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: slow}}
+spec:
+  models: [slow]
+  backends: [{{pool: slow}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: team-only}}
+spec:
+  models: [team-demo]
+  backends: [{{pool: builtin, model: demo}}]
+  keySelector: {{matchLabels: {{team: blue}}}}
+  limits: {{requestsPerMinute: 4}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: rpm}}
+spec:
+  secretRef: {{name: limit-keys, key: rpm}}
+  limits: {{requestsPerMinute: 150}}
+  modelLimits: [{{model: "cha*", limits: {{requestsPerMinute: 2}}}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: budget}}
+spec:
+  secretRef: {{name: limit-keys, key: budget}}
+  budget: {{amount: "2", period: Daily}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: tpm}}
+spec:
+  secretRef: {{name: limit-keys, key: tpm}}
+  limits: {{tokensPerMinute: 1000}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: par}}
+spec:
+  secretRef: {{name: limit-keys, key: par}}
+  limits: {{maxParallelRequests: 2}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: outage}}
+spec:
+  secretRef: {{name: limit-keys, key: outage}}
+  limits: {{requestsPerMinute: 100000}}
+  budget: {{amount: "1000", period: None}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: team, labels: {{team: blue}}}}
+spec:
+  secretRef: {{name: limit-keys, key: team}}
+  allowedRoutes: [team-*]
+"#
+    )
+}
+
+struct Env {
+    dir: PathBuf,
+    redis: RedisServer,
+    _mock: Proc,
+    dps: Vec<(Proc, String, String)>,
+}
+
+/// The mock upstream, a Redis, and `n` data planes on one config directory and one Redis.
+async fn env(tag: &str, n: usize, extra: &[&str]) -> Env {
+    let dir = temp_dir(tag);
+    let (mock, mock_url) = start_mock(&dir);
+    let redis = RedisServer::start(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
+    std::fs::write(cfg.join("limits.yaml"), limits_config()).expect("write");
+    let url = redis.url();
+    let mut dps = Vec::new();
+    for i in 0..n {
+        let node = format!("dp-{i}");
+        let mut args = vec!["--redis-url", &url, "--node-id", &node];
+        args.extend_from_slice(extra);
+        dps.push(start_standalone(&cfg, &args, &dir));
+    }
+    wait_up(&format!("{mock_url}/_mock/requests")).await;
+    for (_, _, admin) in &dps {
+        wait_ready(admin).await;
+    }
+    Env {
+        dir,
+        redis,
+        _mock: mock,
+        dps,
+    }
+}
+
+impl Env {
+    fn api(&self, i: usize) -> String {
+        format!("{}/v1/chat/completions", self.dps[i % self.dps.len()].1)
+    }
+}
+
+/// Waits until the current clock minute has at least `secs` left, so a burst of requests
+/// falls in one fixed window.
+async fn start_of_window(secs: u64) {
+    let in_minute = switchyard_data_plane::limits::now_ms() / 1000 % 60;
+    if 60 - in_minute < secs {
+        tokio::time::sleep(Duration::from_secs(60 - in_minute)).await;
+    }
+}
+
+async fn metric(admin: &str, name: &str) -> f64 {
+    let (_, text) = reqwest_lite::Client::default()
+        .get_text(&format!("{admin}/metrics"))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Fires `total` requests from `clients` concurrent clients spread over the data planes;
+/// returns (status, headers, body) of each.
+async fn burst(
+    env: &Env,
+    key: &'static str,
+    body: Value,
+    clients: usize,
+    total: usize,
+) -> Vec<(u16, reqwest::header::HeaderMap, Value)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let urls: Vec<String> = (0..env.dps.len()).map(|i| env.api(i)).collect();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (next, urls, body) = (next.clone(), urls.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= total {
+                    return out;
+                }
+                out.push(post(&urls[(c + i) % urls.len()], Some(key), &body).await);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    all
+}
+
+#[tokio::test]
+async fn rpm_limit_holds_across_three_proxies_within_five_percent() {
+    let env = env("limits-rpm", 3, &[]).await;
+    start_of_window(20).await;
+    let results = burst(&env, RPM_KEY, chat_body("demo", "hi"), 64, 450).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + limited.len(), results.len(), "only 200s and 429s");
+    assert!(
+        (143..=157).contains(&ok),
+        "a limit of 150/min admitted {ok} across three proxies"
+    );
+    let (_, h, body) = limited[0];
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(body["error"]["type"], "requests");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("requests per minute") && m.contains("Limit 150")),
+        "{body}"
+    );
+    let retry: u64 = h["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert!(h.contains_key("retry-after-ms"));
+    let (_, h, _) = results.iter().find(|r| r.0 == 200).expect("a success");
+    assert_eq!(h["x-ratelimit-limit-requests"], "150");
+    let remaining: u64 = h["x-ratelimit-remaining-requests"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number");
+    assert!(remaining < 150);
+    assert!(
+        h["x-ratelimit-reset-requests"]
+            .to_str()
+            .is_ok_and(|v| v.ends_with('s'))
+    );
+    let rejected: f64 = {
+        let mut sum = 0.0;
+        for (_, _, admin) in &env.dps {
+            sum += metric(
+                admin,
+                "switchyard_limit_rejections_total{scope=\"key\",limit=\"requests\"}",
+            )
+            .await;
+        }
+        sum
+    };
+    assert_eq!(rejected as usize, limited.len(), "every rejection counted");
+    for (_, _, admin) in &env.dps {
+        assert_eq!(
+            metric(admin, "switchyard_limit_store_errors_total").await,
+            0.0
+        );
+        assert_eq!(metric(admin, "switchyard_limit_store_up").await, 1.0);
+        eventually(DEADLINE, "heartbeats count the fleet", || async {
+            (metric(admin, "switchyard_fleet_size").await == 3.0).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn key_model_and_route_limits_and_route_access() {
+    let env = env("limits-access", 2, &[]).await;
+    start_of_window(15).await;
+    // Route limit: 4 per minute through `team-only`, whatever the proxy.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let (s, h, body) = post(&env.api(i), Some(TEAM_KEY), &chat_body("team-demo", "hi")).await;
+        if s == 429 {
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("this route")),
+                "{body}"
+            );
+            assert!(h.contains_key("retry-after"));
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    // allowedRoutes: the team key may not use routes outside `team-*`: 403 naming the model.
+    let (s, _, body) = post(&env.api(0), Some(TEAM_KEY), &chat_body("demo", "hi")).await;
+    assert_openai_error(s, &body, 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`demo`")),
+        "{body}"
+    );
+    // /v1/models shows only what the key may use.
+    let models: Value = client()
+        .get(format!("{}/v1/models", env.dps[0].1))
+        .bearer_auth(TEAM_KEY)
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["team-demo"]);
+    // The route's key selector keeps keys without the label out.
+    let (s, _, body) = post(&env.api(1), Some(CLIENT_KEY), &chat_body("team-demo", "hi")).await;
+    assert_openai_error(s, &body, 403);
+    // Key x model: `cha*` allows 2 per minute on the rpm key, other models are unaffected.
+    let mut chat = Vec::new();
+    for i in 0..3 {
+        chat.push(post(&env.api(i), Some(RPM_KEY), &chat_body("chat", "hi")).await);
+    }
+    assert_eq!(
+        chat.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [200, 200, 429]
+    );
+    assert!(
+        chat[2].2["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("on this model")),
+        "{}",
+        chat[2].2
+    );
+    let (s, _, _) = post(&env.api(0), Some(RPM_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn budget_overspend_is_bounded_by_requests_in_flight() {
+    let env = env("limits-budget", 3, &[]).await;
+    let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "count my spend please"}]});
+    let results = burst(&env, BUDGET_KEY, body, 64, 400).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let blocked: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + blocked.len(), results.len());
+    assert!(!blocked.is_empty(), "the budget must run out");
+    let b = &blocked[0].2;
+    assert_eq!(b["error"]["code"], "budget_exceeded", "{b}");
+    assert!(
+        blocked[0].1.contains_key("retry-after"),
+        "daily budgets say when they reset"
+    );
+    // Every admitted request's actual cost, from the usage it returned.
+    let cost: u64 = results
+        .iter()
+        .filter(|r| r.0 == 200)
+        .map(|r| r.2["usage"]["total_tokens"].as_u64().expect("usage") * NANOS_PER_TOKEN)
+        .sum();
+    let per_request = cost / ok as u64;
+    let amount = 2_000_000_000u64;
+    let period = switchyard_crds::spend::period(
+        switchyard_proto::v1::BudgetPeriod::Daily,
+        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+    );
+    let key = switchyard_crds::spend::spend_key("default/budget", &period.id);
+    let spent = eventually(DEADLINE, "settlements land", || async {
+        let (s, r) = (env.redis.hget_u64(&key, "s"), env.redis.hget_u64(&key, "r"));
+        (r == 0 && s == cost).then_some(s)
+    })
+    .await;
+    assert!(spent >= amount, "the budget was used: {spent}");
+    assert!(
+        spent <= amount + 64 * per_request,
+        "spent {spent} exceeds {amount} by more than 64 requests in flight of {per_request}"
+    );
+}
+
+#[tokio::test]
+async fn tpm_limit_counts_streamed_usage() {
+    let env = env("limits-tpm", 2, &[]).await;
+    start_of_window(15).await;
+    // The estimate is small (short prompt, max_tokens 5); the stream reports 600 completion
+    // tokens. The limit must count the 600.
+    let stream = json!({"model": "chat", "stream": true, "max_tokens": 5,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "mock.chunks=600 go"}]});
+    let resp = client()
+        .post(env.api(0))
+        .bearer_auth(TPM_KEY)
+        .json(&stream)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "1000");
+    let text = resp.text().await.expect("body");
+    assert!(
+        text.contains("\"completion_tokens\":600"),
+        "mock reported usage"
+    );
+    // Once settled, another proxy sees ~600 used: a request estimated at ~500 is refused.
+    let big = json!({"model": "chat", "max_tokens": 450, "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _, body) = eventually(DEADLINE, "streamed usage counted", || async {
+        let r = post(&env.api(1), Some(TPM_KEY), &big).await;
+        (r.0 == 429).then_some(r)
+    })
+    .await;
+    assert_eq!(s, 429);
+    assert_eq!(body["error"]["type"], "tokens", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tokens per minute"))
+    );
+    // A small one still fits, and its headers show what the stream used.
+    let small =
+        json!({"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let (s, h, _) = post(&env.api(1), Some(TPM_KEY), &small).await;
+    assert_eq!(s, 200);
+    let remaining: u64 = h["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("n");
+    assert!(
+        remaining < 400,
+        "remaining {remaining} must reflect the 600 streamed tokens"
+    );
+}
+
+#[tokio::test]
+async fn parallel_limit_counts_requests_in_flight_fleet_wide() {
+    let env = env("limits-par", 3, &[]).await;
+    let results = burst(&env, PAR_KEY, chat_body("slow", "hi"), 6, 6).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(ok, 2, "two in flight at once across three proxies");
+    let limited = results.iter().find(|r| r.0 == 429).expect("a 429");
+    assert_eq!(limited.1["retry-after"], "1");
+    // Leases end with the responses: the next two go through.
+    let results = burst(&env, PAR_KEY, chat_body("slow", "hi"), 2, 2).await;
+    assert!(results.iter().all(|r| r.0 == 200));
+}
+
+#[tokio::test]
+async fn redis_outage_fails_open_and_replays_settlements() {
+    let mut env = env("limits-outage", 2, &["--redis-timeout", "200ms"]).await;
+    let cfg = env.dir.join("config");
+    let (mut closed, closed_api, closed_admin) = start_standalone(
+        &cfg,
+        &[
+            "--redis-url",
+            &env.redis.url(),
+            "--redis-fail-mode",
+            "closed",
+            "--redis-timeout",
+            "200ms",
+        ],
+        &env.dir,
+    );
+    wait_ready(&closed_admin).await;
+    let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "outage test"}]});
+    let key = switchyard_crds::spend::spend_key("default/outage", "all");
+    let mut cost = 0;
+    for i in 0..4 {
+        let (s, _, b) = post(&env.api(i), Some(OUTAGE_KEY), &body).await;
+        assert_eq!(s, 200, "{b}");
+        cost += b["usage"]["total_tokens"].as_u64().expect("usage") * NANOS_PER_TOKEN;
+    }
+    eventually(DEADLINE, "spend before the outage", || async {
+        (env.redis.hget_u64(&key, "s") == cost).then_some(())
+    })
+    .await;
+
+    env.redis.kill();
+    // Fail open: served with local limits, and each request's spend is kept for later.
+    for i in 0..6 {
+        let (s, _, b) = post(&env.api(i), Some(OUTAGE_KEY), &body).await;
+        assert_eq!(s, 200, "fail open serves: {b}");
+        cost += b["usage"]["total_tokens"].as_u64().expect("usage") * NANOS_PER_TOKEN;
+    }
+    // Fail closed: 503 with an OpenAI error, never a hang.
+    let closed_url = format!("{closed_api}/v1/chat/completions");
+    let (s, _, b) = post(&closed_url, Some(OUTAGE_KEY), &body).await;
+    assert_openai_error(s, &b, 503);
+    assert_eq!(b["error"]["code"], "limits_unavailable");
+    // Keys without limits never touch Redis and keep working.
+    let (s, _, _) = post(&closed_url, Some(CLIENT_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(s, 200);
+    let admin = &env.dps[0].2;
+    assert_eq!(metric(admin, "switchyard_limit_store_up").await, 0.0);
+    assert!(metric(admin, "switchyard_limit_fallbacks_total{result=\"local\"}").await >= 1.0);
+    assert!(
+        metric(
+            &closed_admin,
+            "switchyard_limit_fallbacks_total{result=\"rejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(metric(admin, "switchyard_limit_pending_settlements").await >= 1.0);
+
+    env.redis.restart();
+    // Every proxy returns to Redis by itself and replays what it spent meanwhile.
+    let admins: Vec<String> = env
+        .dps
+        .iter()
+        .map(|d| d.2.clone())
+        .chain([closed_admin.clone()])
+        .collect();
+    for admin in &admins {
+        eventually(DEADLINE, "back on Redis", || async {
+            (metric(admin, "switchyard_limit_store_up").await == 1.0).then_some(())
+        })
+        .await;
+    }
+    eventually(DEADLINE, "no settlement lost", || async {
+        (env.redis.hget_u64(&key, "s") == cost).then_some(())
+    })
+    .await;
+    let (s, _, b) = post(&closed_url, Some(OUTAGE_KEY), &body).await;
+    assert_eq!(s, 200, "fail-closed proxy serves again: {b}");
+    for (p, _, _) in &mut env.dps {
+        assert!(p.running(), "no crash: {}", p.logs());
+    }
+    assert!(closed.running(), "no crash: {}", closed.logs());
+}
+
+#[tokio::test]
+async fn key_deleted_mid_run_stops_working() {
+    let env = env("limits-delete", 2, &[]).await;
+    let (s, _, _) = post(&env.api(0), Some(RPM_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(s, 200);
+    let cfg = env.dir.join("config").join("limits.yaml");
+    let without: String = limits_config()
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: rpm}"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(!without.contains("key: rpm}"));
+    std::fs::write(&cfg, without).expect("rewrite");
+    for i in 0..2 {
+        let (s, _, body) = eventually(DEADLINE, "key removed everywhere", || async {
+            let r = post(&env.api(i), Some(RPM_KEY), &chat_body("demo", "hi")).await;
+            (r.0 == 401).then_some(r)
+        })
+        .await;
+        assert_openai_error(s, &body, 401);
+    }
+    // Other keys keep working.
+    let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(s, 200);
+}
