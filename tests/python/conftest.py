@@ -1,6 +1,7 @@
 """Fixtures: the real gateway binaries (standalone data plane + mock upstream) on loopback."""
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -13,12 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("SWITCHYARD_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug")
 CLIENT_KEY = "sk-python-sdk-key-0001"
+LIMITED_KEY = "sk-python-sdk-limited-01"
+REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 
 CONFIG = """
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
-stringData: {{client: {client_key}, upstream: sk-upstream-for-sdk}}
+stringData: {{client: {client_key}, limited: {limited_key}, upstream: sk-upstream-for-sdk}}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderPool
@@ -51,9 +54,24 @@ metadata: {{name: embed}}
 spec: {{models: [text-embedding-3-small], backends: [{{pool: openai, model: mock-embed}}]}}
 ---
 apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: slow}}
+spec: {{provider: mock, models: [{{name: slow}}], mock: {{latency: 2500ms}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: slow}}
+spec: {{models: [slow], backends: [{{pool: slow}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
 kind: VirtualKey
 metadata: {{name: sdk}}
 spec: {{secretRef: {{name: keys, key: client}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: limited}}
+spec: {{secretRef: {{name: keys, key: limited}}, limits: {{maxParallelRequests: 1}}}}
 """
 
 
@@ -85,20 +103,29 @@ def gateway():
     work = Path(tempfile.mkdtemp(prefix="switchyard-py-"))
     procs = []
     try:
-        mock_port, api_port, admin_port = free_port(), free_port(), free_port()
+        if not Path(REDIS_SERVER).exists():
+            pytest.fail("redis-server is missing: apt-get install redis-server (or set REDIS_SERVER)")
+        mock_port, api_port, admin_port, redis_port = free_port(), free_port(), free_port(), free_port()
+        redis_log = open(work / "redis.log", "w")
+        procs.append(subprocess.Popen(
+            [REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
+            stdout=redis_log, stderr=redis_log,
+        ))
         mock_log = open(work / "mock.log", "w")
         procs.append(subprocess.Popen([BIN / "switchyard-mock-llm", "--listen", f"127.0.0.1:{mock_port}"], stdout=mock_log, stderr=mock_log))
         cfg = work / "config"
         cfg.mkdir()
-        (cfg / "config.yaml").write_text(CONFIG.format(client_key=CLIENT_KEY, mock=f"http://127.0.0.1:{mock_port}"))
+        (cfg / "config.yaml").write_text(CONFIG.format(client_key=CLIENT_KEY, limited_key=LIMITED_KEY, mock=f"http://127.0.0.1:{mock_port}"))
         dp_log = open(work / "dp.log", "w")
         procs.append(subprocess.Popen(
-            [BIN / "switchyard-data-plane", "--config", cfg, "--listen", f"127.0.0.1:{api_port}", "--admin-listen", f"127.0.0.1:{admin_port}"],
+            [BIN / "switchyard-data-plane", "--config", cfg, "--listen", f"127.0.0.1:{api_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+             "--redis-url", f"redis://127.0.0.1:{redis_port}"],
             stdout=dp_log, stderr=dp_log,
         ))
         wait_http(f"http://127.0.0.1:{mock_port}/healthz")
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
-        yield {"base_url": f"http://127.0.0.1:{api_port}/v1", "key": CLIENT_KEY, "mock": f"http://127.0.0.1:{mock_port}"}
+        yield {"base_url": f"http://127.0.0.1:{api_port}/v1", "key": CLIENT_KEY, "limited_key": LIMITED_KEY,
+               "mock": f"http://127.0.0.1:{mock_port}", "admin": f"http://127.0.0.1:{admin_port}"}
     finally:
         for p in procs:
             p.kill()

@@ -1,6 +1,8 @@
 """The official OpenAI Python SDK against the gateway: it must not notice it is not OpenAI."""
 
 import json
+import threading
+import time
 import urllib.request
 
 import openai
@@ -60,7 +62,7 @@ def test_embeddings(client):
 
 def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["claude-sonnet", "gpt-4o-mini", "text-embedding-3-small"]
+    assert ids == ["claude-sonnet", "gpt-4o-mini", "slow", "text-embedding-3-small"]
 
 
 def test_bad_key_is_authentication_error(gateway):
@@ -90,3 +92,61 @@ def test_the_client_key_never_reaches_the_upstream(client, gateway):
     assert seen, "the mock recorded nothing"
     assert all(gateway["key"] not in json.dumps(req) for req in seen)
     assert seen[-1]["headers"]["authorization"] == "Bearer sk-upstream-for-sdk"
+
+
+def _rejections(gateway):
+    with urllib.request.urlopen(gateway["admin"] + "/metrics") as r:
+        text = r.read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("switchyard_limit_rejections_total"))
+
+
+def _hold_the_slot(gateway):
+    """Occupies the limited key's only parallel slot for ~1.5 s, in a thread."""
+    holder = openai.OpenAI(base_url=gateway["base_url"], api_key=gateway["limited_key"], max_retries=0, timeout=20)
+    t = threading.Thread(target=lambda: holder.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hold"}]))
+    t.start()
+    time.sleep(0.3)
+    return t
+
+
+def test_gateway_rate_limit_is_rate_limit_error(gateway):
+    limited = openai.OpenAI(base_url=gateway["base_url"], api_key=gateway["limited_key"], max_retries=0, timeout=20)
+    t = _hold_the_slot(gateway)
+    try:
+        with pytest.raises(openai.RateLimitError) as e:
+            limited.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        t.join()
+    assert e.value.status_code == 429
+    assert e.value.code == "rate_limit_exceeded"
+    assert e.value.response.headers.get("retry-after") == "1"
+    assert "parallel" in e.value.message
+
+
+def test_sdk_waits_the_advertised_retry_after(gateway):
+    # One retry: refused twice while the slot is held (~2.2 s more). Between the attempts the
+    # SDK must wait the gateway's `retry-after-ms: 1000`, not its own 0.4-0.5 s first backoff.
+    once = openai.OpenAI(base_url=gateway["base_url"], api_key=gateway["limited_key"], max_retries=1, timeout=20)
+    before = _rejections(gateway)
+    t = _hold_the_slot(gateway)
+    started = time.monotonic()
+    try:
+        with pytest.raises(openai.RateLimitError):
+            once.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+        elapsed = time.monotonic() - started
+    finally:
+        t.join()
+    assert _rejections(gateway) - before == 2, "two attempts, both refused"
+    assert 0.95 <= elapsed < 2.0, elapsed
+
+
+def test_sdk_retries_into_a_free_slot(gateway):
+    patient = openai.OpenAI(base_url=gateway["base_url"], api_key=gateway["limited_key"], max_retries=5, timeout=20)
+    before = _rejections(gateway)
+    t = _hold_the_slot(gateway)
+    try:
+        r = patient.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        t.join()
+    assert r.choices[0].message.content
+    assert _rejections(gateway) > before, "the SDK was refused at least once"
