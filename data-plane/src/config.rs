@@ -199,6 +199,8 @@ pub struct RuntimeConfig {
     exact_routes: HashMap<String, Arc<RouteEntry>>,
     glob_routes: Vec<(String, Arc<RouteEntry>)>,
     routes: Vec<Arc<RouteEntry>>,
+    /// Some key or route has a token limit or a budget: requests will need estimates.
+    pub counts_tokens: bool,
 }
 
 impl RuntimeConfig {
@@ -295,12 +297,19 @@ impl RuntimeConfig {
                 errors,
             });
         }
+        let counts_tokens = routes.iter().any(|r| r.limits.tpm > 0)
+            || keys.values().any(|k| {
+                k.limits.tpm > 0
+                    || k.budget.is_some()
+                    || k.model_limits.iter().any(|(_, l)| l.tpm > 0)
+            });
         Ok(Self {
             version: snapshot.version.clone(),
             keys,
             exact_routes,
             glob_routes,
             routes,
+            counts_tokens,
         })
     }
 

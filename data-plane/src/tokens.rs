@@ -16,6 +16,30 @@ use crate::openai::{ChatRequest, MessageContent};
 /// Output tokens reserved when the request sets no `max_tokens`/`max_completion_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
 
+/// Loads the BPE tables (about 0.2 s and 30 MB) on a blocking thread, once, so the first
+/// request that needs an estimate does not pay for it. Called when a config with token limits
+/// or budgets arrives; configs without them never load the tables.
+pub fn warm_up() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let load = || {
+        for t in [
+            tiktoken_rs::tokenizer::Tokenizer::O200kBase,
+            tiktoken_rs::tokenizer::Tokenizer::Cl100kBase,
+        ] {
+            if let Err(e) = tiktoken_rs::bpe_for_tokenizer(t) {
+                tracing::warn!(error = %e, "loading a BPE tokenizer failed; estimates fall back to 4 bytes per token");
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(load)),
+        Err(_) => load(),
+    }
+}
+
 /// Counts the tokens of a text for a model.
 pub fn count(model: &str, text: &str) -> u64 {
     match get_tokenizer(model) {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
+mod limits;
 mod peers;
 
 use peers::{Peer, start_peer};
@@ -135,7 +136,7 @@ fn chat_body(stream: bool, chunks: usize) -> String {
 
 /// wrk results.
 #[derive(Debug, Clone, Default)]
-struct WrkResult {
+pub(crate) struct WrkResult {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -493,6 +494,13 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         &work.join("mock.log"),
     )?;
     std::fs::write(work.join("config/bench.yaml"), bench_config(&mock_url))?;
+    std::fs::write(work.join("config/limits.yaml"), limits::config(&mock_url))?;
+    // Redis for scenario d; keys without limits (a-c, e) never touch it.
+    let redis = limits::start_redis(&work);
+    let mut gw_args = Vec::new();
+    if let Some((_, url)) = &redis {
+        gw_args = vec!["--redis-url".to_owned(), url.clone()];
+    }
     let (gw_port, gw_admin) = (free_port(), free_port());
     let gw = spawn(
         "switchyard",
@@ -505,7 +513,10 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
             format!("127.0.0.1:{gw_port}"),
             "--admin-listen".into(),
             format!("127.0.0.1:{gw_admin}"),
-        ],
+        ]
+        .into_iter()
+        .chain(gw_args)
+        .collect::<Vec<_>>(),
         &[
             ("TOKIO_WORKER_THREADS", if pinned { "1" } else { "2" }),
             ("RUST_LOG", "warn"),
@@ -563,12 +574,14 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
 
     // b. concurrency 32 and 128 (auth always on; limits arrive with issue 5).
     let mut ratio32 = 0.0;
+    let mut direct_c32 = 0.0;
     for c in [32u32, 128] {
         let dr = wrk(&direct, c, d, &[], &body, &wrk_dir)?;
         record("direct", &format!("b: chat c={c}"), &dr);
         let gr = wrk(&gateway, c, d, &[("Authorization", &auth)], &body, &wrk_dir)?;
         record("switchyard", &format!("b: chat c={c}"), &gr);
         if c == 32 {
+            direct_c32 = dr.rps;
             ratio32 = if dr.rps > 0.0 { gr.rps / dr.rps } else { 0.0 };
         }
     }
@@ -577,7 +590,23 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
-    let scenario_d = "skipped: in-memory and Redis rate limits and budgets do not exist yet (issue 5); b. already runs with virtual-key auth".to_owned();
+    let scenario_d = if redis.is_some() {
+        let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
+        let m = limits::run(
+            &bin,
+            &work,
+            &gateway,
+            d,
+            &limited_body,
+            (direct_c1.p50_us, direct_c32),
+        )?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        m.summary
+    } else {
+        "skipped: redis-server is not installed".to_owned()
+    };
     println!("d: {scenario_d}");
 
     // c. streaming, 64 chunks.
