@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use switchyard_control_plane::kube::spend::SpendReader;
 use switchyard_control_plane::kube::{KubeSource, Stores, keys, leader, presence, status};
 use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec};
 use tokio::sync::watch;
@@ -54,6 +55,10 @@ struct Args {
     /// How often the leader re-checks status even without changes.
     #[arg(long, env = "SWITCHYARD_STATUS_INTERVAL", default_value = "2s", value_parser = duration)]
     status_interval: Duration,
+    /// Redis the data planes settle spend into (`kubernetes` source): the leader reports
+    /// each budgeted key's spend in its status.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    redis_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -93,6 +98,11 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let identity = args.identity.clone().unwrap_or_else(hostname);
+    let spend = args
+        .redis_url
+        .as_deref()
+        .map(|u| SpendReader::new(u, Duration::from_secs(2)))
+        .transpose()?;
     let stores = Stores::start(&client);
     let (lead_tx, lead_rx) = watch::channel(false);
     tokio::spawn(leader::run(
@@ -131,6 +141,7 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             namespace: args.namespace.clone(),
             identity: identity.clone(),
             interval: args.status_interval,
+            spend,
         };
         tokio::spawn(writer.run());
     };

@@ -13,8 +13,8 @@ use crate::common::condition;
 use crate::validate::{self, InvalidField};
 use crate::world::{DEFAULT_NAMESPACE, World};
 use crate::{
-    Budget, BudgetAction, BudgetPeriod, Guardrail, GuardrailPhase, LLMRoute, PiiAction,
-    ProviderKind, ProviderPool, RateLimits, VirtualKey,
+    Budget, BudgetAction, Guardrail, GuardrailPhase, LLMRoute, PiiAction, ProviderKind,
+    ProviderPool, RateLimits, VirtualKey,
 };
 
 /// Defaults for pool timeouts.
@@ -575,12 +575,7 @@ fn compile_limits(l: &RateLimits) -> pb::Limits {
 
 fn compile_budget(b: &Budget) -> Result<pb::Budget, Reject> {
     let micros = validate::price_micros("spec.budget.amount", &b.amount)?;
-    let period = match b.period {
-        BudgetPeriod::Daily => pb::BudgetPeriod::Daily,
-        BudgetPeriod::Weekly => pb::BudgetPeriod::Weekly,
-        BudgetPeriod::Monthly => pb::BudgetPeriod::Monthly,
-        BudgetPeriod::None => pb::BudgetPeriod::None,
-    };
+    let period = crate::spend::proto_period(b.period);
     Ok(pb::Budget {
         amount_nanos: micros.saturating_mul(1000),
         period: period.into(),

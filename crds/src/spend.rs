@@ -51,6 +51,16 @@ pub fn period(kind: BudgetPeriod, now: i64) -> Period {
     }
 }
 
+/// The protobuf period of a VirtualKey's budget period.
+pub fn proto_period(p: crate::BudgetPeriod) -> BudgetPeriod {
+    match p {
+        crate::BudgetPeriod::Daily => BudgetPeriod::Daily,
+        crate::BudgetPeriod::Weekly => BudgetPeriod::Weekly,
+        crate::BudgetPeriod::Monthly => BudgetPeriod::Monthly,
+        crate::BudgetPeriod::None => BudgetPeriod::None,
+    }
+}
+
 /// Redis hash holding a key's spend in a period: fields `s` (settled nano-dollars) and `r`
 /// (reserved by requests in flight). The hash tag keeps every counter of one key in one slot.
 pub fn spend_key(key_id: &str, period_id: &str) -> String {

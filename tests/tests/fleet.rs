@@ -70,7 +70,7 @@ fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir:
 }
 
 fn start_dp(grpc: SocketAddr, node: &str, tls: &Tls, log_dir: &Path) -> (Proc, String, String) {
-    start_fleet_dp(grpc, node, &tls.ca, log_dir)
+    start_fleet_dp(grpc, node, &tls.ca, &[], log_dir)
 }
 
 async fn fleet() -> Fleet {

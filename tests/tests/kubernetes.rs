@@ -14,6 +14,7 @@ use serde_json::Value;
 use switchyard_tests::certs::{CertFiles, TestCa};
 use switchyard_tests::kube::{KubeEnv, RELEASE, SYSTEM_NAMESPACE};
 use switchyard_tests::procs::{Proc, eventually, free_addr, workspace_root};
+use switchyard_tests::redis::RedisServer;
 
 const NS: &str = "e2e";
 const K8S_DEADLINE: Duration = Duration::from_secs(45);
@@ -22,6 +23,7 @@ fn start_operator(
     kube: &KubeEnv,
     identity: &str,
     tls: &CertFiles,
+    redis: &str,
     dir: &Path,
 ) -> (Proc, SocketAddr) {
     let grpc = free_addr();
@@ -46,6 +48,8 @@ fn start_operator(
             "4s".into(),
             "--status-interval".into(),
             "500ms".into(),
+            "--redis-url".into(),
+            redis.into(),
         ],
         &[(
             "KUBECONFIG",
@@ -56,8 +60,14 @@ fn start_operator(
     (p, grpc)
 }
 
-fn start_dp(grpc: SocketAddr, node: &str, ca: &Path, dir: &Path) -> (Proc, String, String) {
-    start_fleet_dp(grpc, node, ca, dir)
+fn start_dp(
+    grpc: SocketAddr,
+    node: &str,
+    ca: &Path,
+    redis: &str,
+    dir: &Path,
+) -> (Proc, String, String) {
+    start_fleet_dp(grpc, node, ca, &["--redis-url", redis], dir)
 }
 
 fn get_json(kube: &KubeEnv, args: &[&str]) -> Option<Value> {
@@ -219,12 +229,13 @@ async fn kubernetes_end_to_end() {
     let cp_cert = ca
         .issue(&dir, "cp", "switchyard-control-plane", &["localhost"], &[])
         .expect("cert");
-    let (mut cp1, grpc1) = start_operator(&kube, "cp-1", &cp_cert, &dir);
-    let (mut cp2, grpc2) = start_operator(&kube, "cp-2", &cp_cert, &dir);
+    let redis = RedisServer::start(&dir);
+    let (mut cp1, grpc1) = start_operator(&kube, "cp-1", &cp_cert, &redis.url(), &dir);
+    let (mut cp2, grpc2) = start_operator(&kube, "cp-2", &cp_cert, &redis.url(), &dir);
     let (_mock, mock_url) = start_mock(&dir);
     let dps = [
-        start_dp(grpc1, "dp-a", &ca.cert_file, &dir),
-        start_dp(grpc2, "dp-b", &ca.cert_file, &dir),
+        start_dp(grpc1, "dp-a", &ca.cert_file, &redis.url(), &dir),
+        start_dp(grpc2, "dp-b", &ca.cert_file, &redis.url(), &dir),
     ];
     kube.kubectl(&["create", "namespace", NS])
         .unwrap_or_else(|e| panic!("namespace: {e}"));
@@ -304,6 +315,37 @@ async fn kubernetes_end_to_end() {
     let before = rv(&kube);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rv(&kube), before, "status was rewritten without a change");
+    // ---- Spend: data planes settle into Redis, the leader reports it in the key's status.
+    let period = switchyard_crds::spend::period(
+        switchyard_proto::v1::BudgetPeriod::Monthly,
+        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+    );
+    let vk = eventually(K8S_DEADLINE, "team-a's spend in status", || async {
+        get_json(&kube, &["virtualkey", "team-a", "-n", NS]).filter(|v| {
+            v["status"]["spend"]["amount"]
+                .as_str()
+                .is_some_and(|a| a != "0.000000")
+        })
+    })
+    .await;
+    assert_eq!(vk["status"]["spend"]["period"], period.id.as_str());
+    assert_eq!(vk["status"]["spend"]["exceeded"], false);
+    let spent = redis.hget_u64(
+        &switchyard_crds::spend::spend_key("e2e/team-a", &period.id),
+        "s",
+    );
+    assert_eq!(
+        vk["status"]["spend"]["amount"],
+        switchyard_crds::spend::usd(spent as i64).as_str(),
+        "status shows what Redis holds"
+    );
+    let printed = kube
+        .kubectl(&["get", "virtualkeys", "-n", NS])
+        .expect("get");
+    assert!(
+        printed.contains("SPEND") && printed.contains("BUDGET"),
+        "{printed}"
+    );
     let printed = kube.kubectl(&["get", "llmroutes", "-n", NS]).expect("get");
     assert!(
         printed.contains("ACCEPTED") && printed.contains("PROGRAMMED"),

@@ -36,3 +36,16 @@ app.kubernetes.io/component: data-plane
 {{- define "switchyard.redisUrl" -}}
 {{- if .Values.redis.url -}}{{ .Values.redis.url }}{{- else if .Values.redis.bundled.enabled -}}redis://{{ include "switchyard.fullname" . }}-redis:6379{{- end -}}
 {{- end -}}
+
+{{/* SWITCHYARD_REDIS_URL for both planes: from a Secret (URLs with passwords), a value, or the bundled Redis. */}}
+{{- define "switchyard.redisEnv" -}}
+{{- if .Values.redis.urlSecretRef.name }}
+- name: SWITCHYARD_REDIS_URL
+  valueFrom: {secretKeyRef: {name: {{ .Values.redis.urlSecretRef.name | quote }}, key: {{ .Values.redis.urlSecretRef.key | default "url" | quote }}}}
+{{- else }}
+{{- with include "switchyard.redisUrl" . }}
+- name: SWITCHYARD_REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -6,6 +6,7 @@
 pub mod keys;
 pub mod leader;
 pub mod presence;
+pub mod spend;
 pub mod status;
 
 use std::collections::BTreeSet;

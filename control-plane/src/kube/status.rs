@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::common::condition;
 use switchyard_crds::{
-    Compiled, Condition, Guardrail, LLMRoute, ProviderPool, ResourceKey, VirtualKey,
+    Compiled, Condition, Guardrail, LLMRoute, ProviderPool, ResourceKey, SpendStatus, VirtualKey,
 };
 use tokio::sync::watch;
 
@@ -225,6 +225,8 @@ pub struct Writer {
     pub namespace: String,
     pub identity: String,
     pub interval: Duration,
+    /// Where the data planes settle spend; `None`: spend is not reported.
+    pub spend: Option<super::spend::SpendReader>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -237,10 +239,6 @@ impl std::fmt::Debug for Writer {
 
 trait Conditions {
     fn conditions(&self) -> &[Condition];
-    /// The key prefix in status (VirtualKey only).
-    fn key_prefix(&self) -> Option<&str> {
-        None
-    }
 }
 
 macro_rules! impl_conditions {
@@ -261,10 +259,41 @@ impl Conditions for VirtualKey {
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default()
     }
+}
 
-    fn key_prefix(&self) -> Option<&str> {
-        self.status.as_ref().and_then(|s| s.key_prefix.as_deref())
+/// Status fields besides conditions: the patch fragment, and whether the object already
+/// carries them.
+type Extra = (serde_json::Value, bool);
+
+fn no_extra<K>(_: &K) -> Extra {
+    (json!({}), true)
+}
+
+/// A VirtualKey's key prefix and spend. `spend` is `None` when Redis could not be read: the
+/// spend in status is then kept as it is.
+fn key_extra(
+    vk: &VirtualKey,
+    prefix: Option<String>,
+    spend: Option<&HashMap<String, SpendStatus>>,
+) -> Extra {
+    let status = vk.status.as_ref();
+    let mut extra = serde_json::Map::new();
+    let mut same = true;
+    if let Some(p) = prefix {
+        same &= status.and_then(|s| s.key_prefix.as_deref()) == Some(p.as_str());
+        extra.insert("keyPrefix".into(), json!(p));
     }
+    let current = status.and_then(|s| s.spend.as_ref());
+    let id = format!("{}/{}", vk.namespace().unwrap_or_default(), vk.name_any());
+    let desired = match spend {
+        Some(m) => m.get(&id),
+        None => current,
+    };
+    same &= desired == current;
+    if let Some(d) = desired {
+        extra.insert("spend".into(), json!(d));
+    }
+    (serde_json::Value::Object(extra), same)
 }
 
 impl Writer {
@@ -339,7 +368,7 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| None,
+            no_extra,
         )
         .await?;
         self.write_kind::<LLMRoute>(
@@ -348,7 +377,7 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| None,
+            no_extra,
         )
         .await?;
         self.write_kind::<Guardrail>(
@@ -357,7 +386,7 @@ impl Writer {
             &fleet,
             history,
             &now,
-            |_| None,
+            no_extra,
         )
         .await?;
         let prefix = |vk: &VirtualKey| {
@@ -373,7 +402,23 @@ impl Writer {
             ))
         };
         let keys = self.stores.keys.state();
-        self.write_kind::<VirtualKey>(&keys, c, &fleet, history, &now, prefix)
+        let spend = match &self.spend {
+            Some(reader) => {
+                let now_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                match reader.read(&keys, now_unix).await {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading spend from Redis failed; keeping the spend in status");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let extra = |vk: &VirtualKey| key_extra(vk, prefix(vk), spend.as_ref());
+        self.write_kind::<VirtualKey>(&keys, c, &fleet, history, &now, extra)
             .await?;
         Ok(())
     }
@@ -385,7 +430,7 @@ impl Writer {
         fleet: &BTreeMap<String, String>,
         history: &History,
         now: &str,
-        key_prefix: impl Fn(&K) -> Option<String>,
+        extra: impl Fn(&K) -> Extra,
     ) -> Result<(), kube::Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -407,15 +452,10 @@ impl Writer {
             };
             let desired = desired_conditions(&key, c, fleet, history, obj.conditions(), now);
             // Typed comparisons only: at 100k keys this loop runs every interval.
-            let prefix = key_prefix(obj);
-            let prefix_same = prefix.is_none() || obj.key_prefix() == prefix.as_deref();
-            if prefix_same && same_conditions(obj.conditions(), &desired) {
+            let (extra, extra_same) = extra(obj);
+            if extra_same && same_conditions(obj.conditions(), &desired) {
                 continue;
             }
-            let extra = match prefix {
-                Some(p) => json!({ "keyPrefix": p }),
-                None => json!({}),
-            };
             let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
             match apply_status(&api, &name, status_patch::<K>(&desired, extra)).await {
                 Ok(()) => tracing::debug!(resource = %key, "status written"),

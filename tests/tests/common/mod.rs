@@ -146,31 +146,29 @@ pub fn start_mock(log_dir: &Path) -> (Proc, String) {
 }
 
 /// A fleet-mode data plane streaming from the control plane at `grpc` over TLS verified with
-/// `ca`. Returns the process, API URL and admin URL.
+/// `ca`, with `extra` flags. Returns the process, API URL and admin URL.
 pub fn start_fleet_dp(
     grpc: std::net::SocketAddr,
     node: &str,
     ca: &Path,
+    extra: &[&str],
     log_dir: &Path,
 ) -> (Proc, String, String) {
     let (api, admin) = (free_addr(), free_addr());
-    let p = Proc::start(
-        "switchyard-data-plane",
-        &[
-            "--control-plane".into(),
-            format!("https://localhost:{}", grpc.port()),
-            "--control-plane-ca".into(),
-            ca.display().to_string(),
-            "--node-id".into(),
-            node.into(),
-            "--listen".into(),
-            api.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-        ],
-        &[],
-        log_dir,
-    );
+    let mut args = vec![
+        "--control-plane".into(),
+        format!("https://localhost:{}", grpc.port()),
+        "--control-plane-ca".into(),
+        ca.display().to_string(),
+        "--node-id".into(),
+        node.into(),
+        "--listen".into(),
+        api.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let p = Proc::start("switchyard-data-plane", &args, &[], log_dir);
     (p, format!("http://{api}"), format!("http://{admin}"))
 }
 

@@ -209,3 +209,36 @@ async fn status_is_written_with_server_side_apply_on_the_status_subresource() {
         .expect("patched");
     server.await.expect("mock server assertions");
 }
+
+#[test]
+fn key_status_carries_prefix_and_spend_and_keeps_spend_when_redis_is_away() {
+    let mut vk = VirtualKey::new("k", switchyard_crds::VirtualKeySpec::default());
+    vk.metadata.namespace = Some("ns".into());
+    let spend = |amount: &str| SpendStatus {
+        amount: amount.into(),
+        period: "2026-11".into(),
+        exceeded: false,
+    };
+    let read = HashMap::from([("ns/k".to_owned(), spend("1.500000"))]);
+    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), Some(&read));
+    assert!(!same, "nothing in status yet");
+    assert_eq!(patch["keyPrefix"], "sk-sy-abc…");
+    assert_eq!(patch["spend"]["amount"], "1.500000");
+    vk.status = Some(switchyard_crds::VirtualKeyStatus {
+        key_prefix: Some("sk-sy-abc…".into()),
+        spend: Some(spend("1.500000")),
+        ..Default::default()
+    });
+    assert!(key_extra(&vk, Some("sk-sy-abc…".into()), Some(&read)).1);
+    // Redis unreadable: the spend already in status is applied again, unchanged.
+    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), None);
+    assert!(same);
+    assert_eq!(patch["spend"]["amount"], "1.500000");
+    // More spend: a write.
+    let more = HashMap::from([("ns/k".to_owned(), spend("2.000000"))]);
+    assert!(!key_extra(&vk, Some("sk-sy-abc…".into()), Some(&more)).1);
+    // Budget removed: the spend leaves status.
+    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), Some(&HashMap::new()));
+    assert!(!same);
+    assert!(patch.get("spend").is_none());
+}
