@@ -10,10 +10,8 @@
 //! 7. authenticate key     — cheapest rejection of strangers: one hash and one map lookup
 //! 8. body limit + parse   — only authenticated callers make us read and parse bodies
 //! 9. route + authorize    — the model comes from the body; 404 unknown, 403 not allowed
-//! 10. pick backend        — weighted over the route's backends, then over the pool's endpoints
-//!                           (before limits: the price of the upstream model is the budget's)
-//! 11. limits + budget     — one store round trip reserves RPM/TPM/parallel/budget (429 with
-//!                           retry-after); keys and routes without limits skip the store
+//! 10. pick backend        — before limits: the budget prices the backend's upstream model
+//! 11. limits + budget     — one store round trip reserves RPM/TPM/parallel/budget, or 429
 //! 12. provider client     — translate, send with first-byte/total deadlines, translate back
 //! 13. stream forwarding   — event by event, usage counted from the stream, errors as events
 //! 14. settle              — actual usage corrects tokens and spend; leases end (async)

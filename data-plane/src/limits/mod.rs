@@ -464,13 +464,14 @@ impl Limiter {
     }
 
     /// Checks and charges every limit of a plan.
-    pub async fn admit(self: &Arc<Self>, plan: Plan) -> Result<Permit, ProxyError> {
+    pub async fn admit(self: &Arc<Self>, mut plan: Plan) -> Result<Permit, ProxyError> {
         let now = now_ms();
         let member = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
+        // The checks move into the request; the plan keeps what describes them.
         let req = AdmitRequest {
             now_ms: now,
             member,
-            groups: plan.groups.clone(),
+            groups: std::mem::take(&mut plan.groups),
         };
         if self.is_up() {
             let started = Instant::now();
@@ -552,10 +553,13 @@ impl Limiter {
                             What::Parallel => {}
                             What::Budget => {
                                 if via == Via::Shared {
-                                    self.budget_seen
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .insert(c.key.clone(), *u);
+                                    let mut seen =
+                                        self.budget_seen.lock().unwrap_or_else(|p| p.into_inner());
+                                    // Periods leave old keys behind; a bounded map forgets.
+                                    if seen.len() >= MAX_PENDING && !seen.contains_key(&c.key) {
+                                        seen.clear();
+                                    }
+                                    seen.insert(c.key.clone(), *u);
                                 }
                                 if c.kind == CheckKind::BudgetAlert
                                     && u.saturating_sub(c.cost) >= m.limit
