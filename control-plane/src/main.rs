@@ -59,6 +59,9 @@ struct Args {
     /// each budgeted key's spend in its status.
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     redis_url: Option<String>,
+    /// `--redis-url` names Redis Cluster seed nodes (comma-separated URLs).
+    #[arg(long, env = "SWITCHYARD_REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -101,7 +104,7 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
     let spend = args
         .redis_url
         .as_deref()
-        .map(|u| SpendReader::new(u, Duration::from_secs(2)))
+        .map(|u| SpendReader::new(u, args.redis_cluster, Duration::from_secs(2)))
         .transpose()?;
     let stores = Stores::start(&client);
     let (lead_tx, lead_rx) = watch::channel(false);

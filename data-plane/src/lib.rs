@@ -53,7 +53,9 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub struct LimitOptions {
     /// Shared Redis (`redis://` or `rediss://`); `None` keeps counters in this process.
+    /// With `redis_cluster`, a comma-separated list of seed nodes of a Redis Cluster.
     pub redis_url: Option<String>,
+    pub redis_cluster: bool,
     /// Bound on every Redis operation.
     pub redis_timeout: std::time::Duration,
     pub fail_mode: limits::FailMode,
@@ -67,6 +69,7 @@ impl Default for LimitOptions {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_cluster: false,
             redis_timeout: std::time::Duration::from_millis(250),
             fail_mode: limits::FailMode::Open,
             fleet_size: 1,
@@ -81,9 +84,14 @@ pub fn gateway(opts: &Options) -> std::io::Result<Arc<Gateway>> {
     let Some(url) = &l.redis_url else {
         return Ok(Gateway::new(opts.body_limit));
     };
-    let store = limits::redis::RedisStore::new(url, l.redis_timeout)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    tracing::info!(mode = ?l.fail_mode, timeout = ?l.redis_timeout, "rate limits and budgets shared through Redis");
+    let store = if l.redis_cluster {
+        let seeds: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+        limits::redis::RedisStore::cluster(&seeds, l.redis_timeout)
+    } else {
+        limits::redis::RedisStore::new(url, l.redis_timeout)
+    }
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    tracing::info!(mode = ?l.fail_mode, timeout = ?l.redis_timeout, cluster = l.redis_cluster, "rate limits and budgets shared through Redis");
     Ok(Gateway::with_limiter(opts.body_limit, |m| {
         limits::Limiter::new(
             Arc::new(store),

@@ -45,6 +45,9 @@ struct Args {
     /// (without it, counters live in this process).
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     redis_url: Option<String>,
+    /// `--redis-url` names Redis Cluster seed nodes (comma-separated URLs).
+    #[arg(long, env = "SWITCHYARD_REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// Bound on every Redis operation.
     #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
     redis_timeout: std::time::Duration,
@@ -140,6 +143,7 @@ async fn main() -> Result<()> {
         },
         limits: LimitOptions {
             redis_url: args.redis_url,
+            redis_cluster: args.redis_cluster,
             redis_timeout: args.redis_timeout,
             fail_mode: args.redis_fail_mode,
             fleet_size: args.fleet_size.max(1),

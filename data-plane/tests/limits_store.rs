@@ -8,7 +8,7 @@ use switchyard_data_plane::limits::redis::RedisStore;
 use switchyard_data_plane::limits::store::{
     AdmitReply, AdmitRequest, Check, CheckKind, LimitStore, SettleOp, SettleRequest,
 };
-use switchyard_tests::redis::RedisServer;
+use switchyard_tests::redis::{RedisCluster, RedisServer};
 
 fn now() -> u64 {
     switchyard_data_plane::limits::now_ms()
@@ -98,8 +98,9 @@ async fn window_counts_exactly(s: &dyn LimitStore, p: &str) {
     assert_eq!(used, vec![vec![100]]);
 }
 
-async fn groups_are_all_or_nothing(s: &dyn LimitStore, p: &str) {
-    let (a, b) = (format!("{p}:a"), format!("{p}:b"));
+/// `p` and `q` carry different hash tags: on a cluster the groups live in different slots.
+async fn groups_are_all_or_nothing(s: &dyn LimitStore, p: &str, q: &str) {
+    let (a, b) = (format!("{p}:a"), format!("{q}:b"));
     let both = |limit_b| {
         vec![
             vec![check(&a, CheckKind::Window, 10, 1)],
@@ -194,16 +195,17 @@ async fn budgets_reserve_and_settle(s: &dyn LimitStore, p: &str) {
     assert_eq!(s.budget(&akey).await.expect("budget"), (0, 2000));
 }
 
-async fn contract(s: &dyn LimitStore, p: &str) {
+/// The whole contract; `p` and `q` are key prefixes with different hash tags.
+async fn contract(s: &dyn LimitStore, p: &str, q: &str) {
     window_counts_exactly(s, &format!("{p}:w")).await;
-    groups_are_all_or_nothing(s, &format!("{p}:g")).await;
+    groups_are_all_or_nothing(s, &format!("{p}:g"), &format!("{q}:g")).await;
     parallel_leases(s, &format!("{p}:p")).await;
     budgets_reserve_and_settle(s, &format!("{p}:b")).await;
 }
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
-    contract(&MemoryStore::new(), "sy:{t:mem}").await;
+    contract(&MemoryStore::new(), "sy:{t:mem}", "sy:{t:mem2}").await;
 }
 
 #[tokio::test]
@@ -212,7 +214,26 @@ async fn redis_store_keeps_the_contract() {
     std::fs::create_dir_all(&dir).expect("dir");
     let redis = RedisServer::start(&dir);
     let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
-    contract(&store, "sy:{t:redis}").await;
+    contract(&store, "sy:{t:redis}", "sy:{t:redis2}").await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_keeps_the_contract() {
+    let dir = std::env::temp_dir().join(format!("sy-store-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cluster = RedisCluster::start(&dir);
+    let seeds: Vec<String> = cluster.seeds().split(',').map(str::to_owned).collect();
+    let store = RedisStore::cluster(&seeds, Duration::from_secs(2)).expect("store");
+    // Tags in different slots ({k:a} and {r:b} hash apart), so a request's groups cross
+    // nodes: no CROSSSLOT errors, and the groups are still all or nothing.
+    contract(&store, "sy:{k:a}", "sy:{r:b}").await;
+    // Keys really were spread over the nodes.
+    let holders = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.command(&["DBSIZE"]).is_some_and(|v| v != ":0"))
+        .count();
+    assert!(holders >= 2, "keys landed on {holders} node(s)");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     log_dir: PathBuf,
+    extra: Vec<String>,
 }
 
 fn binary() -> PathBuf {
@@ -32,6 +33,11 @@ fn binary() -> PathBuf {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start(log_dir: &Path) -> Self {
+        Self::start_with(log_dir, &[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(log_dir: &Path, extra: &[&str]) -> Self {
         let dir = log_dir.join(format!("redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let mut s = Self {
@@ -39,6 +45,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             log_dir: log_dir.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         s.restart();
         s
@@ -77,6 +84,7 @@ impl RedisServer {
         ]
         .iter()
         .map(|s| (*s).to_owned())
+        .chain(self.extra.iter().cloned())
         .collect();
         self.proc = Some(Proc::start_path(&binary(), &args, &self.log_dir));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -119,5 +127,61 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-node Redis Cluster (primaries only) on free loopback ports, its slots assigned by
+/// `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(log_dir: &Path) -> Self {
+        let flags = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(log_dir, &flags))
+            .collect();
+        let cli = binary().with_file_name("redis-cli");
+        let mut cmd = std::process::Command::new(&cli);
+        cmd.args(["--cluster", "create"]);
+        for n in &nodes {
+            cmd.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = cmd
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while n.command(&["CLUSTER", "INFO"]).as_deref() != Some("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// Seed URLs, comma-separated (the `--redis-url` of `--redis-cluster`).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

@@ -5,14 +5,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use switchyard_crds::spend::{self, Period};
 use switchyard_crds::{SpendStatus, VirtualKey, validate};
 
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<Cluster>),
+}
+
+struct Cluster {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
 /// A Redis connection for reading spend.
 pub struct SpendReader {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
 }
 
@@ -23,16 +36,64 @@ impl std::fmt::Debug for SpendReader {
 }
 
 impl SpendReader {
-    /// Connects lazily: a Redis that is down only delays the spend in status.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("invalid --redis-url ({:?})", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// Connects lazily: a Redis that is down only delays the spend in status. With
+    /// `cluster`, `url` is a comma-separated list of Redis Cluster seed nodes.
+    pub fn new(url: &str, cluster: bool, timeout: Duration) -> anyhow::Result<Self> {
+        let invalid =
+            |e: redis::RedisError| anyhow::anyhow!("invalid --redis-url ({:?})", e.kind());
+        let conn = if cluster {
+            let client = ClusterClient::builder(url.split(',').map(str::trim))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(invalid)?;
+            Conn::Cluster(Box::new(Cluster {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+            }))
+        } else {
+            let client = redis::Client::open(url).map_err(invalid)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+        };
         Ok(Self { conn, timeout })
+    }
+
+    /// `HGET key s` for each key: one pipeline on a single endpoint; on a cluster, where a
+    /// pipeline may not cross slots, 64 concurrent reads.
+    async fn settled(&self, keys: Vec<String>) -> anyhow::Result<Vec<Option<i64>>> {
+        match &self.conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGET").arg(k).arg("s");
+                }
+                Ok(pipe.query_async(&mut c.clone()).await?)
+            }
+            Conn::Cluster(c) => {
+                let conn = c
+                    .conn
+                    .get_or_try_init(|| c.client.get_async_connection())
+                    .await?;
+                let reads = keys.into_iter().map(|k| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("HGET")
+                            .arg(k)
+                            .arg("s")
+                            .query_async::<Option<i64>>(&mut conn)
+                            .await
+                    }
+                });
+                Ok(futures_util::stream::iter(reads)
+                    .buffered(64)
+                    .try_collect()
+                    .await?)
+            }
+        }
     }
 
     /// Spend of every key with a budget, by `namespace/name`. Keys without a budget are
@@ -57,17 +118,13 @@ impl SpendReader {
             .collect();
         let mut out = HashMap::with_capacity(budgeted.len());
         for chunk in budgeted.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for (id, period, _) in chunk {
-                pipe.cmd("HGET")
-                    .arg(spend::spend_key(id, &period.id))
-                    .arg("s");
-            }
-            let mut conn = self.conn.clone();
-            let spent: Vec<Option<i64>> =
-                tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("reading spend from Redis timed out"))??;
+            let keys = chunk
+                .iter()
+                .map(|(id, period, _)| spend::spend_key(id, &period.id))
+                .collect();
+            let spent = tokio::time::timeout(self.timeout, self.settled(keys))
+                .await
+                .map_err(|_| anyhow::anyhow!("reading spend from Redis timed out"))??;
             for ((id, period, amount), s) in chunk.iter().zip(spent) {
                 let s = s.unwrap_or(0);
                 out.insert(

@@ -1,12 +1,15 @@
 //! Redis counter store. Every group of checks is one Lua script (atomic, one slot: its keys
 //! share a hash tag), and the groups of one request travel in one pipeline: one round trip per
-//! admission, one per settlement. The connection is a `ConnectionManager`, which reconnects by
-//! itself; every operation is bounded by a timeout.
+//! admission, one per settlement. On one endpoint the connection is a `ConnectionManager`,
+//! which reconnects by itself; on a Redis Cluster each group goes to its slot's node,
+//! concurrently. Every operation is bounded by a timeout.
 
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{Pipeline, Script, Value};
 
 use super::store::{
@@ -88,9 +91,21 @@ end
 return 1
 ";
 
+/// The connection: one endpoint (a `ConnectionManager`, multiplexed, reconnecting) or a Redis
+/// Cluster (slot-aware, following MOVED/ASK and topology changes).
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<Cluster>),
+}
+
+struct Cluster {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
 /// Counters in Redis.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     admit: Script,
     settle: Script,
     timeout: Duration,
@@ -100,6 +115,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: never printed.
         f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -109,14 +125,16 @@ fn err(e: redis::RedisError) -> StoreError {
     StoreError(e.to_string())
 }
 
+fn invalid_url(e: &redis::RedisError) -> StoreError {
+    // The parse error may echo the URL; keep only its category.
+    StoreError(format!("invalid Redis URL ({:?})", e.kind()))
+}
+
 impl RedisStore {
     /// Creates the store without connecting: the first operation connects, and a Redis that
     /// is down at start-up is handled like one that goes down later.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            // The parse error may echo the URL; keep only its category.
-            StoreError(format!("invalid Redis URL ({:?})", e.kind()))
-        })?;
+        let client = redis::Client::open(url).map_err(|e| invalid_url(&e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -124,30 +142,74 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
-        Ok(Self {
+        Ok(Self::with(Conn::Single(conn), timeout))
+    }
+
+    /// A store on a Redis Cluster, from one or more seed node URLs. Connects on first use.
+    /// Each group of checks is one script call on its own slot; a request's groups run
+    /// concurrently (one round trip of wall time).
+    pub fn cluster(seeds: &[String], timeout: Duration) -> Result<Self, StoreError> {
+        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| invalid_url(&e))?;
+        Ok(Self::with(
+            Conn::Cluster(Box::new(Cluster {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+            })),
+            timeout,
+        ))
+    }
+
+    fn with(conn: Conn, timeout: Duration) -> Self {
+        Self {
             conn,
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             timeout,
-        })
+        }
+    }
+
+    /// Sends commands: one pipeline on a single endpoint; on a cluster, each command on its
+    /// own, concurrently (a pipeline may not cross slots there).
+    async fn send(&self, pipe: &Pipeline) -> redis::RedisResult<Vec<Value>> {
+        match &self.conn {
+            Conn::Single(c) => pipe.query_async::<Vec<Value>>(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                let conn = c
+                    .conn
+                    .get_or_try_init(|| c.client.get_async_connection())
+                    .await?;
+                let calls = pipe.cmd_iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(calls).await
+            }
+        }
+    }
+
+    async fn load_scripts(&self) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for script in [ADMIT, SETTLE] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script);
+        }
+        self.send(&pipe).await.map(drop)
     }
 
     /// Runs a pipeline of script calls, loading the scripts once if Redis lost them (a
     /// restarted Redis starts with an empty script cache).
     async fn run(&self, build: impl Fn(&mut Pipeline)) -> Result<Vec<Value>, StoreError> {
-        let attempt = || async {
-            let mut pipe = redis::pipe();
-            build(&mut pipe);
-            let mut conn = self.conn.clone();
-            pipe.query_async::<Vec<Value>>(&mut conn).await
-        };
+        let mut pipe = redis::pipe();
+        build(&mut pipe);
         let fut = async {
-            match attempt().await {
+            match self.send(&pipe).await {
                 Err(e) if e.code() == Some("NOSCRIPT") => {
-                    let mut conn = self.conn.clone();
-                    self.admit.load_async(&mut conn).await.map_err(err)?;
-                    self.settle.load_async(&mut conn).await.map_err(err)?;
-                    attempt().await.map_err(err)
+                    self.load_scripts().await.map_err(err)?;
+                    self.send(&pipe).await.map_err(err)
                 }
                 r => r.map_err(err),
             }
@@ -157,38 +219,40 @@ impl RedisStore {
             .map_err(|_| StoreError(format!("Redis did not answer within {:?}", self.timeout)))?
     }
 
+    /// One command, bounded by the timeout.
+    async fn one<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let mut values = tokio::time::timeout(self.timeout, self.send(&pipe))
+            .await
+            .map_err(|_| StoreError(format!("Redis did not answer within {:?}", self.timeout)))?
+            .map_err(err)?;
+        let v = values
+            .pop()
+            .ok_or_else(|| StoreError("empty reply".into()))?;
+        redis::from_redis_value(v).map_err(|e| StoreError(e.to_string()))
+    }
+
     async fn ping_now(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(
-            self.timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError("PING timed out".into()))?
-        .map(drop)
-        .map_err(err)
+        self.one::<String>(redis::cmd("PING")).await.map(drop)
     }
 
     /// Registers this proxy in the fleet set and returns how many proxies were seen in the
-    /// last `window`: the divisor for local limits when Redis goes away.
+    /// last `window`: the divisor for local limits when Redis goes away. Three commands in
+    /// order, every few seconds: not worth a script.
     async fn heartbeat_now(&self, node: &str, window: Duration) -> Result<u64, StoreError> {
         const KEY: &str = "sy:{fleet}:nodes";
         let now = super::now_ms();
         let stale = now.saturating_sub(window.as_millis() as u64);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD").arg(KEY).arg(now).arg(node).ignore();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(KEY)
-            .arg("-inf")
-            .arg(stale)
-            .ignore();
-        pipe.cmd("ZCARD").arg(KEY);
-        let mut conn = self.conn.clone();
-        let (n,): (u64,) = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
-            .await
-            .map_err(|_| StoreError("heartbeat timed out".into()))?
-            .map_err(err)?;
-        Ok(n)
+        let mut add = redis::cmd("ZADD");
+        add.arg(KEY).arg(now).arg(node);
+        self.one::<i64>(add).await?;
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(KEY).arg("-inf").arg(stale);
+        self.one::<i64>(trim).await?;
+        let mut count = redis::cmd("ZCARD");
+        count.arg(KEY);
+        self.one::<u64>(count).await
     }
 }
 
@@ -323,18 +387,9 @@ impl LimitStore for RedisStore {
 
     fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>> {
         async move {
-            let mut conn = self.conn.clone();
-            let (s, r): (Option<u64>, Option<u64>) = tokio::time::timeout(
-                self.timeout,
-                redis::cmd("HMGET")
-                    .arg(key)
-                    .arg("s")
-                    .arg("r")
-                    .query_async(&mut conn),
-            )
-            .await
-            .map_err(|_| StoreError("HMGET timed out".into()))?
-            .map_err(err)?;
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(key).arg("s").arg("r");
+            let (s, r): (Option<u64>, Option<u64>) = self.one(cmd).await?;
             Ok((s.unwrap_or(0), r.unwrap_or(0)))
         }
         .boxed()
