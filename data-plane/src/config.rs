@@ -199,8 +199,9 @@ pub struct RuntimeConfig {
     exact_routes: HashMap<String, Arc<RouteEntry>>,
     glob_routes: Vec<(String, Arc<RouteEntry>)>,
     routes: Vec<Arc<RouteEntry>>,
-    /// Some key or route has a token limit or a budget: requests will need estimates.
-    pub counts_tokens: bool,
+    /// The BPE tokenizers of the config's OpenAI models, when some key or route has a token
+    /// limit or a budget (requests will need estimates); empty otherwise.
+    pub tokenizers: Vec<tiktoken_rs::tokenizer::Tokenizer>,
 }
 
 impl RuntimeConfig {
@@ -303,13 +304,25 @@ impl RuntimeConfig {
                     || k.budget.is_some()
                     || k.model_limits.iter().any(|(_, l)| l.tpm > 0)
             });
+        let mut tokenizers = Vec::new();
+        if counts_tokens {
+            for t in pools
+                .values()
+                .flat_map(|p| p.models.iter())
+                .filter_map(|m| crate::tokens::tokenizer_of(m))
+            {
+                if !tokenizers.contains(&t) {
+                    tokenizers.push(t);
+                }
+            }
+        }
         Ok(Self {
             version: snapshot.version.clone(),
             keys,
             exact_routes,
             glob_routes,
             routes,
-            counts_tokens,
+            tokenizers,
         })
     }
 

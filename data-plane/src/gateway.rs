@@ -62,9 +62,7 @@ impl Gateway {
     pub fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), InvalidConfig> {
         match RuntimeConfig::build(snapshot, &self.upstreams) {
             Ok(cfg) => {
-                if cfg.counts_tokens {
-                    crate::tokens::warm_up();
-                }
+                crate::tokens::warm_up(&cfg.tokenizers);
                 self.metrics
                     .config_keys
                     .set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));

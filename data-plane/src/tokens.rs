@@ -8,7 +8,11 @@
 //! OpenAI and Anthropic both publish for English, with the same per-message overhead. The
 //! estimate is only a reservation: the usage the provider reports replaces it afterwards.
 
-use tiktoken_rs::tokenizer::get_tokenizer;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{LazyLock, Mutex};
+
+use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
 use crate::limits::Estimate;
 use crate::openai::{ChatRequest, MessageContent};
@@ -16,19 +20,31 @@ use crate::openai::{ChatRequest, MessageContent};
 /// Output tokens reserved when the request sets no `max_tokens`/`max_completion_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
 
-/// Loads the BPE tables (about 0.2 s and 30 MB) on a blocking thread, once, so the first
-/// request that needs an estimate does not pay for it. Called when a config with token limits
-/// or budgets arrives; configs without them never load the tables.
-pub fn warm_up() {
-    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+/// The BPE a model uses, if it is an OpenAI model.
+pub fn tokenizer_of(model: &str) -> Option<Tokenizer> {
+    get_tokenizer(model)
+}
+
+/// Loads BPE tables (o200k: ~0.2 s and ~35 MB) on a blocking thread, once each, so the first
+/// request that needs them does not pay for the load. Called with the tokenizers of the
+/// OpenAI models of a config that has token limits or budgets; other configs load nothing.
+pub fn warm_up(tokenizers: &[Tokenizer]) {
+    static STARTED: Mutex<Vec<Tokenizer>> = Mutex::new(Vec::new());
+    let todo: Vec<Tokenizer> = {
+        let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+        let todo: Vec<Tokenizer> = tokenizers
+            .iter()
+            .copied()
+            .filter(|t| !started.contains(t))
+            .collect();
+        started.extend(&todo);
+        todo
+    };
+    if todo.is_empty() {
         return;
     }
-    let load = || {
-        for t in [
-            tiktoken_rs::tokenizer::Tokenizer::O200kBase,
-            tiktoken_rs::tokenizer::Tokenizer::Cl100kBase,
-        ] {
+    let load = move || {
+        for t in todo {
             if let Err(e) = tiktoken_rs::bpe_for_tokenizer(t) {
                 tracing::warn!(error = %e, "loading a BPE tokenizer failed; estimates fall back to 4 bytes per token");
             }
@@ -40,13 +56,50 @@ pub fn warm_up() {
     }
 }
 
+/// Counts of long texts, by tokenizer and text hash. System prompts and conversation history
+/// come back request after request; counting them again costs ~25 us per KB, looking them up
+/// well under one. Bounded: cleared when full.
+struct CountCache {
+    hasher: std::hash::RandomState,
+    counts: Mutex<HashMap<u64, u32>>,
+}
+
+const CACHE_MIN_BYTES: usize = 256;
+const CACHE_ENTRIES: usize = 16_384;
+
+fn cache() -> &'static CountCache {
+    static CACHE: LazyLock<CountCache> = LazyLock::new(|| CountCache {
+        hasher: std::hash::RandomState::new(),
+        counts: Mutex::new(HashMap::new()),
+    });
+    &CACHE
+}
+
+fn bpe_count(t: Tokenizer, text: &str) -> u64 {
+    let Ok(bpe) = tiktoken_rs::bpe_for_tokenizer(t) else {
+        return approximate(text);
+    };
+    if text.len() < CACHE_MIN_BYTES {
+        return bpe.count_ordinary(text) as u64;
+    }
+    let c = cache();
+    let key = c.hasher.hash_one((t, text));
+    if let Some(n) = c.counts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return u64::from(*n);
+    }
+    let n = bpe.count_ordinary(text);
+    let mut counts = c.counts.lock().unwrap_or_else(|p| p.into_inner());
+    if counts.len() >= CACHE_ENTRIES {
+        counts.clear();
+    }
+    counts.insert(key, u32::try_from(n).unwrap_or(u32::MAX));
+    n as u64
+}
+
 /// Counts the tokens of a text for a model.
 pub fn count(model: &str, text: &str) -> u64 {
-    match get_tokenizer(model) {
-        Some(t) => match tiktoken_rs::bpe_for_tokenizer(t) {
-            Ok(bpe) => bpe.count_ordinary(text) as u64,
-            Err(_) => approximate(text),
-        },
+    match tokenizer_of(model) {
+        Some(t) => bpe_count(t, text),
         None => approximate(text),
     }
 }
@@ -56,42 +109,45 @@ pub fn approximate(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Estimates a chat request's input tokens (exactly for OpenAI models) and reserves its
-/// output tokens.
+/// Estimates a chat request's input tokens (exactly for OpenAI models: each message's content
+/// is encoded on its own, as the chat format does) and reserves its output tokens.
 pub fn estimate_chat(req: &ChatRequest, upstream_model: &str) -> Estimate {
-    let mut text = String::new();
-    let mut overhead = 3u64;
+    let t = tokenizer_of(upstream_model);
+    let n = |text: &str| match t {
+        Some(t) => bpe_count(t, text),
+        None => approximate(text),
+    };
+    let mut input = 3u64;
     for m in &req.messages {
-        overhead += 3;
-        if m.name.is_some() {
-            overhead += 1;
+        input += 3;
+        if let Some(name) = &m.name {
+            input += 1 + n(name);
         }
         match &m.content {
-            Some(MessageContent::Text(s)) => text.push_str(s),
-            Some(c @ MessageContent::Parts(_)) => text.push_str(&c.text()),
+            Some(MessageContent::Text(s)) => input += n(s),
+            Some(MessageContent::Parts(parts)) => {
+                input += parts
+                    .iter()
+                    .filter_map(|p| p.text.as_deref())
+                    .map(n)
+                    .sum::<u64>();
+            }
             None => {}
         }
-        text.push('\n');
-        if let Some(calls) = &m.tool_calls {
-            for c in calls {
-                text.push_str(&c.function.name);
-                text.push_str(&c.function.arguments);
-            }
+        for c in m.tool_calls.iter().flatten() {
+            input += n(&c.function.name) + n(&c.function.arguments);
         }
     }
     if let Some(tools) = &req.tools
         && let Ok(json) = serde_json::to_string(tools)
     {
-        text.push_str(&json);
+        input += n(&json);
     }
     let output = req
         .max_completion_tokens
         .or(req.max_tokens)
         .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from);
-    Estimate {
-        input: count(upstream_model, &text) + overhead,
-        output,
-    }
+    Estimate { input, output }
 }
 
 /// Estimates an embeddings request: its inputs' tokens, no output.
@@ -120,6 +176,17 @@ mod tests {
     }
 
     #[test]
+    fn long_texts_are_counted_once_and_cached_per_tokenizer() {
+        let text = "Switchyard counts long system prompts once. ".repeat(20);
+        let first = count("gpt-4o", &text);
+        assert_eq!(count("gpt-4o", &text), first);
+        // Another tokenizer does not see the o200k count.
+        let cl = count("gpt-4", &text);
+        let bpe = tiktoken_rs::bpe_for_tokenizer(Tokenizer::Cl100kBase).expect("cl100k");
+        assert_eq!(cl, bpe.count_ordinary(&text) as u64);
+    }
+
+    #[test]
     fn other_models_are_approximated() {
         assert_eq!(count("claude-sonnet-4", "hello world!"), 3);
         assert_eq!(count("llama-3.1-8b", ""), 0);
@@ -132,8 +199,8 @@ mod tests {
         )
         .expect("request");
         let e = estimate_chat(&req, "gpt-4o");
-        // 2 + 2 text tokens plus two newlines, 3 + 3 + 1 + 3 overhead.
-        assert!(e.input >= 14 && e.input <= 16, "{e:?}");
+        // 2 + 2 text tokens, 3 + 3 + 1 (+1 for "ann") + 3 overhead.
+        assert_eq!(e.input, 15, "{e:?}");
         assert_eq!(e.output, 50);
         let req: ChatRequest =
             serde_json::from_str(r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#)

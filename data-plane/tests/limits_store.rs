@@ -272,3 +272,12 @@ async fn redis_store_reports_errors_and_recovers() {
     }
     assert!(ok, "store never recovered");
 }
+
+#[test]
+fn a_bad_redis_url_is_refused_without_echoing_it() {
+    for url in ["not a url", "http://user:hunter2@host:6379"] {
+        let e = RedisStore::new(url, Duration::from_secs(1)).expect_err("refused");
+        assert!(e.0.contains("invalid Redis URL"), "{e}");
+        assert!(!e.0.contains("hunter2"), "no secrets in errors: {e}");
+    }
+}

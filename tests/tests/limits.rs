@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_tests::procs::{Proc, eventually, reqwest_lite};
-use switchyard_tests::redis::RedisServer;
+use switchyard_tests::redis::{RedisCluster, RedisServer};
 
 const RPM_KEY: &str = "sk-limits-rpm-0001";
 const BUDGET_KEY: &str = "sk-limits-budget-01";
@@ -164,6 +164,10 @@ impl Env {
     fn api(&self, i: usize) -> String {
         format!("{}/v1/chat/completions", self.dps[i % self.dps.len()].1)
     }
+
+    fn urls(&self) -> Vec<String> {
+        (0..self.dps.len()).map(|i| self.api(i)).collect()
+    }
 }
 
 /// Waits until the current clock minute has at least `secs` left, so a burst of requests
@@ -189,14 +193,14 @@ async fn metric(admin: &str, name: &str) -> f64 {
 /// Fires `total` requests from `clients` concurrent clients spread over the data planes;
 /// returns (status, headers, body) of each.
 async fn burst(
-    env: &Env,
+    urls: &[String],
     key: &'static str,
     body: Value,
     clients: usize,
     total: usize,
 ) -> Vec<(u16, reqwest::header::HeaderMap, Value)> {
     let next = Arc::new(AtomicU64::new(0));
-    let urls: Vec<String> = (0..env.dps.len()).map(|i| env.api(i)).collect();
+    let urls = urls.to_vec();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (next, urls, body) = (next.clone(), urls.clone(), body.clone());
@@ -222,7 +226,7 @@ async fn burst(
 async fn rpm_limit_holds_across_three_proxies_within_five_percent() {
     let env = env("limits-rpm", 3, &[]).await;
     start_of_window(20).await;
-    let results = burst(&env, RPM_KEY, chat_body("demo", "hi"), 64, 450).await;
+    let results = burst(&env.urls(), RPM_KEY, chat_body("demo", "hi"), 64, 450).await;
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
     assert_eq!(ok + limited.len(), results.len(), "only 200s and 429s");
@@ -357,7 +361,7 @@ async fn key_model_and_route_limits_and_route_access() {
 async fn budget_overspend_is_bounded_by_requests_in_flight() {
     let env = env("limits-budget", 3, &[]).await;
     let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "count my spend please"}]});
-    let results = burst(&env, BUDGET_KEY, body, 64, 400).await;
+    let results = burst(&env.urls(), BUDGET_KEY, body, 64, 400).await;
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let blocked: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
     assert_eq!(ok + blocked.len(), results.len());
@@ -449,13 +453,13 @@ async fn tpm_limit_counts_streamed_usage() {
 #[tokio::test]
 async fn parallel_limit_counts_requests_in_flight_fleet_wide() {
     let env = env("limits-par", 3, &[]).await;
-    let results = burst(&env, PAR_KEY, chat_body("slow", "hi"), 6, 6).await;
+    let results = burst(&env.urls(), PAR_KEY, chat_body("slow", "hi"), 6, 6).await;
     let ok = results.iter().filter(|r| r.0 == 200).count();
     assert_eq!(ok, 2, "two in flight at once across three proxies");
     let limited = results.iter().find(|r| r.0 == 429).expect("a 429");
     assert_eq!(limited.1["retry-after"], "1");
     // Leases end with the responses: the next two go through.
-    let results = burst(&env, PAR_KEY, chat_body("slow", "hi"), 2, 2).await;
+    let results = burst(&env.urls(), PAR_KEY, chat_body("slow", "hi"), 2, 2).await;
     assert!(results.iter().all(|r| r.0 == 200));
 }
 
@@ -567,4 +571,51 @@ async fn key_deleted_mid_run_stops_working() {
     // Other keys keep working.
     let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn limits_hold_on_a_redis_cluster() {
+    let dir = temp_dir("limits-cluster");
+    let (_mock, mock_url) = start_mock(&dir);
+    let cluster = RedisCluster::start(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
+    std::fs::write(cfg.join("limits.yaml"), limits_config()).expect("write");
+    let seeds = cluster.seeds();
+    let dps: Vec<_> = (0..2)
+        .map(|i| {
+            let node = format!("dp-{i}");
+            let args = ["--redis-url", &seeds, "--redis-cluster", "--node-id", &node];
+            start_standalone(&cfg, &args, &dir)
+        })
+        .collect();
+    for (_, _, admin) in &dps {
+        wait_ready(admin).await;
+    }
+    let urls: Vec<String> = dps
+        .iter()
+        .map(|d| format!("{}/v1/chat/completions", d.1))
+        .collect();
+    start_of_window(20).await;
+    // The key's counters in one slot, exact across both proxies.
+    let results = burst(&urls, RPM_KEY, chat_body("demo", "hi"), 32, 220).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(ok, 150, "a limit of 150/min on a cluster");
+    // Key and route counters in different slots, checked in one request.
+    let mut statuses = Vec::new();
+    for url in urls.iter().cycle().take(6) {
+        statuses.push(
+            post(url, Some(TEAM_KEY), &chat_body("team-demo", "hi"))
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    for (_, _, admin) in &dps {
+        assert_eq!(
+            metric(admin, "switchyard_limit_store_errors_total").await,
+            0.0
+        );
+    }
 }

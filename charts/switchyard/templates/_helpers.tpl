@@ -48,4 +48,8 @@ app.kubernetes.io/component: data-plane
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- if .Values.redis.cluster }}
+- name: SWITCHYARD_REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- end -}}

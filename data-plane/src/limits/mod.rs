@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_crds::spend;
 use switchyard_proto::v1 as pb;
@@ -410,6 +411,8 @@ pub struct Limiter {
     /// Last spend + reservations seen in the shared store, by budget key: what is left of a
     /// budget when falling back to local limits.
     budget_seen: Mutex<HashMap<String, u64>>,
+    /// Settlements for the shared store, sent in batches by one task.
+    settle_tx: Option<tokio::sync::mpsc::UnboundedSender<SettleRequest>>,
     metrics: Arc<Metrics>,
 }
 
@@ -424,6 +427,13 @@ impl Limiter {
     ) -> Arc<Self> {
         metrics.limit_store_up.set(1);
         metrics.fleet_size.set(fleet_size as i64);
+        let shared = primary.shared();
+        let (settle_tx, settle_rx) = if shared {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let l = Arc::new(Self {
             primary,
             local: MemoryStore::new(),
@@ -434,10 +444,14 @@ impl Limiter {
             seq: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             budget_seen: Mutex::new(HashMap::new()),
+            settle_tx,
             metrics,
         });
-        if l.primary.shared() {
+        if shared {
             tokio::spawn(heartbeat(Arc::downgrade(&l)));
+        }
+        if let Some(rx) = settle_rx {
+            tokio::spawn(settler(Arc::downgrade(&l), rx));
         }
         l
     }
@@ -719,19 +733,20 @@ impl Limiter {
                     });
                 }
             }
-            Via::Shared => {
-                let this = self.clone();
-                let run = async move {
-                    if let Err(e) = this.primary.settle(&req).await {
-                        this.enqueue(req);
-                        this.store_failed("settle", &e);
+            Via::Shared => match &self.settle_tx {
+                Some(tx) => {
+                    if let Err(e) = tx.send(req) {
+                        // The settler is gone (shutting down): keep it for a replay.
+                        self.enqueue(e.0);
                     }
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) => drop(h.spawn(run)),
-                    Err(_) => tracing::error!("settlement outside a runtime was dropped"),
                 }
-            }
+                // A process-local primary answers at once (`shared()` is false).
+                None => match self.primary.settle(&req).now_or_never() {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "settlement failed"),
+                    None => tracing::error!("a local limit store did not settle at once"),
+                },
+            },
         }
     }
 }
@@ -820,6 +835,28 @@ async fn recover(l: Arc<Limiter>) {
             l.store_failed("settle", &store::StoreError("replay failed".into()));
         }
         return;
+    }
+}
+
+/// Sends settlements to the shared store: whatever queued up while the previous batch was in
+/// flight goes in one pipeline. While the store is away they wait in the replay queue.
+async fn settler(
+    l: std::sync::Weak<Limiter>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<SettleRequest>,
+) {
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(l) = l.upgrade() else { return };
+        if !l.is_up() {
+            batch.drain(..).for_each(|r| l.enqueue(r));
+            continue;
+        }
+        if let Err(e) = l.primary.settle_batch(&batch).await {
+            batch.drain(..).for_each(|r| l.enqueue(r));
+            l.store_failed("settle", &e);
+        }
+        batch.clear();
     }
 }
 

@@ -256,6 +256,42 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The settlement script call for one group of one request.
+    fn settle_cmd(&self, member: &str, ops: &[SettleOp]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.settle.get_hash()).arg(ops.len());
+        for op in ops {
+            cmd.arg(match op {
+                SettleOp::Adjust { key, .. }
+                | SettleOp::Release { key }
+                | SettleOp::Spend { key, .. } => key,
+            });
+        }
+        cmd.arg(member);
+        for op in ops {
+            match op {
+                SettleOp::Adjust { delta, .. } => {
+                    cmd.arg("a").arg(*delta).arg(0).arg(0);
+                }
+                SettleOp::Release { .. } => {
+                    cmd.arg("r").arg(0).arg(0).arg(0);
+                }
+                SettleOp::Spend {
+                    reserved,
+                    spent,
+                    ttl_ms,
+                    ..
+                } => {
+                    let minus = -i64::try_from(*reserved).unwrap_or(i64::MAX);
+                    cmd.arg("s").arg(minus).arg(*spent).arg(*ttl_ms);
+                }
+            }
+        }
+        cmd
+    }
+}
+
 fn as_i64(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -325,42 +361,22 @@ impl LimitStore for RedisStore {
     }
 
     fn settle<'a>(&'a self, req: &'a SettleRequest) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.settle_batch(std::slice::from_ref(req))
+    }
+
+    fn settle_batch<'a>(
+        &'a self,
+        reqs: &'a [SettleRequest],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            if req.groups.iter().all(Vec::is_empty) {
+            if reqs.iter().flat_map(|r| &r.groups).all(Vec::is_empty) {
                 return Ok(());
             }
             self.run(|pipe| {
-                for ops in req.groups.iter().filter(|g| !g.is_empty()) {
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(self.settle.get_hash()).arg(ops.len());
-                    for op in ops {
-                        cmd.arg(match op {
-                            SettleOp::Adjust { key, .. }
-                            | SettleOp::Release { key }
-                            | SettleOp::Spend { key, .. } => key,
-                        });
+                for req in reqs {
+                    for ops in req.groups.iter().filter(|g| !g.is_empty()) {
+                        pipe.add_command(self.settle_cmd(&req.member, ops));
                     }
-                    cmd.arg(&req.member);
-                    for op in ops {
-                        match op {
-                            SettleOp::Adjust { delta, .. } => {
-                                cmd.arg("a").arg(*delta).arg(0).arg(0);
-                            }
-                            SettleOp::Release { .. } => {
-                                cmd.arg("r").arg(0).arg(0).arg(0);
-                            }
-                            SettleOp::Spend {
-                                reserved,
-                                spent,
-                                ttl_ms,
-                                ..
-                            } => {
-                                let minus = -i64::try_from(*reserved).unwrap_or(i64::MAX);
-                                cmd.arg("s").arg(minus).arg(*spent).arg(*ttl_ms);
-                            }
-                        }
-                    }
-                    pipe.add_command(cmd);
                 }
             })
             .await

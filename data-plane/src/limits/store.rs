@@ -89,6 +89,19 @@ pub struct StoreError(pub String);
 pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
     fn admit<'a>(&'a self, req: &'a AdmitRequest) -> BoxFuture<'a, Result<AdmitReply, StoreError>>;
     fn settle<'a>(&'a self, req: &'a SettleRequest) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Settles many requests at once (Redis: one pipeline).
+    fn settle_batch<'a>(
+        &'a self,
+        reqs: &'a [SettleRequest],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            for r in reqs {
+                self.settle(r).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
     /// Spent and reserved nano-dollars in a budget hash (for status and tests).
     fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
     /// Whether the store answers.
@@ -103,7 +116,8 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         std::future::ready(Ok(1)).boxed()
     }
-    /// Whether the store is shared by a fleet (and can therefore be unreachable).
+    /// Whether the store is shared by a fleet (and can therefore be unreachable). A store
+    /// that is not shared must complete `settle` without waiting.
     fn shared(&self) -> bool {
         false
     }
