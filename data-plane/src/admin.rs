@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (has a config), `/metrics`.
+//! The admin listener: `/healthz` (alive), `/readyz` (has a config and the tokenizers it needs), `/metrics`.
 
 use std::sync::Arc;
 
@@ -20,7 +20,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     match gw.version() {
-        Some(v) => (StatusCode::OK, format!("ready: config {v}")),
+        Some(v) if gw.is_ready() => (StatusCode::OK, format!("ready: config {v}")),
+        Some(v) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: config {v} is loading its tokenizers"),
+        ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no config yet".to_owned(),

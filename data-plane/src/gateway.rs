@@ -21,6 +21,7 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
+    ever_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -41,6 +42,7 @@ impl Gateway {
             limiter: limiter(metrics.clone()),
             metrics,
             body_limit,
+            ever_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -54,8 +56,23 @@ impl Gateway {
         self.config.load().as_ref().map(|c| c.version.clone())
     }
 
+    /// A config is loaded and, the first time, the tokenizers it needs are in memory (so a
+    /// new proxy takes no traffic that would wait for them). Once ready, a reload that needs a
+    /// new tokenizer does not take the proxy out of rotation.
     pub fn is_ready(&self) -> bool {
-        self.config.load().is_some()
+        if self.ever_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let ready = self
+            .config
+            .load()
+            .as_ref()
+            .is_some_and(|c| crate::tokens::loaded(&c.tokenizers));
+        if ready {
+            self.ever_ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ready
     }
 
     /// Validates a snapshot and, if it is valid, makes it the running config.

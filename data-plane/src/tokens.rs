@@ -25,11 +25,15 @@ pub fn tokenizer_of(model: &str) -> Option<Tokenizer> {
     get_tokenizer(model)
 }
 
-/// Loads BPE tables (o200k: ~0.2 s and ~35 MB) on a blocking thread, once each, so the first
-/// request that needs them does not pay for the load. Called with the tokenizers of the
-/// OpenAI models of a config that has token limits or budgets; other configs load nothing.
+/// Tokenizers whose load was started, and those that finished loading.
+static STARTED: Mutex<Vec<Tokenizer>> = Mutex::new(Vec::new());
+static LOADED: Mutex<Vec<Tokenizer>> = Mutex::new(Vec::new());
+
+/// Loads BPE tables (o200k: ~0.2 s and ~35 MB) on a blocking thread, once each, so no request
+/// waits for them (the gateway reports ready only once they are in, see [`loaded`]). Called
+/// with the tokenizers of the OpenAI models of a config that has token limits or budgets;
+/// other configs load nothing.
 pub fn warm_up(tokenizers: &[Tokenizer]) {
-    static STARTED: Mutex<Vec<Tokenizer>> = Mutex::new(Vec::new());
     let todo: Vec<Tokenizer> = {
         let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
         let todo: Vec<Tokenizer> = tokenizers
@@ -48,12 +52,19 @@ pub fn warm_up(tokenizers: &[Tokenizer]) {
             if let Err(e) = tiktoken_rs::bpe_for_tokenizer(t) {
                 tracing::warn!(error = %e, "loading a BPE tokenizer failed; estimates fall back to 4 bytes per token");
             }
+            LOADED.lock().unwrap_or_else(|p| p.into_inner()).push(t);
         }
     };
     match tokio::runtime::Handle::try_current() {
         Ok(h) => drop(h.spawn_blocking(load)),
         Err(_) => load(),
     }
+}
+
+/// Whether every tokenizer in the list finished loading.
+pub fn loaded(tokenizers: &[Tokenizer]) -> bool {
+    let loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    tokenizers.iter().all(|t| loaded.contains(t))
 }
 
 /// Counts of long texts, by tokenizer and text hash. System prompts and conversation history

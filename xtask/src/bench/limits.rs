@@ -51,10 +51,10 @@ spec:
 }
 
 /// A `redis-server` on a free port pinned to CPU 1, if Redis is installed.
-pub(super) fn start_redis(work: &Path) -> Option<(Proc, String)> {
+fn start_redis(work: &Path) -> Result<Option<(Proc, String)>> {
     let bin = PathBuf::from("/usr/bin/redis-server");
     if !bin.exists() {
-        return None;
+        return Ok(None);
     }
     let port = free_port();
     let p = spawn(
@@ -73,10 +73,9 @@ pub(super) fn start_redis(work: &Path) -> Option<(Proc, String)> {
         ],
         &[],
         &work.join("redis.log"),
-    )
-    .ok()?;
+    )?;
     std::thread::sleep(Duration::from_millis(300));
-    Some((p, format!("redis://127.0.0.1:{port}")))
+    Ok(Some((p, format!("redis://127.0.0.1:{port}"))))
 }
 
 /// What scenario d measured.
@@ -85,58 +84,79 @@ pub(super) struct Measured {
     pub(super) summary: String,
 }
 
-/// Runs scenario d against `gateway` (started with `--redis-url`) and against a second,
-/// in-memory gateway on the same config. `direct` is (c=1 p50, c=32 req/s) of the direct path.
-pub(super) fn run(
-    bin: &Path,
-    work: &Path,
-    gateway: &str,
-    duration: Duration,
-    body: &str,
-    direct: (f64, f64),
-) -> Result<Measured> {
-    let auth = format!("Bearer {LIMITED_KEY}");
-    let headers = [("Authorization", auth.as_str())];
-    let mut rows = Vec::new();
-    for c in [1u32, 32] {
-        let r = wrk(gateway, c, duration, &headers, body, work)?;
-        rows.push((format!("d: limits+budget redis c={c}"), r));
-    }
+/// A gateway on the limits config, pinned to CPU 0; ready means its BPE table is loaded.
+fn start_gateway(bin: &Path, work: &Path, name: &str, extra: &[String]) -> Result<(Proc, String)> {
     let (api, admin) = (free_port(), free_port());
-    let mem = spawn(
-        "switchyard-memory",
+    let mut args = vec![
+        "--config".to_owned(),
+        work.join("config-limits").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{api}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    args.extend_from_slice(extra);
+    let p = spawn(
+        "switchyard-limits",
         Some("0"),
         &bin.join("switchyard-data-plane"),
-        &[
-            "--config".into(),
-            work.join("config").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{api}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin}"),
-        ],
+        &args,
         &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "warn")],
-        &work.join("gateway-memory.log"),
+        &work.join(format!("gateway-{name}.log")),
     )?;
     wait_http(
         &format!("http://127.0.0.1:{admin}/readyz"),
-        Duration::from_secs(10),
+        Duration::from_secs(20),
     )?;
-    let url = format!("http://127.0.0.1:{api}/v1/chat/completions");
-    for c in [1u32, 32] {
-        let r = wrk(&url, c, duration, &headers, body, work)?;
-        rows.push((format!("d: limits+budget memory c={c}"), r));
+    Ok((p, format!("http://127.0.0.1:{api}/v1/chat/completions")))
+}
+
+/// Runs scenario d on two gateways with the limits config: one counting in Redis, one in
+/// memory. `direct` is (c=1 p50, c=32 req/s) of the direct path. `None` without Redis.
+pub(super) fn run(
+    bin: &Path,
+    work: &Path,
+    mock: &str,
+    duration: Duration,
+    body: &str,
+    direct: (f64, f64),
+) -> Result<Option<Measured>> {
+    let Some((_redis, redis_url)) = start_redis(work)? else {
+        return Ok(None);
+    };
+    let dir = work.join("config-limits");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.yaml"), super::bench_config(mock))?;
+    std::fs::write(dir.join("limits.yaml"), config(mock))?;
+    let auth = format!("Bearer {LIMITED_KEY}");
+    let headers = [("Authorization", auth.as_str())];
+    let mut rows = Vec::new();
+    let mut rss = Vec::new();
+    for (name, extra) in [
+        ("redis", vec!["--redis-url".to_owned(), redis_url]),
+        ("memory", Vec::new()),
+    ] {
+        let (gw, url) = start_gateway(bin, work, name, &extra)?;
+        rss.push(super::rss_kib(gw.pid()).unwrap_or(0));
+        for c in [1u32, 32] {
+            let r = wrk(&url, c, duration, &headers, body, work)?;
+            rows.push((format!("d: limits+budget {name} c={c}"), r));
+        }
     }
-    drop(mem);
-    let find = |name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+    let find = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
     let (r1, r32, m1, m32) = (
-        find("d: limits+budget redis c=1").unwrap_or_default(),
-        find("d: limits+budget redis c=32").unwrap_or_default(),
-        find("d: limits+budget memory c=1").unwrap_or_default(),
-        find("d: limits+budget memory c=32").unwrap_or_default(),
+        find("d: limits+budget redis c=1"),
+        find("d: limits+budget redis c=32"),
+        find("d: limits+budget memory c=1"),
+        find("d: limits+budget memory c=32"),
     );
     let summary = format!(
-        "auth + RPM/TPM/parallel limits on key and route + monthly budget, every request: Redis c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); in memory c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); errors {}",
+        "auth + RPM/TPM/parallel limits on key and route + monthly budget, every request: Redis c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); in memory c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); errors {}; idle RSS with the o200k BPE table loaded {:.1} MB",
         r1.p50_us,
         r1.p50_us - direct.0,
         r32.rps,
@@ -146,6 +166,7 @@ pub(super) fn run(
         m32.rps,
         100.0 * m32.rps / direct.1.max(1.0),
         r1.errors + r32.errors + m1.errors + m32.errors,
+        rss.first().copied().unwrap_or(0) as f64 / 1024.0,
     );
-    Ok(Measured { rows, summary })
+    Ok(Some(Measured { rows, summary }))
 }
