@@ -19,6 +19,7 @@ const TPM_KEY: &str = "sk-limits-tpm-0001";
 const PAR_KEY: &str = "sk-limits-par-0001";
 const OUTAGE_KEY: &str = "sk-limits-outage-01";
 const TEAM_KEY: &str = "sk-limits-team-0001";
+const ALERT_KEY: &str = "sk-limits-alert-001";
 
 /// Price of the `priced` pool: $1000 per million tokens, i.e. $0.001 (1,000,000
 /// nano-dollars) per token.
@@ -37,6 +38,7 @@ stringData:
   par: {PAR_KEY}
   outage: {OUTAGE_KEY}
   team: {TEAM_KEY}
+  alert: {ALERT_KEY}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderPool
@@ -113,6 +115,13 @@ spec:
   secretRef: {{name: limit-keys, key: outage}}
   limits: {{requestsPerMinute: 100000}}
   budget: {{amount: "1000", period: None}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: alert}}
+spec:
+  secretRef: {{name: limit-keys, key: alert}}
+  budget: {{amount: "0.05", period: Weekly, action: Alert}}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: VirtualKey
@@ -394,6 +403,19 @@ async fn budget_overspend_is_bounded_by_requests_in_flight() {
     assert!(
         spent <= amount + 64 * per_request,
         "spent {spent} exceeds {amount} by more than 64 requests in flight of {per_request}"
+    );
+
+    // An Alert budget keeps serving past its amount ($0.05, ~3 requests here), and counts.
+    let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "alert me"}]});
+    let results = burst(&env.urls(), ALERT_KEY, body, 4, 12).await;
+    assert!(results.iter().all(|r| r.0 == 200), "Alert never blocks");
+    let mut alerts = 0.0;
+    for (_, _, admin) in &env.dps {
+        alerts += metric(admin, "switchyard_budget_alerts_total").await;
+    }
+    assert!(
+        alerts >= 6.0,
+        "requests over the budget are counted: {alerts}"
     );
 }
 

@@ -471,6 +471,8 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         .unwrap_or_else(|_| root.join("target"));
     let bin = target.join(profile);
     let work = root.join("bench-results");
+    // A config left by an older run must not leak into this one.
+    let _ = std::fs::remove_dir_all(work.join("config"));
     std::fs::create_dir_all(work.join("config"))?;
     let pinned = has_taskset()
         && std::thread::available_parallelism()

@@ -1,0 +1,561 @@
+//! The limiter: admits a plan against the shared store (or, when it is away, locally or not
+//! at all), settles permits in batches, replays what the store missed, and keeps the fleet
+//! size for local limits current.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use switchyard_crds::spend;
+
+use super::memory::MemoryStore;
+use super::store::{
+    self, AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest,
+};
+use super::{Meta, Plan, RateHeaders, Scope, What, budget_ttl_ms, duration_text, now_ms};
+use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::{LimitLabels, Metrics, OpLabels, ResultLabels};
+use crate::openai::Usage;
+
+/// What to do when the shared store does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailMode {
+    /// Serve with local limits, divided by the last known number of proxies.
+    Open,
+    /// Reject requests that have limits or budgets with 503.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Shared,
+    Local,
+}
+
+/// Pending settlements kept while Redis is away (about 200 bytes each).
+const MAX_PENDING: usize = 100_000;
+
+/// Admits requests against the store and settles them afterwards.
+#[derive(Debug)]
+pub struct Limiter {
+    primary: Arc<dyn LimitStore>,
+    local: MemoryStore,
+    mode: FailMode,
+    up: AtomicBool,
+    fleet: AtomicU64,
+    node: String,
+    seq: AtomicU64,
+    pending: Mutex<VecDeque<SettleRequest>>,
+    /// Last spend + reservations seen in the shared store, by budget key: what is left of a
+    /// budget when falling back to local limits.
+    budget_seen: Mutex<HashMap<String, u64>>,
+    /// Settlements for the shared store, sent in batches by one task.
+    settle_tx: Option<tokio::sync::mpsc::UnboundedSender<SettleRequest>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Limiter {
+    /// A limiter over `primary`. For a shared store, starts the fleet heartbeat.
+    pub fn new(
+        primary: Arc<dyn LimitStore>,
+        mode: FailMode,
+        node: String,
+        fleet_size: u64,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        metrics.limit_store_up.set(1);
+        metrics.fleet_size.set(fleet_size as i64);
+        let shared = primary.shared();
+        let (settle_tx, settle_rx) = if shared {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let l = Arc::new(Self {
+            primary,
+            local: MemoryStore::new(),
+            mode,
+            up: AtomicBool::new(true),
+            fleet: AtomicU64::new(fleet_size.max(1)),
+            node,
+            seq: AtomicU64::new(0),
+            pending: Mutex::new(VecDeque::new()),
+            budget_seen: Mutex::new(HashMap::new()),
+            settle_tx,
+            metrics,
+        });
+        if shared {
+            tokio::spawn(heartbeat(Arc::downgrade(&l)));
+        }
+        if let Some(rx) = settle_rx {
+            tokio::spawn(settler(Arc::downgrade(&l), rx));
+        }
+        l
+    }
+
+    /// An in-memory limiter (standalone mode, tests).
+    pub fn in_memory(metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::new(
+            Arc::new(MemoryStore::new()),
+            FailMode::Open,
+            "local".into(),
+            1,
+            metrics,
+        )
+    }
+
+    /// Whether the shared store is answering.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Spent and reserved nano-dollars of a budget key in the primary store.
+    pub async fn budget(&self, key: &str) -> Result<(u64, u64), store::StoreError> {
+        self.primary.budget(key).await
+    }
+
+    /// Checks and charges every limit of a plan.
+    pub async fn admit(self: &Arc<Self>, mut plan: Plan) -> Result<Permit, ProxyError> {
+        let now = now_ms();
+        let member = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
+        // The checks move into the request; the plan keeps what describes them.
+        let req = AdmitRequest {
+            now_ms: now,
+            member,
+            groups: std::mem::take(&mut plan.groups),
+        };
+        if self.is_up() {
+            let started = Instant::now();
+            match self.primary.admit(&req).await {
+                Ok(reply) => {
+                    self.metrics
+                        .limit_check_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    return self.decide(plan, req, reply, Via::Shared, now);
+                }
+                Err(e) => self.store_failed("admit", &e),
+            }
+        }
+        match self.mode {
+            FailMode::Closed => {
+                self.metrics
+                    .limit_fallbacks
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
+                Err(ProxyError::new(
+                    ErrorKind::LimitsUnavailable,
+                    "Rate limits cannot be checked right now (the limit store is unreachable); try again shortly.",
+                ))
+            }
+            FailMode::Open => {
+                self.metrics
+                    .limit_fallbacks
+                    .get_or_create(&ResultLabels { result: "local" })
+                    .inc();
+                let local = self.scaled(req, &plan);
+                let reply = self.local.admit_now(&local);
+                self.decide(plan, local, reply, Via::Local, now)
+            }
+        }
+    }
+
+    /// The request with limits divided by the fleet size, for local admission.
+    fn scaled(&self, mut req: AdmitRequest, plan: &Plan) -> AdmitRequest {
+        let fleet = self.fleet.load(Ordering::Relaxed).max(1);
+        let seen = self.budget_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (group, meta) in req.groups.iter_mut().zip(&plan.meta) {
+            for (c, m) in group.iter_mut().zip(meta) {
+                c.limit = match m.what {
+                    What::Budget => {
+                        let left = m
+                            .limit
+                            .saturating_sub(seen.get(&c.key).copied().unwrap_or(0));
+                        left / fleet
+                    }
+                    _ => m.limit.div_ceil(fleet),
+                };
+            }
+        }
+        req
+    }
+
+    fn decide(
+        self: &Arc<Self>,
+        plan: Plan,
+        req: AdmitRequest,
+        reply: AdmitReply,
+        via: Via,
+        now: u64,
+    ) -> Result<Permit, ProxyError> {
+        let reset_ms = plan.window_end_ms.saturating_sub(now);
+        match reply {
+            AdmitReply::Admitted(used) => {
+                let mut headers = RateHeaders {
+                    reset_ms,
+                    ..RateHeaders::default()
+                };
+                for ((group, meta), used) in req.groups.iter().zip(&plan.meta).zip(&used) {
+                    for ((c, m), u) in group.iter().zip(meta).zip(used) {
+                        match m.what {
+                            What::Requests => {
+                                RateHeaders::tighten(&mut headers.requests, m.limit, *u)
+                            }
+                            What::Tokens => RateHeaders::tighten(&mut headers.tokens, m.limit, *u),
+                            What::Parallel => {}
+                            What::Budget => {
+                                if via == Via::Shared {
+                                    let mut seen =
+                                        self.budget_seen.lock().unwrap_or_else(|p| p.into_inner());
+                                    // Periods leave old keys behind; a bounded map forgets.
+                                    if seen.len() >= MAX_PENDING && !seen.contains_key(&c.key) {
+                                        seen.clear();
+                                    }
+                                    seen.insert(c.key.clone(), *u);
+                                }
+                                if c.kind == CheckKind::BudgetAlert && *u >= m.limit {
+                                    // Counted on every request served over the budget;
+                                    // logged once, by the request that crossed it.
+                                    self.metrics.budget_alerts.inc();
+                                    if u.saturating_sub(c.cost) < m.limit {
+                                        tracing::warn!(
+                                            key = %plan.key_id,
+                                            spent_usd = %spend::usd(*u as i64),
+                                            budget_usd = %spend::usd(m.limit as i64),
+                                            "budget reached (action Alert: requests are still served)"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Permit {
+                    limiter: self.clone(),
+                    settlement: Some(Settlement { plan, req, via }),
+                    headers,
+                })
+            }
+            AdmitReply::Denied { group, check, used } => {
+                let m = plan
+                    .meta
+                    .get(group)
+                    .and_then(|g| g.get(check))
+                    .cloned()
+                    .ok_or_else(|| {
+                        ProxyError::new(ErrorKind::Internal, "limit store denied an unknown check")
+                    })?;
+                let cost = req
+                    .groups
+                    .get(group)
+                    .and_then(|g| g.get(check))
+                    .map_or(0, |c| c.cost);
+                self.metrics
+                    .limit_rejections
+                    .get_or_create(&LimitLabels {
+                        scope: m.scope.label(),
+                        limit: m.what.label(),
+                    })
+                    .inc();
+                Err(denial(&plan, &m, used, cost, reset_ms, via))
+            }
+        }
+    }
+
+    /// Notes a failure of the shared store; the first one starts the recovery loop.
+    fn store_failed(self: &Arc<Self>, op: &'static str, e: &store::StoreError) {
+        self.metrics
+            .limit_store_errors
+            .get_or_create(&OpLabels { op })
+            .inc();
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.limit_store_up.set(0);
+            tracing::warn!(error = %e, op, mode = ?self.mode, fleet = self.fleet.load(Ordering::Relaxed), "limit store unreachable; deciding locally until it answers");
+            tokio::spawn(recover(self.clone()));
+        } else {
+            tracing::debug!(error = %e, op, "limit store still unreachable");
+        }
+    }
+
+    fn enqueue(&self, req: SettleRequest) {
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_PENDING {
+            q.pop_front();
+            self.metrics.limit_dropped_settlements.inc();
+        }
+        q.push_back(req);
+        self.metrics.limit_pending_settlements.set(q.len() as i64);
+    }
+
+    /// Replays queued settlements; false when the store failed again.
+    async fn flush(&self) -> bool {
+        loop {
+            let next = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(req) = next else {
+                self.metrics.limit_pending_settlements.set(0);
+                return true;
+            };
+            if self.primary.settle(&req).await.is_err() {
+                let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                q.push_front(req);
+                self.metrics.limit_pending_settlements.set(q.len() as i64);
+                return false;
+            }
+        }
+    }
+
+    fn settle(self: &Arc<Self>, s: Settlement, usage: Option<Usage>) {
+        let plan = &s.plan;
+        let (input, output) = usage.map_or((plan.estimate.input, plan.estimate.output), |u| {
+            (u.prompt_tokens, u.completion_tokens)
+        });
+        let actual_tokens = input + output;
+        let cost = plan.price.cost_nanos(input, output);
+        let mut groups = Vec::with_capacity(s.req.groups.len());
+        let mut spend_only = Vec::new();
+        for (group, meta) in s.req.groups.iter().zip(&plan.meta) {
+            let mut ops = Vec::new();
+            for (c, m) in group.iter().zip(meta) {
+                match m.what {
+                    What::Requests => {}
+                    What::Tokens => {
+                        let delta = actual_tokens as i64 - plan.est_tokens as i64;
+                        if delta != 0 {
+                            ops.push(SettleOp::Adjust {
+                                key: c.key.clone(),
+                                delta,
+                            });
+                        }
+                    }
+                    What::Parallel => ops.push(SettleOp::Release { key: c.key.clone() }),
+                    What::Budget => {
+                        let ttl_ms = plan
+                            .budget
+                            .as_ref()
+                            .map_or(0, |(_, p)| budget_ttl_ms(p, (now_ms() / 1000) as i64));
+                        ops.push(SettleOp::Spend {
+                            key: c.key.clone(),
+                            reserved: c.cost,
+                            spent: cost,
+                            ttl_ms,
+                        });
+                        spend_only.push(SettleOp::Spend {
+                            key: c.key.clone(),
+                            reserved: 0,
+                            spent: cost,
+                            ttl_ms,
+                        });
+                    }
+                }
+            }
+            groups.push(ops);
+        }
+        let req = SettleRequest {
+            member: s.req.member,
+            groups,
+        };
+        if req.groups.iter().all(Vec::is_empty) {
+            // Request limits only: nothing to correct.
+            return;
+        }
+        match s.via {
+            Via::Local => {
+                self.local.settle_now(&req, now_ms());
+                // Spend made while Redis was away still counts once it is back.
+                if self.primary.shared() && !spend_only.is_empty() {
+                    self.enqueue(SettleRequest {
+                        member: req.member,
+                        groups: vec![spend_only],
+                    });
+                }
+            }
+            Via::Shared => match &self.settle_tx {
+                Some(tx) => {
+                    if let Err(e) = tx.send(req) {
+                        // The settler is gone (shutting down): keep it for a replay.
+                        self.enqueue(e.0);
+                    }
+                }
+                // A process-local primary answers at once (`shared()` is false).
+                None => match self.primary.settle(&req).now_or_never() {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "settlement failed"),
+                    None => tracing::error!("a local limit store did not settle at once"),
+                },
+            },
+        }
+    }
+}
+
+/// The 429 (or budget) error for a denied check.
+fn denial(plan: &Plan, m: &Meta, used: u64, cost: u64, reset_ms: u64, via: Via) -> ProxyError {
+    let whose = match m.scope {
+        Scope::Key => format!("key {}", plan.key_id),
+        Scope::KeyModel => format!("key {} on this model", plan.key_id),
+        Scope::Route => "this route".to_owned(),
+    };
+    let local = if via == Via::Local {
+        " (local share while the limit store is unreachable)"
+    } else {
+        ""
+    };
+    let wait = duration_text(reset_ms);
+    let (kind, message, retry_ms) = match m.what {
+        What::Requests => (
+            ErrorKind::RateLimitRequests,
+            format!(
+                "Rate limit reached for {whose} on requests per minute (RPM){local}: Limit {}, Used {used}, Requested 1. Please try again in {wait}.",
+                m.limit
+            ),
+            Some(reset_ms),
+        ),
+        What::Tokens => {
+            let msg = if cost > m.limit {
+                format!(
+                    "Request too large for {whose} on tokens per minute (TPM){local}: Limit {}, Requested {cost}. Reduce the prompt or max_tokens.",
+                    m.limit
+                )
+            } else {
+                format!(
+                    "Rate limit reached for {whose} on tokens per minute (TPM){local}: Limit {}, Used {used}, Requested {cost}. Please try again in {wait}.",
+                    m.limit
+                )
+            };
+            (ErrorKind::RateLimitTokens, msg, Some(reset_ms))
+        }
+        What::Parallel => (
+            ErrorKind::RateLimitParallel,
+            format!(
+                "Too many parallel requests for {whose}{local}: Limit {}. Please try again when one finishes.",
+                m.limit
+            ),
+            Some(1000),
+        ),
+        What::Budget => {
+            let (period, retry) = plan.budget.as_ref().map_or(("", None), |(_, p)| {
+                let retry = p
+                    .ends_at
+                    .map(|end| ((end * 1000) as u64).saturating_sub(now_ms()));
+                (p.id.as_str(), retry)
+            });
+            (
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "Budget exceeded for key {}: spent ${} of ${} in period {period}{local}.",
+                    plan.key_id,
+                    spend::usd(used as i64),
+                    spend::usd(m.limit as i64),
+                ),
+                retry,
+            )
+        }
+    };
+    let mut e = ProxyError::new(kind, message);
+    if let Some(ms) = retry_ms {
+        e = e.with_retry_after_ms(ms);
+    }
+    e
+}
+
+async fn recover(l: Arc<Limiter>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if l.primary.ping().await.is_err() || !l.flush().await {
+            continue;
+        }
+        l.up.store(true, Ordering::Release);
+        l.metrics.limit_store_up.set(1);
+        tracing::info!("limit store answers again; shared limits restored");
+        // Settlements queued between the flush and the switch.
+        if !l.flush().await {
+            l.store_failed("settle", &store::StoreError("replay failed".into()));
+        }
+        return;
+    }
+}
+
+/// Sends settlements to the shared store: whatever queued up while the previous batch was in
+/// flight goes in one pipeline. While the store is away they wait in the replay queue.
+async fn settler(
+    l: std::sync::Weak<Limiter>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<SettleRequest>,
+) {
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(l) = l.upgrade() else { return };
+        if !l.is_up() {
+            batch.drain(..).for_each(|r| l.enqueue(r));
+            continue;
+        }
+        if let Err(e) = l.primary.settle_batch(&batch).await {
+            batch.drain(..).for_each(|r| l.enqueue(r));
+            l.store_failed("settle", &e);
+        }
+        batch.clear();
+    }
+}
+
+async fn heartbeat(l: std::sync::Weak<Limiter>) {
+    const EVERY: Duration = Duration::from_secs(2);
+    loop {
+        {
+            let Some(l) = l.upgrade() else { return };
+            if l.is_up() {
+                match l.primary.heartbeat(&l.node, EVERY * 5).await {
+                    Ok(n) => {
+                        l.fleet.store(n.max(1), Ordering::Relaxed);
+                        l.metrics.fleet_size.set(n.max(1) as i64);
+                    }
+                    Err(e) => l.store_failed("heartbeat", &e),
+                }
+            }
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+struct Settlement {
+    plan: Plan,
+    req: AdmitRequest,
+    via: Via,
+}
+
+/// An admitted request. Settle it with the usage the provider reported; dropped unsettled
+/// (the client went away mid-stream), it settles with the estimate.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    settlement: Option<Settlement>,
+    pub headers: RateHeaders,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("settled", &self.settlement.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// Settles with actual usage (`None`: the estimate).
+    pub fn settle(mut self, usage: Option<Usage>) {
+        if let Some(s) = self.settlement.take() {
+            self.limiter.settle(s, usage);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(s) = self.settlement.take() {
+            self.limiter.settle(s, None);
+        }
+    }
+}
