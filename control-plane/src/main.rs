@@ -62,6 +62,9 @@ struct Args {
     /// `--redis-url` names Redis Cluster seed nodes (comma-separated URLs).
     #[arg(long, env = "SWITCHYARD_REDIS_CLUSTER")]
     redis_cluster: bool,
+    /// How often the leader reads spend into VirtualKey status.
+    #[arg(long, env = "SWITCHYARD_SPEND_INTERVAL", default_value = "30s", value_parser = duration)]
+    spend_interval: Duration,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -145,6 +148,8 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             identity: identity.clone(),
             interval: args.status_interval,
             spend,
+            spend_interval: args.spend_interval,
+            last_spend_read: std::sync::Mutex::new(None),
         };
         tokio::spawn(writer.run());
     };

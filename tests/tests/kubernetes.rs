@@ -50,6 +50,8 @@ fn start_operator(
             "500ms".into(),
             "--redis-url".into(),
             redis.into(),
+            "--spend-interval".into(),
+            "1s".into(),
         ],
         &[(
             "KUBECONFIG",

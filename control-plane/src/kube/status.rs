@@ -227,6 +227,9 @@ pub struct Writer {
     pub interval: Duration,
     /// Where the data planes settle spend; `None`: spend is not reported.
     pub spend: Option<super::spend::SpendReader>,
+    /// How often spend is read into status (each read may rewrite every spending key).
+    pub spend_interval: Duration,
+    pub last_spend_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -402,8 +405,17 @@ impl Writer {
             ))
         };
         let keys = self.stores.keys.state();
+        let due = self
+            .last_spend_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= self.spend_interval);
         let spend = match &self.spend {
-            Some(reader) => {
+            Some(reader) if due => {
+                *self
+                    .last_spend_read
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
                 let now_unix = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
@@ -415,7 +427,7 @@ impl Writer {
                     }
                 }
             }
-            None => None,
+            _ => None,
         };
         let extra = |vk: &VirtualKey| key_extra(vk, prefix(vk), spend.as_ref());
         self.write_kind::<VirtualKey>(&keys, c, &fleet, history, &now, extra)
