@@ -20,7 +20,7 @@ use crate::auth;
 use crate::config::{BackendEntry, EndpointEntry, KeyEntry, PoolEntry, RouteEntry, RuntimeConfig};
 use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
-use crate::limits::{self, Estimate, Permit, RateHeaders, Subject};
+use crate::limits::{self, Estimate, Permit, Price, RateHeaders, Subject};
 use crate::metrics::{EndpointLabels, ReasonLabels, UpstreamLabels};
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage, estimate_tokens};
 use crate::providers::{self, Flow, Provider, StreamTranslator, anthropic, mock, openai as oa};
@@ -194,6 +194,10 @@ async fn admit(
     estimate: impl FnOnce() -> Estimate,
 ) -> Result<Option<Permit>> {
     let pool = &backend.pool;
+    let price = pool.prices.get(upstream_model).copied().unwrap_or_default();
+    if key.budget.is_some() && price == Price::default() {
+        warn_unpriced(&pool.id, upstream_model);
+    }
     let subject = Subject {
         key_id: &key.id,
         key_limits: key.limits,
@@ -202,13 +206,28 @@ async fn admit(
         route_id: &route.id,
         route_limits: route.limits,
         model,
-        price: pool.prices.get(upstream_model).copied().unwrap_or_default(),
+        price,
         lease: pool.timeouts.total + std::time::Duration::from_secs(60),
     };
     let Some(plan) = limits::plan(&subject, limits::now_ms(), estimate) else {
         return Ok(None);
     };
     gw.limiter.admit(plan).await.map(Some)
+}
+
+/// Budgets price usage from the pool's model list; a model without prices spends nothing.
+/// Said once per pool and model, so the operator can add the prices.
+fn warn_unpriced(pool: &str, model: &str) {
+    static SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() < 1024 && !seen.iter().any(|(p, m)| p == pool && m == model) {
+        seen.push((pool.to_owned(), model.to_owned()));
+        tracing::warn!(
+            pool,
+            model,
+            "a key with a budget uses a model without prices in its ProviderPool; its requests cost nothing"
+        );
+    }
 }
 
 /// Settles what the call left unsettled (errors: nothing was used) and puts the rate-limit

@@ -590,9 +590,17 @@ async fn key_deleted_mid_run_stops_working() {
         .await;
         assert_openai_error(s, &body, 401);
     }
-    // Other keys keep working.
+    // Other keys keep working. This one has a budget but `demo` has no prices: said once.
     let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
     assert_eq!(s, 200);
+    let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(s, 200);
+    let logs = env.dps[0].0.logs();
+    assert_eq!(
+        logs.matches("uses a model without prices").count(),
+        1,
+        "{logs}"
+    );
 }
 
 #[tokio::test]
