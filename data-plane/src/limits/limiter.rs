@@ -112,11 +112,6 @@ impl Limiter {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Spent and reserved nano-dollars of a budget key in the primary store.
-    pub async fn budget(&self, key: &str) -> Result<(u64, u64), store::StoreError> {
-        self.primary.budget(key).await
-    }
-
     /// Checks and charges every limit of a plan.
     pub async fn admit(self: &Arc<Self>, mut plan: Plan) -> Result<Permit, ProxyError> {
         let now = now_ms();
