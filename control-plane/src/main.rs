@@ -149,7 +149,6 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             interval: args.status_interval,
             spend,
             spend_interval: args.spend_interval,
-            last_spend_read: std::sync::Mutex::new(None),
         };
         tokio::spawn(writer.run());
     };

@@ -1,8 +1,7 @@
-//! A real `redis-server` on a free loopback port, with its data in a temp directory (append
-//! only, fsync always) so a test can kill it and bring it back with its counters intact.
+//! A real `redis-server` on a free loopback port, spoken to with the `redis` crate, with its
+//! data in a temp directory (append only, fsync always) so a test can kill it and bring it
+//! back with its counters intact.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -88,37 +87,40 @@ impl RedisServer {
         .collect();
         self.proc = Some(Proc::start_path(&binary(), &args, &self.log_dir));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+        while !self.ping() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Sends one command and returns the first line of the reply (`None` when unreachable).
-    pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    /// Runs one command with a short-lived connection (`None` when Redis is unreachable or
+    /// the reply is not a `T`).
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()?;
+        let mut cmd = redis::cmd(args.first()?);
+        for a in &args[1..] {
+            cmd.arg(*a);
         }
-        s.write_all(out.as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // Bulk strings: `$len\r\nvalue\r\n`; return the value.
-        let mut lines = text.split("\r\n");
-        let first = lines.next()?.to_owned();
-        if first.starts_with('$') && first != "$-1" {
-            return lines.next().map(str::to_owned);
-        }
-        Some(first)
+        cmd.query(&mut conn).ok()
+    }
+
+    /// Whether the server answers PING.
+    pub fn ping(&self) -> bool {
+        self.query::<String>(&["PING"]).as_deref() == Some("PONG")
+    }
+
+    /// Keys held by this server.
+    pub fn dbsize(&self) -> u64 {
+        self.query(&["DBSIZE"]).unwrap_or(0)
     }
 
     /// An integer read with `HGET key field` (0 when absent).
     pub fn hget_u64(&self, key: &str, field: &str) -> u64 {
-        self.command(&["HGET", key, field])
-            .and_then(|v| v.parse().ok())
+        self.query::<Option<u64>>(&["HGET", key, field])
+            .flatten()
             .unwrap_or(0)
     }
 }
@@ -168,7 +170,10 @@ impl RedisCluster {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &nodes {
-            while n.command(&["CLUSTER", "INFO"]).as_deref() != Some("cluster_state:ok") {
+            while !n
+                .query::<String>(&["CLUSTER", "INFO"])
+                .is_some_and(|info| info.starts_with("cluster_state:ok"))
+            {
                 assert!(Instant::now() < deadline, "cluster did not become ready");
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -229,7 +229,6 @@ pub struct Writer {
     pub spend: Option<super::spend::SpendReader>,
     /// How often spend is read into status (each read may rewrite every spending key).
     pub spend_interval: Duration,
-    pub last_spend_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -311,16 +310,24 @@ impl Writer {
         );
         let mut history = History::default();
         let mut evented: HashSet<(ResourceKey, &'static str)> = HashSet::new();
+        let mut last_spend_read: Option<std::time::Instant> = None;
         loop {
             let compiled = self.compiled.borrow_and_update().clone();
             if let Some(c) = &compiled {
                 history.record(c);
             }
             let leading = *self.leading.borrow_and_update();
-            if let (true, Some(c)) = (leading, compiled)
-                && let Err(e) = self.write_all(&c, &history, &recorder, &mut evented).await
-            {
-                tracing::warn!(error = %e, "writing status failed; will retry");
+            if let (true, Some(c)) = (leading, compiled) {
+                let spend_due = last_spend_read.is_none_or(|t| t.elapsed() >= self.spend_interval);
+                if spend_due {
+                    last_spend_read = Some(std::time::Instant::now());
+                }
+                let written = self
+                    .write_all(&c, &history, &recorder, &mut evented, spend_due)
+                    .await;
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "writing status failed; will retry");
+                }
             }
             tokio::select! {
                 _ = self.compiled.changed() => {}
@@ -336,6 +343,7 @@ impl Writer {
         history: &History,
         recorder: &Recorder,
         evented: &mut HashSet<(ResourceKey, &'static str)>,
+        spend_due: bool,
     ) -> Result<(), kube::Error> {
         let fleet = presence::fleet(self.client.clone(), &self.namespace).await?;
         let now = Timestamp::now().to_string();
@@ -405,17 +413,8 @@ impl Writer {
             ))
         };
         let keys = self.stores.keys.state();
-        let due = self
-            .last_spend_read
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|t| t.elapsed() >= self.spend_interval);
         let spend = match &self.spend {
-            Some(reader) if due => {
-                *self
-                    .last_spend_read
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            Some(reader) if spend_due => {
                 let now_unix = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);

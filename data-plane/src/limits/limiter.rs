@@ -208,7 +208,12 @@ impl Limiter {
                                     if seen.len() >= MAX_PENDING && !seen.contains_key(&c.key) {
                                         seen.clear();
                                     }
-                                    seen.insert(c.key.clone(), *u);
+                                    match seen.get_mut(&c.key) {
+                                        Some(v) => *v = *u,
+                                        None => {
+                                            seen.insert(c.key.clone(), *u);
+                                        }
+                                    }
                                 }
                                 if c.kind == CheckKind::BudgetAlert && *u >= m.limit {
                                     // Counted on every request served over the budget;
@@ -313,14 +318,13 @@ impl Limiter {
         let actual_tokens = input + output;
         let cost = plan.price.cost_nanos(input, output);
         let mut groups = Vec::with_capacity(s.req.groups.len());
-        let mut spend_only = Vec::new();
         for (group, meta) in s.req.groups.iter().zip(&plan.meta) {
             let mut ops = Vec::new();
             for (c, m) in group.iter().zip(meta) {
                 match m.what {
                     What::Requests => {}
                     What::Tokens => {
-                        let delta = actual_tokens as i64 - plan.est_tokens as i64;
+                        let delta = actual_tokens as i64 - plan.est_tokens() as i64;
                         if delta != 0 {
                             ops.push(SettleOp::Adjust {
                                 key: c.key.clone(),
@@ -340,12 +344,6 @@ impl Limiter {
                             spent: cost,
                             ttl_ms,
                         });
-                        spend_only.push(SettleOp::Spend {
-                            key: c.key.clone(),
-                            reserved: 0,
-                            spent: cost,
-                            ttl_ms,
-                        });
                     }
                 }
             }
@@ -362,7 +360,24 @@ impl Limiter {
         match s.via {
             Via::Local => {
                 self.local.settle_now(&req, now_ms());
-                // Spend made while Redis was away still counts once it is back.
+                // Spend made while Redis was away still counts once it is back (nothing was
+                // reserved there).
+                let spend_only: Vec<SettleOp> = req
+                    .groups
+                    .iter()
+                    .flatten()
+                    .filter_map(|op| match op {
+                        SettleOp::Spend {
+                            key, spent, ttl_ms, ..
+                        } => Some(SettleOp::Spend {
+                            key: key.clone(),
+                            reserved: 0,
+                            spent: *spent,
+                            ttl_ms: *ttl_ms,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
                 if self.primary.shared() && !spend_only.is_empty() {
                     self.enqueue(SettleRequest {
                         member: req.member,

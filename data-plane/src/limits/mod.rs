@@ -85,6 +85,13 @@ pub struct Price {
     pub output: u64,
 }
 
+impl Plan {
+    /// Tokens charged to token windows before the call.
+    fn est_tokens(&self) -> u64 {
+        self.estimate.input + self.estimate.output
+    }
+}
+
 impl Price {
     /// Cost in nano-dollars.
     pub fn cost_nanos(&self, input: u64, output: u64) -> u64 {
@@ -169,7 +176,6 @@ pub struct Plan {
     groups: Vec<Vec<Check>>,
     meta: Vec<Vec<Meta>>,
     estimate: Estimate,
-    est_tokens: u64,
     price: Price,
     window_end_ms: u64,
     budget: Option<(BudgetSpec, spend::Period)>,
@@ -179,7 +185,7 @@ fn limit_checks(
     tag: &str,
     scope: Scope,
     l: Limits,
-    c: &mut PlanCtx,
+    c: &PlanCtx,
     checks: &mut Vec<Check>,
     meta: &mut Vec<Meta>,
 ) {
@@ -255,7 +261,7 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
     };
     let minute = now_ms / 60_000;
     let window_end_ms = (minute + 1) * 60_000;
-    let mut c = PlanCtx {
+    let c = PlanCtx {
         minute,
         // A minute's counter outlives its window by a minute so late corrections land.
         window_ttl_ms: window_end_ms - now_ms + 60_000,
@@ -264,10 +270,10 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
     };
     let key_tag = format!("sy:{{k:{}}}", s.key_id);
     let (mut kc, mut km) = (Vec::new(), Vec::new());
-    limit_checks(&key_tag, Scope::Key, s.key_limits, &mut c, &mut kc, &mut km);
+    limit_checks(&key_tag, Scope::Key, s.key_limits, &c, &mut kc, &mut km);
     for (i, l) in &s.model_limits {
         let tag = format!("{key_tag}:m{i}:{}", s.model);
-        limit_checks(&tag, Scope::KeyModel, *l, &mut c, &mut kc, &mut km);
+        limit_checks(&tag, Scope::KeyModel, *l, &c, &mut kc, &mut km);
     }
     let now_s = (now_ms / 1000) as i64;
     let budget = s.budget.map(|b| (b, spend::period(b.period, now_s)));
@@ -300,7 +306,7 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
         &route_tag,
         Scope::Route,
         s.route_limits,
-        &mut c,
+        &c,
         &mut rc,
         &mut rm,
     );
@@ -313,7 +319,6 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
         groups,
         meta,
         estimate: est,
-        est_tokens: c.est_tokens,
         price: s.price,
         window_end_ms,
         budget,
