@@ -1,6 +1,7 @@
 //! Switchyard control plane: turns resources from a source (a directory, or the Kubernetes
 //! API) into compiled snapshots and streams them to every data plane over gRPC.
 
+pub mod auth;
 pub mod kube;
 pub mod metrics;
 pub mod server;
@@ -25,6 +26,9 @@ pub use source::{DirSource, Source, SourceError, SourceSpec};
 pub struct ServerTls {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// CA bundle that signs data planes' client certificates (mTLS). A certificate it does
+    /// not sign fails the handshake; a missing one is refused by [`auth::ClientAuth`].
+    pub client_ca_pem: Option<Vec<u8>>,
 }
 
 /// Everything `run` needs.
@@ -33,6 +37,8 @@ pub struct Options {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub tls: Option<ServerTls>,
+    /// Who may open a config stream.
+    pub client_auth: Arc<auth::ClientAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +127,7 @@ pub async fn run<S: Source>(
         }
     });
 
-    let server = ConfigServer::new(snap_rx.clone(), metrics);
+    let server = ConfigServer::new(snap_rx.clone(), metrics, opts.client_auth.clone());
     on_start(Handles {
         compiled: snap_rx,
         nodes: server.nodes.clone(),
@@ -134,11 +140,18 @@ pub async fn run<S: Source>(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
     if let Some(tls) = &opts.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder =
-            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca_pem {
+            // Optional at the TLS layer so that a stream without any credential gets a gRPC
+            // `Unauthenticated` from the service (a presented certificate is still verified).
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
     }
     let listener = TcpListener::bind(opts.grpc_listen).await?;
-    tracing::info!(grpc = %listener.local_addr()?, admin = %opts.admin_listen, tls = opts.tls.is_some(), "control plane listening");
+    tracing::info!(grpc = %listener.local_addr()?, admin = %opts.admin_listen, tls = opts.tls.is_some(), mtls = opts.client_auth.mtls, tokens = opts.client_auth.tokens.is_some(), "control plane listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let grpc = builder.add_service(svc).serve_with_incoming(incoming);
     tokio::select! {

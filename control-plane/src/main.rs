@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use switchyard_control_plane::auth::{ClientAuth, KubeReviewer, TokenAuth};
 use switchyard_control_plane::kube::spend::SpendReader;
 use switchyard_control_plane::kube::{KubeSource, Stores, keys, leader, presence, status};
 use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec};
@@ -33,9 +34,30 @@ struct Args {
     /// PEM private key of the gRPC server.
     #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Serve gRPC without TLS (local development only).
-    #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key"])]
+    /// Serve gRPC without TLS (local development only). Without `--allowed-service-accounts`
+    /// every client is then admitted and receives every provider credential.
+    #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
     insecure_plaintext: bool,
+    /// PEM CA bundle that signs data planes' client certificates (mTLS). A data plane's
+    /// identity is its certificate's subject CN, which must equal its node id.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// ServiceAccounts (`namespace/name`, comma-separated) whose projected tokens open a
+    /// config stream, verified with a TokenReview. A data plane's identity is the pod its
+    /// token is bound to, which must equal its node id.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ALLOWED_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    allowed_service_accounts: Vec<String>,
+    /// Audience data-plane tokens must be issued for.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TOKEN_AUDIENCE",
+        default_value = "switchyard-control-plane"
+    )]
+    token_audience: String,
     /// How often a `dir:` source checks for changes.
     #[arg(long, env = "SWITCHYARD_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
@@ -161,10 +183,12 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let tls = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
         (Some(c), Some(k), _) => Some(ServerTls {
-            cert_pem: std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-            key_pem: std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+            cert_pem: read(c)?,
+            key_pem: read(k)?,
+            client_ca_pem: args.client_ca.as_ref().map(read).transpose()?,
         }),
         (_, _, true) => {
             tracing::warn!(
@@ -176,10 +200,23 @@ async fn main() -> Result<()> {
             "gRPC needs TLS: pass --tls-cert and --tls-key, or --insecure-plaintext for local development"
         ),
     };
+    let client_auth = client_auth(&args).await?;
+    if client_auth.is_disabled() {
+        if !args.insecure_plaintext {
+            bail!(
+                "data planes must authenticate: pass --allowed-service-accounts (Kubernetes ServiceAccount tokens) and/or --client-ca (mTLS), or --insecure-plaintext for local development"
+            );
+        }
+        tracing::warn!(
+            grpc = %args.grpc_listen,
+            "INSECURE: no TLS and no client authentication (--insecure-plaintext). Any process that reaches this port receives every provider credential and key hash. Local development only."
+        );
+    }
     let opts = Options {
         grpc_listen: args.grpc_listen,
         admin_listen: args.admin_listen,
         tls,
+        client_auth: std::sync::Arc::new(client_auth),
     };
     let run = async {
         match args.source.clone() {
@@ -202,6 +239,31 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The client authentication the flags ask for.
+async fn client_auth(args: &Args) -> Result<ClientAuth> {
+    let tokens = if args.allowed_service_accounts.is_empty() {
+        None
+    } else {
+        for sa in &args.allowed_service_accounts {
+            if sa.split('/').filter(|p| !p.is_empty()).count() != 2 {
+                bail!("--allowed-service-accounts takes namespace/name, got {sa:?}");
+            }
+        }
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API for TokenReviews")?;
+        Some(TokenAuth::new(
+            std::sync::Arc::new(KubeReviewer(client)),
+            args.token_audience.clone(),
+            &args.allowed_service_accounts,
+        ))
+    };
+    Ok(ClientAuth {
+        mtls: args.client_ca.is_some(),
+        tokens,
+    })
 }
 
 /// SIGINT or SIGTERM (what Kubernetes sends on pod termination).

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub connected_data_planes: Gauge,
     pub snapshots_sent: Counter,
     pub acks: Family<ResultLabels, Counter>,
+    /// Config streams by authentication outcome.
+    pub stream_auth: Family<ResultLabels, Counter>,
+    /// Streams ended because the credentials that opened them expired.
+    pub streams_expired: Counter,
 }
 
 impl Default for Metrics {
@@ -30,6 +34,8 @@ impl Default for Metrics {
             connected_data_planes: Gauge::default(),
             snapshots_sent: Counter::default(),
             acks: Family::default(),
+            stream_auth: Family::default(),
+            streams_expired: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -56,6 +62,16 @@ impl Default for Metrics {
             "data_plane_responses",
             "ACKs and NACKs from data planes",
             m.acks.clone(),
+        );
+        registry.register(
+            "config_stream_auth",
+            "Config streams by authentication result (ok, missing, bad_token, bad_certificate, node_mismatch, unavailable, ...)",
+            m.stream_auth.clone(),
+        );
+        registry.register(
+            "config_streams_expired",
+            "Config streams ended because their credentials expired",
+            m.streams_expired.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,5 +1,5 @@
-//! The gRPC config server: every connected data plane gets the current snapshot, then every
-//! new one; its ACKs and NACKs are recorded per node.
+//! The gRPC config server: every connected data plane is authenticated (see `auth.rs`), then
+//! gets the current snapshot and every new one; its ACKs and NACKs are recorded per node.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,12 +14,17 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, ClientAuth, Identity};
 use crate::metrics::{Metrics, ResultLabels};
 
 /// What a data plane last told us.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeState {
+    /// The node's name: its authenticated identity (what it claimed when authentication is
+    /// disabled with `--insecure-plaintext`).
     pub node_id: String,
+    /// Who vouched for it (`system:serviceaccount:...`, `CN=...`), or "unauthenticated".
+    pub principal: String,
     /// Version the node runs (its last ACK, or what it said it held on connect).
     pub acked_version: String,
     /// Last rejected version and why.
@@ -64,16 +69,33 @@ pub struct ConfigServer {
     pub nodes: Arc<Nodes>,
     metrics: Arc<Metrics>,
     nonce: Arc<AtomicU64>,
+    auth: Arc<ClientAuth>,
 }
 
 impl ConfigServer {
-    pub fn new(snapshots: watch::Receiver<Published>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        snapshots: watch::Receiver<Published>,
+        metrics: Arc<Metrics>,
+        auth: Arc<ClientAuth>,
+    ) -> Self {
         Self {
             snapshots,
             nodes: Arc::default(),
             metrics,
             nonce: Arc::default(),
+            auth,
         }
+    }
+
+    fn refuse(&self, e: auth::AuthError, peer: Option<std::net::SocketAddr>) -> Status {
+        self.metrics
+            .stream_auth
+            .get_or_create(&ResultLabels {
+                result: e.metric_label(),
+            })
+            .inc();
+        tracing::warn!(peer = ?peer, reason = e.metric_label(), error = %e, "config stream refused");
+        e.into_status()
     }
 }
 
@@ -87,6 +109,13 @@ impl ConfigDiscovery for ConfigServer {
         &self,
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        // Authenticate before reading anything from the stream, let alone sending on it.
+        let peer = request.remote_addr();
+        let identity = self
+            .auth
+            .authenticate(&request)
+            .await
+            .map_err(|e| self.refuse(e, peer))?;
         let mut inbound = request.into_inner();
         let hello = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the stream must start with a DiscoveryRequest")
@@ -94,21 +123,40 @@ impl ConfigDiscovery for ConfigServer {
         if hello.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id is required"));
         }
+        auth::bind_node(identity.as_ref(), &hello.node_id).map_err(|e| self.refuse(e, peer))?;
+        self.metrics
+            .stream_auth
+            .get_or_create(&ResultLabels {
+                result: if identity.is_some() {
+                    "ok"
+                } else {
+                    "unauthenticated_allowed"
+                },
+            })
+            .inc();
+        let principal = identity
+            .as_ref()
+            .map_or_else(|| "unauthenticated".to_owned(), |i| i.principal.clone());
         let conn = self.nodes.next_id.fetch_add(1, Ordering::Relaxed);
         self.nodes.lock().insert(
             conn,
             NodeState {
                 node_id: hello.node_id.clone(),
+                principal: principal.clone(),
                 acked_version: hello.version_info.clone(),
                 nacked: None,
             },
         );
         self.metrics.connected_data_planes.inc();
-        tracing::info!(node = %hello.node_id, holds = %hello.version_info, "data plane connected");
+        if identity.is_none() {
+            tracing::warn!(node = %hello.node_id, peer = ?peer, "UNAUTHENTICATED data plane connected (--insecure-plaintext): it receives every provider credential");
+        } else {
+            tracing::info!(node = %hello.node_id, %principal, holds = %hello.version_info, "data plane connected");
+        }
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
-            this.serve_node(conn, hello, inbound, tx).await;
+            this.serve_node(conn, hello, identity, inbound, tx).await;
             let node = this.nodes.lock().remove(&conn);
             this.metrics.connected_data_planes.dec();
             tracing::info!(node = %node.map(|n| n.node_id).unwrap_or_default(), "data plane disconnected");
@@ -122,11 +170,26 @@ impl ConfigServer {
         &self,
         conn: u64,
         hello: pb::DiscoveryRequest,
+        identity: Option<Identity>,
         mut inbound: Streaming<pb::DiscoveryRequest>,
         tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     ) {
+        // The stream lives no longer than the credentials that opened it.
+        let expiry = identity.as_ref().and_then(|i| i.expires).map(|e| {
+            let left = e
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
+        let expired = async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let mut snapshots = self.snapshots.clone();
-        let mut sent_version = hello.version_info;
+        let mut sent_version = hello.version_info.clone();
         // Send the current snapshot unless the node already runs it.
         let current = snapshots.borrow_and_update().clone();
         if let Some(c) = current
@@ -137,6 +200,16 @@ impl ConfigServer {
         }
         loop {
             tokio::select! {
+                () = &mut expired => {
+                    tracing::info!(node = %hello.node_id, "credentials expired: ending the config stream (the data plane reconnects with fresh ones)");
+                    self.metrics.streams_expired.inc();
+                    let _ = tx
+                        .send(Err(Status::unauthenticated(
+                            "credentials expired: reconnect with fresh ones",
+                        )))
+                        .await;
+                    return;
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return;

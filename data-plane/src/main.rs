@@ -32,6 +32,16 @@ struct Args {
     /// Server name to verify in the control plane's certificate (default: the URL's host).
     #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_SERVER_NAME")]
     control_plane_server_name: Option<String>,
+    /// File holding the ServiceAccount token presented to the control plane (a projected
+    /// token with the control plane's audience; re-read on every connection).
+    #[arg(long, env = "SWITCHYARD_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
+    /// PEM client certificate presented to the control plane (mTLS); its CN is the node id.
+    #[arg(long, env = "SWITCHYARD_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM key of `--client-cert`.
+    #[arg(long, env = "SWITCHYARD_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Allow a plaintext (http://) control-plane URL (local development only).
     #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
@@ -120,8 +130,10 @@ async fn main() -> Result<()> {
             )
         }
         (Some(url), None) => ConfigSource::ControlPlane(ClientOptions {
-            url,
             node_id: node_id.clone(),
+            client_cert: args.client_cert.zip(args.client_key),
+            token_file: args.control_plane_token_file,
+            url,
             ca_pem: args
                 .control_plane_ca
                 .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
@@ -133,6 +145,22 @@ async fn main() -> Result<()> {
             "pass exactly one of --control-plane URL (fleet mode) or --config DIR (standalone)"
         ),
     };
+    if let ConfigSource::ControlPlane(c) = &source
+        && c.url.starts_with("http://")
+    {
+        tracing::warn!(
+            url = %c.url,
+            "INSECURE: the config stream, with every provider credential and token, travels in plaintext (--insecure-plaintext). Local development only."
+        );
+    }
+    if let ConfigSource::ControlPlane(c) = &source
+        && c.token_file.is_none()
+        && c.client_cert.is_none()
+    {
+        tracing::warn!(
+            "no credential for the control plane (--control-plane-token-file or --client-cert): it will refuse the config stream unless it runs with --insecure-plaintext"
+        );
+    }
     let opts = Options {
         listen: args.listen,
         admin_listen: args.admin_listen,

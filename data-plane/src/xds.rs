@@ -1,7 +1,10 @@
-//! Fleet mode: the config stream client. Identifies itself with the version it holds, applies
-//! every snapshot it receives, answers ACK or NACK, and reconnects with backoff. While the
-//! control plane is away the last good config keeps serving.
+//! Fleet mode: the config stream client. Authenticates with a projected ServiceAccount token
+//! and/or a client certificate (read afresh on every connection, so rotated credentials are
+//! picked up), identifies itself with the version it holds, applies every snapshot it
+//! receives, answers ACK or NACK, and reconnects with backoff. While the control plane is away
+//! the last good config keeps serving.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::gateway::Gateway;
 
@@ -25,6 +28,11 @@ pub struct ClientOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Server name to verify, when it differs from the URL's host.
     pub server_name: Option<String>,
+    /// File holding the ServiceAccount token presented as `authorization: Bearer` (a
+    /// projected token the kubelet rotates in place).
+    pub token_file: Option<PathBuf>,
+    /// PEM client certificate and key (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,14 @@ pub enum ClientError {
     Stream(#[from] tonic::Status),
     #[error("config stream closed by the client side")]
     Closed,
+    #[error("reading {0} failed: {1}")]
+    Credential(String, std::io::Error),
+    #[error("the token in {0} cannot be sent as a header")]
+    BadToken(String),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Credential(path.display().to_string(), e))
 }
 
 /// Runs forever: connect, stream, reconnect.
@@ -61,6 +77,11 @@ pub async fn run(gw: Arc<Gateway>, opts: ClientOptions) {
 }
 
 fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
+    // Credentials are read on every connection: the kubelet and cert-manager rotate in place.
+    let identity = match &opts.client_cert {
+        Some((cert, key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        None => None,
+    };
     let mut ep = Endpoint::from_shared(opts.url.clone())
         .map_err(ClientError::Url)?
         .connect_timeout(Duration::from_secs(3))
@@ -75,6 +96,9 @@ fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
         }
         if let Some(name) = &opts.server_name {
             tls = tls.domain_name(name.clone());
+        }
+        if let Some(id) = identity {
+            tls = tls.identity(id);
         }
         ep = ep.tls_config(tls).map_err(ClientError::Url)?;
     }
@@ -100,10 +124,17 @@ async fn session(
         ..Default::default()
     };
     tx.send(hello).await.map_err(|_| ClientError::Closed)?;
-    let mut inbound = client
-        .stream_config(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(path) = &opts.token_file {
+        let token = String::from_utf8_lossy(&read(path)?).trim().to_owned();
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::BadToken(path.display().to_string()))?;
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.stream_config(request).await?.into_inner();
     gw.metrics.control_plane_connected.set(1);
     tracing::info!(url = %opts.url, node_id = %opts.node_id, "config stream connected");
     while let Some(resp) = inbound.message().await? {

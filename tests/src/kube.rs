@@ -15,6 +15,11 @@ pub const SYSTEM_NAMESPACE: &str = "switchyard-system";
 pub const RELEASE: &str = "sy";
 /// The ServiceAccount the chart creates for the operator.
 pub const OPERATOR_SA: &str = "sy-switchyard-control-plane";
+/// The ServiceAccount the chart creates for data planes (its tokens open config streams).
+pub const DATA_PLANE_SA: &str = "sy-switchyard-data-plane";
+/// The audience the chart gives data-plane tokens.
+pub const TOKEN_AUDIENCE: &str = "switchyard-control-plane";
+const ISSUER: &str = "https://kubernetes.default.svc";
 const ADMIN_TOKEN: &str = "switchyard-e2e-admin-token";
 const OPERATOR_TOKEN: &str = "switchyard-e2e-operator-token";
 
@@ -43,6 +48,8 @@ pub struct KubeEnv {
     pub admin_kubeconfig: PathBuf,
     /// kubeconfig of the operator's ServiceAccount identity: only the chart's RBAC applies.
     pub operator_kubeconfig: PathBuf,
+    /// The key the API server signs ServiceAccount tokens with (PEM, PKCS#8 ECDSA P-256).
+    sa_signing_key: PathBuf,
     controller_manager: Option<Proc>,
     apiserver: Proc,
     etcd: Proc,
@@ -112,7 +119,7 @@ impl KubeEnv {
                 format!("--tls-private-key-file={}", serving.key.display()),
                 format!("--token-auth-file={}", tokens.display()),
                 "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-issuer={ISSUER}"),
                 format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -141,6 +148,7 @@ impl KubeEnv {
             server,
             admin_kubeconfig,
             operator_kubeconfig,
+            sa_signing_key: sa_key.clone(),
             controller_manager: None,
             apiserver,
             etcd,
@@ -202,6 +210,107 @@ impl KubeEnv {
         )
     }
 
+    /// Creates a Pod object running as `service_account`, for tokens to be bound to. No
+    /// kubelet runs, so it stays Pending; its name and uid are what the tokens carry.
+    pub fn create_pod(&self, namespace: &str, name: &str, service_account: &str) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  serviceAccountName: {service_account}\n  automountServiceAccountToken: false\n  containers: [{{name: dp, image: switchyard.invalid/data-plane}}]\n"
+        );
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(&yaml))
+            .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
+    }
+
+    /// A token from the TokenRequest API (`kubectl create token`), bound to `pod` if given.
+    pub fn request_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: Option<&str>,
+    ) -> String {
+        let mut args = vec![
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--audience",
+            audience,
+            "--duration",
+            "1h",
+        ];
+        if let Some(p) = pod {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", p]);
+        }
+        self.kubectl(&args)
+            .unwrap_or_else(|e| panic!("kubectl create token: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    fn uid(&self, namespace: &str, kind: &str, name: &str) -> String {
+        self.kubectl(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap_or_else(|e| panic!("uid of {kind}/{name}: {e}"))
+    }
+
+    /// A pod-bound token expiring at `exp` (Unix seconds), signed with the cluster's own
+    /// ServiceAccount key exactly as the API server signs them. TokenRequest cannot issue
+    /// tokens shorter than ten minutes; expiry cases need this.
+    pub fn mint_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: &str,
+        exp: i64,
+    ) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = exp.min(unix_now());
+        let claims = serde_json::json!({
+            "aud": [audience],
+            "exp": exp,
+            "iat": now - 60,
+            "nbf": now - 60,
+            "iss": ISSUER,
+            "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "pod": {"name": pod, "uid": self.uid(namespace, "pod", pod)},
+                "serviceaccount": {"name": service_account, "uid": self.uid(namespace, "serviceaccount", service_account)},
+            },
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64.encode(br#"{"alg":"ES256","typ":"JWT"}"#),
+            b64.encode(claims.to_string())
+        );
+        let pem = std::fs::read_to_string(&self.sa_signing_key)
+            .unwrap_or_else(|e| panic!("reading the signing key: {e}"));
+        let der = rcgen::KeyPair::from_pem(&pem)
+            .unwrap_or_else(|e| panic!("parsing the signing key: {e}"))
+            .serialize_der();
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &der,
+            &rng,
+        )
+        .unwrap_or_else(|e| panic!("loading the signing key: {e}"));
+        let sig = key
+            .sign(&rng, signing_input.as_bytes())
+            .unwrap_or_else(|e| panic!("signing: {e}"));
+        format!("{signing_input}.{}", b64.encode(sig.as_ref()))
+    }
+
     /// Whether every process is still up.
     pub fn running(&mut self) -> bool {
         self.etcd.running()
@@ -235,4 +344,11 @@ fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Result<String, Stri
             String::from_utf8_lossy(&out.stdout)
         ))
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

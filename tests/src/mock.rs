@@ -272,10 +272,26 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
     if let Some(status) = knobs.status {
+        let message = if status == 401 && api != Api::AnthropicMessages {
+            // OpenAI echoes a masked copy of the key it rejected.
+            let key = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            let tail = &key[key.len().saturating_sub(4)..];
+            format!(
+                "Incorrect API key provided: {}****{tail}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                &key[..key.len().min(3)]
+            )
+        } else {
+            "mock error requested".to_owned()
+        };
         return Ok(error_response(
             api,
             status,
-            "mock error requested",
+            &message,
             knobs.retry_after.as_deref(),
         ));
     }

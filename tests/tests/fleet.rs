@@ -1,11 +1,13 @@
 //! End-to-end, fleet mode: the control plane (directory source) and two data planes as real
-//! processes, with the mock upstream. Proves the config stream: propagation, resilience when
-//! the control plane goes away, and per-resource rejection.
+//! processes, with the mock upstream. Proves the config stream: mutual TLS (only data planes
+//! with a certificate from the client CA, naming their own node, get a config), propagation,
+//! resilience when the control plane goes away, and per-resource rejection.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -23,11 +25,21 @@ struct Fleet {
     dps: Vec<(Proc, String, String)>,
 }
 
-/// The control plane's serving certificate and the CA data planes trust.
+/// The control plane's serving certificate and the CA data planes trust; the same CA issues
+/// the data planes' client certificates (CN = node id).
 #[derive(Clone)]
 struct Tls {
     ca: PathBuf,
+    issuer: Arc<TestCa>,
     server: CertFiles,
+}
+
+impl Tls {
+    fn client_cert(&self, dir: &Path, node: &str) -> CertFiles {
+        self.issuer
+            .issue(dir, &format!("client-{node}"), node, &[], &[])
+            .expect("client cert")
+    }
 }
 
 fn tls(dir: &Path) -> Tls {
@@ -42,7 +54,8 @@ fn tls(dir: &Path) -> Tls {
         )
         .expect("cert");
     Tls {
-        ca: ca.cert_file,
+        ca: ca.cert_file.clone(),
+        issuer: Arc::new(ca),
         server,
     }
 }
@@ -55,6 +68,8 @@ fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir:
             tls.server.cert.display().to_string(),
             "--tls-key".into(),
             tls.server.key.display().to_string(),
+            "--client-ca".into(),
+            tls.ca.display().to_string(),
             "--source".into(),
             format!("dir:{}", cfg.display()),
             "--grpc-listen".into(),
@@ -70,7 +85,8 @@ fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir:
 }
 
 fn start_dp(grpc: SocketAddr, node: &str, tls: &Tls, log_dir: &Path) -> (Proc, String, String) {
-    start_fleet_dp(grpc, node, &tls.ca, &[], log_dir)
+    let cert = tls.client_cert(log_dir, node);
+    start_fleet_dp(grpc, node, &tls.ca, Credential::Cert(&cert), &[], log_dir)
 }
 
 async fn fleet() -> Fleet {
@@ -311,4 +327,73 @@ async fn the_config_stream_is_tls_and_the_data_plane_verifies_the_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // TLS without any way to authenticate clients is refused too.
+    let out = std::process::Command::new(
+        switchyard_tests::procs::bin_dir().join("switchyard-control-plane"),
+    )
+    .args([
+        "--source",
+        &format!("dir:{}", f.cfg.display()),
+        "--grpc-listen",
+        &free_addr().to_string(),
+        "--admin-listen",
+        &free_addr().to_string(),
+        "--tls-cert",
+        &f.tls.server.cert.display().to_string(),
+        "--tls-key",
+        &f.tls.server.key.display().to_string(),
+    ])
+    .output()
+    .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data planes must authenticate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn only_authenticated_data_planes_receive_the_config() {
+    let f = fleet().await;
+    let dir = temp_dir("intruder");
+    let grpc = f.cp_grpc;
+    // No credential at all: Unauthenticated before any snapshot.
+    let none = open_config_stream(grpc, &f.tls.ca, "intruder", None, None).await;
+    assert_refused(&none, tonic::Code::Unauthenticated, "no credential");
+    // A bearer token is no credential for a control plane that takes certificates only.
+    let token = open_config_stream(grpc, &f.tls.ca, "intruder", Some("ey.fake.jwt"), None).await;
+    assert_refused(&token, tonic::Code::Unauthenticated, "a token");
+    // A certificate from another CA fails the handshake.
+    let other = tls(&dir);
+    let foreign = other.client_cert(&dir, "dp-a");
+    let out = open_config_stream(grpc, &f.tls.ca, "dp-a", None, Some(&foreign)).await;
+    assert!(
+        !matches!(out, StreamOutcome::Snapshot(_)),
+        "a certificate from another CA got a snapshot: {out:?}"
+    );
+    // A valid certificate claiming another node's id.
+    let mine = f.tls.client_cert(&dir, "dp-z");
+    let out = open_config_stream(grpc, &f.tls.ca, "dp-a", None, Some(&mine)).await;
+    assert_refused(
+        &out,
+        tonic::Code::PermissionDenied,
+        "someone else's node id",
+    );
+    // The same certificate under its own name is served (so the refusals above are the
+    // credentials' doing, not the client's).
+    let out = open_config_stream(grpc, &f.tls.ca, "dp-z", None, Some(&mine)).await;
+    assert!(matches!(out, StreamOutcome::Snapshot(_)), "{out:?}");
+    let m = cp_metrics(&f).await;
+    for line in [
+        "switchyard_control_plane_config_stream_auth_total{result=\"missing\"} 1",
+        "switchyard_control_plane_config_stream_auth_total{result=\"bad_token\"} 1",
+        "switchyard_control_plane_config_stream_auth_total{result=\"node_mismatch\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+    // The legitimate data planes were never disturbed.
+    for (_, api, _) in &f.dps {
+        assert_eq!(status_of(api, "chat").await, 200);
+    }
 }

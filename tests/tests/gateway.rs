@@ -494,7 +494,8 @@ spec: {models: [dead], backends: [{pool: dead}]}"#
     .await;
     assert_openai_error(s, &b, 400);
     assert_eq!(b["error"]["message"], "mock error requested");
-    // Upstream rejecting the gateway's credential is not the client's 401.
+    // Upstream rejecting the gateway's credential is not the client's 401, and the
+    // upstream's message (OpenAI echoes part of the key) never reaches the client.
     let (s, _, b) = post(
         &url,
         Some(CLIENT_KEY),
@@ -502,6 +503,19 @@ spec: {models: [dead], backends: [{pool: dead}]}"#
     )
     .await;
     assert_openai_error(s, &b, 502);
+    let text = b.to_string();
+    assert!(
+        !text.contains(&UPSTREAM_KEY[UPSTREAM_KEY.len() - 4..])
+            && !text.contains("Incorrect API key"),
+        "{text}"
+    );
+    assert!(text.contains("credential"), "{text}");
+    assert!(
+        !e.dp
+            .logs()
+            .contains(&UPSTREAM_KEY[UPSTREAM_KEY.len() - 4..]),
+        "nor the log"
+    );
     // The gateway is still healthy.
     let (s, _, _) = post(&url, Some(CLIENT_KEY), &chat_body("chat", "ok")).await;
     assert_eq!(s, 200);

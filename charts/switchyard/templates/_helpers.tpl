@@ -53,3 +53,13 @@ app.kubernetes.io/component: data-plane
   value: "true"
 {{- end }}
 {{- end -}}
+
+{{/* NetworkPolicy peers allowed on admin ports: the release namespace and the named ones. */}}
+{{- define "switchyard.adminPeers" -}}
+- podSelector: {}
+{{- with .Values.networkPolicy.adminNamespaces }}
+- namespaceSelector:
+    matchExpressions:
+      - {key: kubernetes.io/metadata.name, operator: In, values: {{ toJson . }}}
+{{- end }}
+{{- end -}}

@@ -146,6 +146,19 @@ pub fn upstream_error(
     struct Envelope {
         error: Option<Inner>,
     }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // The upstream rejected the gateway's own credential. Its message may echo part of
+        // that credential (OpenAI prints a masked key): neither the client nor the log sees it.
+        let mut e = ProxyError::upstream_status(
+            status,
+            format!(
+                "The upstream provider rejected the gateway's credential (HTTP {}); check the pool's credential Secret.",
+                status.as_u16()
+            ),
+        );
+        e.retry_after = retry_after;
+        return e;
+    }
     let message = serde_json::from_slice::<Envelope>(body)
         .ok()
         .and_then(|e| e.error)

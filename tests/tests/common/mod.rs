@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchyard_tests::certs::CertFiles;
 use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
 
 pub const CLIENT_KEY: &str = "sk-client-e2e-0001";
@@ -145,12 +146,39 @@ pub fn start_mock(log_dir: &Path) -> (Proc, String) {
     (p, format!("http://{addr}"))
 }
 
+/// How a fleet data plane proves itself to the control plane.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    /// A client certificate (mTLS).
+    Cert(&'a CertFiles),
+    /// A file holding a ServiceAccount token.
+    TokenFile(&'a Path),
+}
+
+impl Credential<'_> {
+    fn args(self) -> Vec<String> {
+        match self {
+            Credential::Cert(c) => vec![
+                "--client-cert".into(),
+                c.cert.display().to_string(),
+                "--client-key".into(),
+                c.key.display().to_string(),
+            ],
+            Credential::TokenFile(p) => {
+                vec!["--control-plane-token-file".into(), p.display().to_string()]
+            }
+        }
+    }
+}
+
 /// A fleet-mode data plane streaming from the control plane at `grpc` over TLS verified with
-/// `ca`, with `extra` flags. Returns the process, API URL and admin URL.
+/// `ca`, authenticated with `cred`, with `extra` flags. Returns the process, API URL and admin
+/// URL.
 pub fn start_fleet_dp(
     grpc: std::net::SocketAddr,
     node: &str,
     ca: &Path,
+    cred: Credential<'_>,
     extra: &[&str],
     log_dir: &Path,
 ) -> (Proc, String, String) {
@@ -167,9 +195,89 @@ pub fn start_fleet_dp(
         "--admin-listen".into(),
         admin.to_string(),
     ];
+    args.extend(cred.args());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let p = Proc::start("switchyard-data-plane", &args, &[], log_dir);
     (p, format!("http://{api}"), format!("http://{admin}"))
+}
+
+/// What a bare config-stream client got from the control plane.
+#[derive(Debug)]
+pub enum StreamOutcome {
+    /// A snapshot of this version arrived: the client was trusted with the configuration.
+    Snapshot(String),
+    /// The server refused the stream with a gRPC status.
+    Refused(tonic::Code, String),
+    /// The connection failed below gRPC (e.g. the TLS handshake).
+    Failed(String),
+}
+
+/// Opens `StreamConfig` as any process could: TLS verified with `ca`, optionally a bearer
+/// token and a client certificate, claiming `node`. Reports what came back first.
+pub async fn open_config_stream(
+    grpc: std::net::SocketAddr,
+    ca: &Path,
+    node: &str,
+    token: Option<&str>,
+    cert: Option<&CertFiles>,
+) -> StreamOutcome {
+    use switchyard_proto::v1 as pb;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)))
+        .domain_name("localhost");
+    if let Some(c) = cert {
+        tls = tls.identity(Identity::from_pem(read(&c.cert), read(&c.key)));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://localhost:{}", grpc.port()))
+        .and_then(|e| e.tls_config(tls))
+        .unwrap_or_else(|e| panic!("endpoint: {e}"))
+        .connect_timeout(Duration::from_secs(5));
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return StreamOutcome::Failed(format!("connect: {e:?}")),
+    };
+    let mut client = pb::config_discovery_client::ConfigDiscoveryClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx
+        .send(pb::DiscoveryRequest {
+            node_id: node.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("token as metadata"),
+        );
+    }
+    let outcome = async {
+        let mut inbound = match client.stream_config(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return StreamOutcome::Refused(s.code(), s.message().to_owned()),
+        };
+        match inbound.message().await {
+            Ok(Some(r)) => StreamOutcome::Snapshot(r.version_info),
+            Ok(None) => StreamOutcome::Failed("stream closed".into()),
+            Err(s) => StreamOutcome::Refused(s.code(), s.message().to_owned()),
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .unwrap_or_else(|_| StreamOutcome::Failed("no answer in 10s".into()));
+    drop(tx);
+    result
+}
+
+/// Asserts a stream was refused with `code` (and so never saw a snapshot).
+pub fn assert_refused(outcome: &StreamOutcome, code: tonic::Code, what: &str) {
+    match outcome {
+        StreamOutcome::Refused(c, _) if *c == code => {}
+        other => panic!("{what}: expected {code:?}, got {other:?}"),
+    }
 }
 
 /// A standalone data plane on `dir`. Returns the process, API URL and admin URL.
