@@ -331,19 +331,15 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         ProviderKind::Anthropic => pb::ProviderKind::Anthropic,
         ProviderKind::OpenaiCompatible => pb::ProviderKind::OpenaiCompatible,
         ProviderKind::Mock => pb::ProviderKind::Mock,
-        ProviderKind::Gemini | ProviderKind::Bedrock => {
-            return Err(Reject::spec(
-                "UnsupportedProvider",
-                format!(
-                    "provider {:?} is not served by this data plane version yet",
-                    spec.provider
-                ),
-            ));
-        }
+        ProviderKind::Gemini => pb::ProviderKind::Gemini,
+        ProviderKind::Bedrock => pb::ProviderKind::Bedrock,
     };
     let needs_credential = matches!(
         spec.provider,
-        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic
+        ProviderKind::Openai
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
     );
     if spec.endpoints.is_empty() && spec.provider != ProviderKind::Mock {
         return Err(Reject::spec(
@@ -377,10 +373,30 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
             }
             (None, None) => String::new(),
         };
+        let aws = match (&e.aws_credentials_secret_ref, spec.provider) {
+            (Some(r), ProviderKind::Bedrock) => {
+                let get = |k: &str| secret_value(world, &key.namespace, &r.name, k);
+                Some(pb::AwsCredentials {
+                    access_key_id: get("AWS_ACCESS_KEY_ID")?.trim().to_owned(),
+                    secret_access_key: get("AWS_SECRET_ACCESS_KEY")?.trim().to_owned(),
+                    session_token: get("AWS_SESSION_TOKEN")
+                        .map(|t| t.trim().to_owned())
+                        .unwrap_or_default(),
+                })
+            }
+            (Some(_), _) => {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("{field}.awsCredentialsSecretRef: only for provider bedrock"),
+                ));
+            }
+            (None, _) => None,
+        };
         endpoints.push(pb::Endpoint {
             url: e.url.trim_end_matches('/').to_owned(),
             weight,
             credential,
+            aws,
         });
     }
     if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
@@ -423,6 +439,14 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
                 "outputPricePerMillion",
                 &m.output_price_per_million,
             )?,
+            cache_read_price_per_million_micros: price(
+                "cacheReadPricePerMillion",
+                &m.cache_read_price_per_million,
+            )?,
+            cache_write_price_per_million_micros: price(
+                "cacheWritePricePerMillion",
+                &m.cache_write_price_per_million,
+            )?,
         });
     }
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -445,6 +469,26 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
             return Err(Reject::spec(
                 "Invalid",
                 "spec.azure.apiVersion is required for azure-openai",
+            ));
+        }
+        (_, ProviderKind::Gemini) => spec
+            .gemini
+            .as_ref()
+            .and_then(|g| g.api_version.as_deref())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("v1beta")
+            .to_owned(),
+        _ => String::new(),
+    };
+    let region = match (&spec.bedrock, spec.provider) {
+        (Some(b), ProviderKind::Bedrock) if !b.region.trim().is_empty() => {
+            b.region.trim().to_owned()
+        }
+        (_, ProviderKind::Bedrock) => {
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.bedrock.region is required for bedrock",
             ));
         }
         _ => String::new(),
@@ -481,6 +525,7 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         timeouts: Some(timeouts),
         api_version,
         mock: Some(mock),
+        region,
     })
 }
 

@@ -40,6 +40,12 @@ pub struct ProviderPoolSpec {
     /// Azure OpenAI settings (provider `azure-openai`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
+    /// Gemini settings (provider `gemini`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemini: Option<GeminiSettings>,
+    /// AWS Bedrock settings (provider `bedrock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockSettings>,
     /// Behaviour of the built-in mock provider (provider `mock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockSettings>,
@@ -55,9 +61,10 @@ pub enum ProviderKind {
     AzureOpenai,
     /// Anthropic's Messages API.
     Anthropic,
-    /// Google Gemini (not yet served by the data plane).
+    /// Google Gemini (`generateContent`, `x-goog-api-key` credential).
     Gemini,
-    /// AWS Bedrock (not yet served by the data plane).
+    /// AWS Bedrock Converse (SigV4-signed; credentials from `awsCredentialsSecretRef` or the
+    /// data plane's standard AWS environment variables).
     Bedrock,
     /// Any server speaking OpenAI's wire format: vLLM, Ollama, Mistral, Groq, Together...
     OpenaiCompatible,
@@ -81,6 +88,19 @@ pub struct PoolEndpoint {
     /// Environment variable holding the credential (standalone mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_env: Option<String>,
+    /// Secret holding AWS credentials for Bedrock under the standard names
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`.
+    /// Without it, data planes sign with their own AWS environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_credentials_secret_ref: Option<SecretNameRef>,
+}
+
+/// A Secret in the resource's own namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretNameRef {
+    /// Name of the Secret.
+    pub name: String,
 }
 
 /// A model served by a pool.
@@ -98,6 +118,14 @@ pub struct PoolModel {
     /// Price in USD per million output tokens, as a decimal string, e.g. `"10"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_price_per_million: Option<String>,
+    /// Price in USD per million input tokens read from the provider's prompt cache.
+    /// Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_price_per_million: Option<String>,
+    /// Price in USD per million input tokens written to the provider's prompt cache.
+    /// Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_price_per_million: Option<String>,
 }
 
 /// Load-balancing strategy over a pool's endpoints.
@@ -130,6 +158,23 @@ pub struct PoolTimeouts {
 pub struct AzureSettings {
     /// The `api-version` query parameter, e.g. `2024-10-21`.
     pub api_version: String,
+}
+
+/// Gemini settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GeminiSettings {
+    /// API version in the path. Default `v1beta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+}
+
+/// AWS Bedrock settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockSettings {
+    /// AWS region requests are signed for, e.g. `us-east-1`.
+    pub region: String,
 }
 
 /// Behaviour of the built-in mock provider.

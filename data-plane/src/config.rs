@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use switchyard_proto::v1 as pb;
 
 use crate::glob;
 use crate::limits::{BudgetSpec, Limits, Price};
-use crate::providers::Provider;
+use crate::providers::{Auth, Provider};
+use crate::upstream::sigv4::{AwsCredentials, Signer};
 use crate::upstream::{HttpClient, Upstreams};
 
 /// Why a snapshot (or one of its resources) cannot be run.
@@ -75,22 +76,15 @@ impl KeyEntry {
     }
 }
 
-/// A provider credential; never printed.
-#[derive(Clone)]
-pub struct Credential(pub HeaderValue);
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
+/// One endpoint of a pool: where it is and how the gateway authenticates to it.
 #[derive(Debug)]
 pub struct EndpointEntry {
     /// Base URL without a trailing slash.
     pub base: String,
     pub weight: u32,
-    pub credential: Option<Credential>,
+    pub auth: Auth,
+    /// Headers every request to it carries (`anthropic-version`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +94,7 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MockBehaviour {
     pub latency: Duration,
     pub tokens_per_second: u32,
@@ -115,8 +109,6 @@ pub struct PoolEntry {
     pub round_robin: bool,
     next: AtomicUsize,
     pub timeouts: Timeouts,
-    pub api_version: String,
-    pub mock: MockBehaviour,
     pub models: Vec<String>,
     /// Prices by upstream model name.
     pub prices: HashMap<String, Price>,
@@ -372,13 +364,103 @@ impl RuntimeConfig {
     }
 }
 
+fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
+    let mock = p.mock.unwrap_or_default();
+    Ok(match p.provider() {
+        pb::ProviderKind::Openai => Provider::OpenAi,
+        pb::ProviderKind::AzureOpenai => Provider::Azure {
+            api_version: p.api_version.clone(),
+        },
+        pb::ProviderKind::OpenaiCompatible => Provider::Compat,
+        pb::ProviderKind::Anthropic => Provider::Anthropic,
+        pb::ProviderKind::Gemini => Provider::Gemini {
+            api_version: if p.api_version.is_empty() {
+                "v1beta".into()
+            } else {
+                p.api_version.clone()
+            },
+        },
+        pb::ProviderKind::Bedrock => {
+            if p.region.is_empty() {
+                return Err("a bedrock pool needs a region".into());
+            }
+            Provider::Bedrock {
+                region: p.region.clone(),
+            }
+        }
+        pb::ProviderKind::Mock => Provider::Mock(MockBehaviour {
+            latency: Duration::from_millis(mock.latency_ms),
+            tokens_per_second: mock.tokens_per_second,
+            completion_tokens: mock.completion_tokens.max(1),
+        }),
+        pb::ProviderKind::Unspecified => {
+            return Err("the pool names no provider".into());
+        }
+    })
+}
+
+/// How an endpoint of a provider authenticates, and the headers it always sends.
+fn endpoint_auth(
+    provider: &Provider,
+    e: &pb::Endpoint,
+) -> Result<(Auth, Vec<(HeaderName, HeaderValue)>), String> {
+    let secret = |v: &str| {
+        let mut v = HeaderValue::from_str(v)
+            .map_err(|_| "credential contains invalid characters".to_owned())?;
+        v.set_sensitive(true);
+        Ok::<_, String>(v)
+    };
+    let header = |name: &'static str, value: HeaderValue| Auth::Header {
+        name: HeaderName::from_static(name),
+        value,
+    };
+    let none_if_empty = |auth: Auth| if e.credential.is_empty() { Auth::None } else { auth };
+    Ok(match provider {
+        Provider::OpenAi | Provider::Compat => (
+            none_if_empty(Auth::Header {
+                name: http::header::AUTHORIZATION,
+                value: secret(&format!("Bearer {}", e.credential))?,
+            }),
+            Vec::new(),
+        ),
+        Provider::Azure { .. } => (none_if_empty(header("api-key", secret(&e.credential)?)), Vec::new()),
+        Provider::Anthropic => (
+            none_if_empty(header("x-api-key", secret(&e.credential)?)),
+            vec![(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(crate::dialect::anthropic::API_VERSION),
+            )],
+        ),
+        Provider::Gemini { .. } => (
+            none_if_empty(header("x-goog-api-key", secret(&e.credential)?)),
+            Vec::new(),
+        ),
+        Provider::Bedrock { region } => {
+            let credentials = match &e.aws {
+                Some(a) => AwsCredentials {
+                    access_key_id: a.access_key_id.clone(),
+                    secret_access_key: a.secret_access_key.clone(),
+                    session_token: (!a.session_token.is_empty()).then(|| a.session_token.clone()),
+                },
+                None => AwsCredentials::from_env().ok_or_else(|| {
+                    "no AWS credentials: set awsCredentialsSecretRef, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the data plane".to_owned()
+                })?,
+            };
+            (
+                Auth::SigV4(Arc::new(Signer {
+                    region: region.clone(),
+                    service: "bedrock",
+                    credentials,
+                })),
+                Vec::new(),
+            )
+        }
+        Provider::Mock(_) => (Auth::None, Vec::new()),
+    })
+}
+
 fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> {
-    let provider = Provider::from_proto(p.provider()).ok_or_else(|| {
-        format!(
-            "provider {:?} is not supported by this data plane",
-            p.provider()
-        )
-    })?;
+    let provider = provider_of(p)?;
     let mut endpoints = Vec::new();
     for e in &p.endpoints {
         let uri: http::Uri = e
@@ -388,21 +470,15 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         if uri.host().is_none() {
             return Err(format!("endpoint URL {:?} has no host", e.url));
         }
-        let credential = if e.credential.is_empty() {
-            None
-        } else {
-            let value = provider
-                .credential_header_value(&e.credential)
-                .map_err(|_| "credential contains invalid characters".to_owned())?;
-            Some(Credential(value))
-        };
+        let (auth, headers) = endpoint_auth(&provider, e)?;
         endpoints.push(EndpointEntry {
             base: e.url.trim_end_matches('/').to_owned(),
             weight: e.weight,
-            credential,
+            auth,
+            headers,
         });
     }
-    if endpoints.is_empty() && provider != Provider::Mock {
+    if endpoints.is_empty() && !matches!(provider, Provider::Mock(_)) {
         return Err("no endpoints".into());
     }
     let t = p.timeouts.unwrap_or_default();
@@ -412,7 +488,6 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         first_byte: ms(t.first_byte_ms, Duration::from_secs(60)),
         total: ms(t.total_ms, Duration::from_secs(600)),
     };
-    let m = p.mock.unwrap_or_default();
     Ok(PoolEntry {
         id: p.id.clone(),
         provider,
@@ -420,12 +495,6 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         round_robin: p.load_balancing() == pb::LoadBalancing::RoundRobin,
         next: AtomicUsize::new(0),
         timeouts,
-        api_version: p.api_version.clone(),
-        mock: MockBehaviour {
-            latency: Duration::from_millis(m.latency_ms),
-            tokens_per_second: m.tokens_per_second,
-            completion_tokens: m.completion_tokens.max(1),
-        },
         models: p.models.iter().map(|m| m.name.clone()).collect(),
         prices: p
             .models
@@ -434,6 +503,8 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
                 let price = Price {
                     input: m.input_price_per_million_micros,
                     output: m.output_price_per_million_micros,
+                    cache_read: m.cache_read_price_per_million_micros,
+                    cache_write: m.cache_write_price_per_million_micros,
                 };
                 (m.name.clone(), price)
             })

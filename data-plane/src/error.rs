@@ -1,14 +1,17 @@
-//! One error type for the request path. It records where a failure came from and whether a
-//! retry may help, and is rendered once, at the edge, in the caller's dialect.
+//! One error type for the request path. It records where a failure came from, its failure
+//! class and whether the request reached the upstream (retries and fallback decide from
+//! those, never from strings), and is rendered once, at the edge, in the caller's dialect.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-/// The API dialect a client speaks; errors are rendered in it.
+/// How a client expects errors to look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
+    /// `{"error": {"message", "type", "param", "code"}}`.
     OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
     Anthropic,
 }
 
@@ -18,6 +21,43 @@ pub enum Origin {
     Client,
     Upstream,
     Internal,
+}
+
+/// Why an upstream call failed, as retries and fallback see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    RateLimited,
+    Overloaded,
+    ServerError,
+    Timeout,
+    ContextWindowExceeded,
+    ContentFiltered,
+    /// The upstream refused the gateway's credential.
+    Authentication,
+    BadRequest,
+}
+
+impl FailureClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::ServerError => "server_error",
+            Self::Timeout => "timeout",
+            Self::ContextWindowExceeded => "context_window_exceeded",
+            Self::ContentFiltered => "content_filtered",
+            Self::Authentication => "authentication",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    /// Whether the same request may succeed later or elsewhere.
+    pub fn transient(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited | Self::Overloaded | Self::ServerError | Self::Timeout
+        )
+    }
 }
 
 /// What went wrong.
@@ -33,12 +73,14 @@ pub enum ErrorKind {
     ModelNotFound,
     UnknownEndpoint,
     BodyTooLarge,
+    /// The request is valid but cannot be served by the upstream it routes to (a field
+    /// without a counterpart, an operation the provider lacks).
     Unsupported,
     NotReady,
     UpstreamTimeout,
     UpstreamConnect,
     UpstreamProtocol,
-    /// The upstream answered with an error status; the status is in `ProxyError::upstream_status`.
+    /// The upstream answered with an error; see `class` and `upstream_status`.
     UpstreamStatus,
     RateLimitRequests,
     RateLimitTokens,
@@ -100,7 +142,11 @@ impl ErrorKind {
 pub struct ProxyError {
     pub kind: ErrorKind,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
+    /// For upstream failures: why, as retries and fallback see it.
+    pub class: Option<FailureClass>,
+    /// Whether the request reached the upstream (a retry elsewhere may then double-spend).
+    pub reached_upstream: bool,
     /// Status the upstream answered with (kind `UpstreamStatus`).
     pub upstream_status: Option<StatusCode>,
     pub retry_after: Option<HeaderValue>,
@@ -110,14 +156,37 @@ pub struct ProxyError {
 
 impl ProxyError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let class = match kind {
+            ErrorKind::UpstreamTimeout => Some(FailureClass::Timeout),
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => {
+                Some(FailureClass::ServerError)
+            }
+            _ => None,
+        };
         Self {
             kind,
             message: message.into(),
             param: None,
+            class,
+            reached_upstream: matches!(kind, ErrorKind::UpstreamProtocol),
             upstream_status: None,
             retry_after: None,
             headers: None,
         }
+    }
+
+    /// A 400: the request is malformed.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// A 400 naming a field the upstream's format has no counterpart for.
+    pub fn unmappable(field: &str, target: &str) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("`{field}` cannot be sent to this model: its provider ({target}) has no equivalent."),
+        )
+        .with_param(field)
     }
 
     /// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
@@ -129,28 +198,23 @@ impl ProxyError {
         self
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
         self
     }
 
-    pub fn upstream_status(status: StatusCode, message: impl Into<String>) -> Self {
+    /// The upstream answered `status`, classified by its provider.
+    pub fn upstream(status: StatusCode, class: FailureClass, message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorKind::UpstreamStatus, message);
         e.upstream_status = Some(status);
+        e.class = Some(class);
+        e.reached_upstream = true;
         e
     }
 
     /// Whether trying again (another backend, later) may succeed.
     pub fn retryable(&self) -> bool {
-        match self.kind {
-            ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamConnect
-            | ErrorKind::UpstreamProtocol => true,
-            ErrorKind::UpstreamStatus => self
-                .upstream_status
-                .is_some_and(|s| s.is_server_error() || s == 429),
-            _ => false,
-        }
+        self.class.is_some_and(FailureClass::transient)
     }
 
     /// The status returned to the client.
@@ -169,23 +233,42 @@ impl ProxyError {
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamConnect | UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            UpstreamStatus => match self.upstream_status {
+            UpstreamStatus => match self.class {
+                Some(FailureClass::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
+                Some(FailureClass::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+                Some(FailureClass::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+                Some(FailureClass::ContextWindowExceeded | FailureClass::ContentFiltered) => {
+                    StatusCode::BAD_REQUEST
+                }
                 // The upstream rejected the gateway's own credential: not the client's fault.
-                Some(s) if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
+                Some(FailureClass::Authentication | FailureClass::ServerError) | None => {
                     StatusCode::BAD_GATEWAY
                 }
-                Some(s) if s.is_client_error() => s,
-                _ => StatusCode::BAD_GATEWAY,
+                Some(FailureClass::BadRequest) => self
+                    .upstream_status
+                    .filter(|s| s.is_client_error())
+                    .unwrap_or(StatusCode::BAD_REQUEST),
             },
         }
+    }
+
+    /// The status in a dialect: Anthropic says 529 where others say 503 for overload.
+    pub fn status_in(&self, dialect: Dialect) -> StatusCode {
+        let s = self.status();
+        if dialect == Dialect::Anthropic
+            && self.class == Some(FailureClass::Overloaded)
+            && s == StatusCode::SERVICE_UNAVAILABLE
+        {
+            return StatusCode::from_u16(529).unwrap_or(s);
+        }
+        s
     }
 
     fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
         use ErrorKind::*;
         match self.kind {
-            InvalidJson | InvalidRequest | Unsupported | BodyTooLarge => {
-                ("invalid_request_error", None)
-            }
+            InvalidJson | InvalidRequest | BodyTooLarge => ("invalid_request_error", None),
+            Unsupported => ("invalid_request_error", Some("unsupported_parameter")),
             MissingKey | InvalidKey | ExpiredKey | DisabledKey => {
                 ("invalid_request_error", Some("invalid_api_key"))
             }
@@ -202,16 +285,29 @@ impl ProxyError {
                 ("upstream_error", Some(self.kind.metric_label()))
             }
             Internal => ("server_error", None),
-            UpstreamStatus => match self.status().as_u16() {
-                429 => ("rate_limit_error", Some("rate_limit_exceeded")),
-                400..=499 => ("invalid_request_error", None),
-                _ => ("upstream_error", Some("upstream_status")),
+            UpstreamStatus => match self.class {
+                Some(FailureClass::RateLimited) => ("rate_limit_error", Some("rate_limit_exceeded")),
+                Some(FailureClass::Overloaded) => ("server_error", Some("overloaded")),
+                Some(FailureClass::Timeout) => ("timeout_error", Some("upstream_timeout")),
+                Some(FailureClass::ContextWindowExceeded) => {
+                    ("invalid_request_error", Some("context_length_exceeded"))
+                }
+                Some(FailureClass::ContentFiltered) => {
+                    ("invalid_request_error", Some("content_filter"))
+                }
+                Some(FailureClass::Authentication) => {
+                    ("upstream_error", Some("upstream_authentication"))
+                }
+                Some(FailureClass::BadRequest) => ("invalid_request_error", None),
+                Some(FailureClass::ServerError) | None => {
+                    ("upstream_error", Some("upstream_status"))
+                }
             },
         }
     }
 
     fn anthropic_type(&self) -> &'static str {
-        match self.status().as_u16() {
+        match self.status_in(Dialect::Anthropic).as_u16() {
             400 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
@@ -239,7 +335,7 @@ impl ProxyError {
 
     /// Renders the error as an HTTP response in a dialect.
     pub fn into_response_in(self, dialect: Dialect) -> Response {
-        let status = self.status();
+        let status = self.status_in(dialect);
         let body = self.body(dialect).to_string();
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(ra) = &self.retry_after {
@@ -251,6 +347,11 @@ impl ProxyError {
         resp.extensions_mut()
             .insert(ErrorLabel(self.kind.metric_label()));
         resp
+    }
+
+    /// A low-cardinality label: the failure class when there is one, else the kind.
+    pub fn metric_label(&self) -> &'static str {
+        self.class.map_or(self.kind.metric_label(), FailureClass::label)
     }
 }
 
@@ -274,6 +375,7 @@ mod tests {
     fn statuses_follow_the_contract() {
         let cases = [
             (ErrorKind::InvalidJson, 400),
+            (ErrorKind::Unsupported, 400),
             (ErrorKind::MissingKey, 401),
             (ErrorKind::ExpiredKey, 401),
             (ErrorKind::ModelNotAllowed, 403),
@@ -290,18 +392,25 @@ mod tests {
                 "{kind:?}"
             );
         }
-        let up =
-            |s: u16| ProxyError::upstream_status(StatusCode::from_u16(s).expect("status"), "x");
-        assert_eq!(up(429).status().as_u16(), 429);
-        assert_eq!(up(400).status().as_u16(), 400);
+        let up = |s: u16, c| ProxyError::upstream(StatusCode::from_u16(s).expect("status"), c, "x");
+        assert_eq!(up(429, FailureClass::RateLimited).status().as_u16(), 429);
+        assert_eq!(up(422, FailureClass::BadRequest).status().as_u16(), 422);
+        assert_eq!(up(500, FailureClass::BadRequest).status().as_u16(), 400);
         assert_eq!(
-            up(401).status().as_u16(),
+            up(401, FailureClass::Authentication).status().as_u16(),
             502,
             "upstream credential errors are not the client's"
         );
-        assert_eq!(up(500).status().as_u16(), 502);
-        assert!(up(503).retryable());
-        assert!(!up(400).retryable());
+        assert_eq!(up(500, FailureClass::ServerError).status().as_u16(), 502);
+        let overloaded = up(529, FailureClass::Overloaded);
+        assert_eq!(overloaded.status().as_u16(), 503);
+        assert_eq!(overloaded.status_in(Dialect::Anthropic).as_u16(), 529);
+        assert_eq!(overloaded.body(Dialect::Anthropic)["error"]["type"], "overloaded_error");
+        assert!(overloaded.retryable() && overloaded.reached_upstream);
+        assert!(!up(400, FailureClass::ContextWindowExceeded).retryable());
+        let connect = ProxyError::new(ErrorKind::UpstreamConnect, "refused");
+        assert_eq!(connect.class, Some(FailureClass::ServerError));
+        assert!(!connect.reached_upstream);
     }
 
     #[test]
@@ -313,5 +422,12 @@ mod tests {
         let a = e.body(Dialect::Anthropic);
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "authentication_error");
+        let ctx = ProxyError::upstream(
+            StatusCode::BAD_REQUEST,
+            FailureClass::ContextWindowExceeded,
+            "prompt is too long",
+        );
+        assert_eq!(ctx.body(Dialect::OpenAi)["error"]["code"], "context_length_exceeded");
+        assert_eq!(ctx.metric_label(), "context_window_exceeded");
     }
 }

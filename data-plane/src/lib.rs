@@ -1,24 +1,28 @@
-//! Switchyard data plane: an OpenAI-compatible LLM gateway proxy. Authenticates virtual keys,
-//! routes models to provider pools, translates wire formats and streams without buffering.
-//! Gets its configuration from the control plane (fleet mode) or a directory (standalone).
+//! Switchyard data plane: an LLM gateway proxy with OpenAI- and Anthropic-compatible front
+//! doors. Authenticates virtual keys, enforces limits and budgets, routes models to provider
+//! pools, translates between wire formats through one canonical form (or passes bytes through
+//! when the formats match) and streams without buffering. Gets its configuration from the
+//! control plane (fleet mode) or a directory (standalone). `stack.rs` is the map.
 
 pub mod admin;
-pub mod auth;
 pub mod config;
+pub mod dialect;
 pub mod error;
+pub mod frontdoor;
 pub mod gateway;
 pub mod glob;
-pub mod limits;
+pub mod llm;
 pub mod metrics;
-pub mod openai;
+pub mod policy;
 pub mod providers;
-pub mod proxy;
-pub mod sse;
+pub mod route;
 pub mod stack;
 pub mod standalone;
 pub mod tokens;
 pub mod upstream;
 pub mod xds;
+
+pub use policy::limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -119,7 +119,7 @@ impl Metrics {
         );
         registry.register(
             "tokens",
-            "Tokens by provider and direction (input/output)",
+            "Tokens by provider and direction: input and output (all tokens), cache_read, cache_write and reasoning (parts of them)",
             tokens.clone(),
         );
         registry.register(
@@ -234,18 +234,23 @@ impl Metrics {
         out
     }
 
-    pub fn record_usage(&self, provider: &'static str, usage: crate::openai::Usage) {
-        self.tokens
-            .get_or_create(&TokenLabels {
-                provider,
-                direction: "input",
-            })
-            .inc_by(usage.prompt_tokens);
-        self.tokens
-            .get_or_create(&TokenLabels {
-                provider,
-                direction: "output",
-            })
-            .inc_by(usage.completion_tokens);
+    /// Tokens by provider: input (all), output (all), and the cache and reasoning parts.
+    pub fn record_usage(&self, provider: &'static str, usage: crate::llm::Usage) {
+        for (direction, n) in [
+            ("input", usage.input),
+            ("output", usage.output),
+            ("cache_read", usage.cache_read),
+            ("cache_write", usage.cache_write),
+            ("reasoning", usage.reasoning),
+        ] {
+            if n > 0 || direction == "input" || direction == "output" {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        provider,
+                        direction,
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 }

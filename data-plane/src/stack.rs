@@ -1,20 +1,23 @@
-//! The data-plane request stack, outer to inner. Outer layers are tower middleware applied to
-//! every request; the inner steps run in the handlers (`proxy.rs`) in this order:
+//! The data-plane request pipeline, in order. Outer layers are tower middleware applied to
+//! every request; then a front door (`frontdoor/`) decodes the caller's format and
+//! [`model_call`] runs the rest. One line of why per step:
 //!
-//! 1. catch-panic          — outermost, so a bug anywhere becomes a 500, never a dropped connection
-//! 2. sensitive headers    — before anything can log them: `authorization`, `x-api-key`
-//! 3. request id           — set early so every later log line and the response carry it
-//! 4. trace span           — one span per request, with the id, for logs and traces
-//! 5. metrics              — sees every response, including errors from the steps below
-//! 6. concurrency limit    — sheds load before any per-request work is spent
-//! 7. authenticate key     — cheapest rejection of strangers: one hash and one map lookup
-//! 8. body limit + parse   — only authenticated callers make us read and parse bodies
-//! 9. route + authorize    — the model comes from the body; 404 unknown, 403 not allowed
-//! 10. pick backend        — before limits: the budget prices the backend's upstream model
-//! 11. limits + budget     — one store round trip reserves RPM/TPM/parallel/budget, or 429
-//! 12. provider client     — translate, send with first-byte/total deadlines, translate back
-//! 13. stream forwarding   — event by event, usage counted from the stream, errors as events
-//! 14. settle              — actual usage corrects tokens and spend; leases end (async)
+//! 1. catch-panic — outermost, so a bug anywhere becomes a 500, never a dropped connection
+//! 2. sensitive headers — before anything can log them: `authorization`, `x-api-key`
+//! 3. request id — set early so every later log line and the response carry it
+//! 4. trace span — one span per request, with the id, for logs and traces
+//! 5. metrics + shedding — sees every response, errors included; 503 beyond max concurrency
+//! 6. front door — authenticate (a hash lookup: the cheapest rejection), read the body under
+//!    its limit, check it in the caller's format, parsed only as far as policies need
+//! 7. route — the model names a route; 404 unknown, 403 not allowed for this key
+//! 8. limits + budget — after routing, because a budget prices the backend's upstream model;
+//!    one store round trip reserves RPM/TPM/parallel/budget, or 429
+//! 9. guardrails (slot, issue 12) — the request phase will read or rewrite the request here
+//! 10. cache (slot, issue 13) — an exact or semantic hit will answer here
+//! 11. provider — same format: the client's bytes with the model swapped; else canonical ->
+//!     the upstream's wire; send with deadlines; classify error answers
+//! 12. respond — render once in the caller's format (streams event by event); usage counted on
+//!     the way settles tokens and spend when the answer ends
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,10 +35,13 @@ use tower_http::request_id::{
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::config::{KeyEntry, RuntimeConfig};
 use crate::error::{Dialect, ErrorKind, ErrorLabel, ProxyError};
+use crate::frontdoor;
 use crate::gateway::Gateway;
+use crate::llm::Incoming;
 use crate::metrics::{EndpointLabels, RequestLabels};
-use crate::proxy;
+use crate::{policy, providers, route};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -70,10 +76,14 @@ impl Default for StackOptions {
 pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
     let limiter = Arc::new(tokio::sync::Semaphore::new(opts.max_concurrency));
     Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/models", get(proxy::models))
-        .fallback(proxy::not_found)
+        .route("/v1/chat/completions", post(frontdoor::chat_completions))
+        .route("/v1/completions", post(frontdoor::completions))
+        .route("/v1/responses", post(frontdoor::responses))
+        .route("/v1/messages", post(frontdoor::messages))
+        .route("/v1/messages/count_tokens", post(frontdoor::count_tokens))
+        .route("/v1/embeddings", post(frontdoor::embeddings))
+        .route("/v1/models", get(frontdoor::models))
+        .fallback(frontdoor::not_found)
         .layer(EdgeLayer { gw: gw.clone(), limiter })
         .layer(
             ServiceBuilder::new()
@@ -100,11 +110,30 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 fn endpoint_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/responses" => "responses",
+        "/v1/messages" => "messages",
+        "/v1/messages/count_tokens" => "count_tokens",
         "/v1/embeddings" => "embeddings",
         "/v1/models" => "models",
-        "/v1/messages" => "messages",
         _ => "other",
     }
+}
+
+/// Steps 7 to 12: one model call, after its front door decoded it.
+pub async fn model_call(
+    gw: &Arc<Gateway>,
+    cfg: &RuntimeConfig,
+    key: &KeyEntry,
+    incoming: Incoming,
+) -> Result<Response, ProxyError> {
+    let routed = route::resolve(cfg, key, &incoming.facts.model)?;
+    let permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
+    // Guardrails (request phase) and the cache lookup take their places here.
+    let pool = &routed.backend.pool;
+    let (format, facts) = (incoming.format, incoming.facts.clone());
+    let answer = providers::call(gw, pool, &routed.upstream_model, incoming).await;
+    frontdoor::respond(gw, pool.provider.label(), format, &facts, answer, permit)
 }
 
 /// Metrics and load shedding in one layer (one boxed future per request instead of two

@@ -15,7 +15,7 @@ use std::sync::{LazyLock, Mutex};
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
 use crate::limits::Estimate;
-use crate::openai::{ChatRequest, MessageContent};
+use crate::llm::{Incoming, Op, Part, Request};
 
 /// Output tokens reserved when the request sets no `max_tokens`/`max_completion_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
@@ -120,9 +120,9 @@ pub fn approximate(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Estimates a chat request's input tokens (exactly for OpenAI models: each message's content
-/// is encoded on its own, as the chat format does) and reserves its output tokens.
-pub fn estimate_chat(req: &ChatRequest, upstream_model: &str) -> Estimate {
+/// Estimates a request's input tokens (exactly for OpenAI models: each message's text is
+/// encoded on its own, as the chat format does) and reserves its output tokens.
+pub fn estimate_request(req: &Request, upstream_model: &str) -> Estimate {
     let t = tokenizer_of(upstream_model);
     let n = |text: &str| match t {
         Some(t) => bpe_count(t, text),
@@ -134,31 +134,46 @@ pub fn estimate_chat(req: &ChatRequest, upstream_model: &str) -> Estimate {
         if let Some(name) = &m.name {
             input += 1 + n(name);
         }
-        match &m.content {
-            Some(MessageContent::Text(s)) => input += n(s),
-            Some(MessageContent::Parts(parts)) => {
-                input += parts
-                    .iter()
-                    .filter_map(|p| p.text.as_deref())
-                    .map(n)
-                    .sum::<u64>();
-            }
-            None => {}
-        }
-        for c in m.tool_calls.iter().flatten() {
-            input += n(&c.function.name) + n(&c.function.arguments);
+        for p in &m.parts {
+            input += match p {
+                Part::Text { text, .. } | Part::Thinking { text, .. } => n(text),
+                Part::ToolCall(c) => n(&c.name) + n(&c.arguments),
+                Part::ToolResult(r) => n(&r.text()),
+                // Images and documents: a flat allowance (OpenAI's low-detail image cost).
+                Part::Image(_) | Part::Document { .. } => 85,
+                Part::RedactedThinking { .. } => 0,
+            };
         }
     }
-    if let Some(tools) = &req.tools
-        && let Ok(json) = serde_json::to_string(tools)
-    {
-        input += n(&json);
+    for tool in &req.tools {
+        input += n(&tool.name) + tool.description.as_deref().map_or(0, n) + n(&tool.parameters.to_string());
     }
     let output = req
-        .max_completion_tokens
-        .or(req.max_tokens)
+        .max_output_tokens
         .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from);
     Estimate { input, output }
+}
+
+/// Estimates an incoming request before routing's answer is known: decodes its body (only
+/// called when a token limit or a budget applies).
+pub fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Estimate {
+    let Some(raw) = incoming.raw() else {
+        return Estimate::default();
+    };
+    if incoming.op == Op::Embed {
+        return estimate_texts(&crate::dialect::embeddings::texts(raw), upstream_model);
+    }
+    match crate::dialect::decode_canonical(incoming.format, raw) {
+        Ok((r, _)) => estimate_request(&r, upstream_model),
+        // The body was checked for shape; a translation error surfaces later with its 400.
+        Err(_) => Estimate {
+            input: approximate(std::str::from_utf8(raw.original()).unwrap_or("")),
+            output: incoming
+                .facts
+                .max_output_tokens
+                .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+        },
+    }
 }
 
 /// Estimates an embeddings request: its inputs' tokens, no output.
@@ -205,17 +220,23 @@ mod tests {
 
     #[test]
     fn chat_estimate_counts_overhead_and_reserves_output() {
-        let req: ChatRequest = serde_json::from_str(
-            r#"{"model":"gpt-4o","max_tokens":50,"messages":[{"role":"system","content":"hello world"},{"role":"user","content":"hello world","name":"ann"}]}"#,
-        )
-        .expect("request");
-        let e = estimate_chat(&req, "gpt-4o");
+        use crate::llm::{Message, Role};
+        let mut user = Message::text(Role::User, "hello world");
+        user.name = Some("ann".into());
+        let req = Request {
+            model: "gpt-4o".into(),
+            max_output_tokens: Some(50),
+            messages: vec![Message::text(Role::System, "hello world"), user],
+            ..Default::default()
+        };
+        let e = estimate_request(&req, "gpt-4o");
         // 2 + 2 text tokens, 3 + 3 + 1 (+1 for "ann") + 3 overhead.
         assert_eq!(e.input, 15, "{e:?}");
         assert_eq!(e.output, 50);
-        let req: ChatRequest =
-            serde_json::from_str(r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#)
-                .expect("request");
-        assert_eq!(estimate_chat(&req, "x").output, DEFAULT_OUTPUT_ESTIMATE);
+        let req = Request {
+            messages: vec![Message::text(Role::User, "hi")],
+            ..Default::default()
+        };
+        assert_eq!(estimate_request(&req, "x").output, DEFAULT_OUTPUT_ESTIMATE);
     }
 }

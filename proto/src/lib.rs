@@ -20,6 +20,16 @@ pub mod v1 {
                         "<redacted>"
                     },
                 )
+                .field("aws", &self.aws)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for AwsCredentials {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("AwsCredentials")
+                .field("access_key_id", &"<redacted>")
+                .field("secret_access_key", &"<redacted>")
                 .finish()
         }
     }
@@ -27,7 +37,7 @@ pub mod v1 {
 
 #[cfg(test)]
 mod tests {
-    use super::v1::Endpoint;
+    use super::v1::{AwsCredentials, Endpoint};
 
     #[test]
     fn endpoint_debug_redacts_credential() {
@@ -35,9 +45,16 @@ mod tests {
             url: "https://api.example".into(),
             weight: 1,
             credential: "sk-secret".into(),
+            aws: Some(AwsCredentials {
+                access_key_id: "AKIA-secret".into(),
+                secret_access_key: "aws-secret".into(),
+                session_token: "token-secret".into(),
+            }),
         };
         let s = format!("{e:?}");
-        assert!(!s.contains("sk-secret"), "{s}");
+        for value in ["sk-secret", "AKIA-secret", "aws-secret", "token-secret"] {
+            assert!(!s.contains(value), "{s}");
+        }
         assert!(s.contains("<redacted>"));
     }
 }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 mod limits;
+mod nginx;
 mod peers;
 
 use peers::{Peer, start_peer};
@@ -495,7 +496,13 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         &[],
         &work.join("mock.log"),
     )?;
-    std::fs::write(work.join("config/bench.yaml"), bench_config(&mock_url))?;
+    let nginx = nginx::start(&work)?;
+    let mut config = bench_config(&mock_url);
+    if let Some((_, url)) = &nginx {
+        config.push_str("---\n");
+        config.push_str(&nginx::config(url));
+    }
+    std::fs::write(work.join("config/bench.yaml"), config)?;
     let (gw_port, gw_admin) = (free_port(), free_port());
     let gw = spawn(
         "switchyard",
@@ -582,6 +589,34 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
+    // a and b again against nginx (one worker, canned completion): the faster upstream.
+    let mut vs_nginx = None;
+    if let Some((_, nginx_url)) = &nginx {
+        let direct = format!("{nginx_url}/v1/chat/completions");
+        let body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-nginx\"");
+        let hdr = [("Authorization", auth.as_str())];
+        let dc1 = wrk(&direct, 1, d, &[], &body, &wrk_dir)?;
+        record("nginx direct", "a: chat c=1", &dc1);
+        let gc1 = wrk(&gateway, 1, d, &hdr, &body, &wrk_dir)?;
+        record("via nginx", "a: chat c=1", &gc1);
+        let dc32 = wrk(&direct, 32, d, &[], &body, &wrk_dir)?;
+        record("nginx direct", "b: chat c=32", &dc32);
+        let gc32 = wrk(&gateway, 32, d, &hdr, &body, &wrk_dir)?;
+        record("via nginx", "b: chat c=32", &gc32);
+        let added = gc1.p50_us - dc1.p50_us;
+        let ratio = if dc32.rps > 0.0 { gc32.rps / dc32.rps } else { 0.0 };
+        targets.push((
+            "vs nginx: added latency p50 <= 50 us at c=1".into(),
+            format!("{added:.0} us"),
+            added <= 50.0,
+        ));
+        targets.push((
+            "vs nginx: throughput c=32 >= 50% of direct".into(),
+            format!("{:.0}%", ratio * 100.0),
+            ratio >= 0.5,
+        ));
+        vs_nginx = Some((added, gc1.p50_us / dc1.p50_us.max(1.0), ratio));
+    }
     // d. the same requests with limits and a budget, on gateways of their own (their config
     // loads a BPE table; a-c and e keep measuring the plain path).
     let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
@@ -769,7 +804,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "- Upstream: `switchyard-mock-llm` (hyper, 0 ms), OpenAI wire format; ~1 KB chat request, 16-token answer; the gateway authenticates a virtual key on every request."
+        "- Upstreams: `switchyard-mock-llm` (hyper, 0 ms, 1 worker) and nginx (1 worker, canned completion), OpenAI wire format; ~1 KB chat request, 16-token answer; the gateway authenticates a virtual key on every request."
     );
     let _ = writeln!(md, "- Duration per point: {} s.\n", d.as_secs());
     let _ = writeln!(
@@ -789,6 +824,18 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         gw_c1.p50_us / direct_c1.p50_us.max(1.0),
         ratio32 * 100.0
     );
+    match vs_nginx {
+        Some((added, p50_ratio, ratio)) => {
+            let _ = writeln!(
+                md,
+                "Ratios (switchyard via nginx / nginx direct, one nginx worker, canned completion): c=1 p50 {p50_ratio:.2}x (added {added:.0} us); c=32 throughput {:.0}%.\n",
+                ratio * 100.0
+            );
+        }
+        None => {
+            let _ = writeln!(md, "nginx is not installed: no nginx direct path.\n");
+        }
+    }
     let _ = writeln!(
         md,
         "- c. streaming, 64 chunks: TTFT p50 direct {d_ttft:.0} us, switchyard {g_ttft:.0} us (added {added_ttft:.0} us); mean inter-chunk gap direct {d_gap:.1} us, switchyard {g_gap:.1} us."

@@ -115,7 +115,10 @@ fn codegen(check: bool) -> Result<()> {
         .build_client(true)
         .build_server(true)
         .out_dir(&tmp)
-        .skip_debug(["switchyard.config.v1.Endpoint"])
+        .skip_debug([
+            "switchyard.config.v1.Endpoint",
+            "switchyard.config.v1.AwsCredentials",
+        ])
         .btree_map(".")
         .bytes(".switchyard.config.v1.DiscoveryResponse.snapshot")
         .compile_fds(fds)

@@ -267,8 +267,8 @@ spec: {provider: openai-compatible, endpoints: [{url: "http://x"}], timeouts: {t
             ("ProviderPool default/badurl".into(), "Accepted", "Invalid"),
             (
                 "ProviderPool default/gem".into(),
-                "Accepted",
-                "UnsupportedProvider"
+                "ResolvedRefs",
+                "MissingCredential"
             ),
             ("ProviderPool default/slow".into(), "Accepted", "Invalid"),
             (
@@ -278,6 +278,71 @@ spec: {provider: openai-compatible, endpoints: [{url: "http://x"}], timeouts: {t
             ),
         ]
     );
+}
+
+#[test]
+fn gemini_and_bedrock_pools_compile_with_their_settings() {
+    let c = compile(&world(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: aws}
+stringData: {AWS_ACCESS_KEY_ID: AKIDEXAMPLE, AWS_SECRET_ACCESS_KEY: secret-example}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: gem}
+spec: {provider: gemini, endpoints: [{url: "https://generativelanguage.googleapis.com", credentialSecretRef: {name: keys, key: openai}}],
+       models: [{name: gemini-2.5-flash, inputPricePerMillion: "0.30", cacheReadPricePerMillion: "0.03"}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: br}
+spec: {provider: bedrock, bedrock: {region: us-west-2}, endpoints: [{url: "https://bedrock-runtime.us-west-2.amazonaws.com", awsCredentialsSecretRef: {name: aws}}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: br-env}
+spec: {provider: bedrock, bedrock: {region: eu-west-1}, endpoints: [{url: "https://bedrock-runtime.eu-west-1.amazonaws.com"}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: br-noregion}
+spec: {provider: bedrock, endpoints: [{url: "https://x"}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: oa-aws}
+spec: {provider: openai-compatible, endpoints: [{url: "https://x", awsCredentialsSecretRef: {name: aws}}]}
+"#,
+    ));
+    let mut r = reasons(&c);
+    r.sort();
+    assert_eq!(
+        r,
+        vec![
+            ("ProviderPool default/br-noregion".into(), "Accepted", "Invalid"),
+            ("ProviderPool default/oa-aws".into(), "Accepted", "Invalid"),
+        ]
+    );
+    let pool = |id: &str| {
+        c.snapshot
+            .pools
+            .iter()
+            .find(|p| p.id == id)
+            .unwrap_or_else(|| panic!("{id} compiled"))
+    };
+    let g = pool("default/gem");
+    assert_eq!(g.provider(), pb::ProviderKind::Gemini);
+    assert_eq!(g.api_version, "v1beta");
+    assert_eq!(g.models[0].cache_read_price_per_million_micros, 30_000);
+    assert_eq!(g.models[0].cache_write_price_per_million_micros, 0);
+    let b = pool("default/br");
+    assert_eq!(b.region, "us-west-2");
+    let aws = b.endpoints[0].aws.as_ref().expect("credentials from the Secret");
+    assert_eq!(aws.access_key_id, "AKIDEXAMPLE");
+    assert_eq!(aws.session_token, "");
+    assert!(pool("default/br-env").endpoints[0].aws.is_none());
 }
 
 #[test]

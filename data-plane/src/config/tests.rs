@@ -12,6 +12,7 @@ fn pool(id: &str, provider: pb::ProviderKind, url: &str) -> pb::Pool {
                 url: url.into(),
                 weight: 1,
                 credential: "sk-up".into(),
+                ..Default::default()
             }]
         },
         models: vec![
@@ -166,4 +167,65 @@ fn credentials_never_print() {
     let route = cfg.route("gpt-4o").expect("route");
     let dbg = format!("{:?}", route.backends[0].pool);
     assert!(!dbg.contains("sk-up"), "{dbg}");
+}
+
+#[test]
+fn auth_and_framing_are_data_on_the_pool() {
+    let mut s = snapshot();
+    s.pools.push(pb::Pool {
+        id: "ns/br".into(),
+        provider: pb::ProviderKind::Bedrock.into(),
+        region: "us-east-1".into(),
+        endpoints: vec![pb::Endpoint {
+            url: "https://bedrock-runtime.us-east-1.amazonaws.com".into(),
+            weight: 1,
+            aws: Some(pb::AwsCredentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "aws-secret-key".into(),
+                session_token: String::new(),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    s.pools.push(pb::Pool {
+        id: "ns/gem".into(),
+        provider: pb::ProviderKind::Gemini.into(),
+        endpoints: vec![pb::Endpoint {
+            url: "https://generativelanguage.googleapis.com".into(),
+            weight: 1,
+            credential: "gem-key".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    for (id, _) in [("ns/br", ()), ("ns/gem", ())] {
+        s.routes.push(pb::Route {
+            id: format!("{id}-route"),
+            models: vec![id.replace("ns/", "")],
+            backends: vec![pb::Backend {
+                pool: id.into(),
+                model: String::new(),
+                weight: 1,
+            }],
+            ..Default::default()
+        });
+    }
+    let cfg = RuntimeConfig::build(&s, &Upstreams::default()).expect("valid");
+    let pool = |m: &str| cfg.route(m).expect("route").backends[0].pool.clone();
+    let br = pool("br");
+    assert_eq!(br.provider, Provider::Bedrock { region: "us-east-1".into() });
+    assert_eq!(br.provider.framing(), crate::upstream::Framing::EventStream);
+    assert!(matches!(br.endpoints[0].auth, Auth::SigV4(_)));
+    let gem = pool("gem");
+    assert_eq!(gem.provider, Provider::Gemini { api_version: "v1beta".into() });
+    assert!(matches!(&gem.endpoints[0].auth, Auth::Header { name, .. } if name == "x-goog-api-key"));
+    assert_eq!(gem.provider.framing(), crate::upstream::Framing::Sse);
+    let dbg = format!("{:?} {:?}", br, gem);
+    assert!(!dbg.contains("aws-secret-key") && !dbg.contains("gem-key"), "{dbg}");
+    // Without a region a Bedrock pool is invalid.
+    if let Some(p) = s.pools.iter_mut().find(|p| p.id == "ns/br") {
+        p.region.clear();
+    }
+    assert!(RuntimeConfig::build(&s, &Upstreams::default()).is_err());
 }

@@ -1,15 +1,16 @@
 //! The built-in `mock` provider: deterministic text, configurable latency and token rate, no
-//! network. For demos, smoke tests and load tests of the gateway itself.
+//! network. It answers in canonical form, so every front door renders it in its own format.
+//! For demos, smoke tests and load tests of the gateway itself.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::config::MockBehaviour;
-use crate::openai::{
-    ChatChunk, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage, now_unix,
-};
-use crate::sse;
+use crate::dialect::{self, embeddings};
+use crate::dialect::responses::Echo;
+use crate::error::ProxyError;
+use crate::llm::{Block, Delta, Event, Finish, FinishReason, Incoming, Op, Part, Response, Usage};
+
+use super::Answer;
 
 const WORDS: &[&str] = &[
     "This",
@@ -47,133 +48,6 @@ fn id() -> String {
     format!("chatcmpl-mock-{:016x}", fastrand::u64(..))
 }
 
-/// A complete (non-streaming) response.
-pub fn response(model: &str, behaviour: &MockBehaviour, prompt_tokens: u64) -> ChatResponse {
-    let n = behaviour.completion_tokens;
-    ChatResponse {
-        id: id(),
-        object: "chat.completion".into(),
-        created: now_unix(),
-        model: model.to_owned(),
-        choices: vec![Choice {
-            index: 0,
-            message: ResponseMessage {
-                role: "assistant".into(),
-                content: Some(text(n)),
-                tool_calls: None,
-            },
-            finish_reason: Some("stop".into()),
-            logprobs: None,
-        }],
-        usage: Some(Usage::new(prompt_tokens, u64::from(n))),
-    }
-}
-
-/// Delay between streamed tokens.
-pub fn token_interval(behaviour: &MockBehaviour) -> Duration {
-    match behaviour.tokens_per_second {
-        0 => Duration::ZERO,
-        tps => Duration::from_secs(1) / tps,
-    }
-}
-
-/// The SSE events of a streamed completion, in order: role, tokens, finish, optional usage,
-/// `[DONE]`.
-#[derive(Debug)]
-pub struct MockStream {
-    id: String,
-    model: String,
-    created: u64,
-    n: u32,
-    next: u32,
-    prompt_tokens: u64,
-    include_usage: bool,
-    done: bool,
-}
-
-impl MockStream {
-    pub fn new(
-        model: &str,
-        behaviour: &MockBehaviour,
-        prompt_tokens: u64,
-        include_usage: bool,
-    ) -> Self {
-        Self {
-            id: id(),
-            model: model.to_owned(),
-            created: now_unix(),
-            n: behaviour.completion_tokens,
-            next: 0,
-            prompt_tokens,
-            include_usage,
-            done: false,
-        }
-    }
-
-    fn chunk(&self, delta: Delta, finish: Option<&str>, usage: Option<Usage>) -> Bytes {
-        let c = ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            choices: if usage.is_some() {
-                Vec::new()
-            } else {
-                vec![ChunkChoice {
-                    index: 0,
-                    delta,
-                    finish_reason: finish.map(str::to_owned),
-                }]
-            },
-            usage,
-        };
-        sse::data(&serde_json::to_vec(&c).unwrap_or_default())
-    }
-
-    /// Usage of the whole completion.
-    pub fn usage(&self) -> Usage {
-        Usage::new(self.prompt_tokens, u64::from(self.n))
-    }
-
-    /// The next chunk of output, `None` at the end. Each token is one chunk; the final chunk
-    /// carries the finish reason, usage and `[DONE]` together.
-    pub fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        let i = self.next;
-        self.next += 1;
-        if i == 0 {
-            return Some(self.chunk(
-                Delta {
-                    role: Some("assistant".into()),
-                    content: Some(String::new()),
-                    tool_calls: None,
-                },
-                None,
-                None,
-            ));
-        }
-        if i <= self.n {
-            return Some(self.chunk(
-                Delta {
-                    content: Some(token(i as usize - 1).to_owned()),
-                    ..Default::default()
-                },
-                None,
-                None,
-            ));
-        }
-        self.done = true;
-        let mut tail = Vec::from(&self.chunk(Delta::default(), Some("stop"), None)[..]);
-        if self.include_usage {
-            tail.extend_from_slice(&self.chunk(Delta::default(), None, Some(self.usage())));
-        }
-        tail.extend_from_slice(sse::DONE);
-        Some(Bytes::from(tail))
-    }
-}
-
 /// A deterministic embedding: a unit vector derived from the text.
 pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
     let mut state: u64 = 0xcbf2_9ce4_8422_2325;
@@ -191,48 +65,177 @@ pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
+/// Delay between streamed tokens.
+pub fn token_interval(behaviour: &MockBehaviour) -> Duration {
+    match behaviour.tokens_per_second {
+        0 => Duration::ZERO,
+        tps => Duration::from_secs(1) / tps,
+    }
+}
+
+/// The mock's stream: role/start, one text delta per token (paced), then stop, usage and
+/// finish.
+#[derive(Debug)]
+pub struct Events {
+    id: String,
+    model: String,
+    n: u32,
+    next: u32,
+    usage: Usage,
+    interval: Duration,
+    done: bool,
+}
+
+impl Events {
+    fn new(model: &str, b: &MockBehaviour, prompt_tokens: u64) -> Self {
+        Self {
+            id: id(),
+            model: model.to_owned(),
+            n: b.completion_tokens,
+            next: 0,
+            usage: Usage::new(prompt_tokens, u64::from(b.completion_tokens)),
+            interval: token_interval(b),
+            done: false,
+        }
+    }
+
+    /// Usage of the whole stream.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The next batch of events, `None` at the end.
+    pub async fn next_batch(&mut self) -> Option<Vec<Event>> {
+        if self.done {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        if i == 0 {
+            return Some(vec![
+                Event::Start {
+                    id: self.id.clone(),
+                    model: self.model.clone(),
+                },
+                Event::BlockStart {
+                    index: 0,
+                    block: Block::Text,
+                },
+            ]);
+        }
+        if !self.interval.is_zero() && i > 1 {
+            tokio::time::sleep(self.interval).await;
+        }
+        if i <= self.n {
+            return Some(vec![Event::Delta {
+                index: 0,
+                delta: Delta::Text(token(i as usize - 1).to_owned()),
+            }]);
+        }
+        self.done = true;
+        Some(vec![
+            Event::BlockStop { index: 0 },
+            Event::Usage(self.usage),
+            Event::Finish(Finish::new(FinishReason::Stop)),
+        ])
+    }
+}
+
+/// Answers a request the way a provider would, for any front door.
+pub async fn answer(
+    b: &MockBehaviour,
+    model: &str,
+    incoming: Incoming,
+) -> Result<Answer, ProxyError> {
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    let raw = incoming
+        .raw()
+        .ok_or_else(|| ProxyError::new(crate::error::ErrorKind::Internal, "body consumed"))?;
+    if incoming.op == Op::Embed {
+        let dims = raw
+            .parse_field::<u32>("dimensions")
+            .ok()
+            .flatten()
+            .unwrap_or(8)
+            .clamp(1, 4096) as usize;
+        let base64 = raw
+            .parse_field::<String>("encoding_format")
+            .ok()
+            .flatten()
+            .is_some_and(|f| f == "base64");
+        let texts = embeddings::texts(raw);
+        let tokens: u64 = texts.iter().map(|t| (t.len() as u64).div_ceil(4)).sum();
+        return Ok(Answer::Embeddings {
+            embeddings: embeddings::Embeddings {
+                model: model.to_owned(),
+                vectors: texts.iter().map(|t| embedding(t, dims)).collect(),
+                usage: Usage::new(tokens, 0),
+            },
+            base64,
+        });
+    }
+    let (request, echo): (_, Option<Box<Echo>>) =
+        dialect::decode_canonical(incoming.format, raw)?;
+    let prompt_tokens = request
+        .texts()
+        .map(|t| (t.len() as u64).div_ceil(4) + 1)
+        .sum::<u64>()
+        .max(1);
+    if incoming.op == Op::CountTokens {
+        return Ok(Answer::Tokens(prompt_tokens));
+    }
+    if incoming.facts.stream {
+        return Ok(Answer::MockStream {
+            events: Events::new(model, b, prompt_tokens),
+            echo,
+        });
+    }
+    Ok(Answer::Complete {
+        response: Response {
+            id: id(),
+            model: model.to_owned(),
+            created: crate::llm::now_unix(),
+            parts: vec![Part::text(text(b.completion_tokens))],
+            finish: Finish::new(FinishReason::Stop),
+            usage: Usage::new(prompt_tokens, u64::from(b.completion_tokens)),
+        },
+        echo,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn stream_has_role_tokens_finish_usage_done() {
+    #[tokio::test]
+    async fn stream_has_start_tokens_stop_usage_finish() {
         let b = MockBehaviour {
             completion_tokens: 3,
             ..Default::default()
         };
-        let mut s = MockStream::new("demo", &b, 5, true);
-        let mut chunks = Vec::new();
-        while let Some(c) = s.next_chunk() {
-            chunks.push(String::from_utf8(c.to_vec()).expect("utf8"));
+        let mut s = Events::new("demo", &b, 5);
+        let mut all = Vec::new();
+        while let Some(batch) = s.next_batch().await {
+            all.extend(batch);
         }
-        assert_eq!(chunks.len(), 5);
-        assert!(chunks[0].contains("\"role\":\"assistant\""));
-        assert!(chunks[1].contains("\"content\":\"This\""));
-        let tail = &chunks[4];
-        assert!(tail.contains("\"finish_reason\":\"stop\""));
-        assert!(tail.contains(
-            "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}"
-        ));
-        assert!(tail.ends_with("data: [DONE]\n\n"));
+        assert!(matches!(all[0], Event::Start { .. }));
+        let text: String = all
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delta { delta: Delta::Text(t), .. } => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "This is a");
+        assert!(all.contains(&Event::Usage(Usage::new(5, 3))));
+        assert_eq!(all.last(), Some(&Event::Finish(Finish::new(FinishReason::Stop))));
     }
 
     #[test]
-    fn response_text_is_deterministic() {
-        let b = MockBehaviour {
-            completion_tokens: 4,
-            ..Default::default()
-        };
-        let r = response("demo", &b, 2);
-        assert_eq!(
-            r.choices[0].message.content.as_deref(),
-            Some("This is a mock")
-        );
-        assert_eq!(r.usage, Some(Usage::new(2, 4)));
-    }
-
-    #[test]
-    fn embeddings_are_deterministic_unit_vectors() {
+    fn text_and_embeddings_are_deterministic() {
+        assert_eq!(text(4), "This is a mock");
         let a = embedding("hello", 8);
         assert_eq!(a, embedding("hello", 8));
         assert_ne!(a, embedding("world", 8));

@@ -1,174 +1,577 @@
-//! Providers: a closed enum of upstream wire formats. Each module exposes pure functions that
-//! translate requests, responses, stream events and errors between the canonical (OpenAI)
-//! form and its wire format. Three ideas stay separate: the endpoint the client called, the
-//! format the client sent (its `Dialect`) and the format the upstream speaks (`Provider`).
+//! Providers: a closed enum of upstreams. A variant carries what makes its upstream
+//! different, the format it speaks, how its URLs are built, its quirks; each endpoint carries
+//! its auth (header, query or SigV4) and static headers. There are no `if provider == ...`
+//! chains on the request path: [`call`] asks the provider, encodes (or passes the client's
+//! bytes through when the formats match), sends with deadlines, classifies error answers, and
+//! hands an [`Answer`] to the front door to render.
 
-pub mod anthropic;
 pub mod mock;
-pub mod openai;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
-use switchyard_proto::v1 as pb;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming as Body;
+use tokio::time::Instant;
 
-use crate::error::ProxyError;
-use crate::openai::Usage;
-use crate::sse::Event;
+use crate::config::{EndpointEntry, PoolEntry};
+use crate::dialect::embeddings::{Embeddings, EmbeddingsRequest};
+use crate::dialect::openai_chat::{EncodeOptions, MaxTokensField};
+use crate::dialect::responses::Echo;
+use crate::dialect::{self, anthropic, bedrock, gemini, openai_error};
+use crate::error::{ErrorKind, ProxyError};
+use crate::gateway::Gateway;
+use crate::llm::{Format, Incoming, Op, Request, Response, Usage};
+use crate::metrics::{EndpointLabels, UpstreamLabels};
+use crate::upstream::{self, Framing, sigv4};
 
-/// The wire format an upstream speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An upstream: what it speaks and how it is reached.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Provider {
     OpenAi,
-    AzureOpenAi,
+    Azure { api_version: String },
+    /// Any OpenAI-format server: vLLM, Ollama, Mistral, Groq, Together, DeepSeek...
+    Compat,
     Anthropic,
-    OpenAiCompatible,
+    Gemini { api_version: String },
+    Bedrock { region: String },
     /// Built into the data plane; no network.
-    Mock,
+    Mock(crate::config::MockBehaviour),
+}
+
+/// How an endpoint proves who the gateway is.
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    Header { name: HeaderName, value: HeaderValue },
+    Query { name: &'static str, value: String },
+    SigV4(Arc<sigv4::Signer>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "None",
+            Auth::Header { .. } => "Header(<redacted>)",
+            Auth::Query { .. } => "Query(<redacted>)",
+            Auth::SigV4(_) => "SigV4(<redacted>)",
+        })
+    }
 }
 
 impl Provider {
-    pub fn from_proto(kind: pb::ProviderKind) -> Option<Self> {
-        Some(match kind {
-            pb::ProviderKind::Openai => Self::OpenAi,
-            pb::ProviderKind::AzureOpenai => Self::AzureOpenAi,
-            pb::ProviderKind::Anthropic => Self::Anthropic,
-            pb::ProviderKind::OpenaiCompatible => Self::OpenAiCompatible,
-            pb::ProviderKind::Mock => Self::Mock,
-            pb::ProviderKind::Gemini
-            | pb::ProviderKind::Bedrock
-            | pb::ProviderKind::Unspecified => return None,
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Azure { .. } => "azure-openai",
+            Self::Compat => "openai-compatible",
+            Self::Anthropic => "anthropic",
+            Self::Gemini { .. } => "gemini",
+            Self::Bedrock { .. } => "bedrock",
+            Self::Mock(_) => "mock",
+        }
+    }
+
+    fn openai_family(&self) -> bool {
+        matches!(self, Self::OpenAi | Self::Azure { .. } | Self::Compat)
+    }
+
+    /// Whether the upstream takes the client's bytes as they are.
+    pub fn native(&self, format: Format, op: Op) -> bool {
+        match (format, op) {
+            (Format::OpenAiChat | Format::OpenAiCompletions | Format::OpenAiEmbeddings, _) => {
+                self.openai_family()
+            }
+            (Format::OpenAiResponses, _) => matches!(self, Self::OpenAi),
+            (Format::AnthropicMessages, _) => matches!(self, Self::Anthropic),
+            _ => false,
+        }
+    }
+
+    /// The format a translated request is encoded into.
+    pub fn wire(&self) -> Format {
+        match self {
+            Self::Anthropic => Format::AnthropicMessages,
+            Self::Gemini { .. } => Format::Gemini,
+            Self::Bedrock { .. } => Format::BedrockConverse,
+            _ => Format::OpenAiChat,
+        }
+    }
+
+    /// How the upstream frames streams.
+    pub fn framing(&self) -> Framing {
+        match self {
+            Self::Bedrock { .. } => Framing::EventStream,
+            _ => Framing::Sse,
+        }
+    }
+
+    /// How an OpenAI-format upstream wants translated requests.
+    pub fn encode_options(&self) -> EncodeOptions {
+        match self {
+            Self::Compat => EncodeOptions {
+                max_tokens: MaxTokensField::MaxTokens,
+                developer_as_system: true,
+                top_k: true,
+            },
+            _ => EncodeOptions {
+                max_tokens: MaxTokensField::MaxCompletionTokens,
+                developer_as_system: false,
+                top_k: false,
+            },
+        }
+    }
+
+    /// The URL of an operation. `format` is what is sent (the client's format when passing
+    /// through, else the provider's wire format).
+    pub fn url(
+        &self,
+        base: &str,
+        op: Op,
+        format: Format,
+        model: &str,
+        stream: bool,
+    ) -> Result<String, ProxyError> {
+        let unsupported = |what: &str| {
+            ProxyError::new(
+                ErrorKind::Unsupported,
+                format!("The model `{model}` ({}) does not support {what}.", self.label()),
+            )
+            .with_param("model")
+        };
+        Ok(match (self, op) {
+            (Self::OpenAi | Self::Compat, Op::Generate) => match format {
+                Format::OpenAiCompletions => format!("{base}/completions"),
+                Format::OpenAiResponses => format!("{base}/responses"),
+                _ => format!("{base}/chat/completions"),
+            },
+            (Self::OpenAi | Self::Compat, Op::Embed) => format!("{base}/embeddings"),
+            (Self::Azure { api_version }, op) => {
+                let path = match (op, format) {
+                    (Op::Embed, _) => "embeddings",
+                    (_, Format::OpenAiCompletions) => "completions",
+                    _ => "chat/completions",
+                };
+                format!("{base}/openai/deployments/{model}/{path}?api-version={api_version}")
+            }
+            (Self::Anthropic, op) => {
+                let root = if base.ends_with("/v1") {
+                    base.to_owned()
+                } else {
+                    format!("{base}/v1")
+                };
+                match op {
+                    Op::Generate => format!("{root}/messages"),
+                    Op::CountTokens => format!("{root}/messages/count_tokens"),
+                    Op::Embed => return Err(unsupported("embeddings")),
+                }
+            }
+            (Self::Gemini { api_version }, op) => {
+                let root = if base.ends_with("/v1beta") || base.ends_with("/v1") {
+                    base.to_owned()
+                } else {
+                    format!("{base}/{api_version}")
+                };
+                let method = match (op, stream) {
+                    (Op::Generate, false) => "generateContent",
+                    (Op::Generate, true) => "streamGenerateContent?alt=sse",
+                    (Op::CountTokens, _) => "countTokens",
+                    (Op::Embed, false) => "embedContent",
+                    (Op::Embed, true) => "batchEmbedContents",
+                };
+                format!("{root}/models/{model}:{method}")
+            }
+            (Self::Bedrock { .. }, op) => {
+                let model = path_segment(model);
+                match (op, stream) {
+                    (Op::Generate, false) => format!("{base}/model/{model}/converse"),
+                    (Op::Generate, true) => format!("{base}/model/{model}/converse-stream"),
+                    (Op::CountTokens, _) => format!("{base}/model/{model}/count-tokens"),
+                    (Op::Embed, _) => return Err(unsupported("embeddings")),
+                }
+            }
+            (Self::OpenAi | Self::Compat, Op::CountTokens) | (Self::Mock(_), _) => {
+                return Err(ProxyError::new(
+                    ErrorKind::Internal,
+                    "no upstream URL for this operation",
+                ));
+            }
         })
     }
 
-    /// Metric label.
-    pub fn label(self) -> &'static str {
+    /// Classifies an error answer.
+    pub fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProxyError {
+        let retry_after = headers.get(header::RETRY_AFTER).cloned();
         match self {
-            Self::OpenAi => "openai",
-            Self::AzureOpenAi => "azure-openai",
-            Self::Anthropic => "anthropic",
-            Self::OpenAiCompatible => "openai-compatible",
-            Self::Mock => "mock",
-        }
-    }
-
-    /// Whether the upstream speaks OpenAI's wire format.
-    pub fn speaks_openai(self) -> bool {
-        matches!(
-            self,
-            Self::OpenAi | Self::AzureOpenAi | Self::OpenAiCompatible
-        )
-    }
-
-    /// The header carrying the credential.
-    pub fn credential_header(self) -> http::HeaderName {
-        match self {
-            Self::AzureOpenAi => http::HeaderName::from_static("api-key"),
-            Self::Anthropic => http::HeaderName::from_static("x-api-key"),
-            _ => http::header::AUTHORIZATION,
-        }
-    }
-
-    /// The credential header's value, marked sensitive so it never shows in debug output.
-    pub fn credential_header_value(
-        self,
-        credential: &str,
-    ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-        let mut v = match self {
-            Self::AzureOpenAi | Self::Anthropic => HeaderValue::from_str(credential)?,
-            _ => HeaderValue::from_str(&format!("Bearer {credential}"))?,
-        };
-        v.set_sensitive(true);
-        Ok(v)
-    }
-}
-
-/// Outcome of translating one upstream stream event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// The upstream signalled the end of the stream.
-    Done,
-}
-
-/// Error while translating a stream: ends the client's stream with an error event.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StreamError {
-    pub label: &'static str,
-    pub message: String,
-}
-
-impl StreamError {
-    pub fn new(label: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            label,
-            message: message.into(),
+            Self::Anthropic => anthropic::classify(status, body, retry_after),
+            Self::Gemini { .. } => gemini::classify(status, body, retry_after),
+            Self::Bedrock { .. } => {
+                let kind = headers
+                    .get("x-amzn-errortype")
+                    .and_then(|v| v.to_str().ok());
+                bedrock::classify(status, kind, body, retry_after)
+            }
+            _ => openai_error::classify(status, body, retry_after),
         }
     }
 }
 
-/// Per-stream translation state, one variant per upstream format.
+/// A model id as one URL path segment (Bedrock ids and ARNs hold `:` and `/`).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How a stream is carried to the client.
 #[derive(Debug)]
-pub enum StreamTranslator {
-    OpenAi(openai::StreamState),
-    Anthropic(anthropic::StreamState),
+pub enum StreamSpec {
+    /// The client's own format: events pass through, usage is read on the way.
+    Pass,
+    /// Decoded from the upstream's `wire` format and rendered in the client's.
+    Translate {
+        wire: Format,
+        /// Bedrock answers a JSON response format through a forced tool.
+        json_tool: bool,
+        echo: Option<Box<Echo>>,
+    },
 }
 
-impl StreamTranslator {
-    /// Handles one upstream event, appending client-bound bytes to `out`.
-    pub fn on_event(&mut self, ev: Event, out: &mut Vec<Bytes>) -> Result<Flow, StreamError> {
-        match self {
-            Self::OpenAi(s) => s.on_event(ev, out),
-            Self::Anthropic(s) => s.on_event(ev, out),
-        }
-    }
+/// What an upstream call produced, for the front door to render.
+#[derive(Debug)]
+pub enum Answer {
+    /// The upstream's bytes, already in the client's format.
+    Raw { body: Bytes, usage: Option<Usage> },
+    /// A decoded answer.
+    Complete {
+        response: Response,
+        echo: Option<Box<Echo>>,
+    },
+    /// A stream from the upstream.
+    Stream {
+        body: Body,
+        framing: Framing,
+        spec: StreamSpec,
+        deadline: Instant,
+    },
+    /// A stream of the built-in mock provider.
+    MockStream {
+        events: mock::Events,
+        echo: Option<Box<Echo>>,
+    },
+    Embeddings { embeddings: Embeddings, base64: bool },
+    /// Input tokens of a prompt.
+    Tokens(u64),
+}
 
-    /// Usage counted from the stream so far.
-    pub fn usage(&self) -> Option<Usage> {
-        match self {
-            Self::OpenAi(s) => s.usage,
-            Self::Anthropic(s) => s.usage(),
+/// Deadlines of one upstream call.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub first_byte: Instant,
+    pub total: Instant,
+}
+
+impl Deadlines {
+    pub fn of(pool: &PoolEntry) -> Self {
+        let now = Instant::now();
+        let total = now + pool.timeouts.total;
+        Self {
+            first_byte: (now + pool.timeouts.first_byte).min(total),
+            total,
         }
     }
 }
 
-/// Extracts a readable message from an upstream error body in either format.
-pub fn upstream_error(
-    status: StatusCode,
-    body: &[u8],
-    retry_after: Option<HeaderValue>,
-) -> ProxyError {
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        message: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Option<Inner>,
-    }
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        // The upstream rejected the gateway's own credential. Its message may echo part of
-        // that credential (OpenAI prints a masked key): neither the client nor the log sees it.
-        let mut e = ProxyError::upstream_status(
-            status,
-            format!(
-                "The upstream provider rejected the gateway's credential (HTTP {}); check the pool's credential Secret.",
-                status.as_u16()
-            ),
-        );
-        e.retry_after = retry_after;
-        return e;
-    }
-    let message = serde_json::from_slice::<Envelope>(body)
-        .ok()
-        .and_then(|e| e.error)
-        .and_then(|e| e.message)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(body);
-            let snippet: String = text.chars().take(200).collect();
-            format!("upstream returned HTTP {}: {snippet}", status.as_u16())
+/// How to read what the upstream sends back.
+enum Read {
+    Raw(Format),
+    Decode { wire: Format, json_tool: bool },
+    GeminiEmbeddings(EmbeddingsRequest),
+    Tokens(Format),
+}
+
+/// One request to send.
+struct Prepared {
+    url: String,
+    body: Bytes,
+    stream: bool,
+    pass_headers: Vec<(HeaderName, HeaderValue)>,
+    read: Read,
+    echo: Option<Box<Echo>>,
+    spec_json_tool: bool,
+}
+
+/// Decodes the client's request into canonical form for a translation.
+fn canonical(
+    incoming: &Incoming,
+    model: &str,
+) -> Result<(Request, Option<Box<Echo>>), ProxyError> {
+    let raw = incoming.raw().ok_or_else(|| {
+        ProxyError::new(ErrorKind::Internal, "request body was consumed")
+    })?;
+    let (mut r, echo) = dialect::decode_canonical(incoming.format, raw)?;
+    model.clone_into(&mut r.model);
+    Ok((r, echo))
+}
+
+fn prepare(
+    provider: &Provider,
+    base: &str,
+    model: &str,
+    incoming: Incoming,
+) -> Result<Prepared, ProxyError> {
+    let stream = incoming.facts.stream;
+    let op = incoming.op;
+    if provider.native(incoming.format, op) {
+        let format = incoming.format;
+        let url = provider.url(base, op, format, model, stream)?;
+        let crate::llm::Body::Raw(mut raw) = incoming.body else {
+            return Err(ProxyError::new(ErrorKind::Internal, "request body was consumed"));
+        };
+        if op != Op::CountTokens || matches!(provider, Provider::Anthropic) {
+            raw.set_str("model", model);
+        }
+        if stream && matches!(format, Format::OpenAiChat | Format::OpenAiCompletions) {
+            // The gateway counts tokens from every stream; the extra usage chunk is hidden
+            // again from clients that did not ask for it.
+            let mut opts: serde_json::Map<String, serde_json::Value> = raw
+                .parse_field("stream_options")
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+            raw.set("stream_options", crate::llm::to_bytes(&opts)?);
+        }
+        return Ok(Prepared {
+            url,
+            body: raw.to_bytes(),
+            stream,
+            pass_headers: incoming.pass_headers,
+            read: Read::Raw(format),
+            echo: None,
+            spec_json_tool: false,
         });
-    let mut e = ProxyError::upstream_status(status, message);
-    e.retry_after = retry_after;
-    e
+    }
+    let wire = provider.wire();
+    match op {
+        Op::Embed => {
+            if !matches!(provider, Provider::Gemini { .. }) {
+                // Anthropic and Bedrock (Converse) have no embeddings; the URL says so.
+                provider.url(base, op, wire, model, false)?;
+            }
+            let raw = incoming.raw().ok_or_else(|| {
+                ProxyError::new(ErrorKind::Internal, "request body was consumed")
+            })?;
+            let mut req = dialect::embeddings::decode_request(raw)?;
+            model.clone_into(&mut req.model);
+            let (body, batch) = gemini::encode_embeddings(&req, model)?;
+            Ok(Prepared {
+                // For embeddings the URL's `stream` flag picks the batch method.
+                url: provider.url(base, op, wire, model, batch)?,
+                body,
+                stream: false,
+                pass_headers: Vec::new(),
+                read: Read::GeminiEmbeddings(req),
+                echo: None,
+                spec_json_tool: false,
+            })
+        }
+        Op::CountTokens => {
+            let (r, _) = canonical(&incoming, model)?;
+            let body = match wire {
+                Format::Gemini => gemini::count_tokens_body(&r, model)?,
+                Format::BedrockConverse => bedrock::count_tokens_body(&r)?,
+                _ => anthropic::count_tokens_body(&r, model)?,
+            };
+            Ok(Prepared {
+                url: provider.url(base, op, wire, model, false)?,
+                body,
+                stream: false,
+                pass_headers: Vec::new(),
+                read: Read::Tokens(wire),
+                echo: None,
+                spec_json_tool: false,
+            })
+        }
+        Op::Generate => {
+            let (r, echo) = canonical(&incoming, model)?;
+            let json_tool = wire == Format::BedrockConverse
+                && matches!(
+                    r.response_format,
+                    Some(crate::llm::ResponseFormat::JsonObject | crate::llm::ResponseFormat::JsonSchema { .. })
+                );
+            let body = match wire {
+                Format::AnthropicMessages => anthropic::encode_request(&r, model)?,
+                Format::Gemini => gemini::encode_request(&r)?,
+                Format::BedrockConverse => bedrock::encode_request(&r)?,
+                _ => dialect::openai_chat::encode_request(
+                    &r,
+                    model,
+                    provider.encode_options(),
+                    provider.label(),
+                )?,
+            };
+            Ok(Prepared {
+                url: provider.url(base, op, wire, model, stream)?,
+                body,
+                stream,
+                pass_headers: Vec::new(),
+                read: Read::Decode { wire, json_tool },
+                echo,
+                spec_json_tool: json_tool,
+            })
+        }
+    }
+}
+
+fn upstream_request(
+    ep: &EndpointEntry,
+    url: String,
+    body: Bytes,
+    pass_headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<http::Request<Full<Bytes>>, ProxyError> {
+    let internal = |e: &dyn std::fmt::Display| {
+        ProxyError::new(
+            ErrorKind::Internal,
+            format!("building the upstream request failed: {e}"),
+        )
+    };
+    let url = match &ep.auth {
+        Auth::Query { name, value } => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}{name}={value}")
+        }
+        _ => url,
+    };
+    let mut req = http::Request::post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body.clone()))
+        .map_err(|e| internal(&e))?;
+    let h = req.headers_mut();
+    for (k, v) in &ep.headers {
+        h.insert(k.clone(), v.clone());
+    }
+    for (k, v) in pass_headers {
+        h.insert(k, v);
+    }
+    match &ep.auth {
+        Auth::Header { name, value } => {
+            h.insert(name.clone(), value.clone());
+        }
+        Auth::SigV4(signer) => signer.sign(&mut req, &body).map_err(|e| internal(&e))?,
+        Auth::None | Auth::Query { .. } => {}
+    }
+    Ok(req)
+}
+
+/// Sends a request; error statuses become classified errors carrying the upstream's message.
+async fn send(
+    gw: &Gateway,
+    pool: &PoolEntry,
+    req: http::Request<Full<Bytes>>,
+    d: Deadlines,
+) -> Result<http::Response<Body>, ProxyError> {
+    let provider = pool.provider.label();
+    let started = Instant::now();
+    let result = upstream::send(&pool.client, req, d.first_byte).await;
+    gw.metrics
+        .upstream_duration
+        .get_or_create(&EndpointLabels { endpoint: provider })
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = |o: &'static str| {
+        gw.metrics
+            .upstream_requests
+            .get_or_create(&UpstreamLabels {
+                provider,
+                outcome: o,
+            })
+            .inc()
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            outcome(e.metric_label());
+            return Err(e);
+        }
+    };
+    if resp.status().is_success() {
+        outcome("ok");
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let body = upstream::read_body(body, d.total).await.unwrap_or_default();
+    let e = pool.provider.classify(status, &parts.headers, &body);
+    outcome(e.metric_label());
+    Err(e)
+}
+
+/// Runs one upstream call for an incoming request routed to `pool` as `model`.
+pub async fn call(
+    gw: &Gateway,
+    pool: &PoolEntry,
+    model: &str,
+    incoming: Incoming,
+) -> Result<Answer, ProxyError> {
+    if let Provider::Mock(b) = &pool.provider {
+        return mock::answer(b, model, incoming).await;
+    }
+    if incoming.op == Op::CountTokens && pool.provider.openai_family() {
+        // OpenAI has no counting endpoint; its models' own BPE counts exactly for text.
+        let (r, _) = canonical(&incoming, model)?;
+        return Ok(Answer::Tokens(crate::tokens::estimate_request(&r, model).input));
+    }
+    let ep = pool.pick().ok_or_else(|| {
+        ProxyError::new(
+            ErrorKind::UpstreamConnect,
+            format!("pool {} has no endpoint with weight", pool.id),
+        )
+    })?;
+    let d = Deadlines::of(pool);
+    let p = prepare(&pool.provider, &ep.base, model, incoming)?;
+    let req = upstream_request(ep, p.url, p.body, p.pass_headers)?;
+    let resp = send(gw, pool, req, d).await?;
+    if p.stream {
+        let spec = match p.read {
+            Read::Raw(_) => StreamSpec::Pass,
+            Read::Decode { wire, .. } => StreamSpec::Translate {
+                wire,
+                json_tool: p.spec_json_tool,
+                echo: p.echo,
+            },
+            _ => return Err(ProxyError::new(ErrorKind::Internal, "no stream for this operation")),
+        };
+        return Ok(Answer::Stream {
+            body: resp.into_body(),
+            framing: pool.provider.framing(),
+            spec,
+            deadline: d.total,
+        });
+    }
+    let body = upstream::read_body(resp.into_body(), d.total).await?;
+    Ok(match p.read {
+        Read::Raw(format) => Answer::Raw {
+            usage: dialect::usage_of(format, &body)?,
+            body,
+        },
+        Read::Decode { wire, json_tool } => Answer::Complete {
+            response: dialect::decode_response(wire, &body, json_tool)?,
+            echo: p.echo,
+        },
+        Read::GeminiEmbeddings(req) => Answer::Embeddings {
+            embeddings: gemini::decode_embeddings(&body, &req, model)?,
+            base64: req.base64,
+        },
+        Read::Tokens(Format::Gemini) => Answer::Tokens(gemini::count_tokens_of(&body)?),
+        Read::Tokens(Format::BedrockConverse) => Answer::Tokens(bedrock::count_tokens_of(&body)?),
+        Read::Tokens(_) => Answer::Raw { body, usage: None },
+    })
 }

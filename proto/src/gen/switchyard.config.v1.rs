@@ -84,12 +84,15 @@ pub struct Pool {
     pub load_balancing: i32,
     #[prost(message, optional, tag = "6")]
     pub timeouts: ::core::option::Option<Timeouts>,
-    /// Azure OpenAI api-version query parameter.
+    /// Azure OpenAI api-version query parameter; Gemini API version path segment.
     #[prost(string, tag = "7")]
     pub api_version: ::prost::alloc::string::String,
     /// Built-in mock provider behaviour.
     #[prost(message, optional, tag = "8")]
     pub mock: ::core::option::Option<MockBehaviour>,
+    /// AWS region Bedrock requests are signed for.
+    #[prost(string, tag = "9")]
+    pub region: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
@@ -101,6 +104,20 @@ pub struct Endpoint {
     /// Resolved provider credential. Never logged (Debug is redacted by hand).
     #[prost(string, tag = "3")]
     pub credential: ::prost::alloc::string::String,
+    /// Resolved AWS credentials (Bedrock); unset: the data plane's own AWS environment.
+    #[prost(message, optional, tag = "4")]
+    pub aws: ::core::option::Option<AwsCredentials>,
+}
+/// Never logged (Debug is redacted by hand).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct AwsCredentials {
+    #[prost(string, tag = "1")]
+    pub access_key_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub secret_access_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub session_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Model {
@@ -113,6 +130,11 @@ pub struct Model {
     pub input_price_per_million_micros: u64,
     #[prost(uint64, tag = "4")]
     pub output_price_per_million_micros: u64,
+    /// Prices of prompt-cache reads and writes; 0 = the input price.
+    #[prost(uint64, tag = "5")]
+    pub cache_read_price_per_million_micros: u64,
+    #[prost(uint64, tag = "6")]
+    pub cache_write_price_per_million_micros: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Timeouts {

@@ -15,11 +15,13 @@
 //!   local limits divided by the last known fleet size, or fail closed (503). Settlements that
 //!   could not reach Redis are queued and replayed when it answers again.
 
+mod admission;
 mod limiter;
 pub mod memory;
 pub mod redis;
 pub mod store;
 
+pub use admission::admit;
 pub use limiter::{FailMode, Limiter, Permit};
 
 use std::time::Duration;
@@ -29,6 +31,8 @@ use switchyard_crds::spend;
 use switchyard_proto::v1 as pb;
 
 use store::{Check, CheckKind};
+
+use crate::llm::Usage;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -78,11 +82,14 @@ impl BudgetSpec {
     }
 }
 
-/// Price of a model in micro-dollars per million tokens.
+/// Price of a model in micro-dollars per million tokens. Cache prices of 0 mean the input
+/// price.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Price {
     pub input: u64,
     pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
 }
 
 impl Plan {
@@ -93,10 +100,14 @@ impl Plan {
 }
 
 impl Price {
-    /// Cost in nano-dollars.
-    pub fn cost_nanos(&self, input: u64, output: u64) -> u64 {
-        let n = u128::from(input) * u128::from(self.input)
-            + u128::from(output) * u128::from(self.output);
+    /// Cost in nano-dollars of what a call used: uncached input, cache reads and writes, and
+    /// output, each at its own price.
+    pub fn cost_nanos(&self, u: &Usage) -> u64 {
+        let or_input = |p: u64| if p == 0 { self.input } else { p };
+        let n = u128::from(u.uncached_input()) * u128::from(self.input)
+            + u128::from(u.cache_read) * u128::from(or_input(self.cache_read))
+            + u128::from(u.cache_write) * u128::from(or_input(self.cache_write))
+            + u128::from(u.output) * u128::from(self.output);
         u64::try_from(n / 1000).unwrap_or(u64::MAX)
     }
 }
@@ -286,7 +297,7 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
                 CheckKind::Budget
             },
             limit: b.amount_nanos,
-            cost: s.price.cost_nanos(est.input, est.output),
+            cost: s.price.cost_nanos(&Usage::new(est.input, est.output)),
             ttl_ms: budget_ttl_ms(p, now_s),
         });
         km.push(Meta {

@@ -1,4 +1,9 @@
-//! The pooled keep-alive HTTP client towards providers, and timeout handling.
+//! Talking to providers: the pooled keep-alive HTTP client with its deadlines, stream framing
+//! (server-sent events, AWS event-stream) and request signing (SigV4).
+
+pub mod eventstream;
+pub mod sigv4;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -112,4 +117,50 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// How an upstream frames its streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Sse,
+    EventStream,
+}
+
+/// Cuts an upstream body into [`crate::dialect::Frame`]s by its framing.
+#[derive(Debug)]
+pub enum Framer {
+    Sse(sse::Decoder),
+    EventStream(eventstream::Decoder),
+}
+
+impl Framer {
+    pub fn new(f: Framing) -> Self {
+        match f {
+            Framing::Sse => Self::Sse(sse::Decoder::default()),
+            Framing::EventStream => Self::EventStream(eventstream::Decoder::default()),
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sse(d) => d.push(bytes),
+            Self::EventStream(d) => d.push(bytes),
+        }
+    }
+
+    /// The next complete frame; an error means the stream is malformed.
+    pub fn next_frame(&mut self) -> Result<Option<crate::dialect::Frame>, String> {
+        match self {
+            Self::Sse(d) => d.next_frame().map_err(|e| e.to_string()),
+            Self::EventStream(d) => d.next_frame().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What is left when the body ends.
+    pub fn finish(&mut self) -> Result<Option<crate::dialect::Frame>, String> {
+        match self {
+            Self::Sse(d) => d.finish().map_err(|e| e.to_string()),
+            Self::EventStream(d) => d.finish().map_err(|e| e.to_string()),
+        }
+    }
 }

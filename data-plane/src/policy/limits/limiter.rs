@@ -17,7 +17,7 @@ use super::store::{
 use super::{Meta, Plan, RateHeaders, Scope, What, budget_ttl_ms, duration_text, now_ms};
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{LimitLabels, Metrics, OpLabels, ResultLabels};
-use crate::openai::Usage;
+use crate::llm::Usage;
 
 /// What to do when the shared store does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -312,11 +312,9 @@ impl Limiter {
 
     fn settle(self: &Arc<Self>, s: Settlement, usage: Option<Usage>) {
         let plan = &s.plan;
-        let (input, output) = usage.map_or((plan.estimate.input, plan.estimate.output), |u| {
-            (u.prompt_tokens, u.completion_tokens)
-        });
-        let actual_tokens = input + output;
-        let cost = plan.price.cost_nanos(input, output);
+        let usage = usage.unwrap_or(Usage::new(plan.estimate.input, plan.estimate.output));
+        let actual_tokens = usage.total();
+        let cost = plan.price.cost_nanos(&usage);
         let mut groups = Vec::with_capacity(s.req.groups.len());
         for (group, meta) in s.req.groups.iter().zip(&plan.meta) {
             let mut ops = Vec::new();

@@ -12,6 +12,7 @@ fn subject(key: Limits, route: Limits, budget: Option<BudgetSpec>) -> Subject<'s
         price: Price {
             input: 2_500_000,
             output: 10_000_000,
+            ..Default::default()
         },
         lease: Duration::from_secs(60),
     }
@@ -105,9 +106,25 @@ fn costs_are_exact_in_nano_dollars() {
     let p = Price {
         input: 150_000,
         output: 600_000,
+        ..Default::default()
     };
     // One token at $0.15/M is 150 nano-dollars: nothing rounds away.
-    assert_eq!(p.cost_nanos(1, 0), 150);
-    assert_eq!(p.cost_nanos(1_000_000, 1_000_000), 750_000_000);
-    assert_eq!(Price::default().cost_nanos(10, 10), 0);
+    assert_eq!(p.cost_nanos(&Usage::new(1, 0)), 150);
+    assert_eq!(p.cost_nanos(&Usage::new(1_000_000, 1_000_000)), 750_000_000);
+    assert_eq!(Price::default().cost_nanos(&Usage::new(10, 10)), 0);
+    // Cache reads and writes at their own prices, or at the input price when unset.
+    let cached = Usage {
+        input: 1_000_000,
+        cache_read: 600_000,
+        cache_write: 300_000,
+        ..Default::default()
+    };
+    assert_eq!(p.cost_nanos(&cached), 150_000_000);
+    let c = Price {
+        cache_read: 15_000,
+        cache_write: 187_500,
+        ..p
+    };
+    // 100k uncached at 0.15 + 600k read at 0.015 + 300k written at 0.1875 (per million).
+    assert_eq!(c.cost_nanos(&cached), 15_000_000 + 9_000_000 + 56_250_000);
 }

@@ -1,0 +1,188 @@
+//! Wire formats, one module each, both directions. OpenAI Chat and Anthropic Messages are
+//! both front-door dialects and upstream formats, so a format's translations live together
+//! here rather than in a front door or a provider:
+//!
+//! - as a front door: `facts` / `decode_request` (client bytes -> canonical), `render_*`
+//!   (canonical -> client bytes) and a stream `Renderer`;
+//! - as an upstream: `encode_request` (canonical -> wire), `decode_response` and a stream
+//!   `Decoder` (wire -> canonical), and error classification;
+//! - same format on both sides: a stream `Sniffer` that forwards events and reads usage.
+//!
+//! Every function here is pure: bytes and canonical types in, bytes and canonical types out.
+
+pub mod anthropic;
+pub mod bedrock;
+pub mod completions;
+pub mod embeddings;
+pub mod gemini;
+pub mod openai_chat;
+pub mod openai_error;
+pub mod responses;
+
+use http::{HeaderValue, StatusCode};
+
+use crate::error::{ErrorKind, FailureClass, ProxyError};
+use crate::llm::raw::RawObject;
+use crate::llm::{Format, Request, Response, Usage};
+
+/// Decodes a client's request of a front-door format into canonical form (the Responses API
+/// also gives back what its response object must repeat).
+pub fn decode_canonical(
+    format: Format,
+    raw: &RawObject,
+) -> Result<(Request, Option<Box<responses::Echo>>), ProxyError> {
+    Ok(match format {
+        Format::OpenAiChat => (openai_chat::decode_request(raw)?, None),
+        Format::OpenAiCompletions => (completions::decode_request(raw)?, None),
+        Format::OpenAiResponses => {
+            let (r, e) = responses::decode_request(raw)?;
+            (r, Some(Box::new(e)))
+        }
+        Format::AnthropicMessages => (anthropic::decode_request(raw)?, None),
+        Format::OpenAiEmbeddings | Format::Gemini | Format::BedrockConverse => {
+            return Err(ProxyError::new(
+                ErrorKind::Internal,
+                format!("{} is not a generation front door", format.label()),
+            ));
+        }
+    })
+}
+
+/// Decodes an upstream's complete answer in its wire format.
+pub fn decode_response(wire: Format, body: &[u8], json_tool: bool) -> Result<Response, ProxyError> {
+    match wire {
+        Format::AnthropicMessages => anthropic::decode_response(body),
+        Format::Gemini => gemini::decode_response(body),
+        Format::BedrockConverse => bedrock::decode_response(body, json_tool),
+        _ => openai_chat::decode_response(body),
+    }
+}
+
+/// The usage of an answer passed through in the client's own format.
+pub fn usage_of(format: Format, body: &[u8]) -> Result<Option<Usage>, ProxyError> {
+    match format {
+        Format::AnthropicMessages => anthropic::usage_of(body),
+        Format::OpenAiResponses => responses::usage_of(body),
+        _ => openai_chat::usage_of(body),
+    }
+}
+
+/// One upstream stream event, whatever the framing: an SSE event (name and data) or an AWS
+/// event-stream message (`:event-type` and payload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub event: Option<String>,
+    pub data: String,
+    /// An event-stream `exception` message (its type is in `event`).
+    pub exception: bool,
+}
+
+impl Frame {
+    pub fn data(data: impl Into<String>) -> Self {
+        Self {
+            event: None,
+            data: data.into(),
+            exception: false,
+        }
+    }
+
+    pub fn named(event: &str, data: impl Into<String>) -> Self {
+        Self {
+            event: Some(event.to_owned()),
+            data: data.into(),
+            exception: false,
+        }
+    }
+}
+
+/// Whether a stream goes on after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The upstream signalled the end.
+    Done,
+}
+
+/// A client body that is not valid JSON (400 `invalid_json`) or has the wrong shape (400).
+pub fn bad_json(e: serde_json::Error) -> ProxyError {
+    match e.classify() {
+        serde_json::error::Category::Data => ProxyError::invalid(format!("Invalid request: {e}")),
+        _ => ProxyError::new(
+            ErrorKind::InvalidJson,
+            format!("The request body is not valid JSON: {e}"),
+        ),
+    }
+}
+
+/// An upstream answer that does not parse (502 `upstream_protocol`).
+pub fn upstream_garbage(e: impl std::fmt::Display) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::UpstreamProtocol,
+        format!("upstream returned an invalid response: {e}"),
+    )
+}
+
+/// A stream event that does not parse: ends the stream with an error event.
+pub fn malformed(e: impl std::fmt::Display) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::UpstreamProtocol,
+        format!("upstream sent a malformed stream event: {e}"),
+    )
+}
+
+/// The failure class an HTTP status implies when the body says nothing more precise.
+pub fn class_of_status(status: StatusCode) -> FailureClass {
+    match status.as_u16() {
+        429 => FailureClass::RateLimited,
+        503 | 529 => FailureClass::Overloaded,
+        408 | 504 => FailureClass::Timeout,
+        401 | 403 => FailureClass::Authentication,
+        400..=499 => FailureClass::BadRequest,
+        _ => FailureClass::ServerError,
+    }
+}
+
+/// Builds the error for an upstream's error answer. A refused credential gets a message of
+/// the gateway's own: providers echo part of the key they rejected (OpenAI prints a masked
+/// copy), and neither the client nor the log may see it.
+pub fn upstream_error(
+    status: StatusCode,
+    class: FailureClass,
+    message: Option<String>,
+    body: &[u8],
+    retry_after: Option<HeaderValue>,
+) -> ProxyError {
+    let message = if class == FailureClass::Authentication {
+        format!(
+            "The upstream provider rejected the gateway's credential (HTTP {}); check the pool's credential Secret.",
+            status.as_u16()
+        )
+    } else {
+        message.filter(|m| !m.is_empty()).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let snippet: String = text.chars().take(200).collect();
+            format!("upstream returned HTTP {}: {snippet}", status.as_u16())
+        })
+    };
+    let mut e = ProxyError::upstream(status, class, message);
+    e.retry_after = retry_after;
+    e
+}
+
+/// Phrases providers use when a prompt exceeds the context window.
+pub fn mentions_context_window(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "prompt is too long",
+        "input is too long",
+        "too many tokens",
+        "maximum number of tokens",
+        "exceeds the maximum",
+        "maximum context",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}

@@ -1,0 +1,150 @@
+//! The OpenAI Responses API. Native to OpenAI upstreams (the client's bytes pass through);
+//! for every other upstream the request is decoded into canonical form and the answer
+//! rendered back as a `response` object or its event stream. What has no counterpart without
+//! OpenAI's server-side state (`store`, `previous_response_id`, hosted tools) is a 400 naming
+//! the field.
+
+mod render;
+mod request;
+
+pub use render::{Renderer, render_response};
+pub use request::{Echo, decode_request, facts};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::dialect::{Flow, Frame, malformed, openai_error};
+use crate::error::ProxyError;
+use crate::llm::Usage;
+use crate::upstream::sse;
+
+/// Usage as the Responses API writes it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct WireUsage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub input_tokens_details: InputDetails,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub output_tokens_details: OutputDetails,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct InputDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct OutputDetails {
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        Usage {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_read: u.input_tokens_details.cached_tokens,
+            cache_write: u.input_tokens_details.cache_write_tokens,
+            reasoning: u.output_tokens_details.reasoning_tokens,
+        }
+    }
+}
+
+impl From<Usage> for WireUsage {
+    fn from(u: Usage) -> Self {
+        WireUsage {
+            input_tokens: u.input,
+            input_tokens_details: InputDetails {
+                cached_tokens: u.cache_read,
+                cache_write_tokens: u.cache_write,
+            },
+            output_tokens: u.output,
+            output_tokens_details: OutputDetails {
+                reasoning_tokens: u.reasoning,
+            },
+            total_tokens: u.total(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Only the usage of a `response` forwarded byte for byte.
+pub fn usage_of(body: &[u8]) -> Result<Option<Usage>, ProxyError> {
+    let r: WithUsage = serde_json::from_slice(body).map_err(crate::dialect::upstream_garbage)?;
+    Ok(r.usage.map(Usage::from))
+}
+
+/// Same-format passthrough of OpenAI's event stream: events go out as they came; usage is
+/// read from the terminal `response.completed` / `.incomplete` / `.failed` event.
+#[derive(Debug, Default)]
+pub struct Sniffer {
+    pub usage: Option<Usage>,
+}
+
+impl Sniffer {
+    pub fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) -> Result<Flow, ProxyError> {
+        let name = f.event.as_deref().unwrap_or("");
+        let encoded = || match &f.event {
+            Some(n) => sse::named(n, f.data.as_bytes()),
+            None => sse::data(f.data.as_bytes()),
+        };
+        if f.data == "[DONE]" {
+            out.push(encoded());
+            return Ok(Flow::Done);
+        }
+        match name {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                #[derive(Deserialize)]
+                struct Terminal {
+                    response: WithUsage,
+                }
+                let t: Terminal = serde_json::from_str(&f.data).map_err(malformed)?;
+                self.usage = t.response.usage.map(Usage::from);
+                out.push(encoded());
+                Ok(Flow::Done)
+            }
+            "error" => {
+                out.push(encoded());
+                Err(error_event(f.data.as_bytes()))
+            }
+            _ => {
+                if serde_json::from_str::<serde::de::IgnoredAny>(&f.data).is_err() {
+                    return Err(malformed(format!("a `{name}` event that is not JSON")));
+                }
+                out.push(encoded());
+                Ok(Flow::Continue)
+            }
+        }
+    }
+}
+
+/// OpenAI's `error` stream event (`{"type": "error", "code", "message"}`) as a proxy error.
+fn error_event(data: &[u8]) -> ProxyError {
+    #[derive(Deserialize)]
+    struct E {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let e: E = serde_json::from_slice(data).unwrap_or(E {
+        code: None,
+        message: None,
+    });
+    let wrapped = serde_json::json!({"error": {"message": e.message, "code": e.code, "type": e.code}});
+    openai_error::stream_error(wrapped.to_string().as_bytes())
+}

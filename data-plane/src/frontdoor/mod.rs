@@ -1,0 +1,240 @@
+//! Front doors: the API endpoints. Each authenticates the caller, reads and checks the body
+//! in its own format (parsed only as far as the policies need), hands the call to the
+//! pipeline in `stack.rs`, and renders the answer — or any error — once, in its own dialect.
+//!
+//! | endpoint | format | op |
+//! |---|---|---|
+//! | `POST /v1/chat/completions` | OpenAI Chat | generate |
+//! | `POST /v1/completions` | OpenAI legacy completions | generate |
+//! | `POST /v1/responses` | OpenAI Responses | generate |
+//! | `POST /v1/messages` | Anthropic Messages | generate |
+//! | `POST /v1/messages/count_tokens` | Anthropic Messages | count tokens |
+//! | `POST /v1/embeddings` | OpenAI embeddings | embed |
+//! | `GET /v1/models` | OpenAI or Anthropic list | — |
+
+mod models;
+mod respond;
+mod stream;
+
+pub use models::models;
+pub use respond::respond;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+
+use crate::config::RuntimeConfig;
+use crate::dialect::{self, anthropic, completions, embeddings, openai_chat, responses};
+use crate::error::{Dialect, ErrorKind, Origin, ProxyError};
+use crate::gateway::Gateway;
+use crate::llm::raw::RawObject;
+use crate::llm::{Facts, Format, Incoming, Op};
+
+type Result<T, E = ProxyError> = std::result::Result<T, E>;
+
+/// Which endpoint a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    Chat,
+    Completions,
+    Responses,
+    Messages,
+    CountTokens,
+    Embeddings,
+}
+
+impl Door {
+    pub fn format(self) -> Format {
+        match self {
+            Door::Chat => Format::OpenAiChat,
+            Door::Completions => Format::OpenAiCompletions,
+            Door::Responses => Format::OpenAiResponses,
+            Door::Messages | Door::CountTokens => Format::AnthropicMessages,
+            Door::Embeddings => Format::OpenAiEmbeddings,
+        }
+    }
+
+    fn op(self) -> Op {
+        match self {
+            Door::CountTokens => Op::CountTokens,
+            Door::Embeddings => Op::Embed,
+            _ => Op::Generate,
+        }
+    }
+
+    fn facts(self, raw: &RawObject) -> Result<Facts> {
+        match self {
+            Door::Chat => openai_chat::facts(raw),
+            Door::Completions => completions::facts(raw),
+            Door::Responses => responses::facts(raw),
+            Door::Messages => anthropic::facts(raw),
+            Door::CountTokens => anthropic::count_facts(raw),
+            Door::Embeddings => embeddings::facts(raw),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, signed (key expiry is compared in these).
+pub fn now_unix() -> i64 {
+    i64::try_from(crate::llm::now_unix()).unwrap_or(i64::MAX)
+}
+
+/// Logs an error by who caused it and renders it in a dialect.
+pub fn render_error(e: ProxyError, dialect: Dialect) -> Response {
+    match e.kind.origin() {
+        Origin::Client => tracing::debug!(error = %e, "request rejected"),
+        _ => tracing::warn!(error = %e, class = e.metric_label(), reached_upstream = e.reached_upstream, "request failed"),
+    }
+    e.into_response_in(dialect)
+}
+
+/// The running config, or 503 before the first one arrived.
+pub fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
+    gw.config().ok_or_else(|| {
+        ProxyError::new(ErrorKind::NotReady, "The gateway has no configuration yet.")
+    })
+}
+
+/// Reads the body up to the limit (413 beyond it).
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ProxyError::invalid(format!(
+            "Reading the request body failed: {e}"
+        ))),
+    }
+}
+
+/// The body as a JSON object, or a precise 400.
+fn parse_object(bytes: Bytes) -> Result<RawObject> {
+    if bytes.is_empty() {
+        return Err(ProxyError::new(
+            ErrorKind::InvalidJson,
+            "The request body is empty; expected a JSON object.",
+        ));
+    }
+    RawObject::parse(bytes).map_err(dialect::bad_json)
+}
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
+/// `anthropic-version` is required, as Anthropic requires it; it and `anthropic-beta` are
+/// forwarded to Anthropic upstreams.
+fn anthropic_headers(headers: &HeaderMap) -> Result<Vec<(HeaderName, HeaderValue)>> {
+    let version = headers.get(ANTHROPIC_VERSION).ok_or_else(|| {
+        ProxyError::invalid("anthropic-version: header is required").with_param("anthropic-version")
+    })?;
+    let valid = version.to_str().is_ok_and(|v| {
+        v.len() == 10
+            && v.bytes()
+                .enumerate()
+                .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() })
+    });
+    if !valid {
+        return Err(ProxyError::invalid(
+            "anthropic-version: expected a date such as 2023-06-01",
+        )
+        .with_param("anthropic-version"));
+    }
+    let mut out = vec![(ANTHROPIC_VERSION, version.clone())];
+    if let Some(b) = headers.get(ANTHROPIC_BETA) {
+        out.push((ANTHROPIC_BETA, b.clone()));
+    }
+    Ok(out)
+}
+
+async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let cfg = ready(gw)?;
+    let key = crate::policy::auth::authenticate(&cfg, headers, now_unix())?;
+    let pass_headers = match door.format() {
+        Format::AnthropicMessages => anthropic_headers(headers)?,
+        _ => Vec::new(),
+    };
+    let raw = parse_object(read_body(headers, body, gw.body_limit).await?)?;
+    let facts = door.facts(&raw)?;
+    let incoming = Incoming {
+        format: door.format(),
+        op: door.op(),
+        facts,
+        body: crate::llm::Body::Raw(raw),
+        pass_headers,
+    };
+    crate::stack::model_call(gw, &cfg, &key, incoming).await
+}
+
+async fn handle(gw: Arc<Gateway>, door: Door, headers: HeaderMap, body: Body) -> Response {
+    match serve(&gw, door, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => render_error(e, door.format().error_dialect()),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::Chat, h, b).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::Completions, h, b).await
+}
+
+/// `POST /v1/responses`.
+pub async fn responses(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::Responses, h, b).await
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::Messages, h, b).await
+}
+
+/// `POST /v1/messages/count_tokens`.
+pub async fn count_tokens(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::CountTokens, h, b).await
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+    handle(gw, Door::Embeddings, h, b).await
+}
+
+/// Any other path under the API listener (in Anthropic's dialect under `/v1/messages`).
+pub async fn not_found(method: Method, uri: http::Uri) -> Response {
+    let dialect = if uri.path().starts_with("/v1/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    ProxyError::new(
+        ErrorKind::UnknownEndpoint,
+        format!("Unknown request URL: {method} {}.", uri.path()),
+    )
+    .into_response_in(dialect)
+}

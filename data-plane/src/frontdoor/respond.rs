@@ -1,0 +1,163 @@
+//! The last step of the pipeline: render the answer once, in the caller's format, record its
+//! usage, and settle the rate-limit permit (for streams, when the stream ends).
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, header};
+
+use super::stream::{self, Renderer, Source, Step};
+use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
+use crate::error::{ErrorKind, ProxyError};
+use crate::gateway::Gateway;
+use crate::limits::{Permit, RateHeaders};
+use crate::llm::{Facts, Format, Response as Answer_, Usage};
+use crate::providers::{Answer, StreamSpec};
+use crate::upstream::Framer;
+
+fn json(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A canonical answer in a front door's format.
+fn render(
+    format: Format,
+    r: &Answer_,
+    echo: Option<&responses::Echo>,
+) -> Result<Bytes, ProxyError> {
+    match format {
+        Format::AnthropicMessages => anthropic::render_response(r),
+        Format::OpenAiCompletions => completions::render_response(r),
+        Format::OpenAiResponses => {
+            responses::render_response(r, echo.unwrap_or(&responses::Echo::default()))
+        }
+        _ => openai_chat::render_response(r),
+    }
+}
+
+/// The stream renderer of a front door's format.
+pub(super) fn renderer(format: Format, facts: &Facts, echo: Option<Box<responses::Echo>>) -> Renderer {
+    match format {
+        Format::AnthropicMessages => Renderer::Messages(anthropic::Renderer::new()),
+        Format::OpenAiCompletions => {
+            Renderer::Completions(completions::Renderer::new(facts.stream_usage))
+        }
+        Format::OpenAiResponses => {
+            Renderer::Responses(Box::new(responses::Renderer::new(
+                echo.map(|e| *e).unwrap_or_default(),
+            )))
+        }
+        _ => Renderer::Chat(openai_chat::Renderer::new(facts.stream_usage)),
+    }
+}
+
+fn settle(gw: &Gateway, provider: &'static str, permit: Option<Permit>, usage: Option<Usage>) {
+    if let Some(u) = usage {
+        gw.metrics.record_usage(provider, u);
+    }
+    if let Some(p) = permit {
+        p.settle(usage);
+    }
+}
+
+/// Renders what the provider step produced. Errors settle the permit with nothing used.
+pub fn respond(
+    gw: &Arc<Gateway>,
+    provider: &'static str,
+    format: Format,
+    facts: &Facts,
+    answer: Result<Answer, ProxyError>,
+    permit: Option<Permit>,
+) -> Result<Response, ProxyError> {
+    let rate = permit
+        .as_ref()
+        .map(|p| p.headers.clone())
+        .filter(|h| !h.is_empty());
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(p) = permit {
+                p.settle(Some(Usage::default()));
+            }
+            return Err(e);
+        }
+    };
+    let mut resp = match answer {
+        Answer::Raw { body, usage } => {
+            settle(gw, provider, permit, usage);
+            json(body)
+        }
+        Answer::Complete { response, echo } => {
+            let body = render(format, &response, echo.as_deref());
+            settle(gw, provider, permit, Some(response.usage));
+            json(body?)
+        }
+        Answer::Embeddings {
+            embeddings: e,
+            base64,
+        } => {
+            settle(gw, provider, permit, Some(e.usage));
+            json(embeddings::render(&e, base64)?)
+        }
+        Answer::Tokens(n) => {
+            settle(gw, provider, permit, Some(Usage::default()));
+            json(crate::llm::to_bytes(&serde_json::json!({"input_tokens": n}))?)
+        }
+        Answer::Stream {
+            body,
+            framing,
+            spec,
+            deadline,
+        } => {
+            let step = match spec {
+                StreamSpec::Pass => Step::Pass(stream::Sniffer::of(format, facts)),
+                StreamSpec::Translate {
+                    wire,
+                    json_tool,
+                    echo,
+                } => Step::Translate {
+                    decoder: stream::Decoder::of(wire, json_tool).ok_or_else(|| {
+                        ProxyError::new(ErrorKind::Internal, "no stream decoder for the upstream format")
+                    })?,
+                    renderer: renderer(format, facts, echo),
+                },
+            };
+            stream::response(
+                gw.clone(),
+                provider,
+                format,
+                Source::Upstream {
+                    body,
+                    framer: Framer::new(framing),
+                    deadline,
+                },
+                step,
+                permit,
+            )
+        }
+        Answer::MockStream { events, echo } => stream::response(
+            gw.clone(),
+            provider,
+            format,
+            Source::Mock(Box::new(events)),
+            Step::Render(renderer(format, facts, echo)),
+            permit,
+        ),
+    };
+    if let Some(h) = rate {
+        apply(&h, &mut resp);
+    }
+    Ok(resp)
+}
+
+fn apply(h: &RateHeaders, resp: &mut Response) {
+    h.apply(resp.headers_mut());
+}

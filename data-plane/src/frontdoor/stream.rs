@@ -1,0 +1,393 @@
+//! Streams to the client, event by event, never buffering more than one upstream event:
+//! upstream bytes -> frames (SSE or event-stream) -> either passed through in the client's
+//! own format, or decoded into canonical events and rendered in it. A malformed or broken
+//! upstream stream, or one that outlives its deadline, ends with an error event in the
+//! client's dialect and a metric; usage counted on the way settles the limits when it ends.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::dialect::{Flow, Frame, anthropic, bedrock, completions, gemini, openai_chat, responses};
+use crate::error::{Dialect, ErrorKind, ProxyError};
+use crate::gateway::Gateway;
+use crate::limits::Permit;
+use crate::llm::{Event, Facts, Format, Usage};
+use crate::metrics::ReasonLabels;
+use crate::providers::mock;
+use crate::upstream::{Framer, sse};
+
+/// Same-format passthrough, by format.
+#[derive(Debug)]
+pub(super) enum Sniffer {
+    OpenAi(openai_chat::Sniffer),
+    Anthropic(anthropic::Sniffer),
+    Responses(responses::Sniffer),
+}
+
+impl Sniffer {
+    pub(super) fn of(format: Format, facts: &Facts) -> Self {
+        match format {
+            Format::AnthropicMessages => Self::Anthropic(anthropic::Sniffer::new()),
+            Format::OpenAiResponses => Self::Responses(responses::Sniffer::default()),
+            _ => Self::OpenAi(openai_chat::Sniffer::new(facts.stream_usage)),
+        }
+    }
+
+    fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) -> Result<Flow, ProxyError> {
+        match self {
+            Self::OpenAi(s) => s.frame(f, out),
+            Self::Anthropic(s) => s.frame(f, out),
+            Self::Responses(s) => s.frame(f, out),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Self::OpenAi(s) => s.usage,
+            Self::Anthropic(s) => s.usage(),
+            Self::Responses(s) => s.usage,
+        }
+    }
+}
+
+/// Upstream wire format -> canonical events.
+#[derive(Debug)]
+pub(super) enum Decoder {
+    OpenAiChat(openai_chat::Decoder),
+    Anthropic(anthropic::Decoder),
+    Gemini(gemini::Decoder),
+    Bedrock(bedrock::Decoder),
+}
+
+impl Decoder {
+    pub(super) fn of(wire: Format, json_tool: bool) -> Option<Self> {
+        Some(match wire {
+            Format::OpenAiChat => Self::OpenAiChat(openai_chat::Decoder::default()),
+            Format::AnthropicMessages => Self::Anthropic(anthropic::Decoder::default()),
+            Format::Gemini => Self::Gemini(gemini::Decoder::default()),
+            Format::BedrockConverse => Self::Bedrock(bedrock::Decoder::new(json_tool)),
+            _ => return None,
+        })
+    }
+
+    fn frame(&mut self, f: &Frame, out: &mut Vec<Event>) -> Result<Flow, ProxyError> {
+        match self {
+            Self::OpenAiChat(d) => d.frame(f, out),
+            Self::Anthropic(d) => d.frame(f, out),
+            Self::Gemini(d) => d.frame(f, out),
+            Self::Bedrock(d) => d.frame(f, out),
+        }
+    }
+
+    /// At the end of the body: formats that end by closing (Gemini, Bedrock) are complete
+    /// here; the others needed their explicit terminator.
+    fn end(&mut self, out: &mut Vec<Event>) -> Flow {
+        match self {
+            Self::Gemini(d) => d.end(out),
+            Self::Bedrock(d) => d.end(out),
+            Self::OpenAiChat(_) | Self::Anthropic(_) => Flow::Continue,
+        }
+    }
+}
+
+/// Canonical events -> the client's format.
+#[derive(Debug)]
+pub(super) enum Renderer {
+    Chat(openai_chat::Renderer),
+    Completions(completions::Renderer),
+    Responses(Box<responses::Renderer>),
+    Messages(anthropic::Renderer),
+}
+
+impl Renderer {
+    fn event(&mut self, ev: Event, out: &mut Vec<Bytes>) {
+        match self {
+            Self::Chat(r) => r.event(ev, out),
+            Self::Completions(r) => r.event(ev, out),
+            Self::Responses(r) => r.event(ev, out),
+            Self::Messages(r) => r.event(ev, out),
+        }
+    }
+
+    fn done(&mut self, out: &mut Vec<Bytes>) {
+        match self {
+            Self::Chat(r) => r.done(out),
+            Self::Completions(r) => r.done(out),
+            Self::Responses(r) => r.done(out),
+            Self::Messages(r) => r.done(out),
+        }
+    }
+
+    fn error(&mut self, e: &ProxyError, out: &mut Vec<Bytes>) {
+        match self {
+            Self::Responses(r) => r.error(e, out),
+            Self::Messages(_) => out.push(error_event(Format::AnthropicMessages, e)),
+            Self::Chat(_) | Self::Completions(_) => out.push(error_event(Format::OpenAiChat, e)),
+        }
+    }
+}
+
+/// An error event in a client format, for streams with no renderer (passthrough).
+fn error_event(format: Format, e: &ProxyError) -> Bytes {
+    match format {
+        Format::AnthropicMessages => anthropic::error_event(e),
+        Format::OpenAiResponses => {
+            let body = e.body(Dialect::OpenAi);
+            let err = &body["error"];
+            let v = serde_json::json!({"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "sequence_number": 0});
+            sse::named("error", v.to_string().as_bytes())
+        }
+        _ => sse::data(e.body(Dialect::OpenAi).to_string().as_bytes()),
+    }
+}
+
+/// Where events come from.
+#[derive(Debug)]
+pub(super) enum Source {
+    Upstream {
+        body: Incoming,
+        framer: Framer,
+        deadline: Instant,
+    },
+    Mock(Box<mock::Events>),
+}
+
+/// What happens to them.
+#[derive(Debug)]
+pub(super) enum Step {
+    Pass(Sniffer),
+    Translate { decoder: Decoder, renderer: Renderer },
+    /// Canonical events already (the built-in mock).
+    Render(Renderer),
+}
+
+struct Driver {
+    gw: Arc<Gateway>,
+    provider: &'static str,
+    client: Format,
+    source: Source,
+    step: Step,
+    events: Vec<Event>,
+    usage: Option<Usage>,
+    finished: bool,
+    saw_end: bool,
+    settled: bool,
+    permit: Option<Permit>,
+}
+
+impl Driver {
+    fn fail(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
+        self.finished = true;
+        // An error event the upstream sent was already forwarded by the passthrough.
+        let forwarded = matches!(self.step, Step::Pass(_)) && e.kind == ErrorKind::UpstreamStatus;
+        let reason = if e.kind == ErrorKind::UpstreamStatus {
+            "upstream_error_event"
+        } else {
+            e.kind.metric_label()
+        };
+        self.gw
+            .metrics
+            .stream_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        tracing::warn!(provider = self.provider, reason, class = e.metric_label(), error = %e.message, "stream ended with an error");
+        if forwarded {
+            return;
+        }
+        match &mut self.step {
+            Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
+            Step::Pass(_) => out.push(error_event(self.client, &e)),
+        }
+    }
+
+    fn render(&mut self, out: &mut Vec<Bytes>) {
+        let (Step::Translate { renderer, .. } | Step::Render(renderer)) = &mut self.step else {
+            return;
+        };
+        for ev in self.events.drain(..) {
+            if let Event::Usage(u) = &ev {
+                self.usage.get_or_insert_default().merge(*u);
+            }
+            renderer.event(ev, out);
+        }
+    }
+
+    fn complete(&mut self, out: &mut Vec<Bytes>) {
+        self.saw_end = true;
+        self.finished = true;
+        if let Step::Translate { renderer, .. } | Step::Render(renderer) = &mut self.step {
+            renderer.done(out);
+        }
+    }
+
+    fn handle(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
+        let flow = match &mut self.step {
+            Step::Pass(s) => s.frame(f, out),
+            Step::Translate { decoder, .. } => decoder.frame(f, &mut self.events),
+            Step::Render(_) => Ok(Flow::Continue),
+        };
+        self.render(out);
+        match flow {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Done) => self.complete(out),
+            Err(e) => self.fail(e, out),
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Bytes>) {
+        while !self.finished {
+            let Source::Upstream { framer, .. } = &mut self.source else {
+                return;
+            };
+            match framer.next_frame() {
+                Ok(Some(f)) => self.handle(&f, out),
+                Ok(None) => break,
+                Err(e) => self.fail(crate::dialect::malformed(e), out),
+            }
+        }
+    }
+
+    fn ended(&mut self, out: &mut Vec<Bytes>) {
+        if let Source::Upstream { framer, .. } = &mut self.source {
+            match framer.finish() {
+                Ok(Some(f)) => self.handle(&f, out),
+                Ok(None) => {}
+                Err(e) => self.fail(crate::dialect::malformed(e), out),
+            }
+        }
+        if !self.finished
+            && let Step::Translate { decoder, .. } = &mut self.step
+            && decoder.end(&mut self.events) == Flow::Done
+        {
+            self.render(out);
+            self.complete(out);
+        }
+        if !self.saw_end && !self.finished {
+            self.fail(
+                ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    "upstream stream ended before completion",
+                ),
+                out,
+            );
+        }
+        self.finished = true;
+    }
+
+    async fn next(&mut self) -> Option<Bytes> {
+        let mut out = Vec::new();
+        while out.is_empty() {
+            if self.finished {
+                self.settle();
+                return None;
+            }
+            match &mut self.source {
+                Source::Mock(events) => match events.next_batch().await {
+                    Some(batch) => {
+                        self.events.extend(batch);
+                        self.render(&mut out);
+                    }
+                    None => self.complete(&mut out),
+                },
+                Source::Upstream { body, deadline, .. } => {
+                    match tokio::time::timeout_at(*deadline, body.frame()).await {
+                        Err(_) => self.fail(
+                            ProxyError::new(
+                                ErrorKind::UpstreamTimeout,
+                                "upstream stream did not complete in time",
+                            ),
+                            &mut out,
+                        ),
+                        Ok(None) => self.ended(&mut out),
+                        Ok(Some(Err(e))) => self.fail(
+                            ProxyError::new(
+                                ErrorKind::UpstreamProtocol,
+                                format!("upstream stream broke: {e}"),
+                            ),
+                            &mut out,
+                        ),
+                        Ok(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data()
+                                && let Source::Upstream { framer, .. } = &mut self.source
+                            {
+                                framer.push(&data);
+                                self.drain(&mut out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(if out.len() == 1 {
+            out.swap_remove(0)
+        } else {
+            Bytes::from(out.concat())
+        })
+    }
+
+    /// Records usage and settles the limits, once.
+    fn settle(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let usage = match &self.step {
+            Step::Pass(s) => s.usage(),
+            _ => self.usage,
+        };
+        if let Some(u) = usage {
+            self.gw.metrics.record_usage(self.provider, u);
+        }
+        if let Some(p) = self.permit.take() {
+            p.settle(usage);
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// A client that goes away mid-stream still settles what was counted.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// The streaming response.
+pub(super) fn response(
+    gw: Arc<Gateway>,
+    provider: &'static str,
+    client: Format,
+    source: Source,
+    step: Step,
+    permit: Option<Permit>,
+) -> Response {
+    let driver = Driver {
+        gw,
+        provider,
+        client,
+        source,
+        step,
+        events: Vec::new(),
+        usage: None,
+        finished: false,
+        saw_end: false,
+        settled: false,
+        permit,
+    };
+    let stream = futures_util::stream::unfold(driver, |mut d| async move {
+        d.next().await.map(|b| (Ok::<_, Infallible>(b), d))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,13 @@
+//! Policy stages. Each runs on the canonical view of a request (its [`crate::llm::Facts`],
+//! decoding the body only when a stage needs more) and is its own module; `stack.rs` runs
+//! them in order and says why:
+//!
+//! - [`auth`]: who is calling (virtual key by hash) and whether they may use the route;
+//! - [`limits`]: rate limits and budgets, reserved before the call and settled after it.
+//!
+//! The next stages have their places marked in `stack.rs` and will live here as modules of
+//! their own: request and response guardrails (`guardrails`), the response cache (`cache`).
+//! Tracing spans wrap the whole pipeline from the stack's outer layers.
+
+pub mod auth;
+pub mod limits;
