@@ -152,6 +152,8 @@ pub struct ProxyError {
     pub retry_after: Option<HeaderValue>,
     /// Extra response headers (`x-ratelimit-*`, `retry-after-ms`).
     pub headers: Option<Box<http::HeaderMap>>,
+    /// A more precise code than the kind's (`malformed_event`, `upstream_disconnect`).
+    pub code: Option<&'static str>,
 }
 
 impl ProxyError {
@@ -172,7 +174,14 @@ impl ProxyError {
             upstream_status: None,
             retry_after: None,
             headers: None,
+            code: None,
         }
+    }
+
+    /// Sets the error's `code` (and its metric label).
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     /// A 400: the request is malformed.
@@ -325,6 +334,7 @@ impl ProxyError {
         match dialect {
             Dialect::OpenAi => {
                 let (kind, code) = self.openai_type_and_code();
+                let code = self.code.or(code);
                 json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
             }
             Dialect::Anthropic => {
@@ -351,7 +361,9 @@ impl ProxyError {
 
     /// A low-cardinality label: the failure class when there is one, else the kind.
     pub fn metric_label(&self) -> &'static str {
-        self.class.map_or(self.kind.metric_label(), FailureClass::label)
+        self.code
+            .or(self.class.map(FailureClass::label))
+            .unwrap_or(self.kind.metric_label())
     }
 }
 

@@ -154,6 +154,11 @@ async fn env(tag: &str, n: usize, extra: &[&str]) -> Env {
     for i in 0..n {
         let node = format!("dp-{i}");
         let mut args = vec!["--redis-url", &url, "--node-id", &node];
+        // Counting, not timeouts, is under test here: a generous bound keeps a loaded 2-core
+        // machine from tipping a proxy into fail-open mid-burst (the outage test sets its own).
+        if !extra.contains(&"--redis-timeout") {
+            args.extend(["--redis-timeout", "2s"]);
+        }
         args.extend_from_slice(extra);
         dps.push(start_standalone(&cfg, &args, &dir));
     }
@@ -616,7 +621,15 @@ async fn limits_hold_on_a_redis_cluster() {
     let dps: Vec<_> = (0..2)
         .map(|i| {
             let node = format!("dp-{i}");
-            let args = ["--redis-url", &seeds, "--redis-cluster", "--node-id", &node];
+            let args = [
+                "--redis-url",
+                &seeds,
+                "--redis-cluster",
+                "--node-id",
+                &node,
+                "--redis-timeout",
+                "2s",
+            ];
             start_standalone(&cfg, &args, &dir)
         })
         .collect();

@@ -128,6 +128,7 @@ pub fn malformed(e: impl std::fmt::Display) -> ProxyError {
         ErrorKind::UpstreamProtocol,
         format!("upstream sent a malformed stream event: {e}"),
     )
+    .with_code("malformed_event")
 }
 
 /// The failure class an HTTP status implies when the body says nothing more precise.

@@ -191,7 +191,7 @@ impl Driver {
         let reason = if e.kind == ErrorKind::UpstreamStatus {
             "upstream_error_event"
         } else {
-            e.kind.metric_label()
+            e.code.unwrap_or(e.kind.metric_label())
         };
         self.gw
             .metrics
@@ -275,7 +275,8 @@ impl Driver {
                 ProxyError::new(
                     ErrorKind::UpstreamProtocol,
                     "upstream stream ended before completion",
-                ),
+                )
+                .with_code("upstream_disconnect"),
                 out,
             );
         }
@@ -311,7 +312,8 @@ impl Driver {
                             ProxyError::new(
                                 ErrorKind::UpstreamProtocol,
                                 format!("upstream stream broke: {e}"),
-                            ),
+                            )
+                            .with_code("upstream_disconnect"),
                             &mut out,
                         ),
                         Ok(Some(Ok(frame))) => {

@@ -624,8 +624,15 @@ pub fn encode_request(r: &Request, model: &str) -> Result<bytes::Bytes, ProxyErr
     body.insert("model".into(), json!(model));
     body.insert("max_tokens".into(), json!(max_tokens));
     body.insert("messages".into(), Value::Array(messages));
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
+    match system.as_slice() {
+        [] => {}
+        // One plain block: the string form.
+        [one] if one.get("cache_control").is_none() => {
+            body.insert("system".into(), one["text"].clone());
+        }
+        _ => {
+            body.insert("system".into(), Value::Array(system));
+        }
     }
     let mut put = |k: &str, v: Option<Value>| {
         if let Some(v) = v {
@@ -739,6 +746,12 @@ mod tests {
         let body: Value = serde_json::from_slice(&encode_request(&r, "claude-up").expect("encode")).expect("json");
         assert_eq!(body["model"], "claude-up");
         assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+        let plain = Request {
+            messages: vec![Message::text(Role::System, "terse"), Message::text(Role::User, "hi")],
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_slice(&encode_request(&plain, "c").expect("ok")).expect("json");
+        assert_eq!(v["system"], "terse");
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(3), "{body}");
         assert_eq!(body["messages"][1]["content"][0]["signature"], "sig");
         assert_eq!(body["messages"][1]["content"][2]["input"]["city"], "Rome");

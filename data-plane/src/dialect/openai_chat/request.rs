@@ -280,14 +280,19 @@ pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
     let model: String = raw
         .parse_field("model")
         .map_err(|e| field("model", e))?
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            ProxyError::invalid("Invalid request: missing field `model`").with_param("model")
+        })?;
     if model.trim().is_empty() {
-        return Err(ProxyError::invalid("`model` is required").with_param("model"));
+        return Err(ProxyError::invalid("`model` must not be empty").with_param("model"));
     }
     let messages: Vec<Check<'_>> = raw
         .parse_field("messages")
         .map_err(|e| field("messages", e))?
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            ProxyError::invalid("Invalid request: missing field `messages`")
+                .with_param("messages")
+        })?;
     if messages.is_empty() {
         return Err(
             ProxyError::invalid("`messages` must contain at least one message")
