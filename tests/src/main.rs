@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use anyhow::Result;
 use clap::Parser;
 
-/// Mock LLM upstream speaking OpenAI and Anthropic wire formats, for tests and benchmarks.
+/// Mock LLM upstream speaking the OpenAI, Anthropic, Gemini and Bedrock wire formats, for tests and benchmarks.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
