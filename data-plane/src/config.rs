@@ -414,7 +414,13 @@ fn endpoint_auth(
         name: HeaderName::from_static(name),
         value,
     };
-    let none_if_empty = |auth: Auth| if e.credential.is_empty() { Auth::None } else { auth };
+    let none_if_empty = |auth: Auth| {
+        if e.credential.is_empty() {
+            Auth::None
+        } else {
+            auth
+        }
+    };
     Ok(match provider {
         Provider::OpenAi | Provider::Compat => (
             none_if_empty(Auth::Header {
@@ -423,7 +429,10 @@ fn endpoint_auth(
             }),
             Vec::new(),
         ),
-        Provider::Azure { .. } => (none_if_empty(header("api-key", secret(&e.credential)?)), Vec::new()),
+        Provider::Azure { .. } => (
+            none_if_empty(header("api-key", secret(&e.credential)?)),
+            Vec::new(),
+        ),
         Provider::Anthropic => (
             none_if_empty(header("x-api-key", secret(&e.credential)?)),
             vec![(

@@ -193,7 +193,9 @@ impl ProxyError {
     pub fn unmappable(field: &str, target: &str) -> Self {
         Self::new(
             ErrorKind::Unsupported,
-            format!("`{field}` cannot be sent to this model: its provider ({target}) has no equivalent."),
+            format!(
+                "`{field}` cannot be sent to this model: its provider ({target}) has no equivalent."
+            ),
         )
         .with_param(field)
     }
@@ -295,7 +297,9 @@ impl ProxyError {
             }
             Internal => ("server_error", None),
             UpstreamStatus => match self.class {
-                Some(FailureClass::RateLimited) => ("rate_limit_error", Some("rate_limit_exceeded")),
+                Some(FailureClass::RateLimited) => {
+                    ("rate_limit_error", Some("rate_limit_exceeded"))
+                }
                 Some(FailureClass::Overloaded) => ("server_error", Some("overloaded")),
                 Some(FailureClass::Timeout) => ("timeout_error", Some("upstream_timeout")),
                 Some(FailureClass::ContextWindowExceeded) => {
@@ -417,7 +421,10 @@ mod tests {
         let overloaded = up(529, FailureClass::Overloaded);
         assert_eq!(overloaded.status().as_u16(), 503);
         assert_eq!(overloaded.status_in(Dialect::Anthropic).as_u16(), 529);
-        assert_eq!(overloaded.body(Dialect::Anthropic)["error"]["type"], "overloaded_error");
+        assert_eq!(
+            overloaded.body(Dialect::Anthropic)["error"]["type"],
+            "overloaded_error"
+        );
         assert!(overloaded.retryable() && overloaded.reached_upstream);
         assert!(!up(400, FailureClass::ContextWindowExceeded).retryable());
         let connect = ProxyError::new(ErrorKind::UpstreamConnect, "refused");
@@ -439,7 +446,10 @@ mod tests {
             FailureClass::ContextWindowExceeded,
             "prompt is too long",
         );
-        assert_eq!(ctx.body(Dialect::OpenAi)["error"]["code"], "context_length_exceeded");
+        assert_eq!(
+            ctx.body(Dialect::OpenAi)["error"]["code"],
+            "context_length_exceeded"
+        );
         assert_eq!(ctx.metric_label(), "context_window_exceeded");
     }
 }

@@ -146,7 +146,9 @@ pub fn estimate_request(req: &Request, upstream_model: &str) -> Estimate {
         }
     }
     for tool in &req.tools {
-        input += n(&tool.name) + tool.description.as_deref().map_or(0, n) + n(&tool.parameters.to_string());
+        input += n(&tool.name)
+            + tool.description.as_deref().map_or(0, n)
+            + n(&tool.parameters.to_string());
     }
     let output = req
         .max_output_tokens

@@ -604,7 +604,11 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         let gc32 = wrk(&gateway, 32, d, &hdr, &body, &wrk_dir)?;
         record("via nginx", "b: chat c=32", &gc32);
         let added = gc1.p50_us - dc1.p50_us;
-        let ratio = if dc32.rps > 0.0 { gc32.rps / dc32.rps } else { 0.0 };
+        let ratio = if dc32.rps > 0.0 {
+            gc32.rps / dc32.rps
+        } else {
+            0.0
+        };
         targets.push((
             "vs nginx: added latency p50 <= 50 us at c=1".into(),
             format!("{added:.0} us"),

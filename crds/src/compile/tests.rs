@@ -321,7 +321,11 @@ spec: {provider: openai-compatible, endpoints: [{url: "https://x", awsCredential
     assert_eq!(
         r,
         vec![
-            ("ProviderPool default/br-noregion".into(), "Accepted", "Invalid"),
+            (
+                "ProviderPool default/br-noregion".into(),
+                "Accepted",
+                "Invalid"
+            ),
             ("ProviderPool default/oa-aws".into(), "Accepted", "Invalid"),
         ]
     );
@@ -339,7 +343,10 @@ spec: {provider: openai-compatible, endpoints: [{url: "https://x", awsCredential
     assert_eq!(g.models[0].cache_write_price_per_million_micros, 0);
     let b = pool("default/br");
     assert_eq!(b.region, "us-west-2");
-    let aws = b.endpoints[0].aws.as_ref().expect("credentials from the Secret");
+    let aws = b.endpoints[0]
+        .aws
+        .as_ref()
+        .expect("credentials from the Secret");
     assert_eq!(aws.access_key_id, "AKIDEXAMPLE");
     assert_eq!(aws.session_token, "");
     assert!(pool("default/br-env").endpoints[0].aws.is_none());

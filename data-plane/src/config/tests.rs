@@ -214,15 +214,30 @@ fn auth_and_framing_are_data_on_the_pool() {
     let cfg = RuntimeConfig::build(&s, &Upstreams::default()).expect("valid");
     let pool = |m: &str| cfg.route(m).expect("route").backends[0].pool.clone();
     let br = pool("br");
-    assert_eq!(br.provider, Provider::Bedrock { region: "us-east-1".into() });
+    assert_eq!(
+        br.provider,
+        Provider::Bedrock {
+            region: "us-east-1".into()
+        }
+    );
     assert_eq!(br.provider.framing(), crate::upstream::Framing::EventStream);
     assert!(matches!(br.endpoints[0].auth, Auth::SigV4(_)));
     let gem = pool("gem");
-    assert_eq!(gem.provider, Provider::Gemini { api_version: "v1beta".into() });
-    assert!(matches!(&gem.endpoints[0].auth, Auth::Header { name, .. } if name == "x-goog-api-key"));
+    assert_eq!(
+        gem.provider,
+        Provider::Gemini {
+            api_version: "v1beta".into()
+        }
+    );
+    assert!(
+        matches!(&gem.endpoints[0].auth, Auth::Header { name, .. } if name == "x-goog-api-key")
+    );
     assert_eq!(gem.provider.framing(), crate::upstream::Framing::Sse);
     let dbg = format!("{:?} {:?}", br, gem);
-    assert!(!dbg.contains("aws-secret-key") && !dbg.contains("gem-key"), "{dbg}");
+    assert!(
+        !dbg.contains("aws-secret-key") && !dbg.contains("gem-key"),
+        "{dbg}"
+    );
     // Without a region a Bedrock pool is invalid.
     if let Some(p) = s.pools.iter_mut().find(|p| p.id == "ns/br") {
         p.region.clear();

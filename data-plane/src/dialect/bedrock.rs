@@ -11,11 +11,14 @@ use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Flow, Frame, class_of_status, malformed, mentions_context_window, upstream_error, upstream_garbage};
+use super::{
+    Flow, Frame, class_of_status, malformed, mentions_context_window, upstream_error,
+    upstream_garbage,
+};
 use crate::error::{FailureClass, ProxyError};
 use crate::llm::{
-    Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat,
-    Role, Source, ToolCall, ToolChoice, Usage,
+    Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat, Role,
+    Source, ToolCall, ToolChoice, Usage,
 };
 
 const TARGET: &str = "Bedrock Converse";
@@ -69,8 +72,10 @@ fn encode_part(p: &Part, at: &str, n: usize) -> Result<Option<Value>, ProxyError
         Part::Image(m) => match &m.source {
             Source::Base64 { media_type, data } => {
                 let format = image_format(media_type).ok_or_else(|| {
-                    ProxyError::invalid(format!("{at}: Bedrock takes png, jpeg, gif or webp images, not {media_type}"))
-                        .with_param(at.to_owned())
+                    ProxyError::invalid(format!(
+                        "{at}: Bedrock takes png, jpeg, gif or webp images, not {media_type}"
+                    ))
+                    .with_param(at.to_owned())
                 })?;
                 json!({"image": {"format": format, "source": {"bytes": data}}})
             }
@@ -249,7 +254,10 @@ fn encode_value(r: &Request) -> Result<Map<String, Value>, ProxyError> {
         }
         Some(x) => {
             if let Some(b) = x.budget() {
-                additional.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": b}));
+                additional.insert(
+                    "thinking".into(),
+                    json!({"type": "enabled", "budget_tokens": b}),
+                );
                 if let Some(max) = r.max_output_tokens
                     && max <= b
                 {
@@ -266,7 +274,10 @@ fn encode_value(r: &Request) -> Result<Map<String, Value>, ProxyError> {
         body.insert("inferenceConfig".into(), Value::Object(inference));
     }
     if !additional.is_empty() {
-        body.insert("additionalModelRequestFields".into(), Value::Object(additional));
+        body.insert(
+            "additionalModelRequestFields".into(),
+            Value::Object(additional),
+        );
     }
     if let Some(u) = &r.user {
         body.insert("requestMetadata".into(), json!({"user": u}));
@@ -495,7 +506,11 @@ impl Decoder {
                 };
                 let (delta, block) = if let Some(t) = d.get("text").and_then(Value::as_str) {
                     (Delta::Text(t.to_owned()), Block::Text)
-                } else if let Some(i) = d.get("toolUse").and_then(|t| t.get("input")).and_then(Value::as_str) {
+                } else if let Some(i) = d
+                    .get("toolUse")
+                    .and_then(|t| t.get("input"))
+                    .and_then(Value::as_str)
+                {
                     (Delta::ToolArgs(i.to_owned()), Block::Text)
                 } else if let Some(r) = d.get("reasoningContent") {
                     if let Some(t) = r.get("text").and_then(Value::as_str) {
@@ -505,7 +520,9 @@ impl Decoder {
                     } else if let Some(rd) = r.get("redactedContent").and_then(Value::as_str) {
                         self.open(
                             e.content_block_index,
-                            Block::RedactedThinking { data: rd.to_owned() },
+                            Block::RedactedThinking {
+                                data: rd.to_owned(),
+                            },
                             out,
                         );
                         return Ok(Flow::Continue);
@@ -562,7 +579,11 @@ impl Decoder {
     /// At the end of the body: complete once `messageStop` came (usage may be missing).
     pub fn end(&mut self, out: &mut Vec<Event>) -> Flow {
         self.close(out);
-        if self.stopped { Flow::Done } else { Flow::Continue }
+        if self.stopped {
+            Flow::Done
+        } else {
+            Flow::Continue
+        }
     }
 }
 
@@ -583,7 +604,9 @@ fn class_of_exception(kind: &str, message: &str, fallback: FailureClass) -> Fail
         "InternalServerException" | "ModelErrorException" | "ModelStreamErrorException" => {
             FailureClass::ServerError
         }
-        "AccessDeniedException" | "UnrecognizedClientException" | "ExpiredTokenException"
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "ExpiredTokenException"
         | "InvalidSignatureException" => FailureClass::Authentication,
         "ValidationException" if mentions_context_window(message) => {
             FailureClass::ContextWindowExceeded
@@ -642,7 +665,10 @@ mod tests {
                     vec![
                         Part::text("look"),
                         Part::Image(Media {
-                            source: Source::Base64 { media_type: "image/png".into(), data: "AAAA".into() },
+                            source: Source::Base64 {
+                                media_type: "image/png".into(),
+                                data: "AAAA".into(),
+                            },
                             detail: None,
                         }),
                     ],
@@ -672,12 +698,18 @@ mod tests {
             strict: None,
             cache_control: None,
         });
-        assert!(encode_request(&r).is_err(), "a forced JSON tool cannot coexist with tools");
+        assert!(
+            encode_request(&r).is_err(),
+            "a forced JSON tool cannot coexist with tools"
+        );
         r.tools.clear();
         r.response_format = None;
         r.messages.push(Message::new(
             Role::User,
-            vec![Part::Image(Media { source: Source::Url("https://x/y.png".into()), detail: None })],
+            vec![Part::Image(Media {
+                source: Source::Url("https://x/y.png".into()),
+                detail: None,
+            })],
         ));
         assert!(encode_request(&r).expect_err("url").param.is_some());
     }
@@ -698,27 +730,61 @@ mod tests {
         let mut ev = Vec::new();
         for (k, data) in [
             ("messageStart", r#"{"role":"assistant"}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"sig"}}}"#),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#,
+            ),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"sig"}}}"#,
+            ),
             ("contentBlockStop", r#"{"contentBlockIndex":0}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"text":"Hi"}}"#),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":1,"delta":{"text":"Hi"}}"#,
+            ),
             ("contentBlockStop", r#"{"contentBlockIndex":1}"#),
-            ("contentBlockStart", r#"{"contentBlockIndex":2,"start":{"toolUse":{"toolUseId":"tu1","name":"f"}}}"#),
-            ("contentBlockDelta", r#"{"contentBlockIndex":2,"delta":{"toolUse":{"input":"{\"x\":1}"}}}"#),
+            (
+                "contentBlockStart",
+                r#"{"contentBlockIndex":2,"start":{"toolUse":{"toolUseId":"tu1","name":"f"}}}"#,
+            ),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":2,"delta":{"toolUse":{"input":"{\"x\":1}"}}}"#,
+            ),
             ("contentBlockStop", r#"{"contentBlockIndex":2}"#),
             ("messageStop", r#"{"stopReason":"tool_use"}"#),
         ] {
-            assert_eq!(d.frame(&Frame::named(k, data), &mut ev).expect(k), Flow::Continue);
+            assert_eq!(
+                d.frame(&Frame::named(k, data), &mut ev).expect(k),
+                Flow::Continue
+            );
         }
         let flow = d
             .frame(&Frame::named("metadata", r#"{"usage":{"inputTokens":10,"outputTokens":4,"totalTokens":14},"metrics":{"latencyMs":100}}"#), &mut ev)
             .expect("metadata");
         assert_eq!(flow, Flow::Done);
-        assert!(ev.contains(&Event::BlockStart { index: 2, block: Block::ToolCall { id: "tu1".into(), name: "f".into() } }));
-        assert!(ev.contains(&Event::Delta { index: 0, delta: Delta::Signature("sig".into()) }));
+        assert!(ev.contains(&Event::BlockStart {
+            index: 2,
+            block: Block::ToolCall {
+                id: "tu1".into(),
+                name: "f".into()
+            }
+        }));
+        assert!(ev.contains(&Event::Delta {
+            index: 0,
+            delta: Delta::Signature("sig".into())
+        }));
         assert!(ev.contains(&Event::Usage(Usage::new(10, 4))));
         let e = d
-            .frame(&Frame { event: Some("throttlingException".into()), data: r#"{"message":"slow down"}"#.into(), exception: true }, &mut ev)
+            .frame(
+                &Frame {
+                    event: Some("throttlingException".into()),
+                    data: r#"{"message":"slow down"}"#.into(),
+                    exception: true,
+                },
+                &mut ev,
+            )
             .expect_err("exception");
         assert_eq!(e.class, Some(FailureClass::RateLimited));
     }
@@ -726,12 +792,41 @@ mod tests {
     #[test]
     fn classifies_by_error_type_header() {
         let c = |s: u16, t: &str, m: &str| {
-            classify(StatusCode::from_u16(s).expect("s"), Some(t), json!({"message": m}).to_string().as_bytes(), None).class
+            classify(
+                StatusCode::from_u16(s).expect("s"),
+                Some(t),
+                json!({"message": m}).to_string().as_bytes(),
+                None,
+            )
+            .class
         };
-        assert_eq!(c(429, "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/", "x"), Some(FailureClass::RateLimited));
-        assert_eq!(c(400, "ValidationException", "Input is too long for requested model."), Some(FailureClass::ContextWindowExceeded));
-        assert_eq!(c(400, "ValidationException", "bad"), Some(FailureClass::BadRequest));
-        assert_eq!(c(503, "ServiceUnavailableException", "x"), Some(FailureClass::Overloaded));
-        assert_eq!(c(403, "AccessDeniedException", "x"), Some(FailureClass::Authentication));
+        assert_eq!(
+            c(
+                429,
+                "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                "x"
+            ),
+            Some(FailureClass::RateLimited)
+        );
+        assert_eq!(
+            c(
+                400,
+                "ValidationException",
+                "Input is too long for requested model."
+            ),
+            Some(FailureClass::ContextWindowExceeded)
+        );
+        assert_eq!(
+            c(400, "ValidationException", "bad"),
+            Some(FailureClass::BadRequest)
+        );
+        assert_eq!(
+            c(503, "ServiceUnavailableException", "x"),
+            Some(FailureClass::Overloaded)
+        );
+        assert_eq!(
+            c(403, "AccessDeniedException", "x"),
+            Some(FailureClass::Authentication)
+        );
     }
 }

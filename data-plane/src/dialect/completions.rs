@@ -279,13 +279,25 @@ mod tests {
 
     #[test]
     fn one_prompt_maps_batches_and_tokens_do_not() {
-        let r = decode_request(&raw(r#"{"model":"m","prompt":["Say hi"],"max_tokens":7,"stop":"\n"}"#)).expect("one");
+        let r = decode_request(&raw(
+            r#"{"model":"m","prompt":["Say hi"],"max_tokens":7,"stop":"\n"}"#,
+        ))
+        .expect("one");
         assert_eq!(r.messages[0].joined_text(), "Say hi");
         assert_eq!(r.stop, vec!["\n".to_owned()]);
-        for bad in [r#"{"model":"m","prompt":["a","b"]}"#, r#"{"model":"m","prompt":[1,2,3]}"#] {
-            assert_eq!(decode_request(&raw(bad)).expect_err(bad).param.as_deref(), Some("prompt"));
+        for bad in [
+            r#"{"model":"m","prompt":["a","b"]}"#,
+            r#"{"model":"m","prompt":[1,2,3]}"#,
+        ] {
+            assert_eq!(
+                decode_request(&raw(bad)).expect_err(bad).param.as_deref(),
+                Some("prompt")
+            );
         }
-        let (r, _) = (decode_request(&raw(r#"{"model":"m","prompt":"x","echo":true}"#)).expect("decodes"), ());
+        let (r, _) = (
+            decode_request(&raw(r#"{"model":"m","prompt":"x","echo":true}"#)).expect("decodes"),
+            (),
+        );
         assert_eq!(r.unmapped_field(), Some("echo"));
         assert!(facts(&raw(r#"{"model":"m","prompt":{}}"#)).is_err());
     }

@@ -15,17 +15,24 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::embeddings::{Embeddings, EmbeddingsRequest};
-use super::{Flow, Frame, class_of_status, malformed, mentions_context_window, upstream_error, upstream_garbage};
+use super::{
+    Flow, Frame, class_of_status, malformed, mentions_context_window, upstream_error,
+    upstream_garbage,
+};
 use crate::error::{FailureClass, ProxyError};
 use crate::llm::{
-    Block, Delta, Event, Finish, FinishReason, Part, Request, Response,
-    ResponseFormat, Role, Source, ToolCall, ToolChoice, Usage,
+    Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat, Role,
+    Source, ToolCall, ToolChoice, Usage,
 };
 
 const TARGET: &str = "Gemini";
 
 fn media_type_of_url(url: &str) -> &'static str {
-    let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
     match path.rsplit('.').next() {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",
@@ -190,7 +197,9 @@ fn encode_value(r: &Request) -> Result<Value, ProxyError> {
     put("frequencyPenalty", r.frequency_penalty.map(|v| json!(v)));
     match &r.response_format {
         None | Some(ResponseFormat::Text) => {}
-        Some(ResponseFormat::JsonObject) => put("responseMimeType", Some(json!("application/json"))),
+        Some(ResponseFormat::JsonObject) => {
+            put("responseMimeType", Some(json!("application/json")))
+        }
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
             put("responseMimeType", Some(json!("application/json")));
             put("responseJsonSchema", Some(schema.clone()));
@@ -345,7 +354,13 @@ pub fn decode_response(body: &[u8]) -> Result<Response, ProxyError> {
     let cand = w.candidates.into_iter().next().unwrap_or_default();
     let mut parts = Vec::new();
     let mut called = false;
-    for (n, p) in cand.content.unwrap_or_default().parts.into_iter().enumerate() {
+    for (n, p) in cand
+        .content
+        .unwrap_or_default()
+        .parts
+        .into_iter()
+        .enumerate()
+    {
         if let Some(c) = p.function_call {
             called = true;
             parts.push(Part::ToolCall(ToolCall {
@@ -401,7 +416,11 @@ impl Decoder {
 
     pub fn frame(&mut self, f: &Frame, out: &mut Vec<Event>) -> Result<Flow, ProxyError> {
         if f.data.starts_with("{\"error\"") {
-            return Err(classify(StatusCode::INTERNAL_SERVER_ERROR, f.data.as_bytes(), None));
+            return Err(classify(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                f.data.as_bytes(),
+                None,
+            ));
         }
         let w: WireResponse = serde_json::from_str(&f.data).map_err(malformed)?;
         if !self.started {
@@ -446,7 +465,11 @@ impl Decoder {
                     let i = self.next;
                     self.next += 1;
                     self.open = Some((i, thinking));
-                    let block = if thinking { Block::Thinking } else { Block::Text };
+                    let block = if thinking {
+                        Block::Thinking
+                    } else {
+                        Block::Text
+                    };
                     out.push(Event::BlockStart { index: i, block });
                     i
                 }
@@ -480,7 +503,11 @@ impl Decoder {
     /// At the end of the body: complete if a finish reason came.
     pub fn end(&mut self, out: &mut Vec<Event>) -> Flow {
         self.close(out);
-        if self.finished { Flow::Done } else { Flow::Continue }
+        if self.finished {
+            Flow::Done
+        } else {
+            Flow::Continue
+        }
     }
 }
 
@@ -522,7 +549,8 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue
 /// `embedContent` (one input) or `batchEmbedContents` (several): the body and which it is.
 pub fn encode_embeddings(e: &EmbeddingsRequest, model: &str) -> Result<(Bytes, bool), ProxyError> {
     let one = |text: &str| {
-        let mut v = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
+        let mut v =
+            json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
         if let Some(d) = e.dimensions {
             v["outputDimensionality"] = json!(d);
         }
@@ -630,12 +658,27 @@ mod tests {
         let v: Value = serde_json::from_slice(&encode_request(&r).expect("encode")).expect("json");
         assert_eq!(v["systemInstruction"]["parts"][0]["text"], "be brief");
         assert_eq!(v["contents"][1]["role"], "model");
-        assert_eq!(v["contents"][1]["parts"][0]["functionCall"]["args"]["c"], "Paris");
+        assert_eq!(
+            v["contents"][1]["parts"][0]["functionCall"]["args"]["c"],
+            "Paris"
+        );
         assert_eq!(v["contents"][1]["parts"][0]["thoughtSignature"], "sig");
-        assert_eq!(v["contents"][2]["parts"][0]["functionResponse"]["name"], "w");
-        assert_eq!(v["contents"][2]["parts"][0]["functionResponse"]["response"]["result"], "sunny");
-        assert_eq!(v["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"][0], "w");
-        assert_eq!(v["generationConfig"]["responseMimeType"], "application/json");
+        assert_eq!(
+            v["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "w"
+        );
+        assert_eq!(
+            v["contents"][2]["parts"][0]["functionResponse"]["response"]["result"],
+            "sunny"
+        );
+        assert_eq!(
+            v["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"][0],
+            "w"
+        );
+        assert_eq!(
+            v["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
         assert_eq!(v["generationConfig"]["maxOutputTokens"], 64);
     }
 
@@ -643,8 +686,19 @@ mod tests {
     fn decodes_thoughts_calls_and_usage() {
         let r = decode_response(br#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true},{"functionCall":{"name":"w","args":{"c":"Rome"}},"thoughtSignature":"s1"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"thoughtsTokenCount":7,"cachedContentTokenCount":4,"totalTokenCount":22},"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#).expect("decode");
         assert_eq!(r.finish.reason, FinishReason::ToolCalls);
-        assert_eq!(r.usage, Usage { input: 10, output: 12, cache_read: 4, cache_write: 0, reasoning: 7 });
-        assert!(matches!(&r.parts[1], Part::ToolCall(c) if c.arguments == "{\"c\":\"Rome\"}" && c.signature.as_deref() == Some("s1")));
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: 10,
+                output: 12,
+                cache_read: 4,
+                cache_write: 0,
+                reasoning: 7
+            }
+        );
+        assert!(
+            matches!(&r.parts[1], Part::ToolCall(c) if c.arguments == "{\"c\":\"Rome\"}" && c.signature.as_deref() == Some("s1"))
+        );
     }
 
     #[test]
@@ -662,14 +716,25 @@ mod tests {
         let text: String = ev
             .iter()
             .filter_map(|e| match e {
-                Event::Delta { delta: Delta::Text(t), .. } => Some(t.as_str()),
+                Event::Delta {
+                    delta: Delta::Text(t),
+                    ..
+                } => Some(t.as_str()),
                 _ => None,
             })
             .collect();
         assert_eq!(text, "Hello");
         let mut cut = Decoder::default();
-        cut.frame(&Frame::data(r#"{"candidates":[{"content":{"parts":[{"text":"x"}]}}]}"#), &mut ev).expect("chunk");
-        assert_eq!(cut.end(&mut ev), Flow::Continue, "a stream cut before its finish is incomplete");
+        cut.frame(
+            &Frame::data(r#"{"candidates":[{"content":{"parts":[{"text":"x"}]}}]}"#),
+            &mut ev,
+        )
+        .expect("chunk");
+        assert_eq!(
+            cut.end(&mut ev),
+            Flow::Continue,
+            "a stream cut before its finish is incomplete"
+        );
     }
 
     #[test]
@@ -678,12 +743,25 @@ mod tests {
             let b = json!({"error": {"code": s, "message": m, "status": status}}).to_string();
             classify(StatusCode::from_u16(s).expect("s"), b.as_bytes(), None).class
         };
-        assert_eq!(c(429, "RESOURCE_EXHAUSTED", "quota"), Some(FailureClass::RateLimited));
-        assert_eq!(c(503, "UNAVAILABLE", "overloaded"), Some(FailureClass::Overloaded));
         assert_eq!(
-            c(400, "INVALID_ARGUMENT", "The input token count exceeds the maximum number of tokens allowed"),
+            c(429, "RESOURCE_EXHAUSTED", "quota"),
+            Some(FailureClass::RateLimited)
+        );
+        assert_eq!(
+            c(503, "UNAVAILABLE", "overloaded"),
+            Some(FailureClass::Overloaded)
+        );
+        assert_eq!(
+            c(
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count exceeds the maximum number of tokens allowed"
+            ),
             Some(FailureClass::ContextWindowExceeded)
         );
-        assert_eq!(c(403, "PERMISSION_DENIED", "key"), Some(FailureClass::Authentication));
+        assert_eq!(
+            c(403, "PERMISSION_DENIED", "key"),
+            Some(FailureClass::Authentication)
+        );
     }
 }

@@ -88,7 +88,12 @@ mod tests {
     #[test]
     fn classes_from_status_and_code() {
         let c = |s: u16, body: &str| {
-            classify(StatusCode::from_u16(s).expect("status"), body.as_bytes(), None).class
+            classify(
+                StatusCode::from_u16(s).expect("status"),
+                body.as_bytes(),
+                None,
+            )
+            .class
         };
         let ctx = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
         assert_eq!(c(400, ctx), Some(FailureClass::ContextWindowExceeded));
@@ -98,8 +103,15 @@ mod tests {
         assert_eq!(c(503, "{}"), Some(FailureClass::Overloaded));
         assert_eq!(c(500, "not json"), Some(FailureClass::ServerError));
         assert_eq!(c(401, "{}"), Some(FailureClass::Authentication));
-        assert_eq!(c(404, r#"{"error":{"message":"no such model"}}"#), Some(FailureClass::BadRequest));
-        let e = classify(StatusCode::BAD_REQUEST, br#"{"error":{"message":"bad temperature"}}"#, None);
+        assert_eq!(
+            c(404, r#"{"error":{"message":"no such model"}}"#),
+            Some(FailureClass::BadRequest)
+        );
+        let e = classify(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"message":"bad temperature"}}"#,
+            None,
+        );
         assert_eq!(e.message, "bad temperature");
         assert!(e.reached_upstream);
     }

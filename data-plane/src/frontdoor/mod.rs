@@ -87,7 +87,9 @@ pub fn now_unix() -> i64 {
 pub fn render_error(e: ProxyError, dialect: Dialect) -> Response {
     match e.kind.origin() {
         Origin::Client => tracing::debug!(error = %e, "request rejected"),
-        _ => tracing::warn!(error = %e, class = e.metric_label(), reached_upstream = e.reached_upstream, "request failed"),
+        _ => {
+            tracing::warn!(error = %e, class = e.metric_label(), reached_upstream = e.reached_upstream, "request failed")
+        }
     }
     e.into_response_in(dialect)
 }
@@ -152,15 +154,19 @@ fn anthropic_headers(headers: &HeaderMap) -> Result<Vec<(HeaderName, HeaderValue
     })?;
     let valid = version.to_str().is_ok_and(|v| {
         v.len() == 10
-            && v.bytes()
-                .enumerate()
-                .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() })
+            && v.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
     });
     if !valid {
-        return Err(ProxyError::invalid(
-            "anthropic-version: expected a date such as 2023-06-01",
-        )
-        .with_param("anthropic-version"));
+        return Err(
+            ProxyError::invalid("anthropic-version: expected a date such as 2023-06-01")
+                .with_param("anthropic-version"),
+        );
     }
     let mut out = vec![(ANTHROPIC_VERSION, version.clone())];
     if let Some(b) = headers.get(ANTHROPIC_BETA) {

@@ -44,17 +44,19 @@ fn render(
 }
 
 /// The stream renderer of a front door's format.
-pub(super) fn renderer(format: Format, facts: &Facts, echo: Option<Box<responses::Echo>>) -> Renderer {
+pub(super) fn renderer(
+    format: Format,
+    facts: &Facts,
+    echo: Option<Box<responses::Echo>>,
+) -> Renderer {
     match format {
         Format::AnthropicMessages => Renderer::Messages(anthropic::Renderer::new()),
         Format::OpenAiCompletions => {
             Renderer::Completions(completions::Renderer::new(facts.stream_usage))
         }
-        Format::OpenAiResponses => {
-            Renderer::Responses(Box::new(responses::Renderer::new(
-                echo.map(|e| *e).unwrap_or_default(),
-            )))
-        }
+        Format::OpenAiResponses => Renderer::Responses(Box::new(responses::Renderer::new(
+            echo.map(|e| *e).unwrap_or_default(),
+        ))),
         _ => Renderer::Chat(openai_chat::Renderer::new(facts.stream_usage)),
     }
 }
@@ -109,7 +111,9 @@ pub fn respond(
         }
         Answer::Tokens(n) => {
             settle(gw, provider, permit, Some(Usage::default()));
-            json(crate::llm::to_bytes(&serde_json::json!({"input_tokens": n}))?)
+            json(crate::llm::to_bytes(
+                &serde_json::json!({"input_tokens": n}),
+            )?)
         }
         Answer::Stream {
             body,
@@ -123,11 +127,16 @@ pub fn respond(
                     wire,
                     json_tool,
                     echo,
+                    model,
                 } => Step::Translate {
                     decoder: stream::Decoder::of(wire, json_tool).ok_or_else(|| {
-                        ProxyError::new(ErrorKind::Internal, "no stream decoder for the upstream format")
+                        ProxyError::new(
+                            ErrorKind::Internal,
+                            "no stream decoder for the upstream format",
+                        )
                     })?,
                     renderer: renderer(format, facts, echo),
+                    model,
                 },
             };
             stream::response(

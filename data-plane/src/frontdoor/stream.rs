@@ -15,7 +15,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::dialect::{Flow, Frame, anthropic, bedrock, completions, gemini, openai_chat, responses};
+use crate::dialect::{
+    Flow, Frame, anthropic, bedrock, completions, gemini, openai_chat, responses,
+};
 use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::limits::Permit;
@@ -164,7 +166,12 @@ pub(super) enum Source {
 #[derive(Debug)]
 pub(super) enum Step {
     Pass(Sniffer),
-    Translate { decoder: Decoder, renderer: Renderer },
+    Translate {
+        decoder: Decoder,
+        renderer: Renderer,
+        /// Fills the model of formats whose streams do not name it (Bedrock).
+        model: String,
+    },
     /// Canonical events already (the built-in mock).
     Render(Renderer),
 }
@@ -209,12 +216,18 @@ impl Driver {
     }
 
     fn render(&mut self, out: &mut Vec<Bytes>) {
-        let (Step::Translate { renderer, .. } | Step::Render(renderer)) = &mut self.step else {
-            return;
+        let (renderer, fallback) = match &mut self.step {
+            Step::Translate {
+                renderer, model, ..
+            } => (renderer, model.as_str()),
+            Step::Render(renderer) => (renderer, ""),
+            Step::Pass(_) => return,
         };
-        for ev in self.events.drain(..) {
-            if let Event::Usage(u) = &ev {
-                self.usage.get_or_insert_default().merge(*u);
+        for mut ev in self.events.drain(..) {
+            match &mut ev {
+                Event::Usage(u) => self.usage.get_or_insert_default().merge(*u),
+                Event::Start { model, .. } if model.is_empty() => fallback.clone_into(model),
+                _ => {}
             }
             renderer.event(ev, out);
         }

@@ -17,8 +17,8 @@ mod response;
 mod stream;
 
 pub use request::{
-    Effort, Media, Message, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool,
-    ToolCall, ToolChoice, ToolResult,
+    Effort, Media, Message, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool, ToolCall,
+    ToolChoice, ToolResult,
 };
 pub use response::{Finish, FinishReason, Response, Usage};
 pub use stream::{Block, Delta, Event};

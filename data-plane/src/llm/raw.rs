@@ -205,13 +205,19 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["odd\"key"], true);
         assert!(v.get("seed").is_none());
-        assert_eq!(o.parse_field::<String>("model").expect("str").as_deref(), Some("upstream-name"));
+        assert_eq!(
+            o.parse_field::<String>("model").expect("str").as_deref(),
+            Some("upstream-name")
+        );
     }
 
     #[test]
     fn non_objects_and_duplicates_are_refused() {
         for bad in [&b"[1]"[..], b"\"x\"", b"{\"a\":1,\"a\":2}", b"{\"a\":", b""] {
-            assert!(RawObject::parse(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+            assert!(
+                RawObject::parse(Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -43,7 +43,9 @@ impl Request {
 
     /// The text of every message, for token estimates.
     pub fn texts(&self) -> impl Iterator<Item = &str> {
-        self.messages.iter().flat_map(|m| m.parts.iter().flat_map(Part::texts))
+        self.messages
+            .iter()
+            .flat_map(|m| m.parts.iter().flat_map(Part::texts))
     }
 }
 
@@ -121,7 +123,9 @@ pub enum Part {
         signature: Option<String>,
     },
     /// Reasoning the provider encrypted.
-    RedactedThinking { data: String },
+    RedactedThinking {
+        data: String,
+    },
     ToolCall(ToolCall),
     ToolResult(ToolResult),
 }
@@ -158,7 +162,10 @@ impl Part {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     Url(String),
-    Base64 { media_type: String, data: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
     /// Plain text (text documents).
     Text(String),
 }

@@ -7,10 +7,21 @@ use super::{Finish, Usage};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The answer began.
-    Start { id: String, model: String },
-    BlockStart { index: usize, block: Block },
-    Delta { index: usize, delta: Delta },
-    BlockStop { index: usize },
+    Start {
+        id: String,
+        model: String,
+    },
+    BlockStart {
+        index: usize,
+        block: Block,
+    },
+    Delta {
+        index: usize,
+        delta: Delta,
+    },
+    BlockStop {
+        index: usize,
+    },
     /// Usage so far (cumulative; merge with [`Usage::merge`]).
     Usage(Usage),
     Finish(Finish),

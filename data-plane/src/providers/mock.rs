@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::config::MockBehaviour;
-use crate::dialect::{self, embeddings};
 use crate::dialect::responses::Echo;
+use crate::dialect::{self, embeddings};
 use crate::error::ProxyError;
 use crate::llm::{Block, Delta, Event, Finish, FinishReason, Incoming, Op, Part, Response, Usage};
 
@@ -176,8 +176,7 @@ pub async fn answer(
             base64,
         });
     }
-    let (request, echo): (_, Option<Box<Echo>>) =
-        dialect::decode_canonical(incoming.format, raw)?;
+    let (request, echo): (_, Option<Box<Echo>>) = dialect::decode_canonical(incoming.format, raw)?;
     let prompt_tokens = request
         .texts()
         .map(|t| (t.len() as u64).div_ceil(4) + 1)
@@ -224,13 +223,19 @@ mod tests {
         let text: String = all
             .iter()
             .filter_map(|e| match e {
-                Event::Delta { delta: Delta::Text(t), .. } => Some(t.as_str()),
+                Event::Delta {
+                    delta: Delta::Text(t),
+                    ..
+                } => Some(t.as_str()),
                 _ => None,
             })
             .collect();
         assert_eq!(text, "This is a");
         assert!(all.contains(&Event::Usage(Usage::new(5, 3))));
-        assert_eq!(all.last(), Some(&Event::Finish(Finish::new(FinishReason::Stop))));
+        assert_eq!(
+            all.last(),
+            Some(&Event::Finish(Finish::new(FinishReason::Stop)))
+        );
     }
 
     #[test]

@@ -30,12 +30,18 @@ use crate::upstream::{self, Framing, sigv4};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Provider {
     OpenAi,
-    Azure { api_version: String },
+    Azure {
+        api_version: String,
+    },
     /// Any OpenAI-format server: vLLM, Ollama, Mistral, Groq, Together, DeepSeek...
     Compat,
     Anthropic,
-    Gemini { api_version: String },
-    Bedrock { region: String },
+    Gemini {
+        api_version: String,
+    },
+    Bedrock {
+        region: String,
+    },
     /// Built into the data plane; no network.
     Mock(crate::config::MockBehaviour),
 }
@@ -44,8 +50,14 @@ pub enum Provider {
 #[derive(Clone)]
 pub enum Auth {
     None,
-    Header { name: HeaderName, value: HeaderValue },
-    Query { name: &'static str, value: String },
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    Query {
+        name: &'static str,
+        value: String,
+    },
     SigV4(Arc<sigv4::Signer>),
 }
 
@@ -137,7 +149,10 @@ impl Provider {
         let unsupported = |what: &str| {
             ProxyError::new(
                 ErrorKind::Unsupported,
-                format!("The model `{model}` ({}) does not support {what}.", self.label()),
+                format!(
+                    "The model `{model}` ({}) does not support {what}.",
+                    self.label()
+                ),
             )
             .with_param("model")
         };
@@ -242,6 +257,8 @@ pub enum StreamSpec {
         /// Bedrock answers a JSON response format through a forced tool.
         json_tool: bool,
         echo: Option<Box<Echo>>,
+        /// The upstream model, for formats whose streams do not name it.
+        model: String,
     },
 }
 
@@ -267,7 +284,10 @@ pub enum Answer {
         events: mock::Events,
         echo: Option<Box<Echo>>,
     },
-    Embeddings { embeddings: Embeddings, base64: bool },
+    Embeddings {
+        embeddings: Embeddings,
+        base64: bool,
+    },
     /// Input tokens of a prompt.
     Tokens(u64),
 }
@@ -310,13 +330,10 @@ struct Prepared {
 }
 
 /// Decodes the client's request into canonical form for a translation.
-fn canonical(
-    incoming: &Incoming,
-    model: &str,
-) -> Result<(Request, Option<Box<Echo>>), ProxyError> {
-    let raw = incoming.raw().ok_or_else(|| {
-        ProxyError::new(ErrorKind::Internal, "request body was consumed")
-    })?;
+fn canonical(incoming: &Incoming, model: &str) -> Result<(Request, Option<Box<Echo>>), ProxyError> {
+    let raw = incoming
+        .raw()
+        .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "request body was consumed"))?;
     let (mut r, echo) = dialect::decode_canonical(incoming.format, raw)?;
     model.clone_into(&mut r.model);
     Ok((r, echo))
@@ -334,7 +351,10 @@ fn prepare(
         let format = incoming.format;
         let url = provider.url(base, op, format, model, stream)?;
         let crate::llm::Body::Raw(mut raw) = incoming.body else {
-            return Err(ProxyError::new(ErrorKind::Internal, "request body was consumed"));
+            return Err(ProxyError::new(
+                ErrorKind::Internal,
+                "request body was consumed",
+            ));
         };
         if op != Op::CountTokens || matches!(provider, Provider::Anthropic) {
             raw.set_str("model", model);
@@ -367,9 +387,9 @@ fn prepare(
                 // Anthropic and Bedrock (Converse) have no embeddings; the URL says so.
                 provider.url(base, op, wire, model, false)?;
             }
-            let raw = incoming.raw().ok_or_else(|| {
-                ProxyError::new(ErrorKind::Internal, "request body was consumed")
-            })?;
+            let raw = incoming
+                .raw()
+                .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "request body was consumed"))?;
             let mut req = dialect::embeddings::decode_request(raw)?;
             model.clone_into(&mut req.model);
             let (body, batch) = gemini::encode_embeddings(&req, model)?;
@@ -406,7 +426,10 @@ fn prepare(
             let json_tool = wire == Format::BedrockConverse
                 && matches!(
                     r.response_format,
-                    Some(crate::llm::ResponseFormat::JsonObject | crate::llm::ResponseFormat::JsonSchema { .. })
+                    Some(
+                        crate::llm::ResponseFormat::JsonObject
+                            | crate::llm::ResponseFormat::JsonSchema { .. }
+                    )
                 );
             let body = match wire {
                 Format::AnthropicMessages => anthropic::encode_request(&r, model)?,
@@ -527,7 +550,9 @@ pub async fn call(
     if incoming.op == Op::CountTokens && pool.provider.openai_family() {
         // OpenAI has no counting endpoint; its models' own BPE counts exactly for text.
         let (r, _) = canonical(&incoming, model)?;
-        return Ok(Answer::Tokens(crate::tokens::estimate_request(&r, model).input));
+        return Ok(Answer::Tokens(
+            crate::tokens::estimate_request(&r, model).input,
+        ));
     }
     let ep = pool.pick().ok_or_else(|| {
         ProxyError::new(
@@ -546,8 +571,14 @@ pub async fn call(
                 wire,
                 json_tool: p.spec_json_tool,
                 echo: p.echo,
+                model: model.to_owned(),
             },
-            _ => return Err(ProxyError::new(ErrorKind::Internal, "no stream for this operation")),
+            _ => {
+                return Err(ProxyError::new(
+                    ErrorKind::Internal,
+                    "no stream for this operation",
+                ));
+            }
         };
         return Ok(Answer::Stream {
             body: resp.into_body(),
@@ -562,10 +593,17 @@ pub async fn call(
             usage: dialect::usage_of(format, &body)?,
             body,
         },
-        Read::Decode { wire, json_tool } => Answer::Complete {
-            response: dialect::decode_response(wire, &body, json_tool)?,
-            echo: p.echo,
-        },
+        Read::Decode { wire, json_tool } => {
+            let mut response = dialect::decode_response(wire, &body, json_tool)?;
+            // Converse names no model in its answer.
+            if response.model.is_empty() {
+                model.clone_into(&mut response.model);
+            }
+            Answer::Complete {
+                response,
+                echo: p.echo,
+            }
+        }
         Read::GeminiEmbeddings(req) => Answer::Embeddings {
             embeddings: gemini::decode_embeddings(&body, &req, model)?,
             base64: req.base64,

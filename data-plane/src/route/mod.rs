@@ -14,7 +14,11 @@ pub struct Routed<'c> {
 }
 
 /// The route answering `model` for `key`: 404 when none does, 403 when the key may not use it.
-pub fn resolve<'c>(cfg: &'c RuntimeConfig, key: &KeyEntry, model: &str) -> Result<Routed<'c>, ProxyError> {
+pub fn resolve<'c>(
+    cfg: &'c RuntimeConfig,
+    key: &KeyEntry,
+    model: &str,
+) -> Result<Routed<'c>, ProxyError> {
     let route = cfg.route(model).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::ModelNotFound,

@@ -83,8 +83,7 @@ impl Decoder {
             DecodedFrame::Complete(m) => m,
         };
         self.prelude_checked = false;
-        let payload =
-            std::str::from_utf8(msg.payload()).map_err(|_| EventStreamError::NotUtf8)?;
+        let payload = std::str::from_utf8(msg.payload()).map_err(|_| EventStreamError::NotUtf8)?;
         let exception = header_str(&msg, ":message-type") == Some("exception")
             || header_str(&msg, ":message-type") == Some("error");
         let event = if exception {
@@ -120,9 +119,18 @@ mod tests {
 
     fn message(event: &str, payload: &str) -> Vec<u8> {
         let m = Message::new(Bytes::copy_from_slice(payload.as_bytes()))
-            .add_header(Header::new(":message-type", HeaderValue::String("event".into())))
-            .add_header(Header::new(":event-type", HeaderValue::String(event.to_owned().into())))
-            .add_header(Header::new(":content-type", HeaderValue::String("application/json".into())));
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String(event.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ));
         let mut out = Vec::new();
         write_message_to(&m, &mut out).expect("encode");
         out
@@ -132,7 +140,10 @@ mod tests {
     fn decodes_messages_split_anywhere() {
         let wire = [
             message("messageStart", r#"{"role":"assistant"}"#),
-            message("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#),
+            message(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+            ),
         ]
         .concat();
         for split in 0..wire.len() {
@@ -146,7 +157,10 @@ mod tests {
             }
             assert_eq!(got.len(), 2, "split {split}");
             assert_eq!(got[0].event.as_deref(), Some("messageStart"));
-            assert_eq!(got[1].data, r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#);
+            assert_eq!(
+                got[1].data,
+                r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#
+            );
             assert!(d.finish().expect("clean end").is_none());
         }
     }
@@ -158,7 +172,10 @@ mod tests {
         wire[last] ^= 0xff;
         let mut d = Decoder::default();
         d.push(&wire);
-        assert!(matches!(d.next_frame(), Err(EventStreamError::Invalid(_))), "message CRC");
+        assert!(
+            matches!(d.next_frame(), Err(EventStreamError::Invalid(_))),
+            "message CRC"
+        );
         let mut wire = message("metadata", "{}");
         wire[9] ^= 0x01;
         let mut d = Decoder::default();
@@ -173,8 +190,14 @@ mod tests {
     #[test]
     fn exceptions_are_marked() {
         let m = Message::new(Bytes::from_static(br#"{"message":"Too many requests"}"#))
-            .add_header(Header::new(":message-type", HeaderValue::String("exception".into())))
-            .add_header(Header::new(":exception-type", HeaderValue::String("throttlingException".into())));
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("exception".into()),
+            ))
+            .add_header(Header::new(
+                ":exception-type",
+                HeaderValue::String("throttlingException".into()),
+            ));
         let mut wire = Vec::new();
         write_message_to(&m, &mut wire).expect("encode");
         let mut d = Decoder::default();

@@ -26,7 +26,9 @@ impl std::fmt::Debug for AwsCredentials {
 impl AwsCredentials {
     /// From the standard environment variables, if set.
     pub fn from_env() -> Option<Self> {
-        let id = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty())?;
+        let id = std::env::var("AWS_ACCESS_KEY_ID")
+            .ok()
+            .filter(|s| !s.is_empty())?;
         let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
             .ok()
             .filter(|s| !s.is_empty())?;
@@ -123,14 +125,20 @@ mod tests {
                 session_token: Some("token".into()),
             },
         };
-        let mut req = http::Request::post("https://bedrock-runtime.us-west-2.amazonaws.com/model/m/converse")
-            .header("content-type", "application/json")
-            .body(())
-            .expect("request");
+        let mut req =
+            http::Request::post("https://bedrock-runtime.us-west-2.amazonaws.com/model/m/converse")
+                .header("content-type", "application/json")
+                .body(())
+                .expect("request");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         s.sign_at(&mut req, b"{}", t).expect("sign");
         let auth = req.headers()["authorization"].to_str().expect("ascii");
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-west-2/bedrock/aws4_request"), "{auth}");
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-west-2/bedrock/aws4_request"
+            ),
+            "{auth}"
+        );
         assert!(auth.contains("SignedHeaders=") && auth.contains("Signature="));
         assert_eq!(req.headers()["x-amz-date"], "20231114T221320Z");
         assert_eq!(req.headers()["x-amz-security-token"], "token");

@@ -166,7 +166,10 @@ mod tests {
         let mut d = Decoder::default();
         d.push(b"data: tail");
         assert_eq!(d.next_frame(), Ok(None));
-        assert_eq!(d.finish().expect("finish").map(|e| e.data), Some("tail".into()));
+        assert_eq!(
+            d.finish().expect("finish").map(|e| e.data),
+            Some("tail".into())
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ fn usage(s: &Script, output: u64) -> Value {
 
 pub(crate) fn message(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
     if knobs.malformed {
-        return full(StatusCode::OK, "application/json", "{\"type\": \"message\", \"content\": [");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"type\": \"message\", \"content\": [",
+        );
     }
     let mut v = fixture(include_str!("../../fixtures/anthropic/message.json"));
     v["model"] = json!(model);
@@ -86,11 +90,20 @@ pub(crate) fn stream(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
         event("content_block_stop", &e)
     };
     if let Some(t) = &s.thinking {
-        events.push(block(index, json!({"type": "thinking", "thinking": "", "signature": ""})));
+        events.push(block(
+            index,
+            json!({"type": "thinking", "thinking": "", "signature": ""}),
+        ));
         for w in t.split_inclusive(' ') {
-            events.push(delta(index, json!({"type": "thinking_delta", "thinking": w})));
+            events.push(delta(
+                index,
+                json!({"type": "thinking_delta", "thinking": w}),
+            ));
         }
-        events.push(delta(index, json!({"type": "signature_delta", "signature": s.signature})));
+        events.push(delta(
+            index,
+            json!({"type": "signature_delta", "signature": s.signature}),
+        ));
         events.push(stop(index));
         index += 1;
     }
@@ -99,7 +112,9 @@ pub(crate) fn stream(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
         events.push(event("ping", &f["ping"]));
         for (i, t) in s.chunks.iter().enumerate() {
             if knobs.malformed && i == s.chunks.len() / 2 {
-                events.push(Bytes::from_static(b"event: content_block_delta\ndata: {broken\n\n"));
+                events.push(Bytes::from_static(
+                    b"event: content_block_delta\ndata: {broken\n\n",
+                ));
             }
             events.push(delta(index, json!({"type": "text_delta", "text": t})));
         }
@@ -107,11 +122,17 @@ pub(crate) fn stream(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
         index += 1;
     }
     for c in &s.calls {
-        events.push(block(index, json!({"type": "tool_use", "id": c.id, "name": c.name, "input": {}})));
+        events.push(block(
+            index,
+            json!({"type": "tool_use", "id": c.id, "name": c.name, "input": {}}),
+        ));
         let args = c.args.to_string();
         let (a, b) = args.split_at(args.len() / 2);
         for piece in [a, b] {
-            events.push(delta(index, json!({"type": "input_json_delta", "partial_json": piece})));
+            events.push(delta(
+                index,
+                json!({"type": "input_json_delta", "partial_json": piece}),
+            ));
         }
         events.push(stop(index));
         index += 1;

@@ -51,7 +51,8 @@ pub(crate) fn decode_path(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
         {
             out.push(v);
             i += 3;
@@ -122,9 +123,15 @@ pub(crate) fn verify_signature(
         ));
     }
     let parts_of_scope: Vec<&str> = scope.split('/').collect();
-    if parts_of_scope.len() != 4 || parts_of_scope[2] != "bedrock" || parts_of_scope[3] != "aws4_request"
+    if parts_of_scope.len() != 4
+        || parts_of_scope[2] != "bedrock"
+        || parts_of_scope[3] != "aws4_request"
     {
-        return Err((403, "InvalidSignatureException", format!("bad credential scope {scope}")));
+        return Err((
+            403,
+            "InvalidSignatureException",
+            format!("bad credential scope {scope}"),
+        ));
     }
     let canonical_uri = parts
         .uri
@@ -133,7 +140,11 @@ pub(crate) fn verify_signature(
         .map(uri_encode)
         .collect::<Vec<_>>()
         .join("/");
-    let mut query: Vec<&str> = parts.uri.query().map(|q| q.split('&').collect()).unwrap_or_default();
+    let mut query: Vec<&str> = parts
+        .uri
+        .query()
+        .map(|q| q.split('&').collect())
+        .unwrap_or_default();
     query.sort_unstable();
     let mut canonical_headers = String::new();
     for name in signed_headers.split(';') {
@@ -197,7 +208,9 @@ pub(crate) fn converse(s: &Script, knobs: &Knobs) -> Response<Body> {
     let mut v = fixture(include_str!("../../fixtures/bedrock/converse.json"));
     let mut content = Vec::new();
     if let Some(t) = &s.thinking {
-        content.push(json!({"reasoningContent": {"reasoningText": {"text": t, "signature": s.signature}}}));
+        content.push(
+            json!({"reasoningContent": {"reasoningText": {"text": t, "signature": s.signature}}}),
+        );
     }
     if !s.chunks.is_empty() {
         content.push(json!({"text": s.text()}));
@@ -212,14 +225,24 @@ pub(crate) fn converse(s: &Script, knobs: &Knobs) -> Response<Body> {
 }
 
 fn frame(kind: &str, payload: &Value, exception: bool) -> Bytes {
-    let type_header = if exception { ":exception-type" } else { ":event-type" };
+    let type_header = if exception {
+        ":exception-type"
+    } else {
+        ":event-type"
+    };
     let m = Message::new(Bytes::from(payload.to_string()))
         .add_header(Header::new(
             ":message-type",
             HeaderValue::String(if exception { "exception" } else { "event" }.into()),
         ))
-        .add_header(Header::new(type_header, HeaderValue::String(kind.to_owned().into())))
-        .add_header(Header::new(":content-type", HeaderValue::String("application/json".into())));
+        .add_header(Header::new(
+            type_header,
+            HeaderValue::String(kind.to_owned().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
     let mut out = Vec::new();
     // A message the AWS encoder itself built always encodes.
     let _ = write_message_to(&m, &mut out);
@@ -237,12 +260,21 @@ pub(crate) fn stream(s: &Script, knobs: &Knobs) -> Response<Body> {
         e["p"] = json!("abcdefghijklmnop");
         frame("contentBlockDelta", &e, false)
     };
-    let stop = |index: usize| frame("contentBlockStop", &json!({"contentBlockIndex": index}), false);
+    let stop = |index: usize| {
+        frame(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": index}),
+            false,
+        )
+    };
     if let Some(t) = &s.thinking {
         for w in t.split_inclusive(' ') {
             events.push(delta(index, json!({"reasoningContent": {"text": w}})));
         }
-        events.push(delta(index, json!({"reasoningContent": {"signature": s.signature}})));
+        events.push(delta(
+            index,
+            json!({"reasoningContent": {"signature": s.signature}}),
+        ));
         events.push(stop(index));
         index += 1;
     }
@@ -277,7 +309,11 @@ pub(crate) fn stream(s: &Script, knobs: &Knobs) -> Response<Body> {
         ));
         return stream_response(events, knobs, "application/vnd.amazon.eventstream");
     }
-    events.push(frame("messageStop", &json!({"stopReason": stop_reason(s)}), false));
+    events.push(frame(
+        "messageStop",
+        &json!({"stopReason": stop_reason(s)}),
+        false,
+    ));
     let mut meta = f["metadata"].clone();
     meta["usage"] = usage(s);
     events.push(frame("metadata", &meta, false));

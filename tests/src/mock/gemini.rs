@@ -16,10 +16,10 @@ pub(crate) fn authorized(parts: &http::request::Parts) -> bool {
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|k| !k.is_empty());
-    let query = parts
-        .uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("key=") && kv.len() > 4));
+    let query = parts.uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("key=") && kv.len() > 4)
+    });
     header || query
 }
 
@@ -129,7 +129,10 @@ pub(crate) fn stream(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
         events.push(chunk(Some(p), false));
     }
     if knobs.error_event {
-        events.push(Bytes::from(format!("data: {}\n\n", error(503, "The model is overloaded. Please try again later."))));
+        events.push(Bytes::from(format!(
+            "data: {}\n\n",
+            error(503, "The model is overloaded. Please try again later.")
+        )));
         return stream_response(events, knobs, "text/event-stream");
     }
     events.push(chunk(None, true));
@@ -153,7 +156,9 @@ pub(crate) fn embed(body: &Value, batch: bool, knobs: &Knobs) -> Response<Body> 
         json!({"values": embedding_of(&text, dims)})
     };
     if batch {
-        let mut v = fixture(include_str!("../../fixtures/gemini/batch_embed_contents.json"));
+        let mut v = fixture(include_str!(
+            "../../fixtures/gemini/batch_embed_contents.json"
+        ));
         let list: Vec<Value> = body
             .get("requests")
             .and_then(Value::as_array)

@@ -225,7 +225,10 @@ impl Api {
                     model,
                     stream: false,
                 },
-                "streamGenerateContent" => Api::Gemini { model, stream: true },
+                "streamGenerateContent" => Api::Gemini {
+                    model,
+                    stream: true,
+                },
                 "embedContent" => Api::GeminiEmbed { batch: false },
                 "batchEmbedContents" => Api::GeminiEmbed { batch: true },
                 "countTokens" => Api::GeminiCount,
@@ -240,7 +243,10 @@ impl Api {
                     model,
                     stream: false,
                 },
-                "converse-stream" => Api::Bedrock { model, stream: true },
+                "converse-stream" => Api::Bedrock {
+                    model,
+                    stream: true,
+                },
                 "count-tokens" => Api::BedrockCount,
                 _ => return None,
             });
@@ -281,7 +287,11 @@ pub(crate) enum Family {
     Bedrock,
 }
 
-pub(crate) fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn full(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -385,7 +395,10 @@ fn record(state: &MockState, parts: &http::request::Parts, body: &Value) {
     }
 }
 
-async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     if parts.method == Method::GET {
@@ -419,7 +432,13 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
     let family = api.family();
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(full(StatusCode::BAD_REQUEST, "text/plain", "body read failed")),
+        Err(_) => {
+            return Ok(full(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "body read failed",
+            ));
+        }
     };
     if family == Family::Bedrock
         && let Err((status, kind, message)) = bedrock::verify_signature(&parts, &bytes)
@@ -434,7 +453,14 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
     }
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return Ok(error_response(family, 400, &format!("invalid JSON: {e}"), None)),
+        Err(e) => {
+            return Ok(error_response(
+                family,
+                400,
+                &format!("invalid JSON: {e}"),
+                None,
+            ));
+        }
     };
     record(&state, &parts, &parsed);
     let prompt = script::prompt_text(&api, &parsed);
@@ -448,7 +474,12 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
         } else {
             "mock error requested".to_owned()
         };
-        return Ok(error_response(family, status, &message, knobs.retry_after.as_deref()));
+        return Ok(error_response(
+            family,
+            status,
+            &message,
+            knobs.retry_after.as_deref(),
+        ));
     }
     let model = parsed
         .get("model")
@@ -467,14 +498,19 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
         Api::OpenAiEmbeddings => openai::embeddings(&parsed, &model, &knobs),
         Api::OpenAiChat if stream => openai::chat_stream(&parsed, &model, &script, &knobs),
         Api::OpenAiChat => openai::chat(&model, &script, &knobs),
-        Api::OpenAiCompletions if stream => openai::completion_stream(&parsed, &model, &script, &knobs),
+        Api::OpenAiCompletions if stream => {
+            openai::completion_stream(&parsed, &model, &script, &knobs)
+        }
         Api::OpenAiCompletions => openai::completion(&model, &script, &knobs),
         Api::OpenAiResponses if stream => openai::responses_stream(&model, &script, &knobs),
         Api::OpenAiResponses => openai::responses(&model, &script, &knobs),
         Api::Anthropic if stream => anthropic::stream(&model, &script, &knobs),
         Api::Anthropic => anthropic::message(&model, &script, &knobs),
         Api::AnthropicCount => anthropic::count(&script),
-        Api::Gemini { model, stream: true } => gemini::stream(&model, &script, &knobs),
+        Api::Gemini {
+            model,
+            stream: true,
+        } => gemini::stream(&model, &script, &knobs),
         Api::Gemini { model, .. } => gemini::generate(&model, &script, &knobs),
         Api::GeminiEmbed { batch } => gemini::embed(&parsed, batch, &knobs),
         Api::GeminiCount => gemini::count(&script),

@@ -7,7 +7,10 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::script::{Script, Stop};
-use super::{Body, Knobs, created, embedding_of, error_response, fixture, full, json_response, stream_response};
+use super::{
+    Body, Knobs, created, embedding_of, error_response, fixture, full, json_response,
+    stream_response,
+};
 use http::Response;
 
 pub(crate) fn error(status: u16, message: &str) -> Value {
@@ -61,7 +64,11 @@ fn calls(s: &Script) -> Vec<Value> {
 
 pub(crate) fn chat(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
     if knobs.malformed {
-        return full(StatusCode::OK, "application/json", "{\"id\": \"chatcmpl-mock\", \"choices\": [");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"id\": \"chatcmpl-mock\", \"choices\": [",
+        );
     }
     let mut v = fixture(include_str!("../../fixtures/openai/chat_completion.json"));
     v["model"] = json!(model);
@@ -93,7 +100,9 @@ pub(crate) fn chat_stream(body: &Value, model: &str, s: &Script, knobs: &Knobs) 
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let mut template = fixture(include_str!("../../fixtures/openai/chat_completion_chunk.json"));
+    let mut template = fixture(include_str!(
+        "../../fixtures/openai/chat_completion_chunk.json"
+    ));
     template["model"] = json!(model);
     template["created"] = json!(created());
     if include_usage {
@@ -105,7 +114,10 @@ pub(crate) fn chat_stream(body: &Value, model: &str, s: &Script, knobs: &Knobs) 
         c["choices"][0]["finish_reason"] = finish;
         sse(&c)
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
     if let Some(t) = &s.thinking {
         for w in t.split_inclusive(' ') {
             events.push(chunk(json!({"reasoning_content": w}), Value::Null));
@@ -160,7 +172,12 @@ pub(crate) fn completion(model: &str, s: &Script, knobs: &Knobs) -> Response<Bod
     json_response(StatusCode::OK, &v)
 }
 
-pub(crate) fn completion_stream(body: &Value, model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
+pub(crate) fn completion_stream(
+    body: &Value,
+    model: &str,
+    s: &Script,
+    knobs: &Knobs,
+) -> Response<Body> {
     let include_usage = body
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
@@ -168,7 +185,8 @@ pub(crate) fn completion_stream(body: &Value, model: &str, s: &Script, knobs: &K
     let base = json!({"id": "cmpl-mock", "object": "text_completion", "created": created(), "model": model});
     let chunk = |text: &str, finish: Value| {
         let mut c = base.clone();
-        c["choices"] = json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
+        c["choices"] =
+            json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
         sse(&c)
     };
     let mut events: Vec<Bytes> = s.chunks.iter().map(|t| chunk(t, Value::Null)).collect();
@@ -197,8 +215,10 @@ fn output_items(s: &Script) -> Vec<Value> {
         out.push(json!({"type": "reasoning", "id": "rs_mock0", "summary": [{"type": "summary_text", "text": t}]}));
     }
     if !s.chunks.is_empty() {
-        out.push(json!({"type": "message", "id": "msg_mock0", "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": s.text(), "annotations": []}]}));
+        out.push(
+            json!({"type": "message", "id": "msg_mock0", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": s.text(), "annotations": []}]}),
+        );
     }
     for (i, c) in s.calls.iter().enumerate() {
         out.push(json!({"type": "function_call", "id": format!("fc_mock{i}"), "call_id": c.id, "name": c.name,
@@ -207,7 +227,13 @@ fn output_items(s: &Script) -> Vec<Value> {
     out
 }
 
-fn response_object(model: &str, s: &Script, status: &str, output: Vec<Value>, usage: Value) -> Value {
+fn response_object(
+    model: &str,
+    s: &Script,
+    status: &str,
+    output: Vec<Value>,
+    usage: Value,
+) -> Value {
     let mut v = fixture(include_str!("../../fixtures/openai/response.json"));
     v["id"] = json!("resp_mock0001");
     v["model"] = json!(model);
@@ -224,7 +250,11 @@ fn response_object(model: &str, s: &Script, status: &str, output: Vec<Value>, us
 
 pub(crate) fn responses(model: &str, s: &Script, knobs: &Knobs) -> Response<Body> {
     if knobs.malformed {
-        return full(StatusCode::OK, "application/json", "{\"object\": \"response\", \"output\": [");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"object\": \"response\", \"output\": [",
+        );
     }
     json_response(
         StatusCode::OK,
@@ -244,7 +274,8 @@ impl Emitter {
         v["type"] = json!(name);
         v["sequence_number"] = json!(self.seq);
         self.seq += 1;
-        self.events.push(Bytes::from(format!("event: {name}\ndata: {v}\n\n")));
+        self.events
+            .push(Bytes::from(format!("event: {name}\ndata: {v}\n\n")));
     }
 }
 
@@ -253,46 +284,112 @@ pub(crate) fn responses_stream(model: &str, s: &Script, knobs: &Knobs) -> Respon
     let emit = |e: &mut Emitter, name: &str, v: Value| e.emit(name, v);
     let created_obj = response_object(model, s, "in_progress", Vec::new(), Value::Null);
     emit(&mut e, "response.created", json!({"response": created_obj}));
-    emit(&mut e, "response.in_progress", json!({"response": created_obj}));
+    emit(
+        &mut e,
+        "response.in_progress",
+        json!({"response": created_obj}),
+    );
     let items = output_items(s);
     for (oi, item) in items.iter().enumerate() {
         let id = item["id"].clone();
         match item["type"].as_str() {
             Some("reasoning") => {
-                emit(&mut e, "response.output_item.added", json!({"output_index": oi, "item": {"type": "reasoning", "id": id, "summary": []}}));
+                emit(
+                    &mut e,
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": {"type": "reasoning", "id": id, "summary": []}}),
+                );
                 let text = item["summary"][0]["text"].as_str().unwrap_or_default();
-                emit(&mut e, "response.reasoning_summary_part.added", json!({"item_id": id, "output_index": oi, "summary_index": 0, "part": {"type": "summary_text", "text": ""}}));
+                emit(
+                    &mut e,
+                    "response.reasoning_summary_part.added",
+                    json!({"item_id": id, "output_index": oi, "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
+                );
                 for w in text.split_inclusive(' ') {
-                    emit(&mut e, "response.reasoning_summary_text.delta", json!({"item_id": id, "output_index": oi, "summary_index": 0, "delta": w}));
+                    emit(
+                        &mut e,
+                        "response.reasoning_summary_text.delta",
+                        json!({"item_id": id, "output_index": oi, "summary_index": 0, "delta": w}),
+                    );
                 }
-                emit(&mut e, "response.reasoning_summary_text.done", json!({"item_id": id, "output_index": oi, "summary_index": 0, "text": text}));
-                emit(&mut e, "response.reasoning_summary_part.done", json!({"item_id": id, "output_index": oi, "summary_index": 0, "part": {"type": "summary_text", "text": text}}));
+                emit(
+                    &mut e,
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": oi, "summary_index": 0, "text": text}),
+                );
+                emit(
+                    &mut e,
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": oi, "summary_index": 0, "part": {"type": "summary_text", "text": text}}),
+                );
             }
             Some("message") => {
-                emit(&mut e, "response.output_item.added", json!({"output_index": oi, "item": {"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []}}));
-                emit(&mut e, "response.content_part.added", json!({"item_id": id, "output_index": oi, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
+                emit(
+                    &mut e,
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": {"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []}}),
+                );
+                emit(
+                    &mut e,
+                    "response.content_part.added",
+                    json!({"item_id": id, "output_index": oi, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+                );
                 for (i, t) in s.chunks.iter().enumerate() {
                     if knobs.malformed && i == s.chunks.len() / 2 {
-                        e.events.push(Bytes::from_static(b"event: response.output_text.delta\ndata: {broken\n\n"));
+                        e.events.push(Bytes::from_static(
+                            b"event: response.output_text.delta\ndata: {broken\n\n",
+                        ));
                     }
-                    emit(&mut e, "response.output_text.delta", json!({"item_id": id, "output_index": oi, "content_index": 0, "delta": t, "logprobs": []}));
+                    emit(
+                        &mut e,
+                        "response.output_text.delta",
+                        json!({"item_id": id, "output_index": oi, "content_index": 0, "delta": t, "logprobs": []}),
+                    );
                 }
-                emit(&mut e, "response.output_text.done", json!({"item_id": id, "output_index": oi, "content_index": 0, "text": s.text(), "logprobs": []}));
-                emit(&mut e, "response.content_part.done", json!({"item_id": id, "output_index": oi, "content_index": 0, "part": {"type": "output_text", "text": s.text(), "annotations": []}}));
+                emit(
+                    &mut e,
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": oi, "content_index": 0, "text": s.text(), "logprobs": []}),
+                );
+                emit(
+                    &mut e,
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": oi, "content_index": 0, "part": {"type": "output_text", "text": s.text(), "annotations": []}}),
+                );
             }
             _ => {
                 let mut added = item.clone();
                 added["arguments"] = json!("");
                 added["status"] = json!("in_progress");
-                emit(&mut e, "response.output_item.added", json!({"output_index": oi, "item": added}));
-                emit(&mut e, "response.function_call_arguments.delta", json!({"item_id": id, "output_index": oi, "delta": item["arguments"]}));
-                emit(&mut e, "response.function_call_arguments.done", json!({"item_id": id, "output_index": oi, "arguments": item["arguments"]}));
+                emit(
+                    &mut e,
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": added}),
+                );
+                emit(
+                    &mut e,
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": oi, "delta": item["arguments"]}),
+                );
+                emit(
+                    &mut e,
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": oi, "arguments": item["arguments"]}),
+                );
             }
         }
-        emit(&mut e, "response.output_item.done", json!({"output_index": oi, "item": item}));
+        emit(
+            &mut e,
+            "response.output_item.done",
+            json!({"output_index": oi, "item": item}),
+        );
     }
     if knobs.error_event {
-        emit(&mut e, "error", json!({"code": "server_error", "message": "The server is overloaded.", "param": null}));
+        emit(
+            &mut e,
+            "error",
+            json!({"code": "server_error", "message": "The server is overloaded.", "param": null}),
+        );
         return stream_response(e.events, knobs, "text/event-stream");
     }
     let done = response_object(model, s, "completed", items, responses_usage(s));
@@ -322,10 +419,15 @@ pub(crate) fn embeddings(body: &Value, model: &str, knobs: &Knobs) -> Response<B
     v["data"] = inputs
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embedding_of(s, dims)}))
+        .map(
+            |(i, s)| json!({"object": "embedding", "index": i, "embedding": embedding_of(s, dims)}),
+        )
         .collect();
     v["model"] = json!(model);
-    let t: u64 = inputs.iter().map(|s| (s.len() as u64).div_ceil(4).max(1)).sum();
+    let t: u64 = inputs
+        .iter()
+        .map(|s| (s.len() as u64).div_ceil(4).max(1))
+        .sum();
     v["usage"] = json!({"prompt_tokens": t, "total_tokens": t});
     json_response(StatusCode::OK, &v)
 }

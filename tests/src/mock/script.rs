@@ -199,7 +199,9 @@ pub(crate) fn prompt_text(api: &Api, body: &Value) -> String {
         Api::OpenAiCompletions => &["prompt"],
         Api::OpenAiResponses => &["instructions", "input"],
         Api::Anthropic | Api::AnthropicCount => &["system", "messages"],
-        Api::Gemini { .. } | Api::GeminiCount => &["systemInstruction", "contents", "generateContentRequest"],
+        Api::Gemini { .. } | Api::GeminiCount => {
+            &["systemInstruction", "contents", "generateContentRequest"]
+        }
         Api::GeminiEmbed { .. } => &["content", "requests"],
         Api::Bedrock { .. } => &["system", "messages"],
         Api::BedrockCount => &["input"],
@@ -235,13 +237,22 @@ pub(crate) fn prompt_text(api: &Api, body: &Value) -> String {
 fn tools(api: &Api, body: &Value) -> Vec<(String, Value)> {
     let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
     let pair = |name: Option<&Value>, params: Option<&Value>| {
-        name.and_then(Value::as_str)
-            .map(|n| (n.to_owned(), params.cloned().unwrap_or(json!({"type": "object"}))))
+        name.and_then(Value::as_str).map(|n| {
+            (
+                n.to_owned(),
+                params.cloned().unwrap_or(json!({"type": "object"})),
+            )
+        })
     };
     match api {
         Api::OpenAiChat => list(body.get("tools"))
             .iter()
-            .filter_map(|t| pair(t.pointer("/function/name"), t.pointer("/function/parameters")))
+            .filter_map(|t| {
+                pair(
+                    t.pointer("/function/name"),
+                    t.pointer("/function/parameters"),
+                )
+            })
             .collect(),
         Api::OpenAiResponses => list(body.get("tools"))
             .iter()
@@ -263,7 +274,12 @@ fn tools(api: &Api, body: &Value) -> Vec<(String, Value)> {
             .collect(),
         Api::Bedrock { .. } => list(body.pointer("/toolConfig/tools"))
             .iter()
-            .filter_map(|t| pair(t.pointer("/toolSpec/name"), t.pointer("/toolSpec/inputSchema/json")))
+            .filter_map(|t| {
+                pair(
+                    t.pointer("/toolSpec/name"),
+                    t.pointer("/toolSpec/inputSchema/json"),
+                )
+            })
             .collect(),
         _ => Vec::new(),
     }
@@ -297,7 +313,11 @@ fn forced_tool(api: &Api, body: &Value, offered: &[(String, Value)]) -> Option<(
             if cfg.get("mode").and_then(Value::as_str) != Some("ANY") {
                 return None;
             }
-            named(cfg.pointer("/allowedFunctionNames/0").and_then(Value::as_str)).or_else(first)
+            named(
+                cfg.pointer("/allowedFunctionNames/0")
+                    .and_then(Value::as_str),
+            )
+            .or_else(first)
         }
         Api::Bedrock { .. } => {
             let c = body.pointer("/toolConfig/toolChoice")?;
@@ -387,23 +407,33 @@ fn json_schema(api: &Api, body: &Value) -> Option<Value> {
     match api {
         Api::OpenAiChat => match body.pointer("/response_format/type")?.as_str()? {
             "json_schema" => body.pointer("/response_format/json_schema/schema").cloned(),
-            "json_object" => Some(json!({"type": "object", "properties": {"answer": {"type": "integer"}}})),
+            "json_object" => {
+                Some(json!({"type": "object", "properties": {"answer": {"type": "integer"}}}))
+            }
             _ => None,
         },
         Api::OpenAiResponses => match body.pointer("/text/format/type")?.as_str()? {
             "json_schema" => body.pointer("/text/format/schema").cloned(),
-            "json_object" => Some(json!({"type": "object", "properties": {"answer": {"type": "integer"}}})),
+            "json_object" => {
+                Some(json!({"type": "object", "properties": {"answer": {"type": "integer"}}}))
+            }
             _ => None,
         },
         Api::Anthropic => body.pointer("/output_config/format/schema").cloned(),
         Api::Gemini { .. } => {
-            if body.pointer("/generationConfig/responseMimeType")?.as_str()? != "application/json" {
+            if body
+                .pointer("/generationConfig/responseMimeType")?
+                .as_str()?
+                != "application/json"
+            {
                 return None;
             }
             Some(
                 body.pointer("/generationConfig/responseJsonSchema")
                     .cloned()
-                    .unwrap_or(json!({"type": "object", "properties": {"answer": {"type": "integer"}}})),
+                    .unwrap_or(
+                        json!({"type": "object", "properties": {"answer": {"type": "integer"}}}),
+                    ),
             )
         }
         _ => None,

@@ -26,8 +26,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// The base configuration: OpenAI and Anthropic pools on the mock upstream, routes, keys.
+/// The base configuration: a pool of every provider kind on the mock upstream (OpenAI, Azure,
+/// OpenAI-compatible, Anthropic, Gemini, Bedrock) and the built-in mock, routes, keys.
 pub fn base_config(mock_url: &str) -> String {
+    let (aws_id, aws_secret) = (
+        switchyard_tests::mock::MOCK_AWS_ACCESS_KEY_ID,
+        switchyard_tests::mock::MOCK_AWS_SECRET_ACCESS_KEY,
+    );
     format!(
         r#"
 apiVersion: v1
@@ -77,6 +82,36 @@ spec:
   models: [{{name: demo}}]
 ---
 apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: compat}}
+spec:
+  provider: openai-compatible
+  endpoints: [{{url: "{mock_url}/v1", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: deepseek-reasoner}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: gemini}}
+spec:
+  provider: gemini
+  endpoints: [{{url: "{mock_url}", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: gemini-2.5-flash}}, {{name: text-embedding-004}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: aws}}
+stringData: {{AWS_ACCESS_KEY_ID: {aws_id}, AWS_SECRET_ACCESS_KEY: "{aws_secret}"}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: bedrock}}
+spec:
+  provider: bedrock
+  bedrock: {{region: us-west-2}}
+  endpoints: [{{url: "{mock_url}", awsCredentialsSecretRef: {{name: aws}}}}]
+  models: [{{name: "anthropic.claude-3-5-sonnet-20240620-v1:0"}}]
+---
+apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
 metadata: {{name: chat}}
 spec:
@@ -110,6 +145,34 @@ metadata: {{name: demo}}
 spec:
   models: [demo]
   backends: [{{pool: builtin}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: compat}}
+spec:
+  models: [compat-chat]
+  backends: [{{pool: compat, model: deepseek-reasoner}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: gemini}}
+spec:
+  models: [gemini-chat]
+  backends: [{{pool: gemini, model: gemini-2.5-flash}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: gemini-embed}}
+spec:
+  models: [gemini-embed]
+  backends: [{{pool: gemini, model: text-embedding-004}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: bedrock}}
+spec:
+  models: [bedrock-chat]
+  backends: [{{pool: bedrock, model: "anthropic.claude-3-5-sonnet-20240620-v1:0"}}]
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: VirtualKey

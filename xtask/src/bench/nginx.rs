@@ -69,7 +69,10 @@ http {{
         &work.join("nginx.log"),
     )?;
     let url = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{url}/healthz"), std::time::Duration::from_secs(10))?;
+    wait_http(
+        &format!("{url}/healthz"),
+        std::time::Duration::from_secs(10),
+    )?;
     Ok(Some((p, url)))
 }
 

@@ -135,7 +135,9 @@ pub fn stream_error(data: &[u8]) -> ProxyError {
     let class = class_of_type(&e.kind, &e.message, FailureClass::ServerError);
     let status = match class {
         FailureClass::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        FailureClass::Overloaded => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        FailureClass::Overloaded => {
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        }
         FailureClass::BadRequest | FailureClass::ContextWindowExceeded => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -149,19 +151,43 @@ mod tests {
     #[test]
     fn classifies_by_error_type() {
         let c = |s: u16, t: &str, m: &str| {
-            let body = serde_json::json!({"type": "error", "error": {"type": t, "message": m}}).to_string();
-            classify(StatusCode::from_u16(s).expect("status"), body.as_bytes(), None).class
+            let body = serde_json::json!({"type": "error", "error": {"type": t, "message": m}})
+                .to_string();
+            classify(
+                StatusCode::from_u16(s).expect("status"),
+                body.as_bytes(),
+                None,
+            )
+            .class
         };
-        assert_eq!(c(529, "overloaded_error", "Overloaded"), Some(FailureClass::Overloaded));
-        assert_eq!(c(429, "rate_limit_error", "slow"), Some(FailureClass::RateLimited));
         assert_eq!(
-            c(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
+            c(529, "overloaded_error", "Overloaded"),
+            Some(FailureClass::Overloaded)
+        );
+        assert_eq!(
+            c(429, "rate_limit_error", "slow"),
+            Some(FailureClass::RateLimited)
+        );
+        assert_eq!(
+            c(
+                400,
+                "invalid_request_error",
+                "prompt is too long: 210000 tokens > 200000 maximum"
+            ),
             Some(FailureClass::ContextWindowExceeded)
         );
-        assert_eq!(c(400, "invalid_request_error", "bad"), Some(FailureClass::BadRequest));
+        assert_eq!(
+            c(400, "invalid_request_error", "bad"),
+            Some(FailureClass::BadRequest)
+        );
         assert_eq!(c(500, "api_error", "oops"), Some(FailureClass::ServerError));
-        assert_eq!(c(401, "authentication_error", "invalid x-api-key"), Some(FailureClass::Authentication));
-        let e = stream_error(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        assert_eq!(
+            c(401, "authentication_error", "invalid x-api-key"),
+            Some(FailureClass::Authentication)
+        );
+        let e = stream_error(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
         assert_eq!(e.class, Some(FailureClass::Overloaded));
         assert_eq!(e.message, "Overloaded");
     }
@@ -175,7 +201,10 @@ mod tests {
             cache_read_input_tokens: 1000,
         };
         let u = Usage::from(w);
-        assert_eq!((u.input, u.cache_read, u.cache_write, u.output), (1110, 1000, 100, 5));
+        assert_eq!(
+            (u.input, u.cache_read, u.cache_write, u.output),
+            (1110, 1000, 100, 5)
+        );
         let back = WireUsage::from(u);
         assert_eq!(back.input_tokens, 10);
         assert_eq!(back.cache_read_input_tokens, 1000);

@@ -130,8 +130,13 @@ enum WireBlock {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireSource {
-    Base64 { media_type: String, data: String },
-    Url { url: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
+    Url {
+        url: String,
+    },
     Text {
         #[serde(default)]
         data: String,
@@ -260,10 +265,10 @@ fn checked(raw: &RawObject, needs_max_tokens: bool) -> Result<Facts, ProxyError>
         .map_err(|e| field("temperature", e))?
         && !(0.0..=1.0).contains(&t)
     {
-        return Err(ProxyError::invalid(format!(
-            "temperature: {t} is outside [0, 1]"
-        ))
-        .with_param("temperature"));
+        return Err(
+            ProxyError::invalid(format!("temperature: {t} is outside [0, 1]"))
+                .with_param("temperature"),
+        );
     }
     let stream = raw
         .parse_field::<bool>("stream")
@@ -323,7 +328,12 @@ fn block(b: WireBlock, at: &str) -> Result<Part, ProxyError> {
             is_error,
         } => {
             let mut parts = Vec::new();
-            for (k, b) in content.map(|c| c.0).unwrap_or_default().into_iter().enumerate() {
+            for (k, b) in content
+                .map(|c| c.0)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
                 parts.push(block(b, &format!("{at}.content.{k}"))?);
             }
             Part::ToolResult(ToolResult {
@@ -405,10 +415,16 @@ pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
         None => (None, None),
         Some(WireToolChoice::Auto {
             disable_parallel_tool_use,
-        }) => (Some(ToolChoice::Auto), disable_parallel_tool_use.map(|d| !d)),
+        }) => (
+            Some(ToolChoice::Auto),
+            disable_parallel_tool_use.map(|d| !d),
+        ),
         Some(WireToolChoice::Any {
             disable_parallel_tool_use,
-        }) => (Some(ToolChoice::Required), disable_parallel_tool_use.map(|d| !d)),
+        }) => (
+            Some(ToolChoice::Required),
+            disable_parallel_tool_use.map(|d| !d),
+        ),
         Some(WireToolChoice::Tool {
             name,
             disable_parallel_tool_use,
@@ -446,15 +462,15 @@ pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
             ..Default::default()
         }),
     };
-    let response_format = w
-        .output_config
-        .and_then(|o| o.format)
-        .map(|f| ResponseFormat::JsonSchema {
-            name: "output".into(),
-            description: None,
-            schema: f.schema,
-            strict: Some(true),
-        });
+    let response_format =
+        w.output_config
+            .and_then(|o| o.format)
+            .map(|f| ResponseFormat::JsonSchema {
+                name: "output".into(),
+                description: None,
+                schema: f.schema,
+                strict: Some(true),
+            });
     Ok(Request {
         model: w.model,
         messages,
@@ -545,7 +561,8 @@ fn encode_part(p: &Part, at: &str) -> Result<Option<Value>, ProxyError> {
                     content.push(v);
                 }
             }
-            let mut v = json!({"type": "tool_result", "tool_use_id": r.call_id, "content": content});
+            let mut v =
+                json!({"type": "tool_result", "tool_use_id": r.call_id, "content": content});
             if r.is_error {
                 v["is_error"] = json!(true);
             }
@@ -642,12 +659,12 @@ pub fn encode_request(r: &Request, model: &str) -> Result<bytes::Bytes, ProxyErr
     put("temperature", r.temperature.map(|v| json!(v)));
     put("top_p", r.top_p.map(|v| json!(v)));
     put("top_k", r.top_k.map(|v| json!(v)));
-    put("stop_sequences", (!r.stop.is_empty()).then(|| json!(r.stop)));
-    put("stream", r.stream.then_some(json!(true)));
     put(
-        "metadata",
-        r.user.as_ref().map(|u| json!({"user_id": u})),
+        "stop_sequences",
+        (!r.stop.is_empty()).then(|| json!(r.stop)),
     );
+    put("stream", r.stream.then_some(json!(true)));
+    put("metadata", r.user.as_ref().map(|u| json!({"user_id": u})));
     if !r.tools.is_empty() {
         let tools: Vec<Value> = r
             .tools
@@ -686,7 +703,10 @@ pub fn encode_request(r: &Request, model: &str) -> Result<bytes::Bytes, ProxyErr
         }
         Some(_) => {
             if let Some(b) = budget {
-                put("thinking", Some(json!({"type": "enabled", "budget_tokens": b})));
+                put(
+                    "thinking",
+                    Some(json!({"type": "enabled", "budget_tokens": b})),
+                );
             }
         }
         None => {}
@@ -710,7 +730,14 @@ pub fn count_tokens_body(r: &Request, model: &str) -> Result<bytes::Bytes, Proxy
     let full = encode_request(r, model)?;
     let v: Map<String, Value> =
         serde_json::from_slice(&full).map_err(|e| ProxyError::invalid(e.to_string()))?;
-    let keep = ["model", "messages", "system", "tools", "tool_choice", "thinking"];
+    let keep = [
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+    ];
     let body: Map<String, Value> = v
         .into_iter()
         .filter(|(k, _)| keep.contains(&k.as_str()))
@@ -739,25 +766,42 @@ mod tests {
           "tool_choice":{"type":"any","disable_parallel_tool_use":true},
           "tools":[{"name":"w","input_schema":{"type":"object"}}]}"#)).expect("decode");
         let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool, Role::User]);
+        assert_eq!(
+            roles,
+            [
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::User
+            ]
+        );
         assert_eq!(r.parallel_tool_calls, Some(false));
         assert_eq!(r.tool_choice, Some(ToolChoice::Required));
         assert_eq!(r.reasoning.as_ref().and_then(Reasoning::budget), Some(2048));
-        let body: Value = serde_json::from_slice(&encode_request(&r, "claude-up").expect("encode")).expect("json");
+        let body: Value = serde_json::from_slice(&encode_request(&r, "claude-up").expect("encode"))
+            .expect("json");
         assert_eq!(body["model"], "claude-up");
         assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
         let plain = Request {
-            messages: vec![Message::text(Role::System, "terse"), Message::text(Role::User, "hi")],
+            messages: vec![
+                Message::text(Role::System, "terse"),
+                Message::text(Role::User, "hi"),
+            ],
             ..Default::default()
         };
-        let v: Value = serde_json::from_slice(&encode_request(&plain, "c").expect("ok")).expect("json");
+        let v: Value =
+            serde_json::from_slice(&encode_request(&plain, "c").expect("ok")).expect("json");
         assert_eq!(v["system"], "terse");
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(3), "{body}");
         assert_eq!(body["messages"][1]["content"][0]["signature"], "sig");
         assert_eq!(body["messages"][1]["content"][2]["input"]["city"], "Rome");
         assert_eq!(body["messages"][2]["content"][1]["is_error"], true);
         assert_eq!(body["messages"][2]["content"][2]["text"], "and?");
-        assert_eq!(body["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
         assert_eq!(body["thinking"]["budget_tokens"], 2048);
     }
 
@@ -769,17 +813,29 @@ mod tests {
             temperature: Some(1.5),
             ..Default::default()
         };
-        assert_eq!(encode_request(&r, "c").expect_err("temp").param.as_deref(), Some("temperature"));
+        assert_eq!(
+            encode_request(&r, "c").expect_err("temp").param.as_deref(),
+            Some("temperature")
+        );
         r.temperature = None;
         r.seed = Some(3);
-        assert_eq!(encode_request(&r, "c").expect_err("seed").param.as_deref(), Some("seed"));
+        assert_eq!(
+            encode_request(&r, "c").expect_err("seed").param.as_deref(),
+            Some("seed")
+        );
         r.seed = None;
         r.reasoning = Some(Reasoning {
             budget_tokens: Some(4096),
             ..Default::default()
         });
         r.max_output_tokens = Some(1000);
-        assert_eq!(encode_request(&r, "c").expect_err("budget").param.as_deref(), Some("max_tokens"));
+        assert_eq!(
+            encode_request(&r, "c")
+                .expect_err("budget")
+                .param
+                .as_deref(),
+            Some("max_tokens")
+        );
         r.max_output_tokens = None;
         let v: Value = serde_json::from_slice(&encode_request(&r, "c").expect("ok")).expect("json");
         assert_eq!(v["max_tokens"], 4096 + DEFAULT_MAX_TOKENS);
@@ -787,12 +843,18 @@ mod tests {
         r.messages.push(Message::new(
             Role::Assistant,
             vec![
-                Part::Thinking { text: "x".into(), signature: None },
+                Part::Thinking {
+                    text: "x".into(),
+                    signature: None,
+                },
                 Part::text("answer"),
             ],
         ));
         let v: Value = serde_json::from_slice(&encode_request(&r, "c").expect("ok")).expect("json");
-        assert_eq!(v["messages"][1]["content"], json!([{"type": "text", "text": "answer"}]));
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([{"type": "text", "text": "answer"}])
+        );
     }
 
     #[test]
@@ -801,13 +863,32 @@ mod tests {
         assert!(f.stream);
         assert_eq!(f.max_output_tokens, Some(5));
         for (bad, param) in [
-            (r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#, "max_tokens"),
-            (r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"hi"}]}"#, "messages"),
-            (r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":3}]}"#, "messages.0.content"),
-            (r#"{"model":"c","max_tokens":"5","messages":[]}"#, "max_tokens"),
-            (r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"x"}],"temperature":1.5}"#, "temperature"),
+            (
+                r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"hi"}]}"#,
+                "messages",
+            ),
+            (
+                r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":3}]}"#,
+                "messages.0.content",
+            ),
+            (
+                r#"{"model":"c","max_tokens":"5","messages":[]}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"x"}],"temperature":1.5}"#,
+                "temperature",
+            ),
         ] {
-            assert_eq!(facts(&raw(bad)).expect_err(bad).param.as_deref(), Some(param), "{bad}");
+            assert_eq!(
+                facts(&raw(bad)).expect_err(bad).param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
         }
     }
 }

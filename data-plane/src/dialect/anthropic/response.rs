@@ -174,7 +174,8 @@ mod tests {
         assert_eq!(r.usage.input, 442);
         assert_eq!(r.usage.cache_read, 400);
         assert_eq!(r.usage.cache_write, 30);
-        let out: Value = serde_json::from_slice(&render_response(&r).expect("render")).expect("json");
+        let out: Value =
+            serde_json::from_slice(&render_response(&r).expect("render")).expect("json");
         let orig: Value = serde_json::from_slice(body).expect("json");
         assert_eq!(out["content"], orig["content"]);
         assert_eq!(out["usage"], orig["usage"]);

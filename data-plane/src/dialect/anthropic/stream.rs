@@ -56,8 +56,13 @@ struct StartMessage {
 enum StartBlock {
     Text {},
     Thinking {},
-    RedactedThinking { data: String },
-    ToolUse { id: String, name: String },
+    RedactedThinking {
+        data: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -65,10 +70,18 @@ enum StartBlock {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireDelta {
-    TextDelta { text: String },
-    ThinkingDelta { thinking: String },
-    SignatureDelta { signature: String },
-    InputJsonDelta { partial_json: String },
+    TextDelta {
+        text: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -105,7 +118,12 @@ pub struct Decoder {
 impl Decoder {
     pub fn frame(&mut self, f: &Frame, out: &mut Vec<Event>) -> Result<Flow, ProxyError> {
         let ev: WireEvent = serde_json::from_str(&f.data).map_err(malformed)?;
-        if !self.started && !matches!(ev, WireEvent::MessageStart { .. } | WireEvent::Ping {} | WireEvent::Error {}) {
+        if !self.started
+            && !matches!(
+                ev,
+                WireEvent::MessageStart { .. } | WireEvent::Ping {} | WireEvent::Error {}
+            )
+        {
             return Err(malformed("the stream did not start with message_start"));
         }
         match ev {
@@ -387,17 +405,47 @@ mod tests {
     use super::*;
 
     const STREAM: &[(&str, &str)] = &[
-        ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}"#),
-        ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#),
-        ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#),
-        ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAh"}}"#),
-        ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
+        (
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+        ),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAh"}}"#,
+        ),
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
         ("ping", r#"{"type":"ping"}"#),
-        ("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#),
-        ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"loc"}}"#),
-        ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"ation\": \"Paris\"}"}}"#),
-        ("content_block_stop", r#"{"type":"content_block_stop","index":1}"#),
-        ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}"#),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"loc"}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"ation\": \"Paris\"}"}}"#,
+        ),
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":1}"#,
+        ),
+        (
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}"#,
+        ),
         ("message_stop", r#"{"type":"message_stop"}"#),
     ];
 
@@ -408,7 +456,9 @@ mod tests {
         let mut events = Vec::new();
         let mut out = Vec::new();
         for (name, data) in STREAM {
-            let flow = d.frame(&Frame::named(name, *data), &mut events).expect("event");
+            let flow = d
+                .frame(&Frame::named(name, *data), &mut events)
+                .expect("event");
             for e in events.drain(..) {
                 r.event(e, &mut out);
             }
@@ -416,7 +466,10 @@ mod tests {
                 r.done(&mut out);
             }
         }
-        let text: String = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let text: String = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         let got: Vec<(String, Value)> = text
             .split("\n\n")
             .filter(|e| !e.is_empty())
@@ -449,7 +502,8 @@ mod tests {
         let mut s = Sniffer::new();
         let mut out = Vec::new();
         for (name, data) in STREAM {
-            s.frame(&Frame::named(name, *data), &mut out).expect("event");
+            s.frame(&Frame::named(name, *data), &mut out)
+                .expect("event");
         }
         assert_eq!(out.len(), STREAM.len());
         let u = s.usage().expect("usage");
@@ -458,13 +512,25 @@ mod tests {
             .frame(&Frame::named("error", r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#), &mut out)
             .expect_err("error");
         assert_eq!(e.class, Some(crate::error::FailureClass::Overloaded));
-        assert!(s.frame(&Frame::named("content_block_delta", "{broken"), &mut out).is_err());
+        assert!(
+            s.frame(&Frame::named("content_block_delta", "{broken"), &mut out)
+                .is_err()
+        );
     }
 
     #[test]
     fn decoder_requires_message_start_first() {
         let mut d = Decoder::default();
         let mut ev = Vec::new();
-        assert!(d.frame(&Frame::named("content_block_stop", r#"{"type":"content_block_stop","index":0}"#), &mut ev).is_err());
+        assert!(
+            d.frame(
+                &Frame::named(
+                    "content_block_stop",
+                    r#"{"type":"content_block_stop","index":0}"#
+                ),
+                &mut ev
+            )
+            .is_err()
+        );
     }
 }

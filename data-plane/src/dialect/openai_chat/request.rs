@@ -136,18 +136,10 @@ impl<'de> Deserialize<'de> for Content {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WirePart {
-    Text {
-        text: String,
-    },
-    ImageUrl {
-        image_url: WireImageUrl,
-    },
-    File {
-        file: WireFile,
-    },
-    Refusal {
-        refusal: String,
-    },
+    Text { text: String },
+    ImageUrl { image_url: WireImageUrl },
+    File { file: WireFile },
+    Refusal { refusal: String },
     InputAudio {},
 }
 
@@ -290,8 +282,7 @@ pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
         .parse_field("messages")
         .map_err(|e| field("messages", e))?
         .ok_or_else(|| {
-            ProxyError::invalid("Invalid request: missing field `messages`")
-                .with_param("messages")
+            ProxyError::invalid("Invalid request: missing field `messages`").with_param("messages")
         })?;
     if messages.is_empty() {
         return Err(
@@ -406,8 +397,10 @@ pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
     let effort = match w.reasoning_effort.as_deref() {
         None => None,
         Some(e) => Some(Effort::parse(e).ok_or_else(|| {
-            ProxyError::invalid(format!("reasoning_effort `{e}` is not one of none, minimal, low, medium, high"))
-                .with_param("reasoning_effort")
+            ProxyError::invalid(format!(
+                "reasoning_effort `{e}` is not one of none, minimal, low, medium, high"
+            ))
+            .with_param("reasoning_effort")
         })?),
     };
     let reasoning = match (effort, w.thinking) {
@@ -504,13 +497,12 @@ fn decode_message(m: WireMessage, i: usize) -> Result<Message, ProxyError> {
         WireRole::Tool | WireRole::Function => Role::Tool,
     };
     if role == Role::Tool {
-        let call_id = m
-            .tool_call_id
-            .or_else(|| m.name.clone())
-            .ok_or_else(|| {
-                ProxyError::invalid(format!("messages[{i}]: a tool message needs `tool_call_id`"))
-                    .with_param(format!("messages[{i}].tool_call_id"))
-            })?;
+        let call_id = m.tool_call_id.or_else(|| m.name.clone()).ok_or_else(|| {
+            ProxyError::invalid(format!(
+                "messages[{i}]: a tool message needs `tool_call_id`"
+            ))
+            .with_param(format!("messages[{i}].tool_call_id"))
+        })?;
         let content = decode_parts(m.content, i)?;
         return Ok(Message::new(
             Role::Tool,
@@ -655,7 +647,10 @@ pub fn encode_request(
             ToolChoice::Named(n) => json!({"type": "function", "function": {"name": n}}),
         }),
     );
-    put("parallel_tool_calls", r.parallel_tool_calls.map(|v| json!(v)));
+    put(
+        "parallel_tool_calls",
+        r.parallel_tool_calls.map(|v| json!(v)),
+    );
     put(
         "response_format",
         r.response_format.as_ref().map(|f| match f {
@@ -743,7 +738,9 @@ fn encode_message(
                             target,
                         ));
                     }
-                    out.push(json!({"role": "tool", "tool_call_id": r.call_id, "content": r.text()}));
+                    out.push(
+                        json!({"role": "tool", "tool_call_id": r.call_id, "content": r.text()}),
+                    );
                 }
             }
             Ok(())
@@ -818,12 +815,24 @@ mod tests {
         assert!(f.stream && f.stream_usage);
         assert_eq!(f.max_output_tokens, Some(9));
         for (bad, param) in [
-            (r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#, "messages"),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#,
+                "messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
             (r#"{"model":"m","messages":[]}"#, "messages"),
             (r#"{"model":7,"messages":[]}"#, "model"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+            ),
         ] {
             let e = facts(&raw(bad)).expect_err(bad);
             assert_eq!(e.param.as_deref(), Some(param), "{bad}: {e}");
@@ -852,8 +861,12 @@ mod tests {
                 signature: Some("sig1".into())
             }
         );
-        assert!(matches!(&r.messages[1].parts[1], Part::Image(m) if matches!(&m.source, Source::Base64 { media_type, .. } if media_type == "image/png")));
-        assert!(matches!(&r.messages[3].parts[0], Part::ToolResult(t) if t.call_id == "call_1" && t.text() == "a cat"));
+        assert!(
+            matches!(&r.messages[1].parts[1], Part::Image(m) if matches!(&m.source, Source::Base64 { media_type, .. } if media_type == "image/png"))
+        );
+        assert!(
+            matches!(&r.messages[3].parts[0], Part::ToolResult(t) if t.call_id == "call_1" && t.text() == "a cat")
+        );
         assert_eq!(r.tool_choice, Some(ToolChoice::Named("look".into())));
         assert_eq!(r.stop, vec!["END".to_owned()]);
         assert_eq!(r.unmapped_field(), Some("logprobs"));
@@ -863,12 +876,20 @@ mod tests {
         // ...and without it keeps everything else.
         let mut r = r;
         r.extra.clear();
-        let v: Value = serde_json::from_slice(&encode_request(&r, "up", OPTS, "x").expect("encode")).expect("json");
+        let v: Value =
+            serde_json::from_slice(&encode_request(&r, "up", OPTS, "x").expect("encode"))
+                .expect("json");
         assert_eq!(v["model"], "up");
         assert_eq!(v["max_completion_tokens"], 100);
         assert_eq!(v["reasoning_effort"], "low");
-        assert_eq!(v["messages"][1]["content"][1]["image_url"]["url"], "data:image/png;base64,AAAA");
-        assert_eq!(v["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(
+            v["messages"][1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAAA"
+        );
+        assert_eq!(
+            v["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"x\":1}"
+        );
         assert_eq!(v["messages"][3]["role"], "tool");
         assert_eq!(v["response_format"]["json_schema"]["strict"], true);
     }
@@ -876,13 +897,27 @@ mod tests {
     #[test]
     fn bad_shapes_name_the_field() {
         for (bad, param) in [
-            (r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#, "messages[0].tool_call_id"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search"}]}"#, "tools[0].type"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"max"}"#, "reasoning_effort"),
+            (
+                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                "messages[0].tool_call_id",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search"}]}"#,
+                "tools[0].type",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"max"}"#,
+                "reasoning_effort",
+            ),
         ] {
             let e = decode_request(&raw(bad)).expect_err(bad);
             assert_eq!(e.param.as_deref(), Some(param), "{bad}: {e}");
         }
-        assert!(decode_request(&raw(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video"}]}]}"#)).is_err());
+        assert!(
+            decode_request(&raw(
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"video"}]}]}"#
+            ))
+            .is_err()
+        );
     }
 }

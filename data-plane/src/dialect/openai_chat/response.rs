@@ -76,7 +76,11 @@ pub fn decode_response(body: &[u8]) -> Result<Response, ProxyError> {
         .ok_or_else(|| upstream_garbage("the response has no choices"))?;
     let m = choice.message;
     let mut parts = Vec::new();
-    if let Some(t) = m.reasoning_content.or(m.reasoning).filter(|t| !t.is_empty()) {
+    if let Some(t) = m
+        .reasoning_content
+        .or(m.reasoning)
+        .filter(|t| !t.is_empty())
+    {
         parts.push(Part::Thinking {
             text: t,
             signature: None,
@@ -227,12 +231,19 @@ mod tests {
                 reasoning: 3
             }
         );
-        let out: Value = serde_json::from_slice(&render_response(&r).expect("render")).expect("json");
-        assert_eq!(out["choices"][0]["message"]["tool_calls"][1]["function"]["arguments"], "{\"a\":2}");
+        let out: Value =
+            serde_json::from_slice(&render_response(&r).expect("render")).expect("json");
+        assert_eq!(
+            out["choices"][0]["message"]["tool_calls"][1]["function"]["arguments"],
+            "{\"a\":2}"
+        );
         assert_eq!(out["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(out["choices"][0]["message"]["reasoning_content"], "think");
         assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
-        assert_eq!(out["usage"]["completion_tokens_details"]["reasoning_tokens"], 3);
+        assert_eq!(
+            out["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            3
+        );
         assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
     }
 

@@ -519,10 +519,19 @@ mod tests {
             r.event(e, &mut out);
         }
         r.done(&mut out);
-        let text: String = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let text: String = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         assert!(text.contains(r#""tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"g","arguments":""}}]"#), "{text}");
-        assert!(text.contains(r#""tool_calls":[{"index":0,"function":{"arguments":"1}"}}]"#), "{text}");
-        assert!(text.contains(r#""usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14"#), "{text}");
+        assert!(
+            text.contains(r#""tool_calls":[{"index":0,"function":{"arguments":"1}"}}]"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14"#),
+            "{text}"
+        );
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
 
@@ -537,15 +546,24 @@ mod tests {
             assert_eq!(s.frame(&frame(usage), &mut out).expect("u"), Flow::Continue);
             assert_eq!(s.frame(&frame("[DONE]"), &mut out).expect("d"), Flow::Done);
             assert_eq!(out.len(), if wants { 3 } else { 2 });
-            assert_eq!(s.usage.map(|u| (u.input, u.output, u.cache_read)), Some((3, 5, 2)));
+            assert_eq!(
+                s.usage.map(|u| (u.input, u.output, u.cache_read)),
+                Some((3, 5, 2))
+            );
         }
         let mut s = Sniffer::new(false);
         let mut out = Vec::new();
         assert!(s.frame(&frame("garbage"), &mut out).is_err());
         assert!(s.frame(&frame("{not json"), &mut out).is_err());
-        assert!(s.frame(&frame(r#"{"usage":{"prompt_tokens":"x"}}"#), &mut out).is_err());
+        assert!(
+            s.frame(&frame(r#"{"usage":{"prompt_tokens":"x"}}"#), &mut out)
+                .is_err()
+        );
         let e = s
-            .frame(&frame(r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#), &mut out)
+            .frame(
+                &frame(r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#),
+                &mut out,
+            )
             .expect_err("error event");
         assert_eq!(e.class, Some(crate::error::FailureClass::RateLimited));
     }

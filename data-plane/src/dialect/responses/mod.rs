@@ -145,6 +145,7 @@ fn error_event(data: &[u8]) -> ProxyError {
         code: None,
         message: None,
     });
-    let wrapped = serde_json::json!({"error": {"message": e.message, "code": e.code, "type": e.code}});
+    let wrapped =
+        serde_json::json!({"error": {"message": e.message, "code": e.code, "type": e.code}});
     openai_error::stream_error(wrapped.to_string().as_bytes())
 }

@@ -97,9 +97,13 @@ pub fn render_response(r: &Response, echo: &Echo) -> Result<Bytes, ProxyError> {
             Part::RedactedThinking { data } => {
                 output.push(reasoning_item(&id("rs"), "", Some(data)))
             }
-            Part::ToolCall(c) => {
-                output.push(call_item(&id("fc"), &c.id, &c.name, &c.arguments, "completed"))
-            }
+            Part::ToolCall(c) => output.push(call_item(
+                &id("fc"),
+                &c.id,
+                &c.name,
+                &c.arguments,
+                "completed",
+            )),
             _ => {}
         }
     }
@@ -412,13 +416,34 @@ mod tests {
         let mut r = Renderer::new(Echo::default());
         let mut out = Vec::new();
         for e in [
-            Event::Start { id: "x".into(), model: "m".into() },
-            Event::BlockStart { index: 0, block: Block::Text },
-            Event::Delta { index: 0, delta: Delta::Text("Hel".into()) },
-            Event::Delta { index: 0, delta: Delta::Text("lo".into()) },
+            Event::Start {
+                id: "x".into(),
+                model: "m".into(),
+            },
+            Event::BlockStart {
+                index: 0,
+                block: Block::Text,
+            },
+            Event::Delta {
+                index: 0,
+                delta: Delta::Text("Hel".into()),
+            },
+            Event::Delta {
+                index: 0,
+                delta: Delta::Text("lo".into()),
+            },
             Event::BlockStop { index: 0 },
-            Event::BlockStart { index: 1, block: Block::ToolCall { id: "call_1".into(), name: "f".into() } },
-            Event::Delta { index: 1, delta: Delta::ToolArgs("{}".into()) },
+            Event::BlockStart {
+                index: 1,
+                block: Block::ToolCall {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                },
+            },
+            Event::Delta {
+                index: 1,
+                delta: Delta::ToolArgs("{}".into()),
+            },
             Event::BlockStop { index: 1 },
             Event::Usage(Usage::new(3, 4)),
             Event::Finish(Finish::new(FinishReason::ToolCalls)),
@@ -430,7 +455,12 @@ mod tests {
             .iter()
             .map(|b| {
                 let s = String::from_utf8_lossy(b);
-                let data = s.lines().nth(1).expect("data line").trim_start_matches("data: ").to_owned();
+                let data = s
+                    .lines()
+                    .nth(1)
+                    .expect("data line")
+                    .trim_start_matches("data: ")
+                    .to_owned();
                 serde_json::from_str(&data).expect("json")
             })
             .collect();
@@ -454,15 +484,30 @@ mod tests {
             model: "m".into(),
             created: 1,
             parts: vec![
-                Part::Thinking { text: "t".into(), signature: Some("s".into()) },
-                Part::ToolCall(ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into(), signature: None }),
+                Part::Thinking {
+                    text: "t".into(),
+                    signature: Some("s".into()),
+                },
+                Part::ToolCall(ToolCall {
+                    id: "c".into(),
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                    signature: None,
+                }),
                 Part::text("done"),
             ],
             finish: Finish::new(FinishReason::Length),
             usage: Usage::new(1, 2),
         };
-        let v: Value = serde_json::from_slice(&render_response(&r, &Echo::default()).expect("render")).expect("json");
-        let types: Vec<&str> = v["output"].as_array().expect("output").iter().filter_map(|o| o["type"].as_str()).collect();
+        let v: Value =
+            serde_json::from_slice(&render_response(&r, &Echo::default()).expect("render"))
+                .expect("json");
+        let types: Vec<&str> = v["output"]
+            .as_array()
+            .expect("output")
+            .iter()
+            .filter_map(|o| o["type"].as_str())
+            .collect();
         assert_eq!(types, ["reasoning", "message", "function_call"]);
         assert_eq!(v["status"], "incomplete");
         assert_eq!(v["incomplete_details"]["reason"], "max_output_tokens");

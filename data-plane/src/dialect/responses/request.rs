@@ -274,10 +274,10 @@ pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
         Some(b'"' | b'[') => {}
         None => return Err(ProxyError::invalid("`input` is required").with_param("input")),
         Some(_) => {
-            return Err(ProxyError::invalid(
-                "`input` must be a string or an array of input items",
-            )
-            .with_param("input"));
+            return Err(
+                ProxyError::invalid("`input` must be a string or an array of input items")
+                    .with_param("input"),
+            );
         }
     }
     let stream = raw
@@ -305,7 +305,9 @@ fn part(p: WirePart, at: &str) -> Result<Part, ProxyError> {
             source: Source::from_url(&url),
             detail,
         }),
-        WirePart::InputImage { image_url: None, .. } => {
+        WirePart::InputImage {
+            image_url: None, ..
+        } => {
             return Err(ProxyError::invalid(
                 "input_image needs `image_url`: uploaded file ids live in OpenAI's storage",
             )
@@ -449,7 +451,8 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
             .with_param(format!("tools[{i}].type")));
         }
         let name = t.name.ok_or_else(|| {
-            ProxyError::invalid(format!("tools[{i}]: `name` is required")).with_param(format!("tools[{i}].name"))
+            ProxyError::invalid(format!("tools[{i}]: `name` is required"))
+                .with_param(format!("tools[{i}].name"))
         })?;
         let parameters = t.parameters.unwrap_or_else(|| json!({"type": "object"}));
         echo_tools.push(json!({"type": "function", "name": name, "description": t.description, "parameters": parameters, "strict": t.strict.unwrap_or(true)}));
@@ -493,7 +496,10 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
     };
     let (response_format, text_format) = match w.text.and_then(|t| t.format) {
         None | Some(WireFormat::Text) => (None, json!({"type": "text"})),
-        Some(WireFormat::JsonObject) => (Some(ResponseFormat::JsonObject), json!({"type": "json_object"})),
+        Some(WireFormat::JsonObject) => (
+            Some(ResponseFormat::JsonObject),
+            json!({"type": "json_object"}),
+        ),
         Some(WireFormat::JsonSchema {
             name,
             schema,
@@ -586,11 +592,32 @@ mod tests {
           "text":{"format":{"type":"json_schema","name":"o","schema":{"type":"object"},"strict":true}},
           "reasoning":{"effort":"low"},"max_output_tokens":50,"stream":true}"#)).expect("decode");
         let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool, Role::User]);
-        assert_eq!(r.messages[2].parts.len(), 2, "reasoning and the call in one assistant turn");
-        assert!(matches!(&r.messages[2].parts[0], Part::Thinking { signature: Some(s), .. } if s == "sig"));
-        assert!(matches!(r.response_format, Some(ResponseFormat::JsonSchema { .. })));
-        assert_eq!(r.reasoning.as_ref().and_then(|x| x.effort), Some(Effort::Low));
+        assert_eq!(
+            roles,
+            [
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::User
+            ]
+        );
+        assert_eq!(
+            r.messages[2].parts.len(),
+            2,
+            "reasoning and the call in one assistant turn"
+        );
+        assert!(
+            matches!(&r.messages[2].parts[0], Part::Thinking { signature: Some(s), .. } if s == "sig")
+        );
+        assert!(matches!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema { .. })
+        ));
+        assert_eq!(
+            r.reasoning.as_ref().and_then(|x| x.effort),
+            Some(Effort::Low)
+        );
         assert!(r.stream);
         assert_eq!(echo.tools.len(), 1);
         assert_eq!(echo.max_output_tokens, Some(50));
@@ -598,15 +625,26 @@ mod tests {
 
     #[test]
     fn state_and_hosted_tools_are_refused_by_name() {
-        let (r, _) = decode_request(&raw(r#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#)).expect("decodes");
+        let (r, _) = decode_request(&raw(
+            r#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#,
+        ))
+        .expect("decodes");
         assert_eq!(r.unmapped_field(), Some("previous_response_id"));
-        let (r, _) = decode_request(&raw(r#"{"model":"m","input":"hi","store":true}"#)).expect("decodes");
+        let (r, _) =
+            decode_request(&raw(r#"{"model":"m","input":"hi","store":true}"#)).expect("decodes");
         assert_eq!(r.unmapped_field(), Some("store"));
-        let (r, _) = decode_request(&raw(r#"{"model":"m","input":"hi","store":false}"#)).expect("decodes");
+        let (r, _) =
+            decode_request(&raw(r#"{"model":"m","input":"hi","store":false}"#)).expect("decodes");
         assert_eq!(r.unmapped_field(), None);
-        let e = decode_request(&raw(r#"{"model":"m","input":"hi","tools":[{"type":"web_search"}]}"#)).expect_err("hosted");
+        let e = decode_request(&raw(
+            r#"{"model":"m","input":"hi","tools":[{"type":"web_search"}]}"#,
+        ))
+        .expect_err("hosted");
         assert_eq!(e.param.as_deref(), Some("tools[0].type"));
-        let e = decode_request(&raw(r#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#)).expect_err("reference");
+        let e = decode_request(&raw(
+            r#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#,
+        ))
+        .expect_err("reference");
         assert_eq!(e.param.as_deref(), Some("input[0]"));
         assert!(facts(&raw(r#"{"model":"m","input":5}"#)).is_err());
         assert!(facts(&raw(r#"{"model":"m"}"#)).is_err());
