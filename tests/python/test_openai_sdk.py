@@ -62,7 +62,8 @@ def test_embeddings(client):
 
 def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["claude-sonnet", "gpt-4o-mini", "slow", "text-embedding-3-small"]
+    assert ids == ["claude-sonnet", "gpt-4o-mini", "slow", "text-embedding-3-small", "via-anthropic", "via-azure",
+                   "via-bedrock", "via-compat", "via-gemini", "via-gemini-embed", "via-mock", "via-openai"]
 
 
 def test_bad_key_is_authentication_error(gateway):

@@ -630,9 +630,12 @@ pub fn classify(
     retry_after: Option<HeaderValue>,
 ) -> ProxyError {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    // A precise status (429, 503, 504, 401/403) stands; the error type refines plain 4xx/5xx.
     let class = match class_of_status(status) {
-        FailureClass::Authentication => FailureClass::Authentication,
-        c => class_of_exception(error_type.unwrap_or(""), &e.message, c),
+        c @ (FailureClass::BadRequest | FailureClass::ServerError) => {
+            class_of_exception(error_type.unwrap_or(""), &e.message, c)
+        }
+        c => c,
     };
     upstream_error(status, class, Some(e.message), body, retry_after)
 }

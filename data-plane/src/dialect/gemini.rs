@@ -531,7 +531,16 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue
         .ok()
         .and_then(|e| e.error)
         .unwrap_or_default();
+    let by_status = class_of_status(status);
     let class = match e.status.as_str() {
+        // A precise status (429, 503, 504, 401/403) stands; the name refines plain 4xx/5xx.
+        _ if !matches!(
+            by_status,
+            FailureClass::BadRequest | FailureClass::ServerError
+        ) =>
+        {
+            by_status
+        }
         "RESOURCE_EXHAUSTED" => FailureClass::RateLimited,
         "UNAVAILABLE" => FailureClass::Overloaded,
         "DEADLINE_EXCEEDED" => FailureClass::Timeout,
@@ -541,7 +550,7 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue
             FailureClass::ContextWindowExceeded
         }
         "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" => FailureClass::BadRequest,
-        _ => class_of_status(status),
+        _ => by_status,
     };
     upstream_error(status, class, Some(e.message), body, retry_after)
 }

@@ -177,6 +177,9 @@ pub async fn answer(
         });
     }
     let (request, echo): (_, Option<Box<Echo>>) = dialect::decode_canonical(incoming.format, raw)?;
+    if let Some(f) = request.unmapped_field() {
+        return Err(ProxyError::unmappable(f, "the built-in mock"));
+    }
     let prompt_tokens = request
         .texts()
         .map(|t| (t.len() as u64).div_ceil(4) + 1)

@@ -334,19 +334,24 @@ fn forced_tool(api: &Api, body: &Value, offered: &[(String, Value)]) -> Option<(
 fn last_tool_result(api: &Api, body: &Value) -> Option<String> {
     let mut text = String::new();
     match api {
-        Api::OpenAiChat => {
-            let last = body.get("messages")?.as_array()?.last()?;
-            if last.get("role")?.as_str()? != "tool" {
+        // The trailing tool messages (one per call).
+        Api::OpenAiChat | Api::OpenAiResponses => {
+            let (list, kind_key, kind, content) = match api {
+                Api::OpenAiChat => ("messages", "role", "tool", "content"),
+                _ => ("input", "type", "function_call_output", "output"),
+            };
+            let items = body.get(list)?.as_array()?;
+            let trailing: Vec<&Value> = items
+                .iter()
+                .rev()
+                .take_while(|m| m.get(kind_key).and_then(Value::as_str) == Some(kind))
+                .collect();
+            if trailing.is_empty() {
                 return None;
             }
-            text_of(last.get("content")?, &mut text);
-        }
-        Api::OpenAiResponses => {
-            let last = body.get("input")?.as_array()?.last()?;
-            if last.get("type")?.as_str()? != "function_call_output" {
-                return None;
+            for m in trailing.into_iter().rev() {
+                text_of(m.get(content)?, &mut text);
             }
-            text_of(last.get("output")?, &mut text);
         }
         Api::Anthropic => {
             let last = body.get("messages")?.as_array()?.last()?;

@@ -119,9 +119,13 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue
         .ok()
         .and_then(|e| e.error)
         .unwrap_or_default();
+    // The status is authoritative for what it says precisely; the type refines a plain
+    // 4xx or 5xx.
     let class = match class_of_status(status) {
-        c @ (FailureClass::Authentication | FailureClass::RateLimited) => c,
-        c => class_of_type(&e.kind, &e.message, c),
+        c @ (FailureClass::BadRequest | FailureClass::ServerError) => {
+            class_of_type(&e.kind, &e.message, c)
+        }
+        c => c,
     };
     upstream_error(status, class, Some(e.message), body, retry_after)
 }
