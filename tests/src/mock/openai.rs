@@ -189,7 +189,17 @@ pub(crate) fn completion_stream(
             json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
         sse(&c)
     };
-    let mut events: Vec<Bytes> = s.chunks.iter().map(|t| chunk(t, Value::Null)).collect();
+    let mut events = Vec::new();
+    for (i, t) in s.chunks.iter().enumerate() {
+        if knobs.malformed && i == s.chunks.len() / 2 {
+            events.push(Bytes::from_static(b"data: {this is not json\n\n"));
+        }
+        events.push(chunk(t, Value::Null));
+    }
+    if knobs.error_event {
+        events.push(sse(&json!({"error": {"message": "The server is overloaded.", "type": "server_error", "param": null, "code": "overloaded"}})));
+        return stream_response(events, knobs, "text/event-stream");
+    }
     events.push(chunk("", json!(finish(s))));
     if include_usage {
         let mut u = base.clone();

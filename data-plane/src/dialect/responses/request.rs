@@ -47,10 +47,10 @@ struct WireRequest {
     extra: Map<String, Value>,
 }
 
-/// `input`: a string, or an array of items.
+/// `input`: a string, or an array of items (decoded one by one, for errors that say which).
 enum Input {
     Text(String),
-    Items(Vec<WireItem>),
+    Items(Vec<Value>),
 }
 
 impl<'de> Deserialize<'de> for Input {
@@ -74,14 +74,6 @@ impl<'de> Deserialize<'de> for Input {
         }
         d.deserialize_any(V)
     }
-}
-
-/// An input item. Messages may omit `type` (the "easy" form).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireItem {
-    Typed(TypedItem),
-    Easy(EasyMessage),
 }
 
 #[derive(Deserialize)]
@@ -377,15 +369,24 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
         Input::Items(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 let at = format!("input[{i}]");
+                // Messages may omit `type` (the "easy" form).
+                let typed = if item.get("type").is_some() {
+                    serde_json::from_value::<TypedItem>(item)
+                } else {
+                    serde_json::from_value::<EasyMessage>(item).map(TypedItem::Message)
+                };
+                let item = typed.map_err(|e| {
+                    ProxyError::invalid(format!("{at}: {e}")).with_param(at.clone())
+                })?;
                 match item {
-                    WireItem::Easy(m) | WireItem::Typed(TypedItem::Message(m)) => {
+                    TypedItem::Message(m) => {
                         messages.push(message(m, &at)?);
                     }
-                    WireItem::Typed(TypedItem::FunctionCall {
+                    TypedItem::FunctionCall {
                         call_id,
                         name,
                         arguments,
-                    }) => push(
+                    } => push(
                         &mut messages,
                         Role::Assistant,
                         Part::ToolCall(ToolCall {
@@ -395,7 +396,7 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
                             signature: None,
                         }),
                     ),
-                    WireItem::Typed(TypedItem::FunctionCallOutput { call_id, output }) => {
+                    TypedItem::FunctionCallOutput { call_id, output } => {
                         let mut content = Vec::new();
                         for (k, p) in output.0.into_iter().enumerate() {
                             content.push(part(p, &format!("{at}.output[{k}]"))?);
@@ -411,11 +412,11 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
                             }),
                         );
                     }
-                    WireItem::Typed(TypedItem::Reasoning {
+                    TypedItem::Reasoning {
                         summary,
                         content,
                         encrypted_content,
-                    }) => {
+                    } => {
                         let text: String = content
                             .unwrap_or(summary)
                             .into_iter()
@@ -430,7 +431,7 @@ pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
                             },
                         );
                     }
-                    WireItem::Typed(TypedItem::ItemReference {}) => {
+                    TypedItem::ItemReference {} => {
                         return Err(ProxyError::invalid(
                             "item references point into OpenAI's stored conversation state, which this model's provider does not have",
                         )
