@@ -20,6 +20,7 @@ const PAR_KEY: &str = "sk-limits-par-0001";
 const OUTAGE_KEY: &str = "sk-limits-outage-01";
 const TEAM_KEY: &str = "sk-limits-team-0001";
 const ALERT_KEY: &str = "sk-limits-alert-001";
+const CACHE_KEY: &str = "sk-limits-cache-001";
 
 /// Price of the `priced` pool: $1000 per million tokens, i.e. $0.001 (1,000,000
 /// nano-dollars) per token.
@@ -39,6 +40,26 @@ stringData:
   outage: {OUTAGE_KEY}
   team: {TEAM_KEY}
   alert: {ALERT_KEY}
+  cache: {CACHE_KEY}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: cached}}
+spec:
+  provider: anthropic
+  endpoints: [{{url: "{{MOCK}}", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: claude-cache, inputPricePerMillion: "3", outputPricePerMillion: "15",
+            cacheReadPricePerMillion: "0.30", cacheWritePricePerMillion: "3.75"}}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: cached}}
+spec: {{models: [cached], backends: [{{pool: cached, model: claude-cache}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: cache}}
+spec: {{secretRef: {{name: limit-keys, key: cache}}, budget: {{amount: "100", period: Monthly}}}}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderPool
@@ -148,7 +169,11 @@ async fn env(tag: &str, n: usize, extra: &[&str]) -> Env {
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
-    std::fs::write(cfg.join("limits.yaml"), limits_config()).expect("write");
+    std::fs::write(
+        cfg.join("limits.yaml"),
+        limits_config().replace("{MOCK}", &mock_url),
+    )
+    .expect("write");
     let url = redis.url();
     let mut dps = Vec::new();
     for i in 0..n {
@@ -369,6 +394,35 @@ async fn key_model_and_route_limits_and_route_access() {
     );
     let (s, _, _) = post(&env.api(0), Some(RPM_KEY), &chat_body("demo", "hi")).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn budgets_price_cache_reads_and_writes_at_their_own_prices() {
+    let env = env("limits-cache", 1, &[]).await;
+    // Through the OpenAI front door to Anthropic, which reports cache reads and writes.
+    let body = json!({"model": "cached", "max_tokens": 10, "messages": [{"role": "user",
+        "content": "a long system prompt would be cached here, so this one pretends mock.cache=1 mock.chunks=4"}]});
+    let (status, _, out) = post(&env.api(0), Some(CACHE_KEY), &body).await;
+    assert_eq!(status, 200, "{out}");
+    let u = &out["usage"];
+    let input = u["prompt_tokens"].as_u64().expect("prompt tokens");
+    let read = u["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cache reads");
+    let write = u["cache_creation_input_tokens"].as_u64().expect("cache writes");
+    let output = u["completion_tokens"].as_u64().expect("completion tokens");
+    assert!(read > 0 && write > 0 && input > read + write, "{u}");
+    // Micro-dollars per million tokens: 3.00 in, 15.00 out, 0.30 cache read, 3.75 cache write.
+    let expected = ((input - read - write) * 3_000_000 + read * 300_000 + write * 3_750_000 + output * 15_000_000) / 1000;
+    let as_if_uncached = (input * 3_000_000 + output * 15_000_000) / 1000;
+    assert_ne!(expected, as_if_uncached, "the test must tell the prices apart");
+    let period = switchyard_crds::spend::period(
+        switchyard_proto::v1::BudgetPeriod::Monthly,
+        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+    );
+    let key = switchyard_crds::spend::spend_key("default/cache", &period.id);
+    eventually(DEADLINE, "the spend settles at the cache-aware price", || async {
+        (env.redis.hget_u64(&key, "s") == expected && env.redis.hget_u64(&key, "r") == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -616,7 +670,11 @@ async fn limits_hold_on_a_redis_cluster() {
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock_url)).expect("write");
-    std::fs::write(cfg.join("limits.yaml"), limits_config()).expect("write");
+    std::fs::write(
+        cfg.join("limits.yaml"),
+        limits_config().replace("{MOCK}", &mock_url),
+    )
+    .expect("write");
     let seeds = cluster.seeds();
     let dps: Vec<_> = (0..2)
         .map(|i| {
