@@ -203,6 +203,35 @@ async fn golden(
     );
 }
 
+/// One call, no stream (embeddings, count_tokens): the request sent and the response.
+async fn golden_once(
+    e: &Env,
+    door: &str,
+    path: &str,
+    body: Value,
+    anthropic: bool,
+    upstream: &str,
+) {
+    let _ = client()
+        .delete(format!("{}/_mock/requests", e.mock_url))
+        .send()
+        .await;
+    let (status, text) = call(e, path, &body, anthropic).await;
+    let mut response = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let mut request_sent = sent(&e.mock_url).await;
+    normalize(&mut response);
+    normalize(&mut request_sent);
+    let name = format!("{door}__{upstream}");
+    insta::assert_json_snapshot!(
+        name,
+        json!({
+            "request_sent": request_sent,
+            "status": status,
+            "response": response,
+        })
+    );
+}
+
 fn tools_openai() -> Value {
     json!([
         {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
@@ -320,6 +349,33 @@ async fn completions_front_door() {
             false,
             upstream,
             "text",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn embeddings_and_count_tokens_front_doors() {
+    let e = env().await;
+    for (model, upstream) in [
+        ("embed", "openai"),
+        ("text-embedding", "azure"),
+        ("gemini-embed", "gemini"),
+        ("demo", "builtin"),
+    ] {
+        let body = json!({"model": model, "input": ["first text", "second"], "dimensions": 3});
+        golden_once(&e, "embeddings", "/v1/embeddings", body, false, upstream).await;
+    }
+    for (model, upstream) in UPSTREAMS {
+        let body = json!({"model": model, "system": "You are terse.",
+            "messages": [{"role": "user", "content": "How many tokens is this?"}]});
+        golden_once(
+            &e,
+            "count_tokens",
+            "/v1/messages/count_tokens",
+            body,
+            true,
+            upstream,
         )
         .await;
     }

@@ -406,22 +406,38 @@ async fn budgets_price_cache_reads_and_writes_at_their_own_prices() {
     assert_eq!(status, 200, "{out}");
     let u = &out["usage"];
     let input = u["prompt_tokens"].as_u64().expect("prompt tokens");
-    let read = u["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cache reads");
-    let write = u["cache_creation_input_tokens"].as_u64().expect("cache writes");
+    let read = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cache reads");
+    let write = u["cache_creation_input_tokens"]
+        .as_u64()
+        .expect("cache writes");
     let output = u["completion_tokens"].as_u64().expect("completion tokens");
     assert!(read > 0 && write > 0 && input > read + write, "{u}");
     // Micro-dollars per million tokens: 3.00 in, 15.00 out, 0.30 cache read, 3.75 cache write.
-    let expected = ((input - read - write) * 3_000_000 + read * 300_000 + write * 3_750_000 + output * 15_000_000) / 1000;
+    let expected = ((input - read - write) * 3_000_000
+        + read * 300_000
+        + write * 3_750_000
+        + output * 15_000_000)
+        / 1000;
     let as_if_uncached = (input * 3_000_000 + output * 15_000_000) / 1000;
-    assert_ne!(expected, as_if_uncached, "the test must tell the prices apart");
+    assert_ne!(
+        expected, as_if_uncached,
+        "the test must tell the prices apart"
+    );
     let period = switchyard_crds::spend::period(
         switchyard_proto::v1::BudgetPeriod::Monthly,
         (switchyard_data_plane::limits::now_ms() / 1000) as i64,
     );
     let key = switchyard_crds::spend::spend_key("default/cache", &period.id);
-    eventually(DEADLINE, "the spend settles at the cache-aware price", || async {
-        (env.redis.hget_u64(&key, "s") == expected && env.redis.hget_u64(&key, "r") == 0).then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "the spend settles at the cache-aware price",
+        || async {
+            (env.redis.hget_u64(&key, "s") == expected && env.redis.hget_u64(&key, "r") == 0)
+                .then_some(())
+        },
+    )
     .await;
 }
 
