@@ -169,7 +169,7 @@ pub fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Estimate 
         Ok((r, _)) => estimate_request(&r, upstream_model),
         // The body was checked for shape; a translation error surfaces later with its 400.
         Err(_) => Estimate {
-            input: approximate(std::str::from_utf8(raw.original()).unwrap_or("")),
+            input: approximate(raw.text()),
             output: incoming
                 .facts
                 .max_output_tokens

@@ -259,10 +259,14 @@ async fn embeddings_and_models() {
         list(CLIENT_KEY).await,
         [
             "azure-chat",
+            "bedrock-chat",
             "chat",
             "claude",
+            "compat-chat",
             "demo",
             "embed",
+            "gemini-chat",
+            "gemini-embed",
             "mock-gpt",
             "mock-gpt-mini",
             "text-embedding"

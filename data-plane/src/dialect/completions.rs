@@ -107,7 +107,7 @@ fn token_prompt(n: usize) -> ProxyError {
 
 /// Decodes a completions request for a chat-only upstream: one text prompt, one answer.
 pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
-    let w: WireRequest = serde_json::from_slice(raw.original()).map_err(bad_json)?;
+    let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let prompt = match w.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut v) if v.len() == 1 => v.remove(0),

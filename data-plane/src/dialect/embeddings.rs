@@ -80,7 +80,7 @@ pub fn texts(raw: &RawObject) -> Vec<String> {
 
 /// Decodes for a non-OpenAI upstream (text inputs only).
 pub fn decode_request(raw: &RawObject) -> Result<EmbeddingsRequest, ProxyError> {
-    let w: WireRequest = serde_json::from_slice(raw.original()).map_err(bad_json)?;
+    let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let inputs = match w.input {
         Input::One(s) => vec![s],
         Input::Many(v) => v,

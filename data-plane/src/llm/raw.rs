@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -26,11 +27,24 @@ struct Field {
 }
 
 /// A top-level JSON object over the client's bytes.
+///
+/// The body is checked to be UTF-8 once, here; every later parse of a field reads the checked
+/// text (`serde_json::from_str` does not validate again), and `bytes` shares its allocation.
 #[derive(Clone, Debug)]
 pub struct RawObject {
+    text: Arc<str>,
     bytes: Bytes,
     fields: Vec<Field>,
     edited: bool,
+}
+
+/// Lends an `Arc<str>` to `Bytes` without copying it.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,9 +80,18 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 impl RawObject {
     /// Locates the top-level fields; the whole body is still checked to be valid JSON.
     pub fn parse(bytes: Bytes) -> Result<Self, serde_json::Error> {
-        let base = bytes.as_ptr() as usize;
+        let text: Arc<str> = match std::str::from_utf8(&bytes) {
+            Ok(t) => Arc::from(t),
+            // serde_json names the position of the bad byte.
+            Err(_) => {
+                return Err(serde_json::from_slice::<de::IgnoredAny>(&bytes)
+                    .err()
+                    .unwrap_or_else(|| de::Error::custom("the body is not UTF-8")));
+            }
+        };
+        let base = text.as_ptr() as usize;
         let fields = {
-            let Fields(found) = serde_json::from_slice::<Fields<'_>>(&bytes)?;
+            let Fields(found) = serde_json::from_str::<Fields<'_>>(&text)?;
             found
                 .into_iter()
                 .map(|(k, v)| {
@@ -81,7 +104,8 @@ impl RawObject {
                 .collect()
         };
         Ok(Self {
-            bytes,
+            bytes: Bytes::from_owner(SharedText(text.clone())),
+            text,
             fields,
             edited: false,
         })
@@ -107,9 +131,17 @@ impl RawObject {
         &'a self,
         key: &str,
     ) -> Result<Option<T>, serde_json::Error> {
-        match self.get(key) {
-            None | Some(b"null") => Ok(None),
-            Some(v) => serde_json::from_slice(v).map(Some),
+        match self
+            .fields
+            .iter()
+            .find(|f| &*f.key == key)
+            .map(|f| &f.value)
+        {
+            None => Ok(None),
+            Some(Value::Span(r)) if &self.text[r.clone()] == "null" => Ok(None),
+            Some(Value::Span(r)) => serde_json::from_str(&self.text[r.clone()]).map(Some),
+            Some(Value::Owned(b)) if &b[..] == b"null" => Ok(None),
+            Some(Value::Owned(b)) => serde_json::from_slice(b).map(Some),
         }
     }
 
@@ -165,6 +197,11 @@ impl RawObject {
     pub fn original(&self) -> &Bytes {
         &self.bytes
     }
+
+    /// The original body as text (checked once, when parsed).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 fn write_key(out: &mut BytesMut, key: &str) {
@@ -213,7 +250,14 @@ mod tests {
 
     #[test]
     fn non_objects_and_duplicates_are_refused() {
-        for bad in [&b"[1]"[..], b"\"x\"", b"{\"a\":1,\"a\":2}", b"{\"a\":", b""] {
+        for bad in [
+            &b"[1]"[..],
+            b"\"x\"",
+            b"{\"a\":1,\"a\":2}",
+            b"{\"a\":",
+            b"",
+            b"{\"a\":\"\xff\"}",
+        ] {
             assert!(
                 RawObject::parse(Bytes::copy_from_slice(bad)).is_err(),
                 "{bad:?}"

@@ -307,9 +307,22 @@ pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     full(status, "application/json", v.to_string())
 }
 
-/// A fixture, parsed once.
+/// A fixture, parsed once per process (the bench's direct path must not pay a parse per
+/// request); callers get their own copy to fill in.
 pub(crate) fn fixture(text: &'static str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("fixture does not parse: {e}"))
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static PARSED: OnceLock<Mutex<HashMap<usize, Value>>> = OnceLock::new();
+    let mut parsed = PARSED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    parsed
+        .entry(text.as_ptr() as usize)
+        .or_insert_with(|| {
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("fixture does not parse: {e}"))
+        })
+        .clone()
 }
 
 /// An error answer in a family's format.

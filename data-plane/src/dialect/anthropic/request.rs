@@ -357,7 +357,7 @@ fn block(b: WireBlock, at: &str) -> Result<Part, ProxyError> {
 /// Decodes a client's Messages request into canonical form. A user turn's `tool_result`
 /// blocks become tool messages, in order.
 pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
-    let w: WireRequest = serde_json::from_slice(raw.original()).map_err(bad_json)?;
+    let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let mut messages = Vec::with_capacity(w.messages.len() + 1);
     if let Some(system) = w.system {
         let mut parts = Vec::new();

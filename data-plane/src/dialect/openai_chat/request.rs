@@ -339,7 +339,7 @@ pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
 
 /// Decodes a client's request into canonical form.
 pub fn decode_request(raw: &RawObject) -> Result<Request, ProxyError> {
-    let w: WireRequest = serde_json::from_slice(raw.original()).map_err(bad_json)?;
+    let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let mut extra = w.extra;
     if let Some(n) = w.n.filter(|n| *n != 1) {
         extra.insert("n".into(), json!(n));

@@ -355,7 +355,7 @@ fn push(messages: &mut Vec<Message>, role: Role, p: Part) {
 
 /// Decodes a Responses request for a non-OpenAI upstream.
 pub fn decode_request(raw: &RawObject) -> Result<(Request, Echo), ProxyError> {
-    let w: WireRequest = serde_json::from_slice(raw.original()).map_err(bad_json)?;
+    let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let mut extra = w.extra;
     if w.store == Some(true) {
         extra.insert("store".into(), json!(true));
