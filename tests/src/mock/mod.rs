@@ -185,9 +185,23 @@ impl Knobs {
                 k.set(&knob.replace('-', "_"), v);
             }
         }
-        for word in prompt.split_whitespace() {
-            let word = word.trim_matches(|c: char| c == '"' || c == ',');
-            if let Some((key, v)) = word.strip_prefix("mock.").and_then(|w| w.split_once('=')) {
+        // Jump between occurrences instead of splitting the whole prompt into words: the
+        // bench's direct path runs through here on every request.
+        for (at, _) in prompt.match_indices("mock.") {
+            let starts_word = prompt[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| c.is_whitespace() || c == '"' || c == ',');
+            if !starts_word {
+                continue;
+            }
+            let rest = &prompt[at + "mock.".len()..];
+            let word = rest
+                .split(char::is_whitespace)
+                .next()
+                .unwrap_or("")
+                .trim_matches(|c: char| c == '"' || c == ',');
+            if let Some((key, v)) = word.split_once('=') {
                 k.set(key, v);
             }
         }
