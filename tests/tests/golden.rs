@@ -149,8 +149,10 @@ async fn sent(mock_url: &str) -> Value {
 async fn call(e: &Env, path: &str, body: &Value, anthropic: bool) -> (u16, String) {
     let mut r = client().post(format!("{}{path}", e.api)).json(body);
     r = if anthropic {
+        // The beta flag reaches Anthropic upstreams on passthrough and no other upstream.
         r.header("x-api-key", CLIENT_KEY)
             .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "token-efficient-tools-2025-02-19")
     } else {
         r.bearer_auth(CLIENT_KEY)
     };
