@@ -98,6 +98,7 @@ pub struct Handles {
     pub compiled: watch::Receiver<server::Published>,
     /// Data planes connected to this replica.
     pub nodes: Arc<server::Nodes>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Runs the control plane with a source until the source or a server fails. `on_start` gets
@@ -127,10 +128,11 @@ pub async fn run<S: Source>(
         }
     });
 
-    let server = ConfigServer::new(snap_rx.clone(), metrics, opts.client_auth.clone());
+    let server = ConfigServer::new(snap_rx.clone(), metrics.clone(), opts.client_auth.clone());
     on_start(Handles {
         compiled: snap_rx,
         nodes: server.nodes.clone(),
+        metrics,
     });
     let svc = switchyard_proto::v1::config_discovery_server::ConfigDiscoveryServer::new(server)
         .max_encoding_message_size(256 * 1024 * 1024)

@@ -1,12 +1,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switchyard_control_plane::auth::{ClientAuth, KubeReviewer, TokenAuth};
+use switchyard_control_plane::kube::context::Context as Reconcile;
 use switchyard_control_plane::kube::spend::SpendReader;
-use switchyard_control_plane::kube::{KubeSource, Stores, keys, leader, presence, status};
+use switchyard_control_plane::kube::{
+    self as kube_source, KubeSource, controllers, leader, presence,
+};
 use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec};
 use tokio::sync::watch;
 
@@ -74,7 +78,7 @@ struct Args {
     /// Leader lease duration; a dead leader is replaced after at most this long.
     #[arg(long, env = "SWITCHYARD_LEASE_DURATION", default_value = "15s", value_parser = duration)]
     lease_duration: Duration,
-    /// How often the leader re-checks status even without changes.
+    /// How often the fleet's versions are read from the presence Leases (status follows).
     #[arg(long, env = "SWITCHYARD_STATUS_INTERVAL", default_value = "2s", value_parser = duration)]
     status_interval: Duration,
     /// Redis the data planes settle spend into (`kubernetes` source): the leader reports
@@ -130,10 +134,21 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
         .redis_url
         .as_deref()
         .map(|u| SpendReader::new(u, args.redis_cluster, Duration::from_secs(2)))
-        .transpose()?;
-    let stores = Stores::start(&client);
-    let (lead_tx, lead_rx) = watch::channel(false);
-    tokio::spawn(leader::run(
+        .transpose()?
+        .map(|r| (Arc::new(r), args.spend_interval));
+    // One shutdown signal for the lease (released on the way out) and the controllers.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let (stores, watches) = kube_source::watches(&client);
+    let (leadership, lease_task) = leader::start(
         client.clone(),
         leader::LeaseSettings {
             name: "switchyard-control-plane-leader".into(),
@@ -141,14 +156,8 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             identity: identity.clone(),
             duration: args.lease_duration,
         },
-        lead_tx,
-    ));
-    tokio::spawn(keys::run(
-        client.clone(),
-        stores.clone(),
-        lead_rx.clone(),
-        args.status_interval,
-    ));
+        stopped(),
+    );
     let source = KubeSource {
         stores: stores.clone(),
         debounce: Duration::from_millis(50),
@@ -161,22 +170,32 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             h.nodes,
             args.lease_duration,
         ));
-        let writer = status::Writer {
-            client: client.clone(),
+        let fleet = presence::follow(client.clone(), args.namespace.clone(), args.status_interval);
+        let ctx = Arc::new(Reconcile::new(
+            client.clone(),
             stores,
-            compiled: h.compiled,
-            leading: lead_rx,
-            namespace: args.namespace.clone(),
-            identity: identity.clone(),
-            interval: args.status_interval,
+            leadership,
+            h.metrics,
+            h.compiled,
+            fleet,
+            &identity,
+        ));
+        let settings = controllers::Settings {
+            resync: Duration::from_secs(300),
             spend,
-            spend_interval: args.spend_interval,
         };
-        tokio::spawn(writer.run());
+        tokio::spawn(controllers::run(ctx, watches, settings, stop_rx));
     };
-    switchyard_control_plane::run(source, opts, start)
-        .await
-        .context("control plane failed")
+    tokio::select! {
+        r = switchyard_control_plane::run(source, opts, start) => r.context("control plane failed"),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            // Give the lease back so that another replica leads at once.
+            let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+            Ok(())
+        }
+    }
 }
 
 #[tokio::main]
@@ -218,26 +237,21 @@ async fn main() -> Result<()> {
         tls,
         client_auth: std::sync::Arc::new(client_auth),
     };
-    let run = async {
-        match args.source.clone() {
-            SourceSpec::Dir(dir) => {
-                let source = DirSource {
-                    dir,
-                    poll: args.poll_interval,
-                };
-                switchyard_control_plane::run(source, opts, |_| {})
-                    .await
-                    .context("control plane failed")
+    match args.source.clone() {
+        SourceSpec::Dir(dir) => {
+            let source = DirSource {
+                dir,
+                poll: args.poll_interval,
+            };
+            tokio::select! {
+                r = switchyard_control_plane::run(source, opts, |_| {}) => r.context("control plane failed"),
+                () = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    Ok(())
+                }
             }
-            SourceSpec::Kubernetes => operator(args, opts).await,
         }
-    };
-    tokio::select! {
-        r = run => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        SourceSpec::Kubernetes => operator(args, opts).await,
     }
 }
 

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub stream_auth: Family<ResultLabels, Counter>,
     /// Streams ended because the credentials that opened them expired.
     pub streams_expired: Counter,
+    /// Status subresources written by the leader.
+    pub status_writes: Counter,
+    /// Reconciles that failed (retried with backoff).
+    pub reconcile_errors: Counter,
+    /// Key Secrets generated for VirtualKeys.
+    pub keys_generated: Counter,
 }
 
 impl Default for Metrics {
@@ -36,6 +42,9 @@ impl Default for Metrics {
             acks: Family::default(),
             stream_auth: Family::default(),
             streams_expired: Counter::default(),
+            status_writes: Counter::default(),
+            reconcile_errors: Counter::default(),
+            keys_generated: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -72,6 +81,21 @@ impl Default for Metrics {
             "config_streams_expired",
             "Config streams ended because their credentials expired",
             m.streams_expired.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status subresources written by the leader",
+            m.status_writes.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and were retried with backoff",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "keys_generated",
+            "Key Secrets generated for VirtualKeys",
+            m.keys_generated.clone(),
         );
         Self { registry, ..m }
     }

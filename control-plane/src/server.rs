@@ -29,6 +29,44 @@ pub struct NodeState {
     pub acked_version: String,
     /// Last rejected version and why.
     pub nacked: Option<(String, String)>,
+    /// Resources of `acked_version` the node did not apply (at most
+    /// [`MAX_REJECTIONS`]), from its last NACK.
+    pub rejected: Vec<Rejection>,
+}
+
+/// At most this many rejected resources are kept per node: the fleet view travels in an
+/// annotation (256 KiB for all of them).
+pub const MAX_REJECTIONS: usize = 200;
+
+/// The resources a NACK names, logged, at most [`MAX_REJECTIONS`].
+fn rejections(node: &str, err: &pb::ErrorDetail) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    for r in &err.resource_errors {
+        let res = r.resource.clone().unwrap_or_default();
+        tracing::warn!(%node, kind = %res.kind, namespace = %res.namespace, name = %res.name, generation = res.generation, reason = %r.message, "data plane rejected resource");
+        if out.len() < MAX_REJECTIONS {
+            out.push(Rejection {
+                kind: res.kind,
+                namespace: res.namespace,
+                name: res.name,
+                generation: res.generation,
+                message: r.message.chars().take(300).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// One resource a data plane did not apply.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Rejection {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    pub message: String,
 }
 
 /// Connected data planes, by connection.
@@ -145,6 +183,13 @@ impl ConfigDiscovery for ConfigServer {
                 principal: principal.clone(),
                 acked_version: hello.version_info.clone(),
                 nacked: None,
+                // What of the version it holds did not run there (it may have NACKed it to
+                // another replica).
+                rejected: hello
+                    .error_detail
+                    .as_ref()
+                    .map(|e| rejections(&hello.node_id, e))
+                    .unwrap_or_default(),
             },
         );
         self.metrics.connected_data_planes.inc();
@@ -263,6 +308,7 @@ impl ConfigServer {
                 self.nodes.update(conn, |n| {
                     n.acked_version = m.version_info;
                     n.nacked = None;
+                    n.rejected.clear();
                 });
             }
             Some(err) => {
@@ -270,14 +316,12 @@ impl ConfigServer {
                     .acks
                     .get_or_create(&ResultLabels { result: "nack" })
                     .inc();
-                for r in &err.resource_errors {
-                    let res = r.resource.clone().unwrap_or_default();
-                    tracing::warn!(node = %m.node_id, kind = %res.kind, namespace = %res.namespace, name = %res.name, message = %r.message, "data plane rejected resource");
-                }
+                let rejected = rejections(&m.node_id, &err);
                 tracing::warn!(node = %m.node_id, holds = %m.version_info, error = %err.message, "NACK");
                 self.nodes.update(conn, |n| {
                     n.acked_version = m.version_info;
                     n.nacked = Some((m.response_nonce, err.message));
+                    n.rejected = rejected;
                 });
             }
         }

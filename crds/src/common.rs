@@ -8,6 +8,11 @@ pub const GROUP: &str = "switchyard.dev";
 /// API version of every Switchyard kind.
 pub const VERSION: &str = "v1alpha1";
 
+/// The label a Secret carries for the operator to watch it (provider credentials, virtual
+/// keys brought by the user). Generated key Secrets carry it. Any other Secret in the cluster
+/// is never read.
+pub const SECRET_LABEL: &str = "switchyard.dev/secret";
+
 /// Condition types reported on every kind.
 pub mod condition {
     /// The resource is valid and was admitted into the compiled configuration.

@@ -1,7 +1,7 @@
 //! `compile`: resources + Secret values -> a versioned protobuf Snapshot and per-resource
 //! diagnostics. Pure and deterministic: the same World always gives the same version.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use kube::{Resource, ResourceExt};
@@ -208,11 +208,32 @@ pub fn compile(world: &World) -> Compiled {
         .filter(|id| !pool_index.contains_key(id.as_str()))
         .collect();
 
+    // Oldest first, so that a resource already in service keeps what it claims (model names,
+    // keys) against a newer one; the snapshot itself is ordered by id.
     let mut routes = Vec::new();
-    for route in sorted(&world.routes) {
+    let mut claimed: BTreeMap<&str, String> = BTreeMap::new();
+    for route in by_age(&world.routes) {
         let key = ResourceKey::of(route);
-        match compile_route(route, &key, &pool_index, &rejected_pools) {
+        let compiled = compile_route(route, &key, &pool_index, &rejected_pools).and_then(|r| {
+            match route
+                .spec
+                .models
+                .iter()
+                .filter(|m| !m.contains(['*', '?']))
+                .find_map(|m| claimed.get(m.as_str()).map(|w| (m, w)))
+            {
+                Some((m, winner)) => Err(Reject::spec(
+                    "ModelConflict",
+                    format!("model {m:?} is already served by LLMRoute {winner}, which is older"),
+                )),
+                None => Ok(r),
+            }
+        });
+        match compiled {
             Ok(r) => {
+                for m in route.spec.models.iter().filter(|m| !m.contains(['*', '?'])) {
+                    claimed.insert(m, key.id());
+                }
                 admit(key, Ok(()), &mut diagnostics);
                 routes.push(r);
             }
@@ -221,21 +242,27 @@ pub fn compile(world: &World) -> Compiled {
             }
         }
     }
+    routes.sort_by(|a, b| a.id.cmp(&b.id));
 
     let mut keys = Vec::new();
-    let mut seen_hashes: HashSet<[u8; 32]> = HashSet::with_capacity(world.keys.len());
-    for vk in sorted(&world.keys) {
+    let mut seen_hashes: HashMap<[u8; 32], String> = HashMap::with_capacity(world.keys.len());
+    for vk in by_age(&world.keys) {
         let key = ResourceKey::of(vk);
         let compiled = compile_key(vk, &key, world).and_then(|k| {
             let mut raw = [0u8; 32];
             let _ = hex::decode_to_slice(&k.key_sha256, &mut raw);
-            if seen_hashes.insert(raw) {
-                Ok(k)
-            } else {
-                Err(Reject::spec(
+            match seen_hashes.entry(raw) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(key.id());
+                    Ok(k)
+                }
+                std::collections::hash_map::Entry::Occupied(o) => Err(Reject::spec(
                     "DuplicateKey",
-                    "another VirtualKey already uses the same key",
-                ))
+                    format!(
+                        "VirtualKey {} already uses the same key, and is older",
+                        o.get()
+                    ),
+                )),
             }
         });
         match compiled {
@@ -248,6 +275,7 @@ pub fn compile(world: &World) -> Compiled {
             }
         }
     }
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
 
     let mut guardrails = Vec::new();
     for g in sorted(&world.guardrails) {
@@ -263,6 +291,7 @@ pub fn compile(world: &World) -> Compiled {
         }
     }
 
+    resources.sort();
     let mut snapshot = pb::Snapshot {
         version: String::new(),
         pools,
@@ -310,11 +339,25 @@ fn sorted<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
     v
 }
 
+/// Oldest first by `creationTimestamp`, then by kind, namespace and name (objects without a
+/// timestamp, as in `dir:` sources, sort by name alone).
+fn by_age<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
+    let mut v: Vec<&K> = items.iter().collect();
+    v.sort_by_cached_key(|k| {
+        let created = k.meta().creation_timestamp.as_ref().map(|t| t.0);
+        (created.is_none(), created, ResourceKey::of(*k))
+    });
+    v
+}
+
 fn secret_value<'w>(world: &'w World, ns: &str, name: &str, key: &str) -> Result<&'w str, Reject> {
     let secret = world
         .secrets
         .get(&(ns.to_owned(), name.to_owned()))
-        .ok_or_else(|| Reject::refs("SecretNotFound", format!("Secret {ns}/{name} not found")))?;
+        .ok_or_else(|| Reject::refs("SecretNotFound", format!(
+                "Secret {ns}/{name} not found (in Kubernetes a Secret must carry the label {}: \"true\" to be seen)",
+                crate::SECRET_LABEL
+            )))?;
     secret.get(key).map(String::as_str).ok_or_else(|| {
         Reject::refs(
             "SecretKeyNotFound",

@@ -11,7 +11,9 @@ pub mod spend;
 pub mod validate;
 pub mod world;
 
-pub use common::{Condition, GROUP, RateLimits, ResourceStatus, SecretKeyRef, VERSION};
+pub use common::{
+    Condition, GROUP, RateLimits, ResourceStatus, SECRET_LABEL, SecretKeyRef, VERSION,
+};
 pub use compile::{Compiled, Diagnostic, ResourceKey, compile, key_hash};
 pub use guardrail::{Guardrail, GuardrailPhase, GuardrailSpec, PiiAction, PiiEntity, PiiSpec};
 pub use key::{

@@ -15,21 +15,17 @@ use crate::providers::{Auth, Provider};
 use crate::upstream::sigv4::{AwsCredentials, Signer};
 use crate::upstream::{HttpClient, Upstreams};
 
-/// Why a snapshot (or one of its resources) cannot be run.
+/// Why one resource of a snapshot cannot run on this data plane (the rest of the snapshot
+/// runs without it).
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} {id}: {message}")]
 pub struct InvalidResource {
     pub kind: &'static str,
+    /// `namespace/name`.
     pub id: String,
+    /// The generation the snapshot carries for it (0 when it lists none).
+    pub generation: i64,
     pub message: String,
-}
-
-/// A rejected snapshot: every resource that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("snapshot {version} rejected: {} invalid resource(s)", errors.len())]
-pub struct InvalidConfig {
-    pub version: String,
-    pub errors: Vec<InvalidResource>,
 }
 
 /// A virtual key as the request path sees it.
@@ -194,30 +190,55 @@ pub struct RuntimeConfig {
     /// The BPE tokenizers of the config's OpenAI models, when some key or route has a token
     /// limit or a budget (requests will need estimates); empty otherwise.
     pub tokenizers: Vec<tiktoken_rs::tokenizer::Tokenizer>,
+    /// Resources of the snapshot left out because they cannot run here.
+    pub rejected: Arc<Vec<InvalidResource>>,
 }
 
 impl RuntimeConfig {
-    /// Validates and indexes a snapshot. Any invalid resource rejects the whole snapshot (the
-    /// control plane already filtered what it could; what is left is a version mismatch or a
-    /// bug, and the last good config keeps serving).
-    pub fn build(snapshot: &pb::Snapshot, upstreams: &Upstreams) -> Result<Self, InvalidConfig> {
+    /// Validates and indexes a snapshot, each resource on its own: what is valid runs, and
+    /// every resource left out is returned with the reason (the control plane already
+    /// validated the specs; what fails here is local, such as missing AWS credentials in this
+    /// data plane's environment). A route loses the backends whose pool was left out, and is
+    /// left out itself when none remain.
+    pub fn build(
+        snapshot: &pb::Snapshot,
+        upstreams: &Upstreams,
+    ) -> (Self, Arc<Vec<InvalidResource>>) {
+        let generations: HashMap<(&str, String), i64> = snapshot
+            .resources
+            .iter()
+            .map(|r| {
+                (
+                    (r.kind.as_str(), format!("{}/{}", r.namespace, r.name)),
+                    r.generation,
+                )
+            })
+            .collect();
         let mut errors = Vec::new();
+        let mut invalid = |kind: &'static str, id: &str, message: String| {
+            errors.push(InvalidResource {
+                kind,
+                id: id.to_owned(),
+                generation: generations
+                    .get(&(kind, id.to_owned()))
+                    .copied()
+                    .unwrap_or(0),
+                message,
+            });
+        };
         let mut pools: HashMap<&str, Arc<PoolEntry>> = HashMap::new();
         for p in &snapshot.pools {
             match build_pool(p, upstreams) {
                 Ok(pool) => {
                     pools.insert(p.id.as_str(), Arc::new(pool));
                 }
-                Err(message) => errors.push(InvalidResource {
-                    kind: "ProviderPool",
-                    id: p.id.clone(),
-                    message,
-                }),
+                Err(message) => invalid("ProviderPool", &p.id, message),
             }
         }
         let mut routes = Vec::new();
         for r in &snapshot.routes {
             let mut backends = Vec::new();
+            let mut missing = Vec::new();
             for b in &r.backends {
                 match pools.get(b.pool.as_str()) {
                     Some(pool) => backends.push(BackendEntry {
@@ -225,12 +246,23 @@ impl RuntimeConfig {
                         model: (!b.model.is_empty()).then(|| b.model.clone()),
                         weight: b.weight,
                     }),
-                    None => errors.push(InvalidResource {
-                        kind: "LLMRoute",
-                        id: r.id.clone(),
-                        message: format!("backend pool {} is not in the snapshot", b.pool),
-                    }),
+                    None => missing.push(b.pool.as_str()),
                 }
+            }
+            if backends.iter().all(|b| b.weight == 0) {
+                let message = if missing.is_empty() {
+                    "every backend has weight 0".to_owned()
+                } else {
+                    format!(
+                        "no usable backend: pool {} did not load here",
+                        missing.join(", ")
+                    )
+                };
+                invalid("LLMRoute", &r.id, message);
+                continue;
+            }
+            if !missing.is_empty() {
+                tracing::warn!(route = %r.id, pools = ?missing, "route runs without backends whose pool did not load");
             }
             routes.push(Arc::new(RouteEntry {
                 id: r.id.clone(),
@@ -258,11 +290,11 @@ impl RuntimeConfig {
         for k in &snapshot.keys {
             let mut hash = [0u8; 32];
             if hex::decode_to_slice(&k.key_sha256, &mut hash).is_err() {
-                errors.push(InvalidResource {
-                    kind: "VirtualKey",
-                    id: k.id.clone(),
-                    message: "key_sha256 is not 64 hex characters".into(),
-                });
+                invalid(
+                    "VirtualKey",
+                    &k.id,
+                    "key_sha256 is not 64 hex characters".into(),
+                );
                 continue;
             }
             keys.insert(
@@ -284,12 +316,6 @@ impl RuntimeConfig {
                 }),
             );
         }
-        if !errors.is_empty() {
-            return Err(InvalidConfig {
-                version: snapshot.version.clone(),
-                errors,
-            });
-        }
         let counts_tokens = routes.iter().any(|r| r.limits.tpm > 0)
             || keys.values().any(|k| {
                 k.limits.tpm > 0
@@ -308,14 +334,17 @@ impl RuntimeConfig {
                 }
             }
         }
-        Ok(Self {
+        let rejected = Arc::new(errors);
+        let config = Self {
             version: snapshot.version.clone(),
             keys,
             exact_routes,
             glob_routes,
             routes,
             tokenizers,
-        })
+            rejected: rejected.clone(),
+        };
+        (config, rejected)
     }
 
     pub fn key(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {

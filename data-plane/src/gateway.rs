@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use switchyard_proto::v1 as pb;
 
-use crate::config::{InvalidConfig, RuntimeConfig};
+use crate::config::{InvalidResource, RuntimeConfig};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::upstream::Upstreams;
@@ -56,6 +56,14 @@ impl Gateway {
         self.config.load().as_ref().map(|c| c.version.clone())
     }
 
+    /// The running version and the resources of it left out here.
+    pub fn running(&self) -> Option<(String, Arc<Vec<InvalidResource>>)> {
+        self.config
+            .load()
+            .as_ref()
+            .map(|c| (c.version.clone(), c.rejected.clone()))
+    }
+
     /// A config is loaded and, the first time, the tokenizers it needs are in memory (so a
     /// new proxy takes no traffic that would wait for them). Once ready, a reload that needs a
     /// new tokenizer does not take the proxy out of rotation.
@@ -75,35 +83,34 @@ impl Gateway {
         ready
     }
 
-    /// Validates a snapshot and, if it is valid, makes it the running config.
-    pub fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), InvalidConfig> {
-        match RuntimeConfig::build(snapshot, &self.upstreams) {
-            Ok(cfg) => {
-                crate::tokens::warm_up(&cfg.tokenizers);
-                self.metrics
-                    .config_keys
-                    .set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
-                self.metrics
-                    .config_routes
-                    .set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
-                self.config.store(Some(Arc::new(cfg)));
-                self.metrics
-                    .config_updates
-                    .get_or_create(&ResultLabels { result: "applied" })
-                    .inc();
-                tracing::info!(version = %snapshot.version, pools = snapshot.pools.len(), routes = snapshot.routes.len(), keys = snapshot.keys.len(), "config applied");
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics
-                    .config_updates
-                    .get_or_create(&ResultLabels { result: "rejected" })
-                    .inc();
-                for r in &e.errors {
-                    tracing::warn!(version = %e.version, resource = %r, "config resource invalid");
-                }
-                Err(e)
-            }
+    /// Makes a snapshot the running config, without the resources that cannot run here;
+    /// returns those, with the reasons.
+    pub fn apply(&self, snapshot: &pb::Snapshot) -> Arc<Vec<InvalidResource>> {
+        let (cfg, rejected) = RuntimeConfig::build(snapshot, &self.upstreams);
+        crate::tokens::warm_up(&cfg.tokenizers);
+        self.metrics
+            .config_keys
+            .set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
+        self.metrics
+            .config_routes
+            .set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .config_rejected_resources
+            .set(i64::try_from(rejected.len()).unwrap_or(i64::MAX));
+        self.config.store(Some(Arc::new(cfg)));
+        let result = if rejected.is_empty() {
+            "applied"
+        } else {
+            "partial"
+        };
+        self.metrics
+            .config_updates
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        for r in rejected.iter() {
+            tracing::warn!(version = %snapshot.version, resource = %r, "resource left out: it cannot run on this data plane");
         }
+        tracing::info!(version = %snapshot.version, pools = snapshot.pools.len(), routes = snapshot.routes.len(), keys = snapshot.keys.len(), rejected = rejected.len(), "config applied");
+        rejected
     }
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub config_updates: Family<ResultLabels, Counter>,
     pub config_keys: Gauge,
     pub config_routes: Gauge,
+    /// Resources of the running snapshot left out because they cannot run here.
+    pub config_rejected_resources: Gauge,
     pub control_plane_connected: Gauge,
     pub limit_rejections: Family<LimitLabels, Counter>,
     pub budget_alerts: Counter,
@@ -96,6 +98,7 @@ impl Metrics {
         let config_updates = Family::<ResultLabels, Counter>::default();
         let config_keys = Gauge::default();
         let config_routes = Gauge::default();
+        let config_rejected_resources = Gauge::default();
         let control_plane_connected = Gauge::default();
         registry.register(
             "requests",
@@ -129,7 +132,7 @@ impl Metrics {
         );
         registry.register(
             "config_updates",
-            "Config snapshots applied or rejected",
+            "Config snapshots applied (result=applied), or applied without resources that cannot run here (result=partial)",
             config_updates.clone(),
         );
         registry.register(
@@ -141,6 +144,11 @@ impl Metrics {
             "config_routes",
             "Routes in the running config",
             config_routes.clone(),
+        );
+        registry.register(
+            "config_rejected_resources",
+            "Resources of the running snapshot left out because they cannot run on this data plane",
+            config_rejected_resources.clone(),
         );
         registry.register(
             "control_plane_connected",
@@ -221,6 +229,7 @@ impl Metrics {
             config_updates,
             config_keys,
             config_routes,
+            config_rejected_resources,
             control_plane_connected,
         }
     }

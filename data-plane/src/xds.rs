@@ -1,7 +1,8 @@
 //! Fleet mode: the config stream client. Authenticates with a projected ServiceAccount token
 //! and/or a client certificate (read afresh on every connection, so rotated credentials are
 //! picked up), identifies itself with the version it holds, applies every snapshot it
-//! receives, answers ACK or NACK, and reconnects with backoff. While the control plane is away
+//! receives (without the resources that cannot run here), answers ACK, or NACK naming each
+//! resource left out with its generation, and reconnects with backoff. While the control plane is away
 //! the last good config keeps serving.
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use crate::config::InvalidResource;
 use crate::gateway::Gateway;
 
 /// Largest snapshot accepted (100k keys fit with room to spare).
@@ -118,9 +120,13 @@ async fn session(
         .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
         .max_encoding_message_size(MAX_SNAPSHOT_BYTES);
     let (tx, rx) = mpsc::channel(4);
+    // The version held, and what of it did not run here: a control plane that did not see
+    // the NACK (another replica, or a restart) learns it from the hello.
+    let (held, rejected) = gw.running().unwrap_or_default();
     let hello = pb::DiscoveryRequest {
         node_id: opts.node_id.clone(),
-        version_info: gw.version().unwrap_or_default(),
+        version_info: held.clone(),
+        error_detail: (!rejected.is_empty()).then(|| error_detail(&held, &rejected)),
         ..Default::default()
     };
     tx.send(hello).await.map_err(|_| ClientError::Closed)?;
@@ -153,39 +159,24 @@ async fn session(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(version = %resp.version_info, error = %e, "undecodable snapshot");
-                    tx.send(nack(
-                        opts,
-                        gw,
-                        resp.nonce,
-                        format!("snapshot does not decode: {e}"),
-                        Vec::new(),
-                    ))
-                    .await
-                    .map_err(|_| ClientError::Closed)?;
+                    let detail = pb::ErrorDetail {
+                        message: format!("snapshot does not decode: {e}"),
+                        resource_errors: Vec::new(),
+                    };
+                    tx.send(nack(opts, gw, resp.nonce, detail))
+                        .await
+                        .map_err(|_| ClientError::Closed)?;
                     continue;
                 }
             };
-            match tokio::task::block_in_place(|| gw.apply(&snapshot)) {
-                Ok(()) => ack(opts, &snapshot.version, resp.nonce),
-                Err(e) => {
-                    let errors = e
-                        .errors
-                        .iter()
-                        .map(|r| {
-                            let (namespace, name) = r.id.split_once('/').unwrap_or(("", &r.id));
-                            pb::ResourceError {
-                                resource: Some(pb::ResourceRef {
-                                    kind: r.kind.to_owned(),
-                                    namespace: namespace.to_owned(),
-                                    name: name.to_owned(),
-                                    generation: 0,
-                                }),
-                                message: r.message.clone(),
-                            }
-                        })
-                        .collect();
-                    nack(opts, gw, resp.nonce, e.to_string(), errors)
-                }
+            let rejected = tokio::task::block_in_place(|| gw.apply(&snapshot));
+            if rejected.is_empty() {
+                ack(opts, &snapshot.version, resp.nonce)
+            } else {
+                // The snapshot runs without these: a NACK that names each one, with the
+                // version now served (the control plane reports them on the objects).
+                let detail = error_detail(&snapshot.version, &rejected);
+                nack(opts, gw, resp.nonce, detail)
             }
         };
         tx.send(reply).await.map_err(|_| ClientError::Closed)?;
@@ -206,16 +197,38 @@ fn nack(
     opts: &ClientOptions,
     gw: &Gateway,
     nonce: String,
-    message: String,
-    resource_errors: Vec<pb::ResourceError>,
+    detail: pb::ErrorDetail,
 ) -> pb::DiscoveryRequest {
     pb::DiscoveryRequest {
         node_id: opts.node_id.clone(),
         version_info: gw.version().unwrap_or_default(),
         response_nonce: nonce,
-        error_detail: Some(pb::ErrorDetail {
-            message,
-            resource_errors,
-        }),
+        error_detail: Some(detail),
+    }
+}
+
+/// The NACK detail for resources of `version` left out here.
+fn error_detail(version: &str, rejected: &[InvalidResource]) -> pb::ErrorDetail {
+    let resource_errors = rejected
+        .iter()
+        .map(|r| {
+            let (namespace, name) = r.id.split_once('/').unwrap_or(("", &r.id));
+            pb::ResourceError {
+                resource: Some(pb::ResourceRef {
+                    kind: r.kind.to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    generation: r.generation,
+                }),
+                message: r.message.clone(),
+            }
+        })
+        .collect();
+    pb::ErrorDetail {
+        message: format!(
+            "{} resource(s) of snapshot {version} cannot run on this data plane",
+            rejected.len()
+        ),
+        resource_errors,
     }
 }

@@ -128,6 +128,22 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (what Kubernetes sends on pod termination) and waits up to `within` for
+    /// the process to exit; true if it did.
+    pub fn terminate(&mut self, within: std::time::Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -252,6 +252,57 @@ async fn an_invalid_resource_is_reported_and_the_rest_keeps_working() {
 }
 
 #[tokio::test]
+async fn a_resource_a_data_plane_cannot_run_is_nacked_alone_and_the_rest_runs() {
+    let f = fleet().await;
+    // The control plane accepts a Bedrock pool without credentials (the data planes' own AWS
+    // environment is the fallback); these data planes have none.
+    std::fs::write(
+        f.cfg.join("bedrock.yaml"),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {name: bedrock-nocreds}\nspec: {provider: bedrock, bedrock: {region: us-east-1}, endpoints: [{url: \"https://bedrock-runtime.us-east-1.amazonaws.com\"}]}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: on-bedrock}\nspec: {models: [on-bedrock], backends: [{pool: bedrock-nocreds}]}\n---\n".to_owned() + LATE_ROUTE,
+    )
+    .expect("write");
+    for (_, api, admin) in &f.dps {
+        until_status(api, "late", 200, "the rest of the snapshot").await;
+        assert_eq!(status_of(api, "chat").await, 200);
+        let (_, metrics) = reqwest_lite::Client::default()
+            .get_text(&format!("{admin}/metrics"))
+            .await
+            .expect("metrics");
+        assert!(
+            metrics.contains("switchyard_config_rejected_resources 2"),
+            "the pool and the route that only it served: {metrics}"
+        );
+        assert!(
+            metrics.contains(r#"switchyard_config_updates_total{result="partial"} 1"#),
+            "{metrics}"
+        );
+    }
+    eventually(DEADLINE, "both NACKs, per resource", || async {
+        let logs = f.cp.logs();
+        let nacks = logs
+            .lines()
+            .filter(|l| {
+                l.contains("data plane rejected resource")
+                    && l.contains("bedrock-nocreds")
+                    && l.contains("no AWS credentials")
+            })
+            .count();
+        (nacks >= 2).then_some(())
+    })
+    .await;
+    let metrics = cp_metrics(&f).await;
+    assert!(
+        metrics.contains(r#"switchyard_control_plane_data_plane_responses_total{result="nack"} 2"#),
+        "{metrics}"
+    );
+    // Nothing was rejected by the control plane itself.
+    assert!(
+        metrics.contains("switchyard_control_plane_rejected_resources 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_data_plane_without_a_control_plane_is_not_ready() {
     let dir = temp_dir("orphan");
     let (_dp, api, admin) = start_dp(free_addr(), "orphan", &tls(&dir), &dir);

@@ -449,27 +449,22 @@ async fn kubernetes_end_to_end() {
         ("providerpool", "openai"),
         ("llmroute", "smart"),
         ("virtualkey", "team-a"),
-        ("guardrail", "pii"),
     ] {
         until_condition(&kube, kind, name, "Accepted", "True").await;
         // Eventually: dp-c (above) may still be counted until its presence entry lapses.
-        let p = eventually(K8S_DEADLINE, "Programmed by both data planes", || async {
-            let p = until_condition(&kube, kind, name, "Programmed", "True").await;
-            let want = format!(
-                "2 of 2 data planes run generation {}",
-                p["observedGeneration"]
-            );
-            (p["message"] == want.as_str()).then_some(p)
-        })
-        .await;
+        let p = until_condition(&kube, kind, name, "Programmed", "True").await;
         assert_eq!(
             p["message"],
             format!(
-                "2 of 2 data planes run generation {}",
+                "every connected data plane runs generation {}",
                 p["observedGeneration"]
             )
         );
     }
+    // Nothing enforces a Guardrail yet: it is accepted, and never shown as programmed.
+    until_condition(&kube, "guardrail", "pii", "Accepted", "True").await;
+    let g = until_condition(&kube, "guardrail", "pii", "Programmed", "False").await;
+    assert_eq!(g["reason"], "NotEnforced", "{g}");
     // Status writes are deterministic: with nothing changing, nothing is rewritten (the
     // leader re-evaluates every 500 ms).
     let rv = |kube: &KubeEnv| {
@@ -567,7 +562,7 @@ async fn kubernetes_end_to_end() {
     // ---- Bring your own key.
     apply(
         &kube,
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: byo}\nstringData: {key: sk-bring-your-own-0001}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {name: byo}\nspec: {secretRef: {name: byo}}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: byo, labels: {switchyard.dev/secret: \"true\"}}\nstringData: {key: sk-bring-your-own-0001}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {name: byo}\nspec: {secretRef: {name: byo}}\n",
     );
     for (_, api, _) in &dps {
         until_chat(
@@ -579,6 +574,64 @@ async fn kubernetes_end_to_end() {
         )
         .await;
     }
+
+    // ---- A Secret without the watch label is invisible to the operator, and the status says
+    // what to do.
+    apply(
+        &kube,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: unlabelled}\nstringData: {key: sk-unlabelled-0001}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {name: unlabelled}\nspec: {secretRef: {name: unlabelled}}\n",
+    );
+    let c = until_condition(&kube, "virtualkey", "unlabelled", "ResolvedRefs", "False").await;
+    assert_eq!(c["reason"], "SecretNotFound");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("switchyard.dev/secret")),
+        "{c}"
+    );
+    assert_eq!(
+        secret_value(&kube, "unlabelled", "key").as_deref(),
+        Some("sk-unlabelled-0001"),
+        "the user's Secret is left alone"
+    );
+
+    // ---- A resource the data planes cannot run (Bedrock without AWS credentials in their
+    // environment) is NACKed alone: Programmed=False with their message and count, while the
+    // rest of the same snapshot runs.
+    apply(
+        &kube,
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {name: bedrock-nocreds}\nspec: {provider: bedrock, bedrock: {region: us-east-1}, endpoints: [{url: \"https://bedrock-runtime.us-east-1.amazonaws.com\"}], models: [{name: anthropic.claude-3-haiku}]}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: also-new}\nspec: {models: [also-new], backends: [{pool: openai, model: gpt-4o}]}\n",
+    );
+    until_condition(&kube, "providerpool", "bedrock-nocreds", "Accepted", "True").await;
+    // Each data plane's NACK reaches status through its replica's presence Lease.
+    let p = eventually(K8S_DEADLINE, "both NACKs on the pool's status", || async {
+        let p = until_condition(
+            &kube,
+            "providerpool",
+            "bedrock-nocreds",
+            "Programmed",
+            "False",
+        )
+        .await;
+        let msg = p["message"].as_str().unwrap_or_default();
+        (p["reason"] == "Rejected" && msg.starts_with("rejected by 2 of 2 data planes: "))
+            .then_some(p)
+    })
+    .await;
+    assert!(
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no AWS credentials")),
+        "{p}"
+    );
+    until_condition(&kube, "llmroute", "also-new", "Programmed", "True").await;
+    for (_, api, _) in &dps {
+        until_chat(api, &key_a, "fast", 200, "the rest of the snapshot serving").await;
+    }
+    let printed = kube
+        .kubectl(&["get", "providerpool", "bedrock-nocreds", "-n", NS])
+        .expect("get");
+    assert!(printed.contains("False"), "{printed}");
 
     // ---- Deleting a VirtualKey stops its key and garbage-collects its Secret.
     kube.kubectl(&["delete", "virtualkey", "team-b", "-n", NS])
@@ -593,15 +646,28 @@ async fn kubernetes_end_to_end() {
     })
     .await;
 
-    // ---- Killing the leader hands status writing to the other replica.
+    // ---- SIGTERM on the leader: it gives the Lease up on the way out (no wait for it to run
+    // out), and the other replica takes status writing over.
     let first = eventually(K8S_DEADLINE, "a leader", || async { leader(&kube) }).await;
-    let (survivor, survivor_name) = if first == "cp-1" {
-        cp1.kill();
-        (&mut cp2, "cp-2")
+    let (leaving, survivor, survivor_name) = if first == "cp-1" {
+        (&mut cp1, &mut cp2, "cp-2")
     } else {
-        cp2.kill();
-        (&mut cp1, "cp-1")
+        (&mut cp2, &mut cp1, "cp-1")
     };
+    assert!(
+        leaving.terminate(Duration::from_secs(10)),
+        "the leader exits on SIGTERM"
+    );
+    assert!(
+        leaving.logs().contains("released the leader lease"),
+        "{}",
+        leaving.logs()
+    );
+    assert_ne!(
+        leader(&kube).as_deref(),
+        Some(first.as_str()),
+        "the Lease is released before the process exits"
+    );
     apply(
         &kube,
         "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: broken-2}\nspec: {models: [b2], backends: [{pool: missing}]}\n",

@@ -113,31 +113,120 @@ async fn try_lead(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, kube::Err
     }
 }
 
-/// Runs the election forever, publishing whether this replica leads.
-pub async fn run(client: kube::Client, s: LeaseSettings, leading: watch::Sender<bool>) {
+/// Whether this replica leads, and until when it may act on it: the last renewal plus the
+/// lease duration, less a safety margin for clock drift. A write is fenced on it, so a
+/// replica that lost the API server stops writing before another may have taken over.
+#[derive(Clone, Debug)]
+pub struct Leadership(watch::Receiver<Option<tokio::time::Instant>>);
+
+impl Leadership {
+    /// True while this replica holds a lease that has not run out.
+    pub fn leads(&self) -> bool {
+        self.0
+            .borrow()
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Resolves when leadership is gained or lost.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+
+    /// A fixed answer, for tests.
+    pub fn fixed(leads: bool) -> Self {
+        let until = leads.then(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // The value outlives the dropped sender.
+        Self(watch::channel(until).1)
+    }
+}
+
+/// Starts the election; the returned [`Leadership`] follows it. When `shutdown` resolves the
+/// task releases the lease if this replica holds it, so that another replica leads at once
+/// instead of when the lease runs out; await the handle before exiting.
+pub fn start(
+    client: kube::Client,
+    s: LeaseSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(elect(client, s, tx, shutdown));
+    (Leadership(rx), task)
+}
+
+/// How much of a lease this replica leaves unused before it stops acting as leader.
+fn margin(duration: Duration) -> Duration {
+    (duration / 5).max(Duration::from_millis(100))
+}
+
+async fn elect(
+    client: kube::Client,
+    s: LeaseSettings,
+    until: watch::Sender<Option<tokio::time::Instant>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
-    let mut last_renewed = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
     loop {
+        let attempt = tokio::time::Instant::now();
         match try_lead(&api, &s).await {
-            Ok(is_leader) => {
-                if is_leader {
-                    last_renewed = tokio::time::Instant::now();
+            Ok(true) => {
+                let valid = attempt + s.duration.saturating_sub(margin(s.duration));
+                // A renewal moves the deadline silently; only a transition wakes receivers.
+                if until.send_if_modified(|v| v.replace(valid).is_none()) {
+                    tracing::info!(identity = %s.identity, leader = true, "leadership changed");
                 }
-                if leading.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader) {
-                    tracing::info!(identity = %s.identity, leader = is_leader, "leadership changed");
+            }
+            Ok(false) => {
+                if until.send_if_modified(|v| v.take().is_some()) {
+                    tracing::info!(identity = %s.identity, leader = false, "leadership changed");
                 }
             }
             Err(e) => {
+                // Writes are fenced on the deadline of the last renewal, so they stop by
+                // themselves before another replica can have taken over; once it passed,
+                // leadership is given up explicitly.
                 tracing::warn!(error = %e, "lease renewal failed");
-                // Without a renewal for a whole lease duration another replica may have taken over.
-                if *leading.borrow() && last_renewed.elapsed() >= s.duration {
-                    leading.send_replace(false);
+                let lapsed = until
+                    .borrow()
+                    .is_some_and(|t| tokio::time::Instant::now() >= t);
+                if lapsed && until.send_if_modified(|v| v.take().is_some()) {
                     tracing::warn!(identity = %s.identity, "lost leadership: lease not renewed in time");
                 }
             }
         }
-        tokio::time::sleep(s.renew_every()).await;
+        tokio::select! {
+            () = tokio::time::sleep(s.renew_every()) => {}
+            () = &mut shutdown => {
+                let held = until.send_replace(None).is_some();
+                // Fenced writes in flight finish against a lease still ours; new ones see None.
+                if held {
+                    match release(&api, &s).await {
+                        Ok(()) => tracing::info!(identity = %s.identity, "released the leader lease"),
+                        Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed; another replica takes over when it runs out"),
+                    }
+                }
+                return;
+            }
+        }
     }
+}
+
+/// Gives the lease up: no holder, so the next replica to look takes it.
+async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&s.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.lease_duration_seconds = Some(1);
+    api.replace(&s.name, &PostParams::default(), &lease).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,30 +1,64 @@
-//! `--source kubernetes`: the operator. Reflectors watch the four kinds and Secrets; every
-//! change rebuilds the World (with only the referenced Secret values) for the compile loop.
-//! The leader (one Lease) writes status, generates VirtualKey Secrets and records Events;
-//! every replica serves config and publishes which data planes it serves (presence Leases).
+//! `--source kubernetes`: the operator.
+//!
+//! One reflector per kind fills a read-only [`Stores`]; every event bumps a change counter
+//! that the compile source waits on (a `watch`, so every waiter sees every change). The same
+//! reflector streams drive one `kube::runtime::Controller` per kind ([`controllers`]): each
+//! object is reconciled on its own, with backoff, and a failure of one never holds up
+//! another. ProviderPool, LLMRoute and Guardrail carry conditions only and share one
+//! reconcile ([`status`]); VirtualKey's ([`key`]) also mints keys and reports spend.
+//! [`triggers`] turns compile results, fleet changes and leadership into reconciles of the
+//! objects they affect. Only the leader (one Lease) writes, fenced on its lease.
+//!
+//! Only Secrets labelled [`switchyard_crds::SECRET_LABEL`] are watched.
 
-pub mod keys;
+pub mod context;
+pub mod controllers;
+pub mod key;
 pub mod leader;
 pub mod presence;
 pub mod spend;
 pub mod status;
+pub mod triggers;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use switchyard_crds::{Guardrail, LLMRoute, ProviderPool, VirtualKey, World};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::source::{Source, SourceError};
 
 /// Field manager for every write the operator makes.
 pub const FIELD_MANAGER: &str = "switchyard-control-plane";
+
+/// A change counter: every watch event bumps it, and every subscriber sees the bump (unlike
+/// `Notify::notify_one`, which wakes one waiter and lets another miss the change).
+#[derive(Clone, Debug)]
+pub struct Changes(Arc<watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Changes {
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that reports every bump after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
 
 /// Read-only caches of every watched object.
 #[derive(Clone)]
@@ -33,10 +67,16 @@ pub struct Stores {
     pub routes: Store<LLMRoute>,
     pub keys: Store<VirtualKey>,
     pub guardrails: Store<Guardrail>,
+    /// Only Secrets labelled [`switchyard_crds::SECRET_LABEL`].
     pub secrets: Store<Secret>,
-    /// Woken on every change to any store.
-    pub changed: Arc<Notify>,
+    /// Bumped on every change to any store.
+    pub changes: Changes,
+    /// How many kinds completed their first list.
+    synced: watch::Receiver<usize>,
 }
+
+/// The kinds watched: the four resources and Secrets.
+const KINDS: usize = 5;
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +84,31 @@ impl std::fmt::Debug for Stores {
     }
 }
 
-fn watch_kind<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// A kind's watch: objects touched (applied or deleted), after the store saw them.
+pub type Touched<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The watch streams behind [`Stores`]. Nothing fills the stores until they are polled: the
+/// controllers do that ([`controllers::run`]).
+pub struct Watches {
+    pub pools: Touched<ProviderPool>,
+    pub routes: Touched<LLMRoute>,
+    pub keys: Touched<VirtualKey>,
+    pub guardrails: Touched<Guardrail>,
+    pub secrets: Touched<Secret>,
+}
+
+impl std::fmt::Debug for Watches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watches").finish_non_exhaustive()
+    }
+}
+
+fn watch_kind<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: Changes,
+    synced: Arc<watch::Sender<usize>>,
+) -> (Store<K>, Touched<K>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -55,45 +119,70 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let mut listed = false;
+    let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch error (retrying)")
+        .inspect(move |ev| match ev {
+            // Every event, relists included: a relist can drop objects without a Delete.
+            Ok(ev) => {
+                if !listed && matches!(ev, watcher::Event::InitDone) {
+                    listed = true;
+                    synced.send_modify(|n| *n += 1);
                 }
+                changes.bump();
             }
-        }
-    });
-    reader
+            Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch error (retrying)"),
+        })
+        .touched_objects()
+        .boxed();
+    (reader, stream)
+}
+
+/// Starts nothing yet: returns the stores and the streams that fill them (cluster-wide).
+pub fn watches(client: &Client) -> (Stores, Watches) {
+    let changes = Changes::default();
+    let (synced_tx, synced) = watch::channel(0);
+    let synced_tx = Arc::new(synced_tx);
+    let all = watcher::Config::default;
+    let watch = |config| (config, changes.clone(), synced_tx.clone());
+    let (c, ch, sy) = watch(all());
+    let (pools, pool_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    let (c, ch, sy) = watch(all());
+    let (routes, route_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    let (c, ch, sy) = watch(all());
+    let (keys, key_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    let (c, ch, sy) = watch(all());
+    let (guardrails, guardrail_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    let (c, ch, sy) = watch(all().labels(switchyard_crds::SECRET_LABEL));
+    let (secrets, secret_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    (
+        Stores {
+            pools,
+            routes,
+            keys,
+            guardrails,
+            secrets,
+            changes,
+            synced,
+        },
+        Watches {
+            pools: pool_stream,
+            routes: route_stream,
+            keys: key_stream,
+            guardrails: guardrail_stream,
+            secrets: secret_stream,
+        },
+    )
 }
 
 impl Stores {
-    /// Starts the watches (cluster-wide).
-    pub fn start(client: &Client) -> Self {
-        let changed = Arc::new(Notify::new());
-        Self {
-            pools: watch_kind(Api::all(client.clone()), changed.clone()),
-            routes: watch_kind(Api::all(client.clone()), changed.clone()),
-            keys: watch_kind(Api::all(client.clone()), changed.clone()),
-            guardrails: watch_kind(Api::all(client.clone()), changed.clone()),
-            secrets: watch_kind(Api::all(client.clone()), changed.clone()),
-            changed,
-        }
-    }
-
-    /// Waits until every store has completed its first list.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.pools.wait_until_ready().await?;
-        self.routes.wait_until_ready().await?;
-        self.keys.wait_until_ready().await?;
-        self.guardrails.wait_until_ready().await?;
-        self.secrets.wait_until_ready().await?;
-        Ok(())
+    /// Waits until every store has completed its first list. (Not `Store::wait_until_ready`:
+    /// kube-runtime keeps one waker per store, and the controllers already wait on it; a
+    /// second waiter would steal, or lose, the wake-up.)
+    /// False when the watches stopped first.
+    pub async fn ready(&self) -> bool {
+        let mut synced = self.synced.clone();
+        synced.wait_for(|n| *n >= KINDS).await.is_ok()
     }
 
     /// The current World: every resource, and the values of the Secrets they reference.
@@ -115,6 +204,9 @@ impl Stores {
             let ns = p.namespace().unwrap_or_default();
             for e in &p.spec.endpoints {
                 if let Some(r) = &e.credential_secret_ref {
+                    referenced.insert((ns.clone(), r.name.clone()));
+                }
+                if let Some(r) = &e.aws_credentials_secret_ref {
                     referenced.insert((ns.clone(), r.name.clone()));
                 }
             }
@@ -150,15 +242,18 @@ impl Source for KubeSource {
     }
 
     async fn run(self, tx: watch::Sender<Option<Arc<World>>>) -> Result<(), SourceError> {
+        let mut changes = self.stores.changes.subscribe();
         // Never publish before every list completed: a partial World would drop keys.
-        self.stores
-            .ready()
-            .await
-            .map_err(|_| SourceError::Unavailable("kubernetes watches"))?;
+        if !self.stores.ready().await {
+            return Err(SourceError::Unavailable("kubernetes watches"));
+        }
         tracing::info!("kubernetes caches synced");
         loop {
+            changes.borrow_and_update();
             tx.send_replace(Some(Arc::new(self.stores.world())));
-            self.stores.changed.notified().await;
+            if changes.changed().await.is_err() {
+                return Err(SourceError::Unavailable("kubernetes watches"));
+            }
             tokio::time::sleep(self.debounce).await;
         }
     }
@@ -178,4 +273,35 @@ pub fn dns_label(s: &str) -> String {
         .collect();
     out.truncate(40);
     out.trim_matches('-').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lost-wakeup regression: two consumers wait on one change signal (the compile
+    /// source and a controller); one change must wake both, even when one of them is busy
+    /// elsewhere at the moment of the change.
+    #[tokio::test]
+    async fn every_subscriber_sees_every_change() {
+        let changes = Changes::default();
+        let mut source = changes.subscribe();
+        let mut busy = changes.subscribe();
+        changes.bump();
+        tokio::time::timeout(Duration::from_secs(1), source.changed())
+            .await
+            .expect("the source woke")
+            .expect("sender alive");
+        // `busy` was not waiting when the bump happened; it still sees it.
+        tokio::time::timeout(Duration::from_secs(1), busy.changed())
+            .await
+            .expect("the busy consumer sees the change too")
+            .expect("sender alive");
+        // And a change is not seen twice.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), busy.changed())
+                .await
+                .is_err()
+        );
+    }
 }

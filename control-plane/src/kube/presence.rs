@@ -11,12 +11,33 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 
 use super::FIELD_MANAGER;
-use crate::server::Nodes;
+use crate::server::{Nodes, Rejection};
 
 /// Label on presence Leases.
 pub const LABEL: &str = "switchyard.dev/presence";
-/// Annotation holding `{node_id: version}` as JSON.
+/// Annotation holding `{node_id: {"version": ..., "rejected": [...]}}` as JSON.
 pub const ANNOTATION: &str = "switchyard.dev/data-planes";
+
+/// What one data plane runs, as the fleet view shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeView {
+    /// The snapshot version it runs.
+    pub version: String,
+    /// Resources of that version it did not apply, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejection>,
+}
+
+/// Every connected data plane of every live replica, by node id.
+pub type Fleet = BTreeMap<String, NodeView>;
+
+/// An entry of the annotation: today's form, or the bare version older replicas wrote.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    View(NodeView),
+    Version(String),
+}
 
 /// Publishes this replica's data planes forever.
 pub async fn publish(
@@ -29,10 +50,16 @@ pub async fn publish(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let name = format!("switchyard-presence-{}", super::dns_label(&identity));
     loop {
-        let map: BTreeMap<String, String> = nodes
+        let map: Fleet = nodes
             .snapshot()
             .into_iter()
-            .map(|n| (n.node_id, n.acked_version))
+            .map(|n| {
+                let view = NodeView {
+                    version: n.acked_version,
+                    rejected: n.rejected,
+                };
+                (n.node_id, view)
+            })
             .collect();
         let lease = Lease {
             metadata: ObjectMeta {
@@ -70,11 +97,8 @@ pub async fn publish(
     }
 }
 
-/// Every live replica's data planes: node id -> version it runs.
-pub async fn fleet(
-    client: kube::Client,
-    namespace: &str,
-) -> Result<BTreeMap<String, String>, kube::Error> {
+/// Every live replica's data planes.
+pub async fn fleet(client: kube::Client, namespace: &str) -> Result<Fleet, kube::Error> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let leases = api
         .list(&ListParams::default().labels(&format!("{LABEL}=true")))
@@ -82,9 +106,40 @@ pub async fn fleet(
     Ok(merge(&leases.items, Timestamp::now()))
 }
 
+/// Follows the fleet view: reads the presence Leases every `interval` and publishes the
+/// view when it changed. A failed read keeps the last view.
+pub fn follow(
+    client: kube::Client,
+    namespace: String,
+    interval: Duration,
+) -> tokio::sync::watch::Receiver<Arc<Fleet>> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Fleet::new()));
+    tokio::spawn(async move {
+        loop {
+            match fleet(client.clone(), &namespace).await {
+                Ok(view) => {
+                    tx.send_if_modified(|current| {
+                        let changed = **current != view;
+                        if changed {
+                            *current = Arc::new(view);
+                        }
+                        changed
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the fleet's presence failed"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    rx
+}
+
 /// Pure: merges live presence Leases.
-pub fn merge(leases: &[Lease], now: Timestamp) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+pub fn merge(leases: &[Lease], now: Timestamp) -> Fleet {
+    let mut out = Fleet::new();
     for l in leases {
         let Some(spec) = &l.spec else { continue };
         let live = match (&spec.renew_time, spec.lease_duration_seconds) {
@@ -101,10 +156,18 @@ pub fn merge(leases: &[Lease], now: Timestamp) -> BTreeMap<String, String> {
             .annotations
             .as_ref()
             .and_then(|a| a.get(ANNOTATION));
-        if let Some(map) =
-            raw.and_then(|r| serde_json::from_str::<BTreeMap<String, String>>(r).ok())
+        if let Some(map) = raw.and_then(|r| serde_json::from_str::<BTreeMap<String, Entry>>(r).ok())
         {
-            out.extend(map);
+            out.extend(map.into_iter().map(|(node, e)| {
+                let view = match e {
+                    Entry::View(v) => v,
+                    Entry::Version(version) => NodeView {
+                        version,
+                        rejected: Vec::new(),
+                    },
+                };
+                (node, view)
+            }));
         }
     }
     out
@@ -134,19 +197,24 @@ mod tests {
     fn merges_live_leases_only() {
         let m = merge(
             &[
-                lease(r#"{"a":"v1"}"#, 1),
-                lease(r#"{"b":"v2"}"#, 60),
+                lease(r#"{"a":{"version":"v1"}}"#, 1),
+                lease(r#"{"b":{"version":"v2"}}"#, 60),
                 lease("garbage", 1),
-                lease(r#"{"c":"v1"}"#, 2),
+                lease(
+                    r#"{"c":{"version":"v1","rejected":[{"kind":"ProviderPool","namespace":"ns","name":"p","generation":2,"message":"no AWS credentials"}]}}"#,
+                    2,
+                ),
+                lease(r#"{"d":"v0"}"#, 1),
             ],
             Timestamp::now(),
         );
-        assert_eq!(
-            m,
-            BTreeMap::from([
-                ("a".to_owned(), "v1".to_owned()),
-                ("c".to_owned(), "v1".to_owned())
-            ])
-        );
+        let versions: Vec<(&str, &str)> = m
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.version.as_str()))
+            .collect();
+        assert_eq!(versions, vec![("a", "v1"), ("c", "v1"), ("d", "v0")]);
+        assert_eq!(m["c"].rejected[0].name, "p");
+        assert_eq!(m["c"].rejected[0].generation, 2);
+        assert!(m["a"].rejected.is_empty());
     }
 }

@@ -140,3 +140,39 @@ impl SpendReader {
         Ok(out)
     }
 }
+
+/// While leading, reads spend every `every` into the context, and reconciles the keys whose
+/// status shows another amount. A failed read keeps the last one (and the status).
+pub async fn follow(
+    ctx: Arc<super::context::Context>,
+    reader: Arc<SpendReader>,
+    triggers: super::triggers::Triggers,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !ctx.leadership.leads() {
+            continue;
+        }
+        let keys = ctx.stores.keys.state();
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let read = match reader.read(&keys, now_unix).await {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading spend from Redis failed; keeping the spend in status");
+                continue;
+            }
+        };
+        ctx.set_spend(read.clone());
+        for vk in &keys {
+            let current = vk.status.as_ref().and_then(|s| s.spend.as_ref());
+            if read.get(&super::key::spend_id(vk)) != current {
+                triggers.key(kube::runtime::reflector::ObjectRef::from_obj(vk.as_ref()));
+            }
+        }
+    }
+}

@@ -1,24 +1,22 @@
-//! Status: the pure computation of each object's conditions, and the leader's writer that
-//! applies them with server-side apply (one field manager) only when they differ, ignoring
-//! timestamps, so a status write never triggers another.
+//! Status: the pure computation of each object's conditions from the compile result and the
+//! fleet view, and the reconcile step every kind shares, which applies them with server-side
+//! apply (one field manager) only when they differ, ignoring timestamps, so that a status
+//! write never triggers another.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::common::condition;
-use switchyard_crds::{
-    Compiled, Condition, Guardrail, LLMRoute, ProviderPool, ResourceKey, SpendStatus, VirtualKey,
-};
-use tokio::sync::watch;
+use switchyard_crds::{Compiled, Condition, ResourceKey};
 
-use super::{FIELD_MANAGER, Stores, presence};
-use crate::server::Published;
+use super::FIELD_MANAGER;
+use super::context::{Context, Error};
+use super::presence::Fleet;
 
 /// Resource identity without generation: (kind, namespace, name).
 pub type Ident = (String, String, String);
@@ -58,6 +56,19 @@ impl History {
         }
     }
 
+    /// Resources whose generation differs between two recorded versions (added and removed
+    /// ones included); `None` when either version is unknown.
+    pub fn diff(&self, a: &str, b: &str) -> Option<HashSet<Ident>> {
+        let (a, b) = (self.versions.get(a)?, self.versions.get(b)?);
+        let mut out: HashSet<Ident> = a
+            .iter()
+            .filter(|(id, g)| b.get(*id) != Some(*g))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.extend(b.keys().filter(|id| !a.contains_key(*id)).cloned());
+        Some(out)
+    }
+
     fn runs(&self, version: &str, id: &Ident, generation: i64) -> bool {
         self.versions
             .get(version)
@@ -77,11 +88,15 @@ fn cond(type_: &str, status: &str, generation: i64, reason: &str, message: Strin
     }
 }
 
+/// Kinds the data plane enforces. A Guardrail compiles and reaches every data plane, but
+/// nothing checks requests against it yet: it must never read `Programmed=True`.
+pub const ENFORCED_KINDS: &[&str] = &["ProviderPool", "LLMRoute", "VirtualKey"];
+
 /// The conditions an object should carry. Pure: compiled result, fleet view and history in.
 pub fn desired_conditions(
     key: &ResourceKey,
     compiled: &Compiled,
-    fleet: &BTreeMap<String, String>,
+    fleet: &Fleet,
     history: &History,
     existing: &[Condition],
     now: &str,
@@ -115,7 +130,7 @@ pub fn desired_conditions(
                 "True",
                 g,
                 "Accepted",
-                format!("in snapshot {}", compiled.snapshot.version),
+                "valid, and part of the compiled configuration".into(),
             ),
             cond(
                 condition::RESOLVED_REFS,
@@ -135,6 +150,17 @@ pub fn desired_conditions(
             "NotAccepted",
             "not part of the configuration".into(),
         )
+    } else if !ENFORCED_KINDS.contains(&key.kind) {
+        cond(
+            condition::PROGRAMMED,
+            "False",
+            g,
+            "NotEnforced",
+            format!(
+                "accepted, but no data plane enforces {}s yet: requests are not checked against it",
+                key.kind
+            ),
+        )
     } else if fleet.is_empty() {
         cond(
             condition::PROGRAMMED,
@@ -144,13 +170,40 @@ pub fn desired_conditions(
             "no data plane is connected".into(),
         )
     } else {
-        let running = fleet.values().filter(|v| history.runs(v, &id, g)).count();
         let n = fleet.len();
-        let msg = format!("{running} of {n} data planes run generation {g}");
-        if running == n {
-            cond(condition::PROGRAMMED, "True", g, "Programmed", msg)
+        let rejections: Vec<&str> = fleet
+            .values()
+            .filter_map(|v| {
+                v.rejected
+                    .iter()
+                    .find(|r| {
+                        r.kind == key.kind
+                            && r.namespace == key.namespace
+                            && r.name == key.name
+                            && r.generation == g
+                    })
+                    .map(|r| r.message.as_str())
+            })
+            .collect();
+        if let Some(first) = rejections.first() {
+            let msg = format!(
+                "rejected by {} of {n} data planes: {first}",
+                rejections.len()
+            );
+            cond(condition::PROGRAMMED, "False", g, "Rejected", msg)
         } else {
-            cond(condition::PROGRAMMED, "False", g, "Pending", msg)
+            let running = fleet
+                .values()
+                .filter(|v| history.runs(&v.version, &id, g))
+                .count();
+            if running == n {
+                // No count: a data plane joining or leaving must not rewrite every status.
+                let msg = format!("every connected data plane runs generation {g}");
+                cond(condition::PROGRAMMED, "True", g, "Programmed", msg)
+            } else {
+                let msg = format!("{running} of {n} data planes run generation {g}");
+                cond(condition::PROGRAMMED, "False", g, "Pending", msg)
+            }
         }
     });
     for c in &mut out {
@@ -216,30 +269,12 @@ where
     .map(|_| ())
 }
 
-/// Everything the status writer needs.
-pub struct Writer {
-    pub client: kube::Client,
-    pub stores: Stores,
-    pub compiled: watch::Receiver<Published>,
-    pub leading: watch::Receiver<bool>,
-    pub namespace: String,
-    pub identity: String,
-    pub interval: Duration,
-    /// Where the data planes settle spend; `None`: spend is not reported.
-    pub spend: Option<super::spend::SpendReader>,
-    /// How often spend is read into status (each read may rewrite every spending key).
-    pub spend_interval: Duration,
-}
+/// Status fields besides conditions: the patch fragment, and whether the object already
+/// carries them.
+pub type Extra = (serde_json::Value, bool);
 
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
-}
-
-trait Conditions {
+/// Objects that carry conditions.
+pub trait Conditions {
     fn conditions(&self) -> &[Condition];
 }
 
@@ -252,229 +287,88 @@ macro_rules! impl_conditions {
         }
     )*};
 }
-impl_conditions!(ProviderPool, LLMRoute, Guardrail);
+impl_conditions!(
+    switchyard_crds::ProviderPool,
+    switchyard_crds::LLMRoute,
+    switchyard_crds::Guardrail,
+    switchyard_crds::VirtualKey
+);
 
-impl Conditions for VirtualKey {
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default()
-    }
+/// The identity of an object as compile and status name it.
+pub fn resource_key<K: Resource<DynamicType = ()>>(obj: &K) -> Option<ResourceKey> {
+    Some(ResourceKey {
+        kind: kind_static(&K::kind(&())),
+        namespace: obj.namespace()?,
+        name: obj.name_any(),
+        generation: obj.meta().generation.unwrap_or(0),
+    })
 }
 
-/// Status fields besides conditions: the patch fragment, and whether the object already
-/// carries them.
-type Extra = (serde_json::Value, bool);
-
-fn no_extra<K>(_: &K) -> Extra {
-    (json!({}), true)
-}
-
-/// A VirtualKey's key prefix and spend. `spend` is `None` when Redis could not be read: the
-/// spend in status is then kept as it is.
-fn key_extra(
-    vk: &VirtualKey,
-    prefix: Option<String>,
-    spend: Option<&HashMap<String, SpendStatus>>,
-) -> Extra {
-    let status = vk.status.as_ref();
-    let mut extra = serde_json::Map::new();
-    let mut same = true;
-    if let Some(p) = prefix {
-        same &= status.and_then(|s| s.key_prefix.as_deref()) == Some(p.as_str());
-        extra.insert("keyPrefix".into(), json!(p));
-    }
-    let current = status.and_then(|s| s.spend.as_ref());
-    let id = format!("{}/{}", vk.namespace().unwrap_or_default(), vk.name_any());
-    let desired = match spend {
-        Some(m) => m.get(&id),
-        None => current,
+/// The reconcile step every kind shares: while leading, record a Warning Event for a new
+/// diagnostic, compute the conditions, and write them (with `extra`) if they differ.
+pub async fn reconcile<K>(obj: &K, ctx: &Context, extra: Extra) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Conditions
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let (Some(key), Some(compiled)) = (resource_key(obj), ctx.compiled()) else {
+        return Ok(Action::await_change());
     };
-    same &= desired == current;
-    if let Some(d) = desired {
-        extra.insert("spend".into(), json!(d));
+    if let Some(d) = compiled.diagnostics.iter().find(|d| d.resource == key) {
+        ctx.record_event(obj, d).await;
     }
-    (serde_json::Value::Object(extra), same)
+    let fleet = ctx.fleet();
+    let desired = {
+        let history = ctx.history();
+        let now = Timestamp::now().to_string();
+        desired_conditions(&key, &compiled, &fleet, &history, obj.conditions(), &now)
+    };
+    let (extra, extra_same) = extra;
+    if extra_same && same_conditions(obj.conditions(), &desired) {
+        return Ok(Action::await_change());
+    }
+    // Fenced: a replica whose lease may have passed to another writes nothing.
+    if !ctx.leadership.leads() {
+        return Ok(Action::await_change());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match apply_status(&api, &key.name, status_patch::<K>(&desired, extra)).await {
+        Ok(()) => {
+            ctx.metrics.status_writes.inc();
+            tracing::debug!(resource = %key, "status written");
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
 }
 
-impl Writer {
-    /// Runs forever; writes only while leading.
-    pub async fn run(mut self) {
-        let recorder = Recorder::new(
-            self.client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(self.identity.clone()),
-            },
-        );
-        let mut history = History::default();
-        let mut evented: HashSet<(ResourceKey, &'static str)> = HashSet::new();
-        let mut last_spend_read: Option<std::time::Instant> = None;
-        loop {
-            let compiled = self.compiled.borrow_and_update().clone();
-            if let Some(c) = &compiled {
-                history.record(c);
-            }
-            let leading = *self.leading.borrow_and_update();
-            if let (true, Some(c)) = (leading, compiled) {
-                let spend_due = last_spend_read.is_none_or(|t| t.elapsed() >= self.spend_interval);
-                if spend_due {
-                    last_spend_read = Some(std::time::Instant::now());
-                }
-                let written = self
-                    .write_all(&c, &history, &recorder, &mut evented, spend_due)
-                    .await;
-                if let Err(e) = written {
-                    tracing::warn!(error = %e, "writing status failed; will retry");
-                }
-            }
-            tokio::select! {
-                _ = self.compiled.changed() => {}
-                _ = self.leading.changed() => {}
-                _ = tokio::time::sleep(self.interval) => {}
-            }
-        }
+/// The Event recorded for a diagnostic.
+pub fn diagnostic_event(d: &switchyard_crds::Diagnostic) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: d.reason.to_owned(),
+        note: Some(d.message.chars().take(1000).collect()),
+        action: "Compile".into(),
+        secondary: None,
     }
+}
 
-    async fn write_all(
-        &self,
-        c: &Compiled,
-        history: &History,
-        recorder: &Recorder,
-        evented: &mut HashSet<(ResourceKey, &'static str)>,
-        spend_due: bool,
-    ) -> Result<(), kube::Error> {
-        let fleet = presence::fleet(self.client.clone(), &self.namespace).await?;
-        let now = Timestamp::now().to_string();
-        for d in &c.diagnostics {
-            if d.resource.kind == "File" || !evented.insert((d.resource.clone(), d.reason)) {
-                continue;
-            }
-            let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some(format!(
-                    "{}/{}",
-                    switchyard_crds::GROUP,
-                    switchyard_crds::VERSION
-                )),
-                kind: Some(d.resource.kind.to_owned()),
-                namespace: Some(d.resource.namespace.clone()),
-                name: Some(d.resource.name.clone()),
-                ..Default::default()
-            };
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: d.reason.to_owned(),
-                note: Some(d.message.chars().take(1000).collect()),
-                action: "Compile".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::warn!(error = %e, resource = %d.resource, "recording event failed");
-            }
-        }
-        self.write_kind::<ProviderPool>(
-            &self.stores.pools.state(),
-            c,
-            &fleet,
-            history,
-            &now,
-            no_extra,
-        )
-        .await?;
-        self.write_kind::<LLMRoute>(
-            &self.stores.routes.state(),
-            c,
-            &fleet,
-            history,
-            &now,
-            no_extra,
-        )
-        .await?;
-        self.write_kind::<Guardrail>(
-            &self.stores.guardrails.state(),
-            c,
-            &fleet,
-            history,
-            &now,
-            no_extra,
-        )
-        .await?;
-        let prefix = |vk: &VirtualKey| {
-            let secret = self.stores.secrets.get(
-                &kube::runtime::reflector::ObjectRef::new(&vk.spec.secret_ref.name)
-                    .within(&vk.namespace().unwrap_or_default()),
-            )?;
-            let data = secret.data.as_ref()?.get(vk.spec.secret_ref.data_key())?;
-            let value = std::str::from_utf8(&data.0).ok()?;
-            Some(format!(
-                "{}…",
-                value.trim().chars().take(10).collect::<String>()
-            ))
-        };
-        let keys = self.stores.keys.state();
-        let spend = match &self.spend {
-            Some(reader) if spend_due => {
-                let now_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                match reader.read(&keys, now_unix).await {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading spend from Redis failed; keeping the spend in status");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let extra = |vk: &VirtualKey| key_extra(vk, prefix(vk), spend.as_ref());
-        self.write_kind::<VirtualKey>(&keys, c, &fleet, history, &now, extra)
-            .await?;
-        Ok(())
-    }
+/// Remembers which (resource, reason) pairs already have an Event.
+#[derive(Debug, Default)]
+pub struct Evented(std::sync::Mutex<HashSet<(ResourceKey, &'static str)>>);
 
-    async fn write_kind<K>(
-        &self,
-        objects: &[Arc<K>],
-        c: &Compiled,
-        fleet: &BTreeMap<String, String>,
-        history: &History,
-        now: &str,
-        extra: impl Fn(&K) -> Extra,
-    ) -> Result<(), kube::Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Conditions
-            + Clone
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + std::fmt::Debug,
-    {
-        for obj in objects {
-            let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
-                continue;
-            };
-            let key = ResourceKey {
-                kind: kind_static(&K::kind(&())),
-                namespace: ns.clone(),
-                name: name.clone(),
-                generation: obj.meta().generation.unwrap_or(0),
-            };
-            let desired = desired_conditions(&key, c, fleet, history, obj.conditions(), now);
-            // Typed comparisons only: at 100k keys this loop runs every interval.
-            let (extra, extra_same) = extra(obj);
-            if extra_same && same_conditions(obj.conditions(), &desired) {
-                continue;
-            }
-            let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
-            match apply_status(&api, &name, status_patch::<K>(&desired, extra)).await {
-                Ok(()) => tracing::debug!(resource = %key, "status written"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+impl Evented {
+    /// True the first time a pair is seen.
+    pub fn first(&self, key: &ResourceKey, reason: &'static str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((key.clone(), reason))
     }
 }
 
@@ -488,4 +382,4 @@ fn kind_static(kind: &str) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -482,3 +482,71 @@ stringData: {key: sk-dave-1234567}
     assert!(c.snapshot.keys.iter().any(|k| k.id == "default/alice"));
     assert!(!c.snapshot.keys.iter().any(|k| k.id == "default/dave"));
 }
+
+/// Sets `creationTimestamp` on a resource of the world.
+fn created<K: kube::Resource<DynamicType = ()>>(items: &mut [K], name: &str, at: &str) {
+    let obj = items
+        .iter_mut()
+        .find(|o| o.meta().name.as_deref() == Some(name))
+        .expect("object");
+    obj.meta_mut().creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        at.parse().expect("timestamp"),
+    ));
+}
+
+#[test]
+fn the_older_resource_keeps_a_contested_model_or_key() {
+    let extra = r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: aa-newcomer}
+spec: {models: [demo, other], backends: [{pool: mock}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: globs}
+spec: {models: ["dem*"], backends: [{pool: mock}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: aa-copy}
+spec: {secretRef: {name: keys, key: alice}}
+"#;
+    let mut w = world(extra);
+    created(&mut w.routes, "demo", "2026-01-01T00:00:00Z");
+    created(&mut w.routes, "aa-newcomer", "2026-06-01T00:00:00Z");
+    created(&mut w.keys, "alice", "2026-01-01T00:00:00Z");
+    created(&mut w.keys, "aa-copy", "2026-06-01T00:00:00Z");
+    let c = compile(&w);
+    let d = |name: &str| {
+        c.diagnostics
+            .iter()
+            .find(|d| d.resource.name == name)
+            .map(|d| (d.reason, d.message.clone()))
+    };
+    // The newcomer sorts first by name but is younger: it loses, and says to whom.
+    let (reason, message) = d("aa-newcomer").expect("newcomer rejected");
+    assert_eq!(reason, "ModelConflict");
+    assert!(message.contains("LLMRoute default/demo"), "{message}");
+    let (reason, message) = d("aa-copy").expect("copy rejected");
+    assert_eq!(reason, "DuplicateKey");
+    assert!(message.contains("VirtualKey default/alice"), "{message}");
+    assert!(d("demo").is_none() && d("alice").is_none() && d("globs").is_none());
+    assert!(c.snapshot.routes.iter().any(|r| r.id == "default/demo"));
+    // Snapshot order stays by id whatever the age order.
+    let ids: Vec<&str> = c.snapshot.routes.iter().map(|r| r.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted);
+
+    // Swap the ages: the other one wins.
+    created(&mut w.routes, "demo", "2026-09-01T00:00:00Z");
+    created(&mut w.keys, "alice", "2026-09-01T00:00:00Z");
+    let c = compile(&w);
+    let rejected: Vec<&str> = c
+        .diagnostics
+        .iter()
+        .map(|d| d.resource.name.as_str())
+        .collect();
+    assert_eq!(rejected, vec!["demo", "alice"]);
+}

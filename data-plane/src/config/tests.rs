@@ -83,7 +83,7 @@ fn snapshot() -> pb::Snapshot {
 
 #[test]
 fn exact_routes_win_over_globs() {
-    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let cfg = valid(&snapshot());
     assert_eq!(cfg.route("gpt-4o").map(|r| r.id.as_str()), Some("ns/exact"));
     assert_eq!(
         cfg.route("gpt-4o-mini").map(|r| r.id.as_str()),
@@ -94,7 +94,7 @@ fn exact_routes_win_over_globs() {
 
 #[test]
 fn weighted_backends_follow_weights() {
-    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let cfg = valid(&snapshot());
     let route = cfg.route("gpt-4o").expect("route");
     let n = 4000;
     let to_a = (0..n)
@@ -109,7 +109,7 @@ fn weighted_backends_follow_weights() {
 
 #[test]
 fn keys_are_found_by_hash_and_selectors_apply() {
-    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let cfg = valid(&snapshot());
     let hash: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
         sha2::Sha256::default(),
         b"sk-test-key",
@@ -139,7 +139,7 @@ fn keys_are_found_by_hash_and_selectors_apply() {
 }
 
 #[test]
-fn invalid_snapshots_are_rejected_with_every_error() {
+fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
     let mut s = snapshot();
     s.pools[0].endpoints[0].url = "not a url".into();
     s.pools.push(pb::Pool {
@@ -148,22 +148,57 @@ fn invalid_snapshots_are_rejected_with_every_error() {
         ..Default::default()
     });
     s.keys[0].key_sha256 = "zz".into();
-    let err = RuntimeConfig::build(&s, &Upstreams::default()).expect_err("invalid");
-    let kinds: Vec<(&str, &str)> = err.errors.iter().map(|e| (e.kind, e.id.as_str())).collect();
+    s.resources = vec![
+        pb::ResourceRef {
+            kind: "ProviderPool".into(),
+            namespace: "ns".into(),
+            name: "a".into(),
+            generation: 7,
+        },
+        pb::ResourceRef {
+            kind: "VirtualKey".into(),
+            namespace: "ns".into(),
+            name: "k".into(),
+            generation: 3,
+        },
+    ];
+    let (cfg, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let kinds: Vec<(&str, &str, i64)> = errors
+        .iter()
+        .map(|e| (e.kind, e.id.as_str(), e.generation))
+        .collect();
     assert_eq!(
         kinds,
         vec![
-            ("ProviderPool", "ns/a"),
-            ("ProviderPool", "ns/gem"),
-            ("LLMRoute", "ns/exact"),
-            ("VirtualKey", "ns/k")
+            ("ProviderPool", "ns/a", 7),
+            ("ProviderPool", "ns/gem", 0),
+            ("VirtualKey", "ns/k", 3)
         ]
+    );
+    // What is valid runs: the route keeps the backend whose pool loaded.
+    let route = cfg.route("gpt-4o").expect("the route still runs");
+    assert_eq!(route.backends.len(), 1);
+    assert_eq!(route.pick().map(|b| b.pool.id.as_str()), Some("ns/b"));
+    assert_eq!(cfg.key_count(), 0);
+
+    // A route left with no backend is left out itself, and says which pool is missing.
+    s.routes[0].backends.pop();
+    let (cfg, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let route = errors
+        .iter()
+        .find(|e| e.kind == "LLMRoute")
+        .expect("route rejected");
+    assert_eq!(route.id, "ns/exact");
+    assert!(route.message.contains("ns/a"), "{}", route.message);
+    assert!(
+        cfg.route("gpt-4o").is_some_and(|r| r.id == "ns/glob"),
+        "the glob route answers instead"
     );
 }
 
 #[test]
 fn credentials_never_print() {
-    let cfg = RuntimeConfig::build(&snapshot(), &Upstreams::default()).expect("valid");
+    let cfg = valid(&snapshot());
     let route = cfg.route("gpt-4o").expect("route");
     let dbg = format!("{:?}", route.backends[0].pool);
     assert!(!dbg.contains("sk-up"), "{dbg}");
@@ -211,7 +246,7 @@ fn auth_and_framing_are_data_on_the_pool() {
             ..Default::default()
         });
     }
-    let cfg = RuntimeConfig::build(&s, &Upstreams::default()).expect("valid");
+    let cfg = valid(&s);
     let pool = |m: &str| cfg.route(m).expect("route").backends[0].pool.clone();
     let br = pool("br");
     assert_eq!(
@@ -242,5 +277,17 @@ fn auth_and_framing_are_data_on_the_pool() {
     if let Some(p) = s.pools.iter_mut().find(|p| p.id == "ns/br") {
         p.region.clear();
     }
-    assert!(RuntimeConfig::build(&s, &Upstreams::default()).is_err());
+    let (_, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let pool = errors
+        .iter()
+        .find(|e| e.id == "ns/br")
+        .expect("the pool is left out");
+    assert!(pool.message.contains("region"), "{}", pool.message);
+}
+
+/// Builds a snapshot that must be entirely valid.
+fn valid(s: &pb::Snapshot) -> RuntimeConfig {
+    let (cfg, errors) = RuntimeConfig::build(s, &Upstreams::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    cfg
 }

@@ -11,7 +11,8 @@ pub struct DiscoveryRequest {
     /// The nonce of the response this message answers (empty on the first message).
     #[prost(string, tag = "3")]
     pub response_nonce: ::prost::alloc::string::String,
-    /// Set when the snapshot named by response_nonce was rejected (NACK).
+    /// Set when the snapshot named by response_nonce was rejected, in whole or in part (NACK).
+    /// On the first message of a stream: the resources of version_info that did not run there.
     #[prost(message, optional, tag = "4")]
     pub error_detail: ::core::option::Option<ErrorDetail>,
 }

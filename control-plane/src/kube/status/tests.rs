@@ -1,7 +1,27 @@
 use super::*;
-use switchyard_crds::{Diagnostic, World};
+use crate::kube::presence::NodeView;
+use crate::server::Rejection;
+use switchyard_crds::{Diagnostic, LLMRoute, World};
 
-fn compiled_with(diags: Vec<Diagnostic>, resources: &[(&'static str, &str, i64)]) -> Compiled {
+/// A fleet of (node, version) with no rejections.
+fn fleet(nodes: &[(&str, &str)]) -> Fleet {
+    nodes
+        .iter()
+        .map(|(n, v)| {
+            let view = NodeView {
+                version: (*v).into(),
+                rejected: Vec::new(),
+            };
+            ((*n).to_owned(), view)
+        })
+        .collect()
+}
+
+/// A compile result (version `v1`) listing `(kind, name, generation)` in namespace `ns`.
+pub(crate) fn compiled_with(
+    diags: Vec<Diagnostic>,
+    resources: &[(&'static str, &str, i64)],
+) -> Compiled {
     let mut c = switchyard_crds::compile(&World::default());
     c.diagnostics = diags;
     c.snapshot.version = "v1".into();
@@ -35,10 +55,7 @@ fn accepted_and_programmed_when_every_data_plane_runs_the_generation() {
     let c = compiled_with(vec![], &[("LLMRoute", "r", 3)]);
     let mut h = History::default();
     h.record(&c);
-    let fleet = BTreeMap::from([
-        ("dp-a".to_owned(), "v1".to_owned()),
-        ("dp-b".to_owned(), "v1".to_owned()),
-    ]);
+    let fleet = fleet(&[("dp-a", "v1"), ("dp-b", "v1")]);
     let conds = desired_conditions(&key("LLMRoute", "r", 3), &c, &fleet, &h, &[], "T0");
     assert_eq!(get(&conds, "Accepted").status, "True");
     assert_eq!(get(&conds, "ResolvedRefs").status, "True");
@@ -47,14 +64,11 @@ fn accepted_and_programmed_when_every_data_plane_runs_the_generation() {
         (p.status.as_str(), p.reason.as_str()),
         ("True", "Programmed")
     );
-    assert_eq!(p.message, "2 of 2 data planes run generation 3");
+    assert_eq!(p.message, "every connected data plane runs generation 3");
     assert!(conds.iter().all(|c| c.observed_generation == Some(3)));
 
     // One data plane still on an unknown version: pending, with a count.
-    let fleet = BTreeMap::from([
-        ("dp-a".to_owned(), "v1".to_owned()),
-        ("dp-b".to_owned(), "v0".to_owned()),
-    ]);
+    let fleet = self::fleet(&[("dp-a", "v1"), ("dp-b", "v0")]);
     let conds = desired_conditions(&key("LLMRoute", "r", 3), &c, &fleet, &h, &[], "T0");
     let p = get(&conds, "Programmed");
     assert_eq!(
@@ -66,21 +80,14 @@ fn accepted_and_programmed_when_every_data_plane_runs_the_generation() {
     let conds = desired_conditions(
         &key("LLMRoute", "r", 4),
         &c,
-        &BTreeMap::from([("a".into(), "v1".into())]),
+        &self::fleet(&[("a", "v1")]),
         &h,
         &[],
         "T0",
     );
     assert_eq!(get(&conds, "Programmed").status, "False");
 
-    let conds = desired_conditions(
-        &key("LLMRoute", "r", 3),
-        &c,
-        &BTreeMap::new(),
-        &h,
-        &[],
-        "T0",
-    );
+    let conds = desired_conditions(&key("LLMRoute", "r", 3), &c, &Fleet::new(), &h, &[], "T0");
     assert_eq!(get(&conds, "Programmed").reason, "NoDataPlanes");
 }
 
@@ -94,7 +101,7 @@ fn rejected_resources_say_why() {
         message: "no pool".into(),
     };
     let c = compiled_with(vec![d], &[]);
-    let conds = desired_conditions(&k, &c, &BTreeMap::new(), &History::default(), &[], "T0");
+    let conds = desired_conditions(&k, &c, &Fleet::new(), &History::default(), &[], "T0");
     let a = get(&conds, "Accepted");
     assert_eq!(
         (a.status.as_str(), a.reason.as_str(), a.message.as_str()),
@@ -110,7 +117,7 @@ fn transition_times_are_kept_while_status_is_unchanged() {
     let first = desired_conditions(
         &key("LLMRoute", "r", 1),
         &c,
-        &BTreeMap::new(),
+        &Fleet::new(),
         &History::default(),
         &[],
         "T0",
@@ -118,7 +125,7 @@ fn transition_times_are_kept_while_status_is_unchanged() {
     let second = desired_conditions(
         &key("LLMRoute", "r", 1),
         &c,
-        &BTreeMap::new(),
+        &Fleet::new(),
         &History::default(),
         &first,
         "T1",
@@ -142,7 +149,7 @@ fn transition_times_are_kept_while_status_is_unchanged() {
     let third = desired_conditions(
         &key("LLMRoute", "r", 2),
         &c2,
-        &BTreeMap::new(),
+        &Fleet::new(),
         &History::default(),
         &second,
         "T2",
@@ -198,7 +205,7 @@ async fn status_is_written_with_server_side_apply_on_the_status_subresource() {
     let conds = desired_conditions(
         &key("LLMRoute", "r", 1),
         &c,
-        &BTreeMap::new(),
+        &Fleet::new(),
         &History::default(),
         &[],
         "T0",
@@ -211,34 +218,134 @@ async fn status_is_written_with_server_side_apply_on_the_status_subresource() {
 }
 
 #[test]
-fn key_status_carries_prefix_and_spend_and_keeps_spend_when_redis_is_away() {
-    let mut vk = VirtualKey::new("k", switchyard_crds::VirtualKeySpec::default());
-    vk.metadata.namespace = Some("ns".into());
-    let spend = |amount: &str| SpendStatus {
-        amount: amount.into(),
-        period: "2026-11".into(),
-        exceeded: false,
-    };
-    let read = HashMap::from([("ns/k".to_owned(), spend("1.500000"))]);
-    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), Some(&read));
-    assert!(!same, "nothing in status yet");
-    assert_eq!(patch["keyPrefix"], "sk-sy-abc…");
-    assert_eq!(patch["spend"]["amount"], "1.500000");
-    vk.status = Some(switchyard_crds::VirtualKeyStatus {
-        key_prefix: Some("sk-sy-abc…".into()),
-        spend: Some(spend("1.500000")),
-        ..Default::default()
-    });
-    assert!(key_extra(&vk, Some("sk-sy-abc…".into()), Some(&read)).1);
-    // Redis unreadable: the spend already in status is applied again, unchanged.
-    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), None);
-    assert!(same);
-    assert_eq!(patch["spend"]["amount"], "1.500000");
-    // More spend: a write.
-    let more = HashMap::from([("ns/k".to_owned(), spend("2.000000"))]);
-    assert!(!key_extra(&vk, Some("sk-sy-abc…".into()), Some(&more)).1);
-    // Budget removed: the spend leaves status.
-    let (patch, same) = key_extra(&vk, Some("sk-sy-abc…".into()), Some(&HashMap::new()));
-    assert!(!same);
-    assert!(patch.get("spend").is_none());
+fn a_data_plane_rejection_shows_as_not_programmed_with_its_message_and_count() {
+    let c = compiled_with(vec![], &[("ProviderPool", "p", 2), ("LLMRoute", "r", 1)]);
+    let mut h = History::default();
+    h.record(&c);
+    let mut f = fleet(&[("dp-a", "v1"), ("dp-b", "v1"), ("dp-c", "v1")]);
+    for node in ["dp-a", "dp-b"] {
+        f.get_mut(node).expect("node").rejected.push(Rejection {
+            kind: "ProviderPool".into(),
+            namespace: "ns".into(),
+            name: "p".into(),
+            generation: 2,
+            message: "no AWS credentials".into(),
+        });
+    }
+    let conds = desired_conditions(&key("ProviderPool", "p", 2), &c, &f, &h, &[], "T0");
+    let p = get(&conds, "Programmed");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str(), p.message.as_str()),
+        (
+            "False",
+            "Rejected",
+            "rejected by 2 of 3 data planes: no AWS credentials"
+        )
+    );
+    assert_eq!(
+        get(&conds, "Accepted").status,
+        "True",
+        "the compile took it"
+    );
+    // Another resource of the same snapshot is unaffected.
+    let conds = desired_conditions(&key("LLMRoute", "r", 1), &c, &f, &h, &[], "T0");
+    assert_eq!(get(&conds, "Programmed").status, "True");
+    // A rejection of an older generation does not stick to the new one.
+    let conds = desired_conditions(&key("ProviderPool", "p", 3), &c, &f, &h, &[], "T0");
+    assert_eq!(get(&conds, "Programmed").reason, "Pending");
+}
+
+#[test]
+fn a_guardrail_is_never_programmed_while_nothing_enforces_it() {
+    let c = compiled_with(vec![], &[("Guardrail", "g", 1)]);
+    let mut h = History::default();
+    h.record(&c);
+    let conds = desired_conditions(
+        &key("Guardrail", "g", 1),
+        &c,
+        &fleet(&[("dp-a", "v1")]),
+        &h,
+        &[],
+        "T0",
+    );
+    assert_eq!(get(&conds, "Accepted").status, "True");
+    let p = get(&conds, "Programmed");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", "NotEnforced")
+    );
+}
+
+/// Writes are fenced on leadership: a replica that does not lead (or whose lease ran out)
+/// sends nothing to the API server; the leader sends exactly one status patch.
+#[tokio::test]
+async fn only_a_replica_holding_the_lease_writes() {
+    use crate::kube::context::{Context, no_extra};
+    use crate::kube::leader::Leadership;
+    use tokio::sync::watch;
+
+    let c = compiled_with(vec![], &[("LLMRoute", "r", 1)]);
+    let mut route = LLMRoute::new(
+        "r",
+        switchyard_crds::LLMRouteSpec {
+            models: vec!["m".into()],
+            backends: Vec::new(),
+            key_selector: None,
+            limits: None,
+        },
+    );
+    route.metadata.namespace = Some("ns".into());
+    route.metadata.generation = Some(1);
+    for leads in [false, true] {
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let (stores, _watches) = crate::kube::watches(&client);
+        let (_c_tx, compiled) = watch::channel(Some(std::sync::Arc::new(c.clone())));
+        let (_f_tx, fleet) = watch::channel(std::sync::Arc::new(Fleet::new()));
+        let ctx = Context::new(
+            client,
+            stores,
+            Leadership::fixed(leads),
+            std::sync::Arc::default(),
+            compiled,
+            fleet,
+            "test",
+        );
+        let api = tokio::spawn(async move {
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request())
+                    .await;
+            let Ok(Some((req, send))) = next else {
+                return None;
+            };
+            let path = req.uri().path().to_owned();
+            send.send_response(
+                http::Response::builder()
+                    .body(kube::client::Body::from(
+                        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "LLMRoute",
+                            "metadata": {"name": "r", "namespace": "ns"},
+                            "spec": {"models": ["m"], "backends": []}})
+                        .to_string()
+                        .into_bytes(),
+                    ))
+                    .expect("response"),
+            );
+            Some(path)
+        });
+        reconcile(&route, &ctx, no_extra())
+            .await
+            .expect("reconciled");
+        let sent = api.await.expect("api task");
+        if leads {
+            assert_eq!(
+                sent.as_deref(),
+                Some("/apis/switchyard.dev/v1alpha1/namespaces/ns/llmroutes/r/status")
+            );
+        } else {
+            assert_eq!(sent, None, "a follower wrote status");
+        }
+    }
 }
