@@ -57,10 +57,12 @@ async fn compile_loop(
     out: watch::Sender<server::Published>,
     metrics: Arc<metrics::Metrics>,
 ) {
+    // Keeps what compiled before: an unchanged key is not hashed and validated again.
+    let mut compiler = switchyard_crds::compile::Compiler::default();
     loop {
         let world = worlds.borrow_and_update().clone();
         if let Some(world) = world {
-            let compiled = tokio::task::block_in_place(|| switchyard_crds::compile(&world));
+            let compiled = tokio::task::block_in_place(|| compiler.compile(&world));
             metrics.compiles.inc();
             metrics
                 .rejected_resources

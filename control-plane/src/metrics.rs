@@ -18,6 +18,8 @@ pub struct Metrics {
     pub rejected_resources: Gauge,
     pub connected_data_planes: Gauge,
     pub snapshots_sent: Counter,
+    /// Deltas sent instead of a full snapshot.
+    pub deltas_sent: Counter,
     pub acks: Family<ResultLabels, Counter>,
     /// Config streams by authentication outcome.
     pub stream_auth: Family<ResultLabels, Counter>,
@@ -39,6 +41,7 @@ impl Default for Metrics {
             rejected_resources: Gauge::default(),
             connected_data_planes: Gauge::default(),
             snapshots_sent: Counter::default(),
+            deltas_sent: Counter::default(),
             acks: Family::default(),
             stream_auth: Family::default(),
             streams_expired: Counter::default(),
@@ -64,8 +67,13 @@ impl Default for Metrics {
         );
         registry.register(
             "snapshots_sent",
-            "Snapshots sent to data planes",
+            "Full snapshots sent to data planes",
             m.snapshots_sent.clone(),
+        );
+        registry.register(
+            "deltas_sent",
+            "Deltas sent to data planes instead of a full snapshot",
+            m.deltas_sent.clone(),
         );
         registry.register(
             "data_plane_responses",

@@ -108,6 +108,59 @@ pub struct ConfigServer {
     metrics: Arc<Metrics>,
     nonce: Arc<AtomicU64>,
     auth: Arc<ClientAuth>,
+    recent: Arc<Recent>,
+}
+
+/// The last few versions served, so that a data plane holding one gets a delta; and the
+/// deltas already computed, shared by every data plane on the same base.
+#[derive(Debug, Default)]
+pub struct Recent {
+    versions: Mutex<std::collections::VecDeque<Arc<Compiled>>>,
+    deltas: Mutex<HashMap<(String, String), Arc<pb::Delta>>>,
+}
+
+impl Recent {
+    /// Versions kept for deltas (each holds its compiled snapshot).
+    const KEEP: usize = 4;
+
+    fn record(&self, c: &Arc<Compiled>) {
+        let mut v = lock(&self.versions);
+        if v.iter().any(|x| x.snapshot.version == c.snapshot.version) {
+            return;
+        }
+        v.push_back(c.clone());
+        while v.len() > Self::KEEP {
+            v.pop_front();
+        }
+        // Deltas to older targets are never sent again.
+        lock(&self.deltas).retain(|(_, to), _| to == &c.snapshot.version);
+    }
+
+    /// The delta from `base` to `to`, when `base` is recent and the delta is smaller than
+    /// half of the whole state (otherwise the shared full snapshot is cheaper).
+    fn delta(&self, base: &str, to: &Compiled) -> Option<Arc<pb::Delta>> {
+        let key = (base.to_owned(), to.snapshot.version.clone());
+        if let Some(d) = lock(&self.deltas).get(&key) {
+            return Some(d.clone());
+        }
+        let from = lock(&self.versions)
+            .iter()
+            .find(|c| c.snapshot.version == base)
+            .cloned()?;
+        let d = switchyard_crds::delta(&from, to);
+        let size = d.resources.len() + d.removed.len();
+        let total = to.snapshot.resources.len();
+        if size * 2 > total.max(1) {
+            return None;
+        }
+        let d = Arc::new(d);
+        lock(&self.deltas).insert(key, d.clone());
+        Some(d)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ConfigServer {
@@ -116,12 +169,26 @@ impl ConfigServer {
         metrics: Arc<Metrics>,
         auth: Arc<ClientAuth>,
     ) -> Self {
+        let recent = Arc::new(Recent::default());
+        let mut published = snapshots.clone();
+        let record = recent.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(c) = published.borrow_and_update().clone() {
+                    record.record(&c);
+                }
+                if published.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Self {
             snapshots,
             nodes: Arc::default(),
             metrics,
             nonce: Arc::default(),
             auth,
+            recent,
         }
     }
 
@@ -284,15 +351,29 @@ impl ConfigServer {
         sent_version: &mut String,
     ) -> bool {
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed).to_string();
-        let resp = pb::DiscoveryResponse {
-            version_info: c.snapshot.version.clone(),
-            nonce,
-            snapshot: c.encoded.clone(),
+        let resp = match self.recent.delta(sent_version, c) {
+            Some(delta) => {
+                self.metrics.deltas_sent.inc();
+                pb::DiscoveryResponse {
+                    version_info: c.snapshot.version.clone(),
+                    nonce,
+                    snapshot: Default::default(),
+                    delta: Some((*delta).clone()),
+                }
+            }
+            None => {
+                self.metrics.snapshots_sent.inc();
+                pb::DiscoveryResponse {
+                    version_info: c.snapshot.version.clone(),
+                    nonce,
+                    snapshot: c.encoded(),
+                    delta: None,
+                }
+            }
         };
         if tx.send(Ok(resp)).await.is_err() {
             return false;
         }
-        self.metrics.snapshots_sent.inc();
         sent_version.clone_from(&c.snapshot.version);
         true
     }

@@ -99,20 +99,40 @@ impl std::fmt::Display for Diagnostic {
 /// Result of `compile`.
 #[derive(Clone, Debug)]
 pub struct Compiled {
+    /// Every list sorted by id.
     pub snapshot: pb::Snapshot,
-    /// `snapshot` protobuf-encoded with an empty `version` (what the version hashes), once,
-    /// for every data plane to share.
-    pub encoded: prost::bytes::Bytes,
+    /// A content hash of every resource (its compiled form and generation), parallel to the
+    /// snapshot's lists: what the version and deltas are computed from.
+    pub hashes: Hashes,
+    /// `snapshot` protobuf-encoded, on first use, for every data plane to share.
+    encoded: std::sync::OnceLock<prost::bytes::Bytes>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// Per-resource content hashes, index for index with the snapshot's lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hashes {
+    pub pools: Vec<u64>,
+    pub routes: Vec<u64>,
+    pub keys: Vec<u64>,
+    pub guardrails: Vec<u64>,
+}
+
 impl Compiled {
+    /// The snapshot, protobuf-encoded (once; shared by every full push).
+    pub fn encoded(&self) -> prost::bytes::Bytes {
+        self.encoded
+            .get_or_init(|| prost::bytes::Bytes::from(self.snapshot.encode_to_vec()))
+            .clone()
+    }
+
     /// True when the resource made it into the snapshot.
     pub fn accepted(&self, key: &ResourceKey) -> bool {
         !self.diagnostics.iter().any(|d| &d.resource == key)
     }
 }
 
+#[derive(Clone)]
 struct Reject {
     condition: &'static str,
     reason: &'static str,
@@ -151,170 +171,336 @@ impl From<InvalidField> for Reject {
 
 /// Compiles the world. Invalid resources are left out with a diagnostic; the rest compiles.
 pub fn compile(world: &World) -> Compiled {
-    let mut diagnostics = Vec::new();
-    let mut resources = Vec::new();
+    Compiler::default().compile(world)
+}
 
-    for e in &world.load_errors {
-        diagnostics.push(Diagnostic {
-            resource: ResourceKey {
-                kind: "File",
-                namespace: String::new(),
-                name: format!("{}#{}", e.source_name, e.index),
-                generation: 0,
-            },
-            condition: condition::ACCEPTED,
-            reason: "ParseError",
-            message: e.message.clone(),
-        });
-    }
+/// A VirtualKey compiled earlier: reused while its `resourceVersion` and key value stay the
+/// same (the SHA-256 and validation of each key dominate a compile of 100k keys).
+#[derive(Clone)]
+struct CachedKey {
+    resource_version: String,
+    value: String,
+    /// The compiled key, the raw SHA-256 of the key, and the resource hash.
+    result: Result<(pb::VirtualKey, [u8; 32], u64), Reject>,
+}
 
-    let mut admit =
-        |key: ResourceKey, result: Result<(), Reject>, diagnostics: &mut Vec<Diagnostic>| {
-            match result {
-                Ok(()) => {
-                    resources.push(key);
-                    true
-                }
-                Err(r) => {
-                    diagnostics.push(Diagnostic {
-                        resource: key,
-                        condition: r.condition,
-                        reason: r.reason,
-                        message: r.message,
-                    });
-                    false
-                }
-            }
-        };
+/// Compiles World after World, reusing what did not change.
+#[derive(Default)]
+pub struct Compiler {
+    keys: HashMap<String, CachedKey>,
+}
 
-    let mut pools = Vec::new();
-    for pool in sorted(&world.pools) {
-        let key = ResourceKey::of(pool);
-        match compile_pool(pool, &key, world) {
-            Ok(p) => {
-                admit(key, Ok(()), &mut diagnostics);
-                pools.push(p);
-            }
-            Err(r) => {
-                admit(key, Err(r), &mut diagnostics);
-            }
-        }
-    }
-    let pool_index: BTreeMap<&str, &pb::Pool> = pools.iter().map(|p| (p.id.as_str(), p)).collect();
-    let rejected_pools: BTreeSet<String> = world
-        .pools
-        .iter()
-        .map(|p| ResourceKey::of(p).id())
-        .filter(|id| !pool_index.contains_key(id.as_str()))
-        .collect();
-
-    // Oldest first, so that a resource already in service keeps what it claims (model names,
-    // keys) against a newer one; the snapshot itself is ordered by id.
-    let mut routes = Vec::new();
-    let mut claimed: BTreeMap<&str, String> = BTreeMap::new();
-    for route in by_age(&world.routes) {
-        let key = ResourceKey::of(route);
-        let compiled = compile_route(route, &key, &pool_index, &rejected_pools).and_then(|r| {
-            match route
-                .spec
-                .models
-                .iter()
-                .filter(|m| !m.contains(['*', '?']))
-                .find_map(|m| claimed.get(m.as_str()).map(|w| (m, w)))
-            {
-                Some((m, winner)) => Err(Reject::spec(
-                    "ModelConflict",
-                    format!("model {m:?} is already served by LLMRoute {winner}, which is older"),
-                )),
-                None => Ok(r),
-            }
-        });
-        match compiled {
-            Ok(r) => {
-                for m in route.spec.models.iter().filter(|m| !m.contains(['*', '?'])) {
-                    claimed.insert(m, key.id());
-                }
-                admit(key, Ok(()), &mut diagnostics);
-                routes.push(r);
-            }
-            Err(r) => {
-                admit(key, Err(r), &mut diagnostics);
-            }
-        }
-    }
-    routes.sort_by(|a, b| a.id.cmp(&b.id));
-
-    let mut keys = Vec::new();
-    let mut seen_hashes: HashMap<[u8; 32], String> = HashMap::with_capacity(world.keys.len());
-    for vk in by_age(&world.keys) {
-        let key = ResourceKey::of(vk);
-        let compiled = compile_key(vk, &key, world).and_then(|k| {
-            let mut raw = [0u8; 32];
-            let _ = hex::decode_to_slice(&k.key_sha256, &mut raw);
-            match seen_hashes.entry(raw) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(key.id());
-                    Ok(k)
-                }
-                std::collections::hash_map::Entry::Occupied(o) => Err(Reject::spec(
-                    "DuplicateKey",
-                    format!(
-                        "VirtualKey {} already uses the same key, and is older",
-                        o.get()
-                    ),
-                )),
-            }
-        });
-        match compiled {
-            Ok(k) => {
-                admit(key, Ok(()), &mut diagnostics);
-                keys.push(k);
-            }
-            Err(r) => {
-                admit(key, Err(r), &mut diagnostics);
-            }
-        }
-    }
-    keys.sort_by(|a, b| a.id.cmp(&b.id));
-
-    let mut guardrails = Vec::new();
-    for g in sorted(&world.guardrails) {
-        let key = ResourceKey::of(g);
-        match compile_guardrail(g, &key) {
-            Ok(c) => {
-                admit(key, Ok(()), &mut diagnostics);
-                guardrails.push(c);
-            }
-            Err(r) => {
-                admit(key, Err(r), &mut diagnostics);
-            }
-        }
-    }
-
-    resources.sort();
-    let mut snapshot = pb::Snapshot {
-        version: String::new(),
-        pools,
-        routes,
-        keys,
-        guardrails,
-        resources: resources.iter().map(ResourceKey::to_proto).collect(),
-    };
-    let encoded = prost::bytes::Bytes::from(snapshot.encode_to_vec());
-    snapshot.version = hex_lower(&Sha256::digest(&encoded)[..8]);
-    Compiled {
-        snapshot,
-        encoded,
-        diagnostics,
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("cached_keys", &self.keys.len())
+            .finish()
     }
 }
 
-/// Content hash of a snapshot (its `version` field excluded).
-pub fn content_version(snapshot: &pb::Snapshot) -> String {
-    let mut s = snapshot.clone();
-    s.version.clear();
-    let digest = Sha256::digest(s.encode_to_vec());
-    hex_lower(&digest[..8])
+impl Compiler {
+    /// One VirtualKey, from the cache when its resourceVersion and key value are unchanged.
+    /// Objects without a resourceVersion (built in code) are always compiled.
+    fn key(
+        &mut self,
+        vk: &VirtualKey,
+        key: &ResourceKey,
+        world: &World,
+    ) -> Result<(pb::VirtualKey, [u8; 32], u64), Reject> {
+        let rv = vk.meta().resource_version.as_deref();
+        let value = world
+            .secret(&key.namespace, &vk.spec.secret_ref.name)
+            .and_then(|s| s.get(vk.spec.secret_ref.data_key()))
+            .map_or("", String::as_str);
+        let id = key.id();
+        if let (Some(rv), Some(c)) = (rv, self.keys.get(&id))
+            && c.resource_version == rv
+            && c.value == value
+        {
+            return c.result.clone();
+        }
+        let result = compile_key(vk, key, world).map(|k| {
+            let mut raw = [0u8; 32];
+            let _ = hex::decode_to_slice(&k.key_sha256, &mut raw);
+            let mut buf = Vec::new();
+            encode_into(&k, &mut buf);
+            let hash = resource_hash(&buf, key.generation);
+            (k, raw, hash)
+        });
+        if let Some(rv) = rv {
+            let cached = CachedKey {
+                resource_version: rv.to_owned(),
+                value: value.to_owned(),
+                result: result.clone(),
+            };
+            self.keys.insert(id, cached);
+        }
+        result
+    }
+
+    /// Compiles the world (see [`compile`]).
+    pub fn compile(&mut self, world: &World) -> Compiled {
+        let mut diagnostics = Vec::new();
+        let mut resources = Vec::new();
+
+        for e in &world.load_errors {
+            diagnostics.push(Diagnostic {
+                resource: ResourceKey {
+                    kind: "File",
+                    namespace: String::new(),
+                    name: format!("{}#{}", e.source_name, e.index),
+                    generation: 0,
+                },
+                condition: condition::ACCEPTED,
+                reason: "ParseError",
+                message: e.message.clone(),
+            });
+        }
+
+        let mut admit =
+            |key: ResourceKey, result: Result<(), Reject>, diagnostics: &mut Vec<Diagnostic>| {
+                match result {
+                    Ok(()) => {
+                        resources.push(key);
+                        true
+                    }
+                    Err(r) => {
+                        diagnostics.push(Diagnostic {
+                            resource: key,
+                            condition: r.condition,
+                            reason: r.reason,
+                            message: r.message,
+                        });
+                        false
+                    }
+                }
+            };
+
+        let mut pools = Vec::new();
+        for pool in sorted(&world.pools) {
+            let key = ResourceKey::of(pool);
+            match compile_pool(pool, &key, world) {
+                Ok(p) => {
+                    admit(key, Ok(()), &mut diagnostics);
+                    pools.push(p);
+                }
+                Err(r) => {
+                    admit(key, Err(r), &mut diagnostics);
+                }
+            }
+        }
+        let pool_index: BTreeMap<&str, &pb::Pool> =
+            pools.iter().map(|p| (p.id.as_str(), p)).collect();
+        let rejected_pools: BTreeSet<String> = world
+            .pools
+            .iter()
+            .map(|p| ResourceKey::of(p).id())
+            .filter(|id| !pool_index.contains_key(id.as_str()))
+            .collect();
+
+        // Oldest first, so that a resource already in service keeps what it claims (model names,
+        // keys) against a newer one; the snapshot itself is ordered by id.
+        let mut routes = Vec::new();
+        let mut claimed: BTreeMap<&str, String> = BTreeMap::new();
+        for route in by_age(&world.routes) {
+            let key = ResourceKey::of(route);
+            let compiled =
+                compile_route(route, &key, &pool_index, &rejected_pools).and_then(|r| match route
+                    .spec
+                    .models
+                    .iter()
+                    .filter(|m| !m.contains(['*', '?']))
+                    .find_map(|m| claimed.get(m.as_str()).map(|w| (m, w)))
+                {
+                    Some((m, winner)) => Err(Reject::spec(
+                        "ModelConflict",
+                        format!(
+                            "model {m:?} is already served by LLMRoute {winner}, which is older"
+                        ),
+                    )),
+                    None => Ok(r),
+                });
+            match compiled {
+                Ok(r) => {
+                    for m in route.spec.models.iter().filter(|m| !m.contains(['*', '?'])) {
+                        claimed.insert(m, key.id());
+                    }
+                    admit(key, Ok(()), &mut diagnostics);
+                    routes.push(r);
+                }
+                Err(r) => {
+                    admit(key, Err(r), &mut diagnostics);
+                }
+            }
+        }
+        routes.sort_by(|a, b| a.id.cmp(&b.id));
+
+        let mut keys: Vec<(pb::VirtualKey, u64)> = Vec::with_capacity(world.keys.len());
+        let mut seen_hashes: HashMap<[u8; 32], String> = HashMap::with_capacity(world.keys.len());
+        for vk in by_age(&world.keys) {
+            let key = ResourceKey::of(vk);
+            let compiled =
+                self.key(vk, &key, world)
+                    .and_then(|(k, raw, hash)| match seen_hashes.entry(raw) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(key.id());
+                            Ok((k, hash))
+                        }
+                        std::collections::hash_map::Entry::Occupied(o) => Err(Reject::spec(
+                            "DuplicateKey",
+                            format!(
+                                "VirtualKey {} already uses the same key, and is older",
+                                o.get()
+                            ),
+                        )),
+                    });
+            match compiled {
+                Ok(k) => {
+                    admit(key, Ok(()), &mut diagnostics);
+                    keys.push(k);
+                }
+                Err(r) => {
+                    admit(key, Err(r), &mut diagnostics);
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let (keys, key_hashes): (Vec<pb::VirtualKey>, Vec<u64>) = keys.into_iter().unzip();
+        // Keys that left the world leave the cache.
+        if self.keys.len() > world.keys.len() {
+            let live: std::collections::HashSet<&str> =
+                keys.iter().map(|k| k.id.as_str()).collect();
+            self.keys.retain(|id, _| live.contains(id.as_str()));
+        }
+
+        let mut guardrails = Vec::new();
+        for g in sorted(&world.guardrails) {
+            let key = ResourceKey::of(g);
+            match compile_guardrail(g, &key) {
+                Ok(c) => {
+                    admit(key, Ok(()), &mut diagnostics);
+                    guardrails.push(c);
+                }
+                Err(r) => {
+                    admit(key, Err(r), &mut diagnostics);
+                }
+            }
+        }
+
+        resources.sort();
+        // Every list by id: deltas merge two snapshots list by list.
+        pools.sort_by(|a, b| a.id.cmp(&b.id));
+        guardrails.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut snapshot = pb::Snapshot {
+            version: String::new(),
+            pools,
+            routes,
+            keys,
+            guardrails,
+            resources: resources.iter().map(ResourceKey::to_proto).collect(),
+        };
+        let hashes = Hashes {
+            keys: key_hashes,
+            ..hashes(&snapshot)
+        };
+        snapshot.version = version_of(&snapshot, &hashes);
+        Compiled {
+            snapshot,
+            hashes,
+            encoded: std::sync::OnceLock::new(),
+            diagnostics,
+        }
+    }
+}
+
+/// A resource's content hash: its protobuf encoding and its generation.
+fn resource_hash(encoded: &[u8], generation: i64) -> u64 {
+    let mut h = Sha256::new();
+    h.update(generation.to_le_bytes());
+    h.update(encoded);
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Appends a message's encoding (a `Vec` never runs out of room).
+fn encode_into(m: &impl Message, buf: &mut Vec<u8>) {
+    let _infallible = m.encode(buf);
+}
+
+/// Hashes every pool, route and guardrail of a snapshot (generations from its `resources`).
+fn hashes(s: &pb::Snapshot) -> Hashes {
+    let generation: std::collections::HashMap<(&str, String), i64> = s
+        .resources
+        .iter()
+        .map(|r| {
+            (
+                (r.kind.as_str(), format!("{}/{}", r.namespace, r.name)),
+                r.generation,
+            )
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let mut hash = |kind: &'static str, id: &str, m: &dyn Fn(&mut Vec<u8>)| {
+        buf.clear();
+        m(&mut buf);
+        let g = generation.get(&(kind, id.to_owned())).copied().unwrap_or(0);
+        resource_hash(&buf, g)
+    };
+    Hashes {
+        pools: s
+            .pools
+            .iter()
+            .map(|p| hash("ProviderPool", &p.id, &|b| encode_into(p, b)))
+            .collect(),
+        routes: s
+            .routes
+            .iter()
+            .map(|r| hash("LLMRoute", &r.id, &|b| encode_into(r, b)))
+            .collect(),
+        // Keys are hashed as they compile (and cached with them).
+        keys: Vec::new(),
+        guardrails: s
+            .guardrails
+            .iter()
+            .map(|g| hash("Guardrail", &g.id, &|b| encode_into(g, b)))
+            .collect(),
+    }
+}
+
+/// The version: a hash of the sorted (kind, id, resource hash) triples. Identical input gives
+/// an identical version, on every replica.
+fn version_of(s: &pb::Snapshot, h: &Hashes) -> String {
+    let mut d = Sha256::new();
+    let mut feed = |kind: &str, ids: &mut dyn Iterator<Item = &str>, hashes: &[u64]| {
+        for (id, hash) in ids.zip(hashes) {
+            d.update(kind.as_bytes());
+            d.update([0]);
+            d.update(id.as_bytes());
+            d.update([0]);
+            d.update(hash.to_le_bytes());
+        }
+    };
+    feed(
+        "ProviderPool",
+        &mut s.pools.iter().map(|p| p.id.as_str()),
+        &h.pools,
+    );
+    feed(
+        "LLMRoute",
+        &mut s.routes.iter().map(|r| r.id.as_str()),
+        &h.routes,
+    );
+    feed(
+        "VirtualKey",
+        &mut s.keys.iter().map(|k| k.id.as_str()),
+        &h.keys,
+    );
+    feed(
+        "Guardrail",
+        &mut s.guardrails.iter().map(|g| g.id.as_str()),
+        &h.guardrails,
+    );
+    hex_lower(&d.finalize()[..8])
 }
 
 /// SHA-256 of a virtual key, hex: what data planes look keys up by.
@@ -343,17 +529,26 @@ fn sorted<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
 /// timestamp, as in `dir:` sources, sort by name alone).
 fn by_age<K: Resource<DynamicType = ()>>(items: &[K]) -> Vec<&K> {
     let mut v: Vec<&K> = items.iter().collect();
-    v.sort_by_cached_key(|k| {
-        let created = k.meta().creation_timestamp.as_ref().map(|t| t.0);
-        (created.is_none(), created, ResourceKey::of(*k))
-    });
+    fn order<K: Resource<DynamicType = ()>>(
+        k: &K,
+    ) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
+        let m = k.meta();
+        let created = m.creation_timestamp.as_ref().map(|t| t.0);
+        let ns = m.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        (
+            created.is_none(),
+            created,
+            ns,
+            m.name.as_deref().unwrap_or(""),
+        )
+    }
+    v.sort_by(|a, b| order(*a).cmp(&order(*b)));
     v
 }
 
 fn secret_value<'w>(world: &'w World, ns: &str, name: &str, key: &str) -> Result<&'w str, Reject> {
     let secret = world
-        .secrets
-        .get(&(ns.to_owned(), name.to_owned()))
+        .secret(ns, name)
         .ok_or_else(|| Reject::refs("SecretNotFound", format!(
                 "Secret {ns}/{name} not found (in Kubernetes a Secret must carry the label {}: \"true\" to be seen)",
                 crate::SECRET_LABEL

@@ -21,7 +21,8 @@ pub struct World {
     pub keys: Vec<VirtualKey>,
     pub guardrails: Vec<Guardrail>,
     /// Secret data by (namespace, name) -> key -> value.
-    pub secrets: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// Secret values by namespace, then name.
+    pub secrets: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     /// Environment variables that `credentialEnv` may reference (standalone mode).
     pub env: BTreeMap<String, String>,
     /// Documents that could not be parsed, with where they came from.
@@ -61,7 +62,15 @@ impl World {
         for (k, v) in secret.string_data.iter().flatten() {
             values.insert(k.clone(), v.clone());
         }
-        self.secrets.insert((ns, secret.name_any()), values);
+        self.secrets
+            .entry(ns)
+            .or_default()
+            .insert(secret.name_any(), values);
+    }
+
+    /// A Secret's values.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.secrets.get(namespace)?.get(name)
     }
 
     /// Parses multi-document YAML and adds every resource in it. Unknown kinds are ignored;
@@ -181,7 +190,7 @@ metadata: {name: g}
         );
         assert_eq!(w.pools.len(), 1);
         assert_eq!(w.pools[0].namespace().as_deref(), Some("team"));
-        let s = &w.secrets[&("default".to_owned(), "s".to_owned())];
+        let s = w.secret("default", "s").expect("secret");
         assert_eq!(s["key"], "sk-1");
         assert_eq!(s["other"], "hello");
         assert_eq!(w.routes.len(), 0);

@@ -17,7 +17,7 @@ use crate::upstream::{HttpClient, Upstreams};
 
 /// Why one resource of a snapshot cannot run on this data plane (the rest of the snapshot
 /// runs without it).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{kind} {id}: {message}")]
 pub struct InvalidResource {
     pub kind: &'static str,
@@ -179,19 +179,43 @@ impl RouteEntry {
     }
 }
 
-/// Everything the request path needs, indexed.
-#[derive(Debug)]
+/// Everything the request path needs, indexed. Built whole from a snapshot, then moved
+/// forward by deltas that rebuild only what they touch (see [`index`]).
+#[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub version: String,
-    keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    keys: index::KeyIndex,
+    pools: HashMap<String, Arc<PoolEntry>>,
+    /// The routes as sent, by id: reindexed when a route or a pool changes.
+    route_protos: Arc<BTreeMap<String, pb::Route>>,
     exact_routes: HashMap<String, Arc<RouteEntry>>,
     glob_routes: Vec<(String, Arc<RouteEntry>)>,
     routes: Vec<Arc<RouteEntry>>,
-    /// The BPE tokenizers of the config's OpenAI models, when some key or route has a token
-    /// limit or a budget (requests will need estimates); empty otherwise.
+    /// Generations of pools and routes (what a NACK of a reindexed route names).
+    generations: HashMap<(&'static str, String), i64>,
+    /// Whether some key or route has a token limit or a budget (requests need estimates).
+    counts_tokens: bool,
+    /// The BPE tokenizers of the config's OpenAI models, when `counts_tokens`; empty
+    /// otherwise.
     pub tokenizers: Vec<tiktoken_rs::tokenizer::Tokenizer>,
+    pool_errors: BTreeMap<String, InvalidResource>,
+    route_errors: Vec<InvalidResource>,
+    key_errors: BTreeMap<String, InvalidResource>,
     /// Resources of the snapshot left out because they cannot run here.
     pub rejected: Arc<Vec<InvalidResource>>,
+}
+
+/// The kinds a snapshot carries, as `InvalidResource` and `ResourceRef` name them.
+const POOL: &str = "ProviderPool";
+const ROUTE: &str = "LLMRoute";
+const KEY: &str = "VirtualKey";
+
+fn kind_static(kind: &str) -> Option<&'static str> {
+    [POOL, ROUTE, KEY].into_iter().find(|k| *k == kind)
+}
+
+fn ref_id(r: &pb::ResourceRef) -> String {
+    format!("{}/{}", r.namespace, r.name)
 }
 
 impl RuntimeConfig {
@@ -204,43 +228,167 @@ impl RuntimeConfig {
         snapshot: &pb::Snapshot,
         upstreams: &Upstreams,
     ) -> (Self, Arc<Vec<InvalidResource>>) {
-        let generations: HashMap<(&str, String), i64> = snapshot
-            .resources
-            .iter()
-            .map(|r| {
-                (
-                    (r.kind.as_str(), format!("{}/{}", r.namespace, r.name)),
-                    r.generation,
-                )
-            })
-            .collect();
-        let mut errors = Vec::new();
-        let mut invalid = |kind: &'static str, id: &str, message: String| {
-            errors.push(InvalidResource {
-                kind,
-                id: id.to_owned(),
-                generation: generations
-                    .get(&(kind, id.to_owned()))
-                    .copied()
-                    .unwrap_or(0),
-                message,
-            });
+        let mut cfg = Self {
+            version: snapshot.version.clone(),
+            keys: index::KeyIndex::with_capacity(snapshot.keys.len()),
+            pools: HashMap::new(),
+            route_protos: Arc::default(),
+            exact_routes: HashMap::new(),
+            glob_routes: Vec::new(),
+            routes: Vec::new(),
+            generations: HashMap::new(),
+            counts_tokens: false,
+            tokenizers: Vec::new(),
+            pool_errors: BTreeMap::new(),
+            route_errors: Vec::new(),
+            key_errors: BTreeMap::new(),
+            rejected: Arc::default(),
         };
-        let mut pools: HashMap<&str, Arc<PoolEntry>> = HashMap::new();
-        for p in &snapshot.pools {
-            match build_pool(p, upstreams) {
-                Ok(pool) => {
-                    pools.insert(p.id.as_str(), Arc::new(pool));
+        cfg.merge(
+            &snapshot.resources,
+            &snapshot.pools,
+            &snapshot.routes,
+            &snapshot.keys,
+            upstreams,
+        );
+        let rejected = cfg.rejected.clone();
+        (cfg, rejected)
+    }
+
+    /// The config a delta leads to: only the changed pools are rebuilt (unchanged ones keep
+    /// their connection pools), routes are reindexed only when a route or pool changed, and
+    /// the key index copies only the shards it writes.
+    pub fn apply_delta(
+        &self,
+        delta: &pb::Delta,
+        version: &str,
+        upstreams: &Upstreams,
+    ) -> (Self, Arc<Vec<InvalidResource>>) {
+        let mut cfg = self.clone();
+        cfg.version = version.to_owned();
+        for r in &delta.removed {
+            let id = ref_id(r);
+            match kind_static(&r.kind) {
+                Some(POOL) => {
+                    cfg.pools.remove(&id);
+                    cfg.pool_errors.remove(&id);
+                    cfg.generations.remove(&(POOL, id));
                 }
-                Err(message) => invalid("ProviderPool", &p.id, message),
+                Some(ROUTE) => {
+                    Arc::make_mut(&mut cfg.route_protos).remove(&id);
+                    cfg.generations.remove(&(ROUTE, id));
+                }
+                Some(KEY) => {
+                    cfg.keys.remove(&id);
+                    cfg.key_errors.remove(&id);
+                }
+                _ => {}
             }
         }
-        let mut routes = Vec::new();
-        for r in &snapshot.routes {
+        let routes_touched = delta
+            .removed
+            .iter()
+            .any(|r| r.kind == POOL || r.kind == ROUTE);
+        cfg.merge(
+            &delta.resources,
+            &delta.pools,
+            &delta.routes,
+            &delta.keys,
+            upstreams,
+        );
+        if routes_touched && delta.pools.is_empty() && delta.routes.is_empty() {
+            cfg.index_routes();
+            cfg.collect_rejected();
+        }
+        let rejected = cfg.rejected.clone();
+        (cfg, rejected)
+    }
+
+    /// Adds or replaces resources (a whole snapshot, or a delta's changes).
+    fn merge(
+        &mut self,
+        refs: &[pb::ResourceRef],
+        pools: &[pb::Pool],
+        routes: &[pb::Route],
+        keys: &[pb::VirtualKey],
+        upstreams: &Upstreams,
+    ) {
+        let generation_of = |kind: &str, id: &str| -> i64 {
+            // Small deltas: a scan; a whole snapshot lists refs for every resource, looked up
+            // only for the few that fail.
+            refs.iter()
+                .find(|r| r.kind == kind && ref_id(r) == id)
+                .map_or(0, |r| r.generation)
+        };
+        for r in refs {
+            if let Some(kind @ (POOL | ROUTE)) = kind_static(&r.kind) {
+                self.generations.insert((kind, ref_id(r)), r.generation);
+            }
+        }
+        for p in pools {
+            self.pool_errors.remove(&p.id);
+            match build_pool(p, upstreams) {
+                Ok(pool) => {
+                    self.pools.insert(p.id.clone(), Arc::new(pool));
+                }
+                Err(message) => {
+                    self.pools.remove(&p.id);
+                    let generation = generation_of(POOL, &p.id);
+                    let e = InvalidResource {
+                        kind: POOL,
+                        id: p.id.clone(),
+                        generation,
+                        message,
+                    };
+                    self.pool_errors.insert(p.id.clone(), e);
+                }
+            }
+        }
+        if !routes.is_empty() {
+            let protos = Arc::make_mut(&mut self.route_protos);
+            for r in routes {
+                protos.insert(r.id.clone(), r.clone());
+            }
+        }
+        for k in keys {
+            self.key_errors.remove(&k.id);
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(&k.key_sha256, &mut hash).is_err() {
+                self.keys.remove(&k.id);
+                let e = InvalidResource {
+                    kind: KEY,
+                    id: k.id.clone(),
+                    generation: generation_of(KEY, &k.id),
+                    message: "key_sha256 is not 64 hex characters".into(),
+                };
+                self.key_errors.insert(k.id.clone(), e);
+                continue;
+            }
+            let entry = key_entry(k);
+            self.counts_tokens |= entry.limits.tpm > 0
+                || entry.budget.is_some()
+                || entry.model_limits.iter().any(|(_, l)| l.tpm > 0);
+            self.keys.insert(hash, Arc::new(entry));
+        }
+        if !pools.is_empty() || !routes.is_empty() {
+            self.index_routes();
+        }
+        self.counts_tokens |= self.routes.iter().any(|r| r.limits.tpm > 0);
+        if self.counts_tokens && (!pools.is_empty() || self.tokenizers.is_empty()) {
+            self.tokenizers = tokenizers_of(self.pools.values());
+        }
+        self.collect_rejected();
+    }
+
+    /// Rebuilds the route entries and the model indexes from the routes as sent.
+    fn index_routes(&mut self) {
+        self.route_errors.clear();
+        let mut routes = Vec::with_capacity(self.route_protos.len());
+        for r in self.route_protos.values() {
             let mut backends = Vec::new();
             let mut missing = Vec::new();
             for b in &r.backends {
-                match pools.get(b.pool.as_str()) {
+                match self.pools.get(&b.pool) {
                     Some(pool) => backends.push(BackendEntry {
                         pool: pool.clone(),
                         model: (!b.model.is_empty()).then(|| b.model.clone()),
@@ -258,7 +406,16 @@ impl RuntimeConfig {
                         missing.join(", ")
                     )
                 };
-                invalid("LLMRoute", &r.id, message);
+                self.route_errors.push(InvalidResource {
+                    kind: ROUTE,
+                    id: r.id.clone(),
+                    generation: self
+                        .generations
+                        .get(&(ROUTE, r.id.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                    message,
+                });
                 continue;
             }
             if !missing.is_empty() {
@@ -279,72 +436,28 @@ impl RuntimeConfig {
                 if glob::is_glob(m) {
                     glob_routes.push((m.clone(), route.clone()));
                 } else {
-                    // Routes arrive sorted by id: the first claim on a name wins.
+                    // Routes are in id order: the first claim on a name wins (the control
+                    // plane already rejects a second claim).
                     exact_routes
                         .entry(m.clone())
                         .or_insert_with(|| route.clone());
                 }
             }
         }
-        let mut keys = HashMap::with_capacity(snapshot.keys.len());
-        for k in &snapshot.keys {
-            let mut hash = [0u8; 32];
-            if hex::decode_to_slice(&k.key_sha256, &mut hash).is_err() {
-                invalid(
-                    "VirtualKey",
-                    &k.id,
-                    "key_sha256 is not 64 hex characters".into(),
-                );
-                continue;
-            }
-            keys.insert(
-                hash,
-                Arc::new(KeyEntry {
-                    id: k.id.clone(),
-                    allowed_models: k.allowed_models.clone(),
-                    expires_at: (k.expires_at_unix > 0).then_some(k.expires_at_unix),
-                    disabled: k.disabled,
-                    labels: k.labels.clone(),
-                    allowed_routes: k.allowed_routes.clone(),
-                    limits: Limits::from_proto(k.limits),
-                    model_limits: k
-                        .model_limits
-                        .iter()
-                        .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
-                        .collect(),
-                    budget: BudgetSpec::from_proto(k.budget),
-                }),
-            );
-        }
-        let counts_tokens = routes.iter().any(|r| r.limits.tpm > 0)
-            || keys.values().any(|k| {
-                k.limits.tpm > 0
-                    || k.budget.is_some()
-                    || k.model_limits.iter().any(|(_, l)| l.tpm > 0)
-            });
-        let mut tokenizers = Vec::new();
-        if counts_tokens {
-            for t in pools
-                .values()
-                .flat_map(|p| p.models.iter())
-                .filter_map(|m| crate::tokens::tokenizer_of(m))
-            {
-                if !tokenizers.contains(&t) {
-                    tokenizers.push(t);
-                }
-            }
-        }
-        let rejected = Arc::new(errors);
-        let config = Self {
-            version: snapshot.version.clone(),
-            keys,
-            exact_routes,
-            glob_routes,
-            routes,
-            tokenizers,
-            rejected: rejected.clone(),
-        };
-        (config, rejected)
+        self.routes = routes;
+        self.exact_routes = exact_routes;
+        self.glob_routes = glob_routes;
+    }
+
+    fn collect_rejected(&mut self) {
+        let all: Vec<InvalidResource> = self
+            .pool_errors
+            .values()
+            .chain(&self.route_errors)
+            .chain(self.key_errors.values())
+            .cloned()
+            .collect();
+        self.rejected = Arc::new(all);
     }
 
     pub fn key(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
@@ -391,6 +504,45 @@ impl RuntimeConfig {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// A key as the request path sees it, from the key as sent.
+fn key_entry(k: &pb::VirtualKey) -> KeyEntry {
+    KeyEntry {
+        id: k.id.clone(),
+        allowed_models: k.allowed_models.clone(),
+        expires_at: (k.expires_at_unix > 0).then_some(k.expires_at_unix),
+        disabled: k.disabled,
+        labels: k.labels.clone(),
+        allowed_routes: k.allowed_routes.clone(),
+        limits: Limits::from_proto(k.limits),
+        model_limits: k
+            .model_limits
+            .iter()
+            .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
+            .collect(),
+        budget: BudgetSpec::from_proto(k.budget),
+    }
+}
+
+/// The BPE tokenizers of the pools' OpenAI models.
+fn tokenizers_of<'a>(
+    pools: impl Iterator<Item = &'a Arc<PoolEntry>>,
+) -> Vec<tiktoken_rs::tokenizer::Tokenizer> {
+    let mut out = Vec::new();
+    for t in pools
+        .flat_map(|p| p.models.iter())
+        .filter_map(|m| crate::tokens::tokenizer_of(m))
+    {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
 }
 
 fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
@@ -550,6 +702,8 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         client: upstreams.client(timeouts.connect)?,
     })
 }
+
+mod index;
 
 #[cfg(test)]
 mod tests;

@@ -87,18 +87,38 @@ impl Gateway {
     /// returns those, with the reasons.
     pub fn apply(&self, snapshot: &pb::Snapshot) -> Arc<Vec<InvalidResource>> {
         let (cfg, rejected) = RuntimeConfig::build(snapshot, &self.upstreams);
+        self.install(cfg, "full");
+        rejected
+    }
+
+    /// Moves the running config forward by a delta. `None` when the running version is not
+    /// the delta's base (the caller then asks for the whole state).
+    pub fn apply_delta(
+        &self,
+        delta: &pb::Delta,
+        version: &str,
+    ) -> Option<Arc<Vec<InvalidResource>>> {
+        let current = self.config.load_full()?;
+        if current.version != delta.base_version {
+            return None;
+        }
+        let (cfg, rejected) = current.apply_delta(delta, version, &self.upstreams);
+        self.install(cfg, "delta");
+        Some(rejected)
+    }
+
+    fn install(&self, cfg: RuntimeConfig, how: &'static str) {
         crate::tokens::warm_up(&cfg.tokenizers);
         self.metrics
             .config_keys
             .set(i64::try_from(cfg.key_count()).unwrap_or(i64::MAX));
         self.metrics
             .config_routes
-            .set(i64::try_from(snapshot.routes.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(cfg.route_count()).unwrap_or(i64::MAX));
         self.metrics
             .config_rejected_resources
-            .set(i64::try_from(rejected.len()).unwrap_or(i64::MAX));
-        self.config.store(Some(Arc::new(cfg)));
-        let result = if rejected.is_empty() {
+            .set(i64::try_from(cfg.rejected.len()).unwrap_or(i64::MAX));
+        let result = if cfg.rejected.is_empty() {
             "applied"
         } else {
             "partial"
@@ -107,10 +127,10 @@ impl Gateway {
             .config_updates
             .get_or_create(&ResultLabels { result })
             .inc();
-        for r in rejected.iter() {
-            tracing::warn!(version = %snapshot.version, resource = %r, "resource left out: it cannot run on this data plane");
+        for r in cfg.rejected.iter() {
+            tracing::warn!(version = %cfg.version, resource = %r, "resource left out: it cannot run on this data plane");
         }
-        tracing::info!(version = %snapshot.version, pools = snapshot.pools.len(), routes = snapshot.routes.len(), keys = snapshot.keys.len(), rejected = rejected.len(), "config applied");
-        rejected
+        tracing::info!(version = %cfg.version, how, routes = cfg.route_count(), keys = cfg.key_count(), rejected = cfg.rejected.len(), "config applied");
+        self.config.store(Some(Arc::new(cfg)));
     }
 }

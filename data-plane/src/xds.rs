@@ -51,6 +51,8 @@ pub enum ClientError {
     Credential(String, std::io::Error),
     #[error("the token in {0} cannot be sent as a header")]
     BadToken(String),
+    #[error("a delta from version {base:?} arrived while holding {held:?}")]
+    DeltaBase { base: String, held: String },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
@@ -147,6 +149,21 @@ async fn session(
         *received = true;
         let reply = if gw.version().as_deref() == Some(resp.version_info.as_str()) {
             ack(opts, &resp.version_info, resp.nonce)
+        } else if let Some(delta) = &resp.delta {
+            let applied = tokio::task::block_in_place(|| gw.apply_delta(delta, &resp.version_info));
+            let Some(rejected) = applied else {
+                // Not the version this data plane holds: reconnect, saying what it holds.
+                return Err(ClientError::DeltaBase {
+                    base: delta.base_version.clone(),
+                    held: gw.version().unwrap_or_default(),
+                });
+            };
+            if rejected.is_empty() {
+                ack(opts, &resp.version_info, resp.nonce)
+            } else {
+                let detail = error_detail(&resp.version_info, &rejected);
+                nack(opts, gw, resp.nonce, detail)
+            }
         } else {
             let decoded = tokio::task::block_in_place(|| {
                 use prost::Message;

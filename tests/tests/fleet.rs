@@ -186,6 +186,21 @@ async fn requests_flow_and_changes_reach_every_data_plane() {
         )
         .await;
     }
+    // After the first full snapshot, every change travelled as a delta.
+    let metrics = cp_metrics(&f).await;
+    assert!(
+        metrics.contains("switchyard_control_plane_snapshots_sent_total 2")
+            && metrics.contains("switchyard_control_plane_deltas_sent_total 4"),
+        "{metrics}"
+    );
+    for (dp, _, _) in &f.dps {
+        let deltas = dp
+            .logs()
+            .lines()
+            .filter(|l| l.contains("config applied") && l.contains("delta"))
+            .count();
+        assert_eq!(deltas, 2, "{}", dp.logs());
+    }
 }
 
 #[tokio::test]

@@ -38,6 +38,10 @@ enum Cmd {
         /// Also run LiteLLM's proxy and Portkey's gateway (installed on request).
         #[arg(long)]
         peers: bool,
+        /// Only the config-scale scenario (100k keys: cold start, one-key change, RSS),
+        /// printed; docs/ is left alone.
+        #[arg(long)]
+        scale_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
             duration,
             smoke,
             peers,
+            scale_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
                 smoke,
                 peers,
                 release: !smoke,
+                scale_only,
             },
         ),
     }
@@ -182,6 +188,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 smoke: true,
                 peers: false,
                 release: false,
+                scale_only: false,
             },
         )?;
     } else {

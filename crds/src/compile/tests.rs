@@ -550,3 +550,71 @@ spec: {secretRef: {name: keys, key: alice}}
         .collect();
     assert_eq!(rejected, vec!["demo", "alice"]);
 }
+
+#[test]
+fn a_delta_carries_only_what_changed_and_rebuilds_the_target() {
+    let a = compile(&world(""));
+    let mut w = world(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: zz-new}\nspec: {models: [zz], backends: [{pool: mock}]}\n",
+    );
+    w.keys.retain(|k| k.metadata.name.as_deref() != Some("bob"));
+    w.keys[0].spec.disabled = true;
+    let b = compile(&w);
+    let d = crate::delta(&a, &b);
+    assert_eq!(d.base_version, a.snapshot.version);
+    assert_eq!(
+        d.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        vec!["default/alice"]
+    );
+    assert_eq!(
+        d.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["default/zz-new"]
+    );
+    assert!(d.pools.is_empty() && d.guardrails.is_empty());
+    let removed: Vec<(&str, &str)> = d
+        .removed
+        .iter()
+        .map(|r| (r.kind.as_str(), r.name.as_str()))
+        .collect();
+    assert_eq!(removed, vec![("VirtualKey", "bob")]);
+    assert_eq!(d.resources.len(), 2);
+    // No change: an empty delta, and the same version.
+    let same = crate::delta(&b, &compile(&w));
+    assert!(same.keys.is_empty() && same.routes.is_empty() && same.removed.is_empty());
+    // A generation bump alone changes the version (status reports generations).
+    let mut w2 = world("");
+    w2.keys[0].metadata.generation = Some(9);
+    let c = compile(&w2);
+    assert_ne!(c.snapshot.version, a.snapshot.version);
+    assert_eq!(crate::delta(&a, &c).resources[0].generation, 9);
+}
+
+#[test]
+fn a_compiler_reuses_unchanged_keys_and_recompiles_changed_ones() {
+    let mut w = world("");
+    for (i, k) in w.keys.iter_mut().enumerate() {
+        k.metadata.resource_version = Some(format!("rv{i}"));
+    }
+    let mut compiler = Compiler::default();
+    let first = compiler.compile(&w);
+    assert_eq!(first.snapshot.version, compile(&w).snapshot.version);
+    // Same resourceVersion: the cached form is used (the edit below is invisible on purpose:
+    // the API server would have bumped the resourceVersion).
+    w.keys[0].spec.disabled = true;
+    let cached = compiler.compile(&w);
+    assert_eq!(cached.snapshot.version, first.snapshot.version);
+    // A new resourceVersion recompiles that key, and gives what a fresh compile gives.
+    w.keys[0].metadata.resource_version = Some("rv-new".into());
+    let second = compiler.compile(&w);
+    assert_ne!(second.snapshot.version, first.snapshot.version);
+    assert_eq!(second.snapshot.version, compile(&w).snapshot.version);
+    assert_eq!(second.hashes, compile(&w).hashes);
+    // So does a new key value in the Secret, with the same resourceVersion.
+    let ns = w.secrets.get_mut("default").expect("ns");
+    ns.get_mut("keys")
+        .expect("secret")
+        .insert("alice".into(), "sk-alice-rotated".into());
+    let third = compiler.compile(&w);
+    assert_eq!(third.snapshot.version, compile(&w).snapshot.version);
+    assert_ne!(third.snapshot.version, second.snapshot.version);
+}

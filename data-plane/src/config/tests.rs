@@ -291,3 +291,96 @@ fn valid(s: &pb::Snapshot) -> RuntimeConfig {
     assert!(errors.is_empty(), "{errors:?}");
     cfg
 }
+
+#[test]
+fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
+    let s = snapshot();
+    let (base, _) = RuntimeConfig::build(&s, &Upstreams::default());
+    let hash = |k: &str| {
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(switchyard_crds::key_hash(k), &mut h).expect("hex");
+        h
+    };
+    assert!(base.key(&hash("sk-test-key")).is_some());
+    let delta = pb::Delta {
+        base_version: "v1".into(),
+        keys: vec![pb::VirtualKey {
+            id: "ns/k2".into(),
+            key_sha256: switchyard_crds::key_hash("sk-second-key"),
+            ..Default::default()
+        }],
+        routes: vec![pb::Route {
+            id: "ns/new".into(),
+            models: vec!["brand-new".into()],
+            backends: vec![pb::Backend {
+                pool: "ns/b".into(),
+                model: String::new(),
+                weight: 1,
+            }],
+            key_selector: BTreeMap::new(),
+            limits: None,
+        }],
+        removed: vec![pb::ResourceRef {
+            kind: "VirtualKey".into(),
+            namespace: "ns".into(),
+            name: "k".into(),
+            generation: 0,
+        }],
+        ..Default::default()
+    };
+    let (next, rejected) = base.apply_delta(&delta, "v2", &Upstreams::default());
+    assert!(rejected.is_empty());
+    assert_eq!(next.version, "v2");
+    assert!(next.key(&hash("sk-test-key")).is_none(), "removed");
+    assert!(next.key(&hash("sk-second-key")).is_some(), "added");
+    assert!(next.route("brand-new").is_some());
+    assert!(next.route("gpt-4o").is_some_and(|r| r.id == "ns/exact"));
+    // Unchanged pools are the same entries (their connections survive the delta).
+    let pool = |c: &RuntimeConfig| {
+        c.route("gpt-4o")
+            .map(|r| r.backends[0].pool.clone())
+            .expect("pool")
+    };
+    assert!(Arc::ptr_eq(&pool(&base), &pool(&next)));
+    // The base is untouched.
+    assert!(base.key(&hash("sk-test-key")).is_some() && base.route("brand-new").is_none());
+
+    // A changed pool that cannot load here is NACKed with the delta's generation, and the
+    // route that only it served goes with it; removing the pool clears both.
+    let mut broken = s.pools[0].clone();
+    broken.endpoints[0].url = "not a url".into();
+    let delta = pb::Delta {
+        base_version: "v2".into(),
+        pools: vec![broken],
+        resources: vec![pb::ResourceRef {
+            kind: "ProviderPool".into(),
+            namespace: "ns".into(),
+            name: "a".into(),
+            generation: 4,
+        }],
+        ..Default::default()
+    };
+    let (third, rejected) = next.apply_delta(&delta, "v3", &Upstreams::default());
+    let ids: Vec<(&str, &str, i64)> = rejected
+        .iter()
+        .map(|r| (r.kind, r.id.as_str(), r.generation))
+        .collect();
+    assert_eq!(ids, vec![("ProviderPool", "ns/a", 4)]);
+    assert_eq!(
+        third.route("gpt-4o").map(|r| r.backends.len()),
+        Some(1),
+        "the route keeps its other backend"
+    );
+    let gone = pb::Delta {
+        base_version: "v3".into(),
+        removed: vec![pb::ResourceRef {
+            kind: "ProviderPool".into(),
+            namespace: "ns".into(),
+            name: "a".into(),
+            generation: 0,
+        }],
+        ..Default::default()
+    };
+    let (_, rejected) = third.apply_delta(&gone, "v4", &Upstreams::default());
+    assert!(rejected.is_empty(), "{rejected:?}");
+}

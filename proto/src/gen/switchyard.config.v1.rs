@@ -41,16 +41,43 @@ pub struct ResourceRef {
     #[prost(int64, tag = "4")]
     pub generation: i64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DiscoveryResponse {
     #[prost(string, tag = "1")]
     pub version_info: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub nonce: ::prost::alloc::string::String,
-    /// The Snapshot, protobuf-encoded once per version by the server and shared by every
+    /// The full Snapshot, protobuf-encoded once per version by the server and shared by every
     /// stream (a 100k-key snapshot is ~10 MB: encoding it per data plane would dominate).
+    /// Empty when `delta` is set.
     #[prost(bytes = "bytes", tag = "3")]
     pub snapshot: ::prost::bytes::Bytes,
+    /// What changed since the version the data plane holds, as incremental xDS sends it. A data
+    /// plane that does not hold `delta.base_version` drops the stream and reconnects saying
+    /// what it holds; it then gets a full snapshot or a delta from there.
+    #[prost(message, optional, tag = "4")]
+    pub delta: ::core::option::Option<Delta>,
+}
+/// The resources that differ between two snapshot versions.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Delta {
+    #[prost(string, tag = "1")]
+    pub base_version: ::prost::alloc::string::String,
+    /// Added or changed, whole.
+    #[prost(message, repeated, tag = "2")]
+    pub pools: ::prost::alloc::vec::Vec<Pool>,
+    #[prost(message, repeated, tag = "3")]
+    pub routes: ::prost::alloc::vec::Vec<Route>,
+    #[prost(message, repeated, tag = "4")]
+    pub keys: ::prost::alloc::vec::Vec<VirtualKey>,
+    #[prost(message, repeated, tag = "5")]
+    pub guardrails: ::prost::alloc::vec::Vec<Guardrail>,
+    /// Gone (kind, namespace, name; no generation).
+    #[prost(message, repeated, tag = "6")]
+    pub removed: ::prost::alloc::vec::Vec<ResourceRef>,
+    /// The references, with generations, of the added or changed resources.
+    #[prost(message, repeated, tag = "7")]
+    pub resources: ::prost::alloc::vec::Vec<ResourceRef>,
 }
 /// The compiled configuration: everything a data plane needs, nothing it must look up.
 #[derive(Clone, PartialEq, ::prost::Message)]
