@@ -2,6 +2,7 @@
 //! API) into compiled snapshots and streams them to every data plane over gRPC.
 
 pub mod auth;
+pub mod etcd;
 pub mod kube;
 pub mod metrics;
 pub mod server;

@@ -11,7 +11,7 @@ use switchyard_control_plane::kube::spend::SpendReader;
 use switchyard_control_plane::kube::{
     self as kube_source, KubeSource, controllers, leader, presence,
 };
-use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec};
+use switchyard_control_plane::{DirSource, Handles, Options, ServerTls, SourceSpec, etcd};
 use tokio::sync::watch;
 
 // Compiling 100k keys is allocation-bound: under glibc malloc, malloc/free took ~50% of the
@@ -23,9 +23,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Where resources come from: `kubernetes` or `dir:PATH`.
+    /// Where resources come from: `kubernetes`, `dir:PATH` or `etcd:URL[,URL...]`.
     #[arg(long, env = "SWITCHYARD_SOURCE")]
     source: SourceSpec,
+    /// Key prefix of the resources in etcd (`etcd:` source).
+    #[arg(long, env = "SWITCHYARD_ETCD_PREFIX", default_value = "/switchyard/")]
+    etcd_prefix: String,
+    /// Instead of serving: a command against the `etcd:` source.
+    #[command(subcommand)]
+    command: Option<EtcdCommand>,
     /// Address of the gRPC config server.
     #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "0.0.0.0:18000")]
     grpc_listen: SocketAddr,
@@ -94,6 +100,34 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// Commands for fleets that keep their resources in etcd.
+#[derive(clap::Subcommand, Debug)]
+enum EtcdCommand {
+    /// Stores every resource of a directory's YAML in etcd, one key each.
+    Load { dir: PathBuf },
+    /// Prints each resource's status as the leader wrote it.
+    Status,
+}
+
+/// Runs a command against the etcd source.
+async fn etcd_command(args: &Args, command: &EtcdCommand) -> Result<()> {
+    let SourceSpec::Etcd(endpoints) = &args.source else {
+        bail!("this command needs --source etcd:URL");
+    };
+    match command {
+        EtcdCommand::Load { dir } => {
+            let n = etcd::load(endpoints, &args.etcd_prefix, dir).await?;
+            println!("stored {n} resources under {}", args.etcd_prefix);
+        }
+        EtcdCommand::Status => {
+            for (key, status) in etcd::read_status(endpoints, &args.etcd_prefix).await? {
+                println!("{key}\t{status}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -202,6 +236,9 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    if let Some(command) = &args.command {
+        return etcd_command(&args, command).await;
+    }
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let tls = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
         (Some(c), Some(k), _) => Some(ServerTls {
@@ -252,6 +289,40 @@ async fn main() -> Result<()> {
             }
         }
         SourceSpec::Kubernetes => operator(args, opts).await,
+        SourceSpec::Etcd(endpoints) => {
+            let identity = args.identity.clone().unwrap_or_else(hostname);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let source = etcd::EtcdSource {
+                endpoints: endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                debounce: Duration::from_millis(20),
+            };
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let start = |h: Handles| {
+                let writer = etcd::StatusWriter {
+                    endpoints,
+                    prefix: args.etcd_prefix.clone(),
+                    identity,
+                    ttl: args.lease_duration,
+                    compiled: h.compiled,
+                    nodes: h.nodes,
+                };
+                tokio::spawn(async move {
+                    writer.run(stop_rx).await;
+                    let _ = done_tx.send(());
+                });
+            };
+            tokio::select! {
+                r = switchyard_control_plane::run(source, opts, start) => r.context("control plane failed"),
+                () = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    let _ = stop_tx.send(true);
+                    // Give the lease back so that another replica leads at once.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

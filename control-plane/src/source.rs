@@ -1,5 +1,6 @@
 //! Where resources come from. Every source produces whole `World`s; the compile loop turns
-//! each into a snapshot. `dir:PATH` is here; `kubernetes` and `etcd:URL` plug in the same way.
+//! each into a snapshot. `dir:PATH` is here; `kubernetes` (`kube/`) and `etcd:URL`
+//! (`etcd.rs`) plug in the same way.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("unknown source {0:?}: use `kubernetes` or `dir:PATH`")]
+    #[error("unknown source {0:?}: use `kubernetes`, `dir:PATH` or `etcd:URL[,URL...]`")]
     Unknown(String),
     #[error("source `{0}` is not available in this build yet")]
     Unavailable(&'static str),
@@ -39,6 +40,8 @@ pub trait Source: Send + 'static {
 pub enum SourceSpec {
     Kubernetes,
     Dir(PathBuf),
+    /// etcd endpoints (`http://host:2379`; a bare `host:port` gets `http://`).
+    Etcd(Vec<String>),
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -46,10 +49,30 @@ impl std::str::FromStr for SourceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "kubernetes" => Ok(Self::Kubernetes),
-            _ => match s.strip_prefix("dir:") {
-                Some(p) if !p.is_empty() => Ok(Self::Dir(PathBuf::from(p))),
-                _ => Err(SourceError::Unknown(s.to_owned())),
-            },
+            _ => {
+                if let Some(p) = s.strip_prefix("dir:").filter(|p| !p.is_empty()) {
+                    return Ok(Self::Dir(PathBuf::from(p)));
+                }
+                let urls: Vec<String> = s
+                    .strip_prefix("etcd:")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| {
+                        if u.contains("://") {
+                            u.to_owned()
+                        } else {
+                            format!("http://{u}")
+                        }
+                    })
+                    .collect();
+                if s.starts_with("etcd:") && !urls.is_empty() {
+                    Ok(Self::Etcd(urls))
+                } else {
+                    Err(SourceError::Unknown(s.to_owned()))
+                }
+            }
         }
     }
 }
@@ -114,5 +137,15 @@ mod tests {
         );
         assert!("dir:".parse::<SourceSpec>().is_err());
         assert!("etcd".parse::<SourceSpec>().is_err());
+        assert!("etcd:".parse::<SourceSpec>().is_err());
+        assert_eq!(
+            "etcd:127.0.0.1:2379, https://e2:2379"
+                .parse::<SourceSpec>()
+                .ok(),
+            Some(SourceSpec::Etcd(vec![
+                "http://127.0.0.1:2379".into(),
+                "https://e2:2379".into()
+            ]))
+        );
     }
 }

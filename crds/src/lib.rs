@@ -104,7 +104,8 @@ pub mod fs {
 
     use crate::World;
 
-    fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    /// The YAML files of a directory, sorted.
+    pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -190,21 +191,9 @@ pub mod fs {
             }
             let mut world = World::default();
             for (_, _, part) in self.files.values() {
-                world.pools.extend(part.pools.iter().cloned());
-                world.routes.extend(part.routes.iter().cloned());
-                world.keys.extend(part.keys.iter().cloned());
-                world.guardrails.extend(part.guardrails.iter().cloned());
-                for (ns, secrets) in &part.secrets {
-                    let into = world.secrets.entry(ns.clone()).or_default();
-                    into.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
-                world.load_errors.extend(part.load_errors.iter().cloned());
+                world.merge(part.clone());
             }
-            for var in world.referenced_env() {
-                if let Ok(v) = std::env::var(&var) {
-                    world.env.insert(var, v);
-                }
-            }
+            world.resolve_env();
             Ok(world)
         }
     }

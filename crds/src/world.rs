@@ -20,7 +20,6 @@ pub struct World {
     pub routes: Vec<LLMRoute>,
     pub keys: Vec<VirtualKey>,
     pub guardrails: Vec<Guardrail>,
-    /// Secret data by (namespace, name) -> key -> value.
     /// Secret values by namespace, then name.
     pub secrets: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     /// Environment variables that `credentialEnv` may reference (standalone mode).
@@ -66,6 +65,29 @@ impl World {
             .entry(ns)
             .or_default()
             .insert(secret.name_any(), values);
+    }
+
+    /// Reads the environment variables `credentialEnv` references (standalone, `dir:` and
+    /// `etcd:` sources).
+    pub fn resolve_env(&mut self) {
+        for var in self.referenced_env() {
+            if let Ok(v) = std::env::var(&var) {
+                self.env.insert(var, v);
+            }
+        }
+    }
+
+    /// Adds everything of another World.
+    pub fn merge(&mut self, other: World) {
+        self.pools.extend(other.pools);
+        self.routes.extend(other.routes);
+        self.keys.extend(other.keys);
+        self.guardrails.extend(other.guardrails);
+        for (ns, secrets) in other.secrets {
+            self.secrets.entry(ns).or_default().extend(secrets);
+        }
+        self.load_errors.extend(other.load_errors);
+        self.env.extend(other.env);
     }
 
     /// A Secret's values.

@@ -52,7 +52,7 @@ pub struct KubeEnv {
     sa_signing_key: PathBuf,
     controller_manager: Option<Proc>,
     apiserver: Proc,
-    etcd: Proc,
+    etcd: crate::etcd::EtcdServer,
 }
 
 fn kubeconfig(server: &str, ca: &Path, user: &str, token: &str) -> String {
@@ -69,23 +69,7 @@ impl KubeEnv {
             .await
             .unwrap_or_else(|e| panic!("build task: {e}"));
         let dir = dir.to_path_buf();
-        std::fs::create_dir_all(dir.join("etcd")).unwrap_or_else(|e| panic!("etcd dir: {e}"));
-        let (client_port, peer_port) = (free_port(), free_port());
-        let etcd = Proc::start_path(
-            &bin.join("etcd"),
-            &[
-                "--name=e2e".into(),
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
-                "--unsafe-no-fsync".into(),
-                "--log-level=warn".into(),
-            ],
-            &dir,
-        );
+        let etcd = crate::etcd::EtcdServer::start(&bin, &dir);
 
         let ca = TestCa::new(&dir, "kube").unwrap_or_else(|e| panic!("ca: {e}"));
         let serving = ca
@@ -111,7 +95,7 @@ impl KubeEnv {
         let apiserver = Proc::start_path(
             &bin.join("kube-apiserver"),
             &[
-                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                format!("--etcd-servers={}", etcd.url),
                 format!("--secure-port={port}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),

@@ -2,9 +2,11 @@
 //! it speaks the real wire formats of OpenAI (chat, embeddings, models; Azure deployment
 //! paths too) and Anthropic (messages), streaming included, with knobs for latency, chunking,
 //! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
-//! `procs` starts the real binaries for end-to-end tests; `redis` a real `redis-server`.
+//! `procs` starts the real binaries for end-to-end tests; `redis` a real `redis-server`;
+//! `etcd` a real etcd; `kube` a real API server on it.
 
 pub mod certs;
+pub mod etcd;
 pub mod kube;
 pub mod mock;
 pub mod procs;

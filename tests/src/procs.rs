@@ -227,3 +227,51 @@ pub mod reqwest_lite {
         }
     }
 }
+
+/// A TCP relay the test can cut: while shut, every relayed connection is dropped and new
+/// ones are closed at once, as a network partition would. (A process restart cannot be timed
+/// against a client's reconnect backoff; this can.)
+#[derive(Debug)]
+pub struct TcpGate {
+    pub addr: SocketAddr,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl TcpGate {
+    /// Relays `127.0.0.1:PORT` to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local addr: {e}"));
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    continue;
+                }
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = rx.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            open: std::sync::Arc::new(tx),
+        }
+    }
+
+    /// Cuts (false) or restores (true) the relay.
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}

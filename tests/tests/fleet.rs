@@ -7,11 +7,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use switchyard_tests::certs::{CertFiles, TestCa};
 use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
 
 struct Fleet {
@@ -23,41 +21,6 @@ struct Fleet {
     cp_grpc: SocketAddr,
     cp_admin: SocketAddr,
     dps: Vec<(Proc, String, String)>,
-}
-
-/// The control plane's serving certificate and the CA data planes trust; the same CA issues
-/// the data planes' client certificates (CN = node id).
-#[derive(Clone)]
-struct Tls {
-    ca: PathBuf,
-    issuer: Arc<TestCa>,
-    server: CertFiles,
-}
-
-impl Tls {
-    fn client_cert(&self, dir: &Path, node: &str) -> CertFiles {
-        self.issuer
-            .issue(dir, &format!("client-{node}"), node, &[], &[])
-            .expect("client cert")
-    }
-}
-
-fn tls(dir: &Path) -> Tls {
-    let ca = TestCa::new(dir, "planes").expect("ca");
-    let server = ca
-        .issue(
-            dir,
-            "control-plane",
-            "switchyard-control-plane",
-            &["localhost", "127.0.0.1"],
-            &[],
-        )
-        .expect("cert");
-    Tls {
-        ca: ca.cert_file.clone(),
-        issuer: Arc::new(ca),
-        server,
-    }
 }
 
 fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir: &Path) -> Proc {
@@ -116,23 +79,6 @@ async fn fleet() -> Fleet {
         cp_admin,
         dps,
     }
-}
-
-async fn status_of(api: &str, model: &str) -> u16 {
-    post(
-        &format!("{api}/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(model, "hi"),
-    )
-    .await
-    .0
-}
-
-async fn until_status(api: &str, model: &str, want: u16, what: &str) {
-    eventually(DEADLINE, what, || async move {
-        (status_of(api, model).await == want).then_some(())
-    })
-    .await;
 }
 
 async fn cp_metrics(f: &Fleet) -> String {

@@ -427,3 +427,57 @@ pub fn assert_openai_error(status: u16, body: &Value, want: u16) {
     );
     assert!(err["type"].is_string(), "{body}");
 }
+
+/// The control plane's serving certificate and the CA data planes trust; the same CA issues
+/// the data planes' client certificates (CN = node id).
+#[derive(Clone)]
+pub struct Tls {
+    pub ca: std::path::PathBuf,
+    pub issuer: std::sync::Arc<switchyard_tests::certs::TestCa>,
+    pub server: switchyard_tests::certs::CertFiles,
+}
+
+impl Tls {
+    pub fn client_cert(&self, dir: &Path, node: &str) -> switchyard_tests::certs::CertFiles {
+        self.issuer
+            .issue(dir, &format!("client-{node}"), node, &[], &[])
+            .expect("client cert")
+    }
+}
+
+pub fn tls(dir: &Path) -> Tls {
+    let ca = switchyard_tests::certs::TestCa::new(dir, "planes").expect("ca");
+    let server = ca
+        .issue(
+            dir,
+            "control-plane",
+            "switchyard-control-plane",
+            &["localhost", "127.0.0.1"],
+            &[],
+        )
+        .expect("cert");
+    Tls {
+        ca: ca.cert_file.clone(),
+        issuer: std::sync::Arc::new(ca),
+        server,
+    }
+}
+
+/// The status of a chat request for `model` with the main client key.
+pub async fn status_of(api: &str, model: &str) -> u16 {
+    post(
+        &format!("{api}/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body(model, "hi"),
+    )
+    .await
+    .0
+}
+
+/// Waits until a chat request for `model` gets `want`.
+pub async fn until_status(api: &str, model: &str, want: u16, what: &str) {
+    eventually(DEADLINE, what, || async move {
+        (status_of(api, model).await == want).then_some(())
+    })
+    .await;
+}
