@@ -11,7 +11,8 @@ use switchyard_data_plane::{
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Control-plane gRPC URL (fleet mode), e.g. https://switchyard-control-plane:18000.
+    /// Control-plane gRPC URL (fleet mode), e.g. https://switchyard-control-plane:18000;
+    /// several, comma-separated, are tried in turn when a stream breaks.
     #[arg(long, env = "SWITCHYARD_CONTROL_PLANE", conflicts_with = "config")]
     control_plane: Option<String>,
     /// Directory of YAML resources (standalone mode), compiled in-process and hot-reloaded.
@@ -123,17 +124,31 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
-    let source = match (args.control_plane, args.config) {
-        (Some(url), None) if url.starts_with("http://") && !args.insecure_plaintext => {
+    let urls: Option<Vec<String>> = args.control_plane.as_deref().map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    let plaintext = urls
+        .iter()
+        .flatten()
+        .find(|u| u.starts_with("http://"))
+        .cloned();
+    let source = match (urls, args.config) {
+        (Some(urls), None) if urls.is_empty() => bail!("--control-plane names no URL"),
+        (Some(_), None) if plaintext.is_some() && !args.insecure_plaintext => {
             bail!(
-                "refusing plaintext control-plane URL {url}: use https:// with --control-plane-ca, or --insecure-plaintext for local development"
+                "refusing plaintext control-plane URL {}: use https:// with --control-plane-ca, or --insecure-plaintext for local development",
+                plaintext.unwrap_or_default()
             )
         }
-        (Some(url), None) => ConfigSource::ControlPlane(ClientOptions {
+        (Some(urls), None) => ConfigSource::ControlPlane(ClientOptions {
             node_id: node_id.clone(),
             client_cert: args.client_cert.zip(args.client_key),
             token_file: args.control_plane_token_file,
-            url,
+            urls,
             ca_pem: args
                 .control_plane_ca
                 .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
@@ -146,10 +161,10 @@ async fn main() -> Result<()> {
         ),
     };
     if let ConfigSource::ControlPlane(c) = &source
-        && c.url.starts_with("http://")
+        && let Some(url) = c.urls.iter().find(|u| u.starts_with("http://"))
     {
         tracing::warn!(
-            url = %c.url,
+            url = %url,
             "INSECURE: the config stream, with every provider credential and token, travels in plaintext (--insecure-plaintext). Local development only."
         );
     }

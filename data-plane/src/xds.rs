@@ -24,7 +24,8 @@ pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 /// How to reach the control plane.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    pub url: String,
+    /// Control-plane replicas; a broken stream moves on to the next.
+    pub urls: Vec<String>,
     pub node_id: String,
     /// PEM CA bundle that signs the control plane's certificate (https URLs).
     pub ca_pem: Option<Vec<u8>>,
@@ -62,14 +63,18 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
 /// Runs forever: connect, stream, reconnect.
 pub async fn run(gw: Arc<Gateway>, opts: ClientOptions) {
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
         let mut received = false;
-        match session(&gw, &opts, &mut received).await {
-            Ok(()) => tracing::info!("config stream ended by the control plane"),
+        let url = &opts.urls[next % opts.urls.len().max(1)];
+        match session(&gw, &opts, url, &mut received).await {
+            Ok(()) => tracing::info!(%url, "config stream ended by the control plane"),
             Err(e) => {
-                tracing::warn!(error = %e, url = %opts.url, "config stream down; serving the last good config")
+                tracing::warn!(error = %e, %url, "config stream down; serving the last good config")
             }
         }
+        // The next attempt goes to the next replica (the same one when there is one).
+        next = next.wrapping_add(1);
         gw.metrics.control_plane_connected.set(0);
         if received {
             backoff = Duration::from_millis(100);
@@ -80,20 +85,20 @@ pub async fn run(gw: Arc<Gateway>, opts: ClientOptions) {
     }
 }
 
-fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
+fn endpoint(opts: &ClientOptions, url: &str) -> Result<Endpoint, ClientError> {
     // Credentials are read on every connection: the kubelet and cert-manager rotate in place.
     let identity = match &opts.client_cert {
         Some((cert, key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
         None => None,
     };
-    let mut ep = Endpoint::from_shared(opts.url.clone())
+    let mut ep = Endpoint::from_shared(url.to_owned())
         .map_err(ClientError::Url)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    if opts.url.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &opts.ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(ca));
@@ -112,9 +117,10 @@ fn endpoint(opts: &ClientOptions) -> Result<Endpoint, ClientError> {
 async fn session(
     gw: &Gateway,
     opts: &ClientOptions,
+    url: &str,
     received: &mut bool,
 ) -> Result<(), ClientError> {
-    let channel = endpoint(opts)?
+    let channel = endpoint(opts, url)?
         .connect()
         .await
         .map_err(ClientError::Connect)?;
@@ -144,7 +150,7 @@ async fn session(
     }
     let mut inbound = client.stream_config(request).await?.into_inner();
     gw.metrics.control_plane_connected.set(1);
-    tracing::info!(url = %opts.url, node_id = %opts.node_id, "config stream connected");
+    tracing::info!(%url, node_id = %opts.node_id, "config stream connected");
     while let Some(resp) = inbound.message().await? {
         *received = true;
         let reply = if gw.version().as_deref() == Some(resp.version_info.as_str()) {

@@ -263,6 +263,87 @@ async fn a_resource_a_data_plane_cannot_run_is_nacked_alone_and_the_rest_runs() 
     );
 }
 
+/// HA: a data plane given two replicas keeps serving while the one it streams from dies,
+/// moves to the other and gets the next change from it; a data plane restarted in the middle
+/// of a stream of changes converges to the last one.
+#[tokio::test]
+async fn a_data_plane_fails_over_between_replicas_and_converges_after_a_restart() {
+    let mut f = fleet().await;
+    let (grpc2, admin2) = (free_addr(), free_addr());
+    let _cp2 = start_cp(&f.cfg, grpc2, admin2, &f.tls, &f.dir);
+    let cert = f.tls.client_cert(&f.dir, "dp-c");
+    let (dp_c, api, admin) = start_fleet_dp_on(
+        &[f.cp_grpc, grpc2],
+        "dp-c",
+        &f.tls.ca,
+        Credential::Cert(&cert),
+        &[],
+        &f.dir,
+    );
+    wait_ready(&admin).await;
+    // Requests flow the whole time the first replica goes away.
+    let flowing = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let until = tokio::time::Instant::now() + Duration::from_secs(4);
+            while tokio::time::Instant::now() < until {
+                if status_of(&api, "chat").await == 200 {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.cp.kill();
+    std::fs::write(f.cfg.join("late.yaml"), LATE_ROUTE).expect("write");
+    until_status(&api, "late", 200, "the change, from the other replica").await;
+    let (ok, failed) = flowing.await.expect("request loop");
+    assert_eq!(failed, 0, "{ok} requests succeeded");
+    assert!(ok > 10, "{ok}");
+    assert!(
+        dp_c.logs().contains(&format!("localhost:{}", grpc2.port())),
+        "{}",
+        dp_c.logs()
+    );
+
+    // Churn: ten versions of one route, a data plane killed and started again in between.
+    let version = |i: u32| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: churn}}\nspec: {{models: [churn-{i}], backends: [{{pool: builtin}}]}}\n"
+        )
+    };
+    let mut dp = Some(dp_c);
+    let mut api = api;
+    for i in 0..10 {
+        std::fs::write(f.cfg.join("churn.yaml"), version(i)).expect("write");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if i == 4 {
+            drop(dp.take());
+            let (p, a, adm) = start_fleet_dp_on(
+                &[grpc2],
+                "dp-c",
+                &f.tls.ca,
+                Credential::Cert(&cert),
+                &[],
+                &f.dir,
+            );
+            wait_ready(&adm).await;
+            dp = Some(p);
+            api = a;
+        }
+    }
+    until_status(&api, "churn-9", 200, "the last version after the restart").await;
+    assert_eq!(
+        status_of(&api, "churn-8").await,
+        404,
+        "no older version lingers"
+    );
+}
+
 #[tokio::test]
 async fn a_data_plane_without_a_control_plane_is_not_ready() {
     let dir = temp_dir("orphan");

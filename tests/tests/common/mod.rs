@@ -245,10 +245,26 @@ pub fn start_fleet_dp(
     extra: &[&str],
     log_dir: &Path,
 ) -> (Proc, String, String) {
+    start_fleet_dp_on(&[grpc], node, ca, cred, extra, log_dir)
+}
+
+/// A data plane given several control-plane replicas, tried in turn.
+pub fn start_fleet_dp_on(
+    grpcs: &[std::net::SocketAddr],
+    node: &str,
+    ca: &Path,
+    cred: Credential<'_>,
+    extra: &[&str],
+    log_dir: &Path,
+) -> (Proc, String, String) {
     let (api, admin) = (free_addr(), free_addr());
+    let urls: Vec<String> = grpcs
+        .iter()
+        .map(|g| format!("https://localhost:{}", g.port()))
+        .collect();
     let mut args = vec![
         "--control-plane".into(),
-        format!("https://localhost:{}", grpc.port()),
+        urls.join(","),
         "--control-plane-ca".into(),
         ca.display().to_string(),
         "--node-id".into(),
