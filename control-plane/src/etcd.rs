@@ -271,7 +271,8 @@ impl StatusWriter {
         let mut backoff = Duration::from_millis(200);
         let held: std::sync::Mutex<Option<(Client, i64)>> = std::sync::Mutex::default();
         loop {
-            let stopped = tokio::select! {
+            let started = tokio::time::Instant::now();
+            let mut stopped = tokio::select! {
                 r = self.session(&held) => {
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "etcd status session ended; retrying");
@@ -280,6 +281,17 @@ impl StatusWriter {
                 }
                 r = stop.wait_for(|s| *s) => r.is_ok(),
             };
+            if !stopped {
+                // A session that lived a while starts the backoff over.
+                if started.elapsed() > self.ttl {
+                    backoff = Duration::from_millis(200);
+                }
+                stopped = tokio::select! {
+                    () = tokio::time::sleep(backoff) => false,
+                    r = stop.wait_for(|s| *s) => r.is_ok(),
+                };
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
             if stopped {
                 let lease = held.lock().ok().and_then(|mut h| h.take());
                 if let Some((mut client, lease)) = lease {
@@ -294,8 +306,6 @@ impl StatusWriter {
                 }
                 return;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
