@@ -106,7 +106,7 @@ async fn a_fleet_runs_from_etcd() {
         .expect("etcd address");
     let gate = TcpGate::start(etcd_addr).await;
     let (mut cp1, grpc1) = start_cp(&format!("http://{}", gate.addr), "cp-1", &tls, &dir);
-    let (mut cp2, _) = start_cp(&etcd.url, "cp-2", &tls, &dir);
+    let (mut cp2, grpc2) = start_cp(&etcd.url, "cp-2", &tls, &dir);
     let cert = tls.client_cert(&dir, "dp-a");
     let (_dp, api, admin) =
         start_fleet_dp(grpc1, "dp-a", &tls.ca, Credential::Cert(&cert), &[], &dir);
@@ -173,7 +173,9 @@ async fn a_fleet_runs_from_etcd() {
     // reads the whole prefix again, and the delete arrives.
     gate.set_open(false);
     eventually(DEADLINE, "cp-1 to notice", || async {
-        cp1.logs().contains("etcd session ended").then_some(())
+        cp1.logs()
+            .contains("etcd session ended; serving the last resources")
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -215,12 +217,40 @@ async fn a_fleet_runs_from_etcd() {
         cp1.logs()
     );
 
-    // ---- SIGTERM on the leader: its lease is revoked on the way out, so the leader key
-    // names the other replica long before the lease would have run out.
+    // ---- SIGTERM on the leader in the middle of a stream of changes: its lease is revoked
+    // on the way out, so the leader key names the other replica long before the lease would
+    // have run out, and no change is lost: a data plane on the surviving replica runs the
+    // last version, and status reports it.
     let first = eventually(DEADLINE, "a leader", || async {
         leader(&mut client.clone()).await
     })
     .await;
+    let cert_b = tls.client_cert(&dir, "dp-b");
+    let (_dp_b, api_b, admin_b) = start_fleet_dp_on(
+        &[grpc2, grpc1],
+        "dp-b",
+        &tls.ca,
+        Credential::Cert(&cert_b),
+        &[],
+        &dir,
+    );
+    wait_ready(&admin_b).await;
+    let churn = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            for i in 1..=20 {
+                let route = format!(
+                    "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: churn}}\nspec: {{models: [churn-{i}], backends: [{{pool: builtin}}]}}\n"
+                );
+                client
+                    .put(format!("{PREFIX}LLMRoute/default/churn"), route, None)
+                    .await
+                    .expect("put");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let (leaving, other) = if first == "cp-1" {
         (&mut cp1, "cp-2")
     } else {
@@ -238,6 +268,24 @@ async fn a_fleet_runs_from_etcd() {
     assert_ne!(leader(&mut client).await.as_deref(), Some(first.as_str()));
     eventually(DEADLINE, "the other replica leads", || async {
         (leader(&mut client.clone()).await.as_deref() == Some(other)).then_some(())
+    })
+    .await;
+    churn.await.expect("churn");
+    until_status(&api_b, "churn-20", 200, "the last of the changes").await;
+    assert_eq!(
+        status_of(&api_b, "churn-19").await,
+        404,
+        "no older version lingers"
+    );
+    eventually(DEADLINE, "status of the last change", || async {
+        let out = ctl(&etcd.url, &["status"]);
+        let (_, json) = out
+            .lines()
+            .find(|l| l.starts_with("LLMRoute/default/churn\t"))?
+            .split_once('\t')?;
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        (v["observedGeneration"] == 20 && condition(&v, "Programmed")["status"] == "True")
+            .then_some(())
     })
     .await;
 }
