@@ -19,31 +19,22 @@ const PREFIX: &str = "/sy-e2e/";
 
 fn start_cp(etcd: &str, identity: &str, tls: &Tls, dir: &Path) -> (Proc, SocketAddr) {
     let grpc = free_addr();
-    let p = Proc::start(
-        "switchyard-control-plane",
-        &[
-            "--source".into(),
-            format!("etcd:{etcd}"),
-            "--etcd-prefix".into(),
-            PREFIX.into(),
-            "--tls-cert".into(),
-            tls.server.cert.display().to_string(),
-            "--tls-key".into(),
-            tls.server.key.display().to_string(),
-            "--client-ca".into(),
-            tls.ca.display().to_string(),
-            "--grpc-listen".into(),
-            grpc.to_string(),
-            "--admin-listen".into(),
-            free_addr().to_string(),
-            "--identity".into(),
-            identity.into(),
-            "--lease-duration".into(),
-            "3s".into(),
-        ],
-        &[],
-        dir,
-    );
+    let mut args = tls.server_args();
+    args.extend([
+        "--source".into(),
+        format!("etcd:{etcd}"),
+        "--etcd-prefix".into(),
+        PREFIX.into(),
+        "--grpc-listen".into(),
+        grpc.to_string(),
+        "--admin-listen".into(),
+        free_addr().to_string(),
+        "--identity".into(),
+        identity.into(),
+        "--lease-duration".into(),
+        "3s".into(),
+    ]);
+    let p = Proc::start("switchyard-control-plane", &args, &[], dir);
     (p, grpc)
 }
 

@@ -24,27 +24,18 @@ struct Fleet {
 }
 
 fn start_cp(cfg: &Path, grpc: SocketAddr, admin: SocketAddr, tls: &Tls, log_dir: &Path) -> Proc {
-    Proc::start(
-        "switchyard-control-plane",
-        &[
-            "--tls-cert".into(),
-            tls.server.cert.display().to_string(),
-            "--tls-key".into(),
-            tls.server.key.display().to_string(),
-            "--client-ca".into(),
-            tls.ca.display().to_string(),
-            "--source".into(),
-            format!("dir:{}", cfg.display()),
-            "--grpc-listen".into(),
-            grpc.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-            "--poll-interval".into(),
-            "100ms".into(),
-        ],
-        &[],
-        log_dir,
-    )
+    let mut args = tls.server_args();
+    args.extend([
+        "--source".into(),
+        format!("dir:{}", cfg.display()),
+        "--grpc-listen".into(),
+        grpc.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+        "--poll-interval".into(),
+        "100ms".into(),
+    ]);
+    Proc::start("switchyard-control-plane", &args, &[], log_dir)
 }
 
 fn start_dp(grpc: SocketAddr, node: &str, tls: &Tls, log_dir: &Path) -> (Proc, String, String) {

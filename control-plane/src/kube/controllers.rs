@@ -14,20 +14,15 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::context::{Context, Error, error_policy, no_extra};
 use super::spend::SpendReader;
-use super::status::{self, Conditions};
+use super::status::{self, StatusObject};
 use super::triggers::{self, Inputs, Triggers};
 use super::{Touched, Watches, key};
 
 /// The reconcile of kinds that carry conditions only: ProviderPool, LLMRoute, Guardrail.
-pub async fn reconcile_conditions<K>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Conditions
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+pub async fn reconcile_conditions<K: StatusObject>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let action = status::reconcile(obj.as_ref(), &ctx, no_extra()).await?;
     ctx.succeeded(obj.as_ref());
     Ok(action)

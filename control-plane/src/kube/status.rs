@@ -294,6 +294,27 @@ impl_conditions!(
     switchyard_crds::VirtualKey
 );
 
+/// A namespaced Switchyard object whose status this operator writes.
+pub trait StatusObject:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Conditions
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> StatusObject for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Conditions
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+{
+}
+
 /// The identity of an object as compile and status name it.
 pub fn resource_key<K: Resource<DynamicType = ()>>(obj: &K) -> Option<ResourceKey> {
     Some(ResourceKey {
@@ -306,15 +327,11 @@ pub fn resource_key<K: Resource<DynamicType = ()>>(obj: &K) -> Option<ResourceKe
 
 /// The reconcile step every kind shares: while leading, record a Warning Event for a new
 /// diagnostic, compute the conditions, and write them (with `extra`) if they differ.
-pub async fn reconcile<K>(obj: &K, ctx: &Context, extra: Extra) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Conditions
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
+pub async fn reconcile<K: StatusObject>(
+    obj: &K,
+    ctx: &Context,
+    extra: Extra,
+) -> Result<Action, Error> {
     let (Some(key), Some(compiled)) = (resource_key(obj), ctx.compiled()) else {
         return Ok(Action::await_change());
     };

@@ -461,6 +461,21 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// A control plane's flags: serve with this certificate, admit data planes whose client
+    /// certificate this CA signed.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.server.cert.display().to_string(),
+            "--tls-key".into(),
+            self.server.key.display().to_string(),
+            "--client-ca".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+}
+
 pub fn tls(dir: &Path) -> Tls {
     let ca = switchyard_tests::certs::TestCa::new(dir, "planes").expect("ca");
     let server = ca
