@@ -51,12 +51,20 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection can take it between this check and the process that binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 40) * 300;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(base + n % 12_000).unwrap_or(20_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    0
 }
 
 /// A free loopback address.
