@@ -646,18 +646,40 @@ async fn kubernetes_end_to_end() {
     })
     .await;
 
-    // ---- SIGTERM on the leader: it gives the Lease up on the way out (no wait for it to run
-    // out), and the other replica takes status writing over.
+    // ---- SIGTERM on the leader in the middle of a stream of changes: it gives the Lease up
+    // on the way out (no wait for it to run out), the other replica takes status writing
+    // over, and no change is lost: the data plane on the surviving replica runs the last one,
+    // and its status says so.
     let first = eventually(K8S_DEADLINE, "a leader", || async { leader(&kube) }).await;
-    let (leaving, survivor, survivor_name) = if first == "cp-1" {
-        (&mut cp1, &mut cp2, "cp-2")
+    let (leaving, survivor, survivor_name, survivor_dp) = if first == "cp-1" {
+        (&mut cp1, &mut cp2, "cp-2", &dps[1].1)
     } else {
-        (&mut cp2, &mut cp1, "cp-1")
+        (&mut cp2, &mut cp1, "cp-1", &dps[0].1)
     };
-    assert!(
-        leaving.terminate(Duration::from_secs(10)),
-        "the leader exits on SIGTERM"
-    );
+    // The bring-your-own key: it may use any model.
+    const BYO_KEY: &str = "sk-bring-your-own-0001";
+    const CHURN: usize = 12;
+    let churn_route = |i: usize| {
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: churn}}\nspec: {{models: [churn-{i}], backends: [{{pool: openai, model: gpt-4o}}]}}\n"
+        )
+    };
+    std::thread::scope(|s| {
+        let kube = &kube;
+        let churn = s.spawn(move || {
+            for i in 1..=CHURN {
+                apply(kube, &churn_route(i));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            leaving.terminate(Duration::from_secs(10)),
+            "the leader exits on SIGTERM"
+        );
+        assert!(!churn.is_finished(), "the leader left while changes flowed");
+        churn.join().expect("churn");
+    });
     assert!(
         leaving.logs().contains("released the leader lease"),
         "{}",
@@ -667,6 +689,27 @@ async fn kubernetes_end_to_end() {
         leader(&kube).as_deref(),
         Some(first.as_str()),
         "the Lease is released before the process exits"
+    );
+    until_chat(
+        survivor_dp,
+        BYO_KEY,
+        &format!("churn-{CHURN}"),
+        200,
+        "the last of the changes",
+    )
+    .await;
+    assert_eq!(
+        chat(survivor_dp, BYO_KEY, &format!("churn-{}", CHURN - 1))
+            .await
+            .0,
+        404,
+        "no older version lingers"
+    );
+    let c = until_condition(&kube, "llmroute", "churn", "Programmed", "True").await;
+    let churn_obj = get_json(&kube, &["llmroute", "churn", "-n", NS]).expect("churn route");
+    assert_eq!(
+        c["observedGeneration"], churn_obj["metadata"]["generation"],
+        "status is of the last change"
     );
     apply(
         &kube,
@@ -681,8 +724,29 @@ async fn kubernetes_end_to_end() {
         survivor.logs()
     );
 
-    // ---- Every control-plane replica down: data planes keep serving.
+    // ---- SIGKILL on the leader: nothing is released, and a new replica leads once the Lease
+    // runs out (4 s here) plus at most one retry period, then writes status.
+    let (mut cp3, _, admin3) = start_operator(&kube, "cp-3", &cp_cert, &redis.url(), &dir);
+    wait_ready(&format!("http://{admin3}")).await;
+    let killed = std::time::Instant::now();
     survivor.kill();
+    eventually(K8S_DEADLINE, "cp-3 leads", || async {
+        (leader(&kube).as_deref() == Some("cp-3")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "took {took:?} to lead after the leader died (lease 4 s)"
+    );
+    apply(
+        &kube,
+        "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: broken-3}\nspec: {models: [b3], backends: [{pool: missing}]}\n",
+    );
+    until_condition(&kube, "llmroute", "broken-3", "Accepted", "False").await;
+
+    // ---- Every control-plane replica down: data planes keep serving.
+    cp3.kill();
     for (_, api, _) in &dps {
         assert_eq!(chat(api, &key_a, "fast").await.0, 200);
     }
