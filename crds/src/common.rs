@@ -85,3 +85,24 @@ pub struct RateLimits {
     #[schemars(range(min = 1))]
     pub max_parallel_requests: Option<u64>,
 }
+
+/// Why an upstream call failed, as retries and fallbacks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum FailureClass {
+    /// 429 from the upstream.
+    RateLimited,
+    /// The upstream is overloaded (503, Anthropic's 529).
+    Overloaded,
+    /// 5xx, a broken connection, or an answer that is not the provider's format.
+    ServerError,
+    /// No answer before the first-byte timeout.
+    Timeout,
+    /// The prompt does not fit the model's context window.
+    ContextWindowExceeded,
+    /// The provider's content filter refused the request.
+    ContentFiltered,
+    /// The provider refused the gateway's credential.
+    Authentication,
+    /// Any other 4xx.
+    BadRequest,
+}

@@ -21,6 +21,7 @@ use crate::{
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MOCK_COMPLETION_TOKENS: u32 = 16;
 
 /// Identifies one resource in diagnostics and status.
@@ -691,17 +692,14 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
     }
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let t = spec.timeouts.clone().unwrap_or_default();
-    let dur = |f: &str, v: &Option<String>, default: Duration| -> Result<u64, Reject> {
-        let d = v
-            .as_deref()
-            .map(|v| validate::duration(&format!("spec.timeouts.{f}"), v))
-            .transpose()?;
-        Ok(ms(d.unwrap_or(default)))
+    let dur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.timeouts.{f}"), v, default)
     };
     let timeouts = pb::Timeouts {
         connect_ms: dur("connect", &t.connect, DEFAULT_CONNECT_TIMEOUT)?,
         first_byte_ms: dur("firstByte", &t.first_byte, DEFAULT_FIRST_BYTE_TIMEOUT)?,
         total_ms: dur("total", &t.total, DEFAULT_TOTAL_TIMEOUT)?,
+        idle_ms: dur("idle", &t.idle, DEFAULT_IDLE_TIMEOUT)?,
     };
     let api_version = match (&spec.azure, spec.provider) {
         (Some(a), _) if !a.api_version.trim().is_empty() => a.api_version.trim().to_owned(),
@@ -752,9 +750,38 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
             ..Default::default()
         },
     };
-    let load_balancing = match spec.load_balancing {
-        Some(crate::LoadBalancingStrategy::RoundRobin) => pb::LoadBalancing::RoundRobin,
-        _ => pb::LoadBalancing::WeightedRandom,
+    if spec.load_balancing == Some(crate::LoadBalancingStrategy::Cost) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.loadBalancing: Cost balances a route's backends; the endpoints of a pool all have the same prices",
+        ));
+    }
+    let load_balancing = load_balancing(spec.load_balancing);
+    let o = spec.outlier_detection.clone().unwrap_or_default();
+    let odur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.outlierDetection.{f}"), v, default)
+    };
+    let max_ejected_percent = o.max_ejected_percent.unwrap_or(50);
+    if max_ejected_percent > 100 {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.outlierDetection.maxEjectedPercent: at most 100",
+        ));
+    }
+    let outlier_detection = pb::OutlierDetection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(5),
+        consecutive_rate_limits: o.consecutive_rate_limits.unwrap_or(3),
+        base_ejection_ms: odur(
+            "baseEjectionTime",
+            &o.base_ejection_time,
+            Duration::from_secs(10),
+        )?,
+        max_ejection_ms: odur(
+            "maxEjectionTime",
+            &o.max_ejection_time,
+            Duration::from_secs(300),
+        )?,
+        max_ejected_percent,
     };
     Ok(pb::Pool {
         id: key.id(),
@@ -766,6 +793,71 @@ fn compile_pool(pool: &ProviderPool, key: &ResourceKey, world: &World) -> Result
         api_version,
         mock: Some(mock),
         region,
+        outlier_detection: Some(outlier_detection),
+    })
+}
+
+/// A duration field in milliseconds (`field` names it in errors), or the default.
+fn duration_ms(field: &str, v: &Option<String>, default: Duration) -> Result<u64, Reject> {
+    let d = v
+        .as_deref()
+        .map(|v| validate::duration(field, v))
+        .transpose()?
+        .unwrap_or(default);
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn load_balancing(s: Option<crate::LoadBalancingStrategy>) -> pb::LoadBalancing {
+    use crate::LoadBalancingStrategy as S;
+    match s {
+        None | Some(S::WeightedRandom) => pb::LoadBalancing::WeightedRandom,
+        Some(S::RoundRobin) => pb::LoadBalancing::RoundRobin,
+        Some(S::LeastRequest) => pb::LoadBalancing::LeastRequest,
+        Some(S::LeastLatency) => pb::LoadBalancing::LeastLatency,
+        Some(S::Cost) => pb::LoadBalancing::Cost,
+    }
+}
+
+fn failure_class(c: crate::FailureClass) -> pb::FailureClass {
+    use crate::FailureClass as C;
+    match c {
+        C::RateLimited => pb::FailureClass::RateLimited,
+        C::Overloaded => pb::FailureClass::Overloaded,
+        C::ServerError => pb::FailureClass::ServerError,
+        C::Timeout => pb::FailureClass::Timeout,
+        C::ContextWindowExceeded => pb::FailureClass::ContextWindowExceeded,
+        C::ContentFiltered => pb::FailureClass::ContentFiltered,
+        C::Authentication => pb::FailureClass::Authentication,
+        C::BadRequest => pb::FailureClass::BadRequest,
+    }
+}
+
+fn compile_retry(r: Option<&crate::RetryPolicy>) -> Result<pb::RetryPolicy, Reject> {
+    let r = r.cloned().unwrap_or_default();
+    let dur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.retries.{f}"), v, default)
+    };
+    let attempts = r.attempts.unwrap_or(2);
+    if !(1..=10).contains(&attempts) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.retries.attempts: between 1 and 10",
+        ));
+    }
+    let retry_on = r.retry_on.unwrap_or_else(|| {
+        use crate::FailureClass as C;
+        vec![C::RateLimited, C::Overloaded, C::ServerError, C::Timeout]
+    });
+    Ok(pb::RetryPolicy {
+        attempts,
+        retry_on: retry_on
+            .into_iter()
+            .map(|c| failure_class(c).into())
+            .collect(),
+        backoff_ms: dur("backoff", &r.backoff, Duration::from_millis(100))?,
+        max_backoff_ms: dur("maxBackoff", &r.max_backoff, Duration::from_secs(2))?,
+        budget_percent: r.budget_percent.unwrap_or(20).min(1000),
+        min_retries_per_second: r.min_retries_per_second.unwrap_or(5),
     })
 }
 
@@ -785,15 +877,60 @@ fn compile_route(
     for (i, m) in spec.models.iter().enumerate() {
         validate::model_glob(&format!("spec.models[{i}]"), m)?;
     }
-    if spec.backends.is_empty() {
+    let backends = compile_backends("spec.backends", &spec.backends, key, pools, rejected_pools)?;
+    let mut fallbacks = Vec::with_capacity(spec.fallbacks.len());
+    for (i, g) in spec.fallbacks.iter().enumerate() {
+        let field = format!("spec.fallbacks[{i}]");
+        if g.on.is_empty() {
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.on: at least one failure class is required"),
+            ));
+        }
+        fallbacks.push(pb::FallbackGroup {
+            on: g.on.iter().map(|c| failure_class(*c).into()).collect(),
+            backends: compile_backends(
+                &format!("{field}.backends"),
+                &g.backends,
+                key,
+                pools,
+                rejected_pools,
+            )?,
+        });
+    }
+    Ok(pb::Route {
+        id: key.id(),
+        models: spec.models.clone(),
+        backends,
+        key_selector: spec
+            .key_selector
+            .clone()
+            .map(|s| s.match_labels)
+            .unwrap_or_default(),
+        limits: spec.limits.as_ref().map(compile_limits),
+        load_balancing: load_balancing(spec.load_balancing).into(),
+        retry: Some(compile_retry(spec.retries.as_ref())?),
+        fallbacks,
+    })
+}
+
+/// The backends of a route or of one of its fallback groups (`field` names the list).
+fn compile_backends(
+    field: &str,
+    list: &[crate::RouteBackend],
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<Vec<pb::Backend>, Reject> {
+    if list.is_empty() {
         return Err(Reject::spec(
             "Invalid",
-            "spec.backends: at least one backend is required",
+            format!("{field}: at least one backend is required"),
         ));
     }
     let mut backends = Vec::new();
-    for (i, b) in spec.backends.iter().enumerate() {
-        let field = format!("spec.backends[{i}]");
+    for (i, b) in list.iter().enumerate() {
+        let field = format!("{field}[{i}]");
         let weight = validate::weight(&format!("{field}.weight"), b.weight.unwrap_or(1))?;
         if let Some(m) = &b.model {
             validate::model_glob(&format!("{field}.model"), m)?;
@@ -834,20 +971,10 @@ fn compile_route(
     if backends.iter().all(|b| b.weight == 0) {
         return Err(Reject::spec(
             "NoWeight",
-            "spec.backends: every backend has weight 0",
+            format!("{field}: every backend has weight 0"),
         ));
     }
-    Ok(pb::Route {
-        id: key.id(),
-        models: spec.models.clone(),
-        backends,
-        key_selector: spec
-            .key_selector
-            .clone()
-            .map(|s| s.match_labels)
-            .unwrap_or_default(),
-        limits: spec.limits.as_ref().map(compile_limits),
-    })
+    Ok(backends)
 }
 
 fn compile_limits(l: &RateLimits) -> pb::Limits {

@@ -13,7 +13,7 @@ pub mod validate;
 pub mod world;
 
 pub use common::{
-    Condition, GROUP, RateLimits, ResourceStatus, SECRET_LABEL, SecretKeyRef, VERSION,
+    Condition, FailureClass, GROUP, RateLimits, ResourceStatus, SECRET_LABEL, SecretKeyRef, VERSION,
 };
 pub use compile::{Compiled, Diagnostic, Hashes, ResourceKey, compile, key_hash};
 pub use delta::delta;
@@ -23,10 +23,10 @@ pub use key::{
     VirtualKeySpec, VirtualKeyStatus,
 };
 pub use pool::{
-    LoadBalancingStrategy, MockSettings, PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind,
-    ProviderPool, ProviderPoolSpec,
+    LoadBalancingStrategy, MockSettings, OutlierDetection, PoolEndpoint, PoolModel, PoolTimeouts,
+    ProviderKind, ProviderPool, ProviderPoolSpec,
 };
-pub use route::{KeySelector, LLMRoute, LLMRouteSpec, RouteBackend};
+pub use route::{FallbackGroup, KeySelector, LLMRoute, LLMRouteSpec, RetryPolicy, RouteBackend};
 pub use world::World;
 
 use kube::CustomResourceExt;

@@ -31,9 +31,14 @@ pub struct ProviderPoolSpec {
     /// Models served by this pool. Routes may only send these names upstream.
     #[serde(default)]
     pub models: Vec<PoolModel>,
-    /// How requests are spread over the endpoints. Default `WeightedRandom`.
+    /// How requests are spread over the endpoints. Default `WeightedRandom`. (`Cost` is for
+    /// a route's backends: every endpoint of a pool has the same prices.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing: Option<LoadBalancingStrategy>,
+    /// Passive health: endpoints that keep failing are taken out of rotation for a while.
+    /// On by default (see the field defaults); set both thresholds to 0 to turn it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     /// Timeouts towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<PoolTimeouts>,
@@ -128,13 +133,47 @@ pub struct PoolModel {
     pub cache_write_price_per_million: Option<String>,
 }
 
-/// Load-balancing strategy over a pool's endpoints.
+/// Load-balancing strategy over a pool's endpoints or a route's backends. Ejected endpoints
+/// (and backends whose pool has none left) are skipped while any other is available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum LoadBalancingStrategy {
-    /// Pick an endpoint at random, in proportion to its weight.
+    /// Pick at random, in proportion to the weights.
     WeightedRandom,
-    /// Take endpoints in turn (weights ignored).
+    /// Take them in turn, each as often as its weight.
     RoundRobin,
+    /// The one with fewer requests in flight (per unit of weight) of two picked at random
+    /// ("power of two choices").
+    LeastRequest,
+    /// Of two picked at random, the one with the lower peak-EWMA of time to the response
+    /// head, times its requests in flight plus one: slow endpoints get less traffic.
+    LeastLatency,
+    /// Routes only: the backend whose model is cheapest (input plus output price) first;
+    /// equal prices share by weight.
+    Cost,
+}
+
+/// When an endpoint is ejected, and for how long. Durations as `30s`, `5m`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Failures in a row (5xx, overload, timeouts, connection errors) that eject an
+    /// endpoint. Default 5; 0 turns this trigger off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// 429 answers in a row that eject an endpoint (at least for its `retry-after`).
+    /// Default 3; 0 turns this trigger off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_rate_limits: Option<u32>,
+    /// Ejection time of a first ejection; it doubles with each repeat. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<String>,
+    /// Most endpoints of the pool ejected at once, in percent (at least one may always be).
+    /// Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
 }
 
 /// Timeouts towards a pool's endpoints, as durations such as `2s` or `500ms`.
@@ -147,6 +186,9 @@ pub struct PoolTimeouts {
     /// Until the response headers (streaming: the first byte) arrive. Default `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_byte: Option<String>,
+    /// Longest silence between two chunks of a stream. Default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
     /// Whole request including the body or stream. Default `600s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<String>,

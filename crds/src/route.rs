@@ -6,7 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{RateLimits, ResourceStatus};
+use crate::common::{FailureClass, RateLimits, ResourceStatus};
+use crate::pool::LoadBalancingStrategy;
 
 /// Maps client-facing model names to weighted backends (a pool plus an upstream model name).
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -29,8 +30,19 @@ pub struct LLMRouteSpec {
     /// Client-facing model names this route answers. `*` and `?` globs are allowed; an exact
     /// name wins over a glob.
     pub models: Vec<String>,
-    /// Weighted backends. Each request goes to one, picked at random by weight.
+    /// Weighted backends. Each request goes to one, picked by `loadBalancing`.
     pub backends: Vec<RouteBackend>,
+    /// How requests are spread over the backends. Default `WeightedRandom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<LoadBalancingStrategy>,
+    /// Retries of a failed attempt, within the backends of the group that failed (another
+    /// endpoint or backend when there is one). Default: 2 attempts on transient failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    /// Ordered groups of backends tried after the `backends` (and their retries) failed with
+    /// a class the group lists: the first later group that lists it is entered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<FallbackGroup>,
     /// Which VirtualKeys may use this route: every label listed must be on the key.
     /// Absent: every key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,4 +73,43 @@ pub struct KeySelector {
     /// Labels the key must carry, with these values.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+}
+
+/// Retries within a group of backends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Attempts per group, the first included (1 = no retries). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Failure classes that are retried. Default `[RateLimited, Overloaded, ServerError,
+    /// Timeout]`. An attempt that reached the upstream is retried only when the upstream
+    /// answered with an error status or timed out before answering; a stream only before
+    /// its first byte went to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<FailureClass>>,
+    /// First backoff; it doubles with each retry, with jitter, and a `retry-after` from the
+    /// upstream lengthens it. Default `100ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Longest backoff (and longest `retry-after` waited for). Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+    /// Retries may add at most this percentage of the route's requests (over 10 s), plus
+    /// `minRetriesPerSecond`, so that retries cannot amplify an outage. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// Retries always allowed per second, whatever the traffic. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
+}
+
+/// A group of backends entered when the groups before it failed with one of `on`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackGroup {
+    /// Failure classes that lead here.
+    pub on: Vec<FailureClass>,
+    /// Backends of this group, as in `spec.backends`.
+    pub backends: Vec<RouteBackend>,
 }

@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (has a config and the tokenizers it needs), `/metrics`.
+//! The admin listener: `/healthz` (alive), `/readyz` (has a config and the tokenizers it needs, and is not shutting down), `/metrics`.
 
 use std::sync::Arc;
 
@@ -19,6 +19,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gw.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down".to_owned(),
+        );
+    }
     match gw.version() {
         Some(v) if gw.is_ready() => (StatusCode::OK, format!("ready: config {v}")),
         Some(v) => (

@@ -3,15 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use switchyard_proto::v1 as pb;
 
+use crate::error::FailureClass;
 use crate::glob;
 use crate::limits::{BudgetSpec, Limits, Price};
 use crate::providers::{Auth, Provider};
+use crate::route::balance::{Candidate, Strategy};
+use crate::route::health::{EndpointHealth, Load, OutlierSettings};
+use crate::route::retry::RetrySettings;
 use crate::upstream::sigv4::{AwsCredentials, Signer};
 use crate::upstream::{HttpClient, Upstreams};
 
@@ -81,6 +85,21 @@ pub struct EndpointEntry {
     pub auth: Auth,
     /// Headers every request to it carries (`anthropic-version`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What traffic taught about it (kept across config versions).
+    pub health: Arc<EndpointHealth>,
+    /// `pool#index`, for `x-switchyard-backend`.
+    pub label: HeaderValue,
+    /// Requests sent to it (`switchyard_backend_requests_total`).
+    pub picks: prometheus_client::metrics::counter::Counter,
+}
+
+impl Candidate for EndpointEntry {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> &Load {
+        &self.health.load
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +107,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
     pub total: Duration,
+    /// Longest silence between two chunks of a stream.
+    pub idle: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,48 +123,19 @@ pub struct PoolEntry {
     pub id: String,
     pub provider: Provider,
     pub endpoints: Vec<EndpointEntry>,
-    pub round_robin: bool,
-    next: AtomicUsize,
+    pub strategy: Strategy,
+    /// Round-robin position.
+    pub turn: AtomicUsize,
+    pub outlier: OutlierSettings,
+    /// Every endpoint together (what a route balancing over pools sees).
+    pub load: Arc<Load>,
+    /// The pool id, for `x-switchyard-backend` when it has no endpoints (mock).
+    pub label: HeaderValue,
     pub timeouts: Timeouts,
     pub models: Vec<String>,
     /// Prices by upstream model name.
     pub prices: HashMap<String, Price>,
     pub client: HttpClient,
-}
-
-impl PoolEntry {
-    /// Picks an endpoint by the pool's strategy. `None` only for the built-in mock.
-    pub fn pick(&self) -> Option<&EndpointEntry> {
-        if self.round_robin {
-            let live: Vec<&EndpointEntry> =
-                self.endpoints.iter().filter(|e| e.weight > 0).collect();
-            if live.is_empty() {
-                return None;
-            }
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
-            return Some(live[i]);
-        }
-        pick_weighted(&self.endpoints, |e| e.weight)
-    }
-}
-
-fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
-    if items.len() == 1 {
-        return items.first();
-    }
-    let total: u64 = items.iter().map(|i| u64::from(weight(i))).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut r = fastrand::u64(0..total);
-    for item in items {
-        let w = u64::from(weight(item));
-        if r < w {
-            return Some(item);
-        }
-        r -= w;
-    }
-    items.last()
 }
 
 #[derive(Debug)]
@@ -152,6 +144,27 @@ pub struct BackendEntry {
     /// Upstream model override.
     pub model: Option<String>,
     pub weight: u32,
+    /// Input plus output price per million tokens of `model` (0: unknown), for `Cost`.
+    pub price: u64,
+}
+
+impl Candidate for BackendEntry {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> &Load {
+        &self.pool.load
+    }
+    fn price(&self) -> u64 {
+        self.price
+    }
+}
+
+/// A group of backends entered on the failure classes it lists.
+#[derive(Debug)]
+pub struct FallbackEntry {
+    pub on: Vec<FailureClass>,
+    pub backends: Vec<BackendEntry>,
 }
 
 #[derive(Debug)]
@@ -159,15 +172,17 @@ pub struct RouteEntry {
     pub id: String,
     pub models: Vec<String>,
     pub backends: Vec<BackendEntry>,
+    pub strategy: Strategy,
+    /// Round-robin position.
+    pub turn: AtomicUsize,
+    /// `None`: one attempt per group.
+    pub retry: Option<Arc<RetrySettings>>,
+    pub fallbacks: Vec<FallbackEntry>,
     pub key_selector: BTreeMap<String, String>,
     pub limits: Limits,
 }
 
 impl RouteEntry {
-    pub fn pick(&self) -> Option<&BackendEntry> {
-        pick_weighted(&self.backends, |b| b.weight)
-    }
-
     /// Whether the route admits a key: its selector matches the key's labels and the key's
     /// route allow-list names it.
     pub fn selects(&self, key: &KeyEntry) -> bool {
@@ -385,18 +400,22 @@ impl RuntimeConfig {
         self.route_errors.clear();
         let mut routes = Vec::with_capacity(self.route_protos.len());
         for r in self.route_protos.values() {
-            let mut backends = Vec::new();
             let mut missing = Vec::new();
-            for b in &r.backends {
-                match self.pools.get(&b.pool) {
-                    Some(pool) => backends.push(BackendEntry {
-                        pool: pool.clone(),
-                        model: (!b.model.is_empty()).then(|| b.model.clone()),
-                        weight: b.weight,
-                    }),
-                    None => missing.push(b.pool.as_str()),
-                }
-            }
+            let backends = self.backends(&r.backends, &mut missing);
+            let fallbacks: Vec<FallbackEntry> = r
+                .fallbacks
+                .iter()
+                .map(|g| FallbackEntry {
+                    on: g
+                        .on
+                        .iter()
+                        .filter_map(|c| pb::FailureClass::try_from(*c).ok())
+                        .filter_map(FailureClass::from_proto)
+                        .collect(),
+                    backends: self.backends(&g.backends, &mut missing),
+                })
+                .filter(|g| g.backends.iter().any(|b| b.weight > 0))
+                .collect();
             if backends.iter().all(|b| b.weight == 0) {
                 let message = if missing.is_empty() {
                     "every backend has weight 0".to_owned()
@@ -425,6 +444,10 @@ impl RuntimeConfig {
                 id: r.id.clone(),
                 models: r.models.clone(),
                 backends,
+                strategy: Strategy::from_proto(r.load_balancing()),
+                turn: AtomicUsize::new(0),
+                retry: RetrySettings::from_proto(r.retry.as_ref()),
+                fallbacks,
                 key_selector: r.key_selector.clone(),
                 limits: Limits::from_proto(r.limits),
             }));
@@ -447,6 +470,33 @@ impl RuntimeConfig {
         self.routes = routes;
         self.exact_routes = exact_routes;
         self.glob_routes = glob_routes;
+    }
+
+    /// The entries of a list of backends; pools that did not load are named in `missing`.
+    fn backends<'r>(
+        &self,
+        list: &'r [pb::Backend],
+        missing: &mut Vec<&'r str>,
+    ) -> Vec<BackendEntry> {
+        let mut out = Vec::with_capacity(list.len());
+        for b in list {
+            let Some(pool) = self.pools.get(&b.pool) else {
+                missing.push(b.pool.as_str());
+                continue;
+            };
+            let model = (!b.model.is_empty()).then(|| b.model.clone());
+            let price = model
+                .as_ref()
+                .and_then(|m| pool.prices.get(m))
+                .map_or(0, |p| p.input.saturating_add(p.output));
+            out.push(BackendEntry {
+                pool: pool.clone(),
+                model,
+                weight: b.weight,
+                price,
+            });
+        }
+        out
     }
 
     fn collect_rejected(&mut self) {
@@ -649,6 +699,11 @@ fn endpoint_auth(
     })
 }
 
+/// A header value of a resource id (ids are DNS names and `/`).
+fn label(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
 fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> {
     let provider = provider_of(p)?;
     let mut endpoints = Vec::new();
@@ -661,8 +716,13 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
             return Err(format!("endpoint URL {:?} has no host", e.url));
         }
         let (auth, headers) = endpoint_auth(&provider, e)?;
+        let base = e.url.trim_end_matches('/').to_owned();
+        let index = endpoints.len();
         endpoints.push(EndpointEntry {
-            base: e.url.trim_end_matches('/').to_owned(),
+            health: upstreams.health.endpoint(&p.id, &base),
+            label: label(&format!("{}#{index}", p.id)),
+            picks: upstreams.picks(&p.id, index),
+            base,
             weight: e.weight,
             auth,
             headers,
@@ -677,13 +737,27 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         connect: ms(t.connect_ms, Duration::from_secs(5)),
         first_byte: ms(t.first_byte_ms, Duration::from_secs(60)),
         total: ms(t.total_ms, Duration::from_secs(600)),
+        idle: ms(t.idle_ms, Duration::from_secs(60)),
+    };
+    let outlier = match p.outlier_detection {
+        Some(o) => OutlierSettings {
+            consecutive_failures: o.consecutive_failures,
+            consecutive_rate_limits: o.consecutive_rate_limits,
+            base_ejection: Duration::from_millis(o.base_ejection_ms),
+            max_ejection: Duration::from_millis(o.max_ejection_ms.max(o.base_ejection_ms)),
+            max_ejected_percent: o.max_ejected_percent.min(100),
+        },
+        None => OutlierSettings::default(),
     };
     Ok(PoolEntry {
         id: p.id.clone(),
         provider,
         endpoints,
-        round_robin: p.load_balancing() == pb::LoadBalancing::RoundRobin,
-        next: AtomicUsize::new(0),
+        strategy: Strategy::from_proto(p.load_balancing()),
+        turn: AtomicUsize::new(0),
+        outlier,
+        load: upstreams.health.pool(&p.id),
+        label: label(&p.id),
         timeouts,
         models: p.models.iter().map(|m| m.name.clone()).collect(),
         prices: p

@@ -51,6 +51,21 @@ impl FailureClass {
         }
     }
 
+    pub fn from_proto(c: switchyard_proto::v1::FailureClass) -> Option<Self> {
+        use switchyard_proto::v1::FailureClass as P;
+        Some(match c {
+            P::Unspecified => return None,
+            P::RateLimited => Self::RateLimited,
+            P::Overloaded => Self::Overloaded,
+            P::ServerError => Self::ServerError,
+            P::Timeout => Self::Timeout,
+            P::ContextWindowExceeded => Self::ContextWindowExceeded,
+            P::ContentFiltered => Self::ContentFiltered,
+            P::Authentication => Self::Authentication,
+            P::BadRequest => Self::BadRequest,
+        })
+    }
+
     /// Whether the same request may succeed later or elsewhere.
     pub fn transient(self) -> bool {
         matches!(
@@ -226,6 +241,18 @@ impl ProxyError {
     /// Whether trying again (another backend, later) may succeed.
     pub fn retryable(&self) -> bool {
         self.class.is_some_and(FailureClass::transient)
+    }
+
+    /// Whether sending the request again is safe: nothing reached the upstream, or it
+    /// answered with an error status or not at all (a first-byte timeout), so no answer was
+    /// delivered. A broken or malformed answer (the upstream did the work) is not retried.
+    pub fn safe_to_retry(&self) -> bool {
+        self.retryable()
+            && (!self.reached_upstream
+                || matches!(
+                    self.kind,
+                    ErrorKind::UpstreamStatus | ErrorKind::UpstreamTimeout
+                ))
     }
 
     /// The status returned to the client.

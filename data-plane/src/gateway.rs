@@ -22,6 +22,8 @@ pub struct Gateway {
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
     ever_ready: std::sync::atomic::AtomicBool,
+    /// Set on SIGTERM: readiness is false from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -38,12 +40,23 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         Arc::new(Self {
             config: ArcSwapOption::empty(),
-            upstreams: Upstreams::default(),
+            upstreams: Upstreams::new(metrics.clone()),
             limiter: limiter(metrics.clone()),
             metrics,
             body_limit,
             ever_ready: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Takes the data plane out of rotation (SIGTERM).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The running config, if one was loaded.

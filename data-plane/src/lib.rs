@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::future::IntoFuture;
+
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
@@ -51,6 +53,25 @@ pub struct Options {
     pub body_limit: usize,
     pub stack: stack::StackOptions,
     pub limits: LimitOptions,
+    pub shutdown: ShutdownOptions,
+}
+
+/// What happens on SIGTERM: readiness goes false at once; after `delay` (for load balancers
+/// to stop sending) the listener closes and idle connections with it; requests and streams
+/// in flight finish, for at most `drain`, then the process exits.
+#[derive(Clone, Copy, Debug)]
+pub struct ShutdownOptions {
+    pub delay: std::time::Duration,
+    pub drain: std::time::Duration,
+}
+
+impl Default for ShutdownOptions {
+    fn default() -> Self {
+        Self {
+            delay: std::time::Duration::ZERO,
+            drain: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Where rate-limit and budget counters live.
@@ -133,11 +154,36 @@ pub async fn run(
     let admin = TcpListener::bind(opts.admin_listen).await?;
     tracing::info!(listen = %api.local_addr()?, admin = %admin.local_addr()?, "data plane listening");
     tokio::spawn(serve_admin(admin, gw.clone()));
-    let app = stack::router(gw, opts.stack);
+    let app = stack::router(gw.clone(), opts.stack);
     let api = api.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(api, app).with_graceful_shutdown(shutdown).await
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let ShutdownOptions { delay, drain } = opts.shutdown;
+    let signalled = async move {
+        shutdown.await;
+        gw.start_draining();
+        tracing::info!(delay = ?delay, drain = ?drain, "shutting down: not ready; the listener closes after the delay, then requests in flight finish");
+        let _ = stopping.send(true);
+        tokio::time::sleep(delay).await;
+    };
+    let serve = axum::serve(api, app)
+        .with_graceful_shutdown(signalled)
+        .into_future();
+    let deadline = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(delay + drain).await;
+    };
+    tokio::select! {
+        r = serve => {
+            tracing::info!("drained: every request finished");
+            r
+        }
+        () = deadline => {
+            tracing::warn!("drain deadline passed: exiting with requests still in flight");
+            Ok(())
+        }
+    }
 }
 
 async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {

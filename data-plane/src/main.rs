@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switchyard_data_plane::{
-    ConfigSource, LimitOptions, Options, stack::StackOptions, xds::ClientOptions,
+    ConfigSource, LimitOptions, Options, ShutdownOptions, stack::StackOptions, xds::ClientOptions,
 };
 
 /// Switchyard data plane: the LLM gateway proxy.
@@ -75,6 +75,14 @@ struct Args {
     /// open).
     #[arg(long, env = "SWITCHYARD_FLEET_SIZE", default_value_t = 1)]
     fleet_size: u64,
+    /// On SIGTERM, how long to keep accepting connections after readiness went false (for
+    /// load balancers to notice). The chart's preStop hook usually covers this.
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_delay: std::time::Duration,
+    /// On SIGTERM, how long requests and streams in flight may take to finish before the
+    /// process exits anyway.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: std::time::Duration,
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -191,6 +199,10 @@ async fn main() -> Result<()> {
             fail_mode: args.redis_fail_mode,
             fleet_size: args.fleet_size.max(1),
             node_id,
+        },
+        shutdown: ShutdownOptions {
+            delay: args.shutdown_delay,
+            drain: args.drain_timeout,
         },
     };
     switchyard_data_plane::run(opts, shutdown_signal())

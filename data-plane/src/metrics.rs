@@ -52,6 +52,26 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A pool's endpoint. Pools and endpoints come from the config, so their number is bounded
+/// by it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub pool: String,
+    /// The endpoint's index in the pool.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub class: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
 /// The data plane's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -77,6 +97,11 @@ pub struct Metrics {
     pub limit_dropped_settlements: Counter,
     pub limit_check_duration: Histogram,
     pub fleet_size: Gauge,
+    pub backend_requests: Family<BackendLabels, Counter>,
+    pub endpoint_ejections: Family<BackendLabels, Counter>,
+    pub endpoint_returns: Family<BackendLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub fallbacks: Family<ClassLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -209,8 +234,43 @@ impl Metrics {
             "Data planes seen in the shared store's fleet set (divides limits when failing open)",
             fleet_size.clone(),
         );
+        let backend_requests = Family::<BackendLabels, Counter>::default();
+        let endpoint_ejections = Family::<BackendLabels, Counter>::default();
+        let endpoint_returns = Family::<BackendLabels, Counter>::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let fallbacks = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "backend_requests",
+            "Upstream attempts by pool and endpoint index (what the balancers chose)",
+            backend_requests.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints taken out of rotation by outlier detection",
+            endpoint_ejections.clone(),
+        );
+        registry.register(
+            "endpoint_returns",
+            "Ejected endpoints returned to rotation after a successful probe",
+            endpoint_returns.clone(),
+        );
+        registry.register(
+            "retries",
+            "Failed attempts retried (result=retried) or not for lack of retry budget (result=budget_exhausted), by failure class",
+            retries.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Fallback groups entered, by the failure class that led there",
+            fallbacks.clone(),
+        );
         Self {
             registry,
+            backend_requests,
+            endpoint_ejections,
+            endpoint_returns,
+            retries,
+            fallbacks,
             limit_rejections,
             budget_alerts,
             limit_store_errors,

@@ -14,8 +14,11 @@
 //!    one store round trip reserves RPM/TPM/parallel/budget, or 429
 //! 9. guardrails (slot, issue 12) — the request phase will read or rewrite the request here
 //! 10. cache (slot, issue 13) — an exact or semantic hit will answer here
-//! 11. provider — same format: the client's bytes with the model swapped; else canonical ->
-//!     the upstream's wire; send with deadlines; classify error answers
+//! 11. attempts (`route::call`) — pick a backend and an endpoint (balancing, skipping
+//!     ejected ones), call the provider (same format: the client's bytes with the model
+//!     swapped; else canonical -> the upstream's wire; send with deadlines; classify error
+//!     answers), feed the outcome to the endpoint's health; retry within the retry budget,
+//!     then enter the fallback group the failure class leads to
 //! 12. respond — render once in the caller's format (streams event by event); usage counted on
 //!     the way settles tokens and spend when the answer ends
 
@@ -41,7 +44,7 @@ use crate::frontdoor;
 use crate::gateway::Gateway;
 use crate::llm::Incoming;
 use crate::metrics::{EndpointLabels, RequestLabels};
-use crate::{policy, providers, route};
+use crate::{policy, route};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -128,12 +131,36 @@ pub async fn model_call(
     incoming: Incoming,
 ) -> Result<Response, ProxyError> {
     let routed = route::resolve(cfg, key, &incoming.facts.model)?;
-    let permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
+    let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
     // Guardrails (request phase) and the cache lookup take their places here.
-    let pool = &routed.backend.pool;
-    let (format, facts) = (incoming.format, incoming.facts.clone());
-    let answer = providers::call(gw, pool, &routed.upstream_model, incoming).await;
-    frontdoor::respond(gw, pool.provider.label(), format, &facts, answer, permit)
+    let incoming = Arc::new(incoming);
+    let served = match route::call(gw, &routed, incoming.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = permit {
+                p.settle(Some(crate::llm::Usage::default()));
+            }
+            return Err(e);
+        }
+    };
+    if let Some(p) = &mut permit {
+        // A retry or fallback may have landed on a model with other prices.
+        p.reprice(served.price);
+    }
+    let (attempts, backend) = (served.attempts, served.backend);
+    let mut resp = frontdoor::respond(
+        gw,
+        served.provider,
+        incoming.format,
+        &incoming.facts,
+        served.answer,
+        served.in_flight,
+        permit,
+    )?;
+    let h = resp.headers_mut();
+    h.insert(route::ATTEMPTS, http::HeaderValue::from(attempts));
+    h.insert(route::BACKEND, backend);
+    Ok(resp)
 }
 
 /// Metrics and load shedding in one layer (one boxed future per request instead of two
@@ -199,8 +226,22 @@ where
             let resp = match admitted {
                 Some((permit, fut)) => {
                     let resp = fut.await?;
-                    drop(permit);
-                    resp
+                    let streaming = resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                    if streaming {
+                        // A stream counts against the limit until it ends, not just until
+                        // its head went out.
+                        resp.map(|body| {
+                            axum::body::Body::new(Held {
+                                body,
+                                _permit: permit,
+                            })
+                        })
+                    } else {
+                        resp
+                    }
                 }
                 None => {
                     let mut e = ProxyError::new(
@@ -226,5 +267,31 @@ where
                 .observe(started.elapsed().as_secs_f64());
             Ok(resp)
         })
+    }
+}
+
+/// A response body that holds a concurrency permit until it ends (or the client goes).
+struct Held {
+    body: axum::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -139,9 +139,19 @@ impl Proc {
     /// Sends SIGTERM (what Kubernetes sends on pod termination) and waits up to `within` for
     /// the process to exit; true if it did.
     pub fn terminate(&mut self, within: std::time::Duration) -> bool {
+        self.signal_term();
+        self.wait_exit(within)
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits up to `within` for the process to exit; true if it did.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if !self.running() {

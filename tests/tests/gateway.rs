@@ -451,10 +451,16 @@ spec: {models: [dead], backends: [{pool: dead}]}"#
     )
     .await;
     assert_openai_error(s, &b, 504);
-    // Connection refused.
-    let (s, _, b) = post(&url, Some(CLIENT_KEY), &chat_body("dead", "x")).await;
+    // Connection refused: retried once (the default), then one error listing both attempts.
+    let (s, h, b) = post(&url, Some(CLIENT_KEY), &chat_body("dead", "x")).await;
     assert_openai_error(s, &b, 502);
-    assert_eq!(b["error"]["code"], "upstream_connect");
+    assert_eq!(b["error"]["code"], "attempts_exhausted");
+    assert_eq!(h["x-switchyard-attempts"], "2");
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("All 2 attempts failed: default/dead#0: upstream_connect; default/dead#0: upstream_connect."),
+        "{message}"
+    );
     // Garbage body.
     let (s, _, b) = post(
         &url,

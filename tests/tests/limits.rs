@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use switchyard_tests::procs::{Proc, eventually, reqwest_lite};
+use switchyard_tests::procs::{Proc, eventually};
 use switchyard_tests::redis::{RedisCluster, RedisServer};
 
 const RPM_KEY: &str = "sk-limits-rpm-0001";
@@ -216,17 +216,6 @@ async fn start_of_window(secs: u64) {
     if 60 - in_minute < secs {
         tokio::time::sleep(Duration::from_secs(60 - in_minute)).await;
     }
-}
-
-async fn metric(admin: &str, name: &str) -> f64 {
-    let (_, text) = reqwest_lite::Client::default()
-        .get_text(&format!("{admin}/metrics"))
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Fires `total` requests from `clients` concurrent clients spread over the data planes;

@@ -618,3 +618,106 @@ fn a_compiler_reuses_unchanged_keys_and_recompiles_changed_ones() {
     assert_eq!(third.snapshot.version, compile(&w).snapshot.version);
     assert_ne!(third.snapshot.version, second.snapshot.version);
 }
+
+#[test]
+fn resilience_settings_compile_with_defaults_and_are_checked() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: tuned}
+spec:
+  provider: openai-compatible
+  endpoints: [{url: "http://a:8000/v1"}, {url: "http://b:8000/v1"}]
+  loadBalancing: LeastLatency
+  outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 2s}
+  timeouts: {idle: 5s}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: resilient}
+spec:
+  models: [resilient]
+  loadBalancing: Cost
+  backends: [{pool: tuned}]
+  retries: {attempts: 3, retryOn: [RateLimited], backoff: 50ms}
+  fallbacks:
+  - on: [ContextWindowExceeded, RateLimited]
+    backends: [{pool: mock}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: costly}
+spec: {provider: mock, loadBalancing: Cost}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: overejected}
+spec: {provider: mock, outlierDetection: {maxEjectedPercent: 101}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: badfallback}
+spec:
+  models: [badfallback]
+  backends: [{pool: mock}]
+  fallbacks: [{on: [Timeout], backends: [{pool: nowhere}]}]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: tooretried}
+spec: {models: [tooretried], backends: [{pool: mock}], retries: {attempts: 11}}
+"#,
+    ));
+    let pool = c
+        .snapshot
+        .pools
+        .iter()
+        .find(|p| p.id == "default/tuned")
+        .expect("pool");
+    assert_eq!(pool.load_balancing(), pb::LoadBalancing::LeastLatency);
+    let o = pool.outlier_detection.expect("outlier detection");
+    assert_eq!((o.consecutive_failures, o.consecutive_rate_limits), (3, 3));
+    assert_eq!((o.base_ejection_ms, o.max_ejection_ms), (2000, 300_000));
+    assert_eq!(o.max_ejected_percent, 50);
+    assert_eq!(pool.timeouts.expect("timeouts").idle_ms, 5000);
+    let route = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.id == "default/resilient")
+        .expect("route");
+    assert_eq!(route.load_balancing(), pb::LoadBalancing::Cost);
+    let r = route.retry.clone().expect("retry");
+    assert_eq!((r.attempts, r.backoff_ms, r.max_backoff_ms), (3, 50, 2000));
+    assert_eq!(r.retry_on, [pb::FailureClass::RateLimited as i32]);
+    assert_eq!(route.fallbacks.len(), 1);
+    assert_eq!(route.fallbacks[0].backends[0].pool, "default/mock");
+    // Defaults: two attempts on the transient classes.
+    let demo = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.id == "default/demo")
+        .expect("demo");
+    let d = demo.retry.clone().expect("default retry");
+    assert_eq!((d.attempts, d.budget_percent), (2, 20));
+    assert_eq!(d.retry_on.len(), 4);
+    let msg = |name: &str| {
+        c.diagnostics
+            .iter()
+            .find(|d| d.resource.name == name)
+            .map(|d| (d.reason, d.message.clone()))
+    };
+    assert!(msg("costly").is_some_and(|(_, m)| m.contains("Cost balances a route")));
+    assert!(msg("overejected").is_some_and(|(_, m)| m.contains("maxEjectedPercent")));
+    assert_eq!(
+        msg("badfallback"),
+        Some((
+            "PoolNotFound",
+            "spec.fallbacks[0].backends[0].pool: ProviderPool default/nowhere does not exist"
+                .into()
+        ))
+    );
+    assert!(msg("tooretried").is_some_and(|(_, m)| m.contains("retries.attempts")));
+}

@@ -57,7 +57,7 @@ fn snapshot() -> pb::Snapshot {
                     },
                 ],
                 key_selector: BTreeMap::new(),
-                limits: None,
+                ..Default::default()
             },
             pb::Route {
                 id: "ns/glob".into(),
@@ -68,7 +68,7 @@ fn snapshot() -> pb::Snapshot {
                     weight: 1,
                 }],
                 key_selector: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
-                limits: None,
+                ..Default::default()
             },
         ],
         keys: vec![pb::VirtualKey {
@@ -92,13 +92,18 @@ fn exact_routes_win_over_globs() {
     assert!(cfg.route("claude").is_none());
 }
 
+fn pick(route: &RouteEntry) -> Option<&BackendEntry> {
+    crate::route::balance::choose(route.strategy, &route.backends, |_| true, &route.turn)
+        .map(|i| &route.backends[i])
+}
+
 #[test]
 fn weighted_backends_follow_weights() {
     let cfg = valid(&snapshot());
     let route = cfg.route("gpt-4o").expect("route");
     let n = 4000;
     let to_a = (0..n)
-        .filter(|_| route.pick().is_some_and(|b| b.pool.id == "ns/a"))
+        .filter(|_| pick(route).is_some_and(|b| b.pool.id == "ns/a"))
         .count();
     // Expect 3000 (sd ~27); a broken picker lands far away.
     assert!(
@@ -178,7 +183,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
     // What is valid runs: the route keeps the backend whose pool loaded.
     let route = cfg.route("gpt-4o").expect("the route still runs");
     assert_eq!(route.backends.len(), 1);
-    assert_eq!(route.pick().map(|b| b.pool.id.as_str()), Some("ns/b"));
+    assert_eq!(pick(route).map(|b| b.pool.id.as_str()), Some("ns/b"));
     assert_eq!(cfg.key_count(), 0);
 
     // A route left with no backend is left out itself, and says which pool is missing.
@@ -318,7 +323,7 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
                 weight: 1,
             }],
             key_selector: BTreeMap::new(),
-            limits: None,
+            ..Default::default()
         }],
         removed: vec![pb::ResourceRef {
             kind: "VirtualKey".into(),

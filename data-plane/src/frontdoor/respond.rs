@@ -14,6 +14,7 @@ use crate::gateway::Gateway;
 use crate::limits::{Permit, RateHeaders};
 use crate::llm::{Facts, Format, Response as Answer_, Usage};
 use crate::providers::{Answer, StreamSpec};
+use crate::route::health::InFlight;
 use crate::upstream::Framer;
 
 fn json(body: Bytes) -> Response {
@@ -70,28 +71,21 @@ fn settle(gw: &Gateway, provider: &'static str, permit: Option<Permit>, usage: O
     }
 }
 
-/// Renders what the provider step produced. Errors settle the permit with nothing used.
+/// Renders what the provider step produced. A stream keeps `in_flight` (its endpoint's
+/// count of requests in flight) and the permit until it ends.
 pub fn respond(
     gw: &Arc<Gateway>,
     provider: &'static str,
     format: Format,
     facts: &Facts,
-    answer: Result<Answer, ProxyError>,
+    answer: Answer,
+    in_flight: InFlight,
     permit: Option<Permit>,
 ) -> Result<Response, ProxyError> {
     let rate = permit
         .as_ref()
         .map(|p| p.headers.clone())
         .filter(|h| !h.is_empty());
-    let answer = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            if let Some(p) = permit {
-                p.settle(Some(Usage::default()));
-            }
-            return Err(e);
-        }
-    };
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
             settle(gw, provider, permit, usage);
@@ -120,6 +114,7 @@ pub fn respond(
             framing,
             spec,
             deadline,
+            idle,
         } => {
             let step = match spec {
                 StreamSpec::Pass => Step::Pass(stream::Sniffer::of(format, facts)),
@@ -147,9 +142,11 @@ pub fn respond(
                     body,
                     framer: Framer::new(framing),
                     deadline,
+                    idle,
                 },
                 step,
                 permit,
+                Some(in_flight),
             )
         }
         Answer::MockStream { events, echo } => stream::response(
@@ -159,6 +156,7 @@ pub fn respond(
             Source::Mock(Box::new(events)),
             Step::Render(renderer(format, facts, echo)),
             permit,
+            Some(in_flight),
         ),
     };
     if let Some(h) = rate {

@@ -24,6 +24,7 @@ use crate::limits::Permit;
 use crate::llm::{Event, Facts, Format, Usage};
 use crate::metrics::ReasonLabels;
 use crate::providers::mock;
+use crate::route::health::InFlight;
 use crate::upstream::{Framer, sse};
 
 /// Same-format passthrough, by format.
@@ -158,6 +159,8 @@ pub(super) enum Source {
         body: Incoming,
         framer: Framer,
         deadline: Instant,
+        /// Longest silence between two chunks.
+        idle: std::time::Duration,
     },
     Mock(Box<mock::Events>),
 }
@@ -188,6 +191,8 @@ struct Driver {
     saw_end: bool,
     settled: bool,
     permit: Option<Permit>,
+    /// Counts the stream on its endpoint until it ends.
+    in_flight: Option<InFlight>,
 }
 
 impl Driver {
@@ -311,8 +316,27 @@ impl Driver {
                     }
                     None => self.complete(&mut out),
                 },
-                Source::Upstream { body, deadline, .. } => {
-                    match tokio::time::timeout_at(*deadline, body.frame()).await {
+                Source::Upstream {
+                    body,
+                    deadline,
+                    idle,
+                    ..
+                } => {
+                    let silent_at = Instant::now() + *idle;
+                    let idle_first = silent_at < *deadline;
+                    let idle_for = *idle;
+                    match tokio::time::timeout_at(silent_at.min(*deadline), body.frame()).await {
+                        Err(_) if idle_first => self.fail(
+                            ProxyError::new(
+                                ErrorKind::UpstreamTimeout,
+                                format!(
+                                    "upstream stream sent nothing for {} s",
+                                    idle_for.as_secs_f64()
+                                ),
+                            )
+                            .with_code("upstream_idle"),
+                            &mut out,
+                        ),
                         Err(_) => self.fail(
                             ProxyError::new(
                                 ErrorKind::UpstreamTimeout,
@@ -364,6 +388,7 @@ impl Driver {
         if let Some(p) = self.permit.take() {
             p.settle(usage);
         }
+        self.in_flight = None;
     }
 }
 
@@ -382,6 +407,7 @@ pub(super) fn response(
     source: Source,
     step: Step,
     permit: Option<Permit>,
+    in_flight: Option<InFlight>,
 ) -> Response {
     let driver = Driver {
         gw,
@@ -395,6 +421,7 @@ pub(super) fn response(
         saw_end: false,
         settled: false,
         permit,
+        in_flight,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))

@@ -193,6 +193,39 @@ impl RawObject {
         out.freeze()
     }
 
+    /// The object as JSON with some fields replaced (or appended) by JSON values, leaving
+    /// the object itself as it is.
+    pub fn to_bytes_with(&self, edits: &[(&str, Bytes)]) -> Bytes {
+        if edits.is_empty() {
+            return self.to_bytes();
+        }
+        let extra: usize = edits.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = BytesMut::with_capacity(self.bytes.len() + extra + 2);
+        out.extend_from_slice(b"{");
+        let mut first = true;
+        let mut field = |out: &mut BytesMut, key: &str, value: &[u8]| {
+            if !std::mem::take(&mut first) {
+                out.extend_from_slice(b",");
+            }
+            write_key(out, key);
+            out.extend_from_slice(b":");
+            out.extend_from_slice(value);
+        };
+        for f in &self.fields {
+            match edits.iter().find(|(k, _)| *k == &*f.key) {
+                Some((_, v)) => field(&mut out, &f.key, v),
+                None => field(&mut out, &f.key, self.value(&f.value)),
+            }
+        }
+        for (k, v) in edits {
+            if !self.fields.iter().any(|f| &*f.key == *k) {
+                field(&mut out, k, v);
+            }
+        }
+        out.extend_from_slice(b"}");
+        out.freeze()
+    }
+
     /// The original bytes.
     pub fn original(&self) -> &Bytes {
         &self.bytes
@@ -246,6 +279,25 @@ mod tests {
             o.parse_field::<String>("model").expect("str").as_deref(),
             Some("upstream-name")
         );
+    }
+
+    #[test]
+    fn edits_over_the_bytes_leave_the_object_alone() {
+        let body = Bytes::from_static(br#"{"model":"client","messages":[],"stream":true}"#);
+        let o = RawObject::parse(body.clone()).expect("parse");
+        let out = o.to_bytes_with(&[
+            ("model", Bytes::from_static(br#""upstream""#)),
+            (
+                "stream_options",
+                Bytes::from_static(br#"{"include_usage":true}"#),
+            ),
+        ]);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"upstream","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(o.to_bytes(), body, "the object is unchanged");
+        assert_eq!(o.to_bytes_with(&[]), body);
     }
 
     #[test]

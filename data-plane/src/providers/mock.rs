@@ -145,7 +145,7 @@ impl Events {
 pub async fn answer(
     b: &MockBehaviour,
     model: &str,
-    incoming: Incoming,
+    incoming: &Incoming,
 ) -> Result<Answer, ProxyError> {
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;

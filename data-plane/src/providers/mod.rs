@@ -24,6 +24,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::llm::{Format, Incoming, Op, Request, Response, Usage};
 use crate::metrics::{EndpointLabels, UpstreamLabels};
+use crate::route::health::InFlight;
 use crate::upstream::{self, Framing, sigv4};
 
 /// An upstream: what it speaks and how it is reached.
@@ -278,6 +279,8 @@ pub enum Answer {
         framing: Framing,
         spec: StreamSpec,
         deadline: Instant,
+        /// Longest silence between two chunks.
+        idle: std::time::Duration,
     },
     /// A stream of the built-in mock provider.
     MockStream {
@@ -343,21 +346,21 @@ fn prepare(
     provider: &Provider,
     base: &str,
     model: &str,
-    incoming: Incoming,
+    incoming: &Incoming,
 ) -> Result<Prepared, ProxyError> {
     let stream = incoming.facts.stream;
     let op = incoming.op;
     if provider.native(incoming.format, op) {
         let format = incoming.format;
         let url = provider.url(base, op, format, model, stream)?;
-        let crate::llm::Body::Raw(mut raw) = incoming.body else {
-            return Err(ProxyError::new(
-                ErrorKind::Internal,
-                "request body was consumed",
-            ));
-        };
+        let raw = incoming
+            .raw()
+            .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "request body was consumed"))?;
+        // Edits are written over the client's bytes: the request stays as it came for the
+        // next attempt.
+        let mut edits: Vec<(&str, Bytes)> = Vec::with_capacity(2);
         if op != Op::CountTokens || matches!(provider, Provider::Anthropic) {
-            raw.set_str("model", model);
+            edits.push(("model", crate::llm::to_bytes(&model)?));
         }
         if stream && matches!(format, Format::OpenAiChat | Format::OpenAiCompletions) {
             // The gateway counts tokens from every stream; the extra usage chunk is hidden
@@ -368,13 +371,13 @@ fn prepare(
                 .flatten()
                 .unwrap_or_default();
             opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-            raw.set("stream_options", crate::llm::to_bytes(&opts)?);
+            edits.push(("stream_options", crate::llm::to_bytes(&opts)?));
         }
         return Ok(Prepared {
             url,
-            body: raw.to_bytes(),
+            body: raw.to_bytes_with(&edits),
             stream,
-            pass_headers: incoming.pass_headers,
+            pass_headers: incoming.pass_headers.clone(),
             read: Read::Raw(format),
             echo: None,
             spec_json_tool: false,
@@ -405,7 +408,7 @@ fn prepare(
             })
         }
         Op::CountTokens => {
-            let (r, _) = canonical(&incoming, model)?;
+            let (r, _) = canonical(incoming, model)?;
             let body = match wire {
                 Format::Gemini => gemini::count_tokens_body(&r, model)?,
                 Format::BedrockConverse => bedrock::count_tokens_body(&r)?,
@@ -422,7 +425,7 @@ fn prepare(
             })
         }
         Op::Generate => {
-            let (r, echo) = canonical(&incoming, model)?;
+            let (r, echo) = canonical(incoming, model)?;
             let json_tool = wire == Format::BedrockConverse
                 && matches!(
                     r.response_format,
@@ -501,14 +504,19 @@ async fn send(
     pool: &PoolEntry,
     req: http::Request<Full<Bytes>>,
     d: Deadlines,
+    in_flight: &InFlight,
 ) -> Result<http::Response<Body>, ProxyError> {
     let provider = pool.provider.label();
     let started = Instant::now();
     let result = upstream::send(&pool.client, req, d.first_byte).await;
+    let head = started.elapsed();
+    if result.is_ok() {
+        in_flight.head(head);
+    }
     gw.metrics
         .upstream_duration
         .get_or_create(&EndpointLabels { endpoint: provider })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(head.as_secs_f64());
     let outcome = |o: &'static str| {
         gw.metrics
             .upstream_requests
@@ -537,24 +545,27 @@ async fn send(
     Err(e)
 }
 
-/// Runs one upstream call for an incoming request routed to `pool` as `model`.
+/// Runs one upstream call for an incoming request routed to `pool` as `model`, on the
+/// endpoint the balancer picked (`None` only for the built-in mock).
 pub async fn call(
     gw: &Gateway,
     pool: &PoolEntry,
+    ep: Option<&EndpointEntry>,
     model: &str,
-    incoming: Incoming,
+    incoming: &Incoming,
+    in_flight: &InFlight,
 ) -> Result<Answer, ProxyError> {
     if let Provider::Mock(b) = &pool.provider {
         return mock::answer(b, model, incoming).await;
     }
     if incoming.op == Op::CountTokens && pool.provider.openai_family() {
         // OpenAI has no counting endpoint; its models' own BPE counts exactly for text.
-        let (r, _) = canonical(&incoming, model)?;
+        let (r, _) = canonical(incoming, model)?;
         return Ok(Answer::Tokens(
             crate::tokens::estimate_request(&r, model).input,
         ));
     }
-    let ep = pool.pick().ok_or_else(|| {
+    let ep = ep.ok_or_else(|| {
         ProxyError::new(
             ErrorKind::UpstreamConnect,
             format!("pool {} has no endpoint with weight", pool.id),
@@ -563,7 +574,7 @@ pub async fn call(
     let d = Deadlines::of(pool);
     let p = prepare(&pool.provider, &ep.base, model, incoming)?;
     let req = upstream_request(ep, p.url, p.body, p.pass_headers)?;
-    let resp = send(gw, pool, req, d).await?;
+    let resp = send(gw, pool, req, d, in_flight).await?;
     if p.stream {
         let spec = match p.read {
             Read::Raw(_) => StreamSpec::Pass,
@@ -585,6 +596,7 @@ pub async fn call(
             framing: pool.provider.framing(),
             spec,
             deadline: d.total,
+            idle: pool.timeouts.idle,
         });
     }
     let body = upstream::read_body(resp.into_body(), d.total).await?;

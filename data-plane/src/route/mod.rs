@@ -1,14 +1,38 @@
-//! Routing: the client-facing model names a route; the route's weighted backends name a pool
-//! and the upstream model. Balancing over the pool's endpoints is the pool's
-//! (`config::PoolEntry::pick`); health, retries and fallback will live here.
+//! Routing and resilience. The client-facing model names a route; the route's backends name a
+//! pool and the upstream model; the pool's endpoints are where requests go.
+//!
+//! - [`resolve`]: the route, the key's right to use it, and the first backend (limits price
+//!   the request by it).
+//! - [`call`]: the attempts. A backend is picked by the route's strategy and an endpoint by
+//!   the pool's ([`balance`]), skipping ejected ones while others are available
+//!   ([`health`]). Failed attempts are retried within the group of backends by a
+//!   `tower::retry` policy ([`retry`]); when a group is exhausted, the first later fallback
+//!   group that lists the failure class is entered. Every outcome feeds the endpoint's health.
 
-use crate::config::{BackendEntry, KeyEntry, RouteEntry, RuntimeConfig};
-use crate::error::{ErrorKind, ProxyError};
+pub mod balance;
+pub mod health;
+pub mod retry;
 
-/// A request's route, backend and the model name sent upstream.
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tower::{Service, ServiceExt};
+
+use crate::config::{BackendEntry, EndpointEntry, KeyEntry, PoolEntry, RouteEntry, RuntimeConfig};
+use crate::error::{ErrorKind, FailureClass, ProxyError};
+use crate::gateway::Gateway;
+use crate::limits::Price;
+use crate::llm::Incoming;
+use crate::metrics::{BackendLabels, ClassLabels};
+use crate::providers::{self, Answer};
+use health::{Admission, InFlight, Outcome, Transition};
+
+/// A request's route and its first backend.
 #[derive(Debug)]
 pub struct Routed<'c> {
     pub route: &'c RouteEntry,
+    /// Index of the first backend in `route.backends`.
+    pub first: usize,
     pub backend: &'c BackendEntry,
     pub upstream_model: String,
 }
@@ -27,16 +51,410 @@ pub fn resolve<'c>(
         .with_param("model")
     })?;
     crate::policy::auth::authorize(key, route, model)?;
-    let backend = route.pick().ok_or_else(|| {
+    let first = pick_backend(route, &route.backends, &[]).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::Internal,
             format!("route {} has no backend with weight", route.id),
         )
     })?;
+    let backend = &route.backends[first];
     let upstream_model = backend.model.clone().unwrap_or_else(|| model.to_owned());
     Ok(Routed {
         route,
+        first,
         backend,
         upstream_model,
     })
 }
+
+/// One attempt made (for the next pick and the final error).
+#[derive(Clone, Debug)]
+pub struct Tried {
+    pool: Arc<PoolEntry>,
+    endpoint: Option<usize>,
+    /// `pool#endpoint: class`, for the error listing every attempt.
+    what: String,
+    class: Option<FailureClass>,
+}
+
+/// The input of one attempt.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    incoming: Arc<Incoming>,
+    tried: Vec<Tried>,
+    /// The backend `resolve` picked, for the first attempt.
+    first: Option<usize>,
+}
+
+/// An answered request.
+#[derive(Debug)]
+pub struct Served {
+    pub answer: Answer,
+    /// Counts the request on its endpoint until the answer ends (streams).
+    pub in_flight: InFlight,
+    pub attempts: usize,
+    /// `x-switchyard-backend`: `pool#endpoint`.
+    pub backend: HeaderValue,
+    pub provider: &'static str,
+    /// The price of the model that answered (fallbacks may change it).
+    pub price: Price,
+}
+
+/// A failed attempt, with every attempt of the request so far.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    pub tried: Vec<Tried>,
+    /// Another endpoint of the group is in rotation and untried (a retry need not wait for
+    /// the upstream's `retry-after`).
+    pub elsewhere: bool,
+}
+
+/// Attempts on one group of backends: a `tower::Service` for the retry policy to drive.
+#[derive(Clone)]
+struct Group<'a> {
+    gw: &'a Arc<Gateway>,
+    route: &'a RouteEntry,
+    backends: &'a [BackendEntry],
+    model: &'a str,
+}
+
+impl<'a> Service<Attempt> for Group<'a> {
+    type Response = Served;
+    type Error = Failed;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Served, Failed>> + Send + 'a>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Failed>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Attempt) -> Self::Future {
+        let g = self.clone();
+        Box::pin(async move { g.attempt(req).await })
+    }
+}
+
+impl Group<'_> {
+    async fn attempt(self, mut req: Attempt) -> Result<Served, Failed> {
+        let picked = match req.first.take() {
+            Some(i) if req.tried.is_empty() => Some(i),
+            _ => pick_backend(self.route, self.backends, &req.tried),
+        };
+        let Some(bi) = picked else {
+            let error = ProxyError::new(
+                ErrorKind::UpstreamConnect,
+                format!("route {} has no backend with weight", self.route.id),
+            );
+            return Err(Failed {
+                error,
+                tried: req.tried,
+                elsewhere: false,
+            });
+        };
+        let backend = &self.backends[bi];
+        let pool = &backend.pool;
+        let model = backend.model.as_deref().unwrap_or(self.model);
+        let (ep, probe) = match pick_endpoint(pool, &req.tried) {
+            Some((i, probe)) => (Some(i), probe),
+            None if pool.endpoints.is_empty() => (None, false),
+            None => {
+                let error = ProxyError::new(
+                    ErrorKind::UpstreamConnect,
+                    format!("pool {} has no endpoint with weight", pool.id),
+                );
+                return Err(Failed {
+                    error,
+                    tried: req.tried,
+                    elsewhere: false,
+                });
+            }
+        };
+        let endpoint = ep.map(|i| &pool.endpoints[i]);
+        let in_flight =
+            InFlight::start(endpoint.map(|e| e.health.clone()), pool.load.clone(), probe);
+        if let Some(e) = endpoint {
+            e.picks.inc();
+        }
+        let result =
+            providers::call(self.gw, pool, endpoint, model, &req.incoming, &in_flight).await;
+        match result {
+            Ok(answer) => {
+                if let Some((i, e)) = ep.zip(endpoint) {
+                    record(self.gw, pool, i, e, Outcome::Success, in_flight.probe);
+                }
+                Ok(Served {
+                    answer,
+                    in_flight,
+                    attempts: req.tried.len() + 1,
+                    backend: endpoint.map_or_else(|| pool.label.clone(), |e| e.label.clone()),
+                    provider: pool.provider.label(),
+                    price: pool.prices.get(model).copied().unwrap_or_default(),
+                })
+            }
+            Err(error) => {
+                if let Some((i, e)) = ep.zip(endpoint) {
+                    let outcome = Outcome::of_failure(error.class, retry::retry_after(&error));
+                    record(self.gw, pool, i, e, outcome, in_flight.probe);
+                }
+                drop(in_flight);
+                let label = endpoint.map_or(&pool.label, |e| &e.label);
+                req.tried.push(Tried {
+                    pool: pool.clone(),
+                    endpoint: ep,
+                    what: attempt_summary(label, &error),
+                    class: error.class,
+                });
+                let elsewhere = self
+                    .backends
+                    .iter()
+                    .any(|b| b.weight > 0 && fresh(b, &req.tried));
+                Err(Failed {
+                    error,
+                    tried: req.tried,
+                    elsewhere,
+                })
+            }
+        }
+    }
+}
+
+/// `pool#endpoint: rate_limited 429`, or `pool#endpoint: upstream_connect`.
+fn attempt_summary(label: &HeaderValue, e: &ProxyError) -> String {
+    let at = label.to_str().unwrap_or_default();
+    match (e.kind, e.upstream_status) {
+        (ErrorKind::UpstreamStatus, Some(status)) => {
+            format!("{at}: {} {}", e.metric_label(), status.as_u16())
+        }
+        _ => format!("{at}: {}", e.code.unwrap_or(e.kind.metric_label())),
+    }
+}
+
+/// Feeds an outcome to the endpoint's health; logs and counts ejections and returns.
+fn record(
+    gw: &Gateway,
+    pool: &PoolEntry,
+    i: usize,
+    e: &EndpointEntry,
+    outcome: Outcome,
+    probe: bool,
+) {
+    let ejected_peers = pool
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(j, p)| *j != i && p.health.ejected())
+        .count();
+    let Some(t) = e.health.record(
+        outcome,
+        &pool.outlier,
+        ejected_peers,
+        pool.endpoints.len(),
+        probe,
+    ) else {
+        return;
+    };
+    let labels = || BackendLabels {
+        pool: pool.id.clone(),
+        endpoint: i.to_string(),
+    };
+    match t {
+        Transition::Ejected { for_, ejections } => {
+            gw.metrics.endpoint_ejections.get_or_create(&labels()).inc();
+            tracing::warn!(pool = %pool.id, endpoint = %e.base, seconds = for_.as_secs_f64(), ejections, outcome = ?outcome, "endpoint ejected");
+        }
+        Transition::Returned => {
+            gw.metrics.endpoint_returns.get_or_create(&labels()).inc();
+            tracing::info!(pool = %pool.id, endpoint = %e.base, "endpoint returned to rotation after a successful probe");
+        }
+        Transition::EjectionRefused => {
+            tracing::debug!(pool = %pool.id, endpoint = %e.base, "endpoint kept in rotation: too many of its pool are ejected");
+        }
+    }
+}
+
+fn tried_endpoint(tried: &[Tried], pool: &Arc<PoolEntry>, i: usize) -> bool {
+    tried
+        .iter()
+        .any(|t| t.endpoint == Some(i) && Arc::ptr_eq(&t.pool, pool))
+}
+
+/// Whether a backend's pool has an endpoint in rotation that this request has not tried
+/// (the built-in mock always has).
+fn fresh(b: &BackendEntry, tried: &[Tried]) -> bool {
+    b.pool.endpoints.is_empty()
+        || b.pool.endpoints.iter().enumerate().any(|(i, e)| {
+            e.weight > 0
+                && e.health.admission() != Admission::Closed
+                && !tried_endpoint(tried, &b.pool, i)
+        })
+}
+
+/// Whether a pool can take a request now: an endpoint in rotation (or the built-in mock).
+fn pool_available(pool: &PoolEntry) -> bool {
+    pool.endpoints.is_empty()
+        || pool
+            .endpoints
+            .iter()
+            .any(|e| e.weight > 0 && e.health.admission() != Admission::Closed)
+}
+
+/// A backend by the route's strategy: one whose pool has an untried endpoint in rotation,
+/// else one with any endpoint in rotation, else any (when everything is ejected, traffic
+/// still flows rather than none: Envoy's panic mode).
+fn pick_backend(route: &RouteEntry, backends: &[BackendEntry], tried: &[Tried]) -> Option<usize> {
+    let pick = |usable: &dyn Fn(usize) -> bool| {
+        balance::choose(route.strategy, backends, usable, &route.turn)
+    };
+    if !tried.is_empty()
+        && let Some(i) = pick(&|i| fresh(&backends[i], tried))
+    {
+        return Some(i);
+    }
+    pick(&|i| pool_available(&backends[i].pool)).or_else(|| pick(&|_| true))
+}
+
+/// An endpoint by the pool's strategy, preferring untried ones in rotation; `true` when it
+/// is a half-open endpoint's probe. `None` for the built-in mock (no endpoints).
+fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)> {
+    if pool.endpoints.is_empty() {
+        return None;
+    }
+    let eps = &pool.endpoints;
+    let choose =
+        |usable: &dyn Fn(usize) -> bool| balance::choose(pool.strategy, eps, usable, &pool.turn);
+    // In rotation, untried first; a half-open endpoint takes one probe at a time.
+    for skip_tried in [true, false] {
+        for _ in 0..eps.len() {
+            let Some(i) = choose(&|i| {
+                eps[i].health.admission() != Admission::Closed
+                    && !(skip_tried && tried_endpoint(tried, pool, i))
+            }) else {
+                break;
+            };
+            match eps[i].health.admission() {
+                Admission::Open => return Some((i, false)),
+                Admission::Probe if eps[i].health.claim_probe() => return Some((i, true)),
+                // Lost the probe (or the state moved) to another request: pick again.
+                _ => {}
+            }
+        }
+    }
+    // Everything is ejected: send anyway, untried first.
+    choose(&|i| !tried_endpoint(tried, pool, i))
+        .or_else(|| choose(&|_| true))
+        .map(|i| (i, false))
+}
+
+/// Runs the attempts of a request: the route's backends with retries, then the fallback
+/// groups the failures lead to.
+pub async fn call(
+    gw: &Arc<Gateway>,
+    routed: &Routed<'_>,
+    incoming: Arc<Incoming>,
+) -> Result<Served, ProxyError> {
+    let route = routed.route;
+    if let Some(r) = &route.retry {
+        r.deposit();
+    }
+    let model = incoming.facts.model.clone();
+    let mut req = Attempt {
+        incoming: incoming.clone(),
+        tried: Vec::new(),
+        first: Some(routed.first),
+    };
+    let mut group: Option<usize> = None;
+    loop {
+        let backends = group.map_or(&route.backends[..], |g| &route.fallbacks[g].backends[..]);
+        let svc = Group {
+            gw,
+            route,
+            backends,
+            model: &model,
+        };
+        let result = match &route.retry {
+            Some(r) => {
+                let policy = retry::RetryPolicy::new(r.clone(), gw.metrics.clone());
+                tower::retry::Retry::new(policy, svc).oneshot(req).await
+            }
+            None => svc.oneshot(req).await,
+        };
+        let failed = match result {
+            Ok(served) => return Ok(served),
+            Err(f) => f,
+        };
+        let next = failed.error.class.and_then(|class| {
+            route
+                .fallbacks
+                .iter()
+                .enumerate()
+                .skip(group.map_or(0, |g| g + 1))
+                .find(|(_, f)| f.on.contains(&class))
+                .map(|(g, _)| (g, class))
+        });
+        let Some((g, class)) = next else {
+            return Err(exhausted(failed));
+        };
+        gw.metrics
+            .fallbacks
+            .get_or_create(&ClassLabels {
+                class: class.label(),
+            })
+            .inc();
+        tracing::info!(route = %route.id, class = class.label(), group = g, "entering fallback group");
+        group = Some(g);
+        req = Attempt {
+            incoming: incoming.clone(),
+            tried: failed.tried,
+            first: None,
+        };
+    }
+}
+
+/// The error the client gets: a transient failure after several attempts becomes one error
+/// listing them, as 429 when every attempt was rate-limited, 504 when every one timed out,
+/// else 502. Anything else (a 400 for the request itself) is passed on as it is.
+fn exhausted(f: Failed) -> ProxyError {
+    let attempts = f.tried.len().max(1);
+    let mut e = if attempts > 1 && f.error.retryable() {
+        let all = |c: FailureClass| f.tried.iter().all(|t| t.class == Some(c));
+        let list: Vec<&str> = f.tried.iter().map(|t| t.what.as_str()).collect();
+        let message = format!(
+            "All {attempts} attempts failed: {}. Last error: {}",
+            list.join("; "),
+            f.error.message
+        );
+        let mut e = if all(FailureClass::RateLimited) {
+            ProxyError::upstream(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                FailureClass::RateLimited,
+                message,
+            )
+        } else if all(FailureClass::Timeout) {
+            ProxyError::new(ErrorKind::UpstreamTimeout, message)
+        } else {
+            ProxyError::upstream(
+                http::StatusCode::BAD_GATEWAY,
+                FailureClass::ServerError,
+                message,
+            )
+        };
+        e.retry_after = f.error.retry_after.clone();
+        e.reached_upstream = f.error.reached_upstream;
+        e.with_code("attempts_exhausted")
+    } else {
+        f.error
+    };
+    e.headers
+        .get_or_insert_default()
+        .insert(ATTEMPTS, HeaderValue::from(attempts));
+    e
+}
+
+/// How many attempts a request took.
+pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-switchyard-attempts");
+/// Which pool and endpoint answered.
+pub const BACKEND: http::HeaderName = http::HeaderName::from_static("x-switchyard-backend");

@@ -25,14 +25,41 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// Largest upstream (non-streaming) response body accepted.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
-/// Shared upstream clients, one per connect timeout, so connection pools survive config
-/// changes.
+/// What the data plane keeps about its upstreams across config versions: the clients (one
+/// per connect timeout, so connection pools survive config changes) and the health and load
+/// of every endpoint.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<Duration, HttpClient>>,
+    pub health: crate::route::health::Registry,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Upstreams {
+    /// Upstreams whose endpoints count their requests in `metrics`.
+    pub fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
+    /// The request counter of a pool's endpoint (detached without metrics).
+    pub fn picks(
+        &self,
+        pool: &str,
+        endpoint: usize,
+    ) -> prometheus_client::metrics::counter::Counter {
+        self.metrics.as_ref().map_or_else(Default::default, |m| {
+            m.backend_requests
+                .get_or_create(&crate::metrics::BackendLabels {
+                    pool: pool.to_owned(),
+                    endpoint: endpoint.to_string(),
+                })
+                .clone()
+        })
+    }
+
     /// The client for a connect timeout, created on first use.
     pub fn client(&self, connect_timeout: Duration) -> Result<HttpClient, String> {
         let mut clients = self

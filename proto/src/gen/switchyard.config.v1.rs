@@ -97,6 +97,45 @@ pub struct Snapshot {
     #[prost(message, repeated, tag = "6")]
     pub resources: ::prost::alloc::vec::Vec<ResourceRef>,
 }
+/// Passive health of a pool's endpoints. Counts of 0 turn a trigger off.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OutlierDetection {
+    #[prost(uint32, tag = "1")]
+    pub consecutive_failures: u32,
+    #[prost(uint32, tag = "2")]
+    pub consecutive_rate_limits: u32,
+    #[prost(uint64, tag = "3")]
+    pub base_ejection_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub max_ejection_ms: u64,
+    #[prost(uint32, tag = "5")]
+    pub max_ejected_percent: u32,
+}
+/// Retries within a group of a route's backends. Unset: one attempt.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetryPolicy {
+    /// Attempts per group, the first included.
+    #[prost(uint32, tag = "1")]
+    pub attempts: u32,
+    #[prost(enumeration = "FailureClass", repeated, tag = "2")]
+    pub retry_on: ::prost::alloc::vec::Vec<i32>,
+    #[prost(uint64, tag = "3")]
+    pub backoff_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub max_backoff_ms: u64,
+    #[prost(uint32, tag = "5")]
+    pub budget_percent: u32,
+    #[prost(uint32, tag = "6")]
+    pub min_retries_per_second: u32,
+}
+/// Backends entered after the groups before failed with one of `on`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FallbackGroup {
+    #[prost(enumeration = "FailureClass", repeated, tag = "1")]
+    pub on: ::prost::alloc::vec::Vec<i32>,
+    #[prost(message, repeated, tag = "2")]
+    pub backends: ::prost::alloc::vec::Vec<Backend>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Pool {
     /// "namespace/name".
@@ -121,6 +160,8 @@ pub struct Pool {
     /// AWS region Bedrock requests are signed for.
     #[prost(string, tag = "9")]
     pub region: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "10")]
+    pub outlier_detection: ::core::option::Option<OutlierDetection>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
@@ -172,6 +213,9 @@ pub struct Timeouts {
     pub first_byte_ms: u64,
     #[prost(uint64, tag = "3")]
     pub total_ms: u64,
+    /// Longest gap between two chunks of a stream; 0 = none.
+    #[prost(uint64, tag = "4")]
+    pub idle_ms: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MockBehaviour {
@@ -201,6 +245,12 @@ pub struct Route {
     /// Limits over every request through the route, all keys together.
     #[prost(message, optional, tag = "5")]
     pub limits: ::core::option::Option<Limits>,
+    #[prost(enumeration = "LoadBalancing", tag = "6")]
+    pub load_balancing: i32,
+    #[prost(message, optional, tag = "7")]
+    pub retry: ::core::option::Option<RetryPolicy>,
+    #[prost(message, repeated, tag = "8")]
+    pub fallbacks: ::prost::alloc::vec::Vec<FallbackGroup>,
 }
 /// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -340,7 +390,14 @@ impl ProviderKind {
 pub enum LoadBalancing {
     Unspecified = 0,
     WeightedRandom = 1,
+    /// Weighted round robin.
     RoundRobin = 2,
+    /// Power of two choices on requests in flight per unit of weight.
+    LeastRequest = 3,
+    /// Power of two choices on peak-EWMA latency times (in flight + 1).
+    LeastLatency = 4,
+    /// Routes only: cheapest backend model first.
+    Cost = 5,
 }
 impl LoadBalancing {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -352,6 +409,9 @@ impl LoadBalancing {
             Self::Unspecified => "LOAD_BALANCING_UNSPECIFIED",
             Self::WeightedRandom => "LOAD_BALANCING_WEIGHTED_RANDOM",
             Self::RoundRobin => "LOAD_BALANCING_ROUND_ROBIN",
+            Self::LeastRequest => "LOAD_BALANCING_LEAST_REQUEST",
+            Self::LeastLatency => "LOAD_BALANCING_LEAST_LATENCY",
+            Self::Cost => "LOAD_BALANCING_COST",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -360,6 +420,57 @@ impl LoadBalancing {
             "LOAD_BALANCING_UNSPECIFIED" => Some(Self::Unspecified),
             "LOAD_BALANCING_WEIGHTED_RANDOM" => Some(Self::WeightedRandom),
             "LOAD_BALANCING_ROUND_ROBIN" => Some(Self::RoundRobin),
+            "LOAD_BALANCING_LEAST_REQUEST" => Some(Self::LeastRequest),
+            "LOAD_BALANCING_LEAST_LATENCY" => Some(Self::LeastLatency),
+            "LOAD_BALANCING_COST" => Some(Self::Cost),
+            _ => None,
+        }
+    }
+}
+/// Failure classes of an upstream call, as retries and fallbacks see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FailureClass {
+    Unspecified = 0,
+    RateLimited = 1,
+    Overloaded = 2,
+    ServerError = 3,
+    Timeout = 4,
+    ContextWindowExceeded = 5,
+    ContentFiltered = 6,
+    Authentication = 7,
+    BadRequest = 8,
+}
+impl FailureClass {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FAILURE_CLASS_UNSPECIFIED",
+            Self::RateLimited => "FAILURE_CLASS_RATE_LIMITED",
+            Self::Overloaded => "FAILURE_CLASS_OVERLOADED",
+            Self::ServerError => "FAILURE_CLASS_SERVER_ERROR",
+            Self::Timeout => "FAILURE_CLASS_TIMEOUT",
+            Self::ContextWindowExceeded => "FAILURE_CLASS_CONTEXT_WINDOW_EXCEEDED",
+            Self::ContentFiltered => "FAILURE_CLASS_CONTENT_FILTERED",
+            Self::Authentication => "FAILURE_CLASS_AUTHENTICATION",
+            Self::BadRequest => "FAILURE_CLASS_BAD_REQUEST",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FAILURE_CLASS_UNSPECIFIED" => Some(Self::Unspecified),
+            "FAILURE_CLASS_RATE_LIMITED" => Some(Self::RateLimited),
+            "FAILURE_CLASS_OVERLOADED" => Some(Self::Overloaded),
+            "FAILURE_CLASS_SERVER_ERROR" => Some(Self::ServerError),
+            "FAILURE_CLASS_TIMEOUT" => Some(Self::Timeout),
+            "FAILURE_CLASS_CONTEXT_WINDOW_EXCEEDED" => Some(Self::ContextWindowExceeded),
+            "FAILURE_CLASS_CONTENT_FILTERED" => Some(Self::ContentFiltered),
+            "FAILURE_CLASS_AUTHENTICATION" => Some(Self::Authentication),
+            "FAILURE_CLASS_BAD_REQUEST" => Some(Self::BadRequest),
             _ => None,
         }
     }

@@ -63,12 +63,42 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// Faults a mock instance injects into every model call (an endpoint that fails, is slow or
+/// rate-limits, whatever the request says). Set with `PUT /_mock/faults` (JSON) or
+/// [`MockState::set_faults`].
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct Faults {
+    /// Answer this error status, in the provider's format.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Share of requests `status` applies to, 0 to 1 (default: all).
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// `retry-after` sent with `status`.
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    /// Extra latency before anything is answered.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Prompts over this many tokens get the provider's context-window error.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// Streams break after this many chunks.
+    #[serde(default)]
+    pub disconnect_after: Option<usize>,
+}
+
 /// Shared state of a running mock.
 #[derive(Debug, Default)]
 pub struct MockState {
     recorded: Mutex<VecDeque<Recorded>>,
     /// When false, requests are not recorded (benchmarks).
     pub record: bool,
+    faults: Mutex<Faults>,
+    /// Model calls received (faulted ones included).
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Model calls whose client went away before the answer ended.
+    pub cancelled: std::sync::atomic::AtomicU64,
 }
 
 impl MockState {
@@ -84,6 +114,21 @@ impl MockState {
             .lock()
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        if let Ok(mut faults) = self.faults.lock() {
+            *faults = f;
+        }
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Model calls received so far.
+    pub fn call_count(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn clear(&self) {
@@ -450,6 +495,20 @@ async fn handle(
         state.clear();
         return Ok(full(StatusCode::NO_CONTENT, "text/plain", ""));
     }
+    if parts.method == Method::PUT && path == "/_mock/faults" {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Ok(match serde_json::from_slice::<Faults>(&bytes) {
+            Ok(f) => {
+                state.set_faults(f);
+                full(StatusCode::NO_CONTENT, "text/plain", "")
+            }
+            Err(e) => full(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
+        });
+    }
     let Some(api) = Api::of(&path) else {
         return Ok(json_response(
             StatusCode::NOT_FOUND,
@@ -490,10 +549,38 @@ async fn handle(
         }
     };
     record(&state, &parts, &parsed);
+    state
+        .calls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let prompt = script::prompt_text(&api, &parsed);
-    let knobs = Knobs::from_request(&parts.headers, &prompt);
+    let mut knobs = Knobs::from_request(&parts.headers, &prompt);
+    let faults = state.faults();
+    // Counts the call as cancelled unless it reaches its end.
+    let mut watch = CancelWatch {
+        state: state.clone(),
+        done: false,
+    };
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    if let Some(status) = faults.status
+        && faults.rate.is_none_or(|r| fastrand::f64() < r)
+    {
+        knobs.status = Some(status);
+        knobs.retry_after = faults.retry_after.clone().or(knobs.retry_after);
+    }
+    if faults.disconnect_after.is_some() {
+        knobs.disconnect_after = faults.disconnect_after;
+    }
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    watch.done = true;
+    if let Some(limit) = faults.context_window {
+        let tokens = (prompt.len() as u64).div_ceil(4).max(1);
+        if tokens > limit {
+            return Ok(context_window_error(family, tokens, limit));
+        }
     }
     if let Some(status) = knobs.status {
         let message = if status == 401 && family == Family::OpenAi {
@@ -545,6 +632,56 @@ async fn handle(
         Api::Bedrock { .. } => bedrock::converse(&script, &knobs),
         Api::BedrockCount => bedrock::count(&script),
     })
+}
+
+/// Counts a model call whose client went away before it was answered (the future was
+/// dropped mid-wait).
+struct CancelWatch {
+    state: Arc<MockState>,
+    done: bool,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The provider's own error for a prompt over the context window.
+fn context_window_error(family: Family, tokens: u64, limit: u64) -> Response<Body> {
+    match family {
+        Family::OpenAi => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {
+                "message": format!("This model's maximum context length is {limit} tokens. However, your messages resulted in {tokens} tokens. Please reduce the length of the messages."),
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded"
+            }}),
+        ),
+        Family::Anthropic => json_response(
+            StatusCode::BAD_REQUEST,
+            &anthropic::error(
+                400,
+                &format!("prompt is too long: {tokens} tokens > {limit} maximum"),
+            ),
+        ),
+        Family::Gemini => error_response(
+            family,
+            400,
+            &format!(
+                "The input token count ({tokens}) exceeds the maximum number of tokens allowed ({limit})."
+            ),
+            None,
+        ),
+        Family::Bedrock => {
+            error_response(family, 400, "Input is too long for requested model.", None)
+        }
+    }
 }
 
 /// A deterministic embedding of `dims` values for a text.

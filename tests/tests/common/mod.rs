@@ -512,3 +512,16 @@ pub async fn until_status(api: &str, model: &str, want: u16, what: &str) {
     })
     .await;
 }
+
+/// The sum of a data plane's metric lines that start with `name` (a name, or a name and the
+/// start of its labels).
+pub async fn metric(admin: &str, name: &str) -> f64 {
+    let (_, text) = reqwest_lite::Client::default()
+        .get_text(&format!("{admin}/metrics"))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -290,6 +290,9 @@ async fn only_a_replica_holding_the_lease_writes() {
         switchyard_crds::LLMRouteSpec {
             models: vec!["m".into()],
             backends: Vec::new(),
+            load_balancing: None,
+            retries: None,
+            fallbacks: Vec::new(),
             key_selector: None,
             limits: None,
         },

@@ -552,6 +552,14 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// Prices the settlement by the model that answered (a retry or fallback may have moved
+    /// the request to another).
+    pub fn reprice(&mut self, price: super::Price) {
+        if let Some(s) = &mut self.settlement {
+            s.plan.price = price;
+        }
+    }
+
     /// Settles with actual usage (`None`: the estimate).
     pub fn settle(mut self, usage: Option<Usage>) {
         if let Some(s) = self.settlement.take() {
