@@ -94,7 +94,6 @@ pub struct Metrics {
     pub limit_store_up: Gauge,
     pub limit_fallbacks: Family<ResultLabels, Counter>,
     pub limit_pending_settlements: Gauge,
-    pub limit_dropped_settlements: Counter,
     pub limit_check_duration: Histogram,
     pub fleet_size: Gauge,
     pub backend_requests: Family<BackendLabels, Counter>,
@@ -186,7 +185,6 @@ impl Metrics {
         let limit_store_up = Gauge::default();
         let limit_fallbacks = Family::<ResultLabels, Counter>::default();
         let limit_pending_settlements = Gauge::default();
-        let limit_dropped_settlements = Counter::default();
         let limit_check_duration = hist();
         let fleet_size = Gauge::default();
         registry.register(
@@ -218,11 +216,6 @@ impl Metrics {
             "limit_pending_settlements",
             "Settlements waiting for Redis to come back",
             limit_pending_settlements.clone(),
-        );
-        registry.register(
-            "limit_dropped_settlements",
-            "Settlements dropped because the pending queue was full",
-            limit_dropped_settlements.clone(),
         );
         registry.register(
             "limit_check_duration_seconds",
@@ -277,7 +270,6 @@ impl Metrics {
             limit_store_up,
             limit_fallbacks,
             limit_pending_settlements,
-            limit_dropped_settlements,
             limit_check_duration,
             fleet_size,
             requests,

@@ -633,6 +633,106 @@ async fn redis_outage_fails_open_and_replays_settlements() {
     assert!(closed.running(), "no crash: {}", closed.logs());
 }
 
+/// The fault test of issue 11, at full speed: concurrent clients on a budgeted key while Redis
+/// is away for 3 s. Nothing is dropped (settlements are summed per counter, so the replay is a
+/// handful of commands whatever the traffic), the proxy is back on Redis within a second of it
+/// answering, and the spend in Redis is exactly what the clients were told they used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_at_full_speed_loses_no_spend() {
+    let mut env = env("limits-fullspeed", 1, &["--redis-timeout", "200ms"]).await;
+    let key = switchyard_crds::spend::spend_key("default/outage", "all");
+    let admin = env.dps[0].2.clone();
+    let url = env.api(0);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spent = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, stop, spent, served) =
+                (url.clone(), stop.clone(), spent.clone(), served.clone());
+            tokio::spawn(async move {
+                let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "full speed"}]});
+                while !stop.load(Ordering::Relaxed) {
+                    let (s, _, b) = post(&url, Some(OUTAGE_KEY), &body).await;
+                    assert_eq!(s, 200, "fail open serves every request: {b}");
+                    let tokens = b["usage"]["total_tokens"].as_u64().expect("usage");
+                    spent.fetch_add(tokens * NANOS_PER_TOKEN, Ordering::Relaxed);
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&admin, "switchyard_limit_store_up").await, 0.0);
+    let during = served.load(Ordering::Relaxed);
+    let pending = metric(&admin, "switchyard_limit_pending_settlements").await;
+    assert!(
+        (1.0..=4.0).contains(&pending),
+        "pending settlements are counters, not requests: {pending} after {during} requests"
+    );
+    env.redis.restart();
+    let answering = std::time::Instant::now();
+    eventually(DEADLINE, "back on Redis", || async {
+        (metric(&admin, "switchyard_limit_store_up").await == 1.0).then_some(())
+    })
+    .await;
+    let back = answering.elapsed();
+    assert!(
+        back < Duration::from_secs(1),
+        "back on Redis {back:?} after it answered"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let want = spent.load(Ordering::Relaxed);
+    eventually(DEADLINE, "every request's spend in Redis", || async {
+        (env.redis.hget_u64(&key, "s") == want).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&admin, "switchyard_limit_pending_settlements").await,
+        0.0
+    );
+    eprintln!(
+        "{} requests, {during} before the restart; back on Redis in {back:?}",
+        served.load(Ordering::Relaxed)
+    );
+}
+
+/// A replay batch resent after a timeout (Redis may have applied it) is applied once.
+#[tokio::test]
+async fn a_replayed_batch_is_applied_once() {
+    use switchyard_data_plane::limits::store::{LimitStore, SettleOp, SettleRequest};
+    let dir = temp_dir("limits-replay");
+    let redis = RedisServer::start(&dir);
+    let store =
+        switchyard_data_plane::limits::redis::RedisStore::new(&redis.url(), Duration::from_secs(2))
+            .expect("store");
+    let key = "sy:{k:ns/x}:budget:all";
+    let batch = [SettleRequest {
+        member: String::new(),
+        groups: vec![vec![SettleOp::Spend {
+            key: key.into(),
+            reserved: 0,
+            spent: 700,
+            ttl_ms: 0,
+        }]],
+    }];
+    store.replay("node:1:7", &batch).await.expect("replay");
+    store.replay("node:1:7", &batch).await.expect("resent");
+    assert_eq!(
+        redis.hget_u64(key, "s"),
+        700,
+        "the resend is not counted again"
+    );
+    store.replay("node:1:8", &batch).await.expect("next batch");
+    assert_eq!(redis.hget_u64(key, "s"), 1400);
+}
+
 #[tokio::test]
 async fn key_deleted_mid_run_stops_working() {
     let env = env("limits-delete", 2, &[]).await;

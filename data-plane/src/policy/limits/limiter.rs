@@ -2,7 +2,7 @@
 //! at all), settles permits in batches, replays what the store missed, and keeps the fleet
 //! size for local limits current.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use switchyard_crds::spend;
 
 use super::memory::MemoryStore;
+use super::pending::Pending;
 use super::store::{
     self, AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest,
 };
@@ -34,8 +35,8 @@ enum Via {
     Local,
 }
 
-/// Pending settlements kept while Redis is away (about 200 bytes each).
-const MAX_PENDING: usize = 100_000;
+/// Budgets whose last shared value is remembered (for local decisions in an outage).
+const BUDGETS_SEEN: usize = 100_000;
 
 /// Admits requests against the store and settles them afterwards.
 #[derive(Debug)]
@@ -47,7 +48,10 @@ pub struct Limiter {
     fleet: AtomicU64,
     node: String,
     seq: AtomicU64,
-    pending: Mutex<VecDeque<SettleRequest>>,
+    /// Settlements the shared store missed, summed per counter until it answers.
+    pending: Mutex<Pending>,
+    /// Names this process's replay batches (unique across restarts).
+    replay_prefix: String,
     /// Last spend + reservations seen in the shared store, by budget key: what is left of a
     /// budget when falling back to local limits.
     budget_seen: Mutex<HashMap<String, u64>>,
@@ -80,9 +84,10 @@ impl Limiter {
             mode,
             up: AtomicBool::new(true),
             fleet: AtomicU64::new(fleet_size.max(1)),
-            node,
+            node: node.clone(),
             seq: AtomicU64::new(0),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
+            replay_prefix: format!("{node}:{:016x}", fastrand::u64(..)),
             budget_seen: Mutex::new(HashMap::new()),
             settle_tx,
             metrics,
@@ -205,7 +210,7 @@ impl Limiter {
                                     let mut seen =
                                         self.budget_seen.lock().unwrap_or_else(|p| p.into_inner());
                                     // Periods leave old keys behind; a bounded map forgets.
-                                    if seen.len() >= MAX_PENDING && !seen.contains_key(&c.key) {
+                                    if seen.len() >= BUDGETS_SEEN && !seen.contains_key(&c.key) {
                                         seen.clear();
                                     }
                                     match seen.get_mut(&c.key) {
@@ -280,33 +285,37 @@ impl Limiter {
     }
 
     fn enqueue(&self, req: SettleRequest) {
-        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= MAX_PENDING {
-            q.pop_front();
-            self.metrics.limit_dropped_settlements.inc();
-        }
-        q.push_back(req);
-        self.metrics.limit_pending_settlements.set(q.len() as i64);
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.add(req);
+        self.metrics.limit_pending_settlements.set(p.len() as i64);
     }
 
-    /// Replays queued settlements; false when the store failed again.
+    /// Replays what the store missed, batch by batch; false when the store failed again (the
+    /// batch is then resent, with its id, on the next try).
     async fn flush(&self) -> bool {
         loop {
             let next = self
                 .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
-            let Some(req) = next else {
+                .take(|| {
+                    let n = self.seq.fetch_add(1, Ordering::Relaxed);
+                    format!("{}:{n}", self.replay_prefix)
+                });
+            let Some((id, batch)) = next else {
                 self.metrics.limit_pending_settlements.set(0);
                 return true;
             };
-            if self.primary.settle(&req).await.is_err() {
-                let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                q.push_front(req);
-                self.metrics.limit_pending_settlements.set(q.len() as i64);
+            let result = self.primary.replay(&id, &batch.requests()).await;
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = result {
+                tracing::debug!(error = %e, batch = %id, "replay failed; resent later under the same id");
+                p.put_back(id, batch);
+                self.metrics.limit_pending_settlements.set(p.len() as i64);
                 return false;
             }
+            tracing::info!(batch = %id, counters = batch.len(), "replayed settlements the limit store missed");
+            self.metrics.limit_pending_settlements.set(p.len() as i64);
         }
     }
 

@@ -13,11 +13,12 @@
 //!   flight whatever the number of proxies.
 //! - When the shared store (Redis) is unreachable the configured mode decides: fail open onto
 //!   local limits divided by the last known fleet size, or fail closed (503). Settlements that
-//!   could not reach Redis are queued and replayed when it answers again.
+//!   could not reach Redis are summed per counter and replayed, once, when it answers again.
 
 mod admission;
 mod limiter;
 pub mod memory;
+mod pending;
 pub mod redis;
 pub mod store;
 

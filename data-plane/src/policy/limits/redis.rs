@@ -91,6 +91,37 @@ end
 return 1
 ";
 
+/// One replayed operation, applied at most once per batch: KEYS[1] is the counter, KEYS[2]
+/// the batch's marker beside it (same hash tag, so the same cluster slot); ARGV is the lease
+/// member, then the operation as in SETTLE, then how long the marker lives.
+const REPLAY: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then
+  return 0
+end
+local kind = ARGV[2]
+if kind == 'a' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    if redis.call('INCRBY', KEYS[1], ARGV[3]) < 0 then
+      redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+    end
+  end
+elseif kind == 'r' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  if redis.call('HINCRBY', KEYS[1], 'r', ARGV[3]) < 0 then
+    redis.call('HSET', KEYS[1], 'r', '0')
+  end
+  redis.call('HINCRBY', KEYS[1], 's', ARGV[4])
+  if tonumber(ARGV[5]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
+end
+return 1
+";
+
+/// How long a replay batch's markers stop a resend from applying twice.
+const REPLAY_MARKER_MS: u64 = 24 * 3600 * 1000;
+
 /// The connection: one endpoint (a `ConnectionManager`, multiplexed, reconnecting) or a Redis
 /// Cluster (slot-aware, following MOVED/ASK and topology changes).
 enum Conn {
@@ -108,6 +139,7 @@ pub struct RedisStore {
     conn: Conn,
     admit: Script,
     settle: Script,
+    replay: Script,
     timeout: Duration,
 }
 
@@ -169,6 +201,7 @@ impl RedisStore {
             conn,
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            replay: Script::new(REPLAY),
             timeout,
         }
     }
@@ -194,7 +227,7 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        for script in [ADMIT, SETTLE] {
+        for script in [ADMIT, SETTLE, REPLAY] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(script);
         }
         self.send(&pipe).await.map(drop)
@@ -258,6 +291,37 @@ impl RedisStore {
 
 impl RedisStore {
     /// The settlement script call for one group of one request.
+    /// The replay script call for one operation of batch `batch`.
+    fn replay_cmd(&self, batch: &str, member: &str, op: &SettleOp) -> redis::Cmd {
+        let key = match op {
+            SettleOp::Adjust { key, .. }
+            | SettleOp::Release { key }
+            | SettleOp::Spend { key, .. } => key,
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.replay.get_hash())
+            .arg(2)
+            .arg(key)
+            .arg(format!("{key}:replay:{batch}"))
+            .arg(member);
+        match op {
+            SettleOp::Adjust { delta, .. } => cmd.arg("a").arg(*delta).arg(0).arg(0),
+            SettleOp::Release { .. } => cmd.arg("r").arg(0).arg(0).arg(0),
+            SettleOp::Spend {
+                reserved,
+                spent,
+                ttl_ms,
+                ..
+            } => cmd
+                .arg("s")
+                .arg(-i64::try_from(*reserved).unwrap_or(i64::MAX))
+                .arg(*spent)
+                .arg(*ttl_ms),
+        };
+        cmd.arg(REPLAY_MARKER_MS);
+        cmd
+    }
+
     fn settle_cmd(&self, member: &str, ops: &[SettleOp]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.settle.get_hash()).arg(ops.len());
@@ -376,6 +440,28 @@ impl LimitStore for RedisStore {
                 for req in reqs {
                     for ops in req.groups.iter().filter(|g| !g.is_empty()) {
                         pipe.add_command(self.settle_cmd(&req.member, ops));
+                    }
+                }
+            })
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn replay<'a>(
+        &'a self,
+        batch: &'a str,
+        reqs: &'a [SettleRequest],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if reqs.is_empty() {
+                return Ok(());
+            }
+            self.run(|pipe| {
+                for req in reqs {
+                    for op in req.groups.iter().flatten() {
+                        pipe.add_command(self.replay_cmd(batch, &req.member, op));
                     }
                 }
             })

@@ -102,6 +102,16 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
         }
         .boxed()
     }
+    /// Applies a replay batch at most once per `batch` id: a batch resent after a timeout
+    /// is not counted twice. Each request holds one operation. A store that is not shared
+    /// never replays.
+    fn replay<'a>(
+        &'a self,
+        _batch: &'a str,
+        reqs: &'a [SettleRequest],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.settle_batch(reqs)
+    }
     /// Spent and reserved nano-dollars in a budget hash (for status and tests).
     fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
     /// Whether the store answers.

@@ -1,0 +1,232 @@
+//! Settlements the shared store missed, kept until it answers again. They are summed per
+//! counter as they arrive, so memory grows with the number of counters touched (keys, routes,
+//! windows, budget periods), not with the number of requests, and nothing is dropped however
+//! long the outage. A replay goes out as one batch with an id; a batch that failed (perhaps
+//! after Redis applied part of it) is resent with the same id, and the store applies each of
+//! its counters at most once per id.
+
+use std::collections::HashMap;
+
+use super::store::{SettleOp, SettleRequest};
+
+/// One counter's sum of corrections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sum {
+    Adjust(i64),
+    Spend {
+        reserved: u64,
+        spent: u64,
+        ttl_ms: u64,
+    },
+}
+
+/// Corrections summed per counter, and lease releases (one per request admitted through the
+/// store before it went away: bounded by the requests in flight then).
+#[derive(Debug, Default)]
+pub(super) struct Aggregate {
+    sums: HashMap<String, Sum>,
+    releases: Vec<(String, String)>,
+}
+
+impl Aggregate {
+    pub(super) fn is_empty(&self) -> bool {
+        self.sums.is_empty() && self.releases.is_empty()
+    }
+
+    /// Counters and leases waiting.
+    pub(super) fn len(&self) -> usize {
+        self.sums.len() + self.releases.len()
+    }
+
+    /// Adds a request's corrections.
+    pub(super) fn add(&mut self, req: SettleRequest) {
+        for op in req.groups.into_iter().flatten() {
+            match op {
+                SettleOp::Adjust { key, delta } => {
+                    let e = self.sums.entry(key).or_insert(Sum::Adjust(0));
+                    if let Sum::Adjust(d) = e {
+                        *d = d.saturating_add(delta);
+                    }
+                }
+                SettleOp::Spend {
+                    key,
+                    reserved,
+                    spent,
+                    ttl_ms,
+                } => {
+                    let e = self.sums.entry(key).or_insert(Sum::Spend {
+                        reserved: 0,
+                        spent: 0,
+                        ttl_ms: 0,
+                    });
+                    if let Sum::Spend {
+                        reserved: r,
+                        spent: s,
+                        ttl_ms: t,
+                    } = e
+                    {
+                        *r = r.saturating_add(reserved);
+                        *s = s.saturating_add(spent);
+                        *t = (*t).max(ttl_ms);
+                    }
+                }
+                SettleOp::Release { key } => self.releases.push((key, req.member.clone())),
+            }
+        }
+    }
+
+    /// The batch as settle requests of one operation each (a release names its lease).
+    pub(super) fn requests(&self) -> Vec<SettleRequest> {
+        let one = |member: &str, op: SettleOp| SettleRequest {
+            member: member.to_owned(),
+            groups: vec![vec![op]],
+        };
+        let mut out: Vec<SettleRequest> = self
+            .sums
+            .iter()
+            .filter(|(_, s)| !matches!(s, Sum::Adjust(0)))
+            .map(|(key, s)| {
+                let key = key.clone();
+                one(
+                    "",
+                    match *s {
+                        Sum::Adjust(delta) => SettleOp::Adjust { key, delta },
+                        Sum::Spend {
+                            reserved,
+                            spent,
+                            ttl_ms,
+                        } => SettleOp::Spend {
+                            key,
+                            reserved,
+                            spent,
+                            ttl_ms,
+                        },
+                    },
+                )
+            })
+            .collect();
+        out.extend(
+            self.releases
+                .iter()
+                .map(|(key, member)| one(member, SettleOp::Release { key: key.clone() })),
+        );
+        out
+    }
+}
+
+/// What waits for the store: a batch that failed (resent with its id) and what came since.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    open: Aggregate,
+    retry: Option<(String, Aggregate)>,
+}
+
+impl Pending {
+    pub(super) fn add(&mut self, req: SettleRequest) {
+        self.open.add(req);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.open.len() + self.retry.as_ref().map_or(0, |(_, a)| a.len())
+    }
+
+    /// The next batch to replay: the failed one again, else everything open under a new id.
+    pub(super) fn take(&mut self, new_id: impl FnOnce() -> String) -> Option<(String, Aggregate)> {
+        if let Some(b) = self.retry.take() {
+            return Some(b);
+        }
+        if self.open.is_empty() {
+            return None;
+        }
+        Some((new_id(), std::mem::take(&mut self.open)))
+    }
+
+    /// A batch whose replay failed: resent first, with the same id.
+    pub(super) fn put_back(&mut self, id: String, batch: Aggregate) {
+        self.retry = Some((id, batch));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spend(key: &str, reserved: u64, spent: u64) -> SettleRequest {
+        SettleRequest {
+            member: "m".into(),
+            groups: vec![vec![SettleOp::Spend {
+                key: key.into(),
+                reserved,
+                spent,
+                ttl_ms: 10,
+            }]],
+        }
+    }
+
+    #[test]
+    fn corrections_are_summed_per_counter() {
+        let mut p = Pending::default();
+        for i in 0..10_000 {
+            p.add(spend("b", 10, i % 3));
+            p.add(SettleRequest {
+                member: format!("r{i}"),
+                groups: vec![vec![SettleOp::Adjust {
+                    key: "tpm".into(),
+                    delta: -1,
+                }]],
+            });
+        }
+        assert_eq!(p.len(), 2, "two counters, however many requests");
+        let (id, batch) = p.take(|| "b1".into()).expect("a batch");
+        assert_eq!(id, "b1");
+        let mut reqs = batch.requests();
+        reqs.sort_by_key(|r| format!("{:?}", r.groups));
+        assert_eq!(
+            reqs[0].groups[0][0],
+            SettleOp::Adjust {
+                key: "tpm".into(),
+                delta: -10_000
+            }
+        );
+        assert_eq!(
+            reqs[1].groups[0][0],
+            SettleOp::Spend {
+                key: "b".into(),
+                reserved: 100_000,
+                spent: 9_999,
+                ttl_ms: 10
+            }
+        );
+        assert!(p.take(|| "b2".into()).is_none());
+    }
+
+    #[test]
+    fn a_failed_batch_is_resent_with_its_id_before_newer_settlements() {
+        let mut p = Pending::default();
+        p.add(spend("b", 1, 1));
+        let (id, batch) = p.take(|| "b1".into()).expect("batch");
+        p.add(spend("b", 5, 5));
+        p.put_back(id, batch);
+        let (again, batch) = p.take(|| "b2".into()).expect("retry");
+        assert_eq!(again, "b1");
+        assert_eq!(batch.len(), 1);
+        let (next, later) = p.take(|| "b2".into()).expect("the newer one");
+        assert_eq!(next, "b2");
+        assert_eq!(
+            later.requests()[0].groups[0][0],
+            SettleOp::Spend {
+                key: "b".into(),
+                reserved: 5,
+                spent: 5,
+                ttl_ms: 10
+            }
+        );
+        // Releases keep their lease names.
+        p.add(SettleRequest {
+            member: "req-7".into(),
+            groups: vec![vec![SettleOp::Release { key: "par".into() }]],
+        });
+        let (_, b) = p.take(|| "b3".into()).expect("releases");
+        assert_eq!(b.requests()[0].member, "req-7");
+    }
+}
