@@ -151,3 +151,23 @@ def test_sdk_retries_into_a_free_slot(gateway):
         t.join()
     assert r.choices[0].message.content
     assert _rejections(gateway) > before, "the SDK was refused at least once"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_body_sent_whole_gets_the_413(gateway, chunked):
+    # urllib writes the whole body before it reads the answer: the gateway must read (and
+    # discard) the rest instead of resetting the connection under it.
+    size = 24 * 1024 * 1024
+    data = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"x" * size + b'"}]}'
+    headers = {"Authorization": f"Bearer {gateway['key']}", "Content-Type": "application/json"}
+    if chunked:
+        body = (data[i:i + 65536] for i in range(0, len(data), 65536))
+        headers["Transfer-Encoding"] = "chunked"
+    else:
+        body = data
+    req = urllib.request.Request(gateway["base_url"] + "/chat/completions", data=body, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 413
+    err = json.loads(e.value.read())
+    assert "larger than the limit" in err["error"]["message"]

@@ -102,7 +102,7 @@ pub fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
 }
 
 /// Reads the body up to the limit (413 beyond it).
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes> {
     use http_body_util::BodyExt;
     let too_large = || {
         ProxyError::new(
@@ -116,20 +116,48 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
+        linger(body);
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
+    match http_body_util::Limited::new(&mut body, limit)
+        .collect()
+        .await
+    {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
+            linger(body);
             Err(too_large())
         }
         Err(e) => Err(ProxyError::invalid(format!(
             "Reading the request body failed: {e}"
         ))),
     }
+}
+
+/// Most of a refused body read and thrown away, and for how long, so that a client that
+/// sends it all before reading (Python's `urllib`) gets the 413 instead of a reset
+/// connection (nginx's lingering close).
+const LINGER_BYTES: u64 = 256 * 1024 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the rest of a refused body in the background, within the bounds above; the
+/// response goes out meanwhile. Past the bounds the connection is closed.
+fn linger(mut body: Body) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut left = LINGER_BYTES;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    });
 }
 
 /// The body as a JSON object, or a precise 400.

@@ -416,7 +416,7 @@ pub async fn call(
 
 /// The error the client gets: a transient failure after several attempts becomes one error
 /// listing them, as 429 when every attempt was rate-limited, 504 when every one timed out,
-/// else 502. Anything else (a 400 for the request itself) is passed on as it is.
+/// 503 (Anthropic: 529) when every upstream was overloaded, else 502. Anything else (a 400 for the request itself) is passed on as it is.
 fn exhausted(f: Failed) -> ProxyError {
     let attempts = f.tried.len().max(1);
     let mut e = if attempts > 1 && f.error.retryable() {
@@ -435,6 +435,12 @@ fn exhausted(f: Failed) -> ProxyError {
             )
         } else if all(FailureClass::Timeout) {
             ProxyError::new(ErrorKind::UpstreamTimeout, message)
+        } else if all(FailureClass::Overloaded) {
+            ProxyError::upstream(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                FailureClass::Overloaded,
+                message,
+            )
         } else {
             ProxyError::upstream(
                 http::StatusCode::BAD_GATEWAY,
