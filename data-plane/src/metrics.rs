@@ -101,6 +101,8 @@ pub struct Metrics {
     pub endpoint_returns: Family<BackendLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
+    pub upstream_connections_opened: Counter,
+    pub upstream_connections_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -257,8 +259,22 @@ impl Metrics {
             "Fallback groups entered, by the failure class that led there",
             fallbacks.clone(),
         );
+        let upstream_connections_opened = Counter::default();
+        let upstream_connections_open = Gauge::default();
+        registry.register(
+            "upstream_connections_opened",
+            "Connections opened to upstreams (a keep-alive pool reuses them; a climbing rate means it cannot)",
+            upstream_connections_opened.clone(),
+        );
+        registry.register(
+            "upstream_connections_open",
+            "Connections to upstreams open now, in use or idle in the pool",
+            upstream_connections_open.clone(),
+        );
         Self {
             registry,
+            upstream_connections_opened,
+            upstream_connections_open,
             backend_requests,
             endpoint_ejections,
             endpoint_returns,

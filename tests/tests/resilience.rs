@@ -217,6 +217,15 @@ async fn least_latency_avoids_a_slow_endpoint_and_least_request_a_busy_one() {
     }
     // The slow one is measured once, then avoided (round robin would send it 20).
     assert!(e.calls(1) <= 2, "slow endpoint got {} of 40", e.calls(1));
+    // Keep-alive: sequential requests reuse one pooled connection per endpoint.
+    let opened = e
+        .metric("switchyard_upstream_connections_opened_total")
+        .await;
+    assert!(
+        (2.0..=4.0).contains(&opened),
+        "{opened} connections for 40 requests"
+    );
+    assert!(e.metric("switchyard_upstream_connections_open ").await >= 2.0);
 
     // Least request: while one endpoint holds long requests, new ones go to the other.
     e.fault(

@@ -1,6 +1,7 @@
 //! Talking to providers: the pooled keep-alive HTTP client with its deadlines, stream framing
 //! (server-sent events, AWS event-stream) and request signing (SigV4).
 
+pub mod counted;
 pub mod eventstream;
 pub mod sigv4;
 pub mod sse;
@@ -20,7 +21,12 @@ use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<counted::CountingConnector>, Full<Bytes>>;
+
+/// Idle keep-alive connections kept per upstream host (beyond them, a finished request's
+/// connection is closed), and how long one may stay idle.
+pub const MAX_IDLE_PER_HOST: usize = 256;
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Largest upstream (non-streaming) response body accepted.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -69,18 +75,28 @@ impl Upstreams {
         if let Some(c) = clients.get(&connect_timeout) {
             return Ok(c.clone());
         }
-        let c = new_client(connect_timeout)?;
+        let counts = self
+            .metrics
+            .as_ref()
+            .map_or_else(Default::default, |m| counted::Counts {
+                opened: m.upstream_connections_opened.clone(),
+                open: m.upstream_connections_open.clone(),
+            });
+        let c = new_client(connect_timeout, counts)?;
         clients.insert(connect_timeout, c.clone());
         Ok(c)
     }
 }
 
-fn new_client(connect_timeout: Duration) -> Result<HttpClient, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
+/// A pooled keep-alive client: HTTP/2 where the upstream offers it over TLS (ALPN), else
+/// HTTP/1.1; idle connections bounded per host; every connection counted in metrics.
+fn new_client(connect_timeout: Duration, counts: counted::Counts) -> Result<HttpClient, String> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_nodelay(true);
+    tcp.set_keepalive(Some(Duration::from_secs(60)));
+    let http = counted::CountingConnector { inner: tcp, counts };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -91,8 +107,8 @@ fn new_client(connect_timeout: Duration) -> Result<HttpClient, String> {
         .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
 }
 
