@@ -88,8 +88,9 @@ pub struct RetryPolicy {
     /// its first byte went to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<FailureClass>>,
-    /// First backoff; it doubles with each retry, with jitter, and a `retry-after` from the
-    /// upstream lengthens it. Default `100ms`.
+    /// First backoff of a retry that has no other endpoint to go to (one that has goes at
+    /// once); it doubles with each retry, with jitter, and a `retry-after` from the upstream
+    /// lengthens it. Default `100ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
     /// Longest backoff (and longest `retry-after` waited for). Default `2s`.

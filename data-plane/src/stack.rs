@@ -133,8 +133,7 @@ pub async fn model_call(
     let routed = route::resolve(cfg, key, &incoming.facts.model)?;
     let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
     // Guardrails (request phase) and the cache lookup take their places here.
-    let incoming = Arc::new(incoming);
-    let served = match route::call(gw, &routed, incoming.clone()).await {
+    let served = match route::call(gw, &routed, &incoming).await {
         Ok(s) => s,
         Err(e) => {
             if let Some(p) = permit {
@@ -158,7 +157,7 @@ pub async fn model_call(
         permit,
     )?;
     let h = resp.headers_mut();
-    h.insert(route::ATTEMPTS, http::HeaderValue::from(attempts));
+    h.insert(route::ATTEMPTS, route::attempts_header(attempts));
     h.insert(route::BACKEND, backend);
     Ok(resp)
 }

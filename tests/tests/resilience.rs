@@ -564,3 +564,38 @@ async fn sigterm_drains_open_streams_and_streams_count_against_max_concurrency()
     let (_, text) = open.await.expect("join");
     assert!(!text.contains("[DONE]"), "the stream was cut: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_balancing_takes_the_cheapest_backend_while_it_is_healthy() {
+    let e = Env::start(2, |u| {
+        let priced = |price: &str| {
+            format!(
+                "  models: [{{name: m, inputPricePerMillion: \"{price}\", outputPricePerMillion: \"{price}\"}}]\n  outlierDetection: {{consecutiveFailures: 2}}"
+            )
+        };
+        [
+            pool("cheap", &[&u[0]], &priced("0.5")),
+            pool("dear", &[&u[1]], &priced("5")),
+            route(
+                "chat",
+                "  loadBalancing: Cost\n  backends: [{pool: dear, model: m}, {pool: cheap, model: m}]",
+            ),
+        ]
+        .concat()
+    })
+    .await;
+    for _ in 0..10 {
+        let (s, h, _) = e.chat("chat", "hi").await;
+        assert_eq!(s, 200);
+        assert_eq!(header(&h, "x-switchyard-backend"), "default/cheap#0");
+    }
+    assert_eq!(e.calls(1), 0, "nothing to the dearer backend");
+    // The cheap one fails: retried on the dear one, and once it is ejected, skipped.
+    e.fault(0, failing(503));
+    for _ in 0..10 {
+        let (s, _, b) = e.chat("chat", "hi").await;
+        assert_eq!(s, 200, "{b}");
+    }
+    assert_eq!(e.calls(0), 12, "two failures, then ejected");
+    assert_eq!(e.calls(1), 10);
+}

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
+mod faults;
 mod limits;
 mod nginx;
 mod peers;
@@ -29,6 +30,8 @@ pub(crate) struct BenchOpts {
     pub(crate) release: bool,
     /// Only the config-scale scenario (f), printed, nothing written to docs/.
     pub(crate) scale_only: bool,
+    /// Only scenarios a, b and g, printed, nothing written to docs/.
+    pub(crate) faults_only: bool,
 }
 
 struct Proc(Child);
@@ -670,6 +673,14 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
+    if opts.faults_only {
+        let m = faults::run(&bin, &work, d, &body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("g: {}", m.summary);
+        return Ok(());
+    }
     // a and b again against nginx (one worker, canned completion): the faster upstream.
     let mut vs_nginx = None;
     if let Some((_, nginx_url)) = &nginx {
@@ -722,6 +733,16 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         None => "skipped: redis-server is not installed".to_owned(),
     };
     println!("d: {scenario_d}");
+
+    // g. one of two endpoints failing 30% of its requests.
+    let scenario_g = {
+        let m = faults::run(&bin, &work, d, &body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        m.summary
+    };
+    println!("g: {scenario_g}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -904,6 +925,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         "- c. streaming, 64 chunks: TTFT p50 direct {d_ttft:.0} us, switchyard {g_ttft:.0} us (added {added_ttft:.0} us); mean inter-chunk gap direct {d_gap:.1} us, switchyard {g_gap:.1} us."
     );
     let _ = writeln!(md, "- d. {scenario_d}.");
+    let _ = writeln!(md, "- g. {scenario_g}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",

@@ -42,6 +42,10 @@ enum Cmd {
         /// printed; docs/ is left alone.
         #[arg(long)]
         scale_only: bool,
+        /// Only the request-path scenarios a, b (direct and gateway) and g (one endpoint of
+        /// two failing 30%), printed; docs/ is left alone.
+        #[arg(long)]
+        faults_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
             smoke,
             peers,
             scale_only,
+            faults_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -78,6 +83,7 @@ fn main() -> Result<()> {
                 peers,
                 release: !smoke,
                 scale_only,
+                faults_only,
             },
         ),
     }
@@ -189,6 +195,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 peers: false,
                 release: false,
                 scale_only: false,
+                faults_only: false,
             },
         )?;
     } else {

@@ -77,10 +77,9 @@ pub struct Tried {
     class: Option<FailureClass>,
 }
 
-/// The input of one attempt.
+/// What the next attempt knows: the attempts so far.
 #[derive(Clone, Debug)]
 pub struct Attempt {
-    incoming: Arc<Incoming>,
     tried: Vec<Tried>,
     /// The backend `resolve` picked, for the first attempt.
     first: Option<usize>,
@@ -117,6 +116,7 @@ struct Group<'a> {
     route: &'a RouteEntry,
     backends: &'a [BackendEntry],
     model: &'a str,
+    incoming: &'a Incoming,
 }
 
 impl<'a> Service<Attempt> for Group<'a> {
@@ -180,7 +180,7 @@ impl Group<'_> {
             e.picks.inc();
         }
         let result =
-            providers::call(self.gw, pool, endpoint, model, &req.incoming, &in_flight).await;
+            providers::call(self.gw, pool, endpoint, model, self.incoming, &in_flight).await;
         match result {
             Ok(answer) => {
                 if let Some((i, e)) = ep.zip(endpoint) {
@@ -354,15 +354,14 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
 pub async fn call(
     gw: &Arc<Gateway>,
     routed: &Routed<'_>,
-    incoming: Arc<Incoming>,
+    incoming: &Incoming,
 ) -> Result<Served, ProxyError> {
     let route = routed.route;
     if let Some(r) = &route.retry {
         r.deposit();
     }
-    let model = incoming.facts.model.clone();
+    let model = incoming.facts.model.as_str();
     let mut req = Attempt {
-        incoming: incoming.clone(),
         tried: Vec::new(),
         first: Some(routed.first),
     };
@@ -373,14 +372,21 @@ pub async fn call(
             gw,
             route,
             backends,
-            model: &model,
+            model,
+            incoming,
         };
-        let result = match &route.retry {
-            Some(r) => {
-                let policy = retry::RetryPolicy::new(r.clone(), gw.metrics.clone());
-                tower::retry::Retry::new(policy, svc).oneshot(req).await
-            }
-            None => svc.oneshot(req).await,
+        // The first attempt runs on its own: most requests need nothing more, and a retry's
+        // machinery (boxed, below) stays off their path.
+        let result = match svc.clone().attempt(req.clone()).await {
+            Ok(served) => Ok(served),
+            Err(failed) => match &route.retry {
+                Some(r) => {
+                    // Boxed as `dyn Send` here, where its lifetimes are concrete.
+                    let retries: RetryFuture<'_> = Box::pin(retried(gw, r, svc, req, failed));
+                    retries.await
+                }
+                None => Err(failed),
+            },
         };
         let failed = match result {
             Ok(served) => return Ok(served),
@@ -407,10 +413,33 @@ pub async fn call(
         tracing::info!(route = %route.id, class = class.label(), group = g, "entering fallback group");
         group = Some(g);
         req = Attempt {
-            incoming: incoming.clone(),
             tried: failed.tried,
             first: None,
         };
+    }
+}
+
+type RetryFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Served, Failed>> + Send + 'a>>;
+
+/// The retries of a group after its first attempt failed: the `tower::retry` policy decides
+/// on that failure as `Retry` would have, then `Retry` drives the attempts left.
+async fn retried(
+    gw: &Arc<Gateway>,
+    settings: &Arc<retry::RetrySettings>,
+    svc: Group<'_>,
+    mut req: Attempt,
+    failed: Failed,
+) -> Result<Served, Failed> {
+    use tower::retry::Policy;
+    let mut policy = retry::RetryPolicy::new(settings.clone(), gw.metrics.clone());
+    let mut result = Err(failed);
+    match policy.retry(&mut req, &mut result) {
+        None => result,
+        Some(wait) => {
+            wait.await;
+            tower::retry::Retry::new(policy, svc).oneshot(req).await
+        }
     }
 }
 
@@ -456,11 +485,19 @@ fn exhausted(f: Failed) -> ProxyError {
     };
     e.headers
         .get_or_insert_default()
-        .insert(ATTEMPTS, HeaderValue::from(attempts));
+        .insert(ATTEMPTS, attempts_header(attempts));
     e
 }
 
 /// How many attempts a request took.
 pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-switchyard-attempts");
+
+/// The `x-switchyard-attempts` value (static up to 10: no allocation per request).
+pub fn attempts_header(n: usize) -> HeaderValue {
+    const STATIC: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    STATIC
+        .get(n)
+        .map_or_else(|| HeaderValue::from(n), |s| HeaderValue::from_static(s))
+}
 /// Which pool and endpoint answered.
 pub const BACKEND: http::HeaderName = http::HeaderName::from_static("x-switchyard-backend");

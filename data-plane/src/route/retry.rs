@@ -1,8 +1,9 @@
 //! Retries within a group of a route's backends, as a `tower::retry::Policy`: a failed
 //! attempt is tried again when its class is one the route retries, when that is safe (see
-//! [`ProxyError::safe_to_retry`]), and when the route's retry budget allows, after an
-//! exponential backoff with jitter that an upstream's `retry-after` lengthens (up to the
-//! maximum backoff). The next attempt picks another endpoint or backend when one exists.
+//! [`ProxyError::safe_to_retry`]), and when the route's retry budget allows. It goes at once
+//! to another endpoint or backend when one is in rotation; with nowhere else to go it waits
+//! an exponential backoff with jitter, lengthened by the upstream's `retry-after` (up to the
+//! maximum backoff).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,12 +140,15 @@ impl Policy<Attempt, Served, Failed> for RetryPolicy {
         self.left -= 1;
         self.count(class, "retried");
         req.tried.clone_from(&failed.tried);
+        // Another endpoint in rotation is tried at once: the backoff and the upstream's
+        // `retry-after` are about the one that failed. Only a retry with nowhere else to go
+        // waits, for both.
+        if failed.elsewhere {
+            return Some(tokio::time::sleep(Duration::ZERO));
+        }
         let backoff = self.backoff.next_backoff();
-        // The upstream's `retry-after` is for itself: waited for only when the retry has
-        // nowhere else to go.
-        let asked = retry_after(e)
-            .filter(|_| !failed.elsewhere)
-            .map(|d| tokio::time::Instant::now() + d.min(self.settings.max_backoff));
+        let asked =
+            retry_after(e).map(|d| tokio::time::Instant::now() + d.min(self.settings.max_backoff));
         Some(tokio::time::sleep_until(
             asked.map_or(backoff.deadline(), |a| a.max(backoff.deadline())),
         ))
