@@ -881,14 +881,14 @@ fn compile_route(
     let mut fallbacks = Vec::with_capacity(spec.fallbacks.len());
     for (i, g) in spec.fallbacks.iter().enumerate() {
         let field = format!("spec.fallbacks[{i}]");
-        if g.on.is_empty() {
+        if g.when.is_empty() {
             return Err(Reject::spec(
                 "Invalid",
-                format!("{field}.on: at least one failure class is required"),
+                format!("{field}.when: at least one failure class is required"),
             ));
         }
         fallbacks.push(pb::FallbackGroup {
-            on: g.on.iter().map(|c| failure_class(*c).into()).collect(),
+            on: g.when.iter().map(|c| failure_class(*c).into()).collect(),
             backends: compile_backends(
                 &format!("{field}.backends"),
                 &g.backends,

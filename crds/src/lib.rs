@@ -48,6 +48,43 @@ pub fn crd_yamls() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
 mod tests {
     use std::path::Path;
 
+    /// kubectl reads YAML 1.1, where a bare `on`, `off`, `yes`, `no`, `y` or `n` is a
+    /// boolean: a field by such a name could not be written in a manifest (an LLMRoute
+    /// fallback group's field was `on` until the API server refused the CRD).
+    #[test]
+    fn no_field_is_a_yaml_1_1_boolean() {
+        const WORDS: [&str; 12] = [
+            "on", "off", "yes", "no", "y", "n", "On", "Off", "Yes", "No", "Y", "N",
+        ];
+        fn walk(v: &serde_json::Value, path: &str) {
+            if let Some(o) = v.as_object() {
+                if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+                    for (name, sub) in props {
+                        assert!(!WORDS.contains(&name.as_str()), "{path}.{name}");
+                        walk(sub, &format!("{path}.{name}"));
+                    }
+                }
+                for (k, sub) in o {
+                    if k != "properties" {
+                        walk(sub, path);
+                    }
+                }
+            } else if let Some(a) = v.as_array() {
+                a.iter().for_each(|x| walk(x, path));
+            }
+        }
+        use kube::CustomResourceExt;
+        for crd in [
+            crate::ProviderPool::crd(),
+            crate::LLMRoute::crd(),
+            crate::VirtualKey::crd(),
+            crate::Guardrail::crd(),
+        ] {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            walk(&serde_json::to_value(crd).expect("json"), &name);
+        }
+    }
+
     #[test]
     fn committed_crd_yaml_matches_the_types() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/switchyard/crds");

@@ -105,12 +105,13 @@ pub struct RetryPolicy {
     pub min_retries_per_second: Option<u32>,
 }
 
-/// A group of backends entered when the groups before it failed with one of `on`.
+/// A group of backends entered when the groups before it failed with one of `when`. (Not
+/// `on`: YAML 1.1, which kubectl speaks, reads `on` as `true`.)
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FallbackGroup {
     /// Failure classes that lead here.
-    pub on: Vec<FailureClass>,
+    pub when: Vec<FailureClass>,
     /// Backends of this group, as in `spec.backends`.
     pub backends: Vec<RouteBackend>,
 }

@@ -327,7 +327,7 @@ async fn a_context_window_error_enters_the_fallback_group() {
             pool("large", &[&u[1]], ""),
             route(
                 "chat",
-                "  backends: [{pool: small}]\n  fallbacks:\n  - on: [ContextWindowExceeded]\n    backends: [{pool: large}]",
+                "  backends: [{pool: small}]\n  fallbacks:\n  - when: [ContextWindowExceeded]\n    backends: [{pool: large}]",
             ),
             route("nofallback", "  backends: [{pool: small}]"),
         ]

@@ -642,7 +642,7 @@ spec:
   backends: [{pool: tuned}]
   retries: {attempts: 3, retryOn: [RateLimited], backoff: 50ms}
   fallbacks:
-  - on: [ContextWindowExceeded, RateLimited]
+  - when: [ContextWindowExceeded, RateLimited]
     backends: [{pool: mock}]
 ---
 apiVersion: switchyard.dev/v1alpha1
@@ -661,7 +661,7 @@ metadata: {name: badfallback}
 spec:
   models: [badfallback]
   backends: [{pool: mock}]
-  fallbacks: [{on: [Timeout], backends: [{pool: nowhere}]}]
+  fallbacks: [{when: [Timeout], backends: [{pool: nowhere}]}]
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
