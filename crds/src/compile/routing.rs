@@ -1,0 +1,433 @@
+//! Pools and routes: endpoints and their credentials, models and prices, timeouts,
+//! balancing, outlier detection, retries and fallback groups.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use switchyard_proto::v1 as pb;
+
+use super::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MOCK_COMPLETION_TOKENS, DEFAULT_TOTAL_TIMEOUT, Reject, ResourceKey, compile_limits,
+    secret_value,
+};
+use crate::validate;
+use crate::world::World;
+use crate::{LLMRoute, ProviderKind, ProviderPool};
+
+pub(super) fn compile_pool(
+    pool: &ProviderPool,
+    key: &ResourceKey,
+    world: &World,
+) -> Result<pb::Pool, Reject> {
+    let spec = &pool.spec;
+    let provider = match spec.provider {
+        ProviderKind::Openai => pb::ProviderKind::Openai,
+        ProviderKind::AzureOpenai => pb::ProviderKind::AzureOpenai,
+        ProviderKind::Anthropic => pb::ProviderKind::Anthropic,
+        ProviderKind::OpenaiCompatible => pb::ProviderKind::OpenaiCompatible,
+        ProviderKind::Mock => pb::ProviderKind::Mock,
+        ProviderKind::Gemini => pb::ProviderKind::Gemini,
+        ProviderKind::Bedrock => pb::ProviderKind::Bedrock,
+    };
+    let needs_credential = matches!(
+        spec.provider,
+        ProviderKind::Openai
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
+    );
+    if spec.endpoints.is_empty() && spec.provider != ProviderKind::Mock {
+        return Err(Reject::spec(
+            "NoEndpoints",
+            "spec.endpoints: at least one endpoint is required",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let field = format!("spec.endpoints[{i}]");
+        validate::endpoint_url(&format!("{field}.url"), &e.url)?;
+        let weight = validate::weight(&format!("{field}.weight"), e.weight.unwrap_or(1))?;
+        let credential = match (&e.credential_secret_ref, &e.credential_env) {
+            (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?
+                .trim()
+                .to_owned(),
+            (None, Some(var)) => world.env.get(var).cloned().ok_or_else(|| {
+                Reject::refs(
+                    "EnvNotFound",
+                    format!("{field}.credentialEnv: variable {var} is not set"),
+                )
+            })?,
+            (None, None) if needs_credential => {
+                return Err(Reject::refs(
+                    "MissingCredential",
+                    format!(
+                        "{field}: provider {:?} needs credentialSecretRef",
+                        spec.provider
+                    ),
+                ));
+            }
+            (None, None) => String::new(),
+        };
+        let aws = match (&e.aws_credentials_secret_ref, spec.provider) {
+            (Some(r), ProviderKind::Bedrock) => {
+                let get = |k: &str| secret_value(world, &key.namespace, &r.name, k);
+                Some(pb::AwsCredentials {
+                    access_key_id: get("AWS_ACCESS_KEY_ID")?.trim().to_owned(),
+                    secret_access_key: get("AWS_SECRET_ACCESS_KEY")?.trim().to_owned(),
+                    session_token: get("AWS_SESSION_TOKEN")
+                        .map(|t| t.trim().to_owned())
+                        .unwrap_or_default(),
+                })
+            }
+            (Some(_), _) => {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("{field}.awsCredentialsSecretRef: only for provider bedrock"),
+                ));
+            }
+            (None, _) => None,
+        };
+        endpoints.push(pb::Endpoint {
+            url: e.url.trim_end_matches('/').to_owned(),
+            weight,
+            credential,
+            aws,
+        });
+    }
+    if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
+        return Err(Reject::spec(
+            "NoWeight",
+            "spec.endpoints: every endpoint has weight 0",
+        ));
+    }
+    let mut models = Vec::new();
+    let mut names = HashSet::new();
+    for (i, m) in spec.models.iter().enumerate() {
+        let field = format!("spec.models[{i}]");
+        validate::model_glob(&format!("{field}.name"), &m.name)?;
+        if m.name.contains(['*', '?']) {
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.name: pool models are exact names, not globs"),
+            ));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.name: {:?} listed twice", m.name),
+            ));
+        }
+        let price = |f: &str, v: &Option<String>| -> Result<u64, Reject> {
+            Ok(v.as_deref()
+                .map(|v| validate::price_micros(&format!("{field}.{f}"), v))
+                .transpose()?
+                .unwrap_or(0))
+        };
+        models.push(pb::Model {
+            name: m.name.clone(),
+            context_window: m.context_window.unwrap_or(0),
+            input_price_per_million_micros: price(
+                "inputPricePerMillion",
+                &m.input_price_per_million,
+            )?,
+            output_price_per_million_micros: price(
+                "outputPricePerMillion",
+                &m.output_price_per_million,
+            )?,
+            cache_read_price_per_million_micros: price(
+                "cacheReadPricePerMillion",
+                &m.cache_read_price_per_million,
+            )?,
+            cache_write_price_per_million_micros: price(
+                "cacheWritePricePerMillion",
+                &m.cache_write_price_per_million,
+            )?,
+        });
+    }
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let t = spec.timeouts.clone().unwrap_or_default();
+    let dur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.timeouts.{f}"), v, default)
+    };
+    let timeouts = pb::Timeouts {
+        connect_ms: dur("connect", &t.connect, DEFAULT_CONNECT_TIMEOUT)?,
+        first_byte_ms: dur("firstByte", &t.first_byte, DEFAULT_FIRST_BYTE_TIMEOUT)?,
+        total_ms: dur("total", &t.total, DEFAULT_TOTAL_TIMEOUT)?,
+        idle_ms: dur("idle", &t.idle, DEFAULT_IDLE_TIMEOUT)?,
+    };
+    let api_version = match (&spec.azure, spec.provider) {
+        (Some(a), _) if !a.api_version.trim().is_empty() => a.api_version.trim().to_owned(),
+        (_, ProviderKind::AzureOpenai) => {
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.azure.apiVersion is required for azure-openai",
+            ));
+        }
+        (_, ProviderKind::Gemini) => spec
+            .gemini
+            .as_ref()
+            .and_then(|g| g.api_version.as_deref())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("v1beta")
+            .to_owned(),
+        _ => String::new(),
+    };
+    let region = match (&spec.bedrock, spec.provider) {
+        (Some(b), ProviderKind::Bedrock) if !b.region.trim().is_empty() => {
+            b.region.trim().to_owned()
+        }
+        (_, ProviderKind::Bedrock) => {
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.bedrock.region is required for bedrock",
+            ));
+        }
+        _ => String::new(),
+    };
+    let mock = match &spec.mock {
+        Some(m) => pb::MockBehaviour {
+            latency_ms: m
+                .latency
+                .as_deref()
+                .map(|v| validate::duration("spec.mock.latency", v))
+                .transpose()?
+                .map(ms)
+                .unwrap_or(0),
+            tokens_per_second: m.tokens_per_second.unwrap_or(0),
+            completion_tokens: m
+                .completion_tokens
+                .unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS),
+        },
+        None => pb::MockBehaviour {
+            completion_tokens: DEFAULT_MOCK_COMPLETION_TOKENS,
+            ..Default::default()
+        },
+    };
+    if spec.load_balancing == Some(crate::LoadBalancingStrategy::Cost) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.loadBalancing: Cost balances a route's backends; the endpoints of a pool all have the same prices",
+        ));
+    }
+    let load_balancing = load_balancing(spec.load_balancing);
+    let o = spec.outlier_detection.clone().unwrap_or_default();
+    let odur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.outlierDetection.{f}"), v, default)
+    };
+    let max_ejected_percent = o.max_ejected_percent.unwrap_or(50);
+    if max_ejected_percent > 100 {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.outlierDetection.maxEjectedPercent: at most 100",
+        ));
+    }
+    let outlier_detection = pb::OutlierDetection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(5),
+        consecutive_rate_limits: o.consecutive_rate_limits.unwrap_or(3),
+        base_ejection_ms: odur(
+            "baseEjectionTime",
+            &o.base_ejection_time,
+            Duration::from_secs(10),
+        )?,
+        max_ejection_ms: odur(
+            "maxEjectionTime",
+            &o.max_ejection_time,
+            Duration::from_secs(300),
+        )?,
+        max_ejected_percent,
+    };
+    Ok(pb::Pool {
+        id: key.id(),
+        provider: provider.into(),
+        endpoints,
+        models,
+        load_balancing: load_balancing.into(),
+        timeouts: Some(timeouts),
+        api_version,
+        mock: Some(mock),
+        region,
+        outlier_detection: Some(outlier_detection),
+    })
+}
+
+/// A duration field in milliseconds (`field` names it in errors), or the default.
+fn duration_ms(field: &str, v: &Option<String>, default: Duration) -> Result<u64, Reject> {
+    let d = v
+        .as_deref()
+        .map(|v| validate::duration(field, v))
+        .transpose()?
+        .unwrap_or(default);
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn load_balancing(s: Option<crate::LoadBalancingStrategy>) -> pb::LoadBalancing {
+    use crate::LoadBalancingStrategy as S;
+    match s {
+        None | Some(S::WeightedRandom) => pb::LoadBalancing::WeightedRandom,
+        Some(S::RoundRobin) => pb::LoadBalancing::RoundRobin,
+        Some(S::LeastRequest) => pb::LoadBalancing::LeastRequest,
+        Some(S::LeastLatency) => pb::LoadBalancing::LeastLatency,
+        Some(S::Cost) => pb::LoadBalancing::Cost,
+    }
+}
+
+fn failure_class(c: crate::FailureClass) -> pb::FailureClass {
+    use crate::FailureClass as C;
+    match c {
+        C::RateLimited => pb::FailureClass::RateLimited,
+        C::Overloaded => pb::FailureClass::Overloaded,
+        C::ServerError => pb::FailureClass::ServerError,
+        C::Timeout => pb::FailureClass::Timeout,
+        C::ContextWindowExceeded => pb::FailureClass::ContextWindowExceeded,
+        C::ContentFiltered => pb::FailureClass::ContentFiltered,
+        C::Authentication => pb::FailureClass::Authentication,
+        C::BadRequest => pb::FailureClass::BadRequest,
+    }
+}
+
+fn compile_retry(r: Option<&crate::RetryPolicy>) -> Result<pb::RetryPolicy, Reject> {
+    let r = r.cloned().unwrap_or_default();
+    let dur = |f: &str, v: &Option<String>, default: Duration| {
+        duration_ms(&format!("spec.retries.{f}"), v, default)
+    };
+    let attempts = r.attempts.unwrap_or(2);
+    if !(1..=10).contains(&attempts) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.retries.attempts: between 1 and 10",
+        ));
+    }
+    let retry_on = r.retry_on.unwrap_or_else(|| {
+        use crate::FailureClass as C;
+        vec![C::RateLimited, C::Overloaded, C::ServerError, C::Timeout]
+    });
+    Ok(pb::RetryPolicy {
+        attempts,
+        retry_on: retry_on
+            .into_iter()
+            .map(|c| failure_class(c).into())
+            .collect(),
+        backoff_ms: dur("backoff", &r.backoff, Duration::from_millis(100))?,
+        max_backoff_ms: dur("maxBackoff", &r.max_backoff, Duration::from_secs(2))?,
+        budget_percent: r.budget_percent.unwrap_or(20).min(1000),
+        min_retries_per_second: r.min_retries_per_second.unwrap_or(5),
+    })
+}
+
+pub(super) fn compile_route(
+    route: &LLMRoute,
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<pb::Route, Reject> {
+    let spec = &route.spec;
+    if spec.models.is_empty() {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.models: at least one model name is required",
+        ));
+    }
+    for (i, m) in spec.models.iter().enumerate() {
+        validate::model_glob(&format!("spec.models[{i}]"), m)?;
+    }
+    let backends = compile_backends("spec.backends", &spec.backends, key, pools, rejected_pools)?;
+    let mut fallbacks = Vec::with_capacity(spec.fallbacks.len());
+    for (i, g) in spec.fallbacks.iter().enumerate() {
+        let field = format!("spec.fallbacks[{i}]");
+        if g.when.is_empty() {
+            return Err(Reject::spec(
+                "Invalid",
+                format!("{field}.when: at least one failure class is required"),
+            ));
+        }
+        fallbacks.push(pb::FallbackGroup {
+            on: g.when.iter().map(|c| failure_class(*c).into()).collect(),
+            backends: compile_backends(
+                &format!("{field}.backends"),
+                &g.backends,
+                key,
+                pools,
+                rejected_pools,
+            )?,
+        });
+    }
+    Ok(pb::Route {
+        id: key.id(),
+        models: spec.models.clone(),
+        backends,
+        key_selector: spec
+            .key_selector
+            .clone()
+            .map(|s| s.match_labels)
+            .unwrap_or_default(),
+        limits: spec.limits.as_ref().map(compile_limits),
+        load_balancing: load_balancing(spec.load_balancing).into(),
+        retry: Some(compile_retry(spec.retries.as_ref())?),
+        fallbacks,
+    })
+}
+
+/// The backends of a route or of one of its fallback groups (`field` names the list).
+fn compile_backends(
+    field: &str,
+    list: &[crate::RouteBackend],
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<Vec<pb::Backend>, Reject> {
+    if list.is_empty() {
+        return Err(Reject::spec(
+            "Invalid",
+            format!("{field}: at least one backend is required"),
+        ));
+    }
+    let mut backends = Vec::new();
+    for (i, b) in list.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let weight = validate::weight(&format!("{field}.weight"), b.weight.unwrap_or(1))?;
+        if let Some(m) = &b.model {
+            validate::model_glob(&format!("{field}.model"), m)?;
+            if m.contains(['*', '?']) {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("{field}.model: must be an exact name"),
+                ));
+            }
+        }
+        let pool_id = format!("{}/{}", key.namespace, b.pool);
+        let Some(pool) = pools.get(pool_id.as_str()) else {
+            let (reason, what) = if rejected_pools.contains(&pool_id) {
+                ("PoolNotAccepted", "is not accepted")
+            } else {
+                ("PoolNotFound", "does not exist")
+            };
+            return Err(Reject::refs(
+                reason,
+                format!("{field}.pool: ProviderPool {pool_id} {what}"),
+            ));
+        };
+        if let Some(m) = &b.model
+            && !pool.models.is_empty()
+            && !pool.models.iter().any(|pm| &pm.name == m)
+        {
+            return Err(Reject::refs(
+                "ModelNotServed",
+                format!("{field}.model: ProviderPool {pool_id} does not serve {m:?}"),
+            ));
+        }
+        backends.push(pb::Backend {
+            pool: pool_id,
+            model: b.model.clone().unwrap_or_default(),
+            weight,
+        });
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        return Err(Reject::spec(
+            "NoWeight",
+            format!("{field}: every backend has weight 0"),
+        ));
+    }
+    Ok(backends)
+}
