@@ -52,6 +52,8 @@ pub struct Limiter {
     pending: Mutex<Pending>,
     /// Names this process's replay batches (unique across restarts).
     replay_prefix: String,
+    /// A flush started by `enqueue` is running.
+    flushing: AtomicBool,
     /// Last spend + reservations seen in the shared store, by budget key: what is left of a
     /// budget when falling back to local limits.
     budget_seen: Mutex<HashMap<String, u64>>,
@@ -88,6 +90,7 @@ impl Limiter {
             seq: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             replay_prefix: format!("{node}:{:016x}", fastrand::u64(..)),
+            flushing: AtomicBool::new(false),
             budget_seen: Mutex::new(HashMap::new()),
             settle_tx,
             metrics,
@@ -284,10 +287,25 @@ impl Limiter {
         }
     }
 
-    fn enqueue(&self, req: SettleRequest) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.add(req);
-        self.metrics.limit_pending_settlements.set(p.len() as i64);
+    /// Keeps a settlement for the store. If the store is up (it came back between a check
+    /// and now, or a request decided locally during the outage ends after it), a flush is
+    /// started, so nothing waits for the next outage.
+    fn enqueue(self: &Arc<Self>, req: SettleRequest) {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.add(req);
+            self.metrics.limit_pending_settlements.set(p.len() as i64);
+        }
+        if self.is_up() && !self.flushing.swap(true, Ordering::AcqRel) {
+            let l = self.clone();
+            tokio::spawn(async move {
+                let ok = l.flush().await;
+                l.flushing.store(false, Ordering::Release);
+                if !ok {
+                    l.store_failed("settle", &store::StoreError("replay failed".into()));
+                }
+            });
+        }
     }
 
     /// Replays what the store missed, batch by batch; false when the store failed again (the
