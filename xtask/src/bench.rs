@@ -327,6 +327,12 @@ struct Row {
     errors: u64,
 }
 
+/// What a scenario module measured: rows for the table and a sentence for the report.
+pub(super) struct Measured {
+    pub(super) rows: Vec<(String, WrkResult)>,
+    pub(super) summary: String,
+}
+
 /// Runs the benchmark.
 pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     let profile = if opts.release { "release" } else { "debug" };

@@ -337,10 +337,6 @@ impl InFlight {
         }
         self.pool.observe(latency);
     }
-
-    pub fn endpoint(&self) -> Option<&Arc<EndpointHealth>> {
-        self.endpoint.as_ref()
-    }
 }
 
 impl Drop for InFlight {

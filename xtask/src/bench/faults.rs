@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{KEY, Proc, WrkResult, free_port, spawn, wait_http, wrk};
+use super::{KEY, Measured, Proc, WrkResult, free_port, spawn, wait_http, wrk};
 
 fn config(a: &str, b: &str) -> String {
     format!(
@@ -74,12 +74,6 @@ fn set_faults(url: &str, json: &str) -> Result<()> {
         "setting faults on {url} failed: {answer}"
     );
     Ok(())
-}
-
-/// What scenario g measured.
-pub(super) struct Measured {
-    pub(super) rows: Vec<(String, WrkResult)>,
-    pub(super) summary: String,
 }
 
 pub(super) fn run(bin: &Path, work: &Path, duration: Duration, body: &str) -> Result<Measured> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Proc, WrkResult, free_port, spawn, wait_http, wrk};
+use super::{Measured, Proc, free_port, spawn, wait_http, wrk};
 
 pub(super) const LIMITED_KEY: &str = "sk-bench-limited-000001";
 
@@ -76,12 +76,6 @@ fn start_redis(work: &Path) -> Result<Option<(Proc, String)>> {
     )?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(Some((p, format!("redis://127.0.0.1:{port}"))))
-}
-
-/// What scenario d measured.
-pub(super) struct Measured {
-    pub(super) rows: Vec<(String, WrkResult)>,
-    pub(super) summary: String,
 }
 
 /// A gateway on the limits config, pinned to CPU 0; ready means its BPE table is loaded.
