@@ -50,7 +50,7 @@ pub struct Limiter {
     seq: AtomicU64,
     /// Settlements the shared store missed, summed per counter until it answers.
     pending: Mutex<Pending>,
-    /// Names this process's replay batches (unique across restarts).
+    /// Names this process's replay batches and settlement marker (unique across restarts).
     replay_prefix: String,
     /// A flush started by `enqueue` is running.
     flushing: AtomicBool,
@@ -311,6 +311,26 @@ impl Limiter {
     /// Replays what the store missed, batch by batch; false when the store failed again (the
     /// batch is then resent, with its id, on the next try).
     async fn flush(&self) -> bool {
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_uncertain()
+        {
+            let Ok(applied) = self.primary.marked(&self.replay_prefix).await else {
+                return false;
+            };
+            let (dropped, kept) = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .resolve(applied);
+            tracing::info!(
+                applied_anyway = dropped,
+                replayed = kept,
+                "settlement batches cut off by the outage: Redis applied {dropped}, the rest are replayed"
+            );
+        }
         loop {
             let next = self
                 .pending
@@ -523,14 +543,23 @@ async fn settler(
 ) {
     const MAX_BATCH: usize = 256;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut seq = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(l) = l.upgrade() else { return };
         if !l.is_up() {
             batch.drain(..).for_each(|r| l.enqueue(r));
             continue;
         }
-        if let Err(e) = l.primary.settle_batch(&batch).await {
-            batch.drain(..).for_each(|r| l.enqueue(r));
+        // Numbered, so that a batch whose answer is lost is neither lost nor counted twice.
+        seq += 1;
+        if let Err(e) = l.primary.settle_marked(&batch, &l.replay_prefix, seq).await {
+            if l.primary.marks_batches() {
+                let mut p = l.pending.lock().unwrap_or_else(|p| p.into_inner());
+                p.add_uncertain(seq, std::mem::take(&mut batch));
+                l.metrics.limit_pending_settlements.set(p.len() as i64);
+            } else {
+                batch.drain(..).for_each(|r| l.enqueue(r));
+            }
             l.store_failed("settle", &e);
         }
         batch.clear();

@@ -3,7 +3,8 @@
 //! windows, budget periods), not with the number of requests, and nothing is dropped however
 //! long the outage. A replay goes out as one batch with an id; a batch that failed (perhaps
 //! after Redis applied part of it) is resent with the same id, and the store applies each of
-//! its counters at most once per id.
+//! its counters at most once per id. A normal settlement batch whose call failed is kept as it
+//! is, by number, until the store says whether it applied it (see `LimitStore::marked`).
 
 use std::collections::HashMap;
 
@@ -114,11 +115,14 @@ impl Aggregate {
     }
 }
 
-/// What waits for the store: a batch that failed (resent with its id) and what came since.
+/// What waits for the store: a replay batch that failed (resent with its id), what came
+/// since, and settlement batches whose call failed without saying whether Redis applied them
+/// (kept by number until the store's marker tells).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     open: Aggregate,
     retry: Option<(String, Aggregate)>,
+    uncertain: Vec<(u64, Vec<SettleRequest>)>,
 }
 
 impl Pending {
@@ -126,8 +130,53 @@ impl Pending {
         self.open.add(req);
     }
 
+    /// A settlement batch numbered `seq` whose call failed: Redis may have applied it.
+    pub(super) fn add_uncertain(&mut self, seq: u64, batch: Vec<SettleRequest>) {
+        self.uncertain.push((seq, batch));
+    }
+
+    pub(super) fn has_uncertain(&self) -> bool {
+        !self.uncertain.is_empty()
+    }
+
+    /// Settles the fate of the uncertain batches now that the store says batches up to
+    /// `applied` were applied: the others join the replay. Returns (dropped, kept) batches.
+    pub(super) fn resolve(&mut self, applied: u64) -> (usize, usize) {
+        let (mut dropped, mut kept) = (0, 0);
+        for (seq, batch) in std::mem::take(&mut self.uncertain) {
+            if seq <= applied {
+                dropped += 1;
+            } else {
+                kept += 1;
+                batch.into_iter().for_each(|r| self.open.add(r));
+            }
+        }
+        (dropped, kept)
+    }
+
+    /// Counters and leases waiting (a counter that an uncertain batch touches too counts once).
     pub(super) fn len(&self) -> usize {
-        self.open.len() + self.retry.as_ref().map_or(0, |(_, a)| a.len())
+        let mut uncertain = std::collections::HashSet::new();
+        let mut releases = 0;
+        for op in self
+            .uncertain
+            .iter()
+            .flat_map(|(_, b)| b)
+            .flat_map(|r| r.groups.iter().flatten())
+        {
+            match op {
+                SettleOp::Release { .. } => releases += 1,
+                SettleOp::Adjust { key, .. } | SettleOp::Spend { key, .. } => {
+                    if !self.open.sums.contains_key(key) {
+                        uncertain.insert(key.as_str());
+                    }
+                }
+            }
+        }
+        self.open.len()
+            + self.retry.as_ref().map_or(0, |(_, a)| a.len())
+            + uncertain.len()
+            + releases
     }
 
     /// The next batch to replay: the failed one again, else everything open under a new id.
@@ -198,6 +247,33 @@ mod tests {
             }
         );
         assert!(p.take(|| "b2".into()).is_none());
+    }
+
+    #[test]
+    fn uncertain_batches_replay_only_when_not_applied() {
+        let mut p = Pending::default();
+        p.add_uncertain(3, vec![spend("b", 10, 1)]);
+        p.add_uncertain(4, vec![spend("b", 10, 2), spend("c", 5, 5)]);
+        assert_eq!(p.len(), 2, "two counters are waiting");
+        assert!(
+            p.take(|| "x".into()).is_none(),
+            "not replayed before they are resolved"
+        );
+        assert_eq!(p.resolve(3), (1, 1), "batch 3 was applied, batch 4 was not");
+        assert!(!p.has_uncertain());
+        let (_, batch) = p.take(|| "b1".into()).expect("batch 4 replays");
+        let mut reqs = batch.requests();
+        reqs.sort_by_key(|r| format!("{:?}", r.groups));
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(
+            reqs[0].groups[0][0],
+            SettleOp::Spend {
+                key: "b".into(),
+                reserved: 10,
+                spent: 2,
+                ttl_ms: 10
+            }
+        );
     }
 
     #[test]

@@ -63,61 +63,69 @@ end
 return out
 ";
 
-/// KEYS: one per op. ARGV[1] = request id, then four per op: kind (`a` adjust a window,
-/// `r` release a lease, `s` spend), then for `a`: delta; for `s`: minus the reservation,
-/// the spend, the ttl in ms.
-const SETTLE: &str = r"
-for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 4
-  local kind = ARGV[b + 1]
+/// The Lua function both settlement scripts apply an operation with: `kind` is `a` (add
+/// `x` to a window counter that still exists, never below zero), `r` (release the lease
+/// `member`) or `s` (spend: `x` is minus the reservation, `y` the spend, `z` a ttl in ms for
+/// a budget hash that has none).
+macro_rules! apply_op {
+    () => {
+        r"
+local function apply(key, member, kind, x, y, z)
   if kind == 'a' then
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      if redis.call('INCRBY', KEYS[i], ARGV[b + 2]) < 0 then
-        redis.call('SET', KEYS[i], '0', 'KEEPTTL')
+    if redis.call('EXISTS', key) == 1 then
+      if redis.call('INCRBY', key, x) < 0 then
+        redis.call('SET', key, '0', 'KEEPTTL')
       end
     end
   elseif kind == 'r' then
-    redis.call('ZREM', KEYS[i], ARGV[1])
+    redis.call('ZREM', key, member)
   else
-    if redis.call('HINCRBY', KEYS[i], 'r', ARGV[b + 2]) < 0 then
-      redis.call('HSET', KEYS[i], 'r', '0')
+    if redis.call('HINCRBY', key, 'r', x) < 0 then
+      redis.call('HSET', key, 'r', '0')
     end
-    redis.call('HINCRBY', KEYS[i], 's', ARGV[b + 3])
-    if tonumber(ARGV[b + 4]) > 0 and redis.call('PTTL', KEYS[i]) < 0 then
-      redis.call('PEXPIRE', KEYS[i], ARGV[b + 4])
+    redis.call('HINCRBY', key, 's', y)
+    if tonumber(z) > 0 and redis.call('PTTL', key) < 0 then
+      redis.call('PEXPIRE', key, z)
     end
   end
 end
+"
+    };
+}
+
+/// KEYS: one per operation, then the batch marker when ARGV[1] is not empty. ARGV[1] = the
+/// batch's number (or ''), ARGV[2] = how long the marker lives in ms, then five per
+/// operation: lease member, kind, x, y, z (see `apply`). On one Redis node a whole batch is
+/// one call, so the operations and the marker that says they happened are applied together.
+const SETTLE: &str = concat!(
+    apply_op!(),
+    r"
+local ops = #KEYS
+if ARGV[1] ~= '' then ops = ops - 1 end
+for i = 1, ops do
+  local b = 2 + (i - 1) * 5
+  apply(KEYS[i], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5])
+end
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[#KEYS], ARGV[1], 'PX', ARGV[2])
+end
 return 1
-";
+"
+);
 
 /// One replayed operation, applied at most once per batch: KEYS[1] is the counter, KEYS[2]
 /// the batch's marker beside it (same hash tag, so the same cluster slot); ARGV is the lease
-/// member, then the operation as in SETTLE, then how long the marker lives.
-const REPLAY: &str = r"
+/// member, the operation's kind, x, y, z (see `apply`), then how long the marker lives.
+const REPLAY: &str = concat!(
+    apply_op!(),
+    r"
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then
   return 0
 end
-local kind = ARGV[2]
-if kind == 'a' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    if redis.call('INCRBY', KEYS[1], ARGV[3]) < 0 then
-      redis.call('SET', KEYS[1], '0', 'KEEPTTL')
-    end
-  end
-elseif kind == 'r' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  if redis.call('HINCRBY', KEYS[1], 'r', ARGV[3]) < 0 then
-    redis.call('HSET', KEYS[1], 'r', '0')
-  end
-  redis.call('HINCRBY', KEYS[1], 's', ARGV[4])
-  if tonumber(ARGV[5]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  end
-end
+apply(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return 1
-";
+"
+);
 
 /// How long a replay batch's markers stop a resend from applying twice.
 const REPLAY_MARKER_MS: u64 = 24 * 3600 * 1000;
@@ -289,70 +297,102 @@ impl RedisStore {
     }
 }
 
+/// A settlement operation's key and its script arguments (kind, x, y, z).
+fn op_args(op: &SettleOp) -> (&str, &'static str, i64, u64, u64) {
+    match op {
+        SettleOp::Adjust { key, delta } => (key, "a", *delta, 0, 0),
+        SettleOp::Release { key } => (key, "r", 0, 0, 0),
+        SettleOp::Spend {
+            key,
+            reserved,
+            spent,
+            ttl_ms,
+        } => (
+            key,
+            "s",
+            -i64::try_from(*reserved).unwrap_or(i64::MAX),
+            *spent,
+            *ttl_ms,
+        ),
+    }
+}
+
+/// Where this process records the last settlement batch Redis applied.
+fn marker_key(marker: &str) -> String {
+    format!("sy:settled:{marker}")
+}
+
 impl RedisStore {
-    /// The settlement script call for one group of one request.
     /// The replay script call for one operation of batch `batch`.
     fn replay_cmd(&self, batch: &str, member: &str, op: &SettleOp) -> redis::Cmd {
-        let key = match op {
-            SettleOp::Adjust { key, .. }
-            | SettleOp::Release { key }
-            | SettleOp::Spend { key, .. } => key,
-        };
+        let (key, kind, x, y, z) = op_args(op);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.replay.get_hash())
             .arg(2)
             .arg(key)
             .arg(format!("{key}:replay:{batch}"))
-            .arg(member);
-        match op {
-            SettleOp::Adjust { delta, .. } => cmd.arg("a").arg(*delta).arg(0).arg(0),
-            SettleOp::Release { .. } => cmd.arg("r").arg(0).arg(0).arg(0),
-            SettleOp::Spend {
-                reserved,
-                spent,
-                ttl_ms,
-                ..
-            } => cmd
-                .arg("s")
-                .arg(-i64::try_from(*reserved).unwrap_or(i64::MAX))
-                .arg(*spent)
-                .arg(*ttl_ms),
-        };
-        cmd.arg(REPLAY_MARKER_MS);
+            .arg(member)
+            .arg(kind)
+            .arg(x)
+            .arg(y)
+            .arg(z)
+            .arg(REPLAY_MARKER_MS);
         cmd
     }
 
-    fn settle_cmd(&self, member: &str, ops: &[SettleOp]) -> redis::Cmd {
+    /// The settlement script call for `ops` (lease member, operation), marked as batch `seq`
+    /// under `marker` when given.
+    fn settle_cmd<'o>(
+        &self,
+        ops: impl Iterator<Item = (&'o str, &'o SettleOp)> + Clone,
+        mark: Option<(&str, u64)>,
+    ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.settle.get_hash()).arg(ops.len());
-        for op in ops {
-            cmd.arg(match op {
-                SettleOp::Adjust { key, .. }
-                | SettleOp::Release { key }
-                | SettleOp::Spend { key, .. } => key,
-            });
+        cmd.arg(self.settle.get_hash())
+            .arg(ops.clone().count() + usize::from(mark.is_some()));
+        for (_, op) in ops.clone() {
+            cmd.arg(op_args(op).0);
         }
-        cmd.arg(member);
-        for op in ops {
-            match op {
-                SettleOp::Adjust { delta, .. } => {
-                    cmd.arg("a").arg(*delta).arg(0).arg(0);
-                }
-                SettleOp::Release { .. } => {
-                    cmd.arg("r").arg(0).arg(0).arg(0);
-                }
-                SettleOp::Spend {
-                    reserved,
-                    spent,
-                    ttl_ms,
-                    ..
-                } => {
-                    let minus = -i64::try_from(*reserved).unwrap_or(i64::MAX);
-                    cmd.arg("s").arg(minus).arg(*spent).arg(*ttl_ms);
-                }
-            }
+        match mark {
+            Some((marker, seq)) => cmd.arg(marker_key(marker)).arg(seq).arg(REPLAY_MARKER_MS),
+            None => cmd.arg("").arg(0),
+        };
+        for (member, op) in ops {
+            let (_, kind, x, y, z) = op_args(op);
+            cmd.arg(member).arg(kind).arg(x).arg(y).arg(z);
         }
         cmd
+    }
+
+    /// Settles a batch: on one node as one script call (marked when `mark` is given); on a
+    /// cluster one call per group, each on its own slot (never marked).
+    async fn settle_many(
+        &self,
+        reqs: &[SettleRequest],
+        mark: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        let ops = || {
+            reqs.iter()
+                .flat_map(|r| r.groups.iter().flatten().map(|op| (r.member.as_str(), op)))
+        };
+        if ops().next().is_none() {
+            return Ok(());
+        }
+        self.run(|pipe| match &self.conn {
+            Conn::Single(_) => {
+                pipe.add_command(self.settle_cmd(ops(), mark));
+            }
+            Conn::Cluster(_) => {
+                for req in reqs {
+                    for ops in req.groups.iter().filter(|g| !g.is_empty()) {
+                        let ops = ops.iter().map(|op| (req.member.as_str(), op));
+                        pipe.add_command(self.settle_cmd(ops, None));
+                    }
+                }
+            }
+        })
+        .await
+        .map(drop)
     }
 }
 
@@ -432,21 +472,29 @@ impl LimitStore for RedisStore {
         &'a self,
         reqs: &'a [SettleRequest],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.settle_many(reqs, None).boxed()
+    }
+
+    fn settle_marked<'a>(
+        &'a self,
+        reqs: &'a [SettleRequest],
+        marker: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.settle_many(reqs, Some((marker, seq))).boxed()
+    }
+
+    fn marked<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
-            if reqs.iter().flat_map(|r| &r.groups).all(Vec::is_empty) {
-                return Ok(());
-            }
-            self.run(|pipe| {
-                for req in reqs {
-                    for ops in req.groups.iter().filter(|g| !g.is_empty()) {
-                        pipe.add_command(self.settle_cmd(&req.member, ops));
-                    }
-                }
-            })
-            .await
-            .map(drop)
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(marker_key(marker));
+            Ok(self.one::<Option<u64>>(cmd).await?.unwrap_or(0))
         }
         .boxed()
+    }
+
+    fn marks_batches(&self) -> bool {
+        matches!(self.conn, Conn::Single(_))
     }
 
     fn replay<'a>(

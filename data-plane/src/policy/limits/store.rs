@@ -102,6 +102,26 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
         }
         .boxed()
     }
+    /// Settles a batch and records `seq` as the last batch applied under `marker` in the same
+    /// atomic step, when the store can (`marks_batches`): after a failed call, `marked` then
+    /// says whether the batch was applied. Otherwise the same as `settle_batch`.
+    fn settle_marked<'a>(
+        &'a self,
+        reqs: &'a [SettleRequest],
+        _marker: &'a str,
+        _seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.settle_batch(reqs)
+    }
+    /// The last batch recorded under `marker` by `settle_marked` (0: none).
+    fn marked<'a>(&'a self, _marker: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        std::future::ready(Ok(0)).boxed()
+    }
+    /// Whether `settle_marked` applies a batch and its mark atomically (one Redis node; a
+    /// cluster spreads a batch over slots).
+    fn marks_batches(&self) -> bool {
+        false
+    }
     /// Applies a replay batch at most once per `batch` id: a batch resent after a timeout
     /// is not counted twice. Each request holds one operation. A store that is not shared
     /// never replays.
