@@ -430,6 +430,107 @@ async fn budgets_price_cache_reads_and_writes_at_their_own_prices() {
     .await;
 }
 
+/// The text of a client stream's deltas (OpenAI chunks or Anthropic events), and the usage
+/// of an Anthropic `message_start` when there is one.
+fn stream_deltas(sse: &str) -> (String, Option<Value>) {
+    let mut text = String::new();
+    let mut usage = None;
+    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if v["type"] == "content_block_delta"
+            && let Some(t) = v["delta"]["text"].as_str()
+        {
+            text.push_str(t);
+        }
+        if v["type"] == "message_start" {
+            usage = Some(v["message"]["usage"].clone());
+        }
+    }
+    (text, usage)
+}
+
+/// A stream the upstream breaks off settles what it used: the prompt, and the output that
+/// reached the client (four bytes a token), not the reservation for `max_tokens` and not
+/// nothing. Through the Anthropic passthrough and the OpenAI front door (translated).
+#[tokio::test]
+async fn a_broken_stream_settles_what_was_delivered() {
+    let env = env("limits-broken", 1, &[]).await;
+    let api = &env.dps[0].1;
+    let period = switchyard_crds::spend::period(
+        switchyard_proto::v1::BudgetPeriod::Monthly,
+        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+    );
+    let key = switchyard_crds::spend::spend_key("default/cache", &period.id);
+    let prompt = "mock.chunks=12 mock.interval_ms=10 mock.disconnect_after=6 tell me";
+    let open = |path: &str, body: Value| {
+        let url = format!("{api}{path}");
+        async move {
+            let resp = client()
+                .post(url)
+                .bearer_auth(CACHE_KEY)
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await
+                .expect("stream");
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap_or_default()
+        }
+    };
+    let settled = |want: u64| {
+        let (redis, key) = (&env.redis, &key);
+        async move {
+            eventually(DEADLINE, "the broken stream settles", || async {
+                let (s, r) = (redis.hget_u64(key, "s"), redis.hget_u64(key, "r"));
+                (r == 0 && s > 0).then_some(s)
+            })
+            .await;
+            let s = redis.hget_u64(key, "s");
+            assert_eq!(
+                s,
+                want,
+                "spend {s} nano-dollars, expected {want} (the reservation was 2000 output tokens, {} nano-dollars)",
+                2000 * 15_000
+            );
+        }
+    };
+
+    // Anthropic passthrough: message_start says the input; the output is what got through.
+    let sse = open(
+        "/v1/messages",
+        json!({"model": "cached", "max_tokens": 2000, "stream": true,
+            "messages": [{"role": "user", "content": prompt}]}),
+    )
+    .await;
+    assert!(sse.contains("event: error"), "{sse}");
+    let (text, usage) = stream_deltas(&sse);
+    let usage = usage.expect("message_start");
+    let input = usage["input_tokens"].as_u64().expect("input tokens");
+    let reported_output = usage["output_tokens"].as_u64().unwrap_or(0);
+    let delivered = (text.len() as u64).div_ceil(4);
+    assert!(!text.is_empty() && delivered > reported_output, "{sse}");
+    // Nano-dollars: $3 per million input tokens, $15 per million output tokens.
+    let first = input * 3_000 + delivered * 15_000;
+    settled(first).await;
+
+    // OpenAI front door, translated: the same prompt, so the same input tokens.
+    let sse = open(
+        "/v1/chat/completions",
+        json!({"model": "cached", "max_tokens": 2000, "stream": true,
+            "messages": [{"role": "user", "content": prompt}]}),
+    )
+    .await;
+    assert!(sse.contains("upstream_disconnect"), "{sse}");
+    let (text, _) = stream_deltas(&sse);
+    assert!(!text.is_empty(), "{sse}");
+    settled(first + input * 3_000 + (text.len() as u64).div_ceil(4) * 15_000).await;
+}
+
 #[tokio::test]
 async fn budget_overspend_is_bounded_by_requests_in_flight() {
     let env = env("limits-budget", 3, &[]).await;

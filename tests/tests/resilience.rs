@@ -458,6 +458,54 @@ async fn disconnects_and_silent_streams() {
     );
 }
 
+/// A stream that breaks off after its head counts against its endpoint when it ends (its
+/// head alone said nothing about how it would end): two in a row eject the endpoint, and the
+/// streams after that complete on the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_break_off_eject_their_endpoint() {
+    let e = Env::start(2, |u| {
+        [
+            pool(
+                "s",
+                &[&u[0], &u[1]],
+                "  loadBalancing: RoundRobin\n  outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 30s}",
+            ),
+            route("s", "  backends: [{pool: s}]"),
+        ]
+        .concat()
+    })
+    .await;
+    e.fault(
+        1,
+        Faults {
+            disconnect_after: Some(2),
+            ..Faults::default()
+        },
+    );
+    let mut broken = 0;
+    for _ in 0..12 {
+        let (status, text) = stream(&e.api, "s", "mock.chunks=4 mock.interval_ms=20")
+            .await
+            .expect("stream task");
+        assert_eq!(status, 200, "{text}");
+        if text.contains("upstream_disconnect") {
+            broken += 1;
+        } else {
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        }
+    }
+    assert_eq!(
+        broken, 2,
+        "two broken streams eject endpoint 1; the other ten complete on endpoint 0"
+    );
+    assert_eq!(e.calls(1), 2);
+    assert_eq!(
+        e.metric("switchyard_endpoint_ejections_total{pool=\"default/s\",endpoint=\"1\"}")
+            .await,
+        1.0
+    );
+}
+
 /// Opens a stream and reads it to the end on a task; returns the task.
 fn stream(api: &str, model: &str, prompt: &str) -> tokio::task::JoinHandle<(u16, String)> {
     let (url, body) = (

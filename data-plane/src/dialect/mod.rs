@@ -95,6 +95,57 @@ impl Frame {
     }
 }
 
+/// The JSON string fields that carry generated text in a dialect's stream events, found
+/// without parsing: how much text a passthrough stream delivered (to settle a stream that
+/// broke off by what reached the client).
+#[derive(Debug)]
+pub struct TextFields(Vec<memchr::memmem::Finder<'static>>);
+
+impl TextFields {
+    pub fn new(names: &[&str]) -> Self {
+        Self(
+            names
+                .iter()
+                .map(|n| memchr::memmem::Finder::new(format!("\"{n}\":").as_bytes()).into_owned())
+                .collect(),
+        )
+    }
+
+    /// Bytes of the fields' string values in one event's data (escapes as written).
+    pub fn bytes(&self, data: &[u8]) -> u64 {
+        let mut total = 0;
+        for f in &self.0 {
+            let mut at = 0;
+            while let Some(i) = data.get(at..).and_then(|rest| f.find(rest)) {
+                let mut j = at + i + f.needle().len();
+                while data.get(j).is_some_and(u8::is_ascii_whitespace) {
+                    j += 1;
+                }
+                at = j;
+                if data.get(j) != Some(&b'"') {
+                    continue;
+                }
+                let start = j + 1;
+                let mut k = start;
+                at = data.len();
+                while let Some(n) = data
+                    .get(k..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                {
+                    if data[k + n] == b'\\' {
+                        k += n + 2;
+                    } else {
+                        total += (k + n - start) as u64;
+                        at = k + n + 1;
+                        break;
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
 /// Whether a stream goes on after an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -186,4 +237,28 @@ pub fn mentions_context_window(message: &str) -> bool {
     ]
     .iter()
     .any(|p| m.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_measure_string_values_only() {
+        let f = TextFields::new(&["content", "arguments"]);
+        let chunk = br#"{"choices":[{"delta":{"content":"Hi \"you\"","tool_calls":[{"function":{"arguments": "{\"a\":1}"}}]}}],"x":{"content":null}}"#;
+        assert_eq!(f.bytes(chunk), 10 + 9);
+        assert_eq!(f.bytes(br#"{"content":""}"#), 0);
+        assert_eq!(
+            f.bytes(br#"{"content":"unterminated"#),
+            0,
+            "a cut string counts nothing"
+        );
+        assert_eq!(f.bytes(br#"{"content":"ab\"#), 0);
+        assert_eq!(
+            f.bytes(br#"{"reasoning_content":"abc"}"#),
+            0,
+            "whole field names only"
+        );
+    }
 }

@@ -21,10 +21,10 @@ use crate::dialect::{
 use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::limits::Permit;
-use crate::llm::{Event, Facts, Format, Usage};
+use crate::llm::{Delta, Event, Facts, Format, Usage};
 use crate::metrics::ReasonLabels;
 use crate::providers::mock;
-use crate::route::health::InFlight;
+use crate::route::health::{InFlight, Outcome};
 use crate::upstream::{Framer, sse};
 
 /// Same-format passthrough, by format.
@@ -57,6 +57,15 @@ impl Sniffer {
             Self::OpenAi(s) => s.usage,
             Self::Anthropic(s) => s.usage(),
             Self::Responses(s) => s.usage,
+        }
+    }
+
+    /// Bytes of generated text passed to the client.
+    fn delivered(&self) -> u64 {
+        match self {
+            Self::OpenAi(s) => s.delivered,
+            Self::Anthropic(s) => s.delivered,
+            Self::Responses(s) => s.delivered,
         }
     }
 }
@@ -187,6 +196,8 @@ struct Driver {
     step: Step,
     events: Vec<Event>,
     usage: Option<Usage>,
+    /// Bytes of generated text rendered to the client (translated streams).
+    delivered: u64,
     finished: bool,
     saw_end: bool,
     settled: bool,
@@ -198,6 +209,10 @@ struct Driver {
 impl Driver {
     fn fail(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
         self.finished = true;
+        // Every failure here is the upstream's: it counts against its endpoint.
+        if let Some(f) = &mut self.in_flight {
+            f.verdict(Outcome::of_failure(e.class, None));
+        }
         // An error event the upstream sent was already forwarded by the passthrough.
         let forwarded = matches!(self.step, Step::Pass(_)) && e.kind == ErrorKind::UpstreamStatus;
         let reason = if e.kind == ErrorKind::UpstreamStatus {
@@ -232,6 +247,10 @@ impl Driver {
             match &mut ev {
                 Event::Usage(u) => self.usage.get_or_insert_default().merge(*u),
                 Event::Start { model, .. } if model.is_empty() => fallback.clone_into(model),
+                Event::Delta {
+                    delta: Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArgs(t),
+                    ..
+                } => self.delivered += t.len() as u64,
                 _ => {}
             }
             renderer.event(ev, out);
@@ -241,6 +260,9 @@ impl Driver {
     fn complete(&mut self, out: &mut Vec<Bytes>) {
         self.saw_end = true;
         self.finished = true;
+        if let Some(f) = &mut self.in_flight {
+            f.verdict(Outcome::Success);
+        }
         if let Step::Translate { renderer, .. } | Step::Render(renderer) = &mut self.step {
             renderer.done(out);
         }
@@ -372,24 +394,42 @@ impl Driver {
         })
     }
 
-    /// Records usage and settles the limits, once.
+    /// Records usage and settles the limits, once: with the usage the upstream reported if
+    /// the stream completed, else with what it used so far.
     fn settle(&mut self) {
         if self.settled {
             return;
         }
         self.settled = true;
-        let usage = match &self.step {
-            Step::Pass(s) => s.usage(),
-            _ => self.usage,
+        let (reported, delivered) = match &self.step {
+            Step::Pass(s) => (s.usage(), s.delivered()),
+            _ => (self.usage, self.delivered),
         };
-        if let Some(u) = usage {
-            self.gw.metrics.record_usage(self.provider, u);
-        }
+        let usage = match reported {
+            Some(u) if self.saw_end => u,
+            _ => {
+                let estimated_input = self.permit.as_ref().map_or(0, Permit::estimated_input);
+                used_so_far(reported, estimated_input, delivered)
+            }
+        };
+        self.gw.metrics.record_usage(self.provider, usage);
         if let Some(p) = self.permit.take() {
-            p.settle(usage);
+            p.settle(Some(usage));
         }
         self.in_flight = None;
     }
+}
+
+/// What a stream that broke off (or never reported usage) used: what the upstream reported
+/// so far, the estimated input when it reported none (the prompt was sent), and at least the
+/// output that reached the client (four bytes a token), not the reservation for `max_tokens`.
+fn used_so_far(reported: Option<Usage>, estimated_input: u64, delivered_bytes: u64) -> Usage {
+    let mut u = reported.unwrap_or_default();
+    if u.input == 0 {
+        u.input = estimated_input;
+    }
+    u.output = u.output.max(delivered_bytes.div_ceil(4));
+    u
 }
 
 impl Drop for Driver {
@@ -417,6 +457,7 @@ pub(super) fn response(
         step,
         events: Vec::new(),
         usage: None,
+        delivered: 0,
         finished: false,
         saw_end: false,
         settled: false,

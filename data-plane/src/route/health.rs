@@ -315,6 +315,23 @@ pub struct InFlight {
     pool: Arc<Load>,
     /// This request is the probe of a half-open endpoint.
     pub probe: bool,
+    verdict: Option<Verdict>,
+}
+
+/// Tells the endpoint's health how an answer ended, once. A stream's verdict waits for its
+/// end: a stream that breaks off counts as a failure of its endpoint.
+pub struct Verdict(Box<dyn FnOnce(Outcome) + Send + Sync>);
+
+impl Verdict {
+    pub fn new(report: impl FnOnce(Outcome) + Send + Sync + 'static) -> Self {
+        Self(Box::new(report))
+    }
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verdict")
+    }
 }
 
 impl InFlight {
@@ -327,6 +344,20 @@ impl InFlight {
             endpoint,
             pool,
             probe,
+            verdict: None,
+        }
+    }
+
+    /// Defers the endpoint's verdict to the end of the answer.
+    pub fn defer(&mut self, verdict: Verdict) {
+        self.verdict = Some(verdict);
+    }
+
+    /// How the answer ended (the first call counts; an answer dropped without one, because
+    /// its client left, is neutral).
+    pub fn verdict(&mut self, outcome: Outcome) {
+        if let Some(v) = self.verdict.take() {
+            (v.0)(outcome);
         }
     }
 
@@ -341,6 +372,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.verdict(Outcome::Neutral);
         if let Some(e) = &self.endpoint {
             e.load.end();
             if self.probe {

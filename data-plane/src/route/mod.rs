@@ -23,7 +23,7 @@ use crate::error::{ErrorKind, FailureClass, ProxyError};
 use crate::gateway::Gateway;
 use crate::limits::Price;
 use crate::llm::Incoming;
-use crate::metrics::{BackendLabels, ClassLabels};
+use crate::metrics::{BackendLabels, ClassLabels, Metrics};
 use crate::providers::{self, Answer};
 use health::{Admission, InFlight, Outcome, Transition};
 
@@ -174,7 +174,7 @@ impl Group<'_> {
             }
         };
         let endpoint = ep.map(|i| &pool.endpoints[i]);
-        let in_flight =
+        let mut in_flight =
             InFlight::start(endpoint.map(|e| e.health.clone()), pool.load.clone(), probe);
         if let Some(e) = endpoint {
             e.picks.inc();
@@ -184,7 +184,16 @@ impl Group<'_> {
         match result {
             Ok(answer) => {
                 if let Some((i, e)) = ep.zip(endpoint) {
-                    record(self.gw, pool, i, e, Outcome::Success, in_flight.probe);
+                    if matches!(answer, Answer::Stream { .. }) {
+                        // A stream can still break off: its endpoint hears when it ends.
+                        let (metrics, pool, probe) =
+                            (self.gw.metrics.clone(), pool.clone(), in_flight.probe);
+                        in_flight.defer(health::Verdict::new(move |outcome| {
+                            record(&metrics, &pool, i, &pool.endpoints[i], outcome, probe);
+                        }));
+                    } else {
+                        record(&self.gw.metrics, pool, i, e, Outcome::Success, probe);
+                    }
                 }
                 Ok(Served {
                     answer,
@@ -198,7 +207,7 @@ impl Group<'_> {
             Err(error) => {
                 if let Some((i, e)) = ep.zip(endpoint) {
                     let outcome = Outcome::of_failure(error.class, retry::retry_after(&error));
-                    record(self.gw, pool, i, e, outcome, in_flight.probe);
+                    record(&self.gw.metrics, pool, i, e, outcome, probe);
                 }
                 drop(in_flight);
                 let label = endpoint.map_or(&pool.label, |e| &e.label);
@@ -235,7 +244,7 @@ fn attempt_summary(label: &HeaderValue, e: &ProxyError) -> String {
 
 /// Feeds an outcome to the endpoint's health; logs and counts ejections and returns.
 fn record(
-    gw: &Gateway,
+    metrics: &Metrics,
     pool: &PoolEntry,
     i: usize,
     e: &EndpointEntry,
@@ -263,11 +272,11 @@ fn record(
     };
     match t {
         Transition::Ejected { for_, ejections } => {
-            gw.metrics.endpoint_ejections.get_or_create(&labels()).inc();
+            metrics.endpoint_ejections.get_or_create(&labels()).inc();
             tracing::warn!(pool = %pool.id, endpoint = %e.base, seconds = for_.as_secs_f64(), ejections, outcome = ?outcome, "endpoint ejected");
         }
         Transition::Returned => {
-            gw.metrics.endpoint_returns.get_or_create(&labels()).inc();
+            metrics.endpoint_returns.get_or_create(&labels()).inc();
             tracing::info!(pool = %pool.id, endpoint = %e.base, "endpoint returned to rotation after a successful probe");
         }
         Transition::EjectionRefused => {

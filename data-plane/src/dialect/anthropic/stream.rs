@@ -342,7 +342,14 @@ pub fn error_event(e: &ProxyError) -> Bytes {
 pub struct Sniffer {
     usage: WireUsage,
     seen_usage: bool,
+    /// Bytes of text delivered (text, thinking, tool input JSON).
+    pub delivered: u64,
 }
+
+/// Where a `content_block_delta` carries generated text.
+static TEXT: std::sync::LazyLock<crate::dialect::TextFields> = std::sync::LazyLock::new(|| {
+    crate::dialect::TextFields::new(&["text", "thinking", "partial_json"])
+});
 
 impl Sniffer {
     pub fn new() -> Self {
@@ -392,6 +399,9 @@ impl Sniffer {
             _ => {
                 if serde_json::from_str::<serde::de::IgnoredAny>(&f.data).is_err() {
                     return Err(malformed(format!("a `{name}` event that is not JSON")));
+                }
+                if name == "content_block_delta" {
+                    self.delivered += TEXT.bytes(f.data.as_bytes());
                 }
                 out.push(encoded());
             }

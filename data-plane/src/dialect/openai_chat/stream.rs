@@ -416,13 +416,21 @@ impl Renderer {
 pub struct Sniffer {
     client_wants_usage: bool,
     pub usage: Option<Usage>,
+    /// Bytes of text delivered (content, reasoning, refusals, tool arguments).
+    pub delivered: u64,
 }
+
+/// Where a chunk carries generated text.
+static TEXT: std::sync::LazyLock<crate::dialect::TextFields> = std::sync::LazyLock::new(|| {
+    crate::dialect::TextFields::new(&["content", "reasoning_content", "refusal", "arguments"])
+});
 
 impl Sniffer {
     pub fn new(client_wants_usage: bool) -> Self {
         Self {
             client_wants_usage,
             usage: None,
+            delivered: 0,
         }
     }
 
@@ -436,6 +444,7 @@ impl Sniffer {
             out.push(sse::data(data));
             return Err(openai_error::stream_error(data));
         }
+        self.delivered += TEXT.bytes(data);
         if memchr::memmem::find(data, b"\"usage\":{").is_some()
             || memchr::memmem::find(data, b"\"usage\": {").is_some()
         {

@@ -93,7 +93,12 @@ pub fn usage_of(body: &[u8]) -> Result<Option<Usage>, ProxyError> {
 #[derive(Debug, Default)]
 pub struct Sniffer {
     pub usage: Option<Usage>,
+    /// Bytes of text delivered (the `delta` of text, reasoning and argument events).
+    pub delivered: u64,
 }
+
+static DELTA: std::sync::LazyLock<crate::dialect::TextFields> =
+    std::sync::LazyLock::new(|| crate::dialect::TextFields::new(&["delta"]));
 
 impl Sniffer {
     pub fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) -> Result<Flow, ProxyError> {
@@ -124,6 +129,9 @@ impl Sniffer {
             _ => {
                 if serde_json::from_str::<serde::de::IgnoredAny>(&f.data).is_err() {
                     return Err(malformed(format!("a `{name}` event that is not JSON")));
+                }
+                if name.ends_with(".delta") {
+                    self.delivered += DELTA.bytes(f.data.as_bytes());
                 }
                 out.push(encoded());
                 Ok(Flow::Continue)

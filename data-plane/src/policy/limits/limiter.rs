@@ -616,6 +616,14 @@ impl Permit {
         }
     }
 
+    /// The input tokens estimated before the call (0 when no token limit or budget needed
+    /// an estimate).
+    pub fn estimated_input(&self) -> u64 {
+        self.settlement
+            .as_ref()
+            .map_or(0, |s| s.plan.estimate.input)
+    }
+
     /// Settles with actual usage (`None`: the estimate).
     pub fn settle(mut self, usage: Option<Usage>) {
         if let Some(s) = self.settlement.take() {
