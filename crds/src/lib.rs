@@ -23,8 +23,8 @@ pub use key::{
     VirtualKeySpec, VirtualKeyStatus,
 };
 pub use pool::{
-    LoadBalancingStrategy, MockSettings, OutlierDetection, PoolEndpoint, PoolModel, PoolTimeouts,
-    ProviderKind, ProviderPool, ProviderPoolSpec,
+    ConnectionPool, HealthCheck, LoadBalancingStrategy, MockSettings, OutlierDetection,
+    PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind, ProviderPool, ProviderPoolSpec,
 };
 pub use route::{FallbackGroup, KeySelector, LLMRoute, LLMRouteSpec, RetryPolicy, RouteBackend};
 pub use world::World;

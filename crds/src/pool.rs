@@ -42,6 +42,13 @@ pub struct ProviderPoolSpec {
     /// Timeouts towards the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<PoolTimeouts>,
+    /// Connections to each endpoint: a cap on those in use, and how many idle ones are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// Active health checks: every data plane asks each endpoint on an interval and keeps it
+    /// out of rotation while the checks fail. Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Azure OpenAI settings (provider `azure-openai`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureSettings>,
@@ -174,6 +181,49 @@ pub struct OutlierDetection {
     /// Default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejected_percent: Option<u32>,
+}
+
+/// Connections to each endpoint of a pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Most requests in flight to one endpoint, and so most HTTP/1.1 connections in use
+    /// (HTTP/2 multiplexes them over fewer). A full endpoint is skipped; when every endpoint
+    /// is full the attempt fails as `Overloaded` (503, retried or fallen back like one).
+    /// Default 0: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Idle keep-alive connections kept per endpoint host. Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_connections: Option<u32>,
+    /// How long an idle connection is kept. Default `90s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+/// Active health checks of a pool's endpoints: `GET` on a path below each endpoint's URL,
+/// with the endpoint's credential. A 2xx passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// The path asked, below the endpoint URL. Default: the provider's model list
+    /// (`/models` for OpenAI-style endpoints, `/v1/models` for Anthropic, `/{apiVersion}/models`
+    /// for Gemini, `/openai/models?api-version=…` for Azure). Not available for `bedrock` and
+    /// `mock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between two checks of an endpoint. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long a check may take. Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Failed checks in a row that take an endpoint out of rotation. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that bring it back. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
 }
 
 /// Timeouts towards a pool's endpoints, as durations such as `2s` or `500ms`.

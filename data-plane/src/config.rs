@@ -17,7 +17,7 @@ use crate::route::balance::{Candidate, Strategy};
 use crate::route::health::{EndpointHealth, Load, OutlierSettings};
 use crate::route::retry::RetrySettings;
 use crate::upstream::sigv4::{AwsCredentials, Signer};
-use crate::upstream::{HttpClient, Upstreams};
+use crate::upstream::{ClientSettings, HttpClient, Upstreams};
 
 /// Why one resource of a snapshot cannot run on this data plane (the rest of the snapshot
 /// runs without it).
@@ -136,6 +136,8 @@ pub struct PoolEntry {
     /// Prices by upstream model name.
     pub prices: HashMap<String, Price>,
     pub client: HttpClient,
+    /// Most requests in flight per endpoint (0: no cap).
+    pub max_connections: u32,
 }
 
 #[derive(Debug)]
@@ -749,6 +751,23 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         },
         None => OutlierSettings::default(),
     };
+    let defaults = ClientSettings::default();
+    let client = upstreams.client(ClientSettings {
+        connect_timeout: timeouts.connect,
+        max_idle_per_host: p
+            .connection_pool
+            .map_or(defaults.max_idle_per_host, |c| c.max_idle as usize),
+        idle_timeout: p
+            .connection_pool
+            .filter(|c| c.idle_timeout_ms > 0)
+            .map_or(defaults.idle_timeout, |c| {
+                Duration::from_millis(c.idle_timeout_ms)
+            }),
+    })?;
+    let checks = crate::route::check::CheckSettings::from_proto(p.health_check.as_ref());
+    for (i, e) in endpoints.iter().enumerate() {
+        crate::route::check::ensure(&p.id, i, e, checks.as_ref(), &client, upstreams.metrics());
+    }
     Ok(PoolEntry {
         id: p.id.clone(),
         provider,
@@ -773,7 +792,8 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
                 (m.name.clone(), price)
             })
             .collect(),
-        client: upstreams.client(timeouts.connect)?,
+        client,
+        max_connections: p.connection_pool.map_or(0, |c| c.max_connections),
     })
 }
 

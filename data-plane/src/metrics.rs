@@ -61,6 +61,12 @@ pub struct BackendLabels {
     pub endpoint: String,
 }
 
+/// A pool (bounded by the config).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub class: &'static str,
@@ -99,6 +105,8 @@ pub struct Metrics {
     pub backend_requests: Family<BackendLabels, Counter>,
     pub endpoint_ejections: Family<BackendLabels, Counter>,
     pub endpoint_returns: Family<BackendLabels, Counter>,
+    pub health_check_failures: Family<BackendLabels, Counter>,
+    pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
     pub upstream_connections_opened: Counter,
@@ -232,6 +240,8 @@ impl Metrics {
         let backend_requests = Family::<BackendLabels, Counter>::default();
         let endpoint_ejections = Family::<BackendLabels, Counter>::default();
         let endpoint_returns = Family::<BackendLabels, Counter>::default();
+        let health_check_failures = Family::<BackendLabels, Counter>::default();
+        let pool_saturations = Family::<PoolLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let fallbacks = Family::<ClassLabels, Counter>::default();
         registry.register(
@@ -241,13 +251,23 @@ impl Metrics {
         );
         registry.register(
             "endpoint_ejections",
-            "Endpoints taken out of rotation by outlier detection",
+            "Endpoints taken out of rotation (outlier detection or failing health checks)",
             endpoint_ejections.clone(),
         );
         registry.register(
             "endpoint_returns",
-            "Ejected endpoints returned to rotation after a successful probe",
+            "Endpoints returned to rotation (a successful probe, or passing health checks)",
             endpoint_returns.clone(),
+        );
+        registry.register(
+            "health_check_failures",
+            "Active health checks an endpoint failed",
+            health_check_failures.clone(),
+        );
+        registry.register(
+            "pool_saturations",
+            "Attempts refused because every endpoint of the pool was at its connection cap",
+            pool_saturations.clone(),
         );
         registry.register(
             "retries",
@@ -278,6 +298,8 @@ impl Metrics {
             backend_requests,
             endpoint_ejections,
             endpoint_returns,
+            health_check_failures,
+            pool_saturations,
             retries,
             fallbacks,
             limit_rejections,

@@ -506,6 +506,132 @@ async fn streams_that_break_off_eject_their_endpoint() {
     );
 }
 
+/// `connectionPool.maxConnections` caps the requests in flight on each endpoint: a full
+/// endpoint is skipped, and with every endpoint full the client gets 503 `connection_limit`
+/// at once (nothing reaches the upstream), until a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_per_endpoint() {
+    let e = Env::start(2, |u| {
+        [
+            pool(
+                "capped",
+                &[&u[0], &u[1]],
+                "  loadBalancing: WeightedRandom\n  connectionPool: {maxConnections: 1, maxIdleConnections: 4, idleTimeout: 30s}",
+            ),
+            route("capped", "  backends: [{pool: capped}]"),
+        ]
+        .concat()
+    })
+    .await;
+    // Two long streams: whatever the random picks, the second must take the other endpoint.
+    let first = stream(&e.api, "capped", "mock.chunks=8 mock.interval_ms=150");
+    eventually(
+        Duration::from_secs(5),
+        "the first stream started",
+        || async { (e.calls(0) + e.calls(1) == 1).then_some(()) },
+    )
+    .await;
+    let second = stream(&e.api, "capped", "mock.chunks=8 mock.interval_ms=150");
+    eventually(
+        Duration::from_secs(5),
+        "the second stream started",
+        || async { (e.calls(0) + e.calls(1) == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        (e.calls(0), e.calls(1)),
+        (1, 1),
+        "a full endpoint is skipped"
+    );
+    // The route's default retry tries again after a backoff (the pool is full everywhere).
+    let (s, h, b) = e.chat("capped", "hi").await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "attempts_exhausted", "{b}");
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("#0: connection_limit") && message.contains("#1: connection_limit"),
+        "{b}"
+    );
+    assert_eq!(header(&h, "retry-after"), "1");
+    assert_eq!(e.calls(0) + e.calls(1), 2, "nothing reached an upstream");
+    assert_eq!(
+        e.metric("switchyard_pool_saturations_total{pool=\"default/capped\"}")
+            .await,
+        2.0
+    );
+    for s in [first, second] {
+        let (status, text) = s.await.expect("stream task");
+        assert_eq!(status, 200);
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+    let (s, _, b) = e.chat("capped", "hi").await;
+    assert_eq!(s, 200, "slots free again when the streams end: {b}");
+}
+
+/// Active health checks take an endpoint whose checks fail out of rotation before any
+/// request has to fail on it (passive detection is off here), and bring it back when they
+/// pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_failing_endpoint_out_and_back() {
+    let e = Env::start(2, |u| {
+        [
+            pool(
+                "checked",
+                &[&u[0], &u[1]],
+                "  loadBalancing: RoundRobin\n  outlierDetection: {consecutiveFailures: 0, consecutiveRateLimits: 0}\n  healthCheck: {interval: 200ms, timeout: 500ms, unhealthyThreshold: 2, healthyThreshold: 2}",
+            ),
+            route("checked", "  backends: [{pool: checked}]"),
+        ]
+        .concat()
+    })
+    .await;
+    let ejections = "switchyard_endpoint_ejections_total{pool=\"default/checked\",endpoint=\"1\"}";
+    let returns = "switchyard_endpoint_returns_total{pool=\"default/checked\",endpoint=\"1\"}";
+    eventually(Duration::from_secs(5), "both endpoints checked", || async {
+        let lists = |i: usize| {
+            e.mocks[i]
+                .state
+                .model_lists
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        (lists(0) >= 2 && lists(1) >= 2).then_some(())
+    })
+    .await;
+    e.fault(1, failing(503));
+    eventually(Duration::from_secs(5), "endpoint 1 out", || async {
+        (e.metric(ejections).await == 1.0).then_some(())
+    })
+    .await;
+    let before = e.calls(1);
+    for _ in 0..8 {
+        let (s, h, b) = e.chat("checked", "hi").await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(header(&h, "x-switchyard-backend"), "default/checked#0");
+    }
+    assert_eq!(
+        e.calls(1),
+        before,
+        "no request went to the failing endpoint"
+    );
+    assert!(
+        e.metric("switchyard_health_check_failures_total{pool=\"default/checked\",endpoint=\"1\"}")
+            .await
+            >= 2.0
+    );
+    e.fault(1, Faults::default());
+    eventually(Duration::from_secs(5), "endpoint 1 back", || async {
+        (e.metric(returns).await == 1.0).then_some(())
+    })
+    .await;
+    let mut backends = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let (s, h, _) = e.chat("checked", "hi").await;
+        assert_eq!(s, 200);
+        backends.insert(header(&h, "x-switchyard-backend").to_owned());
+    }
+    assert!(backends.contains("default/checked#1"), "{backends:?}");
+}
+
 /// Opens a stream and reads it to the end on a task; returns the task.
 fn stream(api: &str, model: &str, prompt: &str) -> tokio::task::JoinHandle<(u16, String)> {
     let (url, body) = (

@@ -238,6 +238,21 @@ pub(super) fn compile_pool(
         )?,
         max_ejected_percent,
     };
+    let c = spec.connection_pool.clone().unwrap_or_default();
+    let connection_pool = pb::ConnectionPool {
+        max_connections: c.max_connections.unwrap_or(0),
+        max_idle: c.max_idle_connections.unwrap_or(256),
+        idle_timeout_ms: duration_ms(
+            "spec.connectionPool.idleTimeout",
+            &c.idle_timeout,
+            Duration::from_secs(90),
+        )?,
+    };
+    let health_check = spec
+        .health_check
+        .as_ref()
+        .map(|h| health_check(h, provider, &api_version))
+        .transpose()?;
     Ok(pb::Pool {
         id: key.id(),
         provider: provider.into(),
@@ -249,6 +264,58 @@ pub(super) fn compile_pool(
         mock: Some(mock),
         region,
         outlier_detection: Some(outlier_detection),
+        connection_pool: Some(connection_pool),
+        health_check,
+    })
+}
+
+/// Active health checks, with the provider's model list as the default path.
+fn health_check(
+    h: &crate::HealthCheck,
+    provider: pb::ProviderKind,
+    api_version: &str,
+) -> Result<pb::HealthCheck, Reject> {
+    let default_path = match provider {
+        pb::ProviderKind::Anthropic => "/v1/models".to_owned(),
+        pb::ProviderKind::Gemini => format!("/{api_version}/models"),
+        pb::ProviderKind::AzureOpenai => format!("/openai/models?api-version={api_version}"),
+        pb::ProviderKind::Bedrock | pb::ProviderKind::Mock | pb::ProviderKind::Unspecified => {
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.healthCheck is not available for this provider (its endpoints have no plain GET to ask); passive outlier detection still applies",
+            ));
+        }
+        _ => "/models".to_owned(),
+    };
+    let path = h.path.clone().unwrap_or(default_path);
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.healthCheck.path: a path starting with `/`, without spaces",
+        ));
+    }
+    let interval_ms = duration_ms(
+        "spec.healthCheck.interval",
+        &h.interval,
+        Duration::from_secs(10),
+    )?;
+    let timeout_ms = duration_ms(
+        "spec.healthCheck.timeout",
+        &h.timeout,
+        Duration::from_secs(2),
+    )?;
+    if interval_ms < 100 || timeout_ms == 0 {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.healthCheck: interval at least 100ms and a timeout above 0",
+        ));
+    }
+    Ok(pb::HealthCheck {
+        path,
+        interval_ms,
+        timeout_ms,
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(2).max(1),
+        healthy_threshold: h.healthy_threshold.unwrap_or(1).max(1),
     })
 }
 

@@ -632,6 +632,26 @@ spec:
   loadBalancing: LeastLatency
   outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 2s}
   timeouts: {idle: 5s}
+  connectionPool: {maxConnections: 64}
+  healthCheck: {interval: 5s}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: claude}
+spec:
+  provider: openai-compatible
+  endpoints: [{url: "http://c:8000"}]
+  healthCheck: {path: /v1/ping, unhealthyThreshold: 3}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: uncheckable}
+spec: {provider: bedrock, bedrock: {region: us-east-1}, endpoints: [{url: "https://b"}], healthCheck: {}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: badpath}
+spec: {provider: openai-compatible, endpoints: [{url: "https://o"}], healthCheck: {path: models}}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
@@ -681,6 +701,32 @@ spec: {models: [tooretried], backends: [{pool: mock}], retries: {attempts: 11}}
     assert_eq!((o.base_ejection_ms, o.max_ejection_ms), (2000, 300_000));
     assert_eq!(o.max_ejected_percent, 50);
     assert_eq!(pool.timeouts.expect("timeouts").idle_ms, 5000);
+    let cp = pool.connection_pool.expect("connection pool");
+    assert_eq!(
+        (cp.max_connections, cp.max_idle, cp.idle_timeout_ms),
+        (64, 256, 90_000)
+    );
+    let h = pool.health_check.clone().expect("health check");
+    assert_eq!(
+        (h.path.as_str(), h.interval_ms, h.timeout_ms),
+        ("/models", 5000, 2000)
+    );
+    assert_eq!((h.unhealthy_threshold, h.healthy_threshold), (2, 1));
+    let claude = c
+        .snapshot
+        .pools
+        .iter()
+        .find(|p| p.id == "default/claude")
+        .expect("claude");
+    let h = claude.health_check.clone().expect("health check");
+    assert_eq!((h.path.as_str(), h.unhealthy_threshold), ("/v1/ping", 3));
+    let mock = c
+        .snapshot
+        .pools
+        .iter()
+        .find(|p| p.id == "default/mock")
+        .expect("mock");
+    assert!(mock.health_check.is_none(), "off unless set");
     let route = c
         .snapshot
         .routes
@@ -711,6 +757,8 @@ spec: {models: [tooretried], backends: [{pool: mock}], retries: {attempts: 11}}
     };
     assert!(msg("costly").is_some_and(|(_, m)| m.contains("Cost balances a route")));
     assert!(msg("overejected").is_some_and(|(_, m)| m.contains("maxEjectedPercent")));
+    assert!(msg("uncheckable").is_some_and(|(_, m)| m.contains("healthCheck is not available")));
+    assert!(msg("badpath").is_some_and(|(_, m)| m.contains("healthCheck.path")));
     assert_eq!(
         msg("badfallback"),
         Some((

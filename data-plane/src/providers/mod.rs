@@ -458,10 +458,13 @@ fn prepare(
     }
 }
 
-fn upstream_request(
-    ep: &EndpointEntry,
+/// A request to an endpoint with its credential and headers: a POST of `body`, or a GET
+/// when `body` is `None` (health checks).
+pub(crate) fn upstream_request(
+    auth: &Auth,
+    ep_headers: &[(HeaderName, HeaderValue)],
     url: String,
-    body: Bytes,
+    body: Option<Bytes>,
     pass_headers: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<http::Request<Full<Bytes>>, ProxyError> {
     let internal = |e: &dyn std::fmt::Display| {
@@ -470,25 +473,29 @@ fn upstream_request(
             format!("building the upstream request failed: {e}"),
         )
     };
-    let url = match &ep.auth {
+    let url = match auth {
         Auth::Query { name, value } => {
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}{name}={value}")
         }
         _ => url,
     };
-    let mut req = http::Request::post(url)
-        .header(header::CONTENT_TYPE, "application/json")
+    let builder = match &body {
+        Some(_) => http::Request::post(url).header(header::CONTENT_TYPE, "application/json"),
+        None => http::Request::get(url),
+    };
+    let body = body.unwrap_or_default();
+    let mut req = builder
         .body(Full::new(body.clone()))
         .map_err(|e| internal(&e))?;
     let h = req.headers_mut();
-    for (k, v) in &ep.headers {
+    for (k, v) in ep_headers {
         h.insert(k.clone(), v.clone());
     }
     for (k, v) in pass_headers {
         h.insert(k, v);
     }
-    match &ep.auth {
+    match auth {
         Auth::Header { name, value } => {
             h.insert(name.clone(), value.clone());
         }
@@ -573,7 +580,7 @@ pub async fn call(
     })?;
     let d = Deadlines::of(pool);
     let p = prepare(&pool.provider, &ep.base, model, incoming)?;
-    let req = upstream_request(ep, p.url, p.body, p.pass_headers)?;
+    let req = upstream_request(&ep.auth, &ep.headers, p.url, Some(p.body), p.pass_headers)?;
     let resp = send(gw, pool, req, d, in_flight).await?;
     if p.stream {
         let spec = match p.read {

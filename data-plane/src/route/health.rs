@@ -48,6 +48,19 @@ impl Load {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one more request unless `cap` (0: none) are in flight already.
+    fn try_start(&self, cap: u32) -> bool {
+        if cap == 0 {
+            self.start();
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     fn end(&self) {
         // Never below zero, even if a count raced a reset.
         let _ = self
@@ -169,6 +182,19 @@ pub struct EndpointHealth {
     ejected_until: AtomicU64,
     probing: AtomicBool,
     counts: Mutex<Counts>,
+    /// Active health checks fail: out of rotation until they pass.
+    check_failing: AtomicBool,
+    /// The running health check task, with the fingerprint of what it checks.
+    pub(super) checker: Mutex<Option<(u64, tokio::task::AbortHandle)>>,
+}
+
+impl Drop for EndpointHealth {
+    /// An endpoint that left the config takes its health check with it.
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.checker.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
 }
 
 /// Whether an endpoint may take a request now.
@@ -181,13 +207,26 @@ pub enum Admission {
 }
 
 impl EndpointHealth {
-    /// Whether the endpoint is out of rotation (ejected, or half-open).
+    /// Whether the endpoint is out of rotation (ejected, half-open, or failing its health
+    /// checks).
     pub fn ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) != 0
+        self.ejected_until.load(Ordering::Relaxed) != 0 || self.check_failing()
+    }
+
+    pub fn check_failing(&self) -> bool {
+        self.check_failing.load(Ordering::Relaxed)
+    }
+
+    /// The active health check's verdict: `true` takes the endpoint out of rotation.
+    pub(super) fn set_check_failing(&self, failing: bool) {
+        self.check_failing.store(failing, Ordering::Relaxed);
     }
 
     /// Whether a request could go to it now (without claiming a probe).
     pub fn admission(&self) -> Admission {
+        if self.check_failing() {
+            return Admission::Closed;
+        }
         match self.ejected_until.load(Ordering::Relaxed) {
             0 => Admission::Open,
             until if until > now_ms() => Admission::Closed,
@@ -346,6 +385,31 @@ impl InFlight {
             probe,
             verdict: None,
         }
+    }
+
+    /// Starts unless the endpoint already has `cap` (0: no cap) requests in flight (a probe
+    /// it held is then released).
+    pub fn within(
+        endpoint: Option<&Arc<EndpointHealth>>,
+        pool: &Arc<Load>,
+        probe: bool,
+        cap: u32,
+    ) -> Option<Self> {
+        if let Some(e) = endpoint
+            && !e.load.try_start(cap)
+        {
+            if probe {
+                e.release_probe();
+            }
+            return None;
+        }
+        pool.start();
+        Some(Self {
+            endpoint: endpoint.cloned(),
+            pool: pool.clone(),
+            probe,
+            verdict: None,
+        })
     }
 
     /// Defers the endpoint's verdict to the end of the answer.

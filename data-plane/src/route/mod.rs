@@ -10,6 +10,7 @@
 //!   group that lists the failure class is entered. Every outcome feeds the endpoint's health.
 
 pub mod balance;
+pub mod check;
 pub mod health;
 pub mod retry;
 
@@ -23,7 +24,7 @@ use crate::error::{ErrorKind, FailureClass, ProxyError};
 use crate::gateway::Gateway;
 use crate::limits::Price;
 use crate::llm::Incoming;
-use crate::metrics::{BackendLabels, ClassLabels, Metrics};
+use crate::metrics::{BackendLabels, ClassLabels, Metrics, PoolLabels};
 use crate::providers::{self, Answer};
 use health::{Admission, InFlight, Outcome, Transition};
 
@@ -174,8 +175,38 @@ impl Group<'_> {
             }
         };
         let endpoint = ep.map(|i| &pool.endpoints[i]);
-        let mut in_flight =
-            InFlight::start(endpoint.map(|e| e.health.clone()), pool.load.clone(), probe);
+        let Some(mut in_flight) = InFlight::within(
+            endpoint.map(|e| &e.health),
+            &pool.load,
+            probe,
+            pool.max_connections,
+        ) else {
+            // Every endpoint is at its connection cap: nothing was sent, nothing is said
+            // about the endpoint's health.
+            self.gw
+                .metrics
+                .pool_saturations
+                .get_or_create(&PoolLabels {
+                    pool: pool.id.clone(),
+                })
+                .inc();
+            let error = saturated(pool);
+            req.tried.push(Tried {
+                pool: pool.clone(),
+                endpoint: ep,
+                what: attempt_summary(endpoint.map_or(&pool.label, |e| &e.label), &error),
+                class: error.class,
+            });
+            let elsewhere = self
+                .backends
+                .iter()
+                .any(|b| b.weight > 0 && fresh(b, &req.tried));
+            return Err(Failed {
+                error,
+                tried: req.tried,
+                elsewhere,
+            });
+        };
         if let Some(e) = endpoint {
             e.picks.inc();
         }
@@ -229,6 +260,29 @@ impl Group<'_> {
             }
         }
     }
+}
+
+/// The error of an attempt that found every endpoint of its pool at the connection cap: 503
+/// `Overloaded`, safe to retry (nothing was sent).
+fn saturated(pool: &PoolEntry) -> ProxyError {
+    let mut e = ProxyError::upstream(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        FailureClass::Overloaded,
+        format!(
+            "every endpoint of pool {} has {} requests in flight (its connectionPool.maxConnections)",
+            pool.id, pool.max_connections
+        ),
+    )
+    .with_code("connection_limit");
+    e.reached_upstream = false;
+    e.upstream_status = None;
+    e.retry_after = Some(HeaderValue::from_static("1"));
+    e
+}
+
+/// Whether an endpoint is below its pool's connection cap.
+fn has_room(pool: &PoolEntry, e: &EndpointEntry) -> bool {
+    pool.max_connections == 0 || e.health.load.in_flight() < pool.max_connections
 }
 
 /// `pool#endpoint: rate_limited 429`, or `pool#endpoint: upstream_connect`.
@@ -298,17 +352,19 @@ fn fresh(b: &BackendEntry, tried: &[Tried]) -> bool {
         || b.pool.endpoints.iter().enumerate().any(|(i, e)| {
             e.weight > 0
                 && e.health.admission() != Admission::Closed
+                && has_room(&b.pool, e)
                 && !tried_endpoint(tried, &b.pool, i)
         })
 }
 
-/// Whether a pool can take a request now: an endpoint in rotation (or the built-in mock).
+/// Whether a pool can take a request now: an endpoint in rotation with room (or the
+/// built-in mock).
 fn pool_available(pool: &PoolEntry) -> bool {
     pool.endpoints.is_empty()
         || pool
             .endpoints
             .iter()
-            .any(|e| e.weight > 0 && e.health.admission() != Admission::Closed)
+            .any(|e| e.weight > 0 && e.health.admission() != Admission::Closed && has_room(pool, e))
 }
 
 /// A backend by the route's strategy: one whose pool has an untried endpoint in rotation,
@@ -340,6 +396,7 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
         for _ in 0..eps.len() {
             let Some(i) = choose(&|i| {
                 eps[i].health.admission() != Admission::Closed
+                    && has_room(pool, &eps[i])
                     && !(skip_tried && tried_endpoint(tried, pool, i))
             }) else {
                 break;
@@ -352,8 +409,11 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
             }
         }
     }
-    // Everything is ejected: send anyway, untried first.
-    choose(&|i| !tried_endpoint(tried, pool, i))
+    // Everything is ejected or full: send anyway (a full endpoint then refuses), untried
+    // and with room first.
+    choose(&|i| has_room(pool, &eps[i]) && !tried_endpoint(tried, pool, i))
+        .or_else(|| choose(&|i| has_room(pool, &eps[i])))
+        .or_else(|| choose(&|i| !tried_endpoint(tried, pool, i)))
         .or_else(|| choose(&|_| true))
         .map(|i| (i, false))
 }

@@ -23,20 +23,35 @@ use crate::error::{ErrorKind, ProxyError};
 
 pub type HttpClient = Client<HttpsConnector<counted::CountingConnector>, Full<Bytes>>;
 
-/// Idle keep-alive connections kept per upstream host (beyond them, a finished request's
-/// connection is closed), and how long one may stay idle.
-pub const MAX_IDLE_PER_HOST: usize = 256;
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How a client connects and keeps connections: the connect timeout, the idle keep-alive
+/// connections kept per upstream host (beyond them, a finished request's connection is
+/// closed), and how long one may stay idle. Pools that agree share a client.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub max_idle_per_host: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            max_idle_per_host: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
 
 /// Largest upstream (non-streaming) response body accepted.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 /// What the data plane keeps about its upstreams across config versions: the clients (one
-/// per connect timeout, so connection pools survive config changes) and the health and load
-/// of every endpoint.
+/// per [`ClientSettings`], so connection pools survive config changes) and the health and
+/// load of every endpoint.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+    clients: Mutex<HashMap<ClientSettings, HttpClient>>,
     pub health: crate::route::health::Registry,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -66,13 +81,17 @@ impl Upstreams {
         })
     }
 
-    /// The client for a connect timeout, created on first use.
-    pub fn client(&self, connect_timeout: Duration) -> Result<HttpClient, String> {
+    pub fn metrics(&self) -> Option<&std::sync::Arc<crate::metrics::Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// The client for these settings, created on first use.
+    pub fn client(&self, settings: ClientSettings) -> Result<HttpClient, String> {
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(&connect_timeout) {
+        if let Some(c) = clients.get(&settings) {
             return Ok(c.clone());
         }
         let counts = self
@@ -82,18 +101,18 @@ impl Upstreams {
                 opened: m.upstream_connections_opened.clone(),
                 open: m.upstream_connections_open.clone(),
             });
-        let c = new_client(connect_timeout, counts)?;
-        clients.insert(connect_timeout, c.clone());
+        let c = new_client(settings, counts)?;
+        clients.insert(settings, c.clone());
         Ok(c)
     }
 }
 
 /// A pooled keep-alive client: HTTP/2 where the upstream offers it over TLS (ALPN), else
 /// HTTP/1.1; idle connections bounded per host; every connection counted in metrics.
-fn new_client(connect_timeout: Duration, counts: counted::Counts) -> Result<HttpClient, String> {
+fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, String> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
-    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_connect_timeout(Some(s.connect_timeout));
     tcp.set_nodelay(true);
     tcp.set_keepalive(Some(Duration::from_secs(60)));
     let http = counted::CountingConnector { inner: tcp, counts };
@@ -107,8 +126,8 @@ fn new_client(connect_timeout: Duration, counts: counted::Counts) -> Result<Http
         .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(IDLE_TIMEOUT)
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(s.idle_timeout)
+        .pool_max_idle_per_host(s.max_idle_per_host)
         .build(https))
 }
 

@@ -162,6 +162,35 @@ pub struct Pool {
     pub region: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "10")]
     pub outlier_detection: ::core::option::Option<OutlierDetection>,
+    #[prost(message, optional, tag = "11")]
+    pub connection_pool: ::core::option::Option<ConnectionPool>,
+    /// Unset: no active health checks.
+    #[prost(message, optional, tag = "12")]
+    pub health_check: ::core::option::Option<HealthCheck>,
+}
+/// Connections to each endpoint of a pool. max_connections 0: no cap.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConnectionPool {
+    #[prost(uint32, tag = "1")]
+    pub max_connections: u32,
+    #[prost(uint32, tag = "2")]
+    pub max_idle: u32,
+    #[prost(uint64, tag = "3")]
+    pub idle_timeout_ms: u64,
+}
+/// Active health checks: GET `path` below each endpoint URL every `interval_ms`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HealthCheck {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub interval_ms: u64,
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub unhealthy_threshold: u32,
+    #[prost(uint32, tag = "5")]
+    pub healthy_threshold: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]

@@ -64,7 +64,8 @@ pub struct Recorded {
 }
 
 /// Faults a mock instance injects into every model call (an endpoint that fails, is slow or
-/// rate-limits, whatever the request says). Set with `PUT /_mock/faults` (JSON) or
+/// rate-limits, whatever the request says); `status` and `latency_ms` apply to its model list
+/// (`GET /v1/models`, what health checks ask) too. Set with `PUT /_mock/faults` (JSON) or
 /// [`MockState::set_faults`].
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct Faults {
@@ -99,6 +100,8 @@ pub struct MockState {
     pub calls: std::sync::atomic::AtomicU64,
     /// Model calls whose client went away before the answer ended.
     pub cancelled: std::sync::atomic::AtomicU64,
+    /// `GET /v1/models` requests (health checks).
+    pub model_lists: std::sync::atomic::AtomicU64,
 }
 
 impl MockState {
@@ -476,10 +479,27 @@ async fn handle(
     if parts.method == Method::GET {
         return Ok(match path.as_str() {
             "/healthz" => full(StatusCode::OK, "text/plain", "ok"),
-            "/v1/models" => json_response(
-                StatusCode::OK,
-                &json!({"object": "list", "data": [{"id": "mock-gpt", "object": "model", "created": 0, "owned_by": "mock"}]}),
-            ),
+            "/v1/models" => {
+                state
+                    .model_lists
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let faults = state.faults();
+                if faults.latency_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+                }
+                match faults.status {
+                    Some(status) if faults.rate.is_none_or(|r| fastrand::f64() < r) => {
+                        json_response(
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                            &openai::error(status, "injected fault"),
+                        )
+                    }
+                    _ => json_response(
+                        StatusCode::OK,
+                        &json!({"object": "list", "data": [{"id": "mock-gpt", "object": "model", "created": 0, "owned_by": "mock"}]}),
+                    ),
+                }
+            }
             "/_mock/requests" => {
                 let list: Vec<Value> = state
                     .requests()
