@@ -3,11 +3,13 @@
 //! them in order and says why:
 //!
 //! - [`auth`]: who is calling (virtual key by hash) and whether they may use the route;
-//! - [`limits`]: rate limits and budgets, reserved before the call and settled after it.
+//! - [`limits`]: rate limits and budgets, reserved before the call and settled after it;
+//! - [`guard`]: guardrails' detectors and actions, on whole texts and on streams.
 //!
 //! The next stages have their places marked in `stack.rs` and will live here as modules of
 //! their own: request and response guardrails (`guardrails`), the response cache (`cache`).
 //! Tracing spans wrap the whole pipeline from the stack's outer layers.
 
 pub mod auth;
+pub mod guard;
 pub mod limits;

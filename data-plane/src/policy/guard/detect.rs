@@ -1,0 +1,475 @@
+//! Built-in detectors of personal data and secrets. Each finds candidates with a regular
+//! expression (compiled once, for the process) and confirms them where the data has a check:
+//! Luhn for payment cards, mod-97 for IBANs, the issuing rules for US SSNs, a parse for IP
+//! addresses, the E.164 length for phone numbers. A near miss (a 16-digit number that fails
+//! Luhn) is not a match.
+//!
+//! For streams, each detector also knows which characters a match is made of and how long
+//! one can be: a suffix of those characters is all that could still grow into a match, so
+//! that is all a stream holds back (see `stream.rs`).
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Kinds of data a guardrail finds. The placeholder of `Redact` is `[NAME]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    Email,
+    Phone,
+    CreditCard,
+    Ssn,
+    Iban,
+    IpAddress,
+    Secret,
+}
+
+impl Entity {
+    pub const ALL: [Entity; 7] = [
+        Entity::Email,
+        Entity::Phone,
+        Entity::CreditCard,
+        Entity::Ssn,
+        Entity::Iban,
+        Entity::IpAddress,
+        Entity::Secret,
+    ];
+
+    /// The name in configs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Email => "Email",
+            Self::Phone => "Phone",
+            Self::CreditCard => "CreditCard",
+            Self::Ssn => "Ssn",
+            Self::Iban => "Iban",
+            Self::IpAddress => "IpAddress",
+            Self::Secret => "Secret",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == s)
+    }
+
+    /// What `Redact` puts in place of a match.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Self::Email => "[EMAIL]",
+            Self::Phone => "[PHONE]",
+            Self::CreditCard => "[CREDIT_CARD]",
+            Self::Ssn => "[SSN]",
+            Self::Iban => "[IBAN]",
+            Self::IpAddress => "[IP_ADDRESS]",
+            Self::Secret => "[SECRET]",
+        }
+    }
+
+    /// Whether `c` can be part of a match (a stream holds back a suffix of these).
+    pub fn continues(self, c: char) -> bool {
+        match self {
+            Self::Email => c.is_ascii_alphanumeric() || "._%+-@".contains(c),
+            Self::Phone => c.is_ascii_digit() || " +().-".contains(c),
+            Self::CreditCard | Self::Ssn => c.is_ascii_digit() || c == ' ' || c == '-',
+            Self::Iban => c.is_ascii_alphanumeric() || c == ' ',
+            Self::IpAddress => c.is_ascii_hexdigit() || c == '.' || c == ':',
+            Self::Secret => c.is_ascii_alphanumeric() || "_-.".contains(c),
+        }
+    }
+
+    /// Whether a match can start with `c` (a held suffix starts at one of these).
+    pub fn starts(self, c: char) -> bool {
+        match self {
+            Self::Email | Self::Iban | Self::Secret => c.is_ascii_alphanumeric(),
+            Self::Phone => c.is_ascii_digit() || c == '+' || c == '(',
+            Self::CreditCard | Self::Ssn => c.is_ascii_digit(),
+            Self::IpAddress => c.is_ascii_hexdigit() || c == ':',
+        }
+    }
+
+    /// Whether `tail` (made of `continues` characters, starting with a `starts` one) could
+    /// be the beginning of a match: checked where the alphabet alone would hold ordinary
+    /// words back (IBANs begin with a country code and check digits, secrets with a known
+    /// prefix).
+    pub fn could_begin(self, tail: &str) -> bool {
+        match self {
+            Self::Iban => {
+                let b = tail.as_bytes();
+                b.iter().take(2).all(u8::is_ascii_uppercase)
+                    && b.iter().skip(2).take(2).all(u8::is_ascii_digit)
+            }
+            Self::Secret => SECRET_PREFIXES
+                .iter()
+                .any(|p| tail.starts_with(p) || p.starts_with(tail)),
+            _ => true,
+        }
+    }
+
+    /// Which finding wins when two cover the same text: the more specific detector.
+    fn priority(self) -> u8 {
+        match self {
+            Self::Secret => 0,
+            Self::CreditCard => 1,
+            Self::Iban => 2,
+            Self::Ssn => 3,
+            Self::Email => 4,
+            Self::IpAddress => 5,
+            Self::Phone => 6,
+        }
+    }
+
+    /// The longest match, in bytes (a longer run of `continues` characters cannot be one
+    /// match, so no more than this is held). Private-key blocks are the exception: see
+    /// [`open_key_block`].
+    pub fn max_len(self) -> usize {
+        match self {
+            Self::Email => 254,
+            Self::Phone => 24,
+            Self::CreditCard => 23,
+            Self::Ssn => 11,
+            Self::Iban => 42,
+            Self::IpAddress => 45,
+            Self::Secret => 300,
+        }
+    }
+}
+
+/// One finding: a byte range of the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub entity: Entity,
+}
+
+fn re(pattern: &str) -> Regex {
+    // The patterns are constants, checked by the tests.
+    Regex::new(pattern).unwrap_or_else(|e| unreachable!("built-in pattern {pattern}: {e}"))
+}
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"(?i)\b[a-z0-9](?:[a-z0-9._%+-]{0,63})@[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9-]{1,63})*\.[a-z]{2,24}\b",
+    )
+});
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    re(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}\b")
+});
+static CARD: LazyLock<Regex> = LazyLock::new(|| re(r"\b\d(?:[ -]?\d){12,18}\b"));
+static SSN: LazyLock<Regex> = LazyLock::new(|| re(r"\b(\d{3})([- ])(\d{2})([- ])(\d{4})\b"));
+static IBAN: LazyLock<Regex> = LazyLock::new(|| re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"));
+static IPV4: LazyLock<Regex> = LazyLock::new(|| re(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"));
+static IPV6: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}"));
+/// How the secrets below begin (a stream holds a word only if it could be one).
+const SECRET_PREFIXES: &[&str] = &[
+    "AKIA",
+    "ASIA",
+    "ABIA",
+    "ACCA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "sk-",
+    "xoxb-",
+    "xoxa-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "AIza",
+    "eyJ",
+];
+
+static SECRETS: LazyLock<Regex> = LazyLock::new(|| {
+    re(concat!(
+        // AWS access key ids.
+        r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+        // GitHub tokens (classic and fine-grained).
+        r"|\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{22,255}\b",
+        // Anthropic, then OpenAI keys.
+        r"|\bsk-ant-[A-Za-z0-9_-]{20,}|\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        // Slack tokens.
+        r"|\bxox[baprs]-[A-Za-z0-9-]{10,}",
+        // Google API keys.
+        r"|\bAIza[0-9A-Za-z_-]{35}",
+        // JSON Web Tokens.
+        r"|\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
+        // PEM private keys.
+        r"|-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
+    ))
+});
+
+/// Where an unterminated private-key block begins (a stream holds from there).
+pub fn open_key_block(text: &str) -> Option<usize> {
+    const BEGIN: &str = "-----BEGIN ";
+    let at = text.rfind(BEGIN)?;
+    let rest = &text[at..];
+    (!rest.contains("-----END ")).then_some(at)
+}
+
+/// Luhn's check of a digit string.
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if !i.is_multiple_of(2) {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+fn digits(s: &str) -> Vec<u8> {
+    s.bytes().filter(u8::is_ascii_digit).collect()
+}
+
+fn card_ok(s: &str) -> bool {
+    let d = digits(s);
+    (13..=19).contains(&d.len()) && d.iter().any(|&c| c != d[0]) && luhn(&d)
+}
+
+/// ISO 13616: move the first four characters to the end, letters to numbers, mod 97 = 1.
+fn iban_ok(s: &str) -> bool {
+    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let mut rem = 0u32;
+    for &b in compact[4..].iter().chain(&compact[..4]) {
+        let v = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// SSA rules: no area 000, 666 or 900–999, no group 00, no serial 0000, one separator kind.
+fn ssn_ok(c: &regex::Captures<'_>) -> bool {
+    let area: u32 = c[1].parse().unwrap_or(0);
+    c[2] == c[4] && area != 0 && area != 666 && area < 900 && &c[3] != "00" && &c[5] != "0000"
+}
+
+/// E.164 allows at most 15 digits; fewer than 7 is not a phone number. A bare run of digits
+/// with no separator and no `+` is left to the other detectors (order numbers, amounts).
+fn phone_ok(s: &str) -> bool {
+    let n = digits(s).len();
+    (7..=15).contains(&n) && (s.starts_with('+') || s.contains([' ', '-', '.', '(']))
+}
+
+fn ipv6_ok(s: &str) -> bool {
+    s.matches(':').count() >= 2 && s.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// Every finding of `entities` in `text`, in order, overlaps resolved: the earlier start
+/// wins, then the longer match, then the more specific detector.
+pub fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
+    let mut out = Vec::new();
+    for &entity in entities {
+        let mut push = |start: usize, end: usize| out.push(Span { start, end, entity });
+        match entity {
+            Entity::Email => EMAIL.find_iter(text).for_each(|m| push(m.start(), m.end())),
+            Entity::Phone => PHONE
+                .find_iter(text)
+                .filter(|m| phone_ok(m.as_str()))
+                .for_each(|m| push(m.start(), m.end())),
+            Entity::CreditCard => CARD
+                .find_iter(text)
+                .filter(|m| card_ok(m.as_str()))
+                .for_each(|m| push(m.start(), m.end())),
+            Entity::Ssn => SSN
+                .captures_iter(text)
+                .filter(ssn_ok)
+                .filter_map(|c| c.get(0))
+                .for_each(|m| push(m.start(), m.end())),
+            Entity::Iban => IBAN
+                .find_iter(text)
+                .filter(|m| iban_ok(m.as_str()))
+                .for_each(|m| push(m.start(), m.end())),
+            Entity::IpAddress => {
+                IPV4.find_iter(text)
+                    .filter(|m| m.as_str().parse::<std::net::Ipv4Addr>().is_ok())
+                    .for_each(|m| push(m.start(), m.end()));
+                IPV6.find_iter(text)
+                    .filter(|m| ipv6_ok(m.as_str()))
+                    .for_each(|m| push(m.start(), m.end()));
+            }
+            Entity::Secret => SECRETS
+                .find_iter(text)
+                .for_each(|m| push(m.start(), m.end())),
+        }
+    }
+    out.sort_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then(b.end.cmp(&a.end))
+            .then(a.entity.priority().cmp(&b.entity.priority()))
+    });
+    let mut kept: Vec<Span> = Vec::with_capacity(out.len());
+    for s in out {
+        if kept.last().is_none_or(|k| s.start >= k.end) {
+            kept.push(s);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(text: &str, e: Entity) -> Vec<&str> {
+        find(text, &[e])
+            .into_iter()
+            .map(|s| &text[s.start..s.end])
+            .collect()
+    }
+
+    #[test]
+    fn the_built_in_patterns_compile() {
+        for e in Entity::ALL {
+            let _ = find("", &[e]);
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            found("mail jane.doe+x@mail.example.co.uk now", Entity::Email),
+            ["jane.doe+x@mail.example.co.uk"]
+        );
+        assert!(found("an @ sign, a@b, user@localhost", Entity::Email).is_empty());
+    }
+
+    #[test]
+    fn cards_pass_luhn_and_near_misses_do_not() {
+        assert_eq!(
+            found("card 4111 1111 1111 1111 ok", Entity::CreditCard),
+            ["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            found("5500-0000-0000-0004", Entity::CreditCard),
+            ["5500-0000-0000-0004"]
+        );
+        assert!(
+            found("order 4111111111111112", Entity::CreditCard).is_empty(),
+            "fails Luhn"
+        );
+        assert!(found("0000000000000000", Entity::CreditCard).is_empty());
+        assert!(found("12345", Entity::CreditCard).is_empty());
+    }
+
+    #[test]
+    fn ibans_pass_mod_97() {
+        assert_eq!(
+            found("pay GB82 WEST 1234 5698 7654 32 today", Entity::Iban),
+            ["GB82 WEST 1234 5698 7654 32"]
+        );
+        assert_eq!(
+            found("DE89370400440532013000", Entity::Iban),
+            ["DE89370400440532013000"]
+        );
+        assert!(
+            found("GB83WEST12345698765432", Entity::Iban).is_empty(),
+            "bad check digits"
+        );
+    }
+
+    #[test]
+    fn ssns_follow_the_issuing_rules() {
+        assert_eq!(found("ssn 123-45-6789.", Entity::Ssn), ["123-45-6789"]);
+        assert!(found("000-12-3456 666-12-3456 912-12-3456", Entity::Ssn).is_empty());
+        assert!(found("123-00-4567 123-45-0000 123-45 6789", Entity::Ssn).is_empty());
+    }
+
+    #[test]
+    fn ip_addresses_parse() {
+        assert_eq!(
+            found(
+                "from 192.168.1.20 and 2001:db8::8a2e:370:7334 at 12:30:45",
+                Entity::IpAddress
+            ),
+            ["192.168.1.20", "2001:db8::8a2e:370:7334"]
+        );
+        assert!(found("version 1.2.3.4567 and 300.1.1.1", Entity::IpAddress).is_empty());
+    }
+
+    #[test]
+    fn phones_in_international_formats() {
+        assert_eq!(
+            found("call +44 20 7946 0958 or (555) 123-4567", Entity::Phone),
+            ["+44 20 7946 0958", "(555) 123-4567"]
+        );
+        assert!(found("in 2024 we sold 1234567 units", Entity::Phone).is_empty());
+    }
+
+    #[test]
+    fn secrets() {
+        let text = "aws AKIAIOSFODNN7EXAMPLE gh ghp_abcdefghijklmnopqrstuvwxyz0123456789 \
+                    oa sk-proj-abcdefghijklmnopqrstuvwx an sk-ant-api03-abcdefghijklmnopqrstuvwx \
+                    sl xoxb-1234567890-abcdef g AIzaSyA1234567890abcdefghijklmnopqrstuv \
+                    jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcdefghijklmnop";
+        assert_eq!(
+            found(text, Entity::Secret).len(),
+            7,
+            "{:?}",
+            found(text, Entity::Secret)
+        );
+        let pem = "k -----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY----- done";
+        assert_eq!(found(pem, Entity::Secret).len(), 1);
+        assert!(found("sk-short and AKIA123", Entity::Secret).is_empty());
+        assert_eq!(
+            open_key_block("x -----BEGIN PRIVATE KEY-----\nMII"),
+            Some(2)
+        );
+        assert_eq!(open_key_block(pem), None);
+    }
+
+    #[test]
+    fn overlaps_keep_the_earlier_longer_finding() {
+        let spans = find(
+            "card 4111 1111 1111 1111",
+            &[Entity::Phone, Entity::CreditCard],
+        );
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].entity, Entity::CreditCard);
+    }
+
+    #[test]
+    fn every_match_is_made_of_what_the_stream_holds() {
+        let samples = [
+            ("x jane@example.com y", Entity::Email),
+            ("x +44 20 7946 0958 y", Entity::Phone),
+            ("x 4111 1111 1111 1111 y", Entity::CreditCard),
+            ("x 123-45-6789 y", Entity::Ssn),
+            ("x GB82 WEST 1234 5698 7654 32 y", Entity::Iban),
+            ("x 2001:db8::1 y", Entity::IpAddress),
+            ("x sk-proj-abcdefghijklmnopqrstuvwx y", Entity::Secret),
+        ];
+        for (text, e) in samples {
+            let s = find(text, &[e]);
+            assert_eq!(s.len(), 1, "{text}");
+            let m = &text[s[0].start..s[0].end];
+            assert!(m.chars().all(|c| e.continues(c)), "{m}");
+            assert!(m.chars().next().is_some_and(|c| e.starts(c)), "{m}");
+            assert!(m.len() <= e.max_len(), "{m}");
+            assert!(e.could_begin(m), "{m}");
+            for i in 1..m.len() {
+                assert!(e.could_begin(&m[..i]), "{e:?}: {}", &m[..i]);
+            }
+        }
+    }
+}

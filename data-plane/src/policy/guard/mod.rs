@@ -1,0 +1,341 @@
+//! Guardrails: detectors of personal data and secrets ([`detect`]), what to do with what they
+//! find ([`Action`]), on whole texts ([`apply`]) and on streams ([`stream::Redactor`]).
+
+pub mod detect;
+pub mod stream;
+
+use detect::Entity;
+
+/// What a guardrail does with a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Let it through; log and count.
+    Alert,
+    /// Replace it with a placeholder naming the entity, e.g. `[EMAIL]`.
+    Redact,
+    /// Replace every character but the last four with `*`.
+    Mask,
+    /// Refuse the request (or end the stream) with `guardrail_blocked`.
+    Block,
+}
+
+impl Action {
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "Alert" => Self::Alert,
+            "Redact" => Self::Redact,
+            "Mask" => Self::Mask,
+            "Block" => Self::Block,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Alert => "Alert",
+            Self::Redact => "Redact",
+            Self::Mask => "Mask",
+            Self::Block => "Block",
+        }
+    }
+}
+
+/// One finding and what was done with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub entity: Entity,
+    pub action: Action,
+}
+
+/// The action for each entity a set of guardrails looks for. Where two guardrails disagree,
+/// the stricter action wins (`Block` over `Mask` over `Redact` over `Alert`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    actions: Vec<(Entity, Action)>,
+    entities: Vec<Entity>,
+}
+
+impl Rules {
+    pub fn new(pairs: impl IntoIterator<Item = (Entity, Action)>) -> Self {
+        let mut r = Self::default();
+        for (e, a) in pairs {
+            r.add(e, a);
+        }
+        r
+    }
+
+    pub fn add(&mut self, entity: Entity, action: Action) {
+        match self.actions.iter_mut().find(|(e, _)| *e == entity) {
+            Some((_, a)) => *a = (*a).max(action),
+            None => {
+                self.actions.push((entity, action));
+                self.entities.push(entity);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    pub fn has(&self, entity: Entity) -> bool {
+        self.entities.contains(&entity)
+    }
+
+    pub fn entities(&self) -> &[Entity] {
+        &self.entities
+    }
+
+    pub fn action(&self, entity: Entity) -> Action {
+        self.actions
+            .iter()
+            .find(|(e, _)| *e == entity)
+            .map_or(Action::Alert, |(_, a)| *a)
+    }
+}
+
+/// Writes what replaces a finding.
+fn replace(found: &str, entity: Entity, action: Action, out: &mut String) {
+    match action {
+        Action::Mask => {
+            let n = found.chars().count();
+            out.extend(std::iter::repeat_n('*', n.saturating_sub(4)));
+            out.extend(found.chars().skip(n.saturating_sub(4)));
+        }
+        _ => out.push_str(entity.placeholder()),
+    }
+}
+
+/// Applies `rules` to a whole text: the text with its findings redacted or masked, and what
+/// was found; or the entity that blocks it. `None` when nothing changed the text.
+pub fn apply(
+    text: &str,
+    rules: &Rules,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<String>, Entity> {
+    let spans = detect::find(text, rules.entities());
+    let mut out: Option<String> = None;
+    let mut at = 0;
+    for s in spans {
+        let action = rules.action(s.entity);
+        findings.push(Finding {
+            entity: s.entity,
+            action,
+        });
+        match action {
+            Action::Block => return Err(s.entity),
+            Action::Alert => {}
+            Action::Redact | Action::Mask => {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[at..s.start]);
+                replace(&text[s.start..s.end], s.entity, action, o);
+                at = s.end;
+            }
+        }
+    }
+    if let Some(o) = &mut out {
+        o.push_str(&text[at..]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stream::Redactor;
+
+    fn rules(action: Action) -> Rules {
+        Rules::new(Entity::ALL.into_iter().map(|e| (e, action)))
+    }
+
+    const TEXT: &str = "Mail jane.doe@example.com, card 4111 1111 1111 1111, \
+        iban GB82 WEST 1234 5698 7654 32, ssn 123-45-6789, from 10.0.0.1, \
+        call +44 20 7946 0958, key sk-proj-abcdefghijklmnopqrstuvwx. Thanks!";
+
+    const REDACTED: &str = "Mail [EMAIL], card [CREDIT_CARD], iban [IBAN], ssn [SSN], \
+        from [IP_ADDRESS], call [PHONE], key [SECRET]. Thanks!";
+
+    #[test]
+    fn whole_texts_are_redacted_masked_or_blocked() {
+        let mut f = Vec::new();
+        let out = apply(TEXT, &rules(Action::Redact), &mut f).expect("not blocked");
+        assert_eq!(out.as_deref(), Some(REDACTED));
+        assert_eq!(f.len(), 7);
+        let out = apply("card 4111 1111 1111 1111", &rules(Action::Mask), &mut f).expect("masked");
+        assert_eq!(out.as_deref(), Some("card ***************1111"));
+        assert_eq!(
+            apply(TEXT, &rules(Action::Block), &mut f),
+            Err(Entity::Email)
+        );
+        let mut f = Vec::new();
+        assert_eq!(apply(TEXT, &rules(Action::Alert), &mut f), Ok(None));
+        assert_eq!(
+            f.len(),
+            7,
+            "alerts are found and counted, the text is left alone"
+        );
+        assert_eq!(
+            apply("nothing here", &rules(Action::Redact), &mut f),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_stricter_action_wins() {
+        let mut r = Rules::default();
+        r.add(Entity::Email, Action::Redact);
+        r.add(Entity::Email, Action::Block);
+        r.add(Entity::Email, Action::Alert);
+        assert_eq!(r.action(Entity::Email), Action::Block);
+        assert_eq!(r.entities(), [Entity::Email]);
+    }
+
+    fn streamed(pieces: &[&str], rules: &Rules) -> Result<String, Entity> {
+        let mut r = Redactor::new(rules.clone());
+        let mut out = String::new();
+        for p in pieces {
+            out.push_str(&r.push(p)?);
+        }
+        out.push_str(&r.finish()?);
+        Ok(out)
+    }
+
+    /// Every split point of the text, as two pieces and as one character at a time: the
+    /// stream's output is the whole text's redaction, and nothing of a value leaks first.
+    #[test]
+    fn a_value_split_at_any_point_is_redacted() {
+        let r = rules(Action::Redact);
+        for i in 1..TEXT.len() {
+            if !TEXT.is_char_boundary(i) {
+                continue;
+            }
+            let (a, b) = TEXT.split_at(i);
+            assert_eq!(
+                streamed(&[a, b], &r).as_deref(),
+                Ok(REDACTED),
+                "split at {i}"
+            );
+        }
+        let chars: Vec<String> = TEXT.chars().map(String::from).collect();
+        let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(streamed(&pieces, &r).as_deref(), Ok(REDACTED));
+    }
+
+    #[test]
+    fn a_blocked_value_ends_the_stream_before_any_of_it_leaks() {
+        let r = rules(Action::Block);
+        let text = "the card is 4111 1111 1111 1111 ok";
+        for i in 1..text.len() {
+            let (a, b) = text.split_at(i);
+            let mut red = Redactor::new(r.clone());
+            let mut out = String::new();
+            let mut blocked = None;
+            for p in [a, b] {
+                match red.push(p) {
+                    Ok(s) => out.push_str(&s),
+                    Err(e) => {
+                        blocked = Some(e);
+                        break;
+                    }
+                }
+            }
+            if blocked.is_none() {
+                blocked = red.finish().err();
+            }
+            assert_eq!(blocked, Some(Entity::CreditCard), "split at {i}");
+            assert!(!out.contains("4111"), "split at {i}: {out}");
+        }
+    }
+
+    #[test]
+    fn only_the_tail_that_could_grow_is_held() {
+        let mut r = Redactor::new(rules(Action::Redact));
+        assert_eq!(
+            r.push("Hello, how are you today? I am ").as_deref(),
+            Ok("Hello, how are you today? I am ")
+        );
+        assert_eq!(r.held(), "");
+        assert_eq!(
+            r.push("fine, write to jane@exa").as_deref(),
+            Ok("fine, write to ")
+        );
+        assert_eq!(r.held(), "jane@exa");
+        assert_eq!(r.push("mple.com today").as_deref(), Ok("[EMAIL] "));
+        assert_eq!(r.held(), "today");
+        assert_eq!(r.finish().as_deref(), Ok("today"));
+    }
+
+    /// Random text from an alphabet rich in the detectors' characters, cut at random: no
+    /// panic, and the stream says what the whole text says.
+    #[test]
+    fn random_text_in_random_pieces_matches_the_whole() {
+        const ALPHABET: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            "4",
+            "1",
+            " ",
+            "-",
+            ".",
+            "@",
+            ":",
+            "+",
+            "(",
+            ")",
+            "_",
+            "é",
+            "😀",
+            "\n",
+            "sk-",
+            "AKIA",
+            "GB82",
+            "4111 ",
+            "@ex.com",
+            "::",
+            "-----BEGIN ",
+        ];
+        let r = rules(Action::Redact);
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..300 {
+            let text: String = (0..rng.usize(0..120))
+                .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+                .collect();
+            let whole = apply(&text, &r, &mut Vec::new())
+                .expect("redact never blocks")
+                .unwrap_or_else(|| text.clone());
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let mut end = (at + rng.usize(1..8)).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                pieces.push(&text[at..end]);
+                at = end;
+            }
+            assert_eq!(
+                streamed(&pieces, &r).as_deref(),
+                Ok(whole.as_str()),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn multibyte_text_streams_intact() {
+        let text = "Grüße an 😀 jane@example.com — danke";
+        let r = rules(Action::Redact);
+        for i in 1..text.len() {
+            if !text.is_char_boundary(i) {
+                continue;
+            }
+            let (a, b) = text.split_at(i);
+            assert_eq!(
+                streamed(&[a, b], &r).as_deref(),
+                Ok("Grüße an 😀 [EMAIL] — danke"),
+                "split at {i}"
+            );
+        }
+    }
+}
