@@ -374,7 +374,7 @@ impl Compiler {
         let mut guardrails = Vec::new();
         for g in sorted(&world.guardrails) {
             let key = ResourceKey::of(g);
-            match compile_guardrail(g, &key) {
+            match compile_guardrail(g, &key, &world.routes) {
                 Ok(c) => {
                     admit(key, Ok(()), &mut diagnostics);
                     guardrails.push(c);
@@ -634,8 +634,42 @@ fn compile_key(
     })
 }
 
-fn compile_guardrail(g: &Guardrail, key: &ResourceKey) -> Result<pb::Guardrail, Reject> {
+fn compile_guardrail(
+    g: &Guardrail,
+    key: &ResourceKey,
+    routes: &[crate::LLMRoute],
+) -> Result<pb::Guardrail, Reject> {
     let spec = &g.spec;
+    let targets = spec.targets.clone().unwrap_or_default();
+    let selects = |sel: &Option<crate::KeySelector>, labels: Option<&BTreeMap<String, String>>| {
+        sel.as_ref().is_some_and(|s| {
+            s.match_labels
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+    };
+    let untargeted = targets.routes.is_empty()
+        && targets.route_selector.is_none()
+        && targets.keys.is_empty()
+        && targets.key_selector.is_none();
+    let mut route_ids: Vec<String> = routes
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref().unwrap_or("default") == key.namespace)
+        .filter(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            untargeted
+                || targets.routes.iter().any(|n| n == name)
+                || selects(&targets.route_selector, r.metadata.labels.as_ref())
+        })
+        .map(|r| {
+            format!(
+                "{}/{}",
+                key.namespace,
+                r.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    route_ids.sort();
     for (i, p) in spec.deny_patterns.iter().enumerate() {
         validate::regex(&format!("spec.denyPatterns[{i}]"), p)?;
     }
@@ -666,6 +700,16 @@ fn compile_guardrail(g: &Guardrail, key: &ResourceKey) -> Result<pb::Guardrail, 
             .pii
             .as_ref()
             .map(|p| to_str(&p.action.unwrap_or(PiiAction::Redact)))
+            .unwrap_or_default(),
+        routes: route_ids,
+        keys: targets
+            .keys
+            .iter()
+            .map(|n| format!("{}/{n}", key.namespace))
+            .collect(),
+        key_selector: targets
+            .key_selector
+            .map(|s| s.match_labels.into_iter().collect())
             .unwrap_or_default(),
     })
 }

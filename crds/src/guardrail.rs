@@ -22,6 +22,9 @@ use crate::common::ResourceStatus;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GuardrailSpec {
+    /// What the guardrail protects. Unset: every LLMRoute of its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<GuardrailTargets>,
     /// Phases the guardrail runs in. Default `[Request]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<GuardrailPhase>,
@@ -34,6 +37,24 @@ pub struct GuardrailSpec {
     /// Largest prompt accepted, in (estimated) tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u64>,
+}
+
+/// The routes and keys a guardrail applies to (either matching is enough), in its namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailTargets {
+    /// LLMRoutes by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// LLMRoutes by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_selector: Option<crate::KeySelector>,
+    /// VirtualKeys by name: every request made with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// VirtualKeys by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_selector: Option<crate::KeySelector>,
 }
 
 /// When a guardrail runs.
@@ -82,6 +103,8 @@ pub enum PiiAction {
     Redact,
     /// Replace every character but the last four with `*`.
     Mask,
-    /// Reject the request.
+    /// Reject the request (or end the stream) with `guardrail_blocked`.
     Block,
+    /// Let it through; log and count.
+    Alert,
 }

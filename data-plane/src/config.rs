@@ -12,6 +12,7 @@ use switchyard_proto::v1 as pb;
 use crate::error::FailureClass;
 use crate::glob;
 use crate::limits::{BudgetSpec, Limits, Price};
+use crate::policy::guard::enforce::{Guard, GuardSet};
 use crate::providers::{Auth, Provider};
 use crate::route::balance::{Candidate, Strategy};
 use crate::route::health::{EndpointHealth, Load, OutlierSettings};
@@ -218,6 +219,10 @@ pub struct RuntimeConfig {
     pool_errors: BTreeMap<String, InvalidResource>,
     route_errors: Vec<InvalidResource>,
     key_errors: BTreeMap<String, InvalidResource>,
+    /// The guardrails as sent, by id, and compiled (rebuilt whole when one changes: few).
+    guard_protos: Arc<BTreeMap<String, pb::Guardrail>>,
+    pub guards: Arc<GuardSet>,
+    guard_errors: BTreeMap<String, InvalidResource>,
     /// Resources of the snapshot left out because they cannot run here.
     pub rejected: Arc<Vec<InvalidResource>>,
 }
@@ -226,9 +231,12 @@ pub struct RuntimeConfig {
 const POOL: &str = "ProviderPool";
 const ROUTE: &str = "LLMRoute";
 const KEY: &str = "VirtualKey";
+const GUARDRAIL: &str = "Guardrail";
 
 fn kind_static(kind: &str) -> Option<&'static str> {
-    [POOL, ROUTE, KEY].into_iter().find(|k| *k == kind)
+    [POOL, ROUTE, KEY, GUARDRAIL]
+        .into_iter()
+        .find(|k| *k == kind)
 }
 
 fn ref_id(r: &pb::ResourceRef) -> String {
@@ -259,6 +267,9 @@ impl RuntimeConfig {
             pool_errors: BTreeMap::new(),
             route_errors: Vec::new(),
             key_errors: BTreeMap::new(),
+            guard_protos: Arc::default(),
+            guards: Arc::default(),
+            guard_errors: BTreeMap::new(),
             rejected: Arc::default(),
         };
         cfg.merge(
@@ -268,6 +279,7 @@ impl RuntimeConfig {
             &snapshot.keys,
             upstreams,
         );
+        cfg.merge_guards(&snapshot.resources, &snapshot.guardrails, false);
         let rejected = cfg.rejected.clone();
         (cfg, rejected)
     }
@@ -299,6 +311,9 @@ impl RuntimeConfig {
                     cfg.keys.remove(&id);
                     cfg.key_errors.remove(&id);
                 }
+                Some(GUARDRAIL) => {
+                    Arc::make_mut(&mut cfg.guard_protos).remove(&id);
+                }
                 _ => {}
             }
         }
@@ -317,6 +332,8 @@ impl RuntimeConfig {
             cfg.index_routes();
             cfg.collect_rejected();
         }
+        let guards_removed = delta.removed.iter().any(|r| r.kind == GUARDRAIL);
+        cfg.merge_guards(&delta.resources, &delta.guardrails, guards_removed);
         let rejected = cfg.rejected.clone();
         (cfg, rejected)
     }
@@ -501,12 +518,53 @@ impl RuntimeConfig {
         out
     }
 
+    /// Adds or replaces guardrails and recompiles the set when any changed.
+    fn merge_guards(
+        &mut self,
+        refs: &[pb::ResourceRef],
+        guardrails: &[pb::Guardrail],
+        removed: bool,
+    ) {
+        if guardrails.is_empty() && !removed {
+            return;
+        }
+        let protos = Arc::make_mut(&mut self.guard_protos);
+        for g in guardrails {
+            protos.insert(g.id.clone(), g.clone());
+        }
+        self.guard_errors.clear();
+        let mut compiled = Vec::with_capacity(self.guard_protos.len());
+        for (id, g) in self.guard_protos.iter() {
+            match Guard::from_proto(g) {
+                Ok(c) => compiled.push(c),
+                Err(message) => {
+                    let generation = refs
+                        .iter()
+                        .find(|r| r.kind == GUARDRAIL && ref_id(r) == *id)
+                        .map_or(0, |r| r.generation);
+                    self.guard_errors.insert(
+                        id.clone(),
+                        InvalidResource {
+                            kind: GUARDRAIL,
+                            id: id.clone(),
+                            generation,
+                            message,
+                        },
+                    );
+                }
+            }
+        }
+        self.guards = Arc::new(GuardSet::new(compiled));
+        self.collect_rejected();
+    }
+
     fn collect_rejected(&mut self) {
         let all: Vec<InvalidResource> = self
             .pool_errors
             .values()
             .chain(&self.route_errors)
             .chain(self.key_errors.values())
+            .chain(self.guard_errors.values())
             .cloned()
             .collect();
         self.rejected = Arc::new(all);

@@ -101,6 +101,8 @@ pub enum ErrorKind {
     RateLimitTokens,
     RateLimitParallel,
     BudgetExceeded,
+    /// A guardrail refused the request or ended the answer.
+    GuardrailBlocked,
     /// The shared limit store is unreachable and the limiter fails closed.
     LimitsUnavailable,
     Internal,
@@ -112,9 +114,8 @@ impl ErrorKind {
         match self {
             InvalidJson | InvalidRequest | MissingKey | InvalidKey | ExpiredKey | DisabledKey
             | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported
-            | RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded => {
-                Origin::Client
-            }
+            | RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded
+            | GuardrailBlocked => Origin::Client,
             UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => {
                 Origin::Upstream
             }
@@ -146,6 +147,7 @@ impl ErrorKind {
             RateLimitTokens => "rate_limit_tokens",
             RateLimitParallel => "rate_limit_parallel",
             BudgetExceeded => "budget_exceeded",
+            GuardrailBlocked => "guardrail_blocked",
             LimitsUnavailable => "limits_unavailable",
             Internal => "internal",
         }
@@ -259,7 +261,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ErrorKind::*;
         match self.kind {
-            InvalidJson | InvalidRequest | Unsupported => StatusCode::BAD_REQUEST,
+            InvalidJson | InvalidRequest | Unsupported | GuardrailBlocked => {
+                StatusCode::BAD_REQUEST
+            }
             MissingKey | InvalidKey | ExpiredKey | DisabledKey => StatusCode::UNAUTHORIZED,
             ModelNotAllowed => StatusCode::FORBIDDEN,
             ModelNotFound | UnknownEndpoint => StatusCode::NOT_FOUND,
@@ -317,6 +321,7 @@ impl ProxyError {
             RateLimitRequests | RateLimitParallel => ("requests", Some("rate_limit_exceeded")),
             RateLimitTokens => ("tokens", Some("rate_limit_exceeded")),
             BudgetExceeded => ("insufficient_quota", Some("budget_exceeded")),
+            GuardrailBlocked => ("invalid_request_error", Some("guardrail_blocked")),
             LimitsUnavailable => ("server_error", Some("limits_unavailable")),
             UpstreamTimeout => ("timeout_error", Some("upstream_timeout")),
             UpstreamConnect | UpstreamProtocol => {

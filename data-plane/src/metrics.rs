@@ -61,6 +61,14 @@ pub struct BackendLabels {
     pub endpoint: String,
 }
 
+/// A guardrail's decision (guardrails and detectors come from the config: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabels {
+    pub guardrail: String,
+    pub detector: String,
+    pub action: &'static str,
+}
+
 /// A pool (bounded by the config).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -106,6 +114,7 @@ pub struct Metrics {
     pub endpoint_ejections: Family<BackendLabels, Counter>,
     pub endpoint_returns: Family<BackendLabels, Counter>,
     pub health_check_failures: Family<BackendLabels, Counter>,
+    pub guardrail_decisions: Family<GuardrailLabels, Counter>,
     pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
@@ -241,6 +250,7 @@ impl Metrics {
         let endpoint_ejections = Family::<BackendLabels, Counter>::default();
         let endpoint_returns = Family::<BackendLabels, Counter>::default();
         let health_check_failures = Family::<BackendLabels, Counter>::default();
+        let guardrail_decisions = Family::<GuardrailLabels, Counter>::default();
         let pool_saturations = Family::<PoolLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let fallbacks = Family::<ClassLabels, Counter>::default();
@@ -263,6 +273,11 @@ impl Metrics {
             "health_check_failures",
             "Active health checks an endpoint failed",
             health_check_failures.clone(),
+        );
+        registry.register(
+            "guardrail_decisions",
+            "Guardrail findings by guardrail, detector and action (Block, Redact, Mask, Alert)",
+            guardrail_decisions.clone(),
         );
         registry.register(
             "pool_saturations",
@@ -299,6 +314,7 @@ impl Metrics {
             endpoint_ejections,
             endpoint_returns,
             health_check_failures,
+            guardrail_decisions,
             pool_saturations,
             retries,
             fallbacks,

@@ -12,15 +12,18 @@
 //! 7. route — the model names a route; 404 unknown, 403 not allowed for this key
 //! 8. limits + budget — after routing, because a budget prices the backend's upstream model;
 //!    one store round trip reserves RPM/TPM/parallel/budget, or 429
-//! 9. guardrails (slot, issue 12) — the request phase will read or rewrite the request here
+//! 9. guardrails — the request phase, after limits so a blocked request still counts against
+//!    the key's RPM (its reservation is returned): prompt too long, deny patterns, personal
+//!    data blocked, redacted or masked in the prompt's text before it leaves
 //! 10. cache (slot, issue 13) — an exact or semantic hit will answer here
 //! 11. attempts (`route::call`) — pick a backend and an endpoint (balancing, skipping
 //!     ejected ones), call the provider (same format: the client's bytes with the model
 //!     swapped; else canonical -> the upstream's wire; send with deadlines; classify error
 //!     answers), feed the outcome to the endpoint's health; retry within the retry budget,
 //!     then enter the fallback group the failure class leads to
-//! 12. respond — render once in the caller's format (streams event by event); usage counted on
-//!     the way settles tokens and spend when the answer ends
+//! 12. respond — render once in the caller's format (streams event by event), through the
+//!     guardrails' response phase (a stream holds back only what could still grow into a
+//!     match); usage counted on the way settles tokens and spend when the answer ends
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +47,7 @@ use crate::frontdoor;
 use crate::gateway::Gateway;
 use crate::llm::Incoming;
 use crate::metrics::{EndpointLabels, RequestLabels};
+use crate::policy::guard::enforce::{self, Decisions, ResponsePhase};
 use crate::{policy, route};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -123,16 +127,35 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// What the guardrails did to a request (`ns/name=redact, ...`).
+const GUARDRAILS: HeaderName = HeaderName::from_static("x-switchyard-guardrails");
+
 /// Steps 7 to 12: one model call, after its front door decoded it.
 pub async fn model_call(
     gw: &Arc<Gateway>,
     cfg: &RuntimeConfig,
     key: &KeyEntry,
-    incoming: Incoming,
+    mut incoming: Incoming,
 ) -> Result<Response, ProxyError> {
     let routed = route::resolve(cfg, key, &incoming.facts.model)?;
     let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
-    // Guardrails (request phase) and the cache lookup take their places here.
+    let guards = cfg.guards.of(&routed.route.id, key);
+    let mut decisions = Decisions::default();
+    if !guards.is_empty()
+        && let Err(e) = enforce::request(
+            &gw.metrics,
+            &guards,
+            &mut incoming,
+            |i| crate::tokens::estimate_incoming(i, &routed.upstream_model).input,
+            &mut decisions,
+        )
+    {
+        if let Some(p) = permit {
+            p.settle(Some(crate::llm::Usage::default()));
+        }
+        return Err(e);
+    }
+    // The cache lookup takes its place here.
     let served = match route::call(gw, &routed, &incoming).await {
         Ok(s) => s,
         Err(e) => {
@@ -155,8 +178,13 @@ pub async fn model_call(
         served.answer,
         served.in_flight,
         permit,
+        ResponsePhase::of(&guards),
+        &mut decisions,
     )?;
     let h = resp.headers_mut();
+    if let Some(v) = decisions.header() {
+        h.insert(GUARDRAILS, v);
+    }
     h.insert(route::ATTEMPTS, route::attempts_header(attempts));
     h.insert(route::BACKEND, backend);
     Ok(resp)

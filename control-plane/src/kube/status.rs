@@ -90,7 +90,7 @@ fn cond(type_: &str, status: &str, generation: i64, reason: &str, message: Strin
 
 /// Kinds the data plane enforces. A Guardrail compiles and reaches every data plane, but
 /// nothing checks requests against it yet: it must never read `Programmed=True`.
-pub const ENFORCED_KINDS: &[&str] = &["ProviderPool", "LLMRoute", "VirtualKey"];
+pub const ENFORCED_KINDS: &[&str] = &["ProviderPool", "LLMRoute", "VirtualKey", "Guardrail"];
 
 /// The conditions an object should carry. Pure: compiled result, fleet view and history in.
 pub fn desired_conditions(

@@ -108,6 +108,15 @@ fn valid_world_compiles_everything() {
     assert!(s.keys.iter().any(|k| k.id == "default/bob" && k.disabled));
 
     assert_eq!(s.guardrails[0].pii_action, "Mask");
+    // No targets: every route of its namespace.
+    assert!(!s.guardrails[0].routes.is_empty());
+    assert!(
+        s.guardrails[0]
+            .routes
+            .iter()
+            .all(|r| r.starts_with("default/"))
+    );
+    assert!(s.guardrails[0].keys.is_empty());
 }
 
 #[test]
@@ -570,14 +579,27 @@ fn a_delta_carries_only_what_changed_and_rebuilds_the_target() {
         d.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec!["default/zz-new"]
     );
-    assert!(d.pools.is_empty() && d.guardrails.is_empty());
+    assert!(d.pools.is_empty());
+    // The untargeted guardrail covers every route of its namespace: the new one too.
+    assert_eq!(
+        d.guardrails
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["default/pii"]
+    );
+    assert!(
+        d.guardrails[0]
+            .routes
+            .contains(&"default/zz-new".to_owned())
+    );
     let removed: Vec<(&str, &str)> = d
         .removed
         .iter()
         .map(|r| (r.kind.as_str(), r.name.as_str()))
         .collect();
     assert_eq!(removed, vec![("VirtualKey", "bob")]);
-    assert_eq!(d.resources.len(), 2);
+    assert_eq!(d.resources.len(), 3);
     // No change: an empty delta, and the same version.
     let same = crate::delta(&b, &compile(&w));
     assert!(same.keys.is_empty() && same.routes.is_empty() && same.removed.is_empty());
@@ -768,4 +790,37 @@ spec: {models: [tooretried], backends: [{pool: mock}], retries: {attempts: 11}}
         ))
     );
     assert!(msg("tooretried").is_some_and(|(_, m)| m.contains("retries.attempts")));
+}
+
+#[test]
+fn guardrail_targets_resolve_to_routes_and_keys() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: labelled, labels: {tier: gold}}
+spec: {models: [labelled], backends: [{pool: mock}]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: targeted}
+spec:
+  targets:
+    routes: [demo]
+    routeSelector: {matchLabels: {tier: gold}}
+    keys: [alice]
+    keySelector: {matchLabels: {team: red}}
+  pii: {entities: [Email], action: Alert}
+"#,
+    ));
+    let g = c
+        .snapshot
+        .guardrails
+        .iter()
+        .find(|g| g.id == "default/targeted")
+        .expect("guardrail");
+    assert_eq!(g.routes, ["default/demo", "default/labelled"]);
+    assert_eq!(g.keys, ["default/alice"]);
+    assert_eq!(g.key_selector.get("team").map(String::as_str), Some("red"));
+    assert_eq!(g.pii_action, "Alert");
 }

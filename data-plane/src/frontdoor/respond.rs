@@ -13,6 +13,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::limits::{Permit, RateHeaders};
 use crate::llm::{Facts, Format, Response as Answer_, Usage};
+use crate::policy::guard::enforce::{Decisions, ResponsePhase};
 use crate::providers::{Answer, StreamSpec};
 use crate::route::health::InFlight;
 use crate::upstream::Framer;
@@ -71,8 +72,10 @@ fn settle(gw: &Gateway, provider: &'static str, permit: Option<Permit>, usage: O
     }
 }
 
-/// Renders what the provider step produced. A stream keeps `in_flight` (its endpoint's
-/// count of requests in flight) and the permit until it ends.
+/// Renders what the provider step produced, through the response phase of the request's
+/// guardrails (`guard`; what they did goes to `decisions`). A stream keeps `in_flight` (its
+/// endpoint's count of requests in flight) and the permit until it ends.
+#[allow(clippy::too_many_arguments)]
 pub fn respond(
     gw: &Arc<Gateway>,
     provider: &'static str,
@@ -81,7 +84,17 @@ pub fn respond(
     answer: Answer,
     in_flight: InFlight,
     permit: Option<Permit>,
+    guard: Option<ResponsePhase>,
+    decisions: &mut Decisions,
 ) -> Result<Response, ProxyError> {
+    let guarded = |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
+        match &guard {
+            Some(g) => Ok(g
+                .json(&gw.metrics, &body, decisions)?
+                .map_or(body, Bytes::from)),
+            None => Ok(body),
+        }
+    };
     let rate = permit
         .as_ref()
         .map(|p| p.headers.clone())
@@ -89,12 +102,12 @@ pub fn respond(
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
             settle(gw, provider, permit, usage);
-            json(body)
+            json(guarded(body, decisions)?)
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
             settle(gw, provider, permit, Some(response.usage));
-            json(body?)
+            json(guarded(body?, decisions)?)
         }
         Answer::Embeddings {
             embeddings: e,
@@ -117,6 +130,18 @@ pub fn respond(
             idle,
         } => {
             let step = match spec {
+                // Guardrails read the answer's text: same-format streams are decoded and
+                // rendered again in that format.
+                StreamSpec::Pass if guard.is_some() => Step::Translate {
+                    decoder: stream::Decoder::of(format, false).ok_or_else(|| {
+                        ProxyError::new(
+                            ErrorKind::Unsupported,
+                            "response guardrails do not run on streams of this API yet; ask without `stream`",
+                        )
+                    })?,
+                    renderer: renderer(format, facts, None),
+                    model: String::new(),
+                },
                 StreamSpec::Pass => Step::Pass(stream::Sniffer::of(format, facts)),
                 StreamSpec::Translate {
                     wire,
@@ -147,6 +172,7 @@ pub fn respond(
                 step,
                 permit,
                 Some(in_flight),
+                guard,
             )
         }
         Answer::MockStream { events, echo } => stream::response(
@@ -157,6 +183,7 @@ pub fn respond(
             Step::Render(renderer(format, facts, echo)),
             permit,
             Some(in_flight),
+            guard,
         ),
     };
     if let Some(h) = rate {

@@ -23,6 +23,9 @@ use crate::gateway::Gateway;
 use crate::limits::Permit;
 use crate::llm::{Delta, Event, Facts, Format, Usage};
 use crate::metrics::ReasonLabels;
+use crate::policy::guard::detect::Entity;
+use crate::policy::guard::enforce::ResponsePhase;
+use crate::policy::guard::stream::Redactor;
 use crate::providers::mock;
 use crate::route::health::{InFlight, Outcome};
 use crate::upstream::{Framer, sse};
@@ -200,15 +203,121 @@ struct Driver {
     delivered: u64,
     finished: bool,
     saw_end: bool,
+    /// A guardrail ended the stream.
+    blocked: bool,
     settled: bool,
     permit: Option<Permit>,
     /// Counts the stream on its endpoint until it ends.
     in_flight: Option<InFlight>,
+    /// The response phase of the request's guardrails, on the canonical events.
+    guard: Option<Guarded>,
+}
+
+/// Guardrails on a stream: one redactor per text block, so a value split across deltas is
+/// seen whole, and only the tail that could still grow into a match is held.
+struct Guarded {
+    phase: ResponsePhase,
+    blocks: Vec<GuardedBlock>,
+    findings: Vec<crate::policy::guard::Finding>,
+}
+
+/// A text block being redacted: its index, its redactor, and the kind of its deltas.
+struct GuardedBlock {
+    index: usize,
+    redactor: Redactor,
+    make: fn(String) -> Delta,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("blocks", &self.blocks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guarded {
+    /// An event through the guardrails: what to render instead (a delta may shrink to
+    /// nothing while its tail is held; a block's stop releases the rest first).
+    fn event(&mut self, ev: Event, out: &mut Vec<Event>) -> Result<(), Entity> {
+        match ev {
+            Event::Delta { index, delta } => {
+                let (text, make): (String, fn(String) -> Delta) = match delta {
+                    Delta::Text(t) => (t, Delta::Text),
+                    Delta::Thinking(t) => (t, Delta::Thinking),
+                    Delta::ToolArgs(t) => (t, Delta::ToolArgs),
+                    other => {
+                        out.push(Event::Delta {
+                            index,
+                            delta: other,
+                        });
+                        return Ok(());
+                    }
+                };
+                let pos = match self.blocks.iter().position(|b| b.index == index) {
+                    Some(p) => p,
+                    None => {
+                        self.blocks.push(GuardedBlock {
+                            index,
+                            redactor: Redactor::new(self.phase.rules.clone()),
+                            make,
+                        });
+                        self.blocks.len() - 1
+                    }
+                };
+                let r = &mut self.blocks[pos].redactor;
+                let pass = r.push(&text);
+                self.findings.append(&mut r.findings);
+                let pass = pass?;
+                if !pass.is_empty() {
+                    out.push(Event::Delta {
+                        index,
+                        delta: make(pass),
+                    });
+                }
+            }
+            Event::BlockStop { index } => {
+                self.release(Some(index), out)?;
+                out.push(Event::BlockStop { index });
+            }
+            Event::Finish(f) => {
+                self.release(None, out)?;
+                out.push(Event::Finish(f));
+            }
+            other => out.push(other),
+        }
+        Ok(())
+    }
+
+    /// Ends the redactors of one block (or all): what they held, redacted.
+    fn release(&mut self, index: Option<usize>, out: &mut Vec<Event>) -> Result<(), Entity> {
+        let mut i = 0;
+        while i < self.blocks.len() {
+            if index.is_some_and(|x| x != self.blocks[i].index) {
+                i += 1;
+                continue;
+            }
+            let mut b = self.blocks.swap_remove(i);
+            let rest = b.redactor.finish();
+            self.findings.append(&mut b.redactor.findings);
+            let rest = rest?;
+            if !rest.is_empty() {
+                out.push(Event::Delta {
+                    index: b.index,
+                    delta: (b.make)(rest),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Driver {
     fn fail(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
         self.finished = true;
+        if self.blocked {
+            return;
+        }
         // Every failure here is the upstream's: it counts against its endpoint.
         if let Some(f) = &mut self.in_flight {
             f.verdict(Outcome::of_failure(e.class, None));
@@ -236,6 +345,41 @@ impl Driver {
     }
 
     fn render(&mut self, out: &mut Vec<Bytes>) {
+        if let Some(g) = &mut self.guard
+            && !self.events.is_empty()
+        {
+            let mut passed = Vec::with_capacity(self.events.len());
+            let mut verdict = Ok(());
+            for ev in self.events.drain(..) {
+                verdict = g.event(ev, &mut passed);
+                if verdict.is_err() {
+                    break;
+                }
+            }
+            if let Err(entity) = verdict {
+                let e = g.phase.blocked(&self.gw.metrics, entity);
+                // What passed before the finding still goes out, then the error.
+                self.events = passed;
+                self.render_events(out);
+                self.block(e, out);
+                return;
+            }
+            self.events = passed;
+        }
+        self.render_events(out);
+    }
+
+    /// A guardrail ended the stream: an error event, and nothing more.
+    fn block(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
+        self.finished = true;
+        self.blocked = true;
+        match &mut self.step {
+            Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
+            Step::Pass(_) => out.push(error_event(self.client, &e)),
+        }
+    }
+
+    fn render_events(&mut self, out: &mut Vec<Bytes>) {
         let (renderer, fallback) = match &mut self.step {
             Step::Translate {
                 renderer, model, ..
@@ -258,8 +402,11 @@ impl Driver {
     }
 
     fn complete(&mut self, out: &mut Vec<Bytes>) {
-        self.saw_end = true;
         self.finished = true;
+        if self.blocked {
+            return;
+        }
+        self.saw_end = true;
         if let Some(f) = &mut self.in_flight {
             f.verdict(Outcome::Success);
         }
@@ -413,6 +560,15 @@ impl Driver {
             }
         };
         self.gw.metrics.record_usage(self.provider, usage);
+        if let Some(g) = &self.guard {
+            let mut decisions = crate::policy::guard::enforce::Decisions::default();
+            crate::policy::guard::enforce::record(
+                &self.gw.metrics,
+                &g.phase.guards,
+                &g.findings,
+                &mut decisions,
+            );
+        }
         if let Some(p) = self.permit.take() {
             p.settle(Some(usage));
         }
@@ -439,7 +595,9 @@ impl Drop for Driver {
     }
 }
 
-/// The streaming response.
+/// The streaming response. It owns what must last as long as the stream: the limits permit,
+/// the endpoint's in-flight count and the guardrails' response phase.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn response(
     gw: Arc<Gateway>,
     provider: &'static str,
@@ -448,6 +606,7 @@ pub(super) fn response(
     step: Step,
     permit: Option<Permit>,
     in_flight: Option<InFlight>,
+    guard: Option<ResponsePhase>,
 ) -> Response {
     let driver = Driver {
         gw,
@@ -460,9 +619,15 @@ pub(super) fn response(
         delivered: 0,
         finished: false,
         saw_end: false,
+        blocked: false,
         settled: false,
         permit,
         in_flight,
+        guard: guard.map(|phase| Guarded {
+            phase,
+            blocks: Vec::new(),
+            findings: Vec::new(),
+        }),
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))

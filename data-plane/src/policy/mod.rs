@@ -6,8 +6,7 @@
 //! - [`limits`]: rate limits and budgets, reserved before the call and settled after it;
 //! - [`guard`]: guardrails' detectors and actions, on whole texts and on streams.
 //!
-//! The next stages have their places marked in `stack.rs` and will live here as modules of
-//! their own: request and response guardrails (`guardrails`), the response cache (`cache`).
+//! The response cache (`cache`) has its place marked in `stack.rs` and will live here too.
 //! Tracing spans wrap the whole pipeline from the stack's outer layers.
 
 pub mod auth;

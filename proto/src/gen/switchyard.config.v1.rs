@@ -352,7 +352,7 @@ pub struct VirtualKey {
     #[prost(message, optional, tag = "10")]
     pub budget: ::core::option::Option<Budget>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Guardrail {
     /// "namespace/name".
     #[prost(string, tag = "1")]
@@ -369,6 +369,18 @@ pub struct Guardrail {
     pub pii_entities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "7")]
     pub pii_action: ::prost::alloc::string::String,
+    /// Route ids it protects (targets resolved by the compiler; none targeted: every route of
+    /// its namespace).
+    #[prost(string, repeated, tag = "8")]
+    pub routes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Key ids it protects, and a label selector over keys (matched by the data plane).
+    #[prost(string, repeated, tag = "9")]
+    pub keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(btree_map = "string, string", tag = "10")]
+    pub key_selector: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

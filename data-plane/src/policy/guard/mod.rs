@@ -2,6 +2,7 @@
 //! find ([`Action`]), on whole texts ([`apply`]) and on streams ([`stream::Redactor`]).
 
 pub mod detect;
+pub mod enforce;
 pub mod stream;
 
 use detect::Entity;

@@ -1,0 +1,395 @@
+//! Guardrails in the config and on the request path: which apply to a request (by route and
+//! by key), and the request phase (prompt too long, deny patterns, personal data found in the
+//! prompt's text: block, redact or mask, alert).
+//!
+//! The prompt's text is every string value of the fields that carry one (`messages`,
+//! `system`, `prompt`, `input`, `instructions`), whatever the dialect, except values that are
+//! not text (roles, ids, names, signatures, base64 data, URLs). Only a field with a finding is
+//! rewritten; the rest of the body stays the client's bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use serde_json::Value;
+use switchyard_proto::v1 as pb;
+
+use super::detect::Entity;
+use super::{Action, Finding, Rules};
+use crate::config::KeyEntry;
+use crate::error::{ErrorKind, ProxyError};
+use crate::llm::{Body, Incoming};
+use crate::metrics::{GuardrailLabels, Metrics};
+
+/// One Guardrail, compiled.
+#[derive(Debug)]
+pub struct Guard {
+    pub id: String,
+    pub request: bool,
+    pub response: bool,
+    pub rules: Rules,
+    deny: Option<regex::RegexSet>,
+    max_input_tokens: u64,
+    keys: Vec<String>,
+    key_selector: BTreeMap<String, String>,
+    routes: Vec<String>,
+}
+
+impl Guard {
+    pub fn from_proto(g: &pb::Guardrail) -> Result<Self, String> {
+        let action = match g.pii_action.as_str() {
+            "" => Action::Redact,
+            a => Action::from_name(a).ok_or_else(|| format!("unknown PII action {a:?}"))?,
+        };
+        let mut rules = Rules::default();
+        for name in &g.pii_entities {
+            let e =
+                Entity::from_name(name).ok_or_else(|| format!("unknown PII entity {name:?}"))?;
+            rules.add(e, action);
+        }
+        let deny = if g.deny_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                regex::RegexSetBuilder::new(&g.deny_patterns)
+                    .size_limit(1 << 22)
+                    .build()
+                    .map_err(|e| format!("deny patterns: {e}"))?,
+            )
+        };
+        Ok(Self {
+            id: g.id.clone(),
+            request: g.request_phase,
+            response: g.response_phase,
+            rules,
+            deny,
+            max_input_tokens: g.max_input_tokens,
+            keys: g.keys.clone(),
+            key_selector: g.key_selector.clone().into_iter().collect(),
+            routes: g.routes.clone(),
+        })
+    }
+
+    fn selects_key(&self, key: &KeyEntry) -> bool {
+        self.keys.contains(&key.id)
+            || (!self.key_selector.is_empty()
+                && self
+                    .key_selector
+                    .iter()
+                    .all(|(k, v)| key.labels.get(k) == Some(v)))
+    }
+}
+
+/// The config's guardrails, indexed by what they protect.
+#[derive(Debug, Default)]
+pub struct GuardSet {
+    by_route: HashMap<String, Vec<Arc<Guard>>>,
+    /// Guardrails that name keys (checked against every request's key).
+    by_key: Vec<Arc<Guard>>,
+}
+
+impl GuardSet {
+    pub fn new(guards: impl IntoIterator<Item = Guard>) -> Self {
+        let mut set = Self::default();
+        for g in guards {
+            let g = Arc::new(g);
+            for r in &g.routes {
+                set.by_route.entry(r.clone()).or_default().push(g.clone());
+            }
+            if !g.keys.is_empty() || !g.key_selector.is_empty() {
+                set.by_key.push(g);
+            }
+        }
+        set
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_route.is_empty() && self.by_key.is_empty()
+    }
+
+    /// The guardrails of a request (none: no allocation).
+    pub fn of(&self, route: &str, key: &KeyEntry) -> Vec<Arc<Guard>> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<Arc<Guard>> = self.by_route.get(route).cloned().unwrap_or_default();
+        for g in &self.by_key {
+            if g.selects_key(key) && !out.iter().any(|o| Arc::ptr_eq(o, g)) {
+                out.push(g.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Fields of a request body that carry the prompt's text.
+const TEXT_FIELDS: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
+
+/// Keys whose string values are not text to scan.
+const NOT_TEXT: &[&str] = &[
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "tool_use_id",
+    "call_id",
+    "name",
+    "signature",
+    "data",
+    "media_type",
+    "mime_type",
+    "url",
+    "file_id",
+    "model",
+    "detail",
+    "format",
+    "status",
+    "encrypted_content",
+    "cache_control",
+];
+
+/// What the guardrails did to a request, for the `x-switchyard-guardrails` header.
+#[derive(Debug, Default)]
+pub struct Decisions(Vec<(String, Action)>);
+
+impl Decisions {
+    fn note(&mut self, guard: &str, action: Action) {
+        match self.0.iter_mut().find(|(g, _)| g == guard) {
+            Some((_, a)) => *a = (*a).max(action),
+            None => self.0.push((guard.to_owned(), action)),
+        }
+    }
+
+    /// `ns/name=redact, ns/other=alert`; `None` when nothing fired.
+    pub fn header(&self) -> Option<HeaderValue> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let v: Vec<String> = self
+            .0
+            .iter()
+            .map(|(g, a)| format!("{g}={}", a.name().to_ascii_lowercase()))
+            .collect();
+        HeaderValue::from_str(&v.join(", ")).ok()
+    }
+}
+
+fn count(metrics: &Metrics, guard: &str, detector: &str, action: Action) {
+    metrics
+        .guardrail_decisions
+        .get_or_create(&GuardrailLabels {
+            guardrail: guard.to_owned(),
+            detector: detector.to_owned(),
+            action: action.name(),
+        })
+        .inc();
+}
+
+/// The error of a blocked request or stream: names the guardrail and the detector, never
+/// the text that matched.
+pub fn blocked(guard: &str, detector: &str, phase: &str) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::GuardrailBlocked,
+        format!("Guardrail {guard} blocked the {phase}: detector {detector} matched."),
+    )
+    .with_code("guardrail_blocked")
+}
+
+/// The request phase. `estimate_input` counts the prompt's tokens (only called when a
+/// guardrail caps them).
+pub fn request(
+    metrics: &Metrics,
+    guards: &[Arc<Guard>],
+    incoming: &mut Incoming,
+    estimate_input: impl FnOnce(&Incoming) -> u64,
+    decisions: &mut Decisions,
+) -> Result<(), ProxyError> {
+    let guards: Vec<Arc<Guard>> = guards.iter().filter(|g| g.request).cloned().collect();
+    if guards.is_empty() {
+        return Ok(());
+    }
+    if let Some(cap) = guards
+        .iter()
+        .map(|g| g.max_input_tokens)
+        .filter(|&c| c > 0)
+        .min()
+    {
+        let n = estimate_input(incoming);
+        if let Some(g) = guards
+            .iter()
+            .find(|g| g.max_input_tokens > 0 && n > g.max_input_tokens)
+        {
+            count(metrics, &g.id, "maxInputTokens", Action::Block);
+            tracing::info!(guardrail = %g.id, tokens = n, cap, "guardrail blocked a request: prompt too long");
+            let mut e = blocked(&g.id, "maxInputTokens", "request");
+            e.message = format!(
+                "{} The prompt has about {n} tokens; the limit is {}.",
+                e.message, g.max_input_tokens
+            );
+            return Err(e);
+        }
+    }
+    let mut rules = Rules::default();
+    for g in &guards {
+        for &e in g.rules.entities() {
+            rules.add(e, g.rules.action(e));
+        }
+    }
+    let Body::Raw(raw) = &mut incoming.body else {
+        return Ok(());
+    };
+    let mut edits = Vec::new();
+    let mut findings = Vec::new();
+    for field in TEXT_FIELDS {
+        let Some(bytes) = raw.get(field) else {
+            continue;
+        };
+        let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
+            continue;
+        };
+        let mut changed = false;
+        let mut denied = None;
+        walk(&mut value, &mut |text: &mut String| {
+            if denied.is_some() {
+                return Ok(());
+            }
+            for g in &guards {
+                if let Some(set) = &g.deny
+                    && let Some(i) = set.matches(text).iter().next()
+                {
+                    denied = Some((g.id.clone(), i));
+                    return Ok(());
+                }
+            }
+            if rules.is_empty() {
+                return Ok(());
+            }
+            if let Some(new) = super::apply(text, &rules, &mut findings)? {
+                *text = new;
+                changed = true;
+            }
+            Ok(())
+        })
+        .map_err(|entity| {
+            let g = owner(&guards, entity, Action::Block);
+            count(metrics, g, entity.name(), Action::Block);
+            tracing::info!(guardrail = %g, detector = entity.name(), "guardrail blocked a request");
+            blocked(g, entity.name(), "request")
+        })?;
+        if let Some((g, i)) = denied {
+            let detector = format!("denyPatterns[{i}]");
+            count(metrics, &g, &detector, Action::Block);
+            tracing::info!(guardrail = %g, detector, "guardrail blocked a request");
+            return Err(blocked(&g, &detector, "request"));
+        }
+        if changed && let Ok(json) = serde_json::to_vec(&value) {
+            edits.push((*field, json));
+        }
+    }
+    for (field, json) in edits {
+        raw.set(field, json);
+    }
+    record(metrics, &guards, &findings, decisions);
+    Ok(())
+}
+
+/// Counts and logs findings, attributed to every guardrail that looks for them.
+pub fn record(
+    metrics: &Metrics,
+    guards: &[Arc<Guard>],
+    findings: &[Finding],
+    decisions: &mut Decisions,
+) {
+    for f in findings {
+        for g in guards.iter().filter(|g| g.rules.has(f.entity)) {
+            count(metrics, &g.id, f.entity.name(), f.action);
+            decisions.note(&g.id, f.action);
+            if f.action == Action::Alert {
+                tracing::warn!(guardrail = %g.id, detector = f.entity.name(), "guardrail alert: personal data or a secret passed");
+            }
+        }
+    }
+}
+
+/// The guardrail whose rule for `entity` is `action` (the one an error names).
+fn owner(guards: &[Arc<Guard>], entity: Entity, action: Action) -> &str {
+    guards
+        .iter()
+        .find(|g| g.rules.has(entity) && g.rules.action(entity) == action)
+        .or_else(|| guards.first())
+        .map_or("", |g| g.id.as_str())
+}
+
+/// Calls `f` on every text string of a JSON value (see [`NOT_TEXT`]).
+fn walk(
+    v: &mut Value,
+    f: &mut impl FnMut(&mut String) -> Result<(), Entity>,
+) -> Result<(), Entity> {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter_mut().try_for_each(|i| walk(i, f)),
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| !NOT_TEXT.contains(&k.as_str()))
+            .try_for_each(|(_, v)| walk(v, f)),
+        _ => Ok(()),
+    }
+}
+
+/// The response phase of a request: its guardrails that check answers, and their rules.
+#[derive(Debug)]
+pub struct ResponsePhase {
+    pub guards: Vec<Arc<Guard>>,
+    pub rules: Rules,
+}
+
+impl ResponsePhase {
+    /// `None` when no guardrail of the request checks answers.
+    pub fn of(guards: &[Arc<Guard>]) -> Option<Self> {
+        let guards: Vec<Arc<Guard>> = guards.iter().filter(|g| g.response).cloned().collect();
+        let mut rules = Rules::default();
+        for g in &guards {
+            for &e in g.rules.entities() {
+                rules.add(e, g.rules.action(e));
+            }
+        }
+        (!rules.is_empty()).then_some(Self { guards, rules })
+    }
+
+    /// The error that ends a blocked answer (counted and logged).
+    pub fn blocked(&self, metrics: &Metrics, entity: Entity) -> ProxyError {
+        let g = owner(&self.guards, entity, Action::Block);
+        count(metrics, g, entity.name(), Action::Block);
+        tracing::info!(guardrail = %g, detector = entity.name(), "guardrail blocked a response");
+        blocked(g, entity.name(), "response")
+    }
+
+    /// A whole answer's JSON: every text string walked as in the request phase. `None`:
+    /// unchanged.
+    pub fn json(
+        &self,
+        metrics: &Metrics,
+        body: &[u8],
+        decisions: &mut Decisions,
+    ) -> Result<Option<Vec<u8>>, ProxyError> {
+        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+            return Ok(None);
+        };
+        let mut findings = Vec::new();
+        let mut changed = false;
+        walk(&mut value, &mut |text: &mut String| {
+            if let Some(new) = super::apply(text, &self.rules, &mut findings)? {
+                *text = new;
+                changed = true;
+            }
+            Ok(())
+        })
+        .map_err(|entity| self.blocked(metrics, entity))?;
+        record(metrics, &self.guards, &findings, decisions);
+        Ok(if changed {
+            serde_json::to_vec(&value).ok()
+        } else {
+            None
+        })
+    }
+}
