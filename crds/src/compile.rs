@@ -673,6 +673,23 @@ fn compile_guardrail(
     for (i, p) in spec.deny_patterns.iter().enumerate() {
         validate::regex(&format!("spec.denyPatterns[{i}]"), p)?;
     }
+    if let Some(i) = spec.deny_words.iter().position(|w| w.trim().is_empty()) {
+        return Err(Reject::spec(
+            "Invalid",
+            format!("spec.denyWords[{i}]: a word or phrase, not blank"),
+        ));
+    }
+    let injection = match spec.prompt_injection.as_ref().map(|p| p.action) {
+        None => String::new(),
+        Some(None | Some(PiiAction::Block)) => "Block".to_owned(),
+        Some(Some(PiiAction::Alert)) => "Alert".to_owned(),
+        Some(Some(other)) => {
+            return Err(Reject::spec(
+                "Invalid",
+                format!("spec.promptInjection.action: Block or Alert, not {other:?}"),
+            ));
+        }
+    };
     if spec.pii.as_ref().is_some_and(|p| p.entities.is_empty()) {
         return Err(Reject::spec(
             "Invalid",
@@ -711,6 +728,12 @@ fn compile_guardrail(
             .key_selector
             .map(|s| s.match_labels.into_iter().collect())
             .unwrap_or_default(),
+        deny_words: spec
+            .deny_words
+            .iter()
+            .map(|w| w.trim().to_owned())
+            .collect(),
+        prompt_injection: injection,
     })
 }
 

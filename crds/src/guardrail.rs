@@ -34,6 +34,15 @@ pub struct GuardrailSpec {
     /// Regular expressions (Rust `regex` syntax); a match blocks the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_patterns: Vec<String>,
+    /// Words or phrases that block the request wherever they stand as whole words, in any
+    /// case (Unicode-aware).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_words: Vec<String>,
+    /// Prompt-injection heuristics (a documented pattern set: "ignore previous
+    /// instructions", requests for the system prompt, jailbreak personas, spoofed role
+    /// markers) on the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_injection: Option<PromptInjection>,
     /// Largest prompt accepted, in (estimated) tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u64>,
@@ -55,6 +64,15 @@ pub struct GuardrailTargets {
     /// VirtualKeys by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_selector: Option<crate::KeySelector>,
+}
+
+/// What the prompt-injection heuristics do on a match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptInjection {
+    /// `Block` (default) or `Alert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<PiiAction>,
 }
 
 /// When a guardrail runs.

@@ -19,6 +19,7 @@ pub use compile::{Compiled, Diagnostic, Hashes, ResourceKey, compile, key_hash};
 pub use delta::delta;
 pub use guardrail::{
     Guardrail, GuardrailPhase, GuardrailSpec, GuardrailTargets, PiiAction, PiiEntity, PiiSpec,
+    PromptInjection,
 };
 pub use key::{
     Budget, BudgetAction, BudgetPeriod, KeySecretRef, ModelRateLimits, SpendStatus, VirtualKey,

@@ -811,6 +811,18 @@ spec:
     keys: [alice]
     keySelector: {matchLabels: {team: red}}
   pii: {entities: [Email], action: Alert}
+  denyWords: [" Falcon "]
+  promptInjection: {}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: maskinjection}
+spec: {promptInjection: {action: Mask}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: blankword}
+spec: {denyWords: ["  "]}
 "#,
     ));
     let g = c
@@ -823,4 +835,15 @@ spec:
     assert_eq!(g.keys, ["default/alice"]);
     assert_eq!(g.key_selector.get("team").map(String::as_str), Some("red"));
     assert_eq!(g.pii_action, "Alert");
+    assert_eq!(g.deny_words, ["Falcon"]);
+    assert_eq!(g.prompt_injection, "Block", "Block by default");
+    let msg = |name: &str| {
+        c.diagnostics
+            .iter()
+            .find(|d| d.resource.name == name)
+            .map(|d| d.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(msg("maskinjection").contains("Block or Alert"));
+    assert!(msg("blankword").contains("denyWords[0]"));
 }

@@ -381,6 +381,12 @@ pub struct Guardrail {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Whole words or phrases that block, in any case.
+    #[prost(string, repeated, tag = "11")]
+    pub deny_words: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Prompt-injection heuristics: "" off, "Block" or "Alert".
+    #[prost(string, tag = "12")]
+    pub prompt_injection: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

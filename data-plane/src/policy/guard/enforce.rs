@@ -15,6 +15,7 @@ use serde_json::Value;
 use switchyard_proto::v1 as pb;
 
 use super::detect::Entity;
+use super::phrases::DenyWords;
 use super::{Action, Finding, Rules};
 use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
@@ -29,6 +30,9 @@ pub struct Guard {
     pub response: bool,
     pub rules: Rules,
     deny: Option<regex::RegexSet>,
+    deny_words: Option<DenyWords>,
+    /// What the prompt-injection heuristics do (`None`: off).
+    injection: Option<Action>,
     max_input_tokens: u64,
     keys: Vec<String>,
     key_selector: BTreeMap<String, String>,
@@ -57,12 +61,23 @@ impl Guard {
                     .map_err(|e| format!("deny patterns: {e}"))?,
             )
         };
+        let deny_words = if g.deny_words.is_empty() {
+            None
+        } else {
+            Some(DenyWords::new(&g.deny_words)?)
+        };
+        let injection = match g.prompt_injection.as_str() {
+            "" => None,
+            a => Some(Action::from_name(a).ok_or_else(|| format!("unknown action {a:?}"))?),
+        };
         Ok(Self {
             id: g.id.clone(),
             request: g.request_phase,
             response: g.response_phase,
             rules,
             deny,
+            deny_words,
+            injection,
             max_input_tokens: g.max_input_tokens,
             keys: g.keys.clone(),
             key_selector: g.key_selector.clone().into_iter().collect(),
@@ -257,8 +272,26 @@ pub fn request(
                 if let Some(set) = &g.deny
                     && let Some(i) = set.matches(text).iter().next()
                 {
-                    denied = Some((g.id.clone(), i));
+                    denied = Some((g.id.clone(), format!("denyPatterns[{i}]")));
                     return Ok(());
+                }
+                if let Some(words) = &g.deny_words
+                    && words.find(text).is_some()
+                {
+                    denied = Some((g.id.clone(), "denyWords".to_owned()));
+                    return Ok(());
+                }
+                if let Some(action) = g.injection
+                    && let Some(name) = super::phrases::injection(text)
+                {
+                    let detector = format!("promptInjection:{name}");
+                    if action == Action::Block {
+                        denied = Some((g.id.clone(), detector));
+                        return Ok(());
+                    }
+                    count(metrics, &g.id, &detector, Action::Alert);
+                    decisions.note(&g.id, Action::Alert);
+                    tracing::warn!(guardrail = %g.id, detector, "guardrail alert: the prompt looks like an injection");
                 }
             }
             if rules.is_empty() {
@@ -276,8 +309,7 @@ pub fn request(
             tracing::info!(guardrail = %g, detector = entity.name(), "guardrail blocked a request");
             blocked(g, entity.name(), "request")
         })?;
-        if let Some((g, i)) = denied {
-            let detector = format!("denyPatterns[{i}]");
+        if let Some((g, detector)) = denied {
             count(metrics, &g, &detector, Action::Block);
             tracing::info!(guardrail = %g, detector, "guardrail blocked a request");
             return Err(blocked(&g, &detector, "request"));

@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod enforce;
+pub mod phrases;
 pub mod stream;
 
 use detect::Entity;
