@@ -679,17 +679,18 @@ fn compile_guardrail(
             format!("spec.denyWords[{i}]: a word or phrase, not blank"),
         ));
     }
-    let injection = match spec.prompt_injection.as_ref().map(|p| p.action) {
-        None => String::new(),
-        Some(None | Some(PiiAction::Block)) => "Block".to_owned(),
-        Some(Some(PiiAction::Alert)) => "Alert".to_owned(),
-        Some(Some(other)) => {
-            return Err(Reject::spec(
+    let block_or_alert =
+        |field: &str, c: &Option<crate::CheckAction>| match c.as_ref().map(|c| c.action) {
+            None => Ok(String::new()),
+            Some(None | Some(PiiAction::Block)) => Ok("Block".to_owned()),
+            Some(Some(PiiAction::Alert)) => Ok("Alert".to_owned()),
+            Some(Some(other)) => Err(Reject::spec(
                 "Invalid",
-                format!("spec.promptInjection.action: Block or Alert, not {other:?}"),
-            ));
-        }
-    };
+                format!("spec.{field}.action: Block or Alert, not {other:?}"),
+            )),
+        };
+    let injection = block_or_alert("promptInjection", &spec.prompt_injection)?;
+    let json_schema = block_or_alert("jsonSchema", &spec.json_schema)?;
     if spec.pii.as_ref().is_some_and(|p| p.entities.is_empty()) {
         return Err(Reject::spec(
             "Invalid",
@@ -734,6 +735,7 @@ fn compile_guardrail(
             .map(|w| w.trim().to_owned())
             .collect(),
         prompt_injection: injection,
+        json_schema,
     })
 }
 

@@ -42,7 +42,12 @@ pub struct GuardrailSpec {
     /// instructions", requests for the system prompt, jailbreak personas, spoofed role
     /// markers) on the prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_injection: Option<PromptInjection>,
+    pub prompt_injection: Option<CheckAction>,
+    /// When a request asks for structured output against a JSON schema (OpenAI
+    /// `response_format`, Responses `text.format`, Anthropic `output_config`), check that the
+    /// answer is JSON that validates. A stream is checked when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<CheckAction>,
     /// Largest prompt accepted, in (estimated) tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u64>,
@@ -66,10 +71,10 @@ pub struct GuardrailTargets {
     pub key_selector: Option<crate::KeySelector>,
 }
 
-/// What the prompt-injection heuristics do on a match.
+/// What a check that can only block or alert does when it fires.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PromptInjection {
+pub struct CheckAction {
     /// `Block` (default) or `Alert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<PiiAction>,

@@ -141,19 +141,25 @@ pub async fn model_call(
     let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
     let guards = cfg.guards.of(&routed.route.id, key);
     let mut decisions = Decisions::default();
-    if !guards.is_empty()
-        && let Err(e) = enforce::request(
+    let mut response_phase = None;
+    if !guards.is_empty() {
+        let checked = enforce::request(
             &gw.metrics,
             &guards,
             &mut incoming,
             |i| crate::tokens::estimate_incoming(i, &routed.upstream_model).input,
             &mut decisions,
         )
-    {
-        if let Some(p) = permit {
-            p.settle(Some(crate::llm::Usage::default()));
+        .and_then(|()| ResponsePhase::of(&guards, &incoming));
+        match checked {
+            Ok(phase) => response_phase = phase,
+            Err(e) => {
+                if let Some(p) = permit {
+                    p.settle(Some(crate::llm::Usage::default()));
+                }
+                return Err(e);
+            }
         }
-        return Err(e);
     }
     // The cache lookup takes its place here.
     let served = match route::call(gw, &routed, &incoming).await {
@@ -178,7 +184,7 @@ pub async fn model_call(
         served.answer,
         served.in_flight,
         permit,
-        ResponsePhase::of(&guards),
+        response_phase,
         &mut decisions,
     )?;
     let h = resp.headers_mut();

@@ -51,6 +51,26 @@ metadata: {{name: no-cards-out}}
 spec: {{models: [no-cards-out], backends: [{{pool: openai, model: mock-gpt}}]}}
 ---
 apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: structured}}
+spec: {{models: [structured], backends: [{{pool: openai, model: mock-gpt}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: structured-alert}}
+spec: {{models: [structured-alert], backends: [{{pool: openai, model: mock-gpt}}]}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {{name: schema}}
+spec: {{targets: {{routes: [structured]}}, phases: [Response], jsonSchema: {{action: Block}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {{name: schema-alert}}
+spec: {{targets: {{routes: [structured-alert]}}, phases: [Response], jsonSchema: {{action: Alert}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
 kind: Guardrail
 metadata: {{name: scrub}}
 spec:
@@ -370,4 +390,91 @@ async fn the_response_phase_redacts_whole_answers_and_streams() {
         .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "guardrail_blocked");
+}
+
+/// Structured output: an answer that does not follow the schema the request asked for is
+/// blocked (whole, or at the end of a stream) or alerted; one that does passes.
+#[tokio::test]
+async fn answers_are_checked_against_the_requested_json_schema() {
+    let e = env().await;
+    let body = |model: &str, minimum: Option<u64>, stream: bool| {
+        let mut age = json!({"type": "integer"});
+        if let Some(m) = minimum {
+            age["minimum"] = json!(m);
+        }
+        json!({"model": model, "stream": stream,
+            "messages": [{"role": "user", "content": "who?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person",
+                "schema": {"type": "object", "required": ["age"], "properties": {"age": age}}}}})
+    };
+    let url = format!("{}/v1/chat/completions", e.api);
+    // The mock answers {"age": 42}: valid without a minimum, invalid with minimum 100.
+    let (s, _, b) = post(&url, Some(CLIENT_KEY), &body("structured", None, false)).await;
+    assert_eq!(s, 200, "{b}");
+    let content: Value =
+        serde_json::from_str(b["choices"][0]["message"]["content"].as_str().unwrap_or(""))
+            .expect("json");
+    assert_eq!(content["age"], 42);
+    let (s, _, b) = post(
+        &url,
+        Some(CLIENT_KEY),
+        &body("structured", Some(100), false),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "guardrail_blocked");
+    let msg = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("jsonSchema") && msg.contains("/age") && msg.contains("minimum"),
+        "{msg}"
+    );
+    // Streams are checked at their end.
+    let stream = |b: Value| {
+        let url = url.clone();
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .json(&b)
+                .send()
+                .await
+                .expect("stream")
+                .text()
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let sse = stream(body("structured", Some(100), true)).await;
+    assert!(
+        sse.contains("guardrail_blocked") && !sse.contains("[DONE]"),
+        "{sse}"
+    );
+    let sse = stream(body("structured", None, true)).await;
+    assert!(
+        sse.ends_with("data: [DONE]\n\n") && !sse.contains("guardrail_blocked"),
+        "{sse}"
+    );
+    // Alert: served, and said.
+    let (s, h, b) = post(
+        &url,
+        Some(CLIENT_KEY),
+        &body("structured-alert", Some(100), false),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(h["x-switchyard-guardrails"], "default/schema-alert=alert");
+    // A schema that is not one is the client's mistake.
+    let mut bad = body("structured", None, false);
+    bad["response_format"]["json_schema"]["schema"] = json!({"type": 12});
+    let before = mock_requests(&e.mock).await.len();
+    let (s, _, b) = post(&url, Some(CLIENT_KEY), &bad).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(mock_requests(&e.mock).await.len(), before, "refused before the call");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("JSON schema is invalid"),
+        "{b}"
+    );
 }

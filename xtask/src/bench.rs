@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 mod faults;
+mod guards;
 mod limits;
 mod nginx;
 mod peers;
@@ -35,6 +36,8 @@ pub(crate) struct BenchOpts {
     pub(crate) scale_only: bool,
     /// Only scenarios a, b and g, printed, nothing written to docs/.
     pub(crate) faults_only: bool,
+    /// Only scenarios a, b and h (guardrails), printed, nothing written to docs/.
+    pub(crate) guardrails_only: bool,
 }
 
 struct Proc(Child);
@@ -231,10 +234,12 @@ async fn stream_timing(
     auth: Option<&str>,
     n: usize,
     chunks: usize,
+    model: &str,
 ) -> Result<(f64, f64)> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let body = chat_body(true, chunks);
+    let body =
+        chat_body(true, chunks).replace("\"model\":\"bench\"", &format!("\"model\":\"{model}\""));
     let (mut ttft, mut gaps, mut gap_n) = (Vec::new(), 0f64, 0u64);
     for _ in 0..n {
         let mut req = http::Request::post(url).header("content-type", "application/json");
@@ -313,7 +318,8 @@ async fn concurrent_streams(url: &str, n: usize, pid: u32) -> Result<(u64, usize
 
 fn bench_config(mock: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n{}",
+        guards::CONFIG
     )
 }
 
@@ -480,6 +486,18 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
+    if opts.guardrails_only {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let m = guards::run(&rt, &gateway, &auth, d, &body, &wrk_dir)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("h: {}", m.summary);
+        return Ok(());
+    }
     if opts.faults_only {
         let m = faults::run(&bin, &work, d, &body)?;
         for (scenario, r) in &m.rows {
@@ -557,8 +575,8 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         .enable_all()
         .build()?;
     let n = if opts.smoke { 5 } else { 200 };
-    let (d_ttft, d_gap) = rt.block_on(stream_timing(&direct, None, n, 64))?;
-    let (g_ttft, g_gap) = rt.block_on(stream_timing(&gateway, Some(&auth), n, 64))?;
+    let (d_ttft, d_gap) = rt.block_on(stream_timing(&direct, None, n, 64, "bench"))?;
+    let (g_ttft, g_gap) = rt.block_on(stream_timing(&gateway, Some(&auth), n, 64, "bench"))?;
     let added_ttft = g_ttft - d_ttft;
     println!(
         "c: streaming 64 chunks: TTFT p50 direct {d_ttft:.0} us, gateway {g_ttft:.0} us (+{added_ttft:.0} us); mean chunk gap direct {d_gap:.1} us, gateway {g_gap:.1} us"

@@ -46,6 +46,10 @@ enum Cmd {
         /// two failing 30%), printed; docs/ is left alone.
         #[arg(long)]
         faults_only: bool,
+        /// Only scenarios a, b and h (a PII guardrail on both phases: throughput at c=32,
+        /// time to first token, a 1 MB prompt), printed; docs/ is left alone.
+        #[arg(long)]
+        guardrails_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
             peers,
             scale_only,
             faults_only,
+            guardrails_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
                 release: !smoke,
                 scale_only,
                 faults_only,
+                guardrails_only,
             },
         ),
     }
@@ -196,6 +202,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 release: false,
                 scale_only: false,
                 faults_only: false,
+                guardrails_only: false,
             },
         )?;
     } else {

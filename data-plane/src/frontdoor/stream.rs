@@ -219,13 +219,22 @@ struct Guarded {
     phase: ResponsePhase,
     blocks: Vec<GuardedBlock>,
     findings: Vec<crate::policy::guard::Finding>,
+    /// The answer's text as it went out, kept only when it must follow a JSON schema.
+    answer: String,
+    /// The answer outgrew what is kept for the check.
+    answer_overflow: bool,
 }
+
+/// Answers kept for a schema check beyond this are not checked (and said so).
+const MAX_SCHEMA_ANSWER: usize = 8 << 20;
 
 /// A text block being redacted: its index, its redactor, and the kind of its deltas.
 struct GuardedBlock {
     index: usize,
     redactor: Redactor,
     make: fn(String) -> Delta,
+    /// An answer text block (what a JSON schema applies to).
+    text: bool,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -242,10 +251,10 @@ impl Guarded {
     fn event(&mut self, ev: Event, out: &mut Vec<Event>) -> Result<(), Entity> {
         match ev {
             Event::Delta { index, delta } => {
-                let (text, make): (String, fn(String) -> Delta) = match delta {
-                    Delta::Text(t) => (t, Delta::Text),
-                    Delta::Thinking(t) => (t, Delta::Thinking),
-                    Delta::ToolArgs(t) => (t, Delta::ToolArgs),
+                let (text, make, is_text): (String, fn(String) -> Delta, bool) = match delta {
+                    Delta::Text(t) => (t, Delta::Text, true),
+                    Delta::Thinking(t) => (t, Delta::Thinking, false),
+                    Delta::ToolArgs(t) => (t, Delta::ToolArgs, false),
                     other => {
                         out.push(Event::Delta {
                             index,
@@ -261,6 +270,7 @@ impl Guarded {
                             index,
                             redactor: Redactor::new(self.phase.rules.clone()),
                             make,
+                            text: is_text,
                         });
                         self.blocks.len() - 1
                     }
@@ -269,6 +279,9 @@ impl Guarded {
                 let pass = r.push(&text);
                 self.findings.append(&mut r.findings);
                 let pass = pass?;
+                if is_text {
+                    self.keep(&pass);
+                }
                 if !pass.is_empty() {
                     out.push(Event::Delta {
                         index,
@@ -289,6 +302,20 @@ impl Guarded {
         Ok(())
     }
 
+    /// Keeps answer text for the schema check (only when there is one).
+    fn keep(&mut self, text: &str) {
+        if self.phase.schema.is_none() || self.answer_overflow {
+            return;
+        }
+        if self.answer.len() + text.len() > MAX_SCHEMA_ANSWER {
+            tracing::warn!("an answer over 8 MiB is not checked against its JSON schema");
+            self.answer_overflow = true;
+            self.answer = String::new();
+            return;
+        }
+        self.answer.push_str(text);
+    }
+
     /// Ends the redactors of one block (or all): what they held, redacted.
     fn release(&mut self, index: Option<usize>, out: &mut Vec<Event>) -> Result<(), Entity> {
         let mut i = 0;
@@ -301,6 +328,9 @@ impl Guarded {
             let rest = b.redactor.finish();
             self.findings.append(&mut b.redactor.findings);
             let rest = rest?;
+            if b.text {
+                self.keep(&rest);
+            }
             if !rest.is_empty() {
                 out.push(Event::Delta {
                     index: b.index,
@@ -351,13 +381,26 @@ impl Driver {
             let mut passed = Vec::with_capacity(self.events.len());
             let mut verdict = Ok(());
             for ev in self.events.drain(..) {
-                verdict = g.event(ev, &mut passed);
+                let finish = matches!(ev, Event::Finish(_));
+                verdict = g
+                    .event(ev, &mut passed)
+                    .map_err(|entity| g.phase.blocked(&self.gw.metrics, entity));
+                if verdict.is_ok() && finish && !g.answer_overflow {
+                    // The whole answer is known: check it against its schema, if any.
+                    verdict = g.phase.check_schema(
+                        &self.gw.metrics,
+                        &g.answer,
+                        &mut crate::policy::guard::enforce::Decisions::default(),
+                    );
+                    if verdict.is_err() {
+                        passed.retain(|e| !matches!(e, Event::Finish(_)));
+                    }
+                }
                 if verdict.is_err() {
                     break;
                 }
             }
-            if let Err(entity) = verdict {
-                let e = g.phase.blocked(&self.gw.metrics, entity);
+            if let Err(e) = verdict {
                 // What passed before the finding still goes out, then the error.
                 self.events = passed;
                 self.render_events(out);
@@ -627,6 +670,8 @@ pub(super) fn response(
             phase,
             blocks: Vec::new(),
             findings: Vec::new(),
+            answer: String::new(),
+            answer_overflow: false,
         }),
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {

@@ -387,6 +387,9 @@ pub struct Guardrail {
     /// Prompt-injection heuristics: "" off, "Block" or "Alert".
     #[prost(string, tag = "12")]
     pub prompt_injection: ::prost::alloc::string::String,
+    /// JSON-schema check of answers to structured-output requests: "" off, "Block" or "Alert".
+    #[prost(string, tag = "13")]
+    pub json_schema: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

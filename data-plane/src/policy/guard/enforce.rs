@@ -16,10 +16,11 @@ use switchyard_proto::v1 as pb;
 
 use super::detect::Entity;
 use super::phrases::DenyWords;
+use super::schema::SchemaCheck;
 use super::{Action, Finding, Rules};
 use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
-use crate::llm::{Body, Incoming};
+use crate::llm::{Body, Format, Incoming};
 use crate::metrics::{GuardrailLabels, Metrics};
 
 /// One Guardrail, compiled.
@@ -33,6 +34,8 @@ pub struct Guard {
     deny_words: Option<DenyWords>,
     /// What the prompt-injection heuristics do (`None`: off).
     injection: Option<Action>,
+    /// What an answer that misses its requested JSON schema gets (`None`: not checked).
+    json_schema: Option<Action>,
     max_input_tokens: u64,
     keys: Vec<String>,
     key_selector: BTreeMap<String, String>,
@@ -66,10 +69,14 @@ impl Guard {
         } else {
             Some(DenyWords::new(&g.deny_words)?)
         };
-        let injection = match g.prompt_injection.as_str() {
-            "" => None,
-            a => Some(Action::from_name(a).ok_or_else(|| format!("unknown action {a:?}"))?),
+        let block_or_alert = |a: &str| match a {
+            "" => Ok(None),
+            a => Action::from_name(a)
+                .map(Some)
+                .ok_or_else(|| format!("unknown action {a:?}")),
         };
+        let injection = block_or_alert(&g.prompt_injection)?;
+        let json_schema = block_or_alert(&g.json_schema)?;
         Ok(Self {
             id: g.id.clone(),
             request: g.request_phase,
@@ -78,6 +85,7 @@ impl Guard {
             deny,
             deny_words,
             injection,
+            json_schema,
             max_input_tokens: g.max_input_tokens,
             keys: g.keys.clone(),
             key_selector: g.key_selector.clone().into_iter().collect(),
@@ -368,16 +376,47 @@ fn walk(
     }
 }
 
-/// The response phase of a request: its guardrails that check answers, and their rules.
+/// The response phase of a request: its guardrails that check answers, their rules, and the
+/// JSON schema the answer must follow when the request asked for one and a guardrail checks
+/// it.
 #[derive(Debug)]
 pub struct ResponsePhase {
     pub guards: Vec<Arc<Guard>>,
     pub rules: Rules,
+    pub schema: Option<SchemaRule>,
+}
+
+/// A requested JSON schema, and the guardrail that checks answers against it.
+#[derive(Debug)]
+pub struct SchemaRule {
+    check: SchemaCheck,
+    action: Action,
+    guard: String,
+    format: Format,
 }
 
 impl ResponsePhase {
-    /// `None` when no guardrail of the request checks answers.
-    pub fn of(guards: &[Arc<Guard>]) -> Option<Self> {
+    /// `None` when no guardrail of the request checks answers. `Err`: the request asked for
+    /// a schema that is not one (400).
+    pub fn of(guards: &[Arc<Guard>], incoming: &Incoming) -> Result<Option<Self>, ProxyError> {
+        let schema_guard = guards
+            .iter()
+            .filter_map(|g| g.json_schema.map(|a| (g, a)))
+            .max_by_key(|(_, a)| *a);
+        let schema = match (schema_guard, incoming.raw()) {
+            (Some((g, action)), Some(raw)) => {
+                match super::schema::requested(incoming.format, raw) {
+                    Some(s) => Some(SchemaRule {
+                        check: SchemaCheck::new(&s).map_err(ProxyError::invalid)?,
+                        action,
+                        guard: g.id.clone(),
+                        format: incoming.format,
+                    }),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let guards: Vec<Arc<Guard>> = guards.iter().filter(|g| g.response).cloned().collect();
         let mut rules = Rules::default();
         for g in &guards {
@@ -385,7 +424,37 @@ impl ResponsePhase {
                 rules.add(e, g.rules.action(e));
             }
         }
-        (!rules.is_empty()).then_some(Self { guards, rules })
+        Ok((!rules.is_empty() || schema.is_some()).then_some(Self {
+            guards,
+            rules,
+            schema,
+        }))
+    }
+
+    /// Checks an answer's text against the requested schema: `Err` when a `Block` guardrail
+    /// refuses it; an `Alert` is counted and logged.
+    pub fn check_schema(
+        &self,
+        metrics: &Metrics,
+        text: &str,
+        decisions: &mut Decisions,
+    ) -> Result<(), ProxyError> {
+        let Some(s) = &self.schema else {
+            return Ok(());
+        };
+        let Err(why) = s.check.check(text) else {
+            return Ok(());
+        };
+        count(metrics, &s.guard, "jsonSchema", s.action);
+        decisions.note(&s.guard, s.action);
+        if s.action == Action::Block {
+            tracing::info!(guardrail = %s.guard, reason = %why, "guardrail blocked a response: schema");
+            let mut e = blocked(&s.guard, "jsonSchema", "response");
+            e.message = format!("{} {why}.", e.message);
+            return Err(e);
+        }
+        tracing::warn!(guardrail = %s.guard, reason = %why, "guardrail alert: the answer does not follow its schema");
+        Ok(())
     }
 
     /// The error that ends a blocked answer (counted and logged).
@@ -407,6 +476,13 @@ impl ResponsePhase {
         let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
             return Ok(None);
         };
+        if let Some(s) = &self.schema {
+            let text = super::schema::answer_text(s.format, &value).unwrap_or_default();
+            self.check_schema(metrics, &text, decisions)?;
+        }
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
         let mut findings = Vec::new();
         let mut changed = false;
         walk(&mut value, &mut |text: &mut String| {

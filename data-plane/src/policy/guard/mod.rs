@@ -4,6 +4,7 @@
 pub mod detect;
 pub mod enforce;
 pub mod phrases;
+pub mod schema;
 pub mod stream;
 
 use detect::Entity;
