@@ -469,7 +469,11 @@ async fn answers_are_checked_against_the_requested_json_schema() {
     let before = mock_requests(&e.mock).await.len();
     let (s, _, b) = post(&url, Some(CLIENT_KEY), &bad).await;
     assert_eq!(s, 400, "{b}");
-    assert_eq!(mock_requests(&e.mock).await.len(), before, "refused before the call");
+    assert_eq!(
+        mock_requests(&e.mock).await.len(),
+        before,
+        "refused before the call"
+    );
     assert!(
         b["error"]["message"]
             .as_str()

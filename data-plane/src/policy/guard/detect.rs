@@ -93,6 +93,11 @@ impl Entity {
     /// prefix).
     pub fn could_begin(self, tail: &str) -> bool {
         match self {
+            // A first group of two digits or more, unless it may still grow into one.
+            Self::Phone => {
+                let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+                tail.starts_with(['+', '(']) || digits == tail.len() || digits >= 2
+            }
             Self::Iban => {
                 let b = tail.as_bytes();
                 b.iter().take(2).all(u8::is_ascii_uppercase)
@@ -103,6 +108,12 @@ impl Entity {
                 .any(|p| tail.starts_with(p) || p.starts_with(tail)),
             _ => true,
         }
+    }
+
+    /// Whether a match must start at a word boundary (its pattern begins with `\b`): then a
+    /// tail that starts inside a word cannot begin one there.
+    pub fn needs_boundary(self) -> bool {
+        !matches!(self, Self::Phone | Self::IpAddress)
     }
 
     /// Which finding wins when two cover the same text: the more specific detector.
@@ -290,14 +301,57 @@ fn ipv6_ok(s: &str) -> bool {
         && s.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
+/// Whether the raw JSON text of a value may hold a finding of `entities` once decoded: one
+/// pass of the candidate set over the bytes as they are. Escapes other than `\u` decode to
+/// characters no detector counts as part of a match (or, in a key block, that its pattern
+/// takes anyway), so only a `\u` escape forces a decode first (`true`).
+pub fn may_contain_json(raw: &[u8], entities: &[Entity]) -> bool {
+    if memchr::memmem::find(raw, b"\\u").is_some() {
+        return true;
+    }
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return true;
+    };
+    let hits = SET.matches(text);
+    entities.iter().any(|e| match e {
+        Entity::Email => hits.matched(0),
+        Entity::Phone => hits.matched(1),
+        Entity::CreditCard => hits.matched(2),
+        Entity::Ssn => hits.matched(3),
+        Entity::Iban => hits.matched(4),
+        Entity::IpAddress => hits.matched(5) || hits.matched(6),
+        Entity::Secret => hits.matched(7),
+    })
+}
+
 /// Every finding of `entities` in `text`, in order, overlaps resolved: the earlier start
 /// wins, then the longer match, then the more specific detector.
 pub fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
+    find_from(text, 0, entities)
+}
+
+/// Every match of `re` starting at `from` or later; what comes before `from` is context
+/// (a word boundary at `from` is judged as in the whole text).
+fn each(re: &Regex, text: &str, from: usize, mut f: impl FnMut(regex::Match<'_>)) {
+    let mut at = from;
+    while at <= text.len()
+        && let Some(m) = re.find_at(text, at)
+    {
+        at = m.end().max(m.start() + 1);
+        while at < text.len() && !text.is_char_boundary(at) {
+            at += 1;
+        }
+        f(m);
+    }
+}
+
+/// [`find`] of what starts at `from` or later, the text before it read as context.
+pub fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
     let mut out = Vec::new();
-    if entities.is_empty() || text.is_empty() {
+    if entities.is_empty() || from >= text.len() {
         return out;
     }
-    let hits = SET.matches(text);
+    let hits = SET.matches_at(text, from);
     if !hits.matched_any() {
         return out;
     }
@@ -314,37 +368,48 @@ pub fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
         if !candidates {
             continue;
         }
-        let mut push = |start: usize, end: usize| out.push(Span { start, end, entity });
+        let mut push = |m: regex::Match<'_>| {
+            out.push(Span {
+                start: m.start(),
+                end: m.end(),
+                entity,
+            })
+        };
         match entity {
-            Entity::Email => EMAIL.find_iter(text).for_each(|m| push(m.start(), m.end())),
-            Entity::Phone => PHONE
-                .find_iter(text)
-                .filter(|m| phone_ok(m.as_str()))
-                .for_each(|m| push(m.start(), m.end())),
-            Entity::CreditCard => CARD
-                .find_iter(text)
-                .filter(|m| card_ok(m.as_str()))
-                .for_each(|m| push(m.start(), m.end())),
-            Entity::Ssn => SSN
-                .captures_iter(text)
-                .filter(ssn_ok)
-                .filter_map(|c| c.get(0))
-                .for_each(|m| push(m.start(), m.end())),
-            Entity::Iban => IBAN
-                .find_iter(text)
-                .filter(|m| iban_ok(m.as_str()))
-                .for_each(|m| push(m.start(), m.end())),
+            Entity::Email => each(&EMAIL, text, from, push),
+            Entity::Phone => each(&PHONE, text, from, |m| {
+                if phone_ok(m.as_str()) {
+                    push(m);
+                }
+            }),
+            Entity::CreditCard => each(&CARD, text, from, |m| {
+                if card_ok(m.as_str()) {
+                    push(m);
+                }
+            }),
+            Entity::Ssn => each(&SSN, text, from, |m| {
+                if SSN.captures(m.as_str()).is_some_and(|c| ssn_ok(&c)) {
+                    push(m);
+                }
+            }),
+            Entity::Iban => each(&IBAN, text, from, |m| {
+                if iban_ok(m.as_str()) {
+                    push(m);
+                }
+            }),
             Entity::IpAddress => {
-                IPV4.find_iter(text)
-                    .filter(|m| m.as_str().parse::<std::net::Ipv4Addr>().is_ok())
-                    .for_each(|m| push(m.start(), m.end()));
-                IPV6.find_iter(text)
-                    .filter(|m| ipv6_ok(m.as_str()))
-                    .for_each(|m| push(m.start(), m.end()));
+                each(&IPV4, text, from, |m| {
+                    if m.as_str().parse::<std::net::Ipv4Addr>().is_ok() {
+                        push(m);
+                    }
+                });
+                each(&IPV6, text, from, |m| {
+                    if ipv6_ok(m.as_str()) {
+                        push(m);
+                    }
+                });
             }
-            Entity::Secret => SECRETS
-                .find_iter(text)
-                .for_each(|m| push(m.start(), m.end())),
+            Entity::Secret => each(&SECRETS, text, from, push),
         }
     }
     out.sort_by(|a, b| {
@@ -471,6 +536,26 @@ mod tests {
             Some(2)
         );
         assert_eq!(open_key_block(pem), None);
+    }
+
+    #[test]
+    fn raw_json_is_prefiltered_without_missing_escaped_values() {
+        let all = Entity::ALL;
+        assert!(!may_contain_json(
+            br#"{"content":"The quick brown fox.\nJumps."}"#,
+            &all
+        ));
+        assert!(may_contain_json(
+            br#"{"content":"mail jane@example.com"}"#,
+            &all
+        ));
+        // A \u escape can hide a value from the raw bytes: decode first.
+        assert!(may_contain_json(
+            br#"{"content":"jane\u0040example.com"}"#,
+            &all
+        ));
+        let decoded: String = serde_json::from_str(r#""jane\u0040example.com""#).expect("json");
+        assert_eq!(find(&decoded, &[Entity::Email]).len(), 1);
     }
 
     #[test]

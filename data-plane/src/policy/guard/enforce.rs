@@ -261,12 +261,20 @@ pub fn request(
     let Body::Raw(raw) = &mut incoming.body else {
         return Ok(());
     };
+    // Guardrails that only look for personal data skip fields whose raw JSON has no
+    // candidate at all (most prompts): no decode, no walk.
+    let pii_only = guards
+        .iter()
+        .all(|g| g.deny.is_none() && g.deny_words.is_none() && g.injection.is_none());
     let mut edits = Vec::new();
     let mut findings = Vec::new();
     for field in TEXT_FIELDS {
         let Some(bytes) = raw.get(field) else {
             continue;
         };
+        if pii_only && !super::detect::may_contain_json(bytes, rules.entities()) {
+            continue;
+        }
         let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
             continue;
         };
@@ -473,6 +481,9 @@ impl ResponsePhase {
         body: &[u8],
         decisions: &mut Decisions,
     ) -> Result<Option<Vec<u8>>, ProxyError> {
+        if self.schema.is_none() && !super::detect::may_contain_json(body, self.rules.entities()) {
+            return Ok(None);
+        }
         let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
             return Ok(None);
         };

@@ -300,7 +300,7 @@ mod tests {
         ];
         let r = rules(Action::Redact);
         let mut rng = fastrand::Rng::with_seed(11);
-        for _ in 0..300 {
+        for _ in 0..2000 {
             let text: String = (0..rng.usize(0..120))
                 .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
                 .collect();
@@ -322,6 +322,48 @@ mod tests {
                 Ok(whole.as_str()),
                 "{text:?}"
             );
+        }
+    }
+
+    /// Ordinary text with numbers is not held: "tok0 " cannot begin a phone number (one
+    /// digit, then a space) or a card (the digit is inside a word).
+    #[test]
+    fn numbers_inside_words_and_lone_digits_are_not_held() {
+        let mut r = Redactor::new(rules(Action::Redact));
+        assert_eq!(r.push("tok0 ").as_deref(), Ok("tok0 "));
+        assert_eq!(
+            r.push("route66 is long ").as_deref(),
+            Ok("route66 is long ")
+        );
+        assert_eq!(
+            r.push("call 55").as_deref(),
+            Ok("call "),
+            "may grow into a number"
+        );
+        assert_eq!(r.held(), "55");
+    }
+
+    /// Every cut into three pieces of a text where word boundaries decide matches (the
+    /// context a stream keeps must judge them as the whole text does).
+    #[test]
+    fn three_piece_cuts_judge_word_boundaries_as_the_whole_text() {
+        let text = "😀_aGB82@ex.comZ@ex.com-----BEGIN sk- x4111 1111 1111 1111 y";
+        let r = rules(Action::Redact);
+        let whole = apply(text, &r, &mut Vec::new())
+            .expect("redact")
+            .unwrap_or_else(|| text.to_owned());
+        let cuts: Vec<usize> = (1..text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        for (n, &i) in cuts.iter().enumerate() {
+            for &j in &cuts[n + 1..] {
+                let pieces = [&text[..i], &text[i..j], &text[j..]];
+                assert_eq!(
+                    streamed(&pieces, &r).as_deref(),
+                    Ok(whole.as_str()),
+                    "cuts {i} {j}"
+                );
+            }
         }
     }
 

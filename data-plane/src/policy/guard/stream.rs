@@ -73,9 +73,14 @@ impl Redactor {
                 }
                 start = i;
             }
-            // A held tail starts where a match can.
+            // A held tail starts where a match can: a character a match starts with, at a
+            // word boundary where the pattern needs one, beginning what could be a match.
+            // ASCII, as the patterns' `(?-u:\b)`.
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
             while let Some(c) = text[start..].chars().next()
-                && !(e.starts(c) && e.could_begin(&text[start..]))
+                && !(e.starts(c)
+                    && !(e.needs_boundary() && word(text[..start].chars().next_back()))
+                    && e.could_begin(&text[start..]))
             {
                 start += c.len_utf8();
             }
@@ -86,7 +91,7 @@ impl Redactor {
 
     /// Forwards `[context, upto)`, redacted; keeps the rest, with one character of context.
     fn emit(&mut self, mut upto: usize) -> Result<String, Entity> {
-        let spans = detect::find(&self.buf, self.rules.entities());
+        let spans = detect::find_from(&self.buf, self.context, self.rules.entities());
         // A finding that reaches into the held tail is held whole.
         for s in &spans {
             if s.start < upto && s.end > upto {
