@@ -23,9 +23,8 @@ use crate::gateway::Gateway;
 use crate::limits::Permit;
 use crate::llm::{Delta, Event, Facts, Format, Usage};
 use crate::metrics::ReasonLabels;
-use crate::policy::guard::detect::Entity;
 use crate::policy::guard::enforce::ResponsePhase;
-use crate::policy::guard::stream::Redactor;
+use crate::policy::guard::events::Guarded;
 use crate::providers::mock;
 use crate::route::health::{InFlight, Outcome};
 use crate::upstream::{Framer, sse};
@@ -213,135 +212,6 @@ struct Driver {
     guard: Option<Guarded>,
 }
 
-/// Guardrails on a stream: one redactor per text block, so a value split across deltas is
-/// seen whole, and only the tail that could still grow into a match is held.
-struct Guarded {
-    phase: ResponsePhase,
-    blocks: Vec<GuardedBlock>,
-    findings: Vec<crate::policy::guard::Finding>,
-    /// The answer's text as it went out, kept only when it must follow a JSON schema.
-    answer: String,
-    /// The answer outgrew what is kept for the check.
-    answer_overflow: bool,
-}
-
-/// Answers kept for a schema check beyond this are not checked (and said so).
-const MAX_SCHEMA_ANSWER: usize = 8 << 20;
-
-/// A text block being redacted: its index, its redactor, and the kind of its deltas.
-struct GuardedBlock {
-    index: usize,
-    redactor: Redactor,
-    make: fn(String) -> Delta,
-    /// An answer text block (what a JSON schema applies to).
-    text: bool,
-}
-
-impl std::fmt::Debug for Guarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded")
-            .field("blocks", &self.blocks.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Guarded {
-    /// An event through the guardrails: what to render instead (a delta may shrink to
-    /// nothing while its tail is held; a block's stop releases the rest first).
-    fn event(&mut self, ev: Event, out: &mut Vec<Event>) -> Result<(), Entity> {
-        match ev {
-            Event::Delta { index, delta } => {
-                let (text, make, is_text): (String, fn(String) -> Delta, bool) = match delta {
-                    Delta::Text(t) => (t, Delta::Text, true),
-                    Delta::Thinking(t) => (t, Delta::Thinking, false),
-                    Delta::ToolArgs(t) => (t, Delta::ToolArgs, false),
-                    other => {
-                        out.push(Event::Delta {
-                            index,
-                            delta: other,
-                        });
-                        return Ok(());
-                    }
-                };
-                let pos = match self.blocks.iter().position(|b| b.index == index) {
-                    Some(p) => p,
-                    None => {
-                        self.blocks.push(GuardedBlock {
-                            index,
-                            redactor: Redactor::new(self.phase.rules.clone()),
-                            make,
-                            text: is_text,
-                        });
-                        self.blocks.len() - 1
-                    }
-                };
-                let r = &mut self.blocks[pos].redactor;
-                let pass = r.push(&text);
-                self.findings.append(&mut r.findings);
-                let pass = pass?;
-                if is_text {
-                    self.keep(&pass);
-                }
-                if !pass.is_empty() {
-                    out.push(Event::Delta {
-                        index,
-                        delta: make(pass),
-                    });
-                }
-            }
-            Event::BlockStop { index } => {
-                self.release(Some(index), out)?;
-                out.push(Event::BlockStop { index });
-            }
-            Event::Finish(f) => {
-                self.release(None, out)?;
-                out.push(Event::Finish(f));
-            }
-            other => out.push(other),
-        }
-        Ok(())
-    }
-
-    /// Keeps answer text for the schema check (only when there is one).
-    fn keep(&mut self, text: &str) {
-        if self.phase.schema.is_none() || self.answer_overflow {
-            return;
-        }
-        if self.answer.len() + text.len() > MAX_SCHEMA_ANSWER {
-            tracing::warn!("an answer over 8 MiB is not checked against its JSON schema");
-            self.answer_overflow = true;
-            self.answer = String::new();
-            return;
-        }
-        self.answer.push_str(text);
-    }
-
-    /// Ends the redactors of one block (or all): what they held, redacted.
-    fn release(&mut self, index: Option<usize>, out: &mut Vec<Event>) -> Result<(), Entity> {
-        let mut i = 0;
-        while i < self.blocks.len() {
-            if index.is_some_and(|x| x != self.blocks[i].index) {
-                i += 1;
-                continue;
-            }
-            let mut b = self.blocks.swap_remove(i);
-            let rest = b.redactor.finish();
-            self.findings.append(&mut b.redactor.findings);
-            let rest = rest?;
-            if b.text {
-                self.keep(&rest);
-            }
-            if !rest.is_empty() {
-                out.push(Event::Delta {
-                    index: b.index,
-                    delta: (b.make)(rest),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Driver {
     fn fail(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
         self.finished = true;
@@ -378,36 +248,14 @@ impl Driver {
         if let Some(g) = &mut self.guard
             && !self.events.is_empty()
         {
-            let mut passed = Vec::with_capacity(self.events.len());
-            let mut verdict = Ok(());
-            for ev in self.events.drain(..) {
-                let finish = matches!(ev, Event::Finish(_));
-                verdict = g
-                    .event(ev, &mut passed)
-                    .map_err(|entity| g.phase.blocked(&self.gw.metrics, entity));
-                if verdict.is_ok() && finish && !g.answer_overflow {
-                    // The whole answer is known: check it against its schema, if any.
-                    verdict = g.phase.check_schema(
-                        &self.gw.metrics,
-                        &g.answer,
-                        &mut crate::policy::guard::enforce::Decisions::default(),
-                    );
-                    if verdict.is_err() {
-                        passed.retain(|e| !matches!(e, Event::Finish(_)));
-                    }
-                }
-                if verdict.is_err() {
-                    break;
-                }
-            }
-            if let Err(e) = verdict {
-                // What passed before the finding still goes out, then the error.
-                self.events = passed;
+            let (passed, blocked) = g.events(&self.gw.metrics, std::mem::take(&mut self.events));
+            // What passed before a block still goes out, then the error.
+            self.events = passed;
+            if let Some(e) = blocked {
                 self.render_events(out);
                 self.block(e, out);
                 return;
             }
-            self.events = passed;
         }
         self.render_events(out);
     }
@@ -604,13 +452,7 @@ impl Driver {
         };
         self.gw.metrics.record_usage(self.provider, usage);
         if let Some(g) = &self.guard {
-            let mut decisions = crate::policy::guard::enforce::Decisions::default();
-            crate::policy::guard::enforce::record(
-                &self.gw.metrics,
-                &g.phase.guards,
-                &g.findings,
-                &mut decisions,
-            );
+            g.record(&self.gw.metrics);
         }
         if let Some(p) = self.permit.take() {
             p.settle(Some(usage));
@@ -666,13 +508,7 @@ pub(super) fn response(
         settled: false,
         permit,
         in_flight,
-        guard: guard.map(|phase| Guarded {
-            phase,
-            blocks: Vec::new(),
-            findings: Vec::new(),
-            answer: String::new(),
-            answer_overflow: false,
-        }),
+        guard: guard.map(Guarded::new),
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))

@@ -335,7 +335,12 @@ pub fn may_contain_json(raw: &[u8], entities: &[Entity]) -> bool {
         return true;
     };
     let hits = SET.matches(text);
-    entities.iter().any(|e| match e {
+    entities.iter().any(|&e| candidates(&hits, e))
+}
+
+/// Whether the prefilter pass found candidates of `entity`.
+fn candidates(hits: &regex::SetMatches, entity: Entity) -> bool {
+    match entity {
         Entity::Email => hits.matched(0),
         Entity::Phone => hits.matched(1),
         Entity::CreditCard => hits.matched(2),
@@ -343,7 +348,7 @@ pub fn may_contain_json(raw: &[u8], entities: &[Entity]) -> bool {
         Entity::Iban => hits.matched(4),
         Entity::IpAddress => hits.matched(5) || hits.matched(6),
         Entity::Secret => hits.matched(7),
-    })
+    }
 }
 
 /// Every finding of `entities` in `text`, in order, overlaps resolved: the earlier start
@@ -378,16 +383,7 @@ pub fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
         return out;
     }
     for &entity in entities {
-        let candidates = match entity {
-            Entity::Email => hits.matched(0),
-            Entity::Phone => hits.matched(1),
-            Entity::CreditCard => hits.matched(2),
-            Entity::Ssn => hits.matched(3),
-            Entity::Iban => hits.matched(4),
-            Entity::IpAddress => hits.matched(5) || hits.matched(6),
-            Entity::Secret => hits.matched(7),
-        };
-        if !candidates {
+        if !candidates(&hits, entity) {
             continue;
         }
         let mut push = |m: regex::Match<'_>| {

@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod enforce;
+pub mod events;
 pub mod phrases;
 pub mod schema;
 pub mod stream;
