@@ -149,7 +149,7 @@ async fn run(
                     if let Some(m) = &metrics {
                         m.endpoint_returns.get_or_create(&labels).inc();
                     }
-                    tracing::info!(pool = %labels.pool, endpoint = %target_host(&target.url), "endpoint passes its health checks again; back in rotation");
+                    tracing::info!(pool = %labels.pool, endpoint = %without_query(&target.url), "endpoint passes its health checks again; back in rotation");
                 }
             }
             Err(why) => {
@@ -163,7 +163,7 @@ async fn run(
                     if let Some(m) = &metrics {
                         m.endpoint_ejections.get_or_create(&labels).inc();
                     }
-                    tracing::warn!(pool = %labels.pool, endpoint = %target_host(&target.url), fails, error = %why, "endpoint failed its health checks; out of rotation until they pass");
+                    tracing::warn!(pool = %labels.pool, endpoint = %without_query(&target.url), fails, error = %why, "endpoint failed its health checks; out of rotation until they pass");
                 } else {
                     tracing::debug!(pool = %labels.pool, error = %why, "health check failed");
                 }
@@ -192,8 +192,8 @@ async fn check(client: &HttpClient, t: &Target, timeout: Duration) -> Result<(),
     }
 }
 
-/// The URL without its query (which may carry a key) for logs.
-fn target_host(url: &str) -> &str {
+/// The URL without its query (which may carry a key), for logs.
+fn without_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
 

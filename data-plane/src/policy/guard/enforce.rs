@@ -252,12 +252,7 @@ pub fn request(
             return Err(e);
         }
     }
-    let mut rules = Rules::default();
-    for g in &guards {
-        for &e in g.rules.entities() {
-            rules.add(e, g.rules.action(e));
-        }
-    }
+    let rules = Rules::union(guards.iter().map(|g| &g.rules));
     let Body::Raw(raw) = &mut incoming.body else {
         return Ok(());
     };
@@ -426,12 +421,7 @@ impl ResponsePhase {
             _ => None,
         };
         let guards: Vec<Arc<Guard>> = guards.iter().filter(|g| g.response).cloned().collect();
-        let mut rules = Rules::default();
-        for g in &guards {
-            for &e in g.rules.entities() {
-                rules.add(e, g.rules.action(e));
-            }
-        }
+        let rules = Rules::union(guards.iter().map(|g| &g.rules));
         Ok((!rules.is_empty() || schema.is_some()).then_some(Self {
             guards,
             rules,

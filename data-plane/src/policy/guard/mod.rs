@@ -78,6 +78,17 @@ impl Rules {
         }
     }
 
+    /// The rules of several guardrails together (the stricter action per entity).
+    pub fn union<'r>(all: impl IntoIterator<Item = &'r Rules>) -> Self {
+        let mut out = Self::default();
+        for r in all {
+            for &(e, a) in &r.actions {
+                out.add(e, a);
+            }
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
