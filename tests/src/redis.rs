@@ -141,16 +141,23 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(log_dir: &Path) -> Self {
-        let flags = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-        ];
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(log_dir, &flags))
+            .map(|_| {
+                // The bus port defaults to the port + 10000, which lands in the kernel's
+                // ephemeral range where an outgoing connection may hold it: pick it too.
+                let bus = crate::procs::free_port().to_string();
+                let flags = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    &bus,
+                ];
+                RedisServer::start_with(log_dir, &flags)
+            })
             .collect();
         let cli = binary().with_file_name("redis-cli");
         let mut cmd = std::process::Command::new(&cli);
