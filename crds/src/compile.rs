@@ -697,6 +697,27 @@ fn compile_guardrail(
             "spec.pii.entities: list at least one entity",
         ));
     }
+    let webhook = match &spec.webhook {
+        None => None,
+        Some(w) => {
+            validate::endpoint_url("spec.webhook.url", &w.url)?;
+            let timeout = match &w.timeout {
+                Some(t) => validate::duration("spec.webhook.timeout", t)?,
+                None => std::time::Duration::from_secs(1),
+            };
+            if timeout.is_zero() {
+                return Err(Reject::spec(
+                    "Invalid",
+                    "spec.webhook.timeout: longer than zero",
+                ));
+            }
+            Some(pb::GuardrailWebhook {
+                url: w.url.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+                fail_open: w.failure_mode == Some(crate::FailureMode::Open),
+            })
+        }
+    };
     let phases: &[GuardrailPhase] = if spec.phases.is_empty() {
         &[GuardrailPhase::Request]
     } else {
@@ -736,6 +757,7 @@ fn compile_guardrail(
             .collect(),
         prompt_injection: injection,
         json_schema,
+        webhook,
     })
 }
 

@@ -51,6 +51,36 @@ pub struct GuardrailSpec {
     /// Largest prompt accepted, in (estimated) tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u64>,
+    /// An external detector (Presidio, a moderation service, your own): the text of each
+    /// phase is POSTed to it and it answers allow, block or the spans to redact. The protocol
+    /// is in docs/guardrails.md. Answers (non-streamed) only in the Response phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// An external detector called over HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// `http` or `https` URL the check is POSTed to.
+    pub url: String,
+    /// How long to wait for its answer, such as `500ms`. Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// What a failed call (timeout, refused, an error status, an answer that is not the
+    /// protocol) does: `Closed` (default) refuses the request with 503
+    /// `guardrail_unavailable`; `Open` lets it through unchecked, logged and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+}
+
+/// Whether a guardrail that cannot decide lets traffic through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailureMode {
+    /// Refuse what could not be checked.
+    Closed,
+    /// Let it through unchecked.
+    Open,
 }
 
 /// The routes and keys a guardrail applies to (either matching is enough), in its namespace.

@@ -18,8 +18,8 @@ pub use common::{
 pub use compile::{Compiled, Diagnostic, Hashes, ResourceKey, compile, key_hash};
 pub use delta::delta;
 pub use guardrail::{
-    CheckAction, Guardrail, GuardrailPhase, GuardrailSpec, GuardrailTargets, PiiAction, PiiEntity,
-    PiiSpec,
+    CheckAction, FailureMode, Guardrail, GuardrailPhase, GuardrailSpec, GuardrailTargets,
+    PiiAction, PiiEntity, PiiSpec, WebhookSpec,
 };
 pub use key::{
     Budget, BudgetAction, BudgetPeriod, KeySecretRef, ModelRateLimits, SpendStatus, VirtualKey,

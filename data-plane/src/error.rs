@@ -105,6 +105,8 @@ pub enum ErrorKind {
     GuardrailBlocked,
     /// The shared limit store is unreachable and the limiter fails closed.
     LimitsUnavailable,
+    /// A guardrail's webhook could not decide and the guardrail fails closed.
+    GuardrailUnavailable,
     Internal,
 }
 
@@ -119,7 +121,7 @@ impl ErrorKind {
             UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => {
                 Origin::Upstream
             }
-            NotReady | LimitsUnavailable | Internal => Origin::Internal,
+            NotReady | LimitsUnavailable | GuardrailUnavailable | Internal => Origin::Internal,
         }
     }
 
@@ -149,6 +151,7 @@ impl ErrorKind {
             BudgetExceeded => "budget_exceeded",
             GuardrailBlocked => "guardrail_blocked",
             LimitsUnavailable => "limits_unavailable",
+            GuardrailUnavailable => "guardrail_unavailable",
             Internal => "internal",
         }
     }
@@ -268,7 +271,7 @@ impl ProxyError {
             ModelNotAllowed => StatusCode::FORBIDDEN,
             ModelNotFound | UnknownEndpoint => StatusCode::NOT_FOUND,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NotReady | LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | LimitsUnavailable | GuardrailUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -323,6 +326,7 @@ impl ProxyError {
             BudgetExceeded => ("insufficient_quota", Some("budget_exceeded")),
             GuardrailBlocked => ("invalid_request_error", Some("guardrail_blocked")),
             LimitsUnavailable => ("server_error", Some("limits_unavailable")),
+            GuardrailUnavailable => ("server_error", Some("guardrail_unavailable")),
             UpstreamTimeout => ("timeout_error", Some("upstream_timeout")),
             UpstreamConnect | UpstreamProtocol => {
                 ("upstream_error", Some(self.kind.metric_label()))

@@ -69,6 +69,13 @@ pub struct GuardrailLabels {
     pub action: &'static str,
 }
 
+/// A guardrail webhook call that failed, and why (`timeout`, `connect`, `status`, `invalid`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub guardrail: String,
+    pub reason: &'static str,
+}
+
 /// A pool (bounded by the config).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -115,6 +122,7 @@ pub struct Metrics {
     pub endpoint_returns: Family<BackendLabels, Counter>,
     pub health_check_failures: Family<BackendLabels, Counter>,
     pub guardrail_decisions: Family<GuardrailLabels, Counter>,
+    pub guardrail_webhook_failures: Family<WebhookLabels, Counter>,
     pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
@@ -251,6 +259,7 @@ impl Metrics {
         let endpoint_returns = Family::<BackendLabels, Counter>::default();
         let health_check_failures = Family::<BackendLabels, Counter>::default();
         let guardrail_decisions = Family::<GuardrailLabels, Counter>::default();
+        let guardrail_webhook_failures = Family::<WebhookLabels, Counter>::default();
         let pool_saturations = Family::<PoolLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let fallbacks = Family::<ClassLabels, Counter>::default();
@@ -278,6 +287,11 @@ impl Metrics {
             "guardrail_decisions",
             "Guardrail findings by guardrail, detector and action (Block, Redact, Mask, Alert)",
             guardrail_decisions.clone(),
+        );
+        registry.register(
+            "guardrail_webhook_failures",
+            "Guardrail webhook calls that gave no usable answer, by reason (timeout, connect, status, invalid)",
+            guardrail_webhook_failures.clone(),
         );
         registry.register(
             "pool_saturations",
@@ -315,6 +329,7 @@ impl Metrics {
             endpoint_returns,
             health_check_failures,
             guardrail_decisions,
+            guardrail_webhook_failures,
             pool_saturations,
             retries,
             fallbacks,

@@ -48,6 +48,7 @@ use crate::gateway::Gateway;
 use crate::llm::Incoming;
 use crate::metrics::{EndpointLabels, RequestLabels};
 use crate::policy::guard::enforce::{self, Decisions, ResponsePhase};
+use crate::policy::guard::webhook;
 use crate::{policy, route};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -143,14 +144,21 @@ pub async fn model_call(
     let mut decisions = Decisions::default();
     let mut response_phase = None;
     if !guards.is_empty() {
-        let checked = enforce::request(
+        let ctx = webhook::Context {
+            route: routed.route.id.clone(),
+            model: incoming.facts.model.clone(),
+        };
+        let checked = match enforce::request(
             &gw.metrics,
             &guards,
             &mut incoming,
             |i| crate::tokens::estimate_incoming(i, &routed.upstream_model).input,
             &mut decisions,
-        )
-        .and_then(|()| ResponsePhase::of(&guards, &incoming));
+        ) {
+            Ok(()) => webhook::request(gw, &guards, &ctx, &mut incoming, &mut decisions).await,
+            Err(e) => Err(e),
+        }
+        .and_then(|()| ResponsePhase::of(&guards, &incoming, &ctx));
         match checked {
             Ok(phase) => response_phase = phase,
             Err(e) => {
@@ -186,7 +194,8 @@ pub async fn model_call(
         permit,
         response_phase,
         &mut decisions,
-    )?;
+    )
+    .await?;
     let h = resp.headers_mut();
     if let Some(v) = decisions.header() {
         h.insert(GUARDRAILS, v);

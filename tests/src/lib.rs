@@ -3,11 +3,13 @@
 //! paths too) and Anthropic (messages), streaming included, with knobs for latency, chunking,
 //! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
 //! `procs` starts the real binaries for end-to-end tests; `redis` a real `redis-server`;
-//! `etcd` a real etcd; `kube` a real API server on it.
+//! `etcd` a real etcd; `kube` a real API server on it; `presidio` a real Microsoft Presidio
+//! behind the guardrail webhook protocol.
 
 pub mod certs;
 pub mod etcd;
 pub mod kube;
 pub mod mock;
+pub mod presidio;
 pub mod procs;
 pub mod redis;

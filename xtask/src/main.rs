@@ -188,6 +188,8 @@ fn ci(skip_lint: bool) -> Result<()> {
     codegen(true)?;
     // The real cluster binaries for the Kubernetes suite (cached by version after the first run).
     run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
+    // The real Presidio the guardrail webhook suite calls (a venv cached by version).
+    run(Command::new("bash").arg(root.join("tests/presidio/setup.sh")))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
 

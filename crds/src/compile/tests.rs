@@ -823,6 +823,26 @@ apiVersion: switchyard.dev/v1alpha1
 kind: Guardrail
 metadata: {name: blankword}
 spec: {denyWords: ["  "]}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: hooked}
+spec: {webhook: {url: "http://presidio.guard:3000/check", timeout: 250ms, failureMode: Open}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: hookdefaults}
+spec: {webhook: {url: "https://moderation.example/v1"}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: badhook}
+spec: {webhook: {url: "ftp://nope"}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Guardrail
+metadata: {name: instanthook}
+spec: {webhook: {url: "http://x", timeout: 0s}}
 "#,
     ));
     let g = c
@@ -844,6 +864,27 @@ spec: {denyWords: ["  "]}
             .map(|d| d.message.clone())
             .unwrap_or_default()
     };
+    let hook = |id: &str| {
+        c.snapshot
+            .guardrails
+            .iter()
+            .find(|g| g.id == id)
+            .and_then(|g| g.webhook.clone())
+            .expect("webhook")
+    };
+    let h = hook("default/hooked");
+    assert_eq!(
+        (h.url.as_str(), h.timeout_ms, h.fail_open),
+        ("http://presidio.guard:3000/check", 250, true)
+    );
+    let h = hook("default/hookdefaults");
+    assert_eq!(
+        (h.timeout_ms, h.fail_open),
+        (1000, false),
+        "1s, fail-closed by default"
+    );
+    assert!(msg("badhook").contains("spec.webhook.url"));
+    assert!(msg("instanthook").contains("spec.webhook.timeout"));
     assert!(msg("maskinjection").contains("Block or Alert"));
     assert!(msg("blankword").contains("denyWords[0]"));
 }

@@ -76,7 +76,7 @@ fn settle(gw: &Gateway, provider: &'static str, permit: Option<Permit>, usage: O
 /// guardrails (`guard`; what they did goes to `decisions`). A stream keeps `in_flight` (its
 /// endpoint's count of requests in flight) and the permit until it ends.
 #[allow(clippy::too_many_arguments)]
-pub fn respond(
+pub async fn respond(
     gw: &Arc<Gateway>,
     provider: &'static str,
     format: Format,
@@ -87,11 +87,9 @@ pub fn respond(
     guard: Option<ResponsePhase>,
     decisions: &mut Decisions,
 ) -> Result<Response, ProxyError> {
-    let guarded = |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
+    let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         match &guard {
-            Some(g) => Ok(g
-                .json(&gw.metrics, &body, decisions)?
-                .map_or(body, Bytes::from)),
+            Some(g) => g.answer(gw, body, decisions).await,
             None => Ok(body),
         }
     };
@@ -102,12 +100,12 @@ pub fn respond(
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
             settle(gw, provider, permit, usage);
-            json(guarded(body, decisions)?)
+            json(guarded(body, decisions).await?)
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
             settle(gw, provider, permit, Some(response.usage));
-            json(guarded(body?, decisions)?)
+            json(guarded(body?, decisions).await?)
         }
         Answer::Embeddings {
             embeddings: e,

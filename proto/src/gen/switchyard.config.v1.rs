@@ -390,6 +390,20 @@ pub struct Guardrail {
     /// JSON-schema check of answers to structured-output requests: "" off, "Block" or "Alert".
     #[prost(string, tag = "13")]
     pub json_schema: ::prost::alloc::string::String,
+    /// An external detector; unset: none.
+    #[prost(message, optional, tag = "14")]
+    pub webhook: ::core::option::Option<GuardrailWebhook>,
+}
+/// An external guardrail detector (protocol in docs/guardrails.md).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GuardrailWebhook {
+    #[prost(string, tag = "1")]
+    pub url: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub timeout_ms: u64,
+    /// Let traffic through when the call fails (else it is refused).
+    #[prost(bool, tag = "3")]
+    pub fail_open: bool,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

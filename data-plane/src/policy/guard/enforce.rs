@@ -37,6 +37,8 @@ pub struct Guard {
     /// What an answer that misses its requested JSON schema gets (`None`: not checked).
     json_schema: Option<Action>,
     max_input_tokens: u64,
+    /// An external detector, called after the built-in ones.
+    pub webhook: Option<super::webhook::Webhook>,
     keys: Vec<String>,
     key_selector: BTreeMap<String, String>,
     routes: Vec<String>,
@@ -77,6 +79,11 @@ impl Guard {
         };
         let injection = block_or_alert(&g.prompt_injection)?;
         let json_schema = block_or_alert(&g.json_schema)?;
+        let webhook = g
+            .webhook
+            .as_ref()
+            .map(super::webhook::Webhook::from_proto)
+            .transpose()?;
         Ok(Self {
             id: g.id.clone(),
             request: g.request_phase,
@@ -87,6 +94,7 @@ impl Guard {
             injection,
             json_schema,
             max_input_tokens: g.max_input_tokens,
+            webhook,
             keys: g.keys.clone(),
             key_selector: g.key_selector.clone().into_iter().collect(),
             routes: g.routes.clone(),
@@ -146,7 +154,7 @@ impl GuardSet {
 }
 
 /// Fields of a request body that carry the prompt's text.
-const TEXT_FIELDS: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
+pub(super) const TEXT_FIELDS: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
 
 /// Keys whose string values are not text to scan.
 const NOT_TEXT: &[&str] = &[
@@ -169,6 +177,12 @@ const NOT_TEXT: &[&str] = &[
     "status",
     "encrypted_content",
     "cache_control",
+    "object",
+    "finish_reason",
+    "stop_reason",
+    "stop_sequence",
+    "system_fingerprint",
+    "service_tier",
 ];
 
 /// What the guardrails did to a request, for the `x-switchyard-guardrails` header.
@@ -176,7 +190,7 @@ const NOT_TEXT: &[&str] = &[
 pub struct Decisions(Vec<(String, Action)>);
 
 impl Decisions {
-    fn note(&mut self, guard: &str, action: Action) {
+    pub(super) fn note(&mut self, guard: &str, action: Action) {
         match self.0.iter_mut().find(|(g, _)| g == guard) {
             Some((_, a)) => *a = (*a).max(action),
             None => self.0.push((guard.to_owned(), action)),
@@ -197,7 +211,7 @@ impl Decisions {
     }
 }
 
-fn count(metrics: &Metrics, guard: &str, detector: &str, action: Action) {
+pub(super) fn count(metrics: &Metrics, guard: &str, detector: &str, action: Action) {
     metrics
         .guardrail_decisions
         .get_or_create(&GuardrailLabels {
@@ -364,7 +378,7 @@ fn owner(guards: &[Arc<Guard>], entity: Entity, action: Action) -> &str {
 }
 
 /// Calls `f` on every text string of a JSON value (see [`NOT_TEXT`]).
-fn walk(
+pub(super) fn walk(
     v: &mut Value,
     f: &mut impl FnMut(&mut String) -> Result<(), Entity>,
 ) -> Result<(), Entity> {
@@ -387,6 +401,9 @@ pub struct ResponsePhase {
     pub guards: Vec<Arc<Guard>>,
     pub rules: Rules,
     pub schema: Option<SchemaRule>,
+    /// Some guardrail calls a webhook on answers (whole answers only).
+    hooked: bool,
+    ctx: super::webhook::Context,
 }
 
 /// A requested JSON schema, and the guardrail that checks answers against it.
@@ -400,8 +417,13 @@ pub struct SchemaRule {
 
 impl ResponsePhase {
     /// `None` when no guardrail of the request checks answers. `Err`: the request asked for
-    /// a schema that is not one (400).
-    pub fn of(guards: &[Arc<Guard>], incoming: &Incoming) -> Result<Option<Self>, ProxyError> {
+    /// a schema that is not one, or a stream from a route whose answers a webhook checks
+    /// (400).
+    pub fn of(
+        guards: &[Arc<Guard>],
+        incoming: &Incoming,
+        ctx: &super::webhook::Context,
+    ) -> Result<Option<Self>, ProxyError> {
         let schema_guard = guards
             .iter()
             .filter_map(|g| g.json_schema.map(|a| (g, a)))
@@ -422,11 +444,59 @@ impl ResponsePhase {
         };
         let guards: Vec<Arc<Guard>> = guards.iter().filter(|g| g.response).cloned().collect();
         let rules = Rules::union(guards.iter().map(|g| &g.rules));
-        Ok((!rules.is_empty() || schema.is_some()).then_some(Self {
-            guards,
-            rules,
-            schema,
-        }))
+        let hooked = guards.iter().find(|g| g.webhook.is_some());
+        if let Some(g) = hooked
+            && incoming.facts.stream
+        {
+            return Err(ProxyError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "Guardrail {} checks answers with a webhook, which needs the whole answer: ask without `stream`.",
+                    g.id
+                ),
+            ));
+        }
+        let hooked = hooked.is_some();
+        Ok(
+            (!rules.is_empty() || schema.is_some() || hooked).then(|| Self {
+                hooked,
+                guards,
+                rules,
+                schema,
+                ctx: ctx.clone(),
+            }),
+        )
+    }
+
+    /// A whole answer (the client's JSON) through the built-in detectors, then the webhooks.
+    pub async fn answer(
+        &self,
+        gw: &crate::gateway::Gateway,
+        body: bytes::Bytes,
+        decisions: &mut Decisions,
+    ) -> Result<bytes::Bytes, ProxyError> {
+        let body = self
+            .json(&gw.metrics, &body, decisions)?
+            .map_or(body, bytes::Bytes::from);
+        if !self.hooked {
+            return Ok(body);
+        }
+        let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
+            return Ok(body);
+        };
+        let changed = super::webhook::check(
+            gw,
+            self.guards.iter(),
+            super::webhook::Phase::Response,
+            &self.ctx,
+            &mut [&mut value],
+            decisions,
+        )
+        .await?;
+        Ok(match changed {
+            true => serde_json::to_vec(&value).map_or(body, bytes::Bytes::from),
+            false => body,
+        })
     }
 
     /// Checks an answer's text against the requested schema: `Err` when a `Block` guardrail

@@ -7,6 +7,7 @@ pub mod events;
 pub mod phrases;
 pub mod schema;
 pub mod stream;
+pub mod webhook;
 
 use detect::Entity;
 
