@@ -21,6 +21,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
+    /// The audit trail, when on.
+    audit: std::sync::OnceLock<crate::audit::Auditor>,
     ever_ready: std::sync::atomic::AtomicBool,
     /// Set on SIGTERM: readiness is false from then on.
     draining: std::sync::atomic::AtomicBool,
@@ -44,9 +46,19 @@ impl Gateway {
             limiter: limiter(metrics.clone()),
             metrics,
             body_limit,
+            audit: std::sync::OnceLock::new(),
             ever_ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Turns the audit trail on (once, at start).
+    pub fn set_auditor(&self, a: crate::audit::Auditor) {
+        let _ = self.audit.set(a);
+    }
+
+    pub fn auditor(&self) -> Option<&crate::audit::Auditor> {
+        self.audit.get()
     }
 
     /// Takes the data plane out of rotation (SIGTERM).

@@ -5,6 +5,7 @@
 //! control plane (fleet mode) or a directory (standalone). `stack.rs` is the map.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod dialect;
 pub mod error;
@@ -54,6 +55,7 @@ pub struct Options {
     pub stack: stack::StackOptions,
     pub limits: LimitOptions,
     pub shutdown: ShutdownOptions,
+    pub audit: audit::AuditOptions,
 }
 
 /// What happens on SIGTERM: readiness goes false at once; after `delay` (for load balancers
@@ -139,6 +141,15 @@ pub async fn run(
             "no --redis-url: rate limits and budgets are counted per proxy, not across the fleet"
         );
     }
+    let audit_writer = if opts.audit.enabled() {
+        let (auditor, writer) =
+            audit::Auditor::start(opts.audit.clone(), gw.metrics.clone()).await?;
+        tracing::info!(dir = ?opts.audit.dir, redis = opts.audit.redis_url.is_some(), signed = opts.audit.key.is_some(), "audit trail on");
+        gw.set_auditor(auditor);
+        Some(writer)
+    } else {
+        None
+    };
     match &opts.source {
         ConfigSource::Directory(dir) => {
             let fp = switchyard_crds::fs::fingerprint(dir)?;
@@ -174,7 +185,7 @@ pub async fn run(
         let _ = stop.wait_for(|s| *s).await;
         tokio::time::sleep(delay + drain).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         r = serve => {
             tracing::info!("drained: every request finished");
             r
@@ -183,7 +194,12 @@ pub async fn run(
             tracing::warn!("drain deadline passed: exiting with requests still in flight");
             Ok(())
         }
+    };
+    if let Some(w) = audit_writer {
+        w.close().await;
+        tracing::info!("audit trail closed");
     }
+    served
 }
 
 async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {

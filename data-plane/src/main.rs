@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use switchyard_data_plane::audit::AuditOptions;
 use switchyard_data_plane::{
     ConfigSource, LimitOptions, Options, ShutdownOptions, stack::StackOptions, xds::ClientOptions,
 };
@@ -86,6 +87,94 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Audit trail: a record per request, hash-chained, in JSON-lines files in this
+    /// directory (rotated by `--audit-max-file-bytes`).
+    #[arg(long, env = "SWITCHYARD_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Size at which an audit file is closed and the next one started.
+    #[arg(long, env = "SWITCHYARD_AUDIT_MAX_FILE_BYTES", default_value_t = 64 << 20)]
+    audit_max_file_bytes: u64,
+    /// Audit files kept (the oldest are deleted); 0 keeps every file.
+    #[arg(long, env = "SWITCHYARD_AUDIT_MAX_FILES", default_value_t = 0)]
+    audit_max_files: usize,
+    /// Audit trail into a Redis stream shared by the fleet (`audit export` drains it), e.g.
+    /// redis://redis:6379/0.
+    #[arg(long, env = "SWITCHYARD_AUDIT_REDIS_URL")]
+    audit_redis_url: Option<String>,
+    /// The audit stream's key.
+    #[arg(
+        long,
+        env = "SWITCHYARD_AUDIT_STREAM",
+        default_value = "switchyard:audit"
+    )]
+    audit_stream: String,
+    /// The audit stream's approximate bound (XADD MAXLEN ~).
+    #[arg(
+        long,
+        env = "SWITCHYARD_AUDIT_STREAM_MAXLEN",
+        default_value_t = 1_000_000
+    )]
+    audit_stream_maxlen: u64,
+    /// File with the key that signs audit checkpoints (HMAC-SHA256), e.g. a mounted Secret.
+    #[arg(long, env = "SWITCHYARD_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+    /// Audit records held per sink while it is down, before they are dropped (counted).
+    #[arg(long, env = "SWITCHYARD_AUDIT_BUFFER", default_value_t = 10_000)]
+    audit_buffer: usize,
+    /// A signed checkpoint at least this often while records flow.
+    #[arg(long, env = "SWITCHYARD_AUDIT_CHECKPOINT_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
+    audit_checkpoint_every: std::time::Duration,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Audit trail tools.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCmd {
+    /// Checks audit files; names the first record edited, deleted, inserted or reordered.
+    /// Exit code 0: intact; 1: tampered.
+    Verify {
+        /// The key checkpoints were signed with (without it signatures are not checked).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Drains the fleet's audit stream into a new JSON-lines file in `--out` (entries are
+    /// deleted from Redis once written and synced).
+    Export {
+        #[arg(long)]
+        redis_url: String,
+        #[arg(long, default_value = "switchyard:audit")]
+        stream: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+async fn audit_command(cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::Verify { key_file, files } => {
+            let code = switchyard_data_plane::audit::verify::command(&files, key_file.as_deref())?;
+            std::process::exit(code)
+        }
+        AuditCmd::Export {
+            redis_url,
+            stream,
+            out,
+        } => {
+            let (path, n) =
+                switchyard_data_plane::audit::sink::export(&redis_url, &stream, &out).await?;
+            println!("exported {n} record(s) to {}", path.display());
+            Ok(())
+        }
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -131,6 +220,9 @@ async fn shutdown_signal() {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    if let Some(Cmd::Audit(cmd)) = args.command {
+        return audit_command(cmd).await;
+    }
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
     let urls: Option<Vec<String>> = args.control_plane.as_deref().map(|list| {
         list.split(',')
@@ -198,11 +290,30 @@ async fn main() -> Result<()> {
             redis_timeout: args.redis_timeout,
             fail_mode: args.redis_fail_mode,
             fleet_size: args.fleet_size.max(1),
-            node_id,
+            node_id: node_id.clone(),
         },
         shutdown: ShutdownOptions {
             delay: args.shutdown_delay,
             drain: args.drain_timeout,
+        },
+        audit: AuditOptions {
+            dir: args.audit_dir,
+            max_file_bytes: args.audit_max_file_bytes,
+            max_files: args.audit_max_files,
+            redis_url: args.audit_redis_url,
+            stream: args.audit_stream,
+            stream_maxlen: args.audit_stream_maxlen,
+            key: args
+                .audit_key_file
+                .map(|p| {
+                    std::fs::read(&p)
+                        .map(|k| k.trim_ascii().to_vec())
+                        .with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?,
+            buffer: args.audit_buffer,
+            checkpoint_every: args.audit_checkpoint_every,
+            node: node_id.clone(),
         },
     };
     switchyard_data_plane::run(opts, shutdown_signal())

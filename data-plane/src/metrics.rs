@@ -76,6 +76,12 @@ pub struct WebhookLabels {
     pub reason: &'static str,
 }
 
+/// An audit sink (`file` or `redis`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditSinkLabels {
+    pub sink: &'static str,
+}
+
 /// A pool (bounded by the config).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -123,6 +129,9 @@ pub struct Metrics {
     pub health_check_failures: Family<BackendLabels, Counter>,
     pub guardrail_decisions: Family<GuardrailLabels, Counter>,
     pub guardrail_webhook_failures: Family<WebhookLabels, Counter>,
+    pub audit_records: Family<AuditSinkLabels, Counter>,
+    pub audit_sink_errors: Family<AuditSinkLabels, Counter>,
+    pub audit_dropped: Counter,
     pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
@@ -261,6 +270,24 @@ impl Metrics {
         let guardrail_decisions = Family::<GuardrailLabels, Counter>::default();
         let guardrail_webhook_failures = Family::<WebhookLabels, Counter>::default();
         let pool_saturations = Family::<PoolLabels, Counter>::default();
+        let audit_records = Family::<AuditSinkLabels, Counter>::default();
+        let audit_sink_errors = Family::<AuditSinkLabels, Counter>::default();
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_records",
+            "Audit records written, by sink (file, redis)",
+            audit_records.clone(),
+        );
+        registry.register(
+            "audit_sink_errors",
+            "Failed writes to an audit sink (its records are held and retried)",
+            audit_sink_errors.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit records dropped because the queue or a failing sink's buffer was full",
+            audit_dropped.clone(),
+        );
         let retries = Family::<RetryLabels, Counter>::default();
         let fallbacks = Family::<ClassLabels, Counter>::default();
         registry.register(
@@ -330,6 +357,9 @@ impl Metrics {
             health_check_failures,
             guardrail_decisions,
             guardrail_webhook_failures,
+            audit_records,
+            audit_sink_errors,
+            audit_dropped,
             pool_saturations,
             retries,
             fallbacks,

@@ -138,7 +138,16 @@ pub async fn model_call(
     key: &KeyEntry,
     mut incoming: Incoming,
 ) -> Result<Response, ProxyError> {
+    let audit = crate::audit::current();
     let routed = route::resolve(cfg, key, &incoming.facts.model)?;
+    if let Some(a) = &audit {
+        a.routed(
+            &key.id,
+            &routed.route.id,
+            &incoming.facts.model,
+            incoming.facts.stream,
+        );
+    }
     let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
     let guards = cfg.guards.of(&routed.route.id, key);
     let mut decisions = Decisions::default();
@@ -184,7 +193,10 @@ pub async fn model_call(
         p.reprice(served.price);
     }
     let (attempts, backend) = (served.attempts, served.backend);
-    let mut resp = frontdoor::respond(
+    if let Some(a) = &audit {
+        a.served(backend.to_str().unwrap_or_default(), served.price);
+    }
+    let resp = frontdoor::respond(
         gw,
         served.provider,
         incoming.format,
@@ -194,10 +206,16 @@ pub async fn model_call(
         permit,
         response_phase,
         &mut decisions,
+        audit.clone(),
     )
-    .await?;
+    .await;
+    let header = decisions.header();
+    if let (Some(a), Some(v)) = (&audit, &header) {
+        a.guardrails(v.to_str().unwrap_or_default());
+    }
+    let mut resp = resp?;
     let h = resp.headers_mut();
-    if let Some(v) = decisions.header() {
+    if let Some(v) = header {
         h.insert(GUARDRAILS, v);
     }
     h.insert(route::ATTEMPTS, route::attempts_header(attempts));
@@ -258,6 +276,15 @@ where
         let endpoint = endpoint_label(req.uri().path());
         let started = Instant::now();
         let gw = self.gw.clone();
+        // The audit record of the request, filled in on the way (see `audit`).
+        let slot = gw.auditor().map(|a| {
+            let h = req.headers();
+            let id = h
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            a.open(id, crate::audit::trace_id(h.get("traceparent")), endpoint)
+        });
         let admitted = self
             .limiter
             .clone()
@@ -267,7 +294,10 @@ where
         Box::pin(async move {
             let resp = match admitted {
                 Some((permit, fut)) => {
-                    let resp = fut.await?;
+                    let resp = match &slot {
+                        Some(s) => crate::audit::scope(s.clone(), fut).await?,
+                        None => fut.await?,
+                    };
                     let streaming = resp
                         .headers()
                         .get(header::CONTENT_TYPE)
@@ -279,6 +309,7 @@ where
                             axum::body::Body::new(Held {
                                 body,
                                 _permit: permit,
+                                _audit: slot.clone(),
                             })
                         })
                     } else {
@@ -295,6 +326,9 @@ where
                 }
             };
             let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
+            if let Some(s) = &slot {
+                s.status(resp.status().as_u16(), error);
+            }
             gw.metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -316,6 +350,8 @@ where
 struct Held {
     body: axum::body::Body,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The audit record goes out when the stream ends.
+    _audit: Option<crate::audit::Slot>,
 }
 
 impl http_body::Body for Held {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 
 use super::stream::{self, Renderer, Source, Step};
+use crate::audit::Slot;
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
@@ -63,9 +64,18 @@ pub(super) fn renderer(
     }
 }
 
-fn settle(gw: &Gateway, provider: &'static str, permit: Option<Permit>, usage: Option<Usage>) {
+fn settle(
+    gw: &Gateway,
+    provider: &'static str,
+    permit: Option<Permit>,
+    audit: Option<&Slot>,
+    usage: Option<Usage>,
+) {
     if let Some(u) = usage {
         gw.metrics.record_usage(provider, u);
+        if let Some(a) = audit {
+            a.usage(&u);
+        }
     }
     if let Some(p) = permit {
         p.settle(usage);
@@ -86,6 +96,7 @@ pub async fn respond(
     permit: Option<Permit>,
     guard: Option<ResponsePhase>,
     decisions: &mut Decisions,
+    audit: Option<Slot>,
 ) -> Result<Response, ProxyError> {
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         match &guard {
@@ -99,23 +110,23 @@ pub async fn respond(
         .filter(|h| !h.is_empty());
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
-            settle(gw, provider, permit, usage);
+            settle(gw, provider, permit, audit.as_ref(), usage);
             json(guarded(body, decisions).await?)
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
-            settle(gw, provider, permit, Some(response.usage));
+            settle(gw, provider, permit, audit.as_ref(), Some(response.usage));
             json(guarded(body?, decisions).await?)
         }
         Answer::Embeddings {
             embeddings: e,
             base64,
         } => {
-            settle(gw, provider, permit, Some(e.usage));
+            settle(gw, provider, permit, audit.as_ref(), Some(e.usage));
             json(embeddings::render(&e, base64)?)
         }
         Answer::Tokens(n) => {
-            settle(gw, provider, permit, Some(Usage::default()));
+            settle(gw, provider, permit, audit.as_ref(), Some(Usage::default()));
             json(crate::llm::to_bytes(
                 &serde_json::json!({"input_tokens": n}),
             )?)
@@ -171,6 +182,7 @@ pub async fn respond(
                 permit,
                 Some(in_flight),
                 guard,
+                audit,
             )
         }
         Answer::MockStream { events, echo } => stream::response(
@@ -182,6 +194,7 @@ pub async fn respond(
             permit,
             Some(in_flight),
             guard,
+            audit,
         ),
     };
     if let Some(h) = rate {

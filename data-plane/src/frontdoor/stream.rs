@@ -210,6 +210,8 @@ struct Driver {
     in_flight: Option<InFlight>,
     /// The response phase of the request's guardrails, on the canonical events.
     guard: Option<Guarded>,
+    /// The request's audit record, given the usage when the stream ends.
+    audit: Option<crate::audit::Slot>,
 }
 
 impl Driver {
@@ -451,6 +453,14 @@ impl Driver {
             }
         };
         self.gw.metrics.record_usage(self.provider, usage);
+        if let Some(a) = &self.audit {
+            a.usage(&usage);
+            if self.blocked {
+                a.ended("guardrail_blocked");
+            } else if !self.saw_end {
+                a.ended("incomplete");
+            }
+        }
         if let Some(g) = &self.guard {
             g.record(&self.gw.metrics);
         }
@@ -492,6 +502,7 @@ pub(super) fn response(
     permit: Option<Permit>,
     in_flight: Option<InFlight>,
     guard: Option<ResponsePhase>,
+    audit: Option<crate::audit::Slot>,
 ) -> Response {
     let driver = Driver {
         gw,
@@ -509,6 +520,7 @@ pub(super) fn response(
         permit,
         in_flight,
         guard: guard.map(Guarded::new),
+        audit,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))
