@@ -6,7 +6,9 @@
 //! 2. sensitive headers — before anything can log them: `authorization`, `x-api-key`
 //! 3. request id — set early so every later log line and the response carry it
 //! 4. trace span — one span per request, with the id, for logs and traces
-//! 5. metrics + shedding — sees every response, errors included; 503 beyond max concurrency
+//! 5. metrics + shedding + audit — sees every response, errors included; 503 beyond max
+//!    concurrency; opens the request's audit record, which the later steps fill in and which
+//!    goes to the audit writer when the response (or its stream) ends
 //! 6. front door — authenticate (a hash lookup: the cheapest rejection), read the body under
 //!    its limit, check it in the caller's format, parsed only as far as policies need
 //! 7. route — the model names a route; 404 unknown, 403 not allowed for this key

@@ -241,6 +241,38 @@ async fn kubernetes_end_to_end() {
         Some(&rendered),
     )
     .unwrap_or_else(|e| panic!("server-side dry run of the chart: {e}"));
+    // With the audit trail on (Redis stream, files, signing key), it renders and validates.
+    let audited = kube
+        .helm(&[
+            "template",
+            RELEASE,
+            &chart,
+            "-n",
+            SYSTEM_NAMESPACE,
+            "--kube-version",
+            &server_version,
+            "--set",
+            "audit.enabled=true,audit.files.enabled=true,audit.keySecretRef.name=audit-key,redis.bundled.enabled=true",
+        ])
+        .unwrap_or_else(|e| panic!("helm template with audit: {e}"));
+    assert!(
+        audited.contains("SWITCHYARD_AUDIT_REDIS_URL")
+            && audited.contains("SWITCHYARD_AUDIT_KEY_FILE")
+            && audited.contains("mountPath: /var/lib/switchyard/audit"),
+        "the audit settings reach the data plane"
+    );
+    kube.kubectl_stdin(
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-f",
+            "-",
+        ],
+        Some(&audited),
+    )
+    .unwrap_or_else(|e| panic!("server-side dry run of the chart with audit: {e}"));
     kube.helm(&[
         "install",
         RELEASE,

@@ -54,6 +54,46 @@ app.kubernetes.io/component: data-plane
 {{- end }}
 {{- end -}}
 
+{{/* The audit trail's settings for the data plane. */}}
+{{- define "switchyard.auditEnv" -}}
+{{- if .Values.audit.enabled }}
+{{- if .Values.audit.redisStream }}
+{{- if .Values.redis.cluster }}
+{{- fail "audit.redisStream does not work with redis.cluster: use audit.files, or a separate Redis" }}
+{{- end }}
+{{- if .Values.redis.urlSecretRef.name }}
+- name: SWITCHYARD_AUDIT_REDIS_URL
+  valueFrom: {secretKeyRef: {name: {{ .Values.redis.urlSecretRef.name | quote }}, key: {{ .Values.redis.urlSecretRef.key | default "url" | quote }}}}
+{{- else if include "switchyard.redisUrl" . }}
+- name: SWITCHYARD_AUDIT_REDIS_URL
+  value: {{ include "switchyard.redisUrl" . | quote }}
+{{- else }}
+{{- fail "audit.redisStream needs redis.url, redis.urlSecretRef or redis.bundled" }}
+{{- end }}
+- name: SWITCHYARD_AUDIT_STREAM
+  value: {{ .Values.audit.stream | quote }}
+- name: SWITCHYARD_AUDIT_STREAM_MAXLEN
+  value: {{ .Values.audit.streamMaxLen | int64 | quote }}
+{{- end }}
+{{- if .Values.audit.files.enabled }}
+- name: SWITCHYARD_AUDIT_DIR
+  value: /var/lib/switchyard/audit
+- name: SWITCHYARD_AUDIT_MAX_FILE_BYTES
+  value: {{ .Values.audit.files.maxFileBytes | int64 | quote }}
+- name: SWITCHYARD_AUDIT_MAX_FILES
+  value: {{ .Values.audit.files.maxFiles | int64 | quote }}
+{{- end }}
+{{- if .Values.audit.keySecretRef.name }}
+- name: SWITCHYARD_AUDIT_KEY_FILE
+  value: /etc/switchyard/audit-key/key
+{{- end }}
+- name: SWITCHYARD_AUDIT_BUFFER
+  value: {{ .Values.audit.buffer | int64 | quote }}
+- name: SWITCHYARD_AUDIT_CHECKPOINT_EVERY
+  value: {{ .Values.audit.checkpointEvery | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* NetworkPolicy peers allowed on admin ports: the release namespace and the named ones. */}}
 {{- define "switchyard.adminPeers" -}}
 - podSelector: {}
