@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
+mod audit;
 mod faults;
 mod guards;
 mod limits;
@@ -38,6 +39,7 @@ pub(crate) struct BenchOpts {
     pub(crate) faults_only: bool,
     /// Only scenarios a, b and h (guardrails), printed, nothing written to docs/.
     pub(crate) guardrails_only: bool,
+    pub(crate) audit_only: bool,
 }
 
 struct Proc(Child);
@@ -498,6 +500,14 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         println!("h: {}", m.summary);
         return Ok(());
     }
+    if opts.audit_only {
+        let m = audit::run(&bin, &work, d, &auth, &body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("i: {}", m.summary);
+        return Ok(());
+    }
     if opts.faults_only {
         let m = faults::run(&bin, &work, d, &body)?;
         for (scenario, r) in &m.rows {
@@ -568,6 +578,16 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         m.summary
     };
     println!("g: {scenario_g}");
+
+    // i. the audit trail: off, to files, to files and Redis.
+    let scenario_i = {
+        let m = audit::run(&bin, &work, d, &auth, &body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        m.summary
+    };
+    println!("i: {scenario_i}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -751,6 +771,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     );
     let _ = writeln!(md, "- d. {scenario_d}.");
     let _ = writeln!(md, "- g. {scenario_g}.");
+    let _ = writeln!(md, "- i. {scenario_i}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",

@@ -50,6 +50,10 @@ enum Cmd {
         /// time to first token, a 1 MB prompt), printed; docs/ is left alone.
         #[arg(long)]
         guardrails_only: bool,
+        /// Only scenarios a, b and i (the audit trail off, to files, to files and Redis:
+        /// c=1 and c=32), printed; docs/ is left alone.
+        #[arg(long)]
+        audit_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
             scale_only,
             faults_only,
             guardrails_only,
+            audit_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
                 scale_only,
                 faults_only,
                 guardrails_only,
+                audit_only,
             },
         ),
     }
@@ -205,6 +211,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 scale_only: false,
                 faults_only: false,
                 guardrails_only: false,
+                audit_only: false,
             },
         )?;
     } else {

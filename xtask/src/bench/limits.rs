@@ -51,7 +51,7 @@ spec:
 }
 
 /// A `redis-server` on a free port pinned to CPU 1, if Redis is installed.
-fn start_redis(work: &Path) -> Result<Option<(Proc, String)>> {
+pub(super) fn start_redis(work: &Path) -> Result<Option<(Proc, String)>> {
     let bin = PathBuf::from("/usr/bin/redis-server");
     if !bin.exists() {
         return Ok(None);

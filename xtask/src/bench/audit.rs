@@ -1,0 +1,107 @@
+//! Scenario i: the audit trail's cost on the request path. Three gateways on the bench
+//! config, started alike (pinned to CPU 0, one worker): without the trail, writing signed
+//! JSON-lines files, and writing files plus the fleet's Redis stream (when Redis is
+//! installed). Each is measured at c=1 (added latency) and c=32 (throughput).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Measured, Proc, free_port, spawn, wait_http, wrk};
+
+fn start_gateway(bin: &Path, work: &Path, name: &str, extra: &[String]) -> Result<(Proc, String)> {
+    let (api, admin) = (free_port(), free_port());
+    let mut args = vec![
+        "--config".to_owned(),
+        work.join("config").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{api}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    args.extend_from_slice(extra);
+    let p = spawn(
+        "switchyard-audit",
+        Some("0"),
+        &bin.join("switchyard-data-plane"),
+        &args,
+        &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "warn")],
+        &work.join(format!("gateway-audit-{name}.log")),
+    )?;
+    wait_http(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(20),
+    )?;
+    Ok((p, format!("http://127.0.0.1:{api}/v1/chat/completions")))
+}
+
+pub(super) fn run(
+    bin: &Path,
+    work: &Path,
+    duration: Duration,
+    auth: &str,
+    body: &str,
+) -> Result<Measured> {
+    let dir = work.join("audit");
+    let _ = std::fs::remove_dir_all(&dir);
+    let key = work.join("audit.key");
+    std::fs::write(&key, "bench-audit-key")?;
+    let files = vec![
+        "--audit-dir".to_owned(),
+        dir.display().to_string(),
+        "--audit-key-file".into(),
+        key.display().to_string(),
+    ];
+    let redis = super::limits::start_redis(work)?;
+    let mut variants = vec![("off", Vec::new()), ("files", files.clone())];
+    if let Some((_, url)) = &redis {
+        let mut both = files;
+        both.extend(["--audit-redis-url".to_owned(), url.clone()]);
+        variants.push(("files+redis", both));
+    }
+    let headers = [("Authorization", auth)];
+    let mut rows = Vec::new();
+    for (name, extra) in &variants {
+        let (_gw, url) = start_gateway(bin, work, name, extra)?;
+        for c in [1u32, 32] {
+            let r = wrk(&url, c, duration, &headers, body, work)?;
+            rows.push((format!("i: audit {name} c={c}"), r));
+        }
+    }
+    let find = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    let off = (find("i: audit off c=1"), find("i: audit off c=32"));
+    let mut parts = Vec::new();
+    for (name, _) in variants.iter().skip(1) {
+        let (c1, c32) = (
+            find(&format!("i: audit {name} c=1")),
+            find(&format!("i: audit {name} c=32")),
+        );
+        parts.push(format!(
+            "{name}: c=1 p50 {:.0} us ({:+.0} us), c=32 {:.0} req/s ({:+.1}%)",
+            c1.p50_us,
+            c1.p50_us - off.0.p50_us,
+            c32.rps,
+            100.0 * (c32.rps / off.1.rps.max(1.0) - 1.0)
+        ));
+    }
+    let lines = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .map(|t| t.lines().count())
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    let summary = format!(
+        "audit trail off: c=1 p50 {:.0} us, c=32 {:.0} req/s; {}; {lines} audit lines written",
+        off.0.p50_us,
+        off.1.rps,
+        parts.join("; ")
+    );
+    Ok(Measured { rows, summary })
+}
