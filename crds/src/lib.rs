@@ -29,7 +29,9 @@ pub use pool::{
     ConnectionPool, HealthCheck, LoadBalancingStrategy, MockSettings, OutlierDetection,
     PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind, ProviderPool, ProviderPoolSpec,
 };
-pub use route::{FallbackGroup, KeySelector, LLMRoute, LLMRouteSpec, RetryPolicy, RouteBackend};
+pub use route::{
+    FallbackGroup, KeySelector, LLMRoute, LLMRouteSpec, RetryPolicy, RouteAudit, RouteBackend,
+};
 pub use world::World;
 
 use kube::CustomResourceExt;

@@ -50,6 +50,19 @@ pub struct LLMRouteSpec {
     /// Rate limits over everything sent through this route, by every key together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RateLimits>,
+    /// What the audit trail records of this route's requests (when the data planes run one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<RouteAudit>,
+}
+
+/// A route's audit settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteAudit {
+    /// Also record the prompt's text and the answer's text, as they left the gateway: after
+    /// the guardrails redacted them. Each is cut at 64 KiB. Default false.
+    #[serde(default)]
+    pub include_text: bool,
 }
 
 /// One backend of a route.

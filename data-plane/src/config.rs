@@ -183,6 +183,8 @@ pub struct RouteEntry {
     pub fallbacks: Vec<FallbackEntry>,
     pub key_selector: BTreeMap<String, String>,
     pub limits: Limits,
+    /// The audit trail records prompt and answer text.
+    pub audit_text: bool,
 }
 
 impl RouteEntry {
@@ -469,6 +471,7 @@ impl RuntimeConfig {
                 fallbacks,
                 key_selector: r.key_selector.clone(),
                 limits: Limits::from_proto(r.limits),
+                audit_text: r.audit_text,
             }));
         }
         let mut exact_routes = HashMap::new();

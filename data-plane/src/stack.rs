@@ -148,6 +148,7 @@ pub async fn model_call(
             &routed.route.id,
             &incoming.facts.model,
             incoming.facts.stream,
+            routed.route.audit_text,
         );
     }
     let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
@@ -179,6 +180,10 @@ pub async fn model_call(
                 return Err(e);
             }
         }
+    }
+    if let Some(a) = audit.as_ref().filter(|a| a.wants_text()) {
+        // As it goes upstream: after the request phase redacted it.
+        a.prompt(enforce::prompt_text(&incoming));
     }
     // The cache lookup takes its place here.
     let served = match route::call(gw, &routed, &incoming).await {

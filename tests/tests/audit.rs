@@ -18,6 +18,9 @@ use switchyard_tests::redis::RedisServer;
 
 const KEY: &str = "audit-hmac-key-of-the-fleet";
 
+/// A route whose requests are recorded with their text, behind a redacting guardrail.
+const AUDITED: &str = "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: audited}\nspec: {models: [audited], backends: [{pool: openai, model: mock-gpt}], audit: {includeText: true}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: Guardrail\nmetadata: {name: pii}\nspec: {targets: {routes: [audited]}, phases: [Request, Response], pii: {entities: [Email], action: Redact}}\n";
+
 fn audit_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -80,6 +83,7 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
+    std::fs::write(cfg.join("audited.yaml"), AUDITED).expect("write");
     let key_file = dir.join("audit.key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
     let audit = dir.join("audit");
@@ -124,6 +128,25 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
     }
     let sse = stream_chat(&api, CLIENT_KEY).await;
     assert!(sse.contains("[DONE]"), "{sse}");
+    // A route that records text: after its guardrail redacted it, whole and streamed.
+    let (s, _, b) = post(
+        &url,
+        Some(CLIENT_KEY),
+        &chat_body("audited", "mock.echo=1 write to jane.doe@example.com today"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let resp = client()
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"model": "audited", "stream": true,
+            "messages": [{"role": "user", "content": "mock.echo=1 stream to bob@example.org now"}]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status(), 200);
+    let sse = resp.text().await.expect("body");
+    assert!(sse.contains("[DONE]") && !sse.contains("bob@"), "{sse}");
     let (s, _, _) = post(&url, Some("sk-not-a-key"), &chat_body("mock-gpt", "hi")).await;
     assert_eq!(s, 401);
     let (s, _, _) = post(&url, Some(CLIENT_KEY), &chat_body("no-such-model", "hi")).await;
@@ -138,7 +161,35 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
         .filter(|l| l["kind"] == "request")
         .map(|l| &l["record"])
         .collect();
-    assert_eq!(records.len(), 15, "one record per request: {all:#?}");
+    assert_eq!(records.len(), 17, "one record per request: {all:#?}");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["route"] != "default/audited")
+            .all(|r| r.get("prompt").is_none() && r.get("response").is_none()),
+        "no text unless the route opts in"
+    );
+    let texts: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["route"] == "default/audited")
+        .map(|r| {
+            (
+                r["prompt"].as_str().unwrap_or("?"),
+                r["response"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (
+                "mock.echo=1 write to [EMAIL] today",
+                "write to [EMAIL] today"
+            ),
+            ("mock.echo=1 stream to [EMAIL] now", "stream to [EMAIL] now"),
+        ],
+        "redacted text, whole and streamed"
+    );
     let first = records
         .iter()
         .find(|r| r["request_id"] == ids[0])

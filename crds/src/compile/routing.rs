@@ -433,6 +433,7 @@ pub(super) fn compile_route(
         load_balancing: load_balancing(spec.load_balancing).into(),
         retry: Some(compile_retry(spec.retries.as_ref())?),
         fallbacks,
+        audit_text: spec.audit.as_ref().is_some_and(|a| a.include_text),
     })
 }
 

@@ -105,10 +105,34 @@ pub struct Record {
     /// Set when the request was a stream that ended without its normal end.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub ended: &'static str,
+    /// The prompt's text as it went upstream (after the guardrails), when the route opts in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The answer's text as the client got it, when the route opts in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// Most text kept of a prompt or an answer.
+pub const MAX_TEXT: usize = 64 << 10;
+
+/// `text` cut at [`MAX_TEXT`] bytes (on a character boundary), marked when cut.
+pub fn capped(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut at = MAX_TEXT;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str("…[truncated]");
+    }
+    text
 }
 
 struct Open {
     record: Record,
+    /// The route records text.
+    text: bool,
     started: Instant,
     price: Price,
     at: SystemTime,
@@ -138,14 +162,30 @@ impl Slot {
         f(&mut open);
     }
 
-    /// Who asked and what served it.
-    pub fn routed(&self, key: &str, route: &str, model: &str, stream: bool) {
+    /// Who asked and what served it; `text`: the route records prompt and answer text.
+    pub fn routed(&self, key: &str, route: &str, model: &str, stream: bool, text: bool) {
         self.with(|o| {
             o.record.key = key.to_owned();
             o.record.route = route.to_owned();
             o.record.model = model.to_owned();
             o.record.stream = stream;
+            o.text = text;
         });
+    }
+
+    /// Whether the route records text.
+    pub fn wants_text(&self) -> bool {
+        let mut text = false;
+        self.with(|o| text = o.text);
+        text
+    }
+
+    pub fn prompt(&self, text: String) {
+        self.with(|o| o.record.prompt = Some(capped(text)));
+    }
+
+    pub fn response(&self, text: String) {
+        self.with(|o| o.record.response = Some(capped(text)));
     }
 
     pub fn served(&self, backend: &str, price: Price) {
@@ -243,6 +283,7 @@ impl Auditor {
                     cache: "none",
                     ..Record::default()
                 },
+                text: false,
                 started: Instant::now(),
                 price: Price::default(),
                 at: SystemTime::now(),

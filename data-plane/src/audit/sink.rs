@@ -19,6 +19,10 @@ use crate::metrics::{AuditSinkLabels, Metrics};
 /// Most lines sealed and written in one go per sink.
 const BATCH: usize = 512;
 
+/// How long the writer gathers records before it writes: one file write and one Redis
+/// pipeline per window instead of per record.
+const GATHER: Duration = Duration::from_millis(20);
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -256,7 +260,13 @@ async fn run(
     let mut closing = false;
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { closing = true },
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    closing = true;
+                } else {
+                    closing = gather(&mut rx, &mut batch).await;
+                }
+            }
             _ = tick.tick() => {}
             _ = &mut stopped, if !closing => {
                 closing = true;
@@ -284,6 +294,22 @@ async fn run(
             return;
         }
     }
+}
+
+/// Adds what arrives within [`GATHER`] (up to a batch); true when the queue closed.
+async fn gather(
+    rx: &mut mpsc::Receiver<(SystemTime, Record)>,
+    batch: &mut Vec<(SystemTime, Record)>,
+) -> bool {
+    let until = tokio::time::Instant::now() + GATHER;
+    while batch.len() < BATCH {
+        match tokio::time::timeout_at(until, rx.recv_many(batch, BATCH - batch.len())).await {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    false
 }
 
 /// JSON-lines files `audit-<node>-<start ms>-<n>.jsonl`, rotated by size.

@@ -98,11 +98,20 @@ pub async fn respond(
     decisions: &mut Decisions,
     audit: Option<Slot>,
 ) -> Result<Response, ProxyError> {
+    let wants_text = audit.as_ref().is_some_and(Slot::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
-        match &guard {
-            Some(g) => g.answer(gw, body, decisions).await,
-            None => Ok(body),
+        let body = match &guard {
+            Some(g) => g.answer(gw, body, decisions).await?,
+            None => body,
+        };
+        if wants_text
+            && let Some(a) = &audit
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            // As the client gets it: after the response phase.
+            a.response(crate::policy::guard::schema::answer_text(format, &v).unwrap_or_default());
         }
+        Ok(body)
     };
     let rate = permit
         .as_ref()
@@ -141,7 +150,7 @@ pub async fn respond(
             let step = match spec {
                 // Guardrails read the answer's text: same-format streams are decoded and
                 // rendered again in that format.
-                StreamSpec::Pass if guard.is_some() => Step::Translate {
+                StreamSpec::Pass if guard.is_some() || wants_text => Step::Translate {
                     decoder: stream::Decoder::of(format, false).ok_or_else(|| {
                         ProxyError::new(
                             ErrorKind::Unsupported,

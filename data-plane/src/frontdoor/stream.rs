@@ -212,6 +212,8 @@ struct Driver {
     guard: Option<Guarded>,
     /// The request's audit record, given the usage when the stream ends.
     audit: Option<crate::audit::Slot>,
+    /// The text the client got, when the audit trail records it.
+    text: Option<String>,
 }
 
 impl Driver {
@@ -287,7 +289,14 @@ impl Driver {
                 Event::Delta {
                     delta: Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArgs(t),
                     ..
-                } => self.delivered += t.len() as u64,
+                } => {
+                    self.delivered += t.len() as u64;
+                    if let Some(text) = &mut self.text
+                        && text.len() <= crate::audit::MAX_TEXT
+                    {
+                        text.push_str(t);
+                    }
+                }
                 _ => {}
             }
             renderer.event(ev, out);
@@ -455,6 +464,9 @@ impl Driver {
         self.gw.metrics.record_usage(self.provider, usage);
         if let Some(a) = &self.audit {
             a.usage(&usage);
+            if let Some(text) = self.text.take() {
+                a.response(text);
+            }
             if self.blocked {
                 a.ended("guardrail_blocked");
             } else if !self.saw_end {
@@ -520,6 +532,10 @@ pub(super) fn response(
         permit,
         in_flight,
         guard: guard.map(Guarded::new),
+        text: audit
+            .as_ref()
+            .filter(|a| a.wants_text())
+            .map(|_| String::new()),
         audit,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {

@@ -280,6 +280,9 @@ pub struct Route {
     pub retry: ::core::option::Option<RetryPolicy>,
     #[prost(message, repeated, tag = "8")]
     pub fallbacks: ::prost::alloc::vec::Vec<FallbackGroup>,
+    /// The audit trail records the (guardrail-redacted) prompt and answer text.
+    #[prost(bool, tag = "9")]
+    pub audit_text: bool,
 }
 /// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -292,6 +292,7 @@ async fn only_a_replica_holding_the_lease_writes() {
             fallbacks: Vec::new(),
             key_selector: None,
             limits: None,
+            audit: None,
         },
     );
     route.metadata.namespace = Some("ns".into());

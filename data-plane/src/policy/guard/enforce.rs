@@ -350,6 +350,30 @@ pub fn request(
     Ok(())
 }
 
+/// The prompt's text (every text string of its text fields, a line each), as the audit
+/// trail records it.
+pub fn prompt_text(incoming: &Incoming) -> String {
+    let mut out = String::new();
+    if let Some(raw) = incoming.raw() {
+        for field in TEXT_FIELDS {
+            let Some(mut value) = raw
+                .get(field)
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            else {
+                continue;
+            };
+            let _ = walk(&mut value, &mut |t: &mut String| {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(t);
+                Ok(())
+            });
+        }
+    }
+    out
+}
+
 /// Counts and logs findings, attributed to every guardrail that looks for them.
 pub fn record(
     metrics: &Metrics,
