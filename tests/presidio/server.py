@@ -6,12 +6,14 @@ adapts its spans to the webhook's JSON. Started by the guardrail tests:
     python server.py PORT [--block ENTITY,...]
 
 Entities named with --block make the answer `block`; any other finding is a `redact` span.
-It prints `ready` once the model is loaded.
+It prints `ready` once the model is loaded. A path starting with `/slow` waits a second
+before it answers (for timeout tests).
 """
 
 import argparse
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import tldextract
@@ -49,6 +51,8 @@ def handler(analyzer, block):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
+            if self.path.startswith("/slow"):
+                time.sleep(1)
             try:
                 length = int(self.headers.get("content-length", "0"))
                 req = json.loads(self.rfile.read(length))

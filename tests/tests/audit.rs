@@ -281,8 +281,9 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
         }
         verify(&out_files, Some(&key_file))
     };
+    // One byte changed: the year's first digit.
     let (code, out) = tampered("edited", &|ls| {
-        ls[3] = ls[3].replacen(r#""time":""#, r#""time":"1"#, 1)
+        ls[3] = ls[3].replacen(r#""time":"2"#, r#""time":"3"#, 1)
     });
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(":4: record 3 was edited"), "{out}");
@@ -433,6 +434,12 @@ async fn a_redis_outage_never_blocks_requests_and_the_export_verifies() {
         (metric(&admin, "switchyard_audit_sink_errors_total").await >= 1.0).then_some(())
     })
     .await;
+    // The writer takes records in 20 ms windows: the count settles at 10 - 4.
+    eventually(DEADLINE, "drops counted", || async {
+        (metric(&admin, "switchyard_audit_dropped_total").await == 6.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(metric(&admin, "switchyard_audit_dropped_total").await, 6.0);
 
     // Back: the held records and a gap line for the dropped ones.

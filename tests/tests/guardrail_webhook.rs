@@ -14,6 +14,7 @@ use switchyard_tests::procs::{Proc, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(presidio: &str, down: &str, silent: &str, garbage: &str) -> String {
+    let slow = presidio.replace("/check", "/slow/check");
     let route = |name: &str| {
         format!(
             "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {name}}}\nspec: {{models: [{name}], backends: [{{pool: openai, model: mock-gpt}}]}}\n---\n"
@@ -40,6 +41,16 @@ fn config(presidio: &str, down: &str, silent: &str, garbage: &str) -> String {
             format!("{{url: {silent}, timeout: 300ms}}"),
         ),
         ("garbage", "Request", format!("{{url: {garbage}}}")),
+        (
+            "presidio-slow-closed",
+            "Request",
+            format!("{{url: {slow}, timeout: 200ms, failureMode: Closed}}"),
+        ),
+        (
+            "presidio-slow-open",
+            "Request",
+            format!("{{url: {slow}, timeout: 200ms, failureMode: Open}}"),
+        ),
     ] {
         out.push_str(&route(name));
         out.push_str(&guard(name, phases, &webhook));
@@ -300,8 +311,33 @@ async fn a_failing_webhook_fails_closed_or_open_as_configured() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(fired, "");
     assert_eq!(e.upstream_saw().await, "hello open");
+    // Presidio answering slower than the guardrail's timeout (200ms), in both fail modes:
+    // closed refuses, open lets the prompt through unchecked (the email is not redacted).
+    let t = Instant::now();
+    let (s, _, b) = e
+        .chat("presidio-slow-closed", "write to jane@example.com")
+        .await;
+    assert_eq!(s, 503, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("default/presidio-slow-closed")
+                && m.contains("did not answer within 200ms")),
+        "{b}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let (s, fired, b) = e
+        .chat("presidio-slow-open", "write to jane@example.com")
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(fired, "");
+    assert_eq!(e.upstream_saw().await, "write to jane@example.com");
     // Every failure counted by reason.
     assert_eq!(e.failures("connect").await, 3.0);
-    assert_eq!(e.failures("timeout").await, 1.0);
+    assert_eq!(e.failures("timeout").await, 3.0);
     assert_eq!(e.failures("invalid").await, 1.0);
 }
