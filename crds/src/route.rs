@@ -53,6 +53,52 @@ pub struct LLMRouteSpec {
     /// What the audit trail records of this route's requests (when the data planes run one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<RouteAudit>,
+    /// The response cache. Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// A route's response cache.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// `Off`, `Exact` (the same request, normalised) or `Semantic` (not built yet).
+    pub mode: CacheMode,
+    /// How long an answer is served, such as `10m`. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Who shares answers: `Key` (default: each VirtualKey its own), `Label` (keys with the
+    /// same value of `scopeLabel`, such as a team) or `Route` (every key of the route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<CacheScope>,
+    /// The key label of `scope: Label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_label: Option<String>,
+    /// Only requests at or below this `temperature` are cached (a request without one
+    /// counts as 1). Unset: any temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_temperature: Option<f64>,
+    /// Whether streamed requests are answered from the cache (replayed as a stream). Default
+    /// true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+}
+
+/// How a route caches answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CacheMode {
+    #[default]
+    Off,
+    Exact,
+    Semantic,
+}
+
+/// Who shares cached answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CacheScope {
+    Key,
+    Label,
+    Route,
 }
 
 /// A route's audit settings.

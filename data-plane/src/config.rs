@@ -185,6 +185,8 @@ pub struct RouteEntry {
     pub limits: Limits,
     /// The audit trail records prompt and answer text.
     pub audit_text: bool,
+    /// The response cache's policy; `None`: off.
+    pub cache: Option<Arc<crate::cache::Policy>>,
 }
 
 impl RouteEntry {
@@ -458,6 +460,22 @@ impl RuntimeConfig {
                 });
                 continue;
             }
+            let cache = match crate::cache::Policy::from_proto(r.cache.as_ref()) {
+                Ok(c) => c.map(Arc::new),
+                Err(message) => {
+                    self.route_errors.push(InvalidResource {
+                        kind: ROUTE,
+                        id: r.id.clone(),
+                        generation: self
+                            .generations
+                            .get(&(ROUTE, r.id.clone()))
+                            .copied()
+                            .unwrap_or(0),
+                        message,
+                    });
+                    continue;
+                }
+            };
             if !missing.is_empty() {
                 tracing::warn!(route = %r.id, pools = ?missing, "route runs without backends whose pool did not load");
             }
@@ -472,6 +490,7 @@ impl RuntimeConfig {
                 key_selector: r.key_selector.clone(),
                 limits: Limits::from_proto(r.limits),
                 audit_text: r.audit_text,
+                cache,
             }));
         }
         let mut exact_routes = HashMap::new();

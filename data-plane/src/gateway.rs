@@ -23,6 +23,8 @@ pub struct Gateway {
     pub body_limit: usize,
     /// The audit trail, when on.
     audit: std::sync::OnceLock<crate::audit::Auditor>,
+    /// The response cache (routes opt in).
+    cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
     ever_ready: std::sync::atomic::AtomicBool,
     /// Set on SIGTERM: readiness is false from then on.
     draining: std::sync::atomic::AtomicBool,
@@ -47,6 +49,7 @@ impl Gateway {
             metrics,
             body_limit,
             audit: std::sync::OnceLock::new(),
+            cache: std::sync::OnceLock::new(),
             ever_ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
         })
@@ -59,6 +62,15 @@ impl Gateway {
 
     pub fn auditor(&self) -> Option<&crate::audit::Auditor> {
         self.audit.get()
+    }
+
+    /// Sets the response cache (once, at start).
+    pub fn set_cache(&self, c: Arc<crate::cache::Cache>) {
+        let _ = self.cache.set(c);
+    }
+
+    pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
+        self.cache.get()
     }
 
     /// Takes the data plane out of rotation (SIGTERM).

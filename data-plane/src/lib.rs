@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod dialect;
 pub mod error;
@@ -56,6 +57,8 @@ pub struct Options {
     pub limits: LimitOptions,
     pub shutdown: ShutdownOptions,
     pub audit: audit::AuditOptions,
+    /// Bytes of answers the response cache keeps in this proxy.
+    pub cache_memory_bytes: u64,
 }
 
 /// What happens on SIGTERM: readiness goes false at once; after `delay` (for load balancers
@@ -141,6 +144,21 @@ pub async fn run(
             "no --redis-url: rate limits and budgets are counted per proxy, not across the fleet"
         );
     }
+    let shared = opts
+        .limits
+        .redis_url
+        .as_deref()
+        .filter(|_| !opts.limits.redis_cluster)
+        .map(|u| (u, opts.limits.redis_timeout));
+    if opts.limits.redis_cluster {
+        tracing::warn!(
+            "the response cache does not use a Redis Cluster yet: each proxy caches in its own memory"
+        );
+    }
+    let cache = cache::Cache::new(opts.cache_memory_bytes, shared, gw.metrics.clone())
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    gw.set_cache(Arc::new(cache));
     let audit_writer = if opts.audit.enabled() {
         let (auditor, writer) =
             audit::Auditor::start(opts.audit.clone(), gw.metrics.clone()).await?;

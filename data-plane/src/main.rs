@@ -124,6 +124,10 @@ struct Args {
     /// A signed checkpoint at least this often while records flow.
     #[arg(long, env = "SWITCHYARD_AUDIT_CHECKPOINT_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
     audit_checkpoint_every: std::time::Duration,
+    /// Bytes of cached answers kept in this proxy's memory (in front of Redis, shared by the
+    /// fleet, when `--redis-url` is set).
+    #[arg(long, env = "SWITCHYARD_CACHE_MEMORY_BYTES", default_value_t = 64 << 20)]
+    cache_memory_bytes: u64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -296,6 +300,7 @@ async fn main() -> Result<()> {
             delay: args.shutdown_delay,
             drain: args.drain_timeout,
         },
+        cache_memory_bytes: args.cache_memory_bytes,
         audit: AuditOptions {
             dir: args.audit_dir,
             max_file_bytes: args.audit_max_file_bytes,

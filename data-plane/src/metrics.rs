@@ -82,6 +82,13 @@ pub struct AuditSinkLabels {
     pub sink: &'static str,
 }
 
+/// A cache lookup on a route (`hit`, `miss`, `bypass`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub route: String,
+    pub result: &'static str,
+}
+
 /// A pool (bounded by the config).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -132,6 +139,10 @@ pub struct Metrics {
     pub audit_records: Family<AuditSinkLabels, Counter>,
     pub audit_sink_errors: Family<AuditSinkLabels, Counter>,
     pub audit_dropped: Counter,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub cache_errors: Family<OpLabels, Counter>,
+    pub cache_fills: Counter,
+    pub cache_tokens_saved: Counter,
     pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
@@ -273,6 +284,30 @@ impl Metrics {
         let audit_records = Family::<AuditSinkLabels, Counter>::default();
         let audit_sink_errors = Family::<AuditSinkLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        let cache_errors = Family::<OpLabels, Counter>::default();
+        let cache_fills = Counter::default();
+        let cache_tokens_saved = Counter::default();
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by route and result (hit, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_errors",
+            "Response cache operations Redis did not answer (get, put); the cache was bypassed",
+            cache_errors.clone(),
+        );
+        registry.register(
+            "cache_fills",
+            "Answers stored in the response cache",
+            cache_fills.clone(),
+        );
+        registry.register(
+            "cache_tokens_saved",
+            "Upstream tokens (input and output) not spent because the cache answered",
+            cache_tokens_saved.clone(),
+        );
         registry.register(
             "audit_records",
             "Audit records written, by sink (file, redis)",
@@ -360,6 +395,10 @@ impl Metrics {
             audit_records,
             audit_sink_errors,
             audit_dropped,
+            cache_lookups,
+            cache_errors,
+            cache_fills,
+            cache_tokens_saved,
             pool_saturations,
             retries,
             fallbacks,

@@ -17,7 +17,9 @@
 //! 9. guardrails — the request phase, after limits so a blocked request still counts against
 //!    the key's RPM (its reservation is returned): prompt too long, deny patterns, personal
 //!    data blocked, redacted or masked in the prompt's text before it leaves
-//! 10. cache (slot, issue 13) — an exact or semantic hit will answer here
+//! 10. cache — after the guardrails, so the key is over what would go upstream: an exact hit
+//!     answers here (replayed as a stream for a streamed request), spending no upstream
+//!     tokens; a miss goes on and its complete answer is stored
 //! 11. attempts (`route::call`) — pick a backend and an endpoint (balancing, skipping
 //!     ejected ones), call the provider (same format: the client's bytes with the model
 //!     swapped; else canonical -> the upstream's wire; send with deadlines; classify error
@@ -34,7 +36,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::{HeaderName, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -43,6 +45,8 @@ use tower_http::request_id::{
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::cache::Outcome;
+use crate::cache::key::Plan;
 use crate::config::{KeyEntry, RuntimeConfig};
 use crate::error::{Dialect, ErrorKind, ErrorLabel, ProxyError};
 use crate::frontdoor;
@@ -185,7 +189,56 @@ pub async fn model_call(
         // As it goes upstream: after the request phase redacted it.
         a.prompt(enforce::prompt_text(&incoming));
     }
-    // The cache lookup takes its place here.
+    // 10. The response cache.
+    let mut fill = None;
+    let mut cached = None;
+    if let (Some(policy), Some(cache)) = (&routed.route.cache, gw.cache()) {
+        let route = &routed.route.id;
+        let no_store = incoming.cache_control.no_store;
+        let outcome = match crate::cache::key::plan(policy, route, key, &incoming) {
+            Plan::Bypass(why) => {
+                tracing::debug!(route = %route, why, "not cached");
+                Outcome::Bypass
+            }
+            Plan::Use(k) if incoming.cache_control.no_cache => {
+                fill = (!no_store).then_some((k, policy.ttl));
+                Outcome::Bypass
+            }
+            Plan::Use(k) => match cache.get(&k, policy.ttl).await {
+                Ok(Some(entry)) if entry.format == incoming.format => {
+                    cache.count(route, Outcome::Hit);
+                    gw.metrics.cache_tokens_saved.inc_by(entry.usage.total());
+                    if let Some(p) = permit {
+                        // A hit spends no upstream tokens.
+                        p.settle(Some(crate::llm::Usage::default()));
+                    }
+                    if let Some(a) = &audit {
+                        a.cache(Outcome::Hit);
+                    }
+                    return answer_from_cache(
+                        gw,
+                        &incoming,
+                        &entry,
+                        response_phase,
+                        decisions,
+                        audit,
+                    )
+                    .await;
+                }
+                Ok(_) => {
+                    fill = (!no_store).then_some((k, policy.ttl));
+                    Outcome::Miss
+                }
+                // Redis did not answer: counted there, and served as if there were no cache.
+                Err(()) => Outcome::Bypass,
+            },
+        };
+        cache.count(route, outcome);
+        if let Some(a) = &audit {
+            a.cache(outcome);
+        }
+        cached = Some(outcome);
+    }
     let served = match route::call(gw, &routed, &incoming).await {
         Ok(s) => s,
         Err(e) => {
@@ -199,6 +252,9 @@ pub async fn model_call(
         // A retry or fallback may have landed on a model with other prices.
         p.reprice(served.price);
     }
+    if let (Some((k, ttl)), Some(cache)) = (fill, gw.cache()) {
+        store(cache, k, ttl, incoming.format, &served.answer);
+    }
     let (attempts, backend) = (served.attempts, served.backend);
     if let Some(a) = &audit {
         a.served(backend.to_str().unwrap_or_default(), served.price);
@@ -209,7 +265,7 @@ pub async fn model_call(
         incoming.format,
         &incoming.facts,
         served.answer,
-        served.in_flight,
+        Some(served.in_flight),
         permit,
         response_phase,
         &mut decisions,
@@ -227,7 +283,91 @@ pub async fn model_call(
     }
     h.insert(route::ATTEMPTS, route::attempts_header(attempts));
     h.insert(route::BACKEND, backend);
+    if let Some(o) = cached {
+        h.insert(CACHE, HeaderValue::from_static(o.name()));
+    }
     Ok(resp)
+}
+
+/// What the cache did with a request: `hit`, `miss`, `bypass`.
+const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
+
+/// Answers a request from a cache entry: the stored body, or its replay as a stream, through
+/// the response phase of the request's guardrails.
+async fn answer_from_cache(
+    gw: &Arc<Gateway>,
+    incoming: &Incoming,
+    entry: &crate::cache::Entry,
+    response_phase: Option<ResponsePhase>,
+    mut decisions: Decisions,
+    audit: Option<crate::audit::Slot>,
+) -> Result<Response, ProxyError> {
+    let answer = if incoming.facts.stream {
+        let r = crate::dialect::decode_response(incoming.format, &entry.body, false)?;
+        crate::providers::Answer::Replay(crate::cache::replay(&r))
+    } else {
+        crate::providers::Answer::Raw {
+            body: entry.body.clone(),
+            usage: None,
+        }
+    };
+    if let Some(a) = &audit {
+        a.served("cache", crate::policy::limits::Price::default());
+    }
+    let resp = frontdoor::respond(
+        gw,
+        "cache",
+        incoming.format,
+        &incoming.facts,
+        answer,
+        None,
+        None,
+        response_phase,
+        &mut decisions,
+        audit.clone(),
+    )
+    .await;
+    let header = decisions.header();
+    if let (Some(a), Some(v)) = (&audit, &header) {
+        a.guardrails(v.to_str().unwrap_or_default());
+    }
+    let mut resp = resp?;
+    let h = resp.headers_mut();
+    if let Some(v) = header {
+        h.insert(GUARDRAILS, v);
+    }
+    h.insert(CACHE, HeaderValue::from_static("hit"));
+    Ok(resp)
+}
+
+/// Stores a complete answer (a stream is not stored).
+fn store(
+    cache: &Arc<crate::cache::Cache>,
+    key: String,
+    ttl: std::time::Duration,
+    format: crate::llm::Format,
+    answer: &crate::providers::Answer,
+) {
+    use crate::providers::Answer;
+    let (body, usage) = match answer {
+        Answer::Raw { body, usage } => (body.clone(), usage.unwrap_or_default()),
+        Answer::Complete { response, echo } => {
+            match frontdoor::render_answer(format, response, echo.as_deref()) {
+                Ok(b) => (b, response.usage),
+                Err(_) => return,
+            }
+        }
+        _ => return,
+    };
+    cache.put(
+        key,
+        crate::cache::Entry {
+            format,
+            usage,
+            body,
+            ttl,
+        },
+    );
 }
 
 /// Metrics and load shedding in one layer (one boxed future per request instead of two

@@ -434,6 +434,56 @@ pub(super) fn compile_route(
         retry: Some(compile_retry(spec.retries.as_ref())?),
         fallbacks,
         audit_text: spec.audit.as_ref().is_some_and(|a| a.include_text),
+        cache: spec.cache.as_ref().map(compile_cache).transpose()?,
+    })
+}
+
+fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
+    use crate::{CacheMode, CacheScope};
+    let mode = match c.mode {
+        CacheMode::Off => pb::CacheMode::Off,
+        CacheMode::Exact => pb::CacheMode::Exact,
+        CacheMode::Semantic => {
+            return Err(Reject::spec(
+                "Invalid",
+                "spec.cache.mode: Semantic is not available yet; use Exact",
+            ));
+        }
+    };
+    let ttl = match &c.ttl {
+        Some(t) => validate::duration("spec.cache.ttl", t)?,
+        None => std::time::Duration::from_secs(3600),
+    };
+    if ttl.is_zero() {
+        return Err(Reject::spec("Invalid", "spec.cache.ttl: longer than zero"));
+    }
+    let scope = match c.scope.unwrap_or(CacheScope::Key) {
+        CacheScope::Key => pb::CacheScope::Key,
+        CacheScope::Route => pb::CacheScope::Route,
+        CacheScope::Label => pb::CacheScope::Label,
+    };
+    let label = c.scope_label.clone().unwrap_or_default();
+    if scope == pb::CacheScope::Label && label.trim().is_empty() {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.cache.scopeLabel: scope Label needs the key label to share by",
+        ));
+    }
+    if let Some(t) = c.max_temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(Reject::spec(
+            "Invalid",
+            format!("spec.cache.maxTemperature: between 0 and 2, not {t}"),
+        ));
+    }
+    Ok(pb::CachePolicy {
+        mode: mode.into(),
+        ttl_ms: ttl.as_millis() as u64,
+        scope: scope.into(),
+        scope_label: label,
+        max_temperature: c.max_temperature,
+        skip_streaming: c.streaming == Some(false),
     })
 }
 

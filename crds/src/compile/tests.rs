@@ -793,6 +793,77 @@ spec: {models: [tooretried], backends: [{pool: mock}], retries: {attempts: 11}}
 }
 
 #[test]
+fn cache_policies_compile_and_bad_ones_are_refused() {
+    let c = compile(&world(
+        r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: cached}
+spec:
+  models: [cached]
+  backends: [{pool: mock}]
+  cache: {mode: Exact, ttl: 5m, scope: Label, scopeLabel: team, maxTemperature: 0.2, streaming: false}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: defaults}
+spec: {models: [defaults], backends: [{pool: mock}], cache: {mode: Exact}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: semantic}
+spec: {models: [semantic], backends: [{pool: mock}], cache: {mode: Semantic}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: nolabel}
+spec: {models: [nolabel], backends: [{pool: mock}], cache: {mode: Exact, scope: Label}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: scorching}
+spec: {models: [scorching], backends: [{pool: mock}], cache: {mode: Exact, maxTemperature: 3}}
+"#,
+    ));
+    let policy = |id: &str| {
+        c.snapshot
+            .routes
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.cache.clone())
+            .expect("a cache policy")
+    };
+    let p = policy("default/cached");
+    assert_eq!(p.mode(), pb::CacheMode::Exact);
+    assert_eq!(p.scope(), pb::CacheScope::Label);
+    assert_eq!(
+        (
+            p.ttl_ms,
+            p.scope_label.as_str(),
+            p.max_temperature,
+            p.skip_streaming
+        ),
+        (300_000, "team", Some(0.2), true)
+    );
+    let d = policy("default/defaults");
+    assert_eq!(
+        (d.ttl_ms, d.scope(), d.max_temperature, d.skip_streaming),
+        (3_600_000, pb::CacheScope::Key, None, false),
+        "an hour, per key, any temperature, streams too"
+    );
+    let msg = |name: &str| {
+        c.diagnostics
+            .iter()
+            .find(|d| d.resource.name == name)
+            .map(|d| d.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(msg("semantic").contains("Semantic is not available yet"));
+    assert!(msg("nolabel").contains("spec.cache.scopeLabel"));
+    assert!(msg("scorching").contains("spec.cache.maxTemperature"));
+}
+
+#[test]
 fn guardrail_targets_resolve_to_routes_and_keys() {
     let c = compile(&world(
         r#"

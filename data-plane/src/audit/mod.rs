@@ -215,6 +215,11 @@ impl Slot {
         });
     }
 
+    /// What the response cache did.
+    pub fn cache(&self, o: crate::cache::Outcome) {
+        self.with(|r| r.record.cache = o.name());
+    }
+
     /// A stream that did not end normally, and why.
     pub fn ended(&self, why: &'static str) {
         self.with(|o| o.record.ended = why);

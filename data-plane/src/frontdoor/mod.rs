@@ -17,6 +17,7 @@ mod respond;
 mod stream;
 
 pub use models::models;
+pub(crate) use respond::render as render_answer;
 pub use respond::respond;
 
 use std::sync::Arc;
@@ -218,6 +219,7 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
         facts,
         body: crate::llm::Body::Raw(raw),
         pass_headers,
+        cache_control: crate::llm::CacheControl::of(headers),
     };
     crate::stack::model_call(gw, &cfg, &key, incoming).await
 }

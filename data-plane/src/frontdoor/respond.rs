@@ -31,7 +31,7 @@ fn json(body: Bytes) -> Response {
 }
 
 /// A canonical answer in a front door's format.
-fn render(
+pub(crate) fn render(
     format: Format,
     r: &Answer_,
     echo: Option<&responses::Echo>,
@@ -92,7 +92,7 @@ pub async fn respond(
     format: Format,
     facts: &Facts,
     answer: Answer,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
     permit: Option<Permit>,
     guard: Option<ResponsePhase>,
     decisions: &mut Decisions,
@@ -189,11 +189,22 @@ pub async fn respond(
                 },
                 step,
                 permit,
-                Some(in_flight),
+                in_flight,
                 guard,
                 audit,
             )
         }
+        Answer::Replay(events) => stream::response(
+            gw.clone(),
+            provider,
+            format,
+            Source::Replay(Some(events)),
+            Step::Render(renderer(format, facts, None)),
+            permit,
+            in_flight,
+            guard,
+            audit,
+        ),
         Answer::MockStream { events, echo } => stream::response(
             gw.clone(),
             provider,
@@ -201,7 +212,7 @@ pub async fn respond(
             Source::Mock(Box::new(events)),
             Step::Render(renderer(format, facts, echo)),
             permit,
-            Some(in_flight),
+            in_flight,
             guard,
             audit,
         ),

@@ -174,6 +174,8 @@ pub(super) enum Source {
         idle: std::time::Duration,
     },
     Mock(Box<mock::Events>),
+    /// Events known in advance (a cached answer): one batch.
+    Replay(Option<Vec<Event>>),
 }
 
 /// What happens to them.
@@ -387,6 +389,13 @@ impl Driver {
                     }
                     None => self.complete(&mut out),
                 },
+                Source::Replay(events) => match events.take() {
+                    Some(batch) => {
+                        self.events.extend(batch);
+                        self.render(&mut out);
+                    }
+                    None => self.complete(&mut out),
+                },
                 Source::Upstream {
                     body,
                     deadline,
@@ -461,7 +470,9 @@ impl Driver {
                 used_so_far(reported, estimated_input, delivered)
             }
         };
-        self.gw.metrics.record_usage(self.provider, usage);
+        if self.provider != "cache" {
+            self.gw.metrics.record_usage(self.provider, usage);
+        }
         if let Some(a) = &self.audit {
             a.usage(&usage);
             if let Some(text) = self.text.take() {

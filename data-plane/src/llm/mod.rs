@@ -65,6 +65,21 @@ impl Format {
             Self::BedrockConverse => "bedrock_converse",
         }
     }
+
+    /// The format of a [`Format::label`].
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            Self::OpenAiChat,
+            Self::OpenAiCompletions,
+            Self::OpenAiResponses,
+            Self::OpenAiEmbeddings,
+            Self::AnthropicMessages,
+            Self::Gemini,
+            Self::BedrockConverse,
+        ]
+        .into_iter()
+        .find(|f| f.label() == label)
+    }
 }
 
 /// What the policies read of a request, whatever form its body is in.
@@ -108,6 +123,33 @@ pub struct Incoming {
     /// Client headers forwarded when the upstream speaks the client's format
     /// (`anthropic-version`, `anthropic-beta`).
     pub pass_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The request's `cache-control`.
+    pub cache_control: CacheControl,
+}
+
+/// What a request's `cache-control` header asks of the response cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-cache`: do not answer from the cache (the answer may still be stored).
+    pub no_cache: bool,
+    /// `no-store`: do not store the answer.
+    pub no_store: bool,
+}
+
+impl CacheControl {
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let mut c = Self::default();
+        for v in headers.get_all(http::header::CACHE_CONTROL) {
+            for d in v.to_str().unwrap_or("").split(',') {
+                match d.trim().to_ascii_lowercase().as_str() {
+                    "no-cache" => c.no_cache = true,
+                    "no-store" => c.no_store = true,
+                    _ => {}
+                }
+            }
+        }
+        c
+    }
 }
 
 impl Incoming {

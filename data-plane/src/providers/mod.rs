@@ -282,6 +282,8 @@ pub enum Answer {
         /// Longest silence between two chunks.
         idle: std::time::Duration,
     },
+    /// A cached answer replayed as a stream.
+    Replay(Vec<crate::llm::Event>),
     /// A stream of the built-in mock provider.
     MockStream {
         events: mock::Events,

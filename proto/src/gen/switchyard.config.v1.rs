@@ -283,6 +283,27 @@ pub struct Route {
     /// The audit trail records the (guardrail-redacted) prompt and answer text.
     #[prost(bool, tag = "9")]
     pub audit_text: bool,
+    /// The response cache; unset: off.
+    #[prost(message, optional, tag = "10")]
+    pub cache: ::core::option::Option<CachePolicy>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CachePolicy {
+    #[prost(enumeration = "CacheMode", tag = "1")]
+    pub mode: i32,
+    #[prost(uint64, tag = "2")]
+    pub ttl_ms: u64,
+    #[prost(enumeration = "CacheScope", tag = "3")]
+    pub scope: i32,
+    /// The key label of CACHE_SCOPE_LABEL.
+    #[prost(string, tag = "4")]
+    pub scope_label: ::prost::alloc::string::String,
+    /// Requests above this temperature are not cached; unset: any.
+    #[prost(double, optional, tag = "5")]
+    pub max_temperature: ::core::option::Option<f64>,
+    /// Streamed requests are not answered from the cache.
+    #[prost(bool, tag = "6")]
+    pub skip_streaming: bool,
 }
 /// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -538,6 +559,64 @@ impl FailureClass {
             "FAILURE_CLASS_CONTENT_FILTERED" => Some(Self::ContentFiltered),
             "FAILURE_CLASS_AUTHENTICATION" => Some(Self::Authentication),
             "FAILURE_CLASS_BAD_REQUEST" => Some(Self::BadRequest),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CacheMode {
+    Off = 0,
+    Exact = 1,
+    Semantic = 2,
+}
+impl CacheMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Off => "CACHE_MODE_OFF",
+            Self::Exact => "CACHE_MODE_EXACT",
+            Self::Semantic => "CACHE_MODE_SEMANTIC",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CACHE_MODE_OFF" => Some(Self::Off),
+            "CACHE_MODE_EXACT" => Some(Self::Exact),
+            "CACHE_MODE_SEMANTIC" => Some(Self::Semantic),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CacheScope {
+    Key = 0,
+    Label = 1,
+    Route = 2,
+}
+impl CacheScope {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Key => "CACHE_SCOPE_KEY",
+            Self::Label => "CACHE_SCOPE_LABEL",
+            Self::Route => "CACHE_SCOPE_ROUTE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CACHE_SCOPE_KEY" => Some(Self::Key),
+            "CACHE_SCOPE_LABEL" => Some(Self::Label),
+            "CACHE_SCOPE_ROUTE" => Some(Self::Route),
             _ => None,
         }
     }

@@ -293,6 +293,7 @@ async fn only_a_replica_holding_the_lease_writes() {
             key_selector: None,
             limits: None,
             audit: None,
+            cache: None,
         },
     );
     route.metadata.namespace = Some("ns".into());

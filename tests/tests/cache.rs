@@ -1,0 +1,368 @@
+//! The exact response cache end to end: two data planes share a real Redis and the mock
+//! upstream. A hit (whole, replayed as a stream, through the other proxy, in each front
+//! door's own entries), key scope keeping tenants apart, label scope sharing a team's
+//! answers, `no-cache` and `no-store`, temperature, TTL expiry, purge, and Redis killed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_tests::procs::Proc;
+use switchyard_tests::redis::RedisServer;
+
+const OTHER_KEY: &str = "sk-cache-other-tenant-01";
+const RED_1: &str = "sk-cache-team-red-0001";
+const RED_2: &str = "sk-cache-team-red-0002";
+
+fn config() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: cache-keys}}
+stringData: {{other: {OTHER_KEY}, red1: {RED_1}, red2: {RED_2}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: other}}
+spec: {{secretRef: {{name: cache-keys, key: other}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: red1, labels: {{team: red}}}}
+spec: {{secretRef: {{name: cache-keys, key: red1}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: red2, labels: {{team: red}}}}
+spec: {{secretRef: {{name: cache-keys, key: red2}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: cached}}
+spec:
+  models: [cached]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Exact, ttl: 10m, maxTemperature: 0.5}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: claude-cached}}
+spec:
+  models: [claude-cached]
+  backends: [{{pool: anthropic, model: claude-mock}}]
+  cache: {{mode: Exact}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: team}}
+spec:
+  models: [team]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Exact, scope: Label, scopeLabel: team}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: brief}}
+spec:
+  models: [brief]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Exact, ttl: 1s}}
+"#
+    )
+}
+
+struct Env {
+    _mock: Proc,
+    mock: String,
+    dps: Vec<(Proc, String, String)>,
+    redis: RedisServer,
+}
+
+async fn env(tag: &str) -> Env {
+    let dir = temp_dir(tag);
+    let redis = RedisServer::start(&dir);
+    let (mock_proc, mock) = start_mock(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
+    std::fs::write(cfg.join("cache.yaml"), config()).expect("write");
+    let mut dps = Vec::new();
+    for _ in 0..2 {
+        let dp = start_standalone(
+            &cfg,
+            // The test Redis fsyncs every write, so a read can wait behind a slow disk.
+            &["--redis-url", &redis.url(), "--redis-timeout", "1s"],
+            &dir,
+        );
+        wait_ready(&dp.2).await;
+        dps.push(dp);
+    }
+    wait_up(&format!("{mock}/_mock/requests")).await;
+    Env {
+        _mock: mock_proc,
+        mock,
+        dps,
+        redis,
+    }
+}
+
+impl Env {
+    fn api(&self, i: usize) -> String {
+        format!("{}/v1/chat/completions", self.dps[i].1)
+    }
+
+    async fn upstream_calls(&self) -> usize {
+        mock_requests(&self.mock).await.len()
+    }
+
+    /// Waits until Redis holds `n` entries of a route (fills are written in the background).
+    async fn stored(&self, route: &str, n: usize) {
+        let pattern = format!("sy:cache:{route}:*");
+        switchyard_tests::procs::eventually(DEADLINE, "the fill reached Redis", || async {
+            let keys: Vec<String> = self.redis.query(&["KEYS", &pattern]).unwrap_or_default();
+            (keys.len() >= n).then_some(())
+        })
+        .await;
+    }
+}
+
+fn cold(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// (status, x-switchyard-cache, body).
+async fn ask(
+    url: &str,
+    key: &str,
+    body: &Value,
+    cache_control: Option<&str>,
+) -> (u16, String, Value) {
+    let mut req = client().post(url).bearer_auth(key).json(body);
+    if let Some(cc) = cache_control {
+        req = req.header("cache-control", cc);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get("x-switchyard-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, cache, body)
+}
+
+fn sse_text(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn exact_hits_are_served_whole_streamed_and_across_the_fleet() {
+    let e = env("cache-exact").await;
+    let body = cold("cached", "What is the capital of France?");
+    let calls = e.upstream_calls().await;
+    let (s, c, first) = ask(&e.api(0), CLIENT_KEY, &body, None).await;
+    assert_eq!((s, c.as_str()), (200, "miss"), "{first}");
+    assert_eq!(e.upstream_calls().await, calls + 1);
+
+    // The same request (keys reordered, whitespace aside): a hit, the same answer, no call.
+    let reordered = json!({"messages": [{"content": "What is the capital of France?", "role": "user"}], "temperature": 0, "model": "cached", "user": "someone"});
+    let (s, c, hit) = ask(&e.api(0), CLIENT_KEY, &reordered, None).await;
+    assert_eq!((s, c.as_str()), (200, "hit"));
+    assert_eq!(hit, first, "the stored answer");
+    // Through the other proxy: from Redis.
+    e.stored("default/cached", 1).await;
+    let (s, c, hit) = ask(&e.api(1), CLIENT_KEY, &body, None).await;
+    assert_eq!((s, c.as_str()), (200, "hit"));
+    assert_eq!(hit, first);
+    // Streamed: replayed as a stream, with usage.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let resp = client()
+        .post(e.api(1))
+        .bearer_auth(CLIENT_KEY)
+        .json(&streamed)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.headers()["x-switchyard-cache"], "hit");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let sse = resp.text().await.expect("sse");
+    assert_eq!(
+        sse_text(&sse),
+        first["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("?"),
+        "{sse}"
+    );
+    assert!(
+        sse.contains(&format!(
+            "\"completion_tokens\":{}",
+            first["usage"]["completion_tokens"]
+        )),
+        "{sse}"
+    );
+    assert!(sse.ends_with("data: [DONE]\n\n"), "{sse}");
+    assert_eq!(
+        e.upstream_calls().await,
+        calls + 1,
+        "every hit spent nothing upstream"
+    );
+
+    // Another tenant (key scope): never the first key's answer.
+    let (s, c, _) = ask(&e.api(0), OTHER_KEY, &body, None).await;
+    assert_eq!((s, c.as_str()), (200, "miss"));
+    // A different question misses.
+    let (_, c, _) = ask(
+        &e.api(0),
+        CLIENT_KEY,
+        &cold("cached", "What is the capital of Spain?"),
+        None,
+    )
+    .await;
+    assert_eq!(c, "miss");
+    // Label scope: two keys of team red share.
+    let team = cold("team", "shared team question");
+    assert_eq!(ask(&e.api(0), RED_1, &team, None).await.1, "miss");
+    e.stored("default/team", 1).await;
+    assert_eq!(ask(&e.api(1), RED_2, &team, None).await.1, "hit");
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &team, None).await.1,
+        "bypass",
+        "no team label"
+    );
+
+    // cache-control: no-cache skips the lookup (and refreshes), no-store skips the fill.
+    let before = e.upstream_calls().await;
+    let (_, c, _) = ask(&e.api(0), CLIENT_KEY, &body, Some("no-cache")).await;
+    assert_eq!(c, "bypass");
+    assert_eq!(e.upstream_calls().await, before + 1);
+    let fresh = cold("cached", "never stored");
+    let (s, c, b) = ask(&e.api(0), CLIENT_KEY, &fresh, Some("no-store")).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (200, "miss"),
+        "{b} (cache errors so far: {})",
+        metric(&e.dps[0].2, "switchyard_cache_errors_total").await
+    );
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &fresh, None).await.1,
+        "miss",
+        "no-store stored nothing"
+    );
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &fresh, None).await.1, "hit");
+    // Above the route's temperature limit (or without one: 1): not cached.
+    let hot = json!({"model": "cached", "temperature": 0.9, "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &hot, None).await.1, "bypass");
+
+    // Each front door has its own entries: Anthropic Messages, whole then streamed.
+    let messages = format!("{}/v1/messages", e.dps[0].1);
+    let m = json!({"model": "claude-cached", "max_tokens": 50, "messages": [{"role": "user", "content": "hello claude"}]});
+    let send = |stream: bool| {
+        let mut b = m.clone();
+        b["stream"] = json!(stream);
+        client()
+            .post(&messages)
+            .header("x-api-key", CLIENT_KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(&b)
+            .send()
+    };
+    let r = send(false).await.expect("messages");
+    assert_eq!(r.headers()["x-switchyard-cache"], "miss");
+    let whole: Value = r.json().await.expect("json");
+    let r = send(true).await.expect("messages");
+    assert_eq!(r.headers()["x-switchyard-cache"], "hit");
+    let sse = r.text().await.expect("sse");
+    assert!(
+        sse.contains("event: message_start") && sse.contains("event: message_stop"),
+        "{sse}"
+    );
+    let text: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, whole["content"][0]["text"].as_str().unwrap_or("?"));
+
+    // TTL: the 1 s route's entry is gone after a second, in memory and in Redis.
+    let brief = cold("brief", "short-lived");
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &brief, None).await.1, "miss");
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &brief, None).await.1, "hit");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &brief, None).await.1, "miss");
+    e.stored("default/brief", 1).await;
+    assert_eq!(
+        ask(&e.api(1), CLIENT_KEY, &brief, None).await.1,
+        "hit",
+        "refilled"
+    );
+
+    // Purge a route on the admin port: this proxy's memory and Redis.
+    let purged = client()
+        .delete(format!("{}/cache?route=default/cached", e.dps[0].2))
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(purged.status(), 200);
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &body, None).await.1, "miss");
+
+    // Metrics: hits and the tokens they saved.
+    let admin = &e.dps[0].2;
+    assert!(
+        metric(
+            admin,
+            "switchyard_cache_lookups_total{route=\"default/cached\",result=\"hit\"}"
+        )
+        .await
+            >= 2.0
+    );
+    assert!(metric(admin, "switchyard_cache_tokens_saved_total").await > 0.0);
+    let _ = &e.redis;
+}
+
+#[tokio::test]
+async fn a_redis_outage_bypasses_the_cache_without_errors() {
+    let mut e = env("cache-outage").await;
+    let body = cold("cached", "asked before the outage");
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &body, None).await.1, "miss");
+    e.redis.kill();
+    // This proxy still has it in memory; the other asks Redis, which is gone: served anyway.
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &body, None).await.1, "hit");
+    let started = std::time::Instant::now();
+    let (s, c, b) = ask(&e.api(1), CLIENT_KEY, &body, None).await;
+    assert_eq!((s, c.as_str()), (200, "bypass"), "{b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (s, c, _) = ask(
+        &e.api(1),
+        CLIENT_KEY,
+        &cold("cached", "during the outage"),
+        None,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (200, "bypass"));
+    assert!(metric(&e.dps[1].2, "switchyard_cache_errors_total").await >= 2.0);
+}
