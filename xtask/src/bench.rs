@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 mod audit;
+mod cache;
 mod faults;
 mod guards;
 mod limits;
@@ -40,6 +41,7 @@ pub(crate) struct BenchOpts {
     /// Only scenarios a, b and h (guardrails), printed, nothing written to docs/.
     pub(crate) guardrails_only: bool,
     pub(crate) audit_only: bool,
+    pub(crate) cache_only: bool,
 }
 
 struct Proc(Child);
@@ -320,8 +322,9 @@ async fn concurrent_streams(url: &str, n: usize, pid: u32) -> Result<(u64, usize
 
 fn bench_config(mock: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n{}",
-        guards::CONFIG
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n{}{}",
+        guards::CONFIG,
+        cache::CONFIG
     )
 }
 
@@ -500,6 +503,21 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         println!("h: {}", m.summary);
         return Ok(());
     }
+    if opts.cache_only {
+        let m = cache::run(
+            &gateway,
+            &auth,
+            d,
+            &body,
+            &wrk_dir,
+            (direct_c1.p50_us, direct_c32),
+        )?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("j: {}", m.summary);
+        return Ok(());
+    }
     if opts.audit_only {
         let m = audit::run(&bin, &work, d, &auth, &body)?;
         for (scenario, r) in &m.rows {
@@ -588,6 +606,23 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         m.summary
     };
     println!("i: {scenario_i}");
+
+    // j. exact cache hits.
+    let scenario_j = {
+        let m = cache::run(
+            &gateway,
+            &auth,
+            d,
+            &body,
+            &wrk_dir,
+            (direct_c1.p50_us, direct_c32),
+        )?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        m.summary
+    };
+    println!("j: {scenario_j}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -772,6 +807,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     let _ = writeln!(md, "- d. {scenario_d}.");
     let _ = writeln!(md, "- g. {scenario_g}.");
     let _ = writeln!(md, "- i. {scenario_i}.");
+    let _ = writeln!(md, "- j. {scenario_j}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",

@@ -54,6 +54,10 @@ enum Cmd {
         /// c=1 and c=32), printed; docs/ is left alone.
         #[arg(long)]
         audit_only: bool,
+        /// Only scenarios a, b and j (exact cache hits at c=1 and c=32), printed; docs/ is
+        /// left alone.
+        #[arg(long)]
+        cache_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -85,6 +89,7 @@ fn main() -> Result<()> {
             faults_only,
             guardrails_only,
             audit_only,
+            cache_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -96,6 +101,7 @@ fn main() -> Result<()> {
                 faults_only,
                 guardrails_only,
                 audit_only,
+                cache_only,
             },
         ),
     }
@@ -212,6 +218,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 faults_only: false,
                 guardrails_only: false,
                 audit_only: false,
+                cache_only: false,
             },
         )?;
     } else {
