@@ -171,7 +171,18 @@ pub async fn model_call(
             |i| crate::tokens::estimate_incoming(i, &routed.upstream_model).input,
             &mut decisions,
         ) {
-            Ok(()) => webhook::request(gw, &guards, &ctx, &mut incoming, &mut decisions).await,
+            // Boxed, like the other steps only some routes take: their state stays out of
+            // every request's future.
+            Ok(()) => {
+                Box::pin(webhook::request(
+                    gw,
+                    &guards,
+                    &ctx,
+                    &mut incoming,
+                    &mut decisions,
+                ))
+                .await
+            }
             Err(e) => Err(e),
         }
         .and_then(|()| ResponsePhase::of(&guards, &incoming, &ctx));
@@ -204,7 +215,7 @@ pub async fn model_call(
                 fill = (!no_store).then_some((k, policy.ttl));
                 Outcome::Bypass
             }
-            Plan::Use(k) => match cache.get(&k, policy.ttl).await {
+            Plan::Use(k) => match Box::pin(cache.get(&k, policy.ttl)).await {
                 Ok(Some(entry)) if entry.format == incoming.format => {
                     cache.count(route, Outcome::Hit);
                     gw.metrics.cache_tokens_saved.inc_by(entry.usage.total());
@@ -215,14 +226,14 @@ pub async fn model_call(
                     if let Some(a) = &audit {
                         a.cache(Outcome::Hit);
                     }
-                    return answer_from_cache(
+                    return Box::pin(answer_from_cache(
                         gw,
                         &incoming,
                         &entry,
                         response_phase,
                         decisions,
                         audit,
-                    )
+                    ))
                     .await;
                 }
                 Ok(_) => {

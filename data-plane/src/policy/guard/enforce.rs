@@ -508,14 +508,14 @@ impl ResponsePhase {
         let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
             return Ok(body);
         };
-        let changed = super::webhook::check(
+        let changed = Box::pin(super::webhook::check(
             gw,
             self.guards.iter(),
             super::webhook::Phase::Response,
             &self.ctx,
             &mut [&mut value],
             decisions,
-        )
+        ))
         .await?;
         Ok(match changed {
             true => serde_json::to_vec(&value).map_or(body, bytes::Bytes::from),
