@@ -283,19 +283,30 @@ pub async fn model_call(
         audit.clone(),
     )
     .await;
-    let header = decisions.header();
-    if let (Some(a), Some(v)) = (&audit, &header) {
-        a.guardrails(v.to_str().unwrap_or_default());
-    }
-    let mut resp = resp?;
+    let mut resp = guardrails_said(resp, &decisions, audit.as_ref())?;
     let h = resp.headers_mut();
-    if let Some(v) = header {
-        h.insert(GUARDRAILS, v);
-    }
     h.insert(route::ATTEMPTS, route::attempts_header(attempts));
     h.insert(route::BACKEND, backend);
     if let Some(o) = cached {
         h.insert(CACHE, HeaderValue::from_static(o.name()));
+    }
+    Ok(resp)
+}
+
+/// What the guardrails did, in `x-switchyard-guardrails` and in the audit record (an error
+/// response too).
+fn guardrails_said(
+    resp: Result<Response, ProxyError>,
+    decisions: &Decisions,
+    audit: Option<&crate::audit::Slot>,
+) -> Result<Response, ProxyError> {
+    let header = decisions.header();
+    if let (Some(a), Some(v)) = (audit, &header) {
+        a.guardrails(v.to_str().unwrap_or_default());
+    }
+    let mut resp = resp?;
+    if let Some(v) = header {
+        resp.headers_mut().insert(GUARDRAILS, v);
     }
     Ok(resp)
 }
@@ -338,16 +349,9 @@ async fn answer_from_cache(
         audit.clone(),
     )
     .await;
-    let header = decisions.header();
-    if let (Some(a), Some(v)) = (&audit, &header) {
-        a.guardrails(v.to_str().unwrap_or_default());
-    }
-    let mut resp = resp?;
-    let h = resp.headers_mut();
-    if let Some(v) = header {
-        h.insert(GUARDRAILS, v);
-    }
-    h.insert(CACHE, HeaderValue::from_static("hit"));
+    let mut resp = guardrails_said(resp, &decisions, audit.as_ref())?;
+    resp.headers_mut()
+        .insert(CACHE, HeaderValue::from_static("hit"));
     Ok(resp)
 }
 

@@ -8,33 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Measured, Proc, free_port, spawn, wait_http, wrk};
-
-fn start_gateway(bin: &Path, work: &Path, name: &str, extra: &[String]) -> Result<(Proc, String)> {
-    let (api, admin) = (free_port(), free_port());
-    let mut args = vec![
-        "--config".to_owned(),
-        work.join("config").display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{api}"),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
-    ];
-    args.extend_from_slice(extra);
-    let p = spawn(
-        "switchyard-audit",
-        Some("0"),
-        &bin.join("switchyard-data-plane"),
-        &args,
-        &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "warn")],
-        &work.join(format!("gateway-audit-{name}.log")),
-    )?;
-    wait_http(
-        &format!("http://127.0.0.1:{admin}/readyz"),
-        Duration::from_secs(20),
-    )?;
-    Ok((p, format!("http://127.0.0.1:{api}/v1/chat/completions")))
-}
+use super::{Measured, wrk};
 
 pub(super) fn run(
     bin: &Path,
@@ -63,7 +37,8 @@ pub(super) fn run(
     let headers = [("Authorization", auth)];
     let mut rows = Vec::new();
     for (name, extra) in &variants {
-        let (_gw, url) = start_gateway(bin, work, name, extra)?;
+        let (_gw, url) =
+            super::limits::start_gateway(bin, work, "config", &format!("audit-{name}"), extra)?;
         for c in [1u32, 32] {
             let r = wrk(&url, c, duration, &headers, body, work)?;
             rows.push((format!("i: audit {name} c={c}"), r));

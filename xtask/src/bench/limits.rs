@@ -78,12 +78,19 @@ pub(super) fn start_redis(work: &Path) -> Result<Option<(Proc, String)>> {
     Ok(Some((p, format!("redis://127.0.0.1:{port}"))))
 }
 
-/// A gateway on the limits config, pinned to CPU 0; ready means its BPE table is loaded.
-fn start_gateway(bin: &Path, work: &Path, name: &str, extra: &[String]) -> Result<(Proc, String)> {
+/// A gateway on the config in `work/<config>`, pinned to CPU 0 with one worker; ready means
+/// its config (and any BPE table it needs) is loaded. Logs to `gateway-<name>.log`.
+pub(super) fn start_gateway(
+    bin: &Path,
+    work: &Path,
+    config: &str,
+    name: &str,
+    extra: &[String],
+) -> Result<(Proc, String)> {
     let (api, admin) = (free_port(), free_port());
     let mut args = vec![
         "--config".to_owned(),
-        work.join("config-limits").display().to_string(),
+        work.join(config).display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{api}"),
         "--admin-listen".into(),
@@ -91,7 +98,7 @@ fn start_gateway(bin: &Path, work: &Path, name: &str, extra: &[String]) -> Resul
     ];
     args.extend_from_slice(extra);
     let p = spawn(
-        "switchyard-limits",
+        "switchyard-pinned",
         Some("0"),
         &bin.join("switchyard-data-plane"),
         &args,
@@ -130,7 +137,7 @@ pub(super) fn run(
         ("redis", vec!["--redis-url".to_owned(), redis_url]),
         ("memory", Vec::new()),
     ] {
-        let (gw, url) = start_gateway(bin, work, name, &extra)?;
+        let (gw, url) = start_gateway(bin, work, "config-limits", name, &extra)?;
         rss.push(super::rss_kib(gw.pid()).unwrap_or(0));
         for c in [1u32, 32] {
             let r = wrk(&url, c, duration, &headers, body, work)?;
