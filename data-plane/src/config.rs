@@ -33,6 +33,23 @@ pub struct InvalidResource {
     pub message: String,
 }
 
+/// A route left out of the config, with the generation the snapshot carries for it.
+fn invalid_route(
+    generations: &HashMap<(&'static str, String), i64>,
+    id: &str,
+    message: String,
+) -> InvalidResource {
+    InvalidResource {
+        kind: ROUTE,
+        id: id.to_owned(),
+        generation: generations
+            .get(&(ROUTE, id.to_owned()))
+            .copied()
+            .unwrap_or(0),
+        message,
+    }
+}
+
 /// A virtual key as the request path sees it.
 #[derive(Debug, Default)]
 pub struct KeyEntry {
@@ -448,31 +465,15 @@ impl RuntimeConfig {
                         missing.join(", ")
                     )
                 };
-                self.route_errors.push(InvalidResource {
-                    kind: ROUTE,
-                    id: r.id.clone(),
-                    generation: self
-                        .generations
-                        .get(&(ROUTE, r.id.clone()))
-                        .copied()
-                        .unwrap_or(0),
-                    message,
-                });
+                self.route_errors
+                    .push(invalid_route(&self.generations, &r.id, message));
                 continue;
             }
             let cache = match crate::cache::Policy::from_proto(r.cache.as_ref()) {
                 Ok(c) => c.map(Arc::new),
                 Err(message) => {
-                    self.route_errors.push(InvalidResource {
-                        kind: ROUTE,
-                        id: r.id.clone(),
-                        generation: self
-                            .generations
-                            .get(&(ROUTE, r.id.clone()))
-                            .copied()
-                            .unwrap_or(0),
-                        message,
-                    });
+                    self.route_errors
+                        .push(invalid_route(&self.generations, &r.id, message));
                     continue;
                 }
             };
