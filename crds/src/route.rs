@@ -62,7 +62,8 @@ pub struct LLMRouteSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
-    /// `Off`, `Exact` (the same request, normalised) or `Semantic` (not built yet).
+    /// `Off`, `Exact` (the same request, normalised) or `Semantic` (the same request but for
+    /// a text that means nearly the same, by embedding similarity).
     pub mode: CacheMode,
     /// How long an answer is served, such as `10m`. Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +83,26 @@ pub struct CacheSpec {
     /// true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streaming: Option<bool>,
+    /// `Semantic`: the least cosine similarity between the embedded texts that counts as a
+    /// hit, above 0 and at most 1. Default 0.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity_threshold: Option<f64>,
+    /// `Semantic`: which text is embedded. `LastUserMessage` (default): the last user
+    /// message, and everything else in the request must match exactly. `Conversation`: every
+    /// message's text, system prompt included; the other fields must match exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<CacheText>,
+    /// Most answers kept per scope (the oldest go first). Unset: bounded by `ttl` and the
+    /// proxies' memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+}
+
+/// Which text of a request the semantic cache compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CacheText {
+    LastUserMessage,
+    Conversation,
 }
 
 /// How a route caches answers.

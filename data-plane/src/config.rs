@@ -350,7 +350,7 @@ impl RuntimeConfig {
             upstreams,
         );
         if routes_touched && delta.pools.is_empty() && delta.routes.is_empty() {
-            cfg.index_routes();
+            cfg.index_routes(upstreams);
             cfg.collect_rejected();
         }
         let guards_removed = delta.removed.iter().any(|r| r.kind == GUARDRAIL);
@@ -426,7 +426,7 @@ impl RuntimeConfig {
             self.keys.insert(hash, Arc::new(entry));
         }
         if !pools.is_empty() || !routes.is_empty() {
-            self.index_routes();
+            self.index_routes(upstreams);
         }
         self.counts_tokens |= self.routes.iter().any(|r| r.limits.tpm > 0);
         if self.counts_tokens && (!pools.is_empty() || self.tokenizers.is_empty()) {
@@ -436,7 +436,7 @@ impl RuntimeConfig {
     }
 
     /// Rebuilds the route entries and the model indexes from the routes as sent.
-    fn index_routes(&mut self) {
+    fn index_routes(&mut self, upstreams: &Upstreams) {
         self.route_errors.clear();
         let mut routes = Vec::with_capacity(self.route_protos.len());
         for r in self.route_protos.values() {
@@ -469,7 +469,12 @@ impl RuntimeConfig {
                     .push(invalid_route(&self.generations, &r.id, message));
                 continue;
             }
-            let cache = match crate::cache::Policy::from_proto(r.cache.as_ref()) {
+            let cache = match crate::cache::Policy::from_proto(
+                r.cache.as_ref(),
+                upstreams
+                    .can_embed
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ) {
                 Ok(c) => c.map(Arc::new),
                 Err(message) => {
                     self.route_errors

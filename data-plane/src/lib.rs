@@ -59,6 +59,8 @@ pub struct Options {
     pub audit: audit::AuditOptions,
     /// Bytes of answers the response cache keeps in this proxy.
     pub cache_memory_bytes: u64,
+    /// The semantic cache's embedding model (a directory with its weights and tokenizer).
+    pub embedding_model: Option<std::path::PathBuf>,
 }
 
 /// What happens on SIGTERM: readiness goes false at once; after `delay` (for load balancers
@@ -155,9 +157,17 @@ pub async fn run(
             "the response cache does not use a Redis Cluster yet: each proxy caches in its own memory"
         );
     }
-    let cache = cache::Cache::new(opts.cache_memory_bytes, shared, gw.metrics.clone())
-        .await
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let cache = cache::Cache::new(
+        opts.cache_memory_bytes,
+        shared,
+        opts.embedding_model.clone(),
+        gw.metrics.clone(),
+    )
+    .await
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    gw.upstreams
+        .can_embed
+        .store(cache.can_embed(), std::sync::atomic::Ordering::Relaxed);
     gw.set_cache(Arc::new(cache));
     let audit_writer = if opts.audit.enabled() {
         let (auditor, writer) =

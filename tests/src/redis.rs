@@ -15,6 +15,7 @@ pub struct RedisServer {
     dir: PathBuf,
     log_dir: PathBuf,
     extra: Vec<String>,
+    binary: PathBuf,
 }
 
 fn binary() -> PathBuf {
@@ -37,6 +38,15 @@ impl RedisServer {
 
     /// Starts a server with extra flags.
     pub fn start_with(log_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_binary(log_dir, binary(), extra)
+    }
+
+    /// Starts Redis 8 (vector sets), as [`crate::assets::redis8_server`] unpacks it.
+    pub fn start_redis8(log_dir: &Path) -> Self {
+        Self::start_binary(log_dir, crate::assets::redis8_server(), &[])
+    }
+
+    fn start_binary(log_dir: &Path, binary: PathBuf, extra: &[&str]) -> Self {
         let dir = log_dir.join(format!("redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let mut s = Self {
@@ -45,6 +55,7 @@ impl RedisServer {
             dir,
             log_dir: log_dir.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            binary,
         };
         s.restart();
         s
@@ -85,7 +96,7 @@ impl RedisServer {
         .map(|s| (*s).to_owned())
         .chain(self.extra.iter().cloned())
         .collect();
-        self.proc = Some(Proc::start_path(&binary(), &args, &self.log_dir));
+        self.proc = Some(Proc::start_path(&self.binary, &args, &self.log_dir));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.ping() {
             assert!(Instant::now() < deadline, "redis-server did not start");

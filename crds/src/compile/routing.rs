@@ -443,13 +443,21 @@ fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
     let mode = match c.mode {
         CacheMode::Off => pb::CacheMode::Off,
         CacheMode::Exact => pb::CacheMode::Exact,
-        CacheMode::Semantic => {
-            return Err(Reject::spec(
-                "Invalid",
-                "spec.cache.mode: Semantic is not available yet; use Exact",
-            ));
-        }
+        CacheMode::Semantic => pb::CacheMode::Semantic,
     };
+    let similarity = c.similarity_threshold.unwrap_or(0.9);
+    if !(similarity > 0.0 && similarity <= 1.0) {
+        return Err(Reject::spec(
+            "Invalid",
+            format!("spec.cache.similarityThreshold: above 0 and at most 1, not {similarity}"),
+        ));
+    }
+    if c.max_entries == Some(0) {
+        return Err(Reject::spec(
+            "Invalid",
+            "spec.cache.maxEntries: at least 1 (unset: no count limit)",
+        ));
+    }
     let ttl = match &c.ttl {
         Some(t) => validate::duration("spec.cache.ttl", t)?,
         None => std::time::Duration::from_secs(3600),
@@ -484,6 +492,13 @@ fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
         scope_label: label,
         max_temperature: c.max_temperature,
         skip_streaming: c.streaming == Some(false),
+        similarity_threshold: similarity,
+        text: match c.text.unwrap_or(crate::CacheText::LastUserMessage) {
+            crate::CacheText::LastUserMessage => pb::CacheText::LastUserMessage,
+            crate::CacheText::Conversation => pb::CacheText::Conversation,
+        }
+        .into(),
+        max_entries: c.max_entries.unwrap_or(0),
     })
 }
 

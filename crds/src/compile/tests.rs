@@ -812,7 +812,20 @@ spec: {models: [defaults], backends: [{pool: mock}], cache: {mode: Exact}}
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
 metadata: {name: semantic}
-spec: {models: [semantic], backends: [{pool: mock}], cache: {mode: Semantic}}
+spec:
+  models: [semantic]
+  backends: [{pool: mock}]
+  cache: {mode: Semantic, similarityThreshold: 0.85, text: Conversation, maxEntries: 100}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: loose}
+spec: {models: [loose], backends: [{pool: mock}], cache: {mode: Semantic, similarityThreshold: 0}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: none}
+spec: {models: [none], backends: [{pool: mock}], cache: {mode: Exact, maxEntries: 0}}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
@@ -858,7 +871,23 @@ spec: {models: [scorching], backends: [{pool: mock}], cache: {mode: Exact, maxTe
             .map(|d| d.message.clone())
             .unwrap_or_default()
     };
-    assert!(msg("semantic").contains("Semantic is not available yet"));
+    let s = policy("default/semantic");
+    assert_eq!(
+        (s.mode(), s.similarity_threshold, s.text(), s.max_entries),
+        (
+            pb::CacheMode::Semantic,
+            0.85,
+            pb::CacheText::Conversation,
+            100
+        )
+    );
+    assert_eq!(
+        (d.similarity_threshold, d.text(), d.max_entries),
+        (0.9, pb::CacheText::LastUserMessage, 0),
+        "0.9, the last user message, no count limit"
+    );
+    assert!(msg("loose").contains("spec.cache.similarityThreshold"));
+    assert!(msg("none").contains("spec.cache.maxEntries"));
     assert!(msg("nolabel").contains("spec.cache.scopeLabel"));
     assert!(msg("scorching").contains("spec.cache.maxTemperature"));
 }

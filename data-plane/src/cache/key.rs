@@ -3,7 +3,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Policy, Scope};
+use super::{Policy, Scope, Text};
 use crate::config::KeyEntry;
 use crate::llm::{Incoming, Op};
 
@@ -26,15 +26,44 @@ const IGNORED: &[&str] = &[
 pub enum Plan {
     /// Not cacheable (the reason is for logs).
     Bypass(&'static str),
-    /// Look up and/or fill under this key.
-    Use(String),
+    /// Look up and/or fill under these keys.
+    Use(Key),
 }
 
-/// `sy:cache:<route>:<scope>:` — every key of a route (and scope) starts with it.
+/// Where a request's answer is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    /// The scope's prefix: every key of the scope starts with it, and its `{...}` hash tag
+    /// keeps a scope's keys in one Redis Cluster slot.
+    pub scope: String,
+    /// The exact key: `<scope>e:<hex>` over the whole normalised request.
+    pub exact: String,
+    /// Semantic mode, when the request has the text to compare.
+    pub probe: Option<Probe>,
+}
+
+impl Key {
+    /// The hex digest at the end of the exact key (a vector's name in its set).
+    pub fn digest(&self) -> &str {
+        &self.exact[self.scope.len() + 2..]
+    }
+}
+
+/// What the semantic cache compares: the text to embed, and the set of requests it is
+/// compared within — those equal to this one in everything but that text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// `<scope>v:<hex>`: the vector set of the requests that differ only in the text.
+    pub set: String,
+    pub text: String,
+}
+
+/// `sy:cache:{<route>|<scope>}:` — every key of a route (and scope) starts with it (without a
+/// scope: every scope of the route).
 pub fn prefix(route: &str, scope: Option<&str>) -> String {
     match scope {
-        Some(s) => format!("sy:cache:{route}:{s}:"),
-        None => format!("sy:cache:{route}:"),
+        Some(s) => format!("sy:cache:{{{route}|{s}}}:"),
+        None => format!("sy:cache:{{{route}|"),
     }
 }
 
@@ -59,7 +88,10 @@ pub fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
     }
 }
 
-/// Whether and under which key a request is cached.
+/// Fields that hold the conversation: the semantic cache takes its text from them.
+const CONVERSATION: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
+
+/// Whether and under which keys a request is cached.
 pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -> Plan {
     if incoming.op != Op::Generate {
         return Plan::Bypass("not a completion");
@@ -85,24 +117,124 @@ pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -
     };
     let mut names: Vec<&str> = raw.keys().filter(|k| !IGNORED.contains(k)).collect();
     names.sort_unstable();
-    let mut h = Sha256::new();
-    h.update(incoming.format.label().as_bytes());
-    h.update([0]);
+    let mut exact = Sha256::new();
+    exact.update(incoming.format.label().as_bytes());
+    exact.update([0]);
+    // Semantic mode: the same, but for the compared text.
+    let mut rest = policy
+        .semantic
+        .as_ref()
+        .map(|s| (exact.clone(), s.text, String::new()));
     for name in names {
         let Some(bytes) = raw.get(name) else { continue };
         let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
             return Plan::Bypass("a field is not JSON");
         };
-        h.update(name.as_bytes());
-        h.update([0]);
-        canonical(&v, &mut h);
-        h.update([0]);
+        field(&mut exact, name, &v);
+        if let Some((h, text, out)) = &mut rest {
+            if CONVERSATION.contains(&name) {
+                let kept = match text {
+                    Text::LastUserMessage => last_user_message(name, v, out),
+                    Text::Conversation => {
+                        conversation(v, out);
+                        None
+                    }
+                };
+                if let Some(v) = kept {
+                    field(h, name, &v);
+                }
+            } else {
+                field(h, name, &v);
+            }
+        }
     }
-    Plan::Use(format!(
-        "{}{}",
-        prefix(route, Some(&scope)),
-        hex::encode(h.finalize())
-    ))
+    let scope = prefix(route, Some(&scope));
+    let probe = rest
+        .filter(|(_, _, text)| !text.trim().is_empty())
+        .map(|(h, _, text)| Probe {
+            set: format!("{scope}v:{}", hex::encode(h.finalize())),
+            text,
+        });
+    Plan::Use(Key {
+        exact: format!("{scope}e:{}", hex::encode(exact.finalize())),
+        scope,
+        probe,
+    })
+}
+
+/// Feeds one top-level field.
+fn field(h: &mut Sha256, name: &str, v: &Value) {
+    h.update(name.as_bytes());
+    h.update([0]);
+    canonical(v, h);
+    h.update([0]);
+}
+
+/// `LastUserMessage`: takes the last user message's text out of a conversation field (a
+/// messages or input array, or a prompt or input string) into `out`, and returns what is
+/// left, to match exactly.
+fn last_user_message(name: &str, mut v: Value, out: &mut String) -> Option<Value> {
+    match &mut v {
+        Value::String(s) if name == "prompt" || name == "input" => {
+            *out = std::mem::take(s);
+            None
+        }
+        Value::Array(items) if name == "messages" || name == "input" => {
+            let last = items
+                .iter_mut()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .and_then(|m| m.get_mut("content"));
+            if let Some(content) = last {
+                out.clear();
+                collect(content, out);
+                *content = Value::Null;
+            }
+            Some(v)
+        }
+        _ => Some(v),
+    }
+}
+
+/// `Conversation`: every text of a conversation field into `out`, one line each, messages
+/// with their role.
+fn conversation(v: Value, out: &mut String) {
+    let mut push = |role: Option<&str>, v: &Value| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if let Some(r) = role {
+            out.push_str(r);
+            out.push_str(": ");
+        }
+        collect(v, out);
+    };
+    match &v {
+        Value::Array(items) => {
+            for m in items {
+                let role = m.get("role").and_then(Value::as_str);
+                match m.get("content") {
+                    Some(c) => push(role, c),
+                    None => push(role, m),
+                }
+            }
+        }
+        other => push(None, other),
+    }
+}
+
+/// The text of a message's content: a string, or its text parts in order.
+fn collect(v: &Value, out: &mut String) {
+    let mut v = v.clone();
+    let mut first = true;
+    let _ = crate::policy::guard::enforce::walk(&mut v, &mut |t: &mut String| {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        out.push_str(t);
+        Ok(())
+    });
 }
 
 /// Feeds a JSON value with its object keys sorted (numbers and strings as serde_json writes
@@ -168,7 +300,104 @@ mod tests {
             scope,
             max_temperature: Some(0.5),
             streaming: true,
+            max_entries: None,
+            semantic: None,
         }
+    }
+
+    fn semantic(text: Text) -> Policy {
+        Policy {
+            semantic: Some(super::super::Semantic {
+                threshold: 0.9,
+                text,
+            }),
+            ..policy(Scope::Key)
+        }
+    }
+
+    fn probe(p: &Policy, body: &str) -> Probe {
+        match plan(p, "r", &key("k1", "red"), &incoming(body, false)) {
+            Plan::Use(Key {
+                probe: Some(probe), ..
+            }) => probe,
+            other => panic!("no probe: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_user_message_is_compared_and_everything_else_must_match() {
+        let p = semantic(Text::LastUserMessage);
+        let chat = |system: &str, question: &str| {
+            format!(
+                r#"{{"model":"m","temperature":0,"messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"earlier"}},{{"role":"assistant","content":"ok"}},{{"role":"user","content":[{{"type":"text","text":"{question}"}}]}}]}}"#
+            )
+        };
+        let a = probe(&p, &chat("be brief", "What is the capital of France?"));
+        let b = probe(&p, &chat("be brief", "Tell me the capital city of France"));
+        assert_eq!(a.text, "What is the capital of France?");
+        assert_eq!(a.set, b.set, "only the compared text differs: one set");
+        assert!(a.set.starts_with("sy:cache:{r|key=k1}:v:"), "{}", a.set);
+        let other_system = probe(&p, &chat("be verbose", "What is the capital of France?"));
+        assert_ne!(
+            a.set, other_system.set,
+            "another system prompt, another set"
+        );
+        let other_model = probe(
+            &p,
+            &chat("be brief", "What is the capital of France?")
+                .replace(r#""model":"m""#, r#""model":"n""#),
+        );
+        assert_ne!(a.set, other_model.set, "another model, another set");
+        let Plan::Use(other_key) = plan(
+            &p,
+            "r",
+            &key("k2", "red"),
+            &incoming(&chat("be brief", "What is the capital of France?"), false),
+        ) else {
+            panic!("cached")
+        };
+        assert_ne!(
+            a.set,
+            other_key.probe.expect("probe").set,
+            "another key's scope, another set"
+        );
+        let Plan::Use(exact) = plan(
+            &p,
+            "r",
+            &key("k1", "red"),
+            &incoming(&chat("be brief", "What is the capital of France?"), false),
+        ) else {
+            panic!("cached")
+        };
+        assert_eq!(exact.digest().len(), 64);
+        assert!(exact.exact.starts_with(&exact.scope));
+    }
+
+    #[test]
+    fn a_conversation_is_compared_whole_and_a_request_without_text_is_exact_only() {
+        let p = semantic(Text::Conversation);
+        let a = probe(
+            &p,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(a.text, "system: be brief\nuser: hi");
+        let b = probe(
+            &p,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"be long"},{"role":"user","content":"hello"}]}"#,
+        );
+        assert_eq!(a.set, b.set, "the texts are compared, not matched");
+        let Plan::Use(k) = plan(
+            &semantic(Text::LastUserMessage),
+            "r",
+            &key("k1", "red"),
+            &incoming(
+                r#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"x"}]}"#,
+                false,
+            ),
+        ) else {
+            panic!("cached")
+        };
+        assert_eq!(k.probe, None, "no user message: exact only");
     }
 
     #[test]

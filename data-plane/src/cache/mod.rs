@@ -1,22 +1,30 @@
-//! The response cache (pipeline step 10): a route's `cache` policy, the key of a request, and
-//! the tiers that hold answers — a bounded in-memory tier in each proxy (`moka`, weighed in
-//! bytes, each entry with its route's TTL) in front of Redis, which the fleet shares. Redis
-//! answering slowly or not at all bypasses the cache, counted, never an error.
+//! The response cache (pipeline step 10): a route's `cache` policy, the keys of a request,
+//! and the tiers that hold answers — a bounded in-memory tier in each proxy in front of Redis,
+//! which the fleet shares. Redis answering slowly or not at all bypasses the cache, counted,
+//! never an error.
 //!
-//! The key is a SHA-256 over the route, the scope (the key, a key label's value, or the
-//! route), the client's format and the request body normalised: every top-level field but
-//! those that do not change the answer (`stream`, `stream_options`, `user`, `metadata`, ...),
-//! each value re-serialised with its object keys sorted, so whitespace and key order do not
-//! matter. The body is the one after the request-phase guardrails.
+//! - `key`: the exact key, a SHA-256 over the route, the scope (the key, a key label's value,
+//!   or the route), the client's format and the request body normalised (every top-level
+//!   field but those that do not change the answer, object keys sorted). In semantic mode
+//!   also the probe: the text to compare and the vector set of the requests equal to this one
+//!   in everything else, so a hit across scopes, models or parameters is impossible by
+//!   construction.
+//! - `embed`: the built-in embedding model (all-MiniLM-L6-v2 on candle).
+//! - `memory`: the proxy's tier (answers; vectors when there is no Redis).
+//! - `redis`: the fleet's tier (answers, vector sets, per-scope bounds).
 //!
 //! What is stored is a complete, successful, non-streamed answer in the client's format,
 //! before the response-phase guardrails (they run again on every hit). A streamed request
 //! that hits gets the answer replayed as a stream in its dialect, with usage.
 
+pub mod embed;
 pub mod key;
+mod memory;
+mod redis;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_proto::v1 as pb;
@@ -34,6 +42,10 @@ pub struct Policy {
     pub max_temperature: Option<f64>,
     /// Streamed requests may be served from the cache.
     pub streaming: bool,
+    /// Answers kept per scope.
+    pub max_entries: Option<u64>,
+    /// Semantic mode.
+    pub semantic: Option<Semantic>,
 }
 
 /// Whose requests share answers.
@@ -45,17 +57,45 @@ pub enum Scope {
     Route,
 }
 
+/// How a semantic route compares requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Semantic {
+    /// The least cosine similarity of a hit.
+    pub threshold: f32,
+    pub text: Text,
+}
+
+/// Which text is compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Text {
+    LastUserMessage,
+    Conversation,
+}
+
 impl Policy {
-    /// `None`: caching is off.
-    pub fn from_proto(c: Option<&pb::CachePolicy>) -> Result<Option<Self>, String> {
+    /// `None`: caching is off. `can_embed`: this data plane runs an embedding model.
+    pub fn from_proto(
+        c: Option<&pb::CachePolicy>,
+        can_embed: bool,
+    ) -> Result<Option<Self>, String> {
         let Some(c) = c else { return Ok(None) };
-        match c.mode() {
+        let semantic = match c.mode() {
             pb::CacheMode::Off => return Ok(None),
-            pb::CacheMode::Exact => {}
-            pb::CacheMode::Semantic => {
-                return Err("semantic caching is not available in this data plane".into());
+            pb::CacheMode::Exact => None,
+            pb::CacheMode::Semantic if !can_embed => {
+                return Err(
+                    "semantic caching needs an embedding model: start the data plane with --embedding-model"
+                        .into(),
+                );
             }
-        }
+            pb::CacheMode::Semantic => Some(Semantic {
+                threshold: c.similarity_threshold as f32,
+                text: match c.text() {
+                    pb::CacheText::LastUserMessage => Text::LastUserMessage,
+                    pb::CacheText::Conversation => Text::Conversation,
+                },
+            }),
+        };
         let scope = match c.scope() {
             pb::CacheScope::Key => Scope::Key,
             pb::CacheScope::Route => Scope::Route,
@@ -69,6 +109,8 @@ impl Policy {
             scope,
             max_temperature: c.max_temperature,
             streaming: !c.skip_streaming,
+            max_entries: (c.max_entries > 0).then_some(c.max_entries),
+            semantic,
         }))
     }
 }
@@ -119,45 +161,78 @@ impl Entry {
     }
 }
 
-/// Per-entry expiry: each entry lives its route's TTL.
-struct Ttl;
+/// The nearest stored request of a vector set.
+#[derive(Debug)]
+pub(crate) struct Found {
+    /// Its exact key (empty when Redis found its answer gone).
+    key: String,
+    similarity: f32,
+    /// Its answer, when the index had it at hand.
+    entry: Option<Arc<Entry>>,
+}
 
-impl moka::Expiry<String, Arc<Entry>> for Ttl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Entry>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+/// Nearest-neighbour search over vector sets: in Redis for a fleet, in memory (HNSW) for a
+/// standalone proxy. `scope` is the set's scope prefix.
+pub(crate) trait VectorIndex: Send + Sync {
+    fn search<'a>(
+        &'a self,
+        set: &'a str,
+        vector: &'a [f32],
+        scope: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, String>>;
+}
+
+/// The embedding model, loaded on first use (a proxy whose routes do not compare meanings
+/// never holds it).
+struct Embedder {
+    dir: PathBuf,
+    model: tokio::sync::OnceCell<Result<Arc<embed::Model>, String>>,
+}
+
+impl Embedder {
+    async fn model(&self) -> Result<&Arc<embed::Model>, &str> {
+        self.model
+            .get_or_init(|| async {
+                let dir = self.dir.clone();
+                let loaded = tokio::task::spawn_blocking(move || embed::Model::load(&dir))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(Arc::new));
+                match &loaded {
+                    Ok(m) => tracing::info!(dir = %self.dir.display(), dimensions = m.dimensions(), "embedding model loaded"),
+                    Err(e) => tracing::error!(error = %e, "the embedding model did not load: semantic lookups are bypassed"),
+                }
+                loaded
+            })
+            .await
+            .as_ref()
+            .map_err(String::as_str)
     }
 }
 
 /// The tiers.
 pub struct Cache {
-    memory: moka::sync::Cache<String, Arc<Entry>>,
-    redis: Option<RedisTier>,
+    memory: memory::MemoryTier,
+    redis: Option<redis::RedisTier>,
+    embedder: Option<Embedder>,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("memory_entries", &self.memory.entry_count())
+            .field("memory_entries", &self.memory.entries.entry_count())
             .field("redis", &self.redis.is_some())
+            .field("embedding_model", &self.embedder.as_ref().map(|e| &e.dir))
             .finish()
     }
-}
-
-struct RedisTier {
-    conn: redis::aio::ConnectionManager,
-    timeout: Duration,
 }
 
 /// Where a lookup or a fill stands, for the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Hit,
+    SemanticHit,
     Miss,
     Bypass,
 }
@@ -166,43 +241,65 @@ impl Outcome {
     pub fn name(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::SemanticHit => "semantic_hit",
             Self::Miss => "miss",
             Self::Bypass => "bypass",
         }
     }
 }
 
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// An answer: the request's own, or (with a similarity) a request's that means the same.
+    Hit {
+        entry: Arc<Entry>,
+        similarity: Option<f32>,
+    },
+    /// Nothing; the request's embedding, when one was made, for the fill.
+    Miss { vector: Option<Vec<f32>> },
+    /// A tier or the model did not answer: served as if there were no cache.
+    Bypass,
+}
+
+/// What a fill stores besides the answer.
+#[derive(Debug)]
+pub struct Fill {
+    pub key: key::Key,
+    pub vector: Option<Vec<f32>>,
+}
+
 impl Cache {
-    /// A cache with `memory_bytes` in this proxy and, with `redis`, the fleet's tier.
+    /// A cache with `memory_bytes` in this proxy, with `redis` the fleet's tier, and with
+    /// `embedding_model` the semantic cache's model directory.
     pub async fn new(
         memory_bytes: u64,
         redis: Option<(&str, Duration)>,
+        embedding_model: Option<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let memory = moka::sync::Cache::builder()
-            .max_capacity(memory_bytes)
-            .weigher(|_k: &String, v: &Arc<Entry>| v.weight())
-            .expire_after(Ttl)
-            .support_invalidation_closures()
-            .build();
         let redis = match redis {
             None => None,
-            Some((url, timeout)) => {
-                let client = redis::Client::open(url).map_err(|e| format!("cache redis: {e}"))?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1);
-                let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| format!("cache redis: {e}"))?;
-                Some(RedisTier { conn, timeout })
-            }
+            Some((url, timeout)) => Some(redis::RedisTier::new(url, timeout)?),
         };
+        if let Some(dir) = &embedding_model {
+            // Fail at start, not on the first semantic request.
+            embed::check_dir(dir)?;
+        }
         Ok(Self {
-            memory,
+            memory: memory::MemoryTier::new(memory_bytes),
             redis,
+            embedder: embedding_model.map(|dir| Embedder {
+                dir,
+                model: tokio::sync::OnceCell::new(),
+            }),
             metrics,
         })
+    }
+
+    /// Whether semantic routes can run here.
+    pub fn can_embed(&self) -> bool {
+        self.embedder.is_some()
     }
 
     fn failed(&self, op: &'static str, e: &str) {
@@ -210,34 +307,23 @@ impl Cache {
             .cache_errors
             .get_or_create(&crate::metrics::OpLabels { op })
             .inc();
-        tracing::debug!(op, error = e, "cache tier unavailable; bypassed");
+        tracing::debug!(op, error = e, "cache step failed; bypassed");
     }
 
     /// The stored answer for `key`: this proxy's memory first, then Redis (kept in memory
     /// after). `Err`: Redis did not answer (the lookup is bypassed).
     pub async fn get(&self, key: &str, ttl: Duration) -> Result<Option<Arc<Entry>>, ()> {
-        if let Some(e) = self.memory.get(key) {
+        if let Some(e) = self.memory.entries.get(key) {
             return Ok(Some(e));
         }
         let Some(r) = &self.redis else {
             return Ok(None);
         };
-        let mut conn = r.conn.clone();
-        let got: Result<Option<Vec<u8>>, String> = match tokio::time::timeout(
-            r.timeout,
-            redis::cmd("GET").arg(key).query_async(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        };
-        match got {
+        match r.get(key).await {
             Ok(Some(bytes)) => match Entry::decode(&bytes, ttl) {
                 Some(e) => {
                     let e = Arc::new(e);
-                    self.memory.insert(key.to_owned(), e.clone());
+                    self.memory.entries.insert(key.to_owned(), e.clone());
                     Ok(Some(e))
                 }
                 None => Ok(None),
@@ -250,25 +336,157 @@ impl Cache {
         }
     }
 
-    /// Stores an answer in both tiers; the Redis write happens in the background.
-    pub fn put(self: &Arc<Self>, key: String, entry: Entry) {
+    /// Looks a request up: its exact key, then (semantic routes) the nearest request of its
+    /// vector set.
+    pub async fn lookup(&self, policy: &Policy, key: &key::Key) -> Lookup {
+        match self.get(&key.exact, policy.ttl).await {
+            Ok(Some(entry)) => {
+                return Lookup::Hit {
+                    entry,
+                    similarity: None,
+                };
+            }
+            Ok(None) => {}
+            Err(()) => return Lookup::Bypass,
+        }
+        let (Some(semantic), Some(probe)) = (&policy.semantic, &key.probe) else {
+            return Lookup::Miss { vector: None };
+        };
+        let Some(vector) = self.embed(&probe.text).await else {
+            return Lookup::Bypass;
+        };
+        let index: &dyn VectorIndex = match &self.redis {
+            Some(r) => r,
+            None => &self.memory,
+        };
+        let found = match index.search(&probe.set, &vector, &key.scope).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed("search", &e);
+                return Lookup::Bypass;
+            }
+        };
+        if let Some(f) = &found {
+            self.metrics
+                .cache_similarity
+                .observe(f64::from(f.similarity));
+        }
+        match found {
+            Some(f) if f.similarity >= semantic.threshold && !f.key.is_empty() => {
+                let entry = match f.entry {
+                    Some(e) => Some(Arc::new(Entry {
+                        ttl: policy.ttl,
+                        ..(*e).clone()
+                    })),
+                    None => self.memory.entries.get(&f.key),
+                };
+                match entry {
+                    Some(entry) => Lookup::Hit {
+                        entry,
+                        similarity: Some(f.similarity),
+                    },
+                    None => Lookup::Miss {
+                        vector: Some(vector),
+                    },
+                }
+            }
+            _ => Lookup::Miss {
+                vector: Some(vector),
+            },
+        }
+    }
+
+    /// The embedding of `text`; `None` (counted) when the model cannot make one.
+    async fn embed(&self, text: &str) -> Option<Vec<f32>> {
+        let model = match self.embedder.as_ref()?.model().await {
+            Ok(m) => m,
+            Err(e) => {
+                self.failed("embed", e);
+                return None;
+            }
+        };
+        let start = Instant::now();
+        match model.embed(text.to_owned()).await {
+            Ok((v, _)) => {
+                self.metrics
+                    .cache_embedding_duration
+                    .observe(start.elapsed().as_secs_f64());
+                self.metrics.cache_embedded_bytes.inc_by(text.len() as u64);
+                Some(v)
+            }
+            Err(e) => {
+                self.failed("embed", &e);
+                None
+            }
+        }
+    }
+
+    /// Stores an answer in both tiers (the Redis write, and an embedding the lookup did not
+    /// make, happen in the background).
+    pub fn put(self: &Arc<Self>, policy: &Policy, fill: Fill, entry: Entry) {
         self.metrics.cache_fills.inc();
         let entry = Arc::new(entry);
-        self.memory.insert(key.clone(), entry.clone());
-        if self.redis.is_some() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let Some(r) = &me.redis else { return };
-                let mut conn = r.conn.clone();
-                let ttl_ms = entry.ttl.as_millis().max(1) as u64;
-                let mut set = redis::cmd("SET");
-                set.arg(&key).arg(entry.encode()).arg("PX").arg(ttl_ms);
-                match tokio::time::timeout(r.timeout, set.query_async::<()>(&mut conn)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => me.failed("put", &e.to_string()),
-                    Err(_) => me.failed("put", "timed out"),
-                }
-            });
+        let max = policy.max_entries;
+        let probe = fill.key.probe.clone().filter(|_| policy.semantic.is_some());
+        if probe.is_none() || fill.vector.is_some() {
+            self.store(fill.key, fill.vector, entry, max);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let vector = match &probe {
+                Some(p) => me.embed(&p.text).await,
+                None => None,
+            };
+            me.store(fill.key, vector, entry, max);
+        });
+    }
+
+    fn store(
+        self: &Arc<Self>,
+        key: key::Key,
+        vector: Option<Vec<f32>>,
+        entry: Arc<Entry>,
+        max: Option<u64>,
+    ) {
+        let set = key.probe.as_ref().map(|p| p.set.as_str());
+        match &self.redis {
+            None => self
+                .memory
+                .put(&key.scope, key.exact.clone(), entry, max, set.zip(vector)),
+            Some(_) => {
+                self.memory
+                    .put(&key.scope, key.exact.clone(), entry.clone(), max, None);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let Some(r) = &me.redis else { return };
+                    let set = key.probe.as_ref().map(|p| p.set.as_str());
+                    if let Err(e) = r
+                        .put(
+                            &key.scope,
+                            &key.exact,
+                            entry.encode(),
+                            entry.ttl,
+                            max,
+                            set.zip(vector.as_deref()),
+                        )
+                        .await
+                    {
+                        me.failed("put", &e);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Counts what a hit saved: its tokens, and their cost at the route's first backend's
+    /// prices.
+    pub fn saved(&self, usage: &Usage, routed: &crate::route::Routed<'_>) {
+        self.metrics.cache_tokens_saved.inc_by(usage.total());
+        if let Some(price) = routed.backend.pool.prices.get(&routed.upstream_model) {
+            self.metrics
+                .cache_cost_saved
+                .inc_by(price.cost_nanos(usage) as f64 / 1e9);
         }
     }
 
@@ -283,42 +501,14 @@ impl Cache {
             .inc();
     }
 
-    /// Removes a route's entries (or one scope's), in memory and in Redis. Returns what Redis
-    /// deleted.
+    /// Removes a route's entries and vectors (or one scope's), in memory and in Redis.
+    /// Returns how many keys Redis deleted.
     pub async fn purge(&self, route: &str, scope: Option<&str>) -> Result<u64, String> {
         let prefix = key::prefix(route, scope);
-        let p = prefix.clone();
-        self.memory
-            .invalidate_entries_if(move |k, _| k.starts_with(&p))
-            .map_err(|e| e.to_string())?;
+        self.memory.purge(&prefix)?;
         let Some(r) = &self.redis else { return Ok(0) };
-        let mut conn = r.conn.clone();
-        let pattern = format!("{}*", key::glob_escape(&prefix));
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
+        r.delete_matching(&format!("{}*", key::glob_escape(&prefix)))
+            .await
     }
 }
 
@@ -374,6 +564,33 @@ pub fn replay(r: &Response) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn semantic_routes_need_a_model_here() {
+        let proto = pb::CachePolicy {
+            mode: pb::CacheMode::Semantic.into(),
+            ttl_ms: 1000,
+            similarity_threshold: 0.8,
+            text: pb::CacheText::Conversation.into(),
+            max_entries: 7,
+            ..Default::default()
+        };
+        let refused = Policy::from_proto(Some(&proto), false).expect_err("no model");
+        assert!(refused.contains("--embedding-model"), "{refused}");
+        let p = Policy::from_proto(Some(&proto), true)
+            .expect("valid")
+            .expect("on");
+        assert_eq!(
+            (p.semantic, p.max_entries),
+            (
+                Some(Semantic {
+                    threshold: 0.8,
+                    text: Text::Conversation
+                }),
+                Some(7)
+            )
+        );
+    }
 
     #[test]
     fn entries_round_trip() {

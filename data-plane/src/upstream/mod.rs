@@ -54,6 +54,8 @@ pub struct Upstreams {
     clients: Mutex<HashMap<ClientSettings, HttpClient>>,
     pub health: crate::route::health::Registry,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// This data plane runs an embedding model (routes with a semantic cache need one).
+    pub can_embed: std::sync::atomic::AtomicBool,
 }
 
 impl Upstreams {

@@ -304,6 +304,15 @@ pub struct CachePolicy {
     /// Streamed requests are not answered from the cache.
     #[prost(bool, tag = "6")]
     pub skip_streaming: bool,
+    /// Semantic mode: the least cosine similarity that counts as a hit (0 \< t \<= 1).
+    #[prost(double, tag = "7")]
+    pub similarity_threshold: f64,
+    /// Semantic mode: which text is embedded.
+    #[prost(enumeration = "CacheText", tag = "8")]
+    pub text: i32,
+    /// Entries kept per scope; 0 = bounded by TTL (and memory) only.
+    #[prost(uint64, tag = "9")]
+    pub max_entries: u64,
 }
 /// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -617,6 +626,34 @@ impl CacheScope {
             "CACHE_SCOPE_KEY" => Some(Self::Key),
             "CACHE_SCOPE_LABEL" => Some(Self::Label),
             "CACHE_SCOPE_ROUTE" => Some(Self::Route),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CacheText {
+    /// The text of the last user message; everything before it must match exactly.
+    LastUserMessage = 0,
+    /// The text of every message, system prompt included.
+    Conversation = 1,
+}
+impl CacheText {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::LastUserMessage => "CACHE_TEXT_LAST_USER_MESSAGE",
+            Self::Conversation => "CACHE_TEXT_CONVERSATION",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CACHE_TEXT_LAST_USER_MESSAGE" => Some(Self::LastUserMessage),
+            "CACHE_TEXT_CONVERSATION" => Some(Self::Conversation),
             _ => None,
         }
     }

@@ -402,7 +402,7 @@ fn owner(guards: &[Arc<Guard>], entity: Entity, action: Action) -> &str {
 }
 
 /// Calls `f` on every text string of a JSON value (see [`NOT_TEXT`]).
-pub(super) fn walk(
+pub(crate) fn walk(
     v: &mut Value,
     f: &mut impl FnMut(&mut String) -> Result<(), Entity>,
 ) -> Result<(), Entity> {
