@@ -261,7 +261,7 @@ pub async fn model_call(
         }
         cached = Some(outcome);
     }
-    let served = match route::call(gw, &routed, &incoming).await {
+    let mut served = match route::call(gw, &routed, &incoming).await {
         Ok(s) => s,
         Err(e) => {
             if let Some(p) = permit {
@@ -275,7 +275,7 @@ pub async fn model_call(
         p.reprice(served.price);
     }
     if let (Some(fill), Some(cache), Some(policy)) = (fill, gw.cache(), &routed.route.cache) {
-        store(cache, policy, fill, incoming.format, &served.answer);
+        store(cache, policy, fill, incoming.format, &mut served.answer);
     }
     let (attempts, backend) = (served.attempts, served.backend);
     if let Some(a) = &audit {
@@ -372,35 +372,50 @@ async fn answer_from_cache(
     Ok(resp)
 }
 
-/// Stores a complete answer (a stream is not stored).
+/// Stores a complete answer; a stream gets a record that stores it once it completed.
 fn store(
     cache: &Arc<crate::cache::Cache>,
-    policy: &crate::cache::Policy,
+    policy: &Arc<crate::cache::Policy>,
     fill: Fill,
     format: crate::llm::Format,
-    answer: &crate::providers::Answer,
+    answer: &mut crate::providers::Answer,
 ) {
     use crate::providers::Answer;
-    let (body, usage) = match answer {
-        Answer::Raw { body, usage } => (body.clone(), usage.unwrap_or_default()),
+    let entry = |body, usage| crate::cache::Entry {
+        format,
+        usage,
+        body,
+        ttl: policy.ttl,
+    };
+    match answer {
+        Answer::Raw { body, usage } => {
+            cache.put(policy, fill, entry(body.clone(), usage.unwrap_or_default()));
+        }
         Answer::Complete { response, echo } => {
-            match frontdoor::render_answer(format, response, echo.as_deref()) {
-                Ok(b) => (b, response.usage),
-                Err(_) => return,
+            if let Ok(b) = frontdoor::render_answer(format, response, echo.as_deref()) {
+                cache.put(policy, fill, entry(b, response.usage));
             }
         }
-        _ => return,
-    };
-    cache.put(
-        policy,
-        fill,
-        crate::cache::Entry {
-            format,
-            usage,
-            body,
-            ttl: policy.ttl,
-        },
-    );
+        Answer::Stream { record, .. } => {
+            let (cache, policy) = (cache.clone(), policy.clone());
+            *record = Some(Box::new(crate::cache::Record::new(move |r| {
+                if let Ok(body) = frontdoor::render_answer(format, &r, None) {
+                    let ttl = policy.ttl;
+                    cache.put(
+                        &policy,
+                        fill,
+                        crate::cache::Entry {
+                            format,
+                            usage: r.usage,
+                            body,
+                            ttl,
+                        },
+                    );
+                }
+            })));
+        }
+        _ => {}
+    }
 }
 
 /// Metrics and load shedding in one layer (one boxed future per request instead of two

@@ -269,6 +269,38 @@ async fn exact_hits_are_served_whole_streamed_and_across_the_fleet() {
         "every hit spent nothing upstream"
     );
 
+    // A streamed miss is stored once it completed; the whole request then hits it.
+    let mut first_streamed = cold("cached", "streamed before anyone asked whole");
+    first_streamed["stream"] = json!(true);
+    first_streamed["stream_options"] = json!({"include_usage": true});
+    let resp = client()
+        .post(e.api(0))
+        .bearer_auth(CLIENT_KEY)
+        .json(&first_streamed)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.headers()["x-switchyard-cache"], "miss");
+    let streamed_text = sse_text(&resp.text().await.expect("sse"));
+    assert!(!streamed_text.is_empty());
+    e.stored("default/cached", 2).await;
+    let (s, c, whole) = ask(
+        &e.api(1),
+        CLIENT_KEY,
+        &cold("cached", "streamed before anyone asked whole"),
+        None,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (200, "hit"), "{whole}");
+    assert_eq!(
+        whole["choices"][0]["message"]["content"].as_str(),
+        Some(streamed_text.as_str())
+    );
+    assert!(
+        whole["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{whole}"
+    );
+
     // Another tenant (key scope): never the first key's answer.
     let (s, c, _) = ask(&e.api(0), OTHER_KEY, &body, None).await;
     assert_eq!((s, c.as_str()), (200, "miss"));

@@ -20,6 +20,7 @@ mod limits;
 mod nginx;
 mod peers;
 mod scale;
+mod semantic;
 
 use scale::{Scale, config_scale};
 
@@ -322,9 +323,10 @@ async fn concurrent_streams(url: &str, n: usize, pid: u32) -> Result<(u64, usize
 
 fn bench_config(mock: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n{}{}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench}}\nstringData: {{key: {KEY}, upstream: sk-upstream}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: mock}}\nspec:\n  provider: openai\n  endpoints: [{{url: \"{mock}/v1\", credentialSecretRef: {{name: bench, key: upstream}}}}]\n  models: [{{name: mock-gpt}}]\n---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: bench}}\nspec: {{models: [bench], backends: [{{pool: mock, model: mock-gpt}}]}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: VirtualKey\nmetadata: {{name: bench}}\nspec: {{secretRef: {{name: bench}}}}\n{}{}{}",
         guards::CONFIG,
-        cache::CONFIG
+        cache::CONFIG,
+        semantic::CONFIG
     )
 }
 
@@ -516,6 +518,12 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
             record("switchyard", scenario, r);
         }
         println!("j: {}", m.summary);
+        let exact_hit = m.rows.first().map_or(0.0, |(_, r)| r.p50_us);
+        let k = semantic::run(root, &bin, &work, &auth, 30, exact_hit)?;
+        for (scenario, r) in &k.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("k: {}", k.summary);
         return Ok(());
     }
     if opts.audit_only {
@@ -607,8 +615,8 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     };
     println!("i: {scenario_i}");
 
-    // j. exact cache hits.
-    let scenario_j = {
+    // j. exact cache hits; k. semantic hits.
+    let (scenario_j, exact_hit) = {
         let m = cache::run(
             &gateway,
             &auth,
@@ -620,9 +628,18 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         for (scenario, r) in &m.rows {
             record("switchyard", scenario, r);
         }
-        m.summary
+        (m.summary, m.rows.first().map_or(0.0, |(_, r)| r.p50_us))
     };
     println!("j: {scenario_j}");
+    let scenario_k = {
+        let n = if opts.smoke { 2 } else { 30 };
+        let m = semantic::run(root, &bin, &work, &auth, n, exact_hit)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        m.summary
+    };
+    println!("k: {scenario_k}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -808,6 +825,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     let _ = writeln!(md, "- g. {scenario_g}.");
     let _ = writeln!(md, "- i. {scenario_i}.");
     let _ = writeln!(md, "- j. {scenario_j}.");
+    let _ = writeln!(md, "- k. {scenario_k}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",

@@ -512,6 +512,116 @@ impl Cache {
     }
 }
 
+/// A streamed miss on its way to the cache: the events the client got, gathered into the
+/// whole answer they make (the inverse of [`replay`]), and what stores it once the stream
+/// completed. A stream that breaks off or is blocked drops its record: nothing is stored.
+pub struct Record {
+    answer: Assembler,
+    store: Box<dyn FnOnce(Response) + Send>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record").finish_non_exhaustive()
+    }
+}
+
+impl Record {
+    /// Records into `store`, which gets the whole answer.
+    pub fn new(store: impl FnOnce(Response) + Send + 'static) -> Self {
+        Self {
+            answer: Assembler::default(),
+            store: Box::new(store),
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event) {
+        self.answer.event(ev);
+    }
+
+    /// The stream completed: the answer is stored (if it finished).
+    pub fn complete(self) {
+        if let Some(r) = self.answer.finish() {
+            (self.store)(r);
+        }
+    }
+}
+
+/// Stream events gathered into a [`Response`].
+#[derive(Debug, Default)]
+struct Assembler {
+    id: String,
+    model: String,
+    /// Parts by block index.
+    parts: Vec<(usize, Part)>,
+    usage: Usage,
+    finish: Option<crate::llm::Finish>,
+}
+
+impl Assembler {
+    fn event(&mut self, ev: &Event) {
+        match ev {
+            Event::Start { id, model } => {
+                id.clone_into(&mut self.id);
+                model.clone_into(&mut self.model);
+            }
+            Event::BlockStart { index, block } => {
+                let part = match block {
+                    Block::Text => Part::text(""),
+                    Block::Thinking => Part::Thinking {
+                        text: String::new(),
+                        signature: None,
+                    },
+                    Block::RedactedThinking { data } => {
+                        Part::RedactedThinking { data: data.clone() }
+                    }
+                    Block::ToolCall { id, name } => Part::ToolCall(crate::llm::ToolCall {
+                        id: id.clone(),
+                        name: name.clone(),
+                        arguments: String::new(),
+                        signature: None,
+                    }),
+                };
+                self.parts.push((*index, part));
+            }
+            Event::Delta { index, delta } => {
+                let Some((_, part)) = self.parts.iter_mut().rev().find(|(i, _)| i == index) else {
+                    return;
+                };
+                match (part, delta) {
+                    (Part::Text { text, .. }, Delta::Text(t))
+                    | (Part::Thinking { text, .. }, Delta::Thinking(t)) => text.push_str(t),
+                    (Part::Thinking { signature, .. }, Delta::Signature(s)) => {
+                        signature.get_or_insert_default().push_str(s);
+                    }
+                    (Part::ToolCall(c), Delta::ToolArgs(a)) => c.arguments.push_str(a),
+                    (Part::ToolCall(c), Delta::Signature(s)) => {
+                        c.signature.get_or_insert_default().push_str(s);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Usage(u) => self.usage.merge(*u),
+            Event::Finish(f) => self.finish = Some(f.clone()),
+            Event::BlockStop { .. } | Event::Ping => {}
+        }
+    }
+
+    /// The answer; `None` when it never finished.
+    fn finish(self) -> Option<Response> {
+        Some(Response {
+            id: self.id,
+            model: self.model,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            parts: self.parts.into_iter().map(|(_, p)| p).collect(),
+            finish: self.finish?,
+            usage: self.usage,
+        })
+    }
+}
+
 /// A stored answer as stream events, for a streamed request that hits: the answer's blocks
 /// in order, its usage and its finish.
 pub fn replay(r: &Response) -> Vec<Event> {
@@ -564,6 +674,43 @@ pub fn replay(r: &Response) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replayed_answer_is_assembled_back() {
+        let r = Response {
+            id: "id-1".into(),
+            model: "m".into(),
+            created: 0,
+            parts: vec![
+                Part::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("sig".into()),
+                },
+                Part::text("hello"),
+                Part::ToolCall(crate::llm::ToolCall {
+                    id: "t1".into(),
+                    name: "f".into(),
+                    arguments: "{\"a\":1}".into(),
+                    signature: None,
+                }),
+            ],
+            finish: crate::llm::Finish::default(),
+            usage: Usage::new(3, 4),
+        };
+        let mut a = Assembler::default();
+        for ev in replay(&r) {
+            a.event(&ev);
+        }
+        let back = a.finish().expect("finished");
+        assert_eq!((back.id.as_str(), back.model.as_str()), ("id-1", "m"));
+        assert_eq!((back.parts, back.usage), (r.parts, r.usage));
+        let mut unfinished = Assembler::default();
+        unfinished.event(&Event::Start {
+            id: "x".into(),
+            model: "m".into(),
+        });
+        assert!(unfinished.finish().is_none(), "no finish, nothing stored");
+    }
 
     #[test]
     fn semantic_routes_need_a_model_here() {

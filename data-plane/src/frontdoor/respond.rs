@@ -146,20 +146,33 @@ pub async fn respond(
             spec,
             deadline,
             idle,
+            mut record,
         } => {
+            let same_format_decoder = match spec {
+                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
+                    stream::Decoder::of(format, false)
+                }
+                _ => None,
+            };
+            if same_format_decoder.is_none() {
+                // Not stored: the events of this API's streams are not decoded.
+                record = None;
+            }
             let step = match spec {
-                // Guardrails read the answer's text: same-format streams are decoded and
-                // rendered again in that format.
-                StreamSpec::Pass if guard.is_some() || wants_text => Step::Translate {
-                    decoder: stream::Decoder::of(format, false).ok_or_else(|| {
-                        ProxyError::new(
-                            ErrorKind::Unsupported,
-                            "response guardrails do not run on streams of this API yet; ask without `stream`",
-                        )
-                    })?,
-                    renderer: renderer(format, facts, None),
-                    model: String::new(),
-                },
+                // Guardrails, the audit trail and the cache read the answer: same-format
+                // streams are decoded and rendered again in that format.
+                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
+                    Step::Translate {
+                        decoder: same_format_decoder.ok_or_else(|| {
+                            ProxyError::new(
+                                ErrorKind::Unsupported,
+                                "response guardrails do not run on streams of this API yet; ask without `stream`",
+                            )
+                        })?,
+                        renderer: renderer(format, facts, None),
+                        model: String::new(),
+                    }
+                }
                 StreamSpec::Pass => Step::Pass(stream::Sniffer::of(format, facts)),
                 StreamSpec::Translate {
                     wire,
@@ -192,6 +205,7 @@ pub async fn respond(
                 in_flight,
                 guard,
                 audit,
+                record,
             )
         }
         Answer::Replay(events) => stream::response(
@@ -204,6 +218,7 @@ pub async fn respond(
             in_flight,
             guard,
             audit,
+            None,
         ),
         Answer::MockStream { events, echo } => stream::response(
             gw.clone(),
@@ -215,6 +230,7 @@ pub async fn respond(
             in_flight,
             guard,
             audit,
+            None,
         ),
     };
     if let Some(h) = rate {

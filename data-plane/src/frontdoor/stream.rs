@@ -216,6 +216,8 @@ struct Driver {
     audit: Option<crate::audit::Slot>,
     /// The text the client got, when the audit trail records it.
     text: Option<String>,
+    /// The answer on its way to the response cache.
+    record: Option<Box<crate::cache::Record>>,
 }
 
 impl Driver {
@@ -301,6 +303,9 @@ impl Driver {
                 }
                 _ => {}
             }
+            if let Some(r) = &mut self.record {
+                r.event(&ev);
+            }
             renderer.event(ev, out);
         }
     }
@@ -313,6 +318,9 @@ impl Driver {
         self.saw_end = true;
         if let Some(f) = &mut self.in_flight {
             f.verdict(Outcome::Success);
+        }
+        if let Some(r) = self.record.take() {
+            r.complete();
         }
         if let Step::Translate { renderer, .. } | Step::Render(renderer) = &mut self.step {
             renderer.done(out);
@@ -526,6 +534,7 @@ pub(super) fn response(
     in_flight: Option<InFlight>,
     guard: Option<ResponsePhase>,
     audit: Option<crate::audit::Slot>,
+    record: Option<Box<crate::cache::Record>>,
 ) -> Response {
     let driver = Driver {
         gw,
@@ -548,6 +557,7 @@ pub(super) fn response(
             .filter(|a| a.wants_text())
             .map(|_| String::new()),
         audit,
+        record,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))

@@ -281,6 +281,8 @@ pub enum Answer {
         deadline: Instant,
         /// Longest silence between two chunks.
         idle: std::time::Duration,
+        /// Stores the answer in the response cache once the stream completed.
+        record: Option<Box<crate::cache::Record>>,
     },
     /// A cached answer replayed as a stream.
     Replay(Vec<crate::llm::Event>),
@@ -606,6 +608,7 @@ pub async fn call(
             spec,
             deadline: d.total,
             idle: pool.timeouts.idle,
+            record: None,
         });
     }
     let body = upstream::read_body(resp.into_body(), d.total).await?;
