@@ -17,6 +17,7 @@ pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod providers;
+pub mod redis_link;
 pub mod route;
 pub mod stack;
 pub mod standalone;
@@ -150,13 +151,7 @@ pub async fn run(
         .limits
         .redis_url
         .as_deref()
-        .filter(|_| !opts.limits.redis_cluster)
-        .map(|u| (u, opts.limits.redis_timeout));
-    if opts.limits.redis_cluster {
-        tracing::warn!(
-            "the response cache does not use a Redis Cluster yet: each proxy caches in its own memory"
-        );
-    }
+        .map(|u| (u, opts.limits.redis_cluster, opts.limits.redis_timeout));
     let cache = cache::Cache::new(
         opts.cache_memory_bytes,
         shared,

@@ -152,6 +152,16 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(log_dir: &Path) -> Self {
+        Self::start_binary(log_dir, binary())
+    }
+
+    /// A cluster of Redis 8 nodes (vector sets), as [`crate::assets::redis8_server`] unpacks
+    /// it (made into a cluster by the installed `redis-cli`).
+    pub fn start_redis8(log_dir: &Path) -> Self {
+        Self::start_binary(log_dir, crate::assets::redis8_server())
+    }
+
+    fn start_binary(log_dir: &Path, server: PathBuf) -> Self {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 // The bus port defaults to the port + 10000, which lands in the kernel's
@@ -167,7 +177,7 @@ impl RedisCluster {
                     "--cluster-port",
                     &bus,
                 ];
-                RedisServer::start_with(log_dir, &flags)
+                RedisServer::start_binary(log_dir, server.clone(), &flags)
             })
             .collect();
         let cli = binary().with_file_name("redis-cli");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_tests::procs::Proc;
-use switchyard_tests::redis::RedisServer;
+use switchyard_tests::redis::{RedisCluster, RedisServer};
 
 const OTHER_KEY: &str = "sk-cache-other-tenant-01";
 const RED_1: &str = "sk-cache-team-red-0001";
@@ -677,4 +677,88 @@ fn the_embedding_model_matches_sentence_transformers() {
         let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "unit length: {norm}");
     }
+}
+
+#[tokio::test]
+async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
+    let dir = temp_dir("cache-cluster");
+    let cluster = RedisCluster::start_redis8(&dir);
+    let (_mock, mock) = start_mock(&dir);
+    let cfg = dir.join("config");
+    std::fs::create_dir_all(&cfg).expect("config dir");
+    std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
+    std::fs::write(cfg.join("cache.yaml"), config()).expect("write");
+    let model = switchyard_tests::assets::embedding_model();
+    let seeds = cluster.seeds();
+    let dps: Vec<_> = (0..2)
+        .map(|_| {
+            start_standalone(
+                &cfg,
+                &[
+                    "--redis-url",
+                    &seeds,
+                    "--redis-cluster",
+                    "--redis-timeout",
+                    "1s",
+                    "--embedding-model",
+                    &model.display().to_string(),
+                ],
+                &dir,
+            )
+        })
+        .collect();
+    for dp in &dps {
+        wait_ready(&dp.2).await;
+    }
+    let api = |i: usize| format!("{}/v1/chat/completions", dps[i].1);
+    let keys = |pattern: &str| -> usize {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.query::<Vec<String>>(&["KEYS", pattern])
+                    .unwrap_or_default()
+                    .len()
+            })
+            .sum()
+    };
+    // Exact: filled through one proxy, a hit through the other.
+    let body = cold("cached", "asked through the cluster");
+    assert_eq!(ask(&api(0), CLIENT_KEY, &body, None).await.1, "miss");
+    switchyard_tests::procs::eventually(DEADLINE, "the fill reached the cluster", || async {
+        (keys("sy:cache:{default/cached|*}:e:*") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(ask(&api(1), CLIENT_KEY, &body, None).await.1, "hit");
+    // Semantic: the vector set lives beside the answer, in the scope's slot.
+    assert_eq!(
+        ask(&api(0), CLIENT_KEY, &cold("meaning", FRANCE), None)
+            .await
+            .1,
+        "miss"
+    );
+    switchyard_tests::procs::eventually(DEADLINE, "the vector reached the cluster", || async {
+        (keys("sy:cache:{default/meaning|*}:v:*") == 1).then_some(())
+    })
+    .await;
+    let c = ask(&api(1), CLIENT_KEY, &cold("meaning", PARAPHRASE), None)
+        .await
+        .1;
+    assert!(similarity(&c).is_some(), "{c}");
+    // Purge reaches every node.
+    for route in ["default/cached", "default/meaning"] {
+        let r = client()
+            .delete(format!("{}/cache?route={route}", dps[1].2))
+            .send()
+            .await
+            .expect("purge");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(keys("sy:cache:*"), 0, "nothing left on any node");
+    assert_eq!(ask(&api(1), CLIENT_KEY, &body, None).await.1, "miss");
+    assert_eq!(
+        metric(&dps[0].2, "switchyard_cache_errors_total").await,
+        0.0,
+        "no cluster call failed"
+    );
 }

@@ -270,17 +270,18 @@ pub struct Fill {
 }
 
 impl Cache {
-    /// A cache with `memory_bytes` in this proxy, with `redis` the fleet's tier, and with
-    /// `embedding_model` the semantic cache's model directory.
+    /// A cache with `memory_bytes` in this proxy, with `redis` the fleet's tier (URL, whether
+    /// it lists a cluster's seed nodes, timeout), and with `embedding_model` the semantic
+    /// cache's model directory.
     pub async fn new(
         memory_bytes: u64,
-        redis: Option<(&str, Duration)>,
+        redis: Option<(&str, bool, Duration)>,
         embedding_model: Option<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let redis = match redis {
             None => None,
-            Some((url, timeout)) => Some(redis::RedisTier::new(url, timeout)?),
+            Some((url, cluster, timeout)) => Some(redis::RedisTier::new(url, cluster, timeout)?),
         };
         if let Some(dir) = &embedding_model {
             // Fail at start, not on the first semantic request.

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use super::{Entry, Found, VectorIndex};
+use crate::redis_link::{ClusterLink, Conn, Link};
 
 /// Stores an answer and, with a vector set, its vector; drops expired and surplus answers.
 /// KEYS: answer, index, [vector set]. ARGV: body, ttl ms, now ms, max (0: none), scope prefix,
@@ -73,7 +74,7 @@ return {digest, score, body}
 "#;
 
 pub(super) struct RedisTier {
-    conn: redis::aio::ConnectionManager,
+    conn: Link,
     timeout: Duration,
     fill: redis::Script,
     search: redis::Script,
@@ -97,14 +98,30 @@ fn cosine(score: f64) -> f32 {
 }
 
 impl RedisTier {
-    pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("cache redis: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cache redis: {e}"))?;
+    /// The tier on one Redis endpoint, or (`cluster`) on a Redis Cluster from its seed nodes
+    /// (comma-separated). Connects on first use.
+    pub(super) fn new(url: &str, cluster: bool, timeout: Duration) -> Result<Self, String> {
+        // The parse error may echo the URL (and its password): keep only its category.
+        let invalid = |e: redis::RedisError| format!("cache redis: invalid URL ({:?})", e.kind());
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClient::builder(url.split(',').map(str::trim))
+                .connection_timeout(timeout.max(Duration::from_millis(100)))
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(invalid)?;
+            Link::Cluster(Box::new(ClusterLink::new(client)))
+        } else {
+            let client = redis::Client::open(url).map_err(invalid)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Link::Single(
+                redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(invalid)?,
+            )
+        };
         Ok(Self {
             conn,
             timeout,
@@ -116,10 +133,13 @@ impl RedisTier {
     /// Runs a command or script under the tier's timeout.
     async fn run<T: redis::FromRedisValue>(
         &self,
-        f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, f(&mut conn)).await {
+        let call = async {
+            let mut conn = self.conn.conn().await?;
+            f(&mut conn).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -156,34 +176,26 @@ impl RedisTier {
         self.run(async |c| inv.invoke_async::<()>(c).await).await
     }
 
-    /// Deletes every key matching `pattern`; returns how many.
+    /// Deletes every key matching `pattern` (on every primary of a cluster); returns how many.
     pub(super) async fn delete_matching(&self, pattern: &str) -> Result<u64, String> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
+        let keys = self
+            .conn
+            .keys_matching(pattern)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conn = self.conn.conn().await.map_err(|e| e.to_string())?;
         let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
+        // A cluster's DEL may not cross slots: one key at a time there.
+        let per_call = if self.conn.is_cluster() { 1 } else { 1000 };
+        for chunk in keys.chunks(per_call) {
+            let n: u64 = redis::cmd("DEL")
+                .arg(chunk)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
+            deleted += n;
         }
+        Ok(deleted)
     }
 }
 

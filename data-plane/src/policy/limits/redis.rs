@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
 use redis::{Pipeline, Script, Value};
+
+use crate::redis_link::{ClusterLink, Conn, Link};
 
 use super::store::{
     AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest, StoreError,
@@ -130,21 +131,9 @@ return 1
 /// How long a replay batch's markers stop a resend from applying twice.
 const REPLAY_MARKER_MS: u64 = 24 * 3600 * 1000;
 
-/// The connection: one endpoint (a `ConnectionManager`, multiplexed, reconnecting) or a Redis
-/// Cluster (slot-aware, following MOVED/ASK and topology changes).
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(Box<Cluster>),
-}
-
-struct Cluster {
-    client: ClusterClient,
-    conn: tokio::sync::OnceCell<ClusterConnection>,
-}
-
 /// Counters in Redis.
 pub struct RedisStore {
-    conn: Conn,
+    conn: Link,
     admit: Script,
     settle: Script,
     replay: Script,
@@ -155,7 +144,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: never printed.
         f.debug_struct("RedisStore")
-            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .field("cluster", &self.conn.is_cluster())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -182,7 +171,7 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
-        Ok(Self::with(Conn::Single(conn), timeout))
+        Ok(Self::with(Link::Single(conn), timeout))
     }
 
     /// A store on a Redis Cluster, from one or more seed node URLs. Connects on first use.
@@ -196,15 +185,12 @@ impl RedisStore {
             .build()
             .map_err(|e| invalid_url(&e))?;
         Ok(Self::with(
-            Conn::Cluster(Box::new(Cluster {
-                client,
-                conn: tokio::sync::OnceCell::new(),
-            })),
+            Link::Cluster(Box::new(ClusterLink::new(client))),
             timeout,
         ))
     }
 
-    fn with(conn: Conn, timeout: Duration) -> Self {
+    fn with(conn: Link, timeout: Duration) -> Self {
         Self {
             conn,
             admit: Script::new(ADMIT),
@@ -217,13 +203,9 @@ impl RedisStore {
     /// Sends commands: one pipeline on a single endpoint; on a cluster, each command on its
     /// own, concurrently (a pipeline may not cross slots there).
     async fn send(&self, pipe: &Pipeline) -> redis::RedisResult<Vec<Value>> {
-        match &self.conn {
-            Conn::Single(c) => pipe.query_async::<Vec<Value>>(&mut c.clone()).await,
-            Conn::Cluster(c) => {
-                let conn = c
-                    .conn
-                    .get_or_try_init(|| c.client.get_async_connection())
-                    .await?;
+        match self.conn.conn().await? {
+            mut c @ Conn::Single(_) => pipe.query_async::<Vec<Value>>(&mut c).await,
+            conn @ Conn::Cluster(_) => {
                 let calls = pipe.cmd_iter().map(|cmd| {
                     let mut conn = conn.clone();
                     async move { cmd.query_async::<Value>(&mut conn).await }
@@ -378,11 +360,11 @@ impl RedisStore {
         if ops().next().is_none() {
             return Ok(());
         }
-        self.run(|pipe| match &self.conn {
-            Conn::Single(_) => {
+        self.run(|pipe| match self.conn.is_cluster() {
+            false => {
                 pipe.add_command(self.settle_cmd(ops(), mark));
             }
-            Conn::Cluster(_) => {
+            true => {
                 for req in reqs {
                     for ops in req.groups.iter().filter(|g| !g.is_empty()) {
                         let ops = ops.iter().map(|op| (req.member.as_str(), op));
@@ -494,7 +476,7 @@ impl LimitStore for RedisStore {
     }
 
     fn marks_batches(&self) -> bool {
-        matches!(self.conn, Conn::Single(_))
+        !self.conn.is_cluster()
     }
 
     fn replay<'a>(
