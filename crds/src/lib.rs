@@ -30,8 +30,8 @@ pub use pool::{
     PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind, ProviderPool, ProviderPoolSpec,
 };
 pub use route::{
-    CacheMode, CacheScope, CacheSpec, CacheText, FallbackGroup, KeySelector, LLMRoute,
-    LLMRouteSpec, RetryPolicy, RouteAudit, RouteBackend,
+    CacheEmbedding, CacheMode, CacheScope, CacheSpec, CacheText, FallbackGroup, KeySelector,
+    LLMRoute, LLMRouteSpec, RetryPolicy, RouteAudit, RouteBackend,
 };
 pub use world::World;
 

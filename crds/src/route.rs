@@ -96,6 +96,20 @@ pub struct CacheSpec {
     /// proxies' memory only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<u64>,
+    /// `Semantic`: embed with a ProviderPool's embeddings endpoint instead of the data
+    /// plane's built-in model (all-MiniLM-L6-v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<CacheEmbedding>,
+}
+
+/// Embeddings from a pool, for the semantic cache.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheEmbedding {
+    /// Name of a ProviderPool in the route's namespace.
+    pub pool: String,
+    /// The embedding model to ask it for.
+    pub model: String,
 }
 
 /// Which text of a request the semantic cache compares.

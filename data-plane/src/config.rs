@@ -204,6 +204,9 @@ pub struct RouteEntry {
     pub audit_text: bool,
     /// The response cache's policy; `None`: off.
     pub cache: Option<Arc<crate::cache::Policy>>,
+    /// Where the semantic cache's embeddings come from when a pool makes them: a route of one
+    /// backend, that pool and its embedding model. `None`: the built-in model.
+    pub embedder: Option<Arc<RouteEntry>>,
 }
 
 impl RouteEntry {
@@ -482,6 +485,39 @@ impl RuntimeConfig {
                     continue;
                 }
             };
+            let embedder = match r.cache.as_ref().filter(|c| !c.embedding_pool.is_empty()) {
+                None => None,
+                Some(c) => match self.pools.get(&c.embedding_pool) {
+                    Some(pool) => Some(Arc::new(RouteEntry {
+                        id: format!("{}#embedding", r.id),
+                        models: Vec::new(),
+                        backends: vec![BackendEntry {
+                            pool: pool.clone(),
+                            model: Some(c.embedding_model.clone()),
+                            weight: 1,
+                            price: 0,
+                        }],
+                        strategy: Strategy::from_proto(pb::LoadBalancing::WeightedRandom),
+                        turn: AtomicUsize::new(0),
+                        retry: None,
+                        fallbacks: Vec::new(),
+                        key_selector: BTreeMap::new(),
+                        limits: Limits::default(),
+                        audit_text: false,
+                        cache: None,
+                        embedder: None,
+                    })),
+                    None => {
+                        let message = format!(
+                            "the cache's embedding pool {} did not load here",
+                            c.embedding_pool
+                        );
+                        self.route_errors
+                            .push(invalid_route(&self.generations, &r.id, message));
+                        continue;
+                    }
+                },
+            };
             if !missing.is_empty() {
                 tracing::warn!(route = %r.id, pools = ?missing, "route runs without backends whose pool did not load");
             }
@@ -497,6 +533,7 @@ impl RuntimeConfig {
                 limits: Limits::from_proto(r.limits),
                 audit_text: r.audit_text,
                 cache,
+                embedder,
             }));
         }
         let mut exact_routes = HashMap::new();

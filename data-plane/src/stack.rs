@@ -215,7 +215,7 @@ pub async fn model_call(
                 fill = (!no_store).then_some(Fill { key, vector: None });
                 Outcome::Bypass
             }
-            Plan::Use(key) => match Box::pin(cache.lookup(policy, &key)).await {
+            Plan::Use(key) => match Box::pin(lookup(gw, cache, &routed, policy, &key)).await {
                 Lookup::Hit { entry, similarity } if entry.format == incoming.format => {
                     let outcome = if similarity.is_some() {
                         Outcome::SemanticHit
@@ -302,6 +302,34 @@ pub async fn model_call(
         h.insert(CACHE, HeaderValue::from_static(o.name()));
     }
     Ok(resp)
+}
+
+/// Looks a request up in the cache: its exact key, then (semantic routes) the nearest stored
+/// request to its text's embedding, made by the built-in model or the route's embedding pool.
+async fn lookup(
+    gw: &Arc<Gateway>,
+    cache: &crate::cache::Cache,
+    routed: &route::Routed<'_>,
+    policy: &crate::cache::Policy,
+    key: &crate::cache::key::Key,
+) -> Lookup {
+    let exact = cache.exact(policy, key).await;
+    let probe = key.probe.as_ref().filter(|_| policy.semantic.is_some());
+    let (Lookup::Miss { .. }, Some(probe)) = (&exact, probe) else {
+        return exact;
+    };
+    let vector = match &routed.route.embedder {
+        Some(via) => {
+            let start = std::time::Instant::now();
+            let made = route::embed(gw, via, &probe.text).await;
+            cache.embedded(&probe.text, start, made)
+        }
+        None => cache.embed(&probe.text).await,
+    };
+    match vector {
+        Some(v) => cache.nearest(policy, key, v).await,
+        None => Lookup::Bypass,
+    }
 }
 
 /// What the guardrails did, in `x-switchyard-guardrails` and in the audit record (an error

@@ -99,6 +99,17 @@ spec:
   models: [meaning-small]
   backends: [{{pool: openai, model: mock-gpt}}]
   cache: {{mode: Semantic, maxEntries: 2}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: meaning-pooled}}
+spec:
+  models: [meaning-pooled]
+  backends: [{{pool: openai, model: mock-gpt}}]
+  cache:
+    mode: Semantic
+    similarityThreshold: 0.999
+    embedding: {{pool: openai, model: mock-embed}}
 "#
     )
 }
@@ -761,4 +772,41 @@ async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
         0.0,
         "no cluster call failed"
     );
+}
+
+#[tokio::test]
+async fn a_pool_can_make_the_embeddings() {
+    let e = env("cache-semantic-pool").await;
+    let pooled = |p: &str| cold("meaning-pooled", p);
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &pooled(FRANCE), None).await.1,
+        "miss"
+    );
+    e.stored("default/meaning-pooled", 1).await;
+    // The mock's embeddings depend only on the text's length: a question about Spain of the
+    // same length is the same vector there (the built-in model would never call it a match
+    // at 0.999), one of another length is not.
+    let spain = "Which is the capital of Spain?";
+    assert_eq!(spain.len(), FRANCE.len());
+    let c = ask(&e.api(1), CLIENT_KEY, &pooled(spain), None).await.1;
+    assert_eq!(similarity(&c), Some(1.0), "{c}");
+    assert_eq!(
+        ask(&e.api(1), CLIENT_KEY, &pooled("Hello there"), None)
+            .await
+            .1,
+        "miss"
+    );
+    let asked: Vec<Value> = mock_requests(&e.mock)
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/embeddings")
+        .collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|r| r["body"]["model"] == "mock-embed" && r["body"]["input"].is_string()),
+        "{asked:?}"
+    );
+    assert_eq!(asked[1]["body"]["input"], spain);
 }

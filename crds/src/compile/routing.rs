@@ -434,11 +434,20 @@ pub(super) fn compile_route(
         retry: Some(compile_retry(spec.retries.as_ref())?),
         fallbacks,
         audit_text: spec.audit.as_ref().is_some_and(|a| a.include_text),
-        cache: spec.cache.as_ref().map(compile_cache).transpose()?,
+        cache: spec
+            .cache
+            .as_ref()
+            .map(|c| compile_cache(c, key, pools, rejected_pools))
+            .transpose()?,
     })
 }
 
-fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
+fn compile_cache(
+    c: &crate::CacheSpec,
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<pb::CachePolicy, Reject> {
     use crate::{CacheMode, CacheScope};
     let mode = match c.mode {
         CacheMode::Off => pb::CacheMode::Off,
@@ -452,6 +461,31 @@ fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
             format!("spec.cache.similarityThreshold: above 0 and at most 1, not {similarity}"),
         ));
     }
+    let (embedding_pool, embedding_model) = match &c.embedding {
+        None => (String::new(), String::new()),
+        Some(e) => {
+            if mode != pb::CacheMode::Semantic {
+                return Err(Reject::spec(
+                    "Invalid",
+                    "spec.cache.embedding: only with mode Semantic",
+                ));
+            }
+            if e.model.trim().is_empty() {
+                return Err(Reject::spec(
+                    "Invalid",
+                    "spec.cache.embedding.model: the embedding model to ask the pool for",
+                ));
+            }
+            let (pool_id, _) = pool_ref(
+                "spec.cache.embedding.pool",
+                &e.pool,
+                key,
+                pools,
+                rejected_pools,
+            )?;
+            (pool_id, e.model.clone())
+        }
+    };
     if c.max_entries == Some(0) {
         return Err(Reject::spec(
             "Invalid",
@@ -499,7 +533,35 @@ fn compile_cache(c: &crate::CacheSpec) -> Result<pb::CachePolicy, Reject> {
         }
         .into(),
         max_entries: c.max_entries.unwrap_or(0),
+        embedding_pool,
+        embedding_model,
     })
+}
+
+/// A pool a route names (in `field`), by its id: refused when it does not exist or was not
+/// accepted.
+fn pool_ref<'p>(
+    field: &str,
+    name: &str,
+    key: &ResourceKey,
+    pools: &BTreeMap<&str, &'p pb::Pool>,
+    rejected_pools: &BTreeSet<String>,
+) -> Result<(String, &'p pb::Pool), Reject> {
+    let pool_id = format!("{}/{}", key.namespace, name);
+    match pools.get(pool_id.as_str()) {
+        Some(pool) => Ok((pool_id, pool)),
+        None => {
+            let (reason, what) = if rejected_pools.contains(&pool_id) {
+                ("PoolNotAccepted", "is not accepted")
+            } else {
+                ("PoolNotFound", "does not exist")
+            };
+            Err(Reject::refs(
+                reason,
+                format!("{field}: ProviderPool {pool_id} {what}"),
+            ))
+        }
+    }
 }
 
 /// The backends of a route or of one of its fallback groups (`field` names the list).
@@ -529,18 +591,13 @@ fn compile_backends(
                 ));
             }
         }
-        let pool_id = format!("{}/{}", key.namespace, b.pool);
-        let Some(pool) = pools.get(pool_id.as_str()) else {
-            let (reason, what) = if rejected_pools.contains(&pool_id) {
-                ("PoolNotAccepted", "is not accepted")
-            } else {
-                ("PoolNotFound", "does not exist")
-            };
-            return Err(Reject::refs(
-                reason,
-                format!("{field}.pool: ProviderPool {pool_id} {what}"),
-            ));
-        };
+        let (pool_id, pool) = pool_ref(
+            &format!("{field}.pool"),
+            &b.pool,
+            key,
+            pools,
+            rejected_pools,
+        )?;
         if let Some(m) = &b.model
             && !pool.models.is_empty()
             && !pool.models.iter().any(|pm| &pm.name == m)

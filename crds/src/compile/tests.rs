@@ -829,6 +829,16 @@ spec: {models: [none], backends: [{pool: mock}], cache: {mode: Exact, maxEntries
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
+metadata: {name: pooled}
+spec: {models: [pooled], backends: [{pool: mock}], cache: {mode: Semantic, embedding: {pool: mock, model: text-embedding-3-small}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: nopool}
+spec: {models: [nopool], backends: [{pool: mock}], cache: {mode: Semantic, embedding: {pool: gone, model: e}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
 metadata: {name: nolabel}
 spec: {models: [nolabel], backends: [{pool: mock}], cache: {mode: Exact, scope: Label}}
 ---
@@ -887,6 +897,15 @@ spec: {models: [scorching], backends: [{pool: mock}], cache: {mode: Exact, maxTe
         "0.9, the last user message, no count limit"
     );
     assert!(msg("loose").contains("spec.cache.similarityThreshold"));
+    let pooled = policy("default/pooled");
+    assert_eq!(
+        (
+            pooled.embedding_pool.as_str(),
+            pooled.embedding_model.as_str()
+        ),
+        ("default/mock", "text-embedding-3-small")
+    );
+    assert!(msg("nopool").contains("spec.cache.embedding.pool"));
     assert!(msg("none").contains("spec.cache.maxEntries"));
     assert!(msg("nolabel").contains("spec.cache.scopeLabel"));
     assert!(msg("scorching").contains("spec.cache.maxTemperature"));

@@ -124,7 +124,8 @@ impl Model {
         run().map_err(|e| format!("embedding model: {e}"))
     }
 
-    /// [`Model::embed_now`] on the blocking pool, at most one text per core at a time.
+    /// [`Model::embed_now`] on the blocking pool, at most one text per core at a time; with
+    /// the seconds it took.
     pub async fn embed(self: &Arc<Self>, text: String) -> Result<(Vec<f32>, f64), String> {
         let _slot = self
             .slots

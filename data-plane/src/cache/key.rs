@@ -121,10 +121,12 @@ pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -
     exact.update(incoming.format.label().as_bytes());
     exact.update([0]);
     // Semantic mode: the same, but for the compared text.
-    let mut rest = policy
-        .semantic
-        .as_ref()
-        .map(|s| (exact.clone(), s.text, String::new()));
+    let mut rest = policy.semantic.as_ref().map(|s| {
+        let mut h = exact.clone();
+        h.update(s.source.as_bytes());
+        h.update([0]);
+        (h, s.text, String::new())
+    });
     for name in names {
         let Some(bytes) = raw.get(name) else { continue };
         let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
@@ -310,6 +312,7 @@ mod tests {
             semantic: Some(super::super::Semantic {
                 threshold: 0.9,
                 text,
+                source: "builtin".into(),
             }),
             ..policy(Scope::Key)
         }

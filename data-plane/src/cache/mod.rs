@@ -58,11 +58,14 @@ pub enum Scope {
 }
 
 /// How a semantic route compares requests.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Semantic {
     /// The least cosine similarity of a hit.
     pub threshold: f32,
     pub text: Text,
+    /// What makes the vectors (`builtin`, or `pool=<id> model=<name>`): part of every
+    /// vector set's name, so vectors of two models are never compared.
+    pub source: String,
 }
 
 /// Which text is compared.
@@ -82,7 +85,7 @@ impl Policy {
         let semantic = match c.mode() {
             pb::CacheMode::Off => return Ok(None),
             pb::CacheMode::Exact => None,
-            pb::CacheMode::Semantic if !can_embed => {
+            pb::CacheMode::Semantic if !can_embed && c.embedding_pool.is_empty() => {
                 return Err(
                     "semantic caching needs an embedding model: start the data plane with --embedding-model"
                         .into(),
@@ -93,6 +96,11 @@ impl Policy {
                 text: match c.text() {
                     pb::CacheText::LastUserMessage => Text::LastUserMessage,
                     pb::CacheText::Conversation => Text::Conversation,
+                },
+                source: if c.embedding_pool.is_empty() {
+                    "builtin".to_owned()
+                } else {
+                    format!("pool={} model={}", c.embedding_pool, c.embedding_model)
                 },
             }),
         };
@@ -337,24 +345,23 @@ impl Cache {
         }
     }
 
-    /// Looks a request up: its exact key, then (semantic routes) the nearest request of its
-    /// vector set.
-    pub async fn lookup(&self, policy: &Policy, key: &key::Key) -> Lookup {
+    /// Looks a request's exact key up.
+    pub async fn exact(&self, policy: &Policy, key: &key::Key) -> Lookup {
         match self.get(&key.exact, policy.ttl).await {
-            Ok(Some(entry)) => {
-                return Lookup::Hit {
-                    entry,
-                    similarity: None,
-                };
-            }
-            Ok(None) => {}
-            Err(()) => return Lookup::Bypass,
+            Ok(Some(entry)) => Lookup::Hit {
+                entry,
+                similarity: None,
+            },
+            Ok(None) => Lookup::Miss { vector: None },
+            Err(()) => Lookup::Bypass,
         }
+    }
+
+    /// Looks for the stored request nearest to `vector` (the embedding of the key's probe) in
+    /// its vector set.
+    pub async fn nearest(&self, policy: &Policy, key: &key::Key, vector: Vec<f32>) -> Lookup {
         let (Some(semantic), Some(probe)) = (&policy.semantic, &key.probe) else {
             return Lookup::Miss { vector: None };
-        };
-        let Some(vector) = self.embed(&probe.text).await else {
-            return Lookup::Bypass;
         };
         let index: &dyn VectorIndex = match &self.redis {
             Some(r) => r,
@@ -397,8 +404,8 @@ impl Cache {
         }
     }
 
-    /// The embedding of `text`; `None` (counted) when the model cannot make one.
-    async fn embed(&self, text: &str) -> Option<Vec<f32>> {
+    /// The built-in model's embedding of `text`; `None` (counted) when it cannot make one.
+    pub async fn embed(&self, text: &str) -> Option<Vec<f32>> {
         let model = match self.embedder.as_ref()?.model().await {
             Ok(m) => m,
             Err(e) => {
@@ -407,8 +414,19 @@ impl Cache {
             }
         };
         let start = Instant::now();
-        match model.embed(text.to_owned()).await {
-            Ok((v, _)) => {
+        let made = model.embed(text.to_owned()).await.map(|(v, _)| v);
+        self.embedded(text, start, made)
+    }
+
+    /// Counts an embedding made here or by a pool: its time and text, or its failure.
+    pub fn embedded<E: std::fmt::Display>(
+        &self,
+        text: &str,
+        start: Instant,
+        made: Result<Vec<f32>, E>,
+    ) -> Option<Vec<f32>> {
+        match made {
+            Ok(v) => {
                 self.metrics
                     .cache_embedding_duration
                     .observe(start.elapsed().as_secs_f64());
@@ -416,7 +434,7 @@ impl Cache {
                 Some(v)
             }
             Err(e) => {
-                self.failed("embed", &e);
+                self.failed("embed", &e.to_string());
                 None
             }
         }
@@ -733,7 +751,8 @@ mod tests {
             (
                 Some(Semantic {
                     threshold: 0.8,
-                    text: Text::Conversation
+                    text: Text::Conversation,
+                    source: "builtin".into(),
                 }),
                 Some(7)
             )

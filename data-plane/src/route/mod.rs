@@ -561,6 +561,75 @@ fn exhausted(f: Failed) -> ProxyError {
 /// How many attempts a request took.
 pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-switchyard-attempts");
 
+/// The embedding of `text` from a route's embedding pool (see `RouteEntry::embedder`): an
+/// OpenAI-style embeddings request through the pool's balancing and health, unit length.
+pub async fn embed(
+    gw: &Arc<Gateway>,
+    via: &RouteEntry,
+    text: &str,
+) -> Result<Vec<f32>, ProxyError> {
+    let backend = via
+        .backends
+        .first()
+        .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "embedding route without a pool"))?;
+    let model = backend.model.clone().unwrap_or_default();
+    let body = serde_json::json!({"model": model, "input": text}).to_string();
+    let raw = crate::llm::raw::RawObject::parse(bytes::Bytes::from(body))
+        .map_err(|e| ProxyError::new(ErrorKind::Internal, format!("embedding request: {e}")))?;
+    let incoming = Incoming {
+        format: crate::llm::Format::OpenAiEmbeddings,
+        op: crate::llm::Op::Embed,
+        facts: crate::dialect::embeddings::facts(&raw)?,
+        body: crate::llm::Body::Raw(raw),
+        pass_headers: Vec::new(),
+        cache_control: Default::default(),
+    };
+    let routed = Routed {
+        route: via,
+        first: 0,
+        backend,
+        upstream_model: model,
+    };
+    let served = call(gw, &routed, &incoming).await?;
+    let bad = |why: &str| {
+        ProxyError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("embedding pool: {why}"),
+        )
+    };
+    let mut v: Vec<f32> = match served.answer {
+        Answer::Embeddings { embeddings, .. } => embeddings
+            .vectors
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("no vector"))?,
+        Answer::Raw { body, .. } => {
+            #[derive(serde::Deserialize)]
+            struct Item {
+                embedding: Vec<f32>,
+            }
+            #[derive(serde::Deserialize)]
+            struct List {
+                data: Vec<Item>,
+            }
+            serde_json::from_slice::<List>(&body)
+                .map_err(|e| bad(&e.to_string()))?
+                .data
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("no vector"))?
+                .embedding
+        }
+        _ => return Err(bad("not an embeddings answer")),
+    };
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !norm.is_normal() {
+        return Err(bad("a zero vector"));
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    Ok(v)
+}
+
 /// The `x-switchyard-attempts` value (static up to 10: no allocation per request).
 pub fn attempts_header(n: usize) -> HeaderValue {
     const STATIC: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];

