@@ -21,7 +21,7 @@ const OTHER_KEY: &str = "sk-cache-other-tenant-01";
 const RED_1: &str = "sk-cache-team-red-0001";
 const RED_2: &str = "sk-cache-team-red-0002";
 
-fn config() -> String {
+fn config(mock: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -45,11 +45,19 @@ metadata: {{name: red2, labels: {{team: red}}}}
 spec: {{secretRef: {{name: cache-keys, key: red2}}}}
 ---
 apiVersion: switchyard.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: priced}}
+spec:
+  provider: openai
+  endpoints: [{{url: "{mock}/v1", credentialSecretRef: {{name: upstream-cred, key: api-key}}}}]
+  models: [{{name: mock-gpt, inputPricePerMillion: "2.50", outputPricePerMillion: "10"}}]
+---
+apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
 metadata: {{name: cached}}
 spec:
   models: [cached]
-  backends: [{{pool: openai, model: mock-gpt}}]
+  backends: [{{pool: priced, model: mock-gpt}}]
   cache: {{mode: Exact, ttl: 10m, maxTemperature: 0.5}}
 ---
 apiVersion: switchyard.dev/v1alpha1
@@ -139,7 +147,7 @@ async fn env_with(tag: &str, with_redis: bool) -> Env {
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
-    std::fs::write(cfg.join("cache.yaml"), config()).expect("write");
+    std::fs::write(cfg.join("cache.yaml"), config(&mock)).expect("write");
     let mut dps = Vec::new();
     let url = redis.url();
     // The test Redis fsyncs every write, so a read can wait behind a slow disk.
@@ -422,6 +430,10 @@ async fn exact_hits_are_served_whole_streamed_and_across_the_fleet() {
             >= 2.0
     );
     assert!(metric(admin, "switchyard_cache_tokens_saved_total").await > 0.0);
+    assert!(
+        metric(admin, "switchyard_cache_cost_saved_usd_total").await > 0.0,
+        "hits on a priced model save money"
+    );
     let _ = &e.redis;
 }
 
@@ -698,7 +710,7 @@ async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
     let cfg = dir.join("config");
     std::fs::create_dir_all(&cfg).expect("config dir");
     std::fs::write(cfg.join("base.yaml"), base_config(&mock)).expect("write");
-    std::fs::write(cfg.join("cache.yaml"), config()).expect("write");
+    std::fs::write(cfg.join("cache.yaml"), config(&mock)).expect("write");
     let model = switchyard_tests::assets::embedding_model();
     let seeds = cluster.seeds();
     let dps: Vec<_> = (0..2)

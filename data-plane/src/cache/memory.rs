@@ -291,6 +291,35 @@ mod tests {
     }
 
     #[test]
+    fn a_scope_keeps_at_most_its_entries_and_a_purge_empties_it() {
+        let tier = MemoryTier::new(1 << 20);
+        let entry = || {
+            Arc::new(Entry {
+                format: crate::llm::Format::OpenAiChat,
+                usage: crate::llm::Usage::new(1, 1),
+                body: bytes::Bytes::from_static(b"{}"),
+                ttl: Duration::from_secs(60),
+            })
+        };
+        for k in ["s:e:1", "s:e:2", "s:e:3"] {
+            tier.put("s:", k.into(), entry(), Some(2), Some(("s:v:x", unit(7))));
+        }
+        tier.put("t:", "t:e:1".into(), entry(), Some(2), None);
+        assert!(!tier.entries.contains_key("s:e:1"), "the oldest went");
+        assert!(tier.entries.contains_key("s:e:2") && tier.entries.contains_key("s:e:3"));
+        assert!(
+            tier.entries.contains_key("t:e:1"),
+            "another scope counts alone"
+        );
+        let set = tier.set("s:v:x").expect("a vector set");
+        assert_eq!(set.lock().expect("set").live, 2);
+        tier.purge("s:").expect("purge");
+        assert!(tier.set("s:v:x").is_none());
+        assert!(!tier.entries.contains_key("s:e:3"));
+        assert!(tier.entries.contains_key("t:e:1"));
+    }
+
+    #[test]
     fn expired_vectors_are_not_found() {
         let mut s = VectorSet::default();
         s.insert("gone".into(), unit(1), Instant::now(), 10);
