@@ -821,4 +821,14 @@ async fn a_pool_can_make_the_embeddings() {
         "{asked:?}"
     );
     assert_eq!(asked[1]["body"]["input"], spain);
+    // no-cache refreshes the answer; the fill must not embed with the built-in model (its
+    // 384 dimensions would not fit this set's vectors: Redis would refuse the fill).
+    let (_, c, _) = ask(&e.api(0), CLIENT_KEY, &pooled(FRANCE), Some("no-cache")).await;
+    assert_eq!(c, "bypass");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        metric(&e.dps[0].2, "switchyard_cache_errors_total").await,
+        0.0,
+        "every fill stored"
+    );
 }

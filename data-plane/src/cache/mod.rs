@@ -63,10 +63,13 @@ pub struct Semantic {
     /// The least cosine similarity of a hit.
     pub threshold: f32,
     pub text: Text,
-    /// What makes the vectors (`builtin`, or `pool=<id> model=<name>`): part of every
+    /// What makes the vectors ([`BUILTIN`], or `pool=<id> model=<name>`): part of every
     /// vector set's name, so vectors of two models are never compared.
     pub source: String,
 }
+
+/// The [`Semantic::source`] of the built-in model.
+pub const BUILTIN: &str = "builtin";
 
 /// Which text is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +101,7 @@ impl Policy {
                     pb::CacheText::Conversation => Text::Conversation,
                 },
                 source: if c.embedding_pool.is_empty() {
-                    "builtin".to_owned()
+                    BUILTIN.to_owned()
                 } else {
                     format!("pool={} model={}", c.embedding_pool, c.embedding_model)
                 },
@@ -446,7 +449,14 @@ impl Cache {
         self.metrics.cache_fills.inc();
         let entry = Arc::new(entry);
         let max = policy.max_entries;
-        let probe = fill.key.probe.clone().filter(|_| policy.semantic.is_some());
+        // A fill without the lookup's vector (`no-cache`) embeds it here, with the built-in
+        // model only: a pool's route stores the answer without it.
+        let probe = fill.key.probe.clone().filter(|_| {
+            policy
+                .semantic
+                .as_ref()
+                .is_some_and(|s| s.source == BUILTIN)
+        });
         if probe.is_none() || fill.vector.is_some() {
             self.store(fill.key, fill.vector, entry, max);
             return;
