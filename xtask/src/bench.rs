@@ -505,27 +505,6 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         println!("h: {}", m.summary);
         return Ok(());
     }
-    if opts.cache_only {
-        let m = cache::run(
-            &gateway,
-            &auth,
-            d,
-            &body,
-            &wrk_dir,
-            (direct_c1.p50_us, direct_c32),
-        )?;
-        for (scenario, r) in &m.rows {
-            record("switchyard", scenario, r);
-        }
-        println!("j: {}", m.summary);
-        let exact_hit = m.rows.first().map_or(0.0, |(_, r)| r.p50_us);
-        let k = semantic::run(root, &bin, &work, &auth, 30, exact_hit)?;
-        for (scenario, r) in &k.rows {
-            record("switchyard", scenario, r);
-        }
-        println!("k: {}", k.summary);
-        return Ok(());
-    }
     if opts.audit_only {
         let m = audit::run(&bin, &work, d, &auth, &body)?;
         for (scenario, r) in &m.rows {
@@ -540,6 +519,29 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
             record("switchyard", scenario, r);
         }
         println!("g: {}", m.summary);
+        return Ok(());
+    }
+    // j. exact cache hits; k. semantic hits (all that --cache-only runs).
+    let (scenario_j, scenario_k) = {
+        let j = cache::run(
+            &gateway,
+            &auth,
+            d,
+            &body,
+            &wrk_dir,
+            (direct_c1.p50_us, direct_c32),
+        )?;
+        let exact_hit = j.rows.first().map_or(0.0, |(_, r)| r.p50_us);
+        let n = if opts.smoke { 2 } else { 30 };
+        let k = semantic::run(root, &bin, &work, &auth, n, exact_hit)?;
+        for (scenario, r) in j.rows.iter().chain(&k.rows) {
+            record("switchyard", scenario, r);
+        }
+        (j.summary, k.summary)
+    };
+    println!("j: {scenario_j}");
+    println!("k: {scenario_k}");
+    if opts.cache_only {
         return Ok(());
     }
     // a and b again against nginx (one worker, canned completion): the faster upstream.
@@ -574,6 +576,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         ));
         vs_nginx = Some((added, gc1.p50_us / dc1.p50_us.max(1.0), ratio));
     }
+
     // d. the same requests with limits and a budget, on gateways of their own (their config
     // loads a BPE table; a-c and e keep measuring the plain path).
     let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
@@ -614,32 +617,6 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         m.summary
     };
     println!("i: {scenario_i}");
-
-    // j. exact cache hits; k. semantic hits.
-    let (scenario_j, exact_hit) = {
-        let m = cache::run(
-            &gateway,
-            &auth,
-            d,
-            &body,
-            &wrk_dir,
-            (direct_c1.p50_us, direct_c32),
-        )?;
-        for (scenario, r) in &m.rows {
-            record("switchyard", scenario, r);
-        }
-        (m.summary, m.rows.first().map_or(0.0, |(_, r)| r.p50_us))
-    };
-    println!("j: {scenario_j}");
-    let scenario_k = {
-        let n = if opts.smoke { 2 } else { 30 };
-        let m = semantic::run(root, &bin, &work, &auth, n, exact_hit)?;
-        for (scenario, r) in &m.rows {
-            record("switchyard", scenario, r);
-        }
-        m.summary
-    };
-    println!("k: {scenario_k}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
