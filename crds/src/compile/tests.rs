@@ -48,6 +48,15 @@ metadata: {name: pii}
 spec: {pii: {entities: [Email, CreditCard], action: Mask}, denyPatterns: ["(?i)ignore previous"]}
 "#;
 
+/// The message of the diagnostic on the resource named `name` (empty when none).
+fn diagnostic(c: &Compiled, name: &str) -> String {
+    c.diagnostics
+        .iter()
+        .find(|d| d.resource.name == name)
+        .map(|d| d.message.clone())
+        .unwrap_or_default()
+}
+
 fn world(extra: &str) -> World {
     let mut w = World::default();
     w.add_yaml("base.yaml", BASE);
@@ -859,13 +868,7 @@ spec: {webhook: {url: "http://x", timeout: 0s}}
     assert_eq!(g.pii_action, "Alert");
     assert_eq!(g.deny_words, ["Falcon"]);
     assert_eq!(g.prompt_injection, "Block", "Block by default");
-    let msg = |name: &str| {
-        c.diagnostics
-            .iter()
-            .find(|d| d.resource.name == name)
-            .map(|d| d.message.clone())
-            .unwrap_or_default()
-    };
+    let msg = |name: &str| diagnostic(&c, name);
     let hook = |id: &str| {
         c.snapshot
             .guardrails

@@ -84,13 +84,7 @@ spec: {models: [scorching], backends: [{pool: mock}], cache: {mode: Exact, maxTe
         (3_600_000, pb::CacheScope::Key, None, false),
         "an hour, per key, any temperature, streams too"
     );
-    let msg = |name: &str| {
-        c.diagnostics
-            .iter()
-            .find(|d| d.resource.name == name)
-            .map(|d| d.message.clone())
-            .unwrap_or_default()
-    };
+    let msg = |name: &str| diagnostic(&c, name);
     let s = policy("default/semantic");
     assert_eq!(
         (s.mode(), s.similarity_threshold, s.text(), s.max_entries),
