@@ -7,6 +7,7 @@ pub mod kube;
 pub mod metrics;
 pub mod server;
 pub mod source;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub struct Options {
     pub tls: Option<ServerTls>,
     /// Who may open a config stream.
     pub client_auth: Arc<auth::ClientAuth>,
+    /// Where traces of each compile and push go (off without an endpoint).
+    pub otlp: switchyard_otel::OtlpArgs,
+    /// This replica's name (`service.instance.id`).
+    pub identity: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +62,14 @@ async fn compile_loop(
     mut worlds: watch::Receiver<Option<Arc<World>>>,
     out: watch::Sender<server::Published>,
     metrics: Arc<metrics::Metrics>,
+    pushes: Option<Arc<trace::Pushes>>,
 ) {
     // Keeps what compiled before: an unchanged key is not hashed and validated again.
     let mut compiler = switchyard_crds::compile::Compiler::default();
     loop {
         let world = worlds.borrow_and_update().clone();
         if let Some(world) = world {
+            let started = std::time::SystemTime::now();
             let compiled = tokio::task::block_in_place(|| compiler.compile(&world));
             metrics.compiles.inc();
             metrics
@@ -85,6 +92,10 @@ async fn compile_loop(
             if version_changed || diagnostics_changed {
                 let s = &compiled.snapshot;
                 tracing::info!(version = %s.version, pools = s.pools.len(), routes = s.routes.len(), keys = s.keys.len(), rejected = compiled.diagnostics.len(), "snapshot compiled");
+                if let (true, Some(p)) = (version_changed, &pushes) {
+                    // Before publishing: the push carries the span's context.
+                    p.start(&compiled, started);
+                }
                 out.send_replace(Some(Arc::new(compiled)));
             }
         }
@@ -116,7 +127,27 @@ pub async fn run<S: Source>(
     let (snap_tx, snap_rx) = watch::channel(None);
     tracing::info!(source = %source.describe(), "starting control plane");
     let source_task = tokio::spawn(source.run(world_tx));
-    tokio::spawn(compile_loop(world_rx, snap_tx, metrics.clone()));
+    let mut server = ConfigServer::new(snap_rx.clone(), metrics.clone(), opts.client_auth.clone());
+    let span_exporter = opts
+        .otlp
+        .span_exporter()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let pushes = span_exporter.map(|exporter| {
+        let resource = switchyard_otel::resource("switchyard-control-plane", &opts.identity);
+        let (queue, _task) = switchyard_otel::SpanQueue::start(
+            exporter,
+            &resource,
+            opts.otlp.otlp_queue,
+            metrics.spans.clone(),
+        );
+        tracing::info!(
+            endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
+            "tracing compiles and pushes (OTLP)"
+        );
+        trace::Pushes::new(queue, server.nodes.clone())
+    });
+    server.pushes.clone_from(&pushes);
+    tokio::spawn(compile_loop(world_rx, snap_tx, metrics.clone(), pushes));
 
     let admin = TcpListener::bind(opts.admin_listen).await?;
     let admin_state = (snap_rx.clone(), metrics.clone());
@@ -131,7 +162,6 @@ pub async fn run<S: Source>(
         }
     });
 
-    let server = ConfigServer::new(snap_rx.clone(), metrics.clone(), opts.client_auth.clone());
     on_start(Handles {
         compiled: snap_rx,
         nodes: server.nodes.clone(),

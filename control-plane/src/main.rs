@@ -71,6 +71,8 @@ struct Args {
     /// How often a `dir:` source checks for changes.
     #[arg(long, env = "SWITCHYARD_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     poll_interval: Duration,
+    #[command(flatten)]
+    otlp: switchyard_otel::OtlpArgs,
     /// Namespace of the control plane's own objects (Leases) (`kubernetes` source).
     #[arg(
         long,
@@ -273,6 +275,8 @@ async fn main() -> Result<()> {
         admin_listen: args.admin_listen,
         tls,
         client_auth: std::sync::Arc::new(client_auth),
+        otlp: args.otlp.clone(),
+        identity: args.identity.clone().unwrap_or_else(hostname),
     };
     match args.source.clone() {
         SourceSpec::Dir(dir) => {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// Key Secrets generated for VirtualKeys.
     pub keys_generated: Counter,
+    /// Spans of compiles and pushes exported, and lost.
+    pub spans: switchyard_otel::QueueCounts,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
             status_writes: Counter::default(),
             reconcile_errors: Counter::default(),
             keys_generated: Counter::default(),
+            spans: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +107,16 @@ impl Default for Metrics {
             "keys_generated",
             "Key Secrets generated for VirtualKeys",
             m.keys_generated.clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Spans of compiles and pushes an OTLP collector accepted",
+            m.spans.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans lost: the export queue was full, or the collector did not take them",
+            m.spans.dropped.clone(),
         );
         Self { registry, ..m }
     }

@@ -109,6 +109,8 @@ pub struct ConfigServer {
     nonce: Arc<AtomicU64>,
     auth: Arc<ClientAuth>,
     recent: Arc<Recent>,
+    /// Spans of the pushes, when tracing.
+    pub pushes: Option<Arc<crate::trace::Pushes>>,
 }
 
 /// The last few versions served, so that a data plane holding one gets a delta; and the
@@ -189,6 +191,7 @@ impl ConfigServer {
             nonce: Arc::default(),
             auth,
             recent,
+            pushes: None,
         }
     }
 
@@ -359,6 +362,7 @@ impl ConfigServer {
                     nonce,
                     snapshot: Default::default(),
                     delta: Some((*delta).clone()),
+                    traceparent: self.traceparent(&c.snapshot.version),
                 }
             }
             None => {
@@ -368,6 +372,7 @@ impl ConfigServer {
                     nonce,
                     snapshot: c.encoded(),
                     delta: None,
+                    traceparent: self.traceparent(&c.snapshot.version),
                 }
             }
         };
@@ -378,7 +383,17 @@ impl ConfigServer {
         true
     }
 
+    fn traceparent(&self, version: &str) -> String {
+        self.pushes
+            .as_ref()
+            .map(|p| p.traceparent(version))
+            .unwrap_or_default()
+    }
+
     fn on_reply(&self, conn: u64, m: pb::DiscoveryRequest) {
+        if let Some(p) = &self.pushes {
+            p.reply(&m.version_info, m.error_detail.is_none());
+        }
         match m.error_detail {
             None => {
                 self.metrics

@@ -21,8 +21,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
-    /// The audit trail, when on.
-    audit: std::sync::OnceLock<crate::audit::Auditor>,
+    /// What requests leave behind: metrics, access log, traces, audit trail.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// The response cache (routes opt in).
     cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
     ever_ready: std::sync::atomic::AtomicBool,
@@ -46,22 +46,13 @@ impl Gateway {
             config: ArcSwapOption::empty(),
             upstreams: Upstreams::new(metrics.clone()),
             limiter: limiter(metrics.clone()),
+            telemetry: Arc::new(crate::telemetry::Telemetry::new(metrics.clone())),
             metrics,
             body_limit,
-            audit: std::sync::OnceLock::new(),
             cache: std::sync::OnceLock::new(),
             ever_ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    /// Turns the audit trail on (once, at start).
-    pub fn set_auditor(&self, a: crate::audit::Auditor) {
-        let _ = self.audit.set(a);
-    }
-
-    pub fn auditor(&self) -> Option<&crate::audit::Auditor> {
-        self.audit.get()
     }
 
     /// Sets the response cache (once, at start).

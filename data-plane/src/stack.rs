@@ -55,7 +55,9 @@ use crate::llm::Incoming;
 use crate::metrics::{EndpointLabels, RequestLabels};
 use crate::policy::guard::enforce::{self, Decisions, ResponsePhase};
 use crate::policy::guard::webhook;
+use crate::telemetry::semconv;
 use crate::{policy, route};
+use switchyard_otel::opentelemetry::KeyValue;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -144,7 +146,7 @@ pub async fn model_call(
     key: &KeyEntry,
     mut incoming: Incoming,
 ) -> Result<Response, ProxyError> {
-    let audit = crate::audit::current();
+    let audit = crate::telemetry::current();
     let routed = route::resolve(cfg, key, &incoming.facts.model)?;
     if let Some(a) = &audit {
         a.routed(
@@ -154,12 +156,32 @@ pub async fn model_call(
             incoming.facts.stream,
             routed.route.audit_text,
         );
+        a.spans(|s| {
+            s.max_tokens = incoming.facts.max_output_tokens;
+            s.temperature = incoming
+                .raw()
+                .and_then(|r| r.parse_field::<f64>("temperature").ok().flatten());
+        });
     }
-    let mut permit = policy::limits::admit(gw, key, &routed, &incoming).await?;
+    let since = Instant::now();
+    let admitted = policy::limits::admit(gw, key, &routed, &incoming).await;
+    if let Some(a) = &audit {
+        let decision = match &admitted {
+            Ok(Some(_)) => "admitted",
+            Ok(None) => "none",
+            Err(_) => "rejected",
+        };
+        a.spans(|s| s.limits = decision);
+        a.stage(semconv::EVENT_LIMITS, since, || {
+            vec![KeyValue::new(semconv::LIMIT_DECISION, decision)]
+        });
+    }
+    let mut permit = admitted?;
     let guards = cfg.guards.of(&routed.route.id, key);
     let mut decisions = Decisions::default();
     let mut response_phase = None;
     if !guards.is_empty() {
+        let since = Instant::now();
         let ctx = webhook::Context {
             route: routed.route.id.clone(),
             model: incoming.facts.model.clone(),
@@ -186,6 +208,16 @@ pub async fn model_call(
             Err(e) => Err(e),
         }
         .and_then(|()| ResponsePhase::of(&guards, &incoming, &ctx));
+        if let Some(a) = &audit {
+            a.stage(semconv::EVENT_GUARDRAILS, since, || {
+                let said = match (&checked, decisions.header()) {
+                    (Err(_), _) => "blocked".to_owned(),
+                    (Ok(_), Some(v)) => v.to_str().unwrap_or_default().to_owned(),
+                    (Ok(_), None) => "pass".to_owned(),
+                };
+                vec![KeyValue::new(semconv::GUARDRAILS, said)]
+            });
+        }
         match checked {
             Ok(phase) => response_phase = phase,
             Err(e) => {
@@ -204,6 +236,7 @@ pub async fn model_call(
     let mut fill = None;
     let mut cached = None;
     if let (Some(policy), Some(cache)) = (&routed.route.cache, gw.cache()) {
+        let since = Instant::now();
         let route = &routed.route.id;
         let no_store = incoming.cache_control.no_store;
         let outcome = match crate::cache::key::plan(policy, route, key, &incoming) {
@@ -230,6 +263,9 @@ pub async fn model_call(
                     }
                     if let Some(a) = &audit {
                         a.cache(outcome);
+                        a.stage(semconv::EVENT_CACHE, since, || {
+                            vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
+                        });
                     }
                     return Box::pin(answer_from_cache(
                         gw,
@@ -258,6 +294,9 @@ pub async fn model_call(
         cache.count(route, outcome);
         if let Some(a) = &audit {
             a.cache(outcome);
+            a.stage(semconv::EVENT_CACHE, since, || {
+                vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
+            });
         }
         cached = Some(outcome);
     }
@@ -279,7 +318,11 @@ pub async fn model_call(
     }
     let (attempts, backend) = (served.attempts, served.backend);
     if let Some(a) = &audit {
-        a.served(backend.to_str().unwrap_or_default(), served.price);
+        a.served(
+            backend.to_str().unwrap_or_default(),
+            served.provider,
+            served.price,
+        );
     }
     let resp = frontdoor::respond(
         gw,
@@ -337,7 +380,7 @@ async fn lookup(
 fn guardrails_said(
     resp: Result<Response, ProxyError>,
     decisions: &Decisions,
-    audit: Option<&crate::audit::Slot>,
+    audit: Option<&crate::telemetry::Exchange>,
 ) -> Result<Response, ProxyError> {
     let header = decisions.header();
     if let (Some(a), Some(v)) = (audit, &header) {
@@ -363,7 +406,7 @@ async fn answer_from_cache(
     similarity: Option<f32>,
     response_phase: Option<ResponsePhase>,
     mut decisions: Decisions,
-    audit: Option<crate::audit::Slot>,
+    audit: Option<crate::telemetry::Exchange>,
 ) -> Result<Response, ProxyError> {
     let answer = if incoming.facts.stream {
         let r = crate::dialect::decode_response(incoming.format, &entry.body, false)?;
@@ -375,7 +418,7 @@ async fn answer_from_cache(
         }
     };
     if let Some(a) = &audit {
-        a.served("cache", crate::policy::limits::Price::default());
+        a.served("cache", "cache", crate::policy::limits::Price::default());
     }
     let resp = frontdoor::respond(
         gw,
@@ -499,15 +542,8 @@ where
         let endpoint = endpoint_label(req.uri().path());
         let started = Instant::now();
         let gw = self.gw.clone();
-        // The audit record of the request, filled in on the way (see `audit`).
-        let slot = gw.auditor().map(|a| {
-            let h = req.headers();
-            let id = h
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            a.open(id, crate::audit::trace_id(h.get("traceparent")), endpoint)
-        });
+        // The request's record, filled in on the way (see `telemetry`).
+        let slot = gw.telemetry.open(req.headers(), endpoint);
         let admitted = self
             .limiter
             .clone()
@@ -517,10 +553,7 @@ where
         Box::pin(async move {
             let resp = match admitted {
                 Some((permit, fut)) => {
-                    let resp = match &slot {
-                        Some(s) => crate::audit::scope(s.clone(), fut).await?,
-                        None => fut.await?,
-                    };
+                    let resp = crate::telemetry::scope(slot.clone(), fut).await?;
                     let streaming = resp
                         .headers()
                         .get(header::CONTENT_TYPE)
@@ -532,7 +565,7 @@ where
                             axum::body::Body::new(Held {
                                 body,
                                 _permit: permit,
-                                _audit: slot.clone(),
+                                _exchange: slot.clone(),
                             })
                         })
                     } else {
@@ -549,9 +582,7 @@ where
                 }
             };
             let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
-            if let Some(s) = &slot {
-                s.status(resp.status().as_u16(), error);
-            }
+            slot.status(resp.status().as_u16(), error);
             gw.metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -573,8 +604,8 @@ where
 struct Held {
     body: axum::body::Body,
     _permit: tokio::sync::OwnedSemaphorePermit,
-    /// The audit record goes out when the stream ends.
-    _audit: Option<crate::audit::Slot>,
+    /// The request's record is read when the stream ends.
+    _exchange: crate::telemetry::Exchange,
 }
 
 impl http_body::Body for Held {

@@ -151,8 +151,11 @@ async fn session(
     let mut inbound = client.stream_config(request).await?.into_inner();
     gw.metrics.control_plane_connected.set(1);
     tracing::info!(%url, node_id = %opts.node_id, "config stream connected");
-    while let Some(resp) = inbound.message().await? {
+    while let Some(mut resp) = inbound.message().await? {
         *received = true;
+        let started = std::time::SystemTime::now();
+        let pushed_by = std::mem::take(&mut resp.traceparent);
+        let version = resp.version_info.clone();
         let reply = if gw.version().as_deref() == Some(resp.version_info.as_str()) {
             ack(opts, &resp.version_info, resp.nonce)
         } else if let Some(delta) = &resp.delta {
@@ -202,6 +205,19 @@ async fn session(
                 nack(opts, gw, resp.nonce, detail)
             }
         };
+        if let Some(t) = gw.telemetry.tracer() {
+            // Linked to the control plane's span that compiled and pushed this version.
+            let rejected = reply
+                .error_detail
+                .as_ref()
+                .map_or(0, |d| d.resource_errors.len());
+            let result = if reply.error_detail.is_some() {
+                "nack"
+            } else {
+                "ack"
+            };
+            t.config_applied(&version, &pushed_by, started, rejected, result);
+        }
         tx.send(reply).await.map_err(|_| ClientError::Closed)?;
     }
     Ok(())

@@ -206,7 +206,18 @@ fn anthropic_headers(headers: &HeaderMap) -> Result<Vec<(HeaderName, HeaderValue
 
 async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -> Result<Response> {
     let cfg = ready(gw)?;
-    let key = crate::policy::auth::authenticate(&cfg, headers, now_unix())?;
+    let since = std::time::Instant::now();
+    let key = crate::policy::auth::authenticate(&cfg, headers, now_unix());
+    if let Some(x) = crate::telemetry::current() {
+        x.stage(crate::telemetry::semconv::EVENT_AUTH, since, || {
+            let said = if key.is_ok() { "ok" } else { "rejected" };
+            vec![switchyard_otel::opentelemetry::KeyValue::new(
+                crate::telemetry::semconv::AUTH_RESULT,
+                said,
+            )]
+        });
+    }
+    let key = key?;
     let pass_headers = match door.format() {
         Format::AnthropicMessages => anthropic_headers(headers)?,
         _ => Vec::new(),

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 
 use super::stream::{self, Renderer, Source, Step};
-use crate::audit::Slot;
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
@@ -17,6 +16,7 @@ use crate::llm::{Facts, Format, Response as Answer_, Usage};
 use crate::policy::guard::enforce::{Decisions, ResponsePhase};
 use crate::providers::{Answer, StreamSpec};
 use crate::route::health::InFlight;
+use crate::telemetry::Exchange as Slot;
 use crate::upstream::Framer;
 
 fn json(body: Bytes) -> Response {
@@ -104,6 +104,9 @@ pub async fn respond(
             Some(g) => g.answer(gw, body, decisions).await?,
             None => body,
         };
+        if let Some(a) = audit.as_ref().filter(|a| a.sampled()) {
+            a.spans(|s| s.answer(&body));
+        }
         if wants_text
             && let Some(a) = &audit
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)

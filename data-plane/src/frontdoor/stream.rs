@@ -203,6 +203,8 @@ struct Driver {
     /// Bytes of generated text rendered to the client (translated streams).
     delivered: u64,
     finished: bool,
+    /// Bytes went to the client (the request's time to first token is taken then).
+    sent: bool,
     saw_end: bool,
     /// A guardrail ended the stream.
     blocked: bool,
@@ -213,7 +215,7 @@ struct Driver {
     /// The response phase of the request's guardrails, on the canonical events.
     guard: Option<Guarded>,
     /// The request's audit record, given the usage when the stream ends.
-    audit: Option<crate::audit::Slot>,
+    audit: Option<crate::telemetry::Exchange>,
     /// The text the client got, when the audit trail records it.
     text: Option<String>,
     /// The answer on its way to the response cache.
@@ -453,6 +455,12 @@ impl Driver {
                 }
             }
         }
+        if !self.sent {
+            self.sent = true;
+            if let Some(a) = &self.audit {
+                a.first_token();
+            }
+        }
         Some(if out.len() == 1 {
             out.swap_remove(0)
         } else {
@@ -533,7 +541,7 @@ pub(super) fn response(
     permit: Option<Permit>,
     in_flight: Option<InFlight>,
     guard: Option<ResponsePhase>,
-    audit: Option<crate::audit::Slot>,
+    audit: Option<crate::telemetry::Exchange>,
     record: Option<Box<crate::cache::Record>>,
 ) -> Response {
     let driver = Driver {
@@ -546,6 +554,7 @@ pub(super) fn response(
         usage: None,
         delivered: 0,
         finished: false,
+        sent: false,
         saw_end: false,
         blocked: false,
         settled: false,

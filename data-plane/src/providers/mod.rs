@@ -565,6 +565,7 @@ pub async fn call(
     model: &str,
     incoming: &Incoming,
     in_flight: &InFlight,
+    trace: Option<&crate::telemetry::trace::AttemptStart>,
 ) -> Result<Answer, ProxyError> {
     if let Provider::Mock(b) = &pool.provider {
         return mock::answer(b, model, incoming).await;
@@ -583,7 +584,11 @@ pub async fn call(
         )
     })?;
     let d = Deadlines::of(pool);
-    let p = prepare(&pool.provider, &ep.base, model, incoming)?;
+    let mut p = prepare(&pool.provider, &ep.base, model, incoming)?;
+    if let Some(t) = trace {
+        // W3C trace context: the upstream continues the request's trace.
+        p.pass_headers.extend(t.headers());
+    }
     let req = upstream_request(&ep.auth, &ep.headers, p.url, Some(p.body), p.pass_headers)?;
     let resp = send(gw, pool, req, d, in_flight).await?;
     if p.stream {

@@ -210,8 +210,38 @@ impl Group<'_> {
         if let Some(e) = endpoint {
             e.picks.inc();
         }
-        let result =
-            providers::call(self.gw, pool, endpoint, model, self.incoming, &in_flight).await;
+        let exchange = crate::telemetry::current();
+        let trace = exchange
+            .as_ref()
+            .and_then(crate::telemetry::Exchange::attempt);
+        let result = providers::call(
+            self.gw,
+            pool,
+            endpoint,
+            model,
+            self.incoming,
+            &in_flight,
+            trace.as_ref(),
+        )
+        .await;
+        if let (Some(x), Some(t)) = (&exchange, trace)
+            && x.sampled()
+        {
+            let label = endpoint.map_or(&pool.label, |e| &e.label);
+            x.attempt_done(
+                t,
+                crate::telemetry::trace::AttemptEnd {
+                    backend: label.to_str().unwrap_or_default().to_owned(),
+                    provider: pool.provider.label(),
+                    model: model.to_owned(),
+                    status: match &result {
+                        Ok(_) => Some(200),
+                        Err(e) => e.upstream_status.map(|s| s.as_u16()),
+                    },
+                    error: result.as_ref().err().map_or("", ProxyError::metric_label),
+                },
+            );
+        }
         match result {
             Ok(answer) => {
                 if let Some((i, e)) = ep.zip(endpoint) {

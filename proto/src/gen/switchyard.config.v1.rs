@@ -57,6 +57,10 @@ pub struct DiscoveryResponse {
     /// what it holds; it then gets a full snapshot or a delta from there.
     #[prost(message, optional, tag = "4")]
     pub delta: ::core::option::Option<Delta>,
+    /// W3C traceparent of the control plane's span that compiled and pushed this version (empty
+    /// when it does not trace). The data plane's span that applies the version links to it.
+    #[prost(string, tag = "5")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 /// The resources that differ between two snapshot versions.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -139,6 +139,11 @@ pub struct Metrics {
     pub audit_records: Family<AuditSinkLabels, Counter>,
     pub audit_sink_errors: Family<AuditSinkLabels, Counter>,
     pub audit_dropped: Counter,
+    pub access_log_dropped: Counter,
+    /// Spans the OTLP exporter sent, and those lost (queue full, or export failed).
+    pub spans: switchyard_otel::QueueCounts,
+    /// The GenAI metrics (their own registry: the conventions' names have no prefix).
+    pub genai: super::genai::Prom,
     pub cache_lookups: Family<CacheLabels, Counter>,
     pub cache_errors: Family<OpLabels, Counter>,
     pub cache_fills: Counter,
@@ -290,6 +295,23 @@ impl Metrics {
         let audit_records = Family::<AuditSinkLabels, Counter>::default();
         let audit_sink_errors = Family::<AuditSinkLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        let spans = switchyard_otel::QueueCounts::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans an OTLP collector accepted",
+            spans.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans lost: the export queue was full, or the collector did not take them",
+            spans.dropped.clone(),
+        );
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         let cache_errors = Family::<OpLabels, Counter>::default();
         let cache_fills = Counter::default();
@@ -429,6 +451,9 @@ impl Metrics {
             audit_records,
             audit_sink_errors,
             audit_dropped,
+            access_log_dropped,
+            spans,
+            genai: super::genai::Prom::new(),
             cache_lookups,
             cache_errors,
             cache_fills,
@@ -465,7 +490,11 @@ impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        use prometheus_client::encoding::text;
+        let encoded = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &self.genai.registry))
+            .and_then(|()| text::encode_eof(&mut out));
+        if let Err(e) = encoded {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out

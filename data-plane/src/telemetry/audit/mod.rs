@@ -3,9 +3,9 @@
 //! per proxy and sink (`chain.rs`) and written by one task to JSON-lines files and/or a
 //! Redis stream (`sink.rs`); `verify.rs` checks files.
 //!
-//! The request path never waits for it: the edge layer opens a [`Slot`] per request, the
-//! pipeline fills it in, and the record is handed over when the last holder lets go (the
-//! response, or the end of a stream) with a `try_send` into a bounded queue. A full queue or
+//! The request path never waits for it: the request's record is its
+//! [`crate::telemetry::Exchange`]'s, handed over when the exchange ends (the response, or the
+//! end of a stream) with a `try_send` into a bounded queue. A full queue or
 //! a sink that stays down drops records, counted, and the chain says so with a `gap` line.
 
 pub mod chain;
@@ -13,15 +13,13 @@ pub mod sink;
 pub mod verify;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::llm::Usage;
 use crate::metrics::Metrics;
-use crate::policy::limits::Price;
 
 /// Records in flight between the requests and the writer.
 const QUEUE: usize = 8192;
@@ -129,131 +127,7 @@ pub fn capped(mut text: String) -> String {
     text
 }
 
-struct Open {
-    record: Record,
-    /// The route records text.
-    text: bool,
-    started: Instant,
-    price: Price,
-    at: SystemTime,
-}
-
-/// A request's record while the request runs; handed to the writer when the last clone
-/// drops (the response was sent, or its stream ended).
-#[derive(Clone)]
-pub struct Slot(Arc<SlotInner>);
-
-struct SlotInner {
-    open: Mutex<Open>,
-    tx: tokio::sync::mpsc::Sender<(SystemTime, Record)>,
-    lost: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("audit::Slot")
-    }
-}
-
-impl Slot {
-    fn with(&self, f: impl FnOnce(&mut Open)) {
-        let mut open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut open);
-    }
-
-    /// Who asked and what served it; `text`: the route records prompt and answer text.
-    pub fn routed(&self, key: &str, route: &str, model: &str, stream: bool, text: bool) {
-        self.with(|o| {
-            o.record.key = key.to_owned();
-            o.record.route = route.to_owned();
-            o.record.model = model.to_owned();
-            o.record.stream = stream;
-            o.text = text;
-        });
-    }
-
-    /// Whether the route records text.
-    pub fn wants_text(&self) -> bool {
-        let mut text = false;
-        self.with(|o| text = o.text);
-        text
-    }
-
-    pub fn prompt(&self, text: String) {
-        self.with(|o| o.record.prompt = Some(capped(text)));
-    }
-
-    pub fn response(&self, text: String) {
-        self.with(|o| o.record.response = Some(capped(text)));
-    }
-
-    pub fn served(&self, backend: &str, price: Price) {
-        self.with(|o| {
-            o.record.backend = backend.to_owned();
-            o.price = price;
-        });
-    }
-
-    pub fn guardrails(&self, decisions: &str) {
-        self.with(|o| o.record.guardrails = decisions.to_owned());
-    }
-
-    /// What the answer used (a stream's when it ends), priced.
-    pub fn usage(&self, u: &Usage) {
-        self.with(|o| {
-            o.record.input_tokens = u.input;
-            o.record.output_tokens = u.output;
-            o.record.cost_nanos = o.price.cost_nanos(u);
-        });
-    }
-
-    pub fn status(&self, status: u16, error: &'static str) {
-        self.with(|o| {
-            o.record.status = status;
-            o.record.error = error;
-        });
-    }
-
-    /// What the response cache did.
-    pub fn cache(&self, o: crate::cache::Outcome) {
-        self.with(|r| r.record.cache = o.name());
-    }
-
-    /// A stream that did not end normally, and why.
-    pub fn ended(&self, why: &'static str) {
-        self.with(|o| o.record.ended = why);
-    }
-}
-
-impl Drop for SlotInner {
-    fn drop(&mut self) {
-        let open = self.open.get_mut().unwrap_or_else(|p| p.into_inner());
-        let mut record = std::mem::take(&mut open.record);
-        record.duration_ms = open.started.elapsed().as_millis() as u64;
-        if self.tx.try_send((open.at, record)).is_err() {
-            // The writer tells the chains (a `gap` line).
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            self.metrics.audit_dropped.inc();
-        }
-    }
-}
-
-tokio::task_local! {
-    static CURRENT: Slot;
-}
-
-/// The audit slot of the request this task serves, if the trail is on.
-pub fn current() -> Option<Slot> {
-    CURRENT.try_with(Slot::clone).ok()
-}
-
-/// Runs `f` with `slot` as the request's slot ([`current`]).
-pub async fn scope<F: std::future::Future>(slot: Slot, f: F) -> F::Output {
-    CURRENT.scope(slot, f).await
-}
-
-/// The handle the edge layer opens slots with.
+/// The handle finished exchanges are handed to the writer with.
 #[derive(Debug)]
 pub struct Auditor {
     tx: tokio::sync::mpsc::Sender<(SystemTime, Record)>,
@@ -277,26 +151,13 @@ impl Auditor {
         Ok((Self { tx, lost, metrics }, writer))
     }
 
-    /// A slot for a request.
-    pub fn open(&self, request_id: &str, trace_id: &str, endpoint: &'static str) -> Slot {
-        Slot(Arc::new(SlotInner {
-            open: Mutex::new(Open {
-                record: Record {
-                    request_id: request_id.to_owned(),
-                    trace_id: trace_id.to_owned(),
-                    endpoint,
-                    cache: "none",
-                    ..Record::default()
-                },
-                text: false,
-                started: Instant::now(),
-                price: Price::default(),
-                at: SystemTime::now(),
-            }),
-            tx: self.tx.clone(),
-            lost: self.lost.clone(),
-            metrics: self.metrics.clone(),
-        }))
+    /// Hands a finished request's record to the writer, or counts it lost (the writer
+    /// tells the chains with a `gap` line).
+    pub fn send(&self, at: SystemTime, record: Record) {
+        if self.tx.try_send((at, record)).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.metrics.audit_dropped.inc();
+        }
     }
 }
 

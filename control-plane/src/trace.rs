@@ -1,0 +1,178 @@
+//! Traces of the config flow: one span per published version, from the start of its compile
+//! until every data plane connected at the time answered it (or [`WAIT`] passed), with the
+//! version, the resource counts, and how many data planes ACKed or NACKed it. Each data
+//! plane gets the span's `traceparent` with the version; its own span that applies the
+//! version links to this one.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use switchyard_otel::opentelemetry::trace::{
+    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags,
+};
+use switchyard_otel::opentelemetry::{InstrumentationScope, KeyValue};
+use switchyard_otel::opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use switchyard_otel::{self as otel, SpanQueue};
+
+use crate::server::Nodes;
+
+/// How long a push span waits for the data planes' answers.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The push spans in flight, by version.
+#[derive(Debug)]
+pub struct Pushes {
+    queue: SpanQueue,
+    nodes: Arc<Nodes>,
+    open: Mutex<HashMap<String, Push>>,
+    scope: InstrumentationScope,
+}
+
+#[derive(Debug)]
+struct Push {
+    trace: otel::Started,
+    started: SystemTime,
+    compiled: SystemTime,
+    attributes: Vec<KeyValue>,
+    expected: usize,
+    acked: usize,
+    nacked: usize,
+}
+
+impl Pushes {
+    pub fn new(queue: SpanQueue, nodes: Arc<Nodes>) -> Arc<Self> {
+        Arc::new(Self {
+            queue,
+            nodes,
+            open: Mutex::default(),
+            scope: InstrumentationScope::builder("switchyard-control-plane")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Push>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A version was compiled (its compile started at `started`) and is being pushed.
+    pub fn start(self: &Arc<Self>, compiled: &switchyard_crds::Compiled, started: SystemTime) {
+        let s = &compiled.snapshot;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let attributes = vec![
+            KeyValue::new("switchyard.config.version", s.version.clone()),
+            KeyValue::new("switchyard.config.pools", count(s.pools.len())),
+            KeyValue::new("switchyard.config.routes", count(s.routes.len())),
+            KeyValue::new("switchyard.config.keys", count(s.keys.len())),
+            KeyValue::new("switchyard.config.guardrails", count(s.guardrails.len())),
+            KeyValue::new(
+                "switchyard.config.rejected",
+                count(compiled.diagnostics.len()),
+            ),
+        ];
+        let push = Push {
+            trace: otel::Started {
+                trace_id: otel::new_trace_id(),
+                span_id: otel::new_span_id(),
+                parent: None,
+                sampled: true,
+            },
+            started,
+            compiled: SystemTime::now(),
+            attributes,
+            expected: self.nodes.snapshot().len(),
+            acked: 0,
+            nacked: 0,
+        };
+        let version = s.version.clone();
+        self.lock().insert(version.clone(), push);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let done = this
+                    .lock()
+                    .get(&version)
+                    .is_none_or(|p| p.acked + p.nacked >= p.expected);
+                if done {
+                    break;
+                }
+            }
+            this.finish(&version);
+        });
+    }
+
+    /// The `traceparent` a data plane gets with `version`.
+    pub fn traceparent(&self, version: &str) -> String {
+        self.lock()
+            .get(version)
+            .map(|p| {
+                otel::traceparent(p.trace.trace_id, p.trace.span_id, true)
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A data plane answered `version`.
+    pub fn reply(&self, version: &str, ack: bool) {
+        if let Some(p) = self.lock().get_mut(version) {
+            if ack {
+                p.acked += 1;
+            } else {
+                p.nacked += 1;
+            }
+        }
+    }
+
+    fn finish(&self, version: &str) {
+        let Some(p) = self.lock().remove(version) else {
+            return;
+        };
+        let mut attributes = p.attributes;
+        attributes.extend([
+            KeyValue::new("switchyard.config.data_planes", p.expected as i64),
+            KeyValue::new("switchyard.config.acked", p.acked as i64),
+            KeyValue::new("switchyard.config.nacked", p.nacked as i64),
+        ]);
+        let mut events = SpanEvents::default();
+        events.events.push(Event::new(
+            "switchyard.config.compiled",
+            p.compiled,
+            Vec::new(),
+            0,
+        ));
+        let answered = p.acked + p.nacked;
+        self.queue.send(SpanData {
+            span_context: SpanContext::new(
+                p.trace.trace_id,
+                p.trace.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Producer,
+            name: Cow::Borrowed("switchyard.config.push"),
+            start_time: p.started,
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: if p.nacked > 0 || answered < p.expected {
+                Status::error("not every data plane applied the version")
+            } else {
+                Status::Unset
+            },
+            instrumentation_scope: self.scope.clone(),
+        });
+    }
+}

@@ -1,0 +1,417 @@
+//! OpenTelemetry plumbing shared by both binaries: the OTLP flags, exporters for spans and
+//! metrics (gRPC through tonic or HTTP/protobuf through hyper), the W3C trace context on the
+//! wire, and [`SpanQueue`], the bounded hand-off between requests and the exporter.
+//!
+//! Spans are not made through a `Tracer`: each binary builds a finished [`SpanData`] when the
+//! work it describes ends (a request, an attempt, a push), with its own ids and times, and
+//! hands it to the queue with a `try_send`. A request never waits for an exporter, a full
+//! queue or a collector that is down drops spans, and every dropped span is counted.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, ShouldSample, SpanData, SpanExporter};
+use prometheus_client::metrics::counter::Counter;
+
+pub use opentelemetry;
+pub use opentelemetry_sdk;
+
+/// Spans handed to the exporter in one request.
+const BATCH: usize = 512;
+/// The longest a span waits in the queue before its batch goes.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// How OTLP data leaves the process.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (usually port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (usually port 4318; `/v1/traces` and `/v1/metrics` are
+    /// appended to the endpoint).
+    Http,
+}
+
+/// The OTLP flags, the same on both binaries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OtlpArgs {
+    /// OTLP collector to send traces (and the data plane's GenAI metrics) to, e.g.
+    /// http://otel-collector:4317. Without it nothing is traced and nothing is exported.
+    #[arg(long, env = "SWITCHYARD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    #[arg(
+        long,
+        env = "SWITCHYARD_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    pub otlp_protocol: Protocol,
+    /// Headers sent with every export, `name=value` comma-separated (e.g. an API key of a
+    /// hosted collector; the chart reads it from a Secret). Never logged.
+    #[arg(long, env = "SWITCHYARD_OTLP_HEADERS", hide_env_values = true)]
+    pub otlp_headers: Option<String>,
+    /// Share of new traces recorded (0 to 1). A request that carries a `traceparent` follows
+    /// its caller's decision (parent-based sampling).
+    #[arg(long, env = "SWITCHYARD_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+    /// Spans held for the exporter; beyond this they are dropped (counted).
+    #[arg(long, env = "SWITCHYARD_OTLP_QUEUE", default_value_t = 8192)]
+    pub otlp_queue: usize,
+    /// Bound on one export call.
+    #[arg(long, env = "SWITCHYARD_OTLP_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub otlp_timeout: Duration,
+}
+
+impl Default for OtlpArgs {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: Protocol::Grpc,
+            otlp_headers: None,
+            trace_sample_ratio: 1.0,
+            otlp_queue: 8192,
+            otlp_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A flag that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--otlp-headers: `{0}` is not name=value")]
+    Header(String),
+    #[error("--trace-sample-ratio must be between 0 and 1, got {0}")]
+    Ratio(f64),
+    #[error("OTLP exporter: {0}")]
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+impl OtlpArgs {
+    /// The headers of `--otlp-headers` (checked; values never appear in an error).
+    pub fn headers(&self) -> Result<HashMap<String, String>, Error> {
+        let mut out = HashMap::new();
+        for pair in self
+            .otlp_headers
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair
+                .split_once('=')
+                .filter(|(n, _)| !n.trim().is_empty())
+                .ok_or_else(|| Error::Header(pair.split('=').next().unwrap_or("").to_owned()))?;
+            out.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// The sampler: the caller's decision when a request carries one, else this ratio.
+    pub fn sampler(&self) -> Result<Sampler, Error> {
+        let r = self.trace_sample_ratio;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(Error::Ratio(r));
+        }
+        Ok(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            r,
+        ))))
+    }
+
+    /// The endpoint of one signal: as given for gRPC, with the signal's path for HTTP.
+    fn endpoint(&self, signal: &str) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(match self.otlp_protocol {
+            Protocol::Grpc => base.to_owned(),
+            Protocol::Http => format!("{base}/v1/{signal}"),
+        })
+    }
+
+    /// Exports retried briefly: a collector that stays down costs dropped spans, not a
+    /// backlog.
+    fn retry() -> opentelemetry_otlp::RetryPolicy {
+        opentelemetry_otlp::RetryPolicy::default()
+            .with_max_retries(2)
+            .with_initial_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1))
+    }
+
+    /// The span exporter, when an endpoint is set. Call within the tokio runtime.
+    pub fn span_exporter(&self) -> Result<Option<opentelemetry_otlp::SpanExporter>, Error> {
+        let Some(endpoint) = self.endpoint("traces") else {
+            return Ok(None);
+        };
+        let headers = self.headers()?;
+        let b = opentelemetry_otlp::SpanExporter::builder();
+        Ok(Some(match self.otlp_protocol {
+            Protocol::Grpc => b
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(self.otlp_timeout)
+                .with_metadata(metadata(&headers))
+                .with_retry_policy(Self::retry())
+                .build()?,
+            Protocol::Http => b
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_timeout(self.otlp_timeout)
+                .with_headers(headers)
+                .with_retry_policy(Self::retry())
+                .build()?,
+        }))
+    }
+
+    /// The metric exporter, when an endpoint is set (cumulative temporality, as Prometheus
+    /// reads it). Call within the tokio runtime.
+    pub fn metric_exporter(&self) -> Result<Option<opentelemetry_otlp::MetricExporter>, Error> {
+        let Some(endpoint) = self.endpoint("metrics") else {
+            return Ok(None);
+        };
+        let headers = self.headers()?;
+        let b = opentelemetry_otlp::MetricExporter::builder();
+        Ok(Some(match self.otlp_protocol {
+            Protocol::Grpc => b
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(self.otlp_timeout)
+                .with_metadata(metadata(&headers))
+                .with_retry_policy(Self::retry())
+                .build()?,
+            Protocol::Http => b
+                .with_http()
+                .with_endpoint(endpoint)
+                .with_timeout(self.otlp_timeout)
+                .with_headers(headers)
+                .with_retry_policy(Self::retry())
+                .build()?,
+        }))
+    }
+
+    /// A meter provider exporting every `interval` on tokio, when an endpoint is set.
+    pub fn meter_provider(
+        &self,
+        resource: Resource,
+        interval: Duration,
+    ) -> Result<Option<opentelemetry_sdk::metrics::SdkMeterProvider>, Error> {
+        let Some(exporter) = self.metric_exporter()? else {
+            return Ok(None);
+        };
+        let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_interval(interval)
+        .build();
+        Ok(Some(
+            opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_reader(reader)
+                .build(),
+        ))
+    }
+}
+
+fn metadata(headers: &HashMap<String, String>) -> tonic::metadata::MetadataMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::try_from(v.as_str()),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    tonic::metadata::MetadataMap::from_headers(h)
+}
+
+/// The resource every span and metric of this process carries.
+pub fn resource(service: &'static str, instance: &str) -> Resource {
+    Resource::builder_empty()
+        .with_service_name(service)
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", instance.to_owned()),
+        ])
+        .build()
+}
+
+/// The W3C `traceparent` of a span: `00-<trace id>-<span id>-<flags>`.
+pub fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> http::HeaderValue {
+    let v = format!("00-{trace}-{span}-{:02x}", u8::from(sampled));
+    http::HeaderValue::try_from(v).unwrap_or(http::HeaderValue::from_static(""))
+}
+
+/// The remote span context in a `traceparent` (and `tracestate`) header, as the W3C
+/// propagator reads it; `None` when absent or invalid.
+pub fn remote_parent(
+    traceparent: Option<&http::HeaderValue>,
+    tracestate: Option<&http::HeaderValue>,
+) -> Option<SpanContext> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    let parent = traceparent?.to_str().ok()?;
+    let state = tracestate.and_then(|v| v.to_str().ok());
+    struct Headers<'a>(&'a str, Option<&'a str>);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => Some(self.0),
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&Headers(parent, state));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Ids and the sampling decision of a new local span (a request's SERVER span): the remote
+/// parent's trace, or a new one; the sampler decides on a trace without a parent.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanContext>,
+    pub sampled: bool,
+}
+
+impl Started {
+    /// Starts a span under `parent` (a remote context), sampled by `sampler`.
+    pub fn new(sampler: &Sampler, parent: Option<SpanContext>, name: &str) -> Self {
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(new_trace_id, SpanContext::trace_id);
+        let cx = parent.as_ref().map(|p| {
+            use opentelemetry::trace::TraceContextExt;
+            Context::new().with_remote_span_context(p.clone())
+        });
+        let sampled = matches!(
+            sampler
+                .should_sample(
+                    cx.as_ref(),
+                    trace_id,
+                    name,
+                    &opentelemetry::trace::SpanKind::Server,
+                    &[],
+                    &[],
+                )
+                .decision,
+            opentelemetry_sdk::trace::SamplingDecision::RecordAndSample
+        );
+        Self {
+            trace_id,
+            span_id: new_span_id(),
+            parent,
+            sampled,
+        }
+    }
+
+    /// The context of this span, for links and children.
+    pub fn context(&self) -> SpanContext {
+        SpanContext::new(
+            self.trace_id,
+            self.span_id,
+            if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            false,
+            self.parent
+                .as_ref()
+                .map_or_else(TraceState::default, |p| p.trace_state().clone()),
+        )
+    }
+}
+
+/// A random, valid trace id.
+pub fn new_trace_id() -> TraceId {
+    TraceId::from(fastrand::u128(1..))
+}
+
+/// A random, valid span id.
+pub fn new_span_id() -> SpanId {
+    SpanId::from(fastrand::u64(1..))
+}
+
+/// What [`SpanQueue`] counts.
+#[derive(Clone, Debug, Default)]
+pub struct QueueCounts {
+    /// Spans a collector accepted.
+    pub exported: Counter,
+    /// Spans lost: the queue was full, or the export failed.
+    pub dropped: Counter,
+}
+
+/// The bounded queue between finished spans and the exporter task.
+#[derive(Clone, Debug)]
+pub struct SpanQueue {
+    tx: tokio::sync::mpsc::Sender<SpanData>,
+    counts: QueueCounts,
+}
+
+impl SpanQueue {
+    /// Starts the exporter task; the returned handle ends when every queue clone is gone and
+    /// what was queued has been exported (or dropped).
+    pub fn start<E: SpanExporter + 'static>(
+        mut exporter: E,
+        resource: &Resource,
+        capacity: usize,
+        counts: QueueCounts,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        exporter.set_resource(resource);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SpanData>(capacity.max(1));
+        let task_counts = counts.clone();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut failing = false;
+            loop {
+                let open = tokio::time::timeout(FLUSH_EVERY, rx.recv_many(&mut batch, BATCH))
+                    .await
+                    .map_or(true, |n| n > 0);
+                if !batch.is_empty() {
+                    let n = batch.len() as u64;
+                    match exporter.export(std::mem::take(&mut batch)).await {
+                        Ok(()) => {
+                            task_counts.exported.inc_by(n);
+                            if failing {
+                                tracing::info!("OTLP span export works again");
+                                failing = false;
+                            }
+                        }
+                        Err(e) => {
+                            task_counts.dropped.inc_by(n);
+                            if !failing {
+                                tracing::warn!(error = %e, spans = n, "OTLP span export failed; spans are dropped (counted) until it works");
+                                failing = true;
+                            }
+                        }
+                    }
+                    batch = Vec::with_capacity(BATCH);
+                }
+                if !open {
+                    let _ = exporter.shutdown();
+                    return;
+                }
+            }
+        });
+        (Self { tx, counts }, task)
+    }
+
+    /// Queues a finished span, or counts it dropped.
+    pub fn send(&self, span: SpanData) {
+        if self.tx.try_send(span).is_err() {
+            self.counts.dropped.inc();
+        }
+    }
+}
