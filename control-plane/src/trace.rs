@@ -27,8 +27,14 @@ pub struct Pushes {
     queue: SpanQueue,
     nodes: Arc<Nodes>,
     open: Mutex<HashMap<String, Push>>,
+    /// The `traceparent` of the last versions pushed: a data plane that connects later
+    /// still links its apply span to the push.
+    recent: Mutex<std::collections::VecDeque<(String, String)>>,
     scope: InstrumentationScope,
 }
+
+/// Versions whose push context is kept after their span ended.
+const KEEP: usize = 8;
 
 #[derive(Debug)]
 struct Push {
@@ -47,6 +53,7 @@ impl Pushes {
             queue,
             nodes,
             open: Mutex::default(),
+            recent: Mutex::default(),
             scope: InstrumentationScope::builder("switchyard-control-plane")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -89,6 +96,17 @@ impl Pushes {
             nacked: 0,
         };
         let version = s.version.clone();
+        {
+            let tp = otel::traceparent(push.trace.trace_id, push.trace.span_id, true);
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            recent.push_back((version.clone(), tp.to_str().unwrap_or_default().to_owned()));
+            while recent.len() > KEEP {
+                recent.pop_front();
+            }
+        }
         self.lock().insert(version.clone(), push);
         let this = self.clone();
         tokio::spawn(async move {
@@ -109,14 +127,13 @@ impl Pushes {
 
     /// The `traceparent` a data plane gets with `version`.
     pub fn traceparent(&self, version: &str) -> String {
-        self.lock()
-            .get(version)
-            .map(|p| {
-                otel::traceparent(p.trace.trace_id, p.trace.span_id, true)
-                    .to_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|(v, _)| v == version)
+            .map(|(_, tp)| tp.clone())
             .unwrap_or_default()
     }
 

@@ -21,6 +21,7 @@ mod nginx;
 mod peers;
 mod scale;
 mod semantic;
+mod tracing;
 
 use scale::{Scale, config_scale};
 
@@ -35,14 +36,25 @@ pub(crate) struct BenchOpts {
     pub(crate) smoke: bool,
     pub(crate) peers: bool,
     pub(crate) release: bool,
-    /// Only the config-scale scenario (f), printed, nothing written to docs/.
-    pub(crate) scale_only: bool,
-    /// Only scenarios a, b and g, printed, nothing written to docs/.
-    pub(crate) faults_only: bool,
-    /// Only scenarios a, b and h (guardrails), printed, nothing written to docs/.
-    pub(crate) guardrails_only: bool,
-    pub(crate) audit_only: bool,
-    pub(crate) cache_only: bool,
+    /// One scenario alone (after a and b, except `Scale`), printed, nothing written to docs/.
+    pub(crate) only: Option<Only>,
+}
+
+/// The scenarios that run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Only {
+    /// f: config scale.
+    Scale,
+    /// g: one endpoint of two failing.
+    Faults,
+    /// h: guardrails.
+    Guardrails,
+    /// i: the audit trail.
+    Audit,
+    /// j and k: exact and semantic cache hits.
+    Cache,
+    /// l: the access log and tracing.
+    Tracing,
 }
 
 struct Proc(Child);
@@ -136,6 +148,21 @@ fn wait_http(url: &str, timeout: Duration) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    })
+}
+
+/// The body of a GET.
+fn get_text(url: &str) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let r = client.get(url.parse::<http::Uri>()?).await?;
+        let body = r.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
     })
 }
 
@@ -375,7 +402,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     // A config left by an older run must not leak into this one.
     let _ = std::fs::remove_dir_all(work.join("config"));
     std::fs::create_dir_all(work.join("config"))?;
-    if opts.scale_only {
+    if opts.only == Some(Only::Scale) {
         config_scale(&bin, &work, opts.smoke)?;
         return Ok(());
     }
@@ -493,7 +520,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
-    if opts.guardrails_only {
+    if opts.only == Some(Only::Guardrails) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -505,7 +532,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         println!("h: {}", m.summary);
         return Ok(());
     }
-    if opts.audit_only {
+    if opts.only == Some(Only::Audit) {
         let m = audit::run(&bin, &work, d, &auth, &body)?;
         for (scenario, r) in &m.rows {
             record("switchyard", scenario, r);
@@ -513,7 +540,19 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         println!("i: {}", m.summary);
         return Ok(());
     }
-    if opts.faults_only {
+    if opts.only == Some(Only::Tracing) {
+        match tracing::run(root, &bin, &work, d, &auth, &body)? {
+            Some(m) => {
+                for (scenario, r) in &m.rows {
+                    record("switchyard", scenario, r);
+                }
+                println!("l: {}", m.summary);
+            }
+            None => println!("l: skipped (no collector)"),
+        }
+        return Ok(());
+    }
+    if opts.only == Some(Only::Faults) {
         let m = faults::run(&bin, &work, d, &body)?;
         for (scenario, r) in &m.rows {
             record("switchyard", scenario, r);
@@ -541,7 +580,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     };
     println!("j: {scenario_j}");
     println!("k: {scenario_k}");
-    if opts.cache_only {
+    if opts.only == Some(Only::Cache) {
         return Ok(());
     }
     // a and b again against nginx (one worker, canned completion): the faster upstream.
@@ -617,6 +656,18 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         m.summary
     };
     println!("i: {scenario_i}");
+
+    // l. the access log, and tracing every request to a real collector.
+    let scenario_l = match tracing::run(root, &bin, &work, d, &auth, &body)? {
+        Some(m) => {
+            for (scenario, r) in &m.rows {
+                record("switchyard", scenario, r);
+            }
+            m.summary
+        }
+        None => "skipped (the collector could not be built)".to_owned(),
+    };
+    println!("l: {scenario_l}");
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -803,6 +854,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     let _ = writeln!(md, "- i. {scenario_i}.");
     let _ = writeln!(md, "- j. {scenario_j}.");
     let _ = writeln!(md, "- k. {scenario_k}.");
+    let _ = writeln!(md, "- l. {scenario_l}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",

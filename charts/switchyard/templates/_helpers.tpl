@@ -103,3 +103,22 @@ app.kubernetes.io/component: data-plane
       - {key: kubernetes.io/metadata.name, operator: In, values: {{ toJson . }}}
 {{- end }}
 {{- end -}}
+
+{{/* OTLP export of a plane: endpoint, protocol, sampling and headers from a Secret. */}}
+{{- define "switchyard.otelEnv" -}}
+{{- if .Values.otel.endpoint }}
+- name: SWITCHYARD_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: SWITCHYARD_OTLP_PROTOCOL
+  value: {{ .Values.otel.protocol | quote }}
+- name: SWITCHYARD_TRACE_SAMPLE_RATIO
+  value: {{ .Values.otel.sampleRatio | quote }}
+{{- if .Values.otel.headersSecretRef.name }}
+- name: SWITCHYARD_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.otel.headersSecretRef.name | quote }}
+      key: {{ .Values.otel.headersSecretRef.key | default "headers" | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -84,6 +84,11 @@ struct Line<'a> {
     response: Option<&'a str>,
 }
 
+/// Milliseconds with microsecond precision.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
+}
+
 fn display<S: serde::Serializer>(v: &humantime::Rfc3339Timestamp, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
@@ -149,8 +154,8 @@ impl AccessLog {
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             cost_usd: r.cost_nanos as f64 / 1e9,
-            duration_ms: done.elapsed.as_secs_f64() * 1e3,
-            ttft_ms: done.ttft.map(|t| t.as_secs_f64() * 1e3),
+            duration_ms: millis(done.elapsed),
+            ttft_ms: done.ttft.map(millis),
             cache: r.cache,
             guardrails: &r.guardrails,
             ended: r.ended,

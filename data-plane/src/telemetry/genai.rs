@@ -95,15 +95,15 @@ impl KeyLabel {
     }
 }
 
-impl Default for Prom {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Prom {
-    pub fn new() -> Self {
+    /// The families, their series names noted in `series`.
+    pub fn new(series: &mut Vec<String>) -> Self {
         let mut registry = Registry::default();
+        let mut reg = super::metrics::Declaring {
+            registry: &mut registry,
+            prefix: "",
+            series,
+        };
         let token_usage = Family::<TokenLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(sc::TOKEN_BUCKETS)
         });
@@ -117,30 +117,30 @@ impl Prom {
             Histogram::new(sc::TPOT_BUCKETS)
         });
         let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
-        registry.register(
+        reg.register(
             "gen_ai_client_token_usage",
             "Tokens per model call, by gen_ai_token_type (input, output)",
             token_usage.clone(),
         );
-        registry.register_with_unit(
+        reg.register_with_unit(
             "gen_ai_server_request_duration",
             "Time from a model call's arrival to the end of its answer (streams: the last event)",
             Unit::Seconds,
             duration.clone(),
         );
-        registry.register_with_unit(
+        reg.register_with_unit(
             "gen_ai_server_time_to_first_token",
             "Time from a streamed model call's arrival to its first bytes out",
             Unit::Seconds,
             ttft.clone(),
         );
-        registry.register_with_unit(
+        reg.register_with_unit(
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first, of streamed answers",
             Unit::Seconds,
             tpot.clone(),
         );
-        registry.register(
+        reg.register(
             "switchyard_cost_usd",
             "Spend in US dollars at the configured prices, by route, model and (opt-in) key",
             cost.clone(),

@@ -5,7 +5,54 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+/// Registers metrics and remembers the series names each family is sampled as: a family with
+/// no samples yet is not encoded, so `/metrics` alone cannot say what the data plane exports.
+#[derive(Debug)]
+pub struct Declaring<'r> {
+    pub registry: &'r mut Registry,
+    pub prefix: &'static str,
+    pub series: &'r mut Vec<String>,
+}
+
+impl Declaring<'_> {
+    pub fn register<M: Metric + TypedMetric>(&mut self, name: &str, help: &str, metric: M) {
+        self.note::<M>(name, None);
+        self.registry.register(name, help, metric);
+    }
+
+    pub fn register_with_unit<M: Metric + TypedMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Unit,
+        metric: M,
+    ) {
+        self.note::<M>(name, Some(&unit));
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+
+    fn note<M: TypedMetric>(&mut self, name: &str, unit: Option<&Unit>) {
+        let mut full = if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}_{name}", self.prefix)
+        };
+        if let Some(u) = unit {
+            full = format!("{full}_{}", u.as_str());
+        }
+        let suffixes: &[&str] = match M::TYPE {
+            MetricType::Counter => &["_total"],
+            MetricType::Histogram => &["_bucket", "_sum", "_count"],
+            MetricType::Info => &["_info"],
+            _ => &[""],
+        };
+        self.series
+            .extend(suffixes.iter().map(|s| format!("{full}{s}")));
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -110,6 +157,8 @@ pub struct ClassLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Every series name `/metrics` can hold (`_total`, `_bucket`, ... included).
+    pub series: Vec<String>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<EndpointLabels, Histogram>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
@@ -170,6 +219,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
+        let mut series = Vec::new();
+        let mut reg = Declaring {
+            registry: &mut registry,
+            prefix: "switchyard",
+            series: &mut series,
+        };
         let hist = || Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(hist);
@@ -182,57 +237,57 @@ impl Metrics {
         let config_routes = Gauge::default();
         let config_rejected_resources = Gauge::default();
         let control_plane_connected = Gauge::default();
-        registry.register(
+        reg.register(
             "requests",
             "Client requests by endpoint, status and error",
             requests.clone(),
         );
-        registry.register(
+        reg.register(
             "request_duration_seconds",
             "Time to the response head (streams: to the first byte)",
             request_duration.clone(),
         );
-        registry.register(
+        reg.register(
             "upstream_requests",
             "Upstream attempts by provider and outcome",
             upstream_requests.clone(),
         );
-        registry.register(
+        reg.register(
             "upstream_duration_seconds",
             "Upstream time to the response head, by provider",
             upstream_duration.clone(),
         );
-        registry.register(
+        reg.register(
             "tokens",
             "Tokens by provider and direction: input and output (all tokens), cache_read, cache_write and reasoning (parts of them)",
             tokens.clone(),
         );
-        registry.register(
+        reg.register(
             "stream_errors",
             "Streams ended early, by reason",
             stream_errors.clone(),
         );
-        registry.register(
+        reg.register(
             "config_updates",
             "Config snapshots applied (result=applied), or applied without resources that cannot run here (result=partial)",
             config_updates.clone(),
         );
-        registry.register(
+        reg.register(
             "config_virtual_keys",
             "Virtual keys in the running config",
             config_keys.clone(),
         );
-        registry.register(
+        reg.register(
             "config_routes",
             "Routes in the running config",
             config_routes.clone(),
         );
-        registry.register(
+        reg.register(
             "config_rejected_resources",
             "Resources of the running snapshot left out because they cannot run on this data plane",
             config_rejected_resources.clone(),
         );
-        registry.register(
+        reg.register(
             "control_plane_connected",
             "1 while the config stream to the control plane is up",
             control_plane_connected.clone(),
@@ -245,42 +300,42 @@ impl Metrics {
         let limit_pending_settlements = Gauge::default();
         let limit_check_duration = hist();
         let fleet_size = Gauge::default();
-        registry.register(
+        reg.register(
             "limit_rejections",
             "Requests rejected by a rate limit or budget, by scope (key, key_model, route) and limit",
             limit_rejections.clone(),
         );
-        registry.register(
+        reg.register(
             "budget_alerts",
             "Requests served over an Alert budget",
             budget_alerts.clone(),
         );
-        registry.register(
+        reg.register(
             "limit_store_errors",
             "Limit store (Redis) operations that failed or timed out, by operation",
             limit_store_errors.clone(),
         );
-        registry.register(
+        reg.register(
             "limit_store_up",
             "1 while the shared limit store (Redis) answers; always 1 for the in-memory store",
             limit_store_up.clone(),
         );
-        registry.register(
+        reg.register(
             "limit_fallbacks",
             "Requests decided without the shared store: local (fail open) or rejected (fail closed)",
             limit_fallbacks.clone(),
         );
-        registry.register(
+        reg.register(
             "limit_pending_settlements",
             "Settlements waiting for Redis to come back",
             limit_pending_settlements.clone(),
         );
-        registry.register(
+        reg.register(
             "limit_check_duration_seconds",
             "Time of one admission check against the limit store",
             limit_check_duration.clone(),
         );
-        registry.register(
+        reg.register(
             "fleet_size",
             "Data planes seen in the shared store's fleet set (divides limits when failing open)",
             fleet_size.clone(),
@@ -296,18 +351,18 @@ impl Metrics {
         let audit_sink_errors = Family::<AuditSinkLabels, Counter>::default();
         let audit_dropped = Counter::default();
         let access_log_dropped = Counter::default();
-        registry.register(
+        reg.register(
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
         let spans = switchyard_otel::QueueCounts::default();
-        registry.register(
+        reg.register(
             "trace_spans_exported",
             "Spans an OTLP collector accepted",
             spans.exported.clone(),
         );
-        registry.register(
+        reg.register(
             "trace_spans_dropped",
             "Spans lost: the export queue was full, or the collector did not take them",
             spans.dropped.clone(),
@@ -322,123 +377,125 @@ impl Metrics {
         ]);
         let cache_embedding_duration = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
         let cache_embedded_bytes = Counter::default();
-        registry.register(
+        reg.register(
             "cache_cost_saved_usd",
             "US dollars not spent upstream because the cache answered (at the route's first backend's prices)",
             cache_cost_saved.clone(),
         );
-        registry.register(
+        reg.register(
             "cache_similarity",
             "Cosine similarity of the nearest stored request on each semantic cache search",
             cache_similarity.clone(),
         );
-        registry.register_with_unit(
+        reg.register_with_unit(
             "cache_embedding_duration",
             "Time to embed a request's text for the semantic cache",
             prometheus_client::registry::Unit::Seconds,
             cache_embedding_duration.clone(),
         );
-        registry.register_with_unit(
+        reg.register_with_unit(
             "cache_embedded",
             "Text embedded for the semantic cache",
             prometheus_client::registry::Unit::Bytes,
             cache_embedded_bytes.clone(),
         );
-        registry.register(
+        reg.register(
             "cache_lookups",
             "Response cache lookups by route and result (hit, semantic_hit, miss, bypass)",
             cache_lookups.clone(),
         );
-        registry.register(
+        reg.register(
             "cache_errors",
             "Response cache steps that failed (get, put, search: Redis did not answer; embed: the model did not); the cache was bypassed",
             cache_errors.clone(),
         );
-        registry.register(
+        reg.register(
             "cache_fills",
             "Answers stored in the response cache",
             cache_fills.clone(),
         );
-        registry.register(
+        reg.register(
             "cache_tokens_saved",
             "Upstream tokens (input and output) not spent because the cache answered",
             cache_tokens_saved.clone(),
         );
-        registry.register(
+        reg.register(
             "audit_records",
             "Audit records written, by sink (file, redis)",
             audit_records.clone(),
         );
-        registry.register(
+        reg.register(
             "audit_sink_errors",
             "Failed writes to an audit sink (its records are held and retried)",
             audit_sink_errors.clone(),
         );
-        registry.register(
+        reg.register(
             "audit_dropped",
             "Audit records dropped because the queue or a failing sink's buffer was full",
             audit_dropped.clone(),
         );
         let retries = Family::<RetryLabels, Counter>::default();
         let fallbacks = Family::<ClassLabels, Counter>::default();
-        registry.register(
+        reg.register(
             "backend_requests",
             "Upstream attempts by pool and endpoint index (what the balancers chose)",
             backend_requests.clone(),
         );
-        registry.register(
+        reg.register(
             "endpoint_ejections",
             "Endpoints taken out of rotation (outlier detection or failing health checks)",
             endpoint_ejections.clone(),
         );
-        registry.register(
+        reg.register(
             "endpoint_returns",
             "Endpoints returned to rotation (a successful probe, or passing health checks)",
             endpoint_returns.clone(),
         );
-        registry.register(
+        reg.register(
             "health_check_failures",
             "Active health checks an endpoint failed",
             health_check_failures.clone(),
         );
-        registry.register(
+        reg.register(
             "guardrail_decisions",
             "Guardrail findings by guardrail, detector and action (Block, Redact, Mask, Alert)",
             guardrail_decisions.clone(),
         );
-        registry.register(
+        reg.register(
             "guardrail_webhook_failures",
             "Guardrail webhook calls that gave no usable answer, by reason (timeout, connect, status, invalid)",
             guardrail_webhook_failures.clone(),
         );
-        registry.register(
+        reg.register(
             "pool_saturations",
             "Attempts refused because every endpoint of the pool was at its connection cap",
             pool_saturations.clone(),
         );
-        registry.register(
+        reg.register(
             "retries",
             "Failed attempts retried (result=retried) or not for lack of retry budget (result=budget_exhausted), by failure class",
             retries.clone(),
         );
-        registry.register(
+        reg.register(
             "fallbacks",
             "Fallback groups entered, by the failure class that led there",
             fallbacks.clone(),
         );
         let upstream_connections_opened = Counter::default();
         let upstream_connections_open = Gauge::default();
-        registry.register(
+        reg.register(
             "upstream_connections_opened",
             "Connections opened to upstreams (a keep-alive pool reuses them; a climbing rate means it cannot)",
             upstream_connections_opened.clone(),
         );
-        registry.register(
+        reg.register(
             "upstream_connections_open",
             "Connections to upstreams open now, in use or idle in the pool",
             upstream_connections_open.clone(),
         );
+        let genai = super::genai::Prom::new(&mut series);
         Self {
+            series,
             registry,
             upstream_connections_opened,
             upstream_connections_open,
@@ -453,7 +510,7 @@ impl Metrics {
             audit_dropped,
             access_log_dropped,
             spans,
-            genai: super::genai::Prom::new(),
+            genai,
             cache_lookups,
             cache_errors,
             cache_fills,
@@ -517,6 +574,89 @@ impl Metrics {
                     })
                     .inc_by(n);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dashboard_query_names_a_metric_the_data_plane_exports() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/switchyard/dashboards/switchyard.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard"))
+                .expect("dashboard JSON");
+        let m = Metrics::new();
+        let exported = |name: &str| m.series.iter().any(|s| s == name);
+        // A series selector: a name followed by its labels or a range.
+        let selector = regex::Regex::new(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[\{\[]").expect("regex");
+        let mut checked = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let names: Vec<&str> = selector
+                    .captures_iter(expr)
+                    .filter_map(|c| c.get(1))
+                    .map(|m| m.as_str())
+                    .collect();
+                assert!(!names.is_empty(), "no metric in {expr}");
+                for n in names {
+                    assert!(
+                        exported(n),
+                        "panel {:?} queries {n}, which the data plane does not export",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 14, "{checked} series checked");
+        // The check itself can fail.
+        assert!(!exported("switchyard_no_such_metric_total"));
+        assert!(!exported("gen_ai_server_request_duration_seconds_total"));
+        assert!(exported("switchyard_requests_total"));
+    }
+
+    #[test]
+    fn declared_series_are_the_ones_encoded() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                endpoint: "chat_completions",
+                status: 200,
+                error: "",
+            })
+            .inc();
+        m.genai
+            .duration
+            .get_or_create(&super::super::genai::DurationLabels {
+                model: super::super::genai::ModelLabels {
+                    gen_ai_operation_name: "chat",
+                    gen_ai_provider_name: "openai",
+                    gen_ai_request_model: "m".into(),
+                },
+                error_type: "",
+            })
+            .observe(0.1);
+        let text = m.encode();
+        for series in [
+            "switchyard_requests_total",
+            "gen_ai_server_request_duration_seconds_bucket",
+            "gen_ai_server_request_duration_seconds_count",
+        ] {
+            assert!(
+                m.series.iter().any(|s| s == series),
+                "{series} not declared"
+            );
+            assert!(
+                text.contains(&format!("\n{series}{{")),
+                "{series} not encoded:\n{text}"
+            );
         }
     }
 }

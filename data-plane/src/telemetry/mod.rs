@@ -386,11 +386,11 @@ impl Exchange {
     /// sampled or not, its CLIENT span's; else the caller's as it came), if any.
     pub fn attempt(&self) -> Option<trace::AttemptStart> {
         let i = &self.0;
-        let traceparent = match &i.trace {
-            Some(t) => Some(trace::AttemptStart::new(t, i.tracestate.clone())),
-            None => None,
-        };
-        traceparent.or_else(|| {
+        let traced = i
+            .trace
+            .as_ref()
+            .map(|t| trace::AttemptStart::new(t, i.tracestate.clone()));
+        traced.or_else(|| {
             (i.client_parent.is_some() || i.tracestate.is_some()).then(|| trace::AttemptStart {
                 span_id: None,
                 at: SystemTime::now(),

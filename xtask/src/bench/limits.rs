@@ -87,6 +87,17 @@ pub(super) fn start_gateway(
     name: &str,
     extra: &[String],
 ) -> Result<(Proc, String)> {
+    start_gateway_admin(bin, work, config, name, extra).map(|(p, url, _)| (p, url))
+}
+
+/// [`start_gateway`], also returning the admin URL.
+pub(super) fn start_gateway_admin(
+    bin: &Path,
+    work: &Path,
+    config: &str,
+    name: &str,
+    extra: &[String],
+) -> Result<(Proc, String, String)> {
     let (api, admin) = (free_port(), free_port());
     let mut args = vec![
         "--config".to_owned(),
@@ -109,7 +120,11 @@ pub(super) fn start_gateway(
         &format!("http://127.0.0.1:{admin}/readyz"),
         Duration::from_secs(20),
     )?;
-    Ok((p, format!("http://127.0.0.1:{api}/v1/chat/completions")))
+    Ok((
+        p,
+        format!("http://127.0.0.1:{api}/v1/chat/completions"),
+        format!("http://127.0.0.1:{admin}"),
+    ))
 }
 
 /// Runs scenario d on two gateways with the limits config: one counting in Redis, one in

@@ -1,0 +1,144 @@
+//! Scenario l: what telemetry costs on the request path. Gateways on the bench config,
+//! started alike (pinned to CPU 0, one worker): the access log off and tracing off (the
+//! floor), the access log on (the default, to a file), and the access log plus every request
+//! traced (100% sampling) to a real OpenTelemetry Collector (`tests/otelcol/build.sh`, pinned
+//! to CPU 1 with the load generator; its debug exporter counts what arrives). Each is
+//! measured at c=1 (added latency) and c=32 (throughput).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{Measured, free_port, spawn, wrk};
+
+/// Starts the collector: OTLP/gRPC in, the debug exporter (counts only) out.
+fn start_collector(root: &Path, work: &Path) -> Result<Option<(super::Proc, String)>> {
+    let built = std::process::Command::new("bash")
+        .arg(root.join("tests/otelcol/build.sh"))
+        .output();
+    let Some(out) = built.ok().filter(|o| o.status.success()) else {
+        eprintln!("the collector could not be built (is Go installed?): skipping scenario l");
+        return Ok(None);
+    };
+    let binary = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (grpc, http) = (free_port(), free_port());
+    let config = work.join("otelcol.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: 127.0.0.1:{grpc}}}\n      http: {{endpoint: 127.0.0.1:{http}}}\nexporters:\n  debug: {{verbosity: basic}}\nservice:\n  telemetry: {{metrics: {{level: none}}}}\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [debug]}}\n    metrics: {{receivers: [otlp], exporters: [debug]}}\n"
+        ),
+    )?;
+    let p = spawn(
+        "otelcol",
+        Some("1"),
+        Path::new(&binary),
+        &[format!("--config=file:{}", config.display())],
+        &[],
+        &work.join("otelcol.log"),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the collector did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some((p, format!("http://127.0.0.1:{grpc}"))))
+}
+
+pub(super) fn run(
+    root: &Path,
+    bin: &Path,
+    work: &Path,
+    duration: Duration,
+    auth: &str,
+    body: &str,
+) -> Result<Option<Measured>> {
+    let Some((_collector, endpoint)) = start_collector(root, work)? else {
+        return Ok(None);
+    };
+    let log = |name: &str| {
+        work.join(format!("access-{name}.jsonl"))
+            .display()
+            .to_string()
+    };
+    let variants: Vec<(&str, Vec<String>)> = vec![
+        ("off", vec!["--access-log".into(), "off".into()]),
+        ("access-log", vec!["--access-log".into(), log("on")]),
+        (
+            "access-log+traces",
+            vec![
+                "--access-log".into(),
+                log("traced"),
+                "--otlp-endpoint".into(),
+                endpoint,
+                "--trace-sample-ratio".into(),
+                "1".into(),
+                "--otlp-metrics-interval".into(),
+                "5s".into(),
+            ],
+        ),
+    ];
+    let headers = [("Authorization", auth)];
+    let mut rows = Vec::new();
+    let mut exported = 0.0;
+    let mut dropped = 0.0;
+    for (name, extra) in &variants {
+        let (_gw, url, admin) = super::limits::start_gateway_admin(
+            bin,
+            work,
+            "config",
+            &format!("tracing-{name}"),
+            extra,
+        )?;
+        for c in [1u32, 32] {
+            let r = wrk(&url, c, duration, &headers, body, work)?;
+            rows.push((format!("l: telemetry {name} c={c}"), r));
+        }
+        if *name == "access-log+traces" {
+            // What reached the collector, and what the queue let go.
+            std::thread::sleep(Duration::from_millis(1500));
+            let text = super::get_text(&format!("{admin}/metrics"))
+                .context("reading the traced gateway's metrics")?;
+            let value = |m: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(m))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            exported = value("switchyard_trace_spans_exported_total");
+            dropped = value("switchyard_trace_spans_dropped_total");
+        }
+    }
+    let find = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    let off = (find("l: telemetry off c=1"), find("l: telemetry off c=32"));
+    let mut parts = Vec::new();
+    for (name, _) in variants.iter().skip(1) {
+        let (c1, c32) = (
+            find(&format!("l: telemetry {name} c=1")),
+            find(&format!("l: telemetry {name} c=32")),
+        );
+        parts.push(format!(
+            "{name}: c=1 p50 {:.0} us ({:+.0} us), c=32 {:.0} req/s ({:+.1}%)",
+            c1.p50_us,
+            c1.p50_us - off.0.p50_us,
+            c32.rps,
+            100.0 * (c32.rps / off.1.rps.max(1.0) - 1.0)
+        ));
+    }
+    let summary = format!(
+        "telemetry off: c=1 p50 {:.0} us, c=32 {:.0} req/s; {}; spans exported {exported:.0}, dropped {dropped:.0}",
+        off.0.p50_us,
+        off.1.rps,
+        parts.join("; ")
+    );
+    Ok(Some(Measured { rows, summary }))
+}
