@@ -221,7 +221,7 @@ pub async fn run(
             Ok(())
         }
     };
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     if let Some(w) = audit_writer {
         w.close().await;
         tracing::info!("audit trail closed");

@@ -137,7 +137,8 @@ struct Args {
     embedding_model: Option<PathBuf>,
     #[command(flatten)]
     otlp: switchyard_otel::OtlpArgs,
-    /// How often the GenAI metrics are exported through OTLP (with `--otlp-endpoint`).
+    /// How often the GenAI metrics are exported through OTLP (with `--otlp-endpoint`); 0s
+    /// exports traces only.
     #[arg(long, env = "SWITCHYARD_OTLP_METRICS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     otlp_metrics_interval: std::time::Duration,
     /// The access log, one JSON line per request: `stdout`, `stderr`, a file path, or `off`.

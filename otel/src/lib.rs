@@ -376,9 +376,17 @@ impl SpanQueue {
             let mut batch = Vec::with_capacity(BATCH);
             let mut failing = false;
             loop {
-                let open = tokio::time::timeout(FLUSH_EVERY, rx.recv_many(&mut batch, BATCH))
-                    .await
-                    .map_or(true, |n| n > 0);
+                // A batch starts with its first span and goes when full or [`FLUSH_EVERY`]
+                // later: an export per wake-up would cost the request path's CPU per span.
+                let mut open = rx.recv_many(&mut batch, BATCH).await > 0;
+                let due = tokio::time::Instant::now() + FLUSH_EVERY;
+                while open && batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    match tokio::time::timeout_at(due, rx.recv_many(&mut batch, room)).await {
+                        Ok(n) => open = n > 0,
+                        Err(_) => break,
+                    }
+                }
                 if !batch.is_empty() {
                     let n = batch.len() as u64;
                     match exporter.export(std::mem::take(&mut batch)).await {

@@ -14,6 +14,9 @@ use super::metrics::Metrics;
 
 /// Lines between the requests and the writer.
 const QUEUE: usize = 16_384;
+/// Lines are gathered this long after the first of a batch arrives, then written at once: a
+/// write (a blocking-pool hop) per request would cost the workers that serve requests.
+const WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where the access log goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct AccessLog {
     /// Lines carry prompt and answer text.
     pub prompts: bool,
     metrics: std::sync::Arc<Metrics>,
+    /// Told after every write.
+    written: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// One line.
@@ -113,27 +118,52 @@ impl AccessLog {
             ),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
+        let written = std::sync::Arc::new(tokio::sync::Notify::new());
+        let told = written.clone();
         tokio::spawn(async move {
-            let mut out = tokio::io::BufWriter::with_capacity(64 << 10, out);
-            let mut lines = Vec::with_capacity(256);
-            while rx.recv_many(&mut lines, 256).await > 0 {
+            let mut out = out;
+            let mut lines = Vec::with_capacity(1024);
+            let mut buf = Vec::with_capacity(256 << 10);
+            let mut failing = false;
+            while rx.recv_many(&mut lines, QUEUE).await > 0 {
+                // An empty line asks for what is queued to go out now (at exit).
+                if !lines.iter().any(Vec::is_empty) {
+                    tokio::time::sleep(WINDOW).await;
+                }
+                while !rx.is_empty() && rx.recv_many(&mut lines, QUEUE).await > 0 {}
                 for l in lines.drain(..) {
-                    if let Err(e) = out.write_all(&l).await {
+                    buf.extend_from_slice(&l);
+                }
+                let written = match out.write_all(&buf).await {
+                    Ok(()) => out.flush().await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Err(e) if !failing => {
                         tracing::warn!(error = %e, "access log write failed");
+                        failing = true;
                     }
+                    Ok(()) => failing = false,
+                    Err(_) => {}
                 }
-                // Out as soon as the queue is empty: lines are not held back.
-                if rx.is_empty() && out.flush().await.is_err() {
-                    tracing::warn!("access log flush failed");
-                }
+                buf.clear();
+                told.notify_waiters();
             }
-            let _ = out.flush().await;
         });
         Ok(Some(Self {
             tx,
             prompts,
             metrics,
+            written,
         }))
+    }
+
+    /// Writes out what is queued (at exit), waiting at most a second.
+    pub async fn flush(&self) {
+        let written = self.written.notified();
+        if self.tx.send(Vec::new()).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), written).await;
+        }
     }
 
     /// Writes a finished exchange's line (or counts it dropped).

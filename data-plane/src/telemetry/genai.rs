@@ -236,9 +236,11 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
     let secs = done.elapsed.as_secs_f64();
     let ok = r.error.is_empty() && r.status < 400 && r.ended.is_empty();
     let attrs = otlp.map(|_| {
+        // Shared, so the copies each instrument takes are reference counts.
+        let shared: std::sync::Arc<str> = r.model.as_str().into();
         let mut v = vec![
             KeyValue::new(sc::OPERATION_NAME, operation),
-            KeyValue::new(sc::REQUEST_MODEL, r.model.clone()),
+            KeyValue::new(sc::REQUEST_MODEL, shared),
         ];
         if !model.gen_ai_provider_name.is_empty() {
             v.push(KeyValue::new(sc::PROVIDER_NAME, model.gen_ai_provider_name));

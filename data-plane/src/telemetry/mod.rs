@@ -86,11 +86,15 @@ pub async fn start(t: &Telemetry, opts: &TelemetryOptions) -> std::io::Result<()
             "tracing on (OTLP)"
         );
     }
-    if let Some(provider) = opts
-        .otlp
-        .meter_provider(resource, opts.metrics_interval)
-        .map_err(invalid)?
-    {
+    let metrics = if opts.metrics_interval.is_zero() {
+        // Traces only: the GenAI metrics stay on /metrics.
+        None
+    } else {
+        opts.otlp
+            .meter_provider(resource, opts.metrics_interval)
+            .map_err(invalid)?
+    };
+    if let Some(provider) = metrics {
         use switchyard_otel::opentelemetry::metrics::MeterProvider;
         let meter = provider.meter("switchyard-data-plane");
         t.set_otlp_metrics(genai::Otlp::new(&meter, provider));
@@ -139,8 +143,12 @@ impl Telemetry {
         let _ = self.access_log.set(l);
     }
 
-    /// Exports what is left of the GenAI metrics (at exit).
-    pub fn shutdown(&self) {
+    /// Writes out the access log's queue and exports what is left of the GenAI metrics (at
+    /// exit).
+    pub async fn shutdown(&self) {
+        if let Some(log) = self.access_log.get() {
+            log.flush().await;
+        }
         if let Some(m) = self.otlp_metrics.get() {
             m.shutdown();
         }
@@ -198,6 +206,7 @@ impl Telemetry {
     fn finish(&self, mut o: Open, trace: Option<&otel::Started>) {
         let elapsed = o.started.elapsed();
         o.record.duration_ms = elapsed.as_millis() as u64;
+        let spans = o.spans.take();
         let done = Done {
             open: &o,
             elapsed,
@@ -207,8 +216,10 @@ impl Telemetry {
         if let Some(log) = self.access_log.get() {
             log.write(&done);
         }
-        if let (Some(t), Some(started)) = (self.tracer.get(), trace.filter(|t| t.sampled)) {
-            t.export(&done, started);
+        if let (Some(t), Some(started), Some(spans)) =
+            (self.tracer.get(), trace.filter(|t| t.sampled), spans)
+        {
+            t.export(&done, started, *spans);
         }
         if let Some(a) = self.audit.get() {
             if !o.audit_text {

@@ -46,8 +46,7 @@ impl Tracer {
     }
 
     /// Exports the spans of a finished, sampled exchange.
-    pub(super) fn export(&self, done: &Done<'_>, started: &otel::Started) {
-        let Some(c) = &done.open.spans else { return };
+    pub(super) fn export(&self, done: &Done<'_>, started: &otel::Started, c: Collected) {
         let r = &done.open.record;
         let end = done.open.at + done.elapsed;
         let operation = sc::operation(r.endpoint);
@@ -59,13 +58,17 @@ impl Tracer {
             }
         };
         let provider = sc::provider(done.open.provider);
-        let mut attrs = vec![
+        let mut attrs = Vec::with_capacity(24);
+        attrs.extend([
             KeyValue::new(sc::OPERATION_NAME, operation),
             KeyValue::new(sc::HTTP_STATUS, i64::from(r.status)),
             KeyValue::new(sc::REQUEST_ID, r.request_id.clone()),
             KeyValue::new(sc::REQUEST_STREAM, r.stream),
-            KeyValue::new(sc::CACHE_RESULT, r.cache),
-        ];
+        ]);
+        // Defaults are left out: fewer attributes are less to convert and send.
+        if r.cache != "none" {
+            attrs.push(KeyValue::new(sc::CACHE_RESULT, r.cache));
+        }
         let mut put = |k: &'static str, v: &str| {
             if !v.is_empty() {
                 attrs.push(KeyValue::new(k, v.to_owned()));
@@ -79,17 +82,20 @@ impl Tracer {
         put(sc::GUARDRAILS, &r.guardrails);
         put(sc::ERROR_TYPE, r.error);
         put(sc::STREAM_ENDED, r.ended);
-        put(sc::LIMIT_DECISION, c.limits);
+        if c.limits != "none" {
+            put(sc::LIMIT_DECISION, c.limits);
+        }
         c.request_attributes(&mut attrs);
-        let usage = usage_attributes(done);
-        attrs.extend(usage.iter().cloned());
+        attrs.extend(usage_attributes(done));
         if r.cost_nanos > 0 {
             attrs.push(KeyValue::new(sc::COST_USD, r.cost_nanos as f64 / 1e9));
         }
         if let Some(t) = done.ttft {
             attrs.push(KeyValue::new(sc::TIME_TO_FIRST_TOKEN, t.as_secs_f64()));
         }
-        attrs.push(KeyValue::new(sc::ATTEMPTS, c.attempts.len() as i64));
+        if c.attempts.len() > 1 {
+            attrs.push(KeyValue::new(sc::ATTEMPTS, c.attempts.len() as i64));
+        }
         c.response_attributes(&mut attrs);
         let server = started.context();
         let status = if r.status >= 500 {
@@ -112,21 +118,22 @@ impl Tracer {
             dropped_attributes_count: 0,
             events: {
                 let mut e = SpanEvents::default();
-                e.events.clone_from(&c.events);
+                e.events = c.events;
                 e
             },
             links: SpanLinks::default(),
             status,
             instrumentation_scope: self.scope.clone(),
         });
-        let last = c.attempts.len().saturating_sub(1);
-        for (i, (a, e, ended)) in c.attempts.iter().enumerate() {
+        // The usage and the response are the SERVER span's: a CLIENT span says which upstream
+        // was asked and how that attempt ended.
+        for (i, (a, e, ended)) in c.attempts.into_iter().enumerate() {
             let Some(span_id) = a.span_id else { continue };
             let mut attrs = vec![
                 KeyValue::new(sc::OPERATION_NAME, operation),
                 KeyValue::new(sc::PROVIDER_NAME, sc::provider(e.provider)),
                 KeyValue::new(sc::REQUEST_MODEL, e.model.clone()),
-                KeyValue::new(sc::BACKEND, e.backend.clone()),
+                KeyValue::new(sc::BACKEND, e.backend),
                 KeyValue::new(sc::ATTEMPT, i as i64 + 1),
             ];
             if let Some(s) = e.status {
@@ -134,11 +141,6 @@ impl Tracer {
             }
             if !e.error.is_empty() {
                 attrs.push(KeyValue::new(sc::ERROR_TYPE, e.error));
-            }
-            if i == last && e.error.is_empty() {
-                // The answer's usage and response are this attempt's.
-                attrs.extend(usage.iter().cloned());
-                c.response_attributes(&mut attrs);
             }
             self.queue.send(SpanData {
                 span_context: SpanContext::new(
@@ -153,7 +155,7 @@ impl Tracer {
                 span_kind: SpanKind::Client,
                 name: name(&e.model),
                 start_time: a.at,
-                end_time: *ended,
+                end_time: ended,
                 attributes: attrs,
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
@@ -292,39 +294,49 @@ impl Collected {
     /// The id, model and finish reasons of a whole answer body in `format` (best effort:
     /// what is absent stays unset).
     pub fn answer(&mut self, body: &[u8]) {
+        use std::borrow::Cow;
         #[derive(serde::Deserialize, Default)]
-        struct Choice {
-            #[serde(default)]
-            finish_reason: Option<String>,
+        struct Choice<'a> {
+            #[serde(default, borrow)]
+            finish_reason: Option<Cow<'a, str>>,
         }
         #[derive(serde::Deserialize, Default)]
         #[serde(default)]
-        struct Answer {
-            id: Option<String>,
-            model: Option<String>,
-            #[serde(rename = "modelVersion")]
-            model_version: Option<String>,
-            #[serde(rename = "responseId")]
-            response_id: Option<String>,
-            choices: Vec<Choice>,
-            stop_reason: Option<String>,
-            status: Option<String>,
+        struct Answer<'a> {
+            #[serde(borrow)]
+            id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            model: Option<Cow<'a, str>>,
+            #[serde(rename = "modelVersion", borrow)]
+            model_version: Option<Cow<'a, str>>,
+            #[serde(rename = "responseId", borrow)]
+            response_id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            choices: Vec<Choice<'a>>,
+            #[serde(borrow)]
+            stop_reason: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            status: Option<Cow<'a, str>>,
         }
-        let Ok(a) = serde_json::from_slice::<Answer>(body) else {
+        let Ok(a) = serde_json::from_slice::<Answer<'_>>(body) else {
             return;
         };
         if let Some(id) = a.id.or(a.response_id) {
-            self.response_id = id;
+            self.response_id = id.into_owned();
         }
         if let Some(m) = a.model.or(a.model_version) {
-            self.response_model = m;
+            self.response_model = m.into_owned();
         }
+        let status = a
+            .status
+            .filter(|_| a.choices.is_empty() && a.stop_reason.is_none());
         self.finish_reasons = a
             .choices
             .into_iter()
             .filter_map(|c| c.finish_reason)
             .chain(a.stop_reason)
-            .chain(a.status.filter(|_| self.finish_reasons.is_empty()))
+            .chain(status)
+            .map(Cow::into_owned)
             .collect();
     }
 }
