@@ -82,6 +82,14 @@ spec:
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: LLMRoute
+metadata: {{name: remembered}}
+spec:
+  models: [remembered]
+  backends: [{{pool: priced, model: mock-gpt}}]
+  cache: {{mode: Exact}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: LLMRoute
 metadata: {{name: flaky}}
 spec:
   models: [flaky]
@@ -186,6 +194,13 @@ impl Env {
     }
 }
 
+/// A request id no other test uses.
+fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 fn num(s: &Span, key: &str) -> f64 {
     s.attributes
         .get(key)
@@ -226,7 +241,6 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
         ("gen_ai.provider.name", "openai"),
         ("gen_ai.request.model", "traced"),
         ("switchyard.route", "default/traced"),
-        ("switchyard.cache.result", "none"),
     ] {
         assert_eq!(
             chat.attr(k).as_deref(),
@@ -235,6 +249,11 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
             chat.attributes
         );
     }
+    assert_eq!(
+        chat.attr("switchyard.cache.result"),
+        None,
+        "no cache on this route"
+    );
     assert_eq!(num(&chat, "gen_ai.request.max_tokens"), 50.0);
     assert!((num(&chat, "gen_ai.request.temperature") - 0.2).abs() < 1e-9);
     assert_eq!(num(&chat, "http.response.status_code"), 200.0);
@@ -322,6 +341,29 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
     );
     assert!(num(&stream, "switchyard.time_to_first_token_s") > 0.0);
     assert!(num(&stream, "gen_ai.usage.output_tokens") > 0.0);
+
+    // A cache hit: the SERVER span says so, and no upstream was asked.
+    let hit_id = eventually(DEADLINE, "a cache hit", || async {
+        let id = format!("cache-{}", next_id());
+        let r = client()
+            .post(format!("{}/v1/chat/completions", e.api))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-request-id", &id)
+            .json(&chat_body("remembered", "the same question"))
+            .send()
+            .await
+            .ok()?;
+        (r.headers().get("x-switchyard-cache")?.to_str().ok()? == "hit").then_some(id)
+    })
+    .await;
+    let hit = e
+        .server_span("the cache hit's SERVER span", |s| {
+            s.attr("switchyard.request.id").as_deref() == Some(hit_id.as_str())
+        })
+        .await;
+    assert_eq!(hit.attr("switchyard.cache.result").as_deref(), Some("hit"));
+    assert!(hit.events.iter().any(|(n, _)| n == "switchyard.cache"));
+    assert!(e.children(&hit).is_empty(), "a hit asks no upstream");
 
     // Embeddings.
     let (status, _) = e
