@@ -151,6 +151,39 @@ fn wait_http(url: &str, timeout: Duration) -> Result<()> {
     })
 }
 
+/// Variants measured at c=1 and c=32 (rows named `{prefix} {variant} c=1|32`), each after the
+/// first compared with the first: its results at c=1 and c=32, and one summary part per
+/// later variant (`name: c=1 p50 .. us (+.. us), c=32 .. req/s (+..%)`).
+fn against_first(
+    rows: &[(String, WrkResult)],
+    prefix: &str,
+    variants: &[&str],
+) -> ((WrkResult, WrkResult), Vec<String>) {
+    let find = |v: &str, c: u32| {
+        rows.iter()
+            .find(|(n, _)| *n == format!("{prefix} {v} c={c}"))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    let first = variants.first().copied().unwrap_or_default();
+    let base = (find(first, 1), find(first, 32));
+    let parts = variants
+        .iter()
+        .skip(1)
+        .map(|name| {
+            let (c1, c32) = (find(name, 1), find(name, 32));
+            format!(
+                "{name}: c=1 p50 {:.0} us ({:+.0} us), c=32 {:.0} req/s ({:+.1}%)",
+                c1.p50_us,
+                c1.p50_us - base.0.p50_us,
+                c32.rps,
+                100.0 * (c32.rps / base.1.rps.max(1.0) - 1.0)
+            )
+        })
+        .collect();
+    (base, parts)
+}
+
 /// The body of a GET.
 fn get_text(url: &str) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()

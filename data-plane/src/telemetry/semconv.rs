@@ -20,8 +20,6 @@ pub const USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_t
 pub const TOKEN_TYPE: &str = "gen_ai.token.type";
 pub const ERROR_TYPE: &str = "error.type";
 pub const HTTP_STATUS: &str = "http.response.status_code";
-pub const HTTP_ROUTE: &str = "http.route";
-pub const SERVER_ADDRESS: &str = "server.address";
 
 // Switchyard's own span attributes.
 pub const KEY_ID: &str = "switchyard.key.id";

@@ -44,27 +44,8 @@ pub(super) fn run(
             rows.push((format!("i: audit {name} c={c}"), r));
         }
     }
-    let find = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default()
-    };
-    let off = (find("i: audit off c=1"), find("i: audit off c=32"));
-    let mut parts = Vec::new();
-    for (name, _) in variants.iter().skip(1) {
-        let (c1, c32) = (
-            find(&format!("i: audit {name} c=1")),
-            find(&format!("i: audit {name} c=32")),
-        );
-        parts.push(format!(
-            "{name}: c=1 p50 {:.0} us ({:+.0} us), c=32 {:.0} req/s ({:+.1}%)",
-            c1.p50_us,
-            c1.p50_us - off.0.p50_us,
-            c32.rps,
-            100.0 * (c32.rps / off.1.rps.max(1.0) - 1.0)
-        ));
-    }
+    let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
+    let (off, parts) = super::against_first(&rows, "i: audit", &names);
     let lines = std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())

@@ -113,27 +113,8 @@ pub(super) fn run(
             dropped = value("switchyard_trace_spans_dropped_total");
         }
     }
-    let find = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default()
-    };
-    let off = (find("l: telemetry off c=1"), find("l: telemetry off c=32"));
-    let mut parts = Vec::new();
-    for (name, _) in variants.iter().skip(1) {
-        let (c1, c32) = (
-            find(&format!("l: telemetry {name} c=1")),
-            find(&format!("l: telemetry {name} c=32")),
-        );
-        parts.push(format!(
-            "{name}: c=1 p50 {:.0} us ({:+.0} us), c=32 {:.0} req/s ({:+.1}%)",
-            c1.p50_us,
-            c1.p50_us - off.0.p50_us,
-            c32.rps,
-            100.0 * (c32.rps / off.1.rps.max(1.0) - 1.0)
-        ));
-    }
+    let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
+    let (off, parts) = super::against_first(&rows, "l: telemetry", &names);
     let summary = format!(
         "telemetry off: c=1 p50 {:.0} us, c=32 {:.0} req/s; {}; spans exported {exported:.0}, dropped {dropped:.0}",
         off.0.p50_us,
