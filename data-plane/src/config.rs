@@ -68,6 +68,11 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The key's namespace (its tenant): the part of its id before `/`.
+    pub fn namespace(&self) -> &str {
+        self.id.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
     /// Whether the key's own allow-list admits a model.
     pub fn allows(&self, model: &str) -> bool {
         self.allowed_models.is_empty()

@@ -1,6 +1,7 @@
 //! Which requests a route caches, and the key of one.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
 use sha2::{Digest, Sha256};
 
 use super::{Policy, Scope, Text};
@@ -84,7 +85,12 @@ pub fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
     match &policy.scope {
         Scope::Key => Some(format!("key={}", key.id)),
         Scope::Route => Some("route".to_owned()),
-        Scope::Label(l) => key.labels.get(l).map(|v| format!("{l}={v}")),
+        // Labels are the key's namespace's to choose: the scope is the namespace's label, so
+        // a key of another namespace with the same label never shares.
+        Scope::Label(l) => key
+            .labels
+            .get(l)
+            .map(|v| format!("{}/{l}={v}", key.namespace())),
     }
 }
 
@@ -128,9 +134,11 @@ pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -
         (h, s.text, String::new())
     });
     for name in names {
-        let Some(bytes) = raw.get(name) else { continue };
-        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
-            return Plan::Bypass("a field is not JSON");
+        let Some(json) = raw.field_text(name) else {
+            continue;
+        };
+        let Some(v) = tree(json) else {
+            return Plan::Bypass("a field is nested too deep to cache");
         };
         field(&mut exact, name, &v);
         if let Some((h, text, out)) = &mut rest {
@@ -164,8 +172,87 @@ pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -
     })
 }
 
+/// A JSON value read by the shared reader ([`crate::llm::json`]), as the cache's normal
+/// form needs it: object members sorted, strings decoded.
+#[derive(Clone, Debug, PartialEq)]
+enum Node<'t> {
+    Object(Vec<(Cow<'t, str>, Node<'t>)>),
+    Array(Vec<Node<'t>>),
+    Str(Cow<'t, str>),
+    /// A number or literal, as written.
+    Scalar(&'t str),
+    Null,
+}
+
+/// Deepest nesting a cached request may have (its normal form recurses).
+const MAX_DEPTH: usize = 128;
+
+impl<'t> Node<'t> {
+    fn get(&self, key: &str) -> Option<&Node<'t>> {
+        match self {
+            Node::Object(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Node<'t>> {
+        match self {
+            Node::Object(m) => m.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A field's value as a tree; `None` when it is nested deeper than [`MAX_DEPTH`] (the
+/// front door already read it, so it is JSON).
+fn tree(json: &str) -> Option<Node<'_>> {
+    use crate::llm::json::{Token, Tokens};
+    // Open containers, each with the key it will be stored under in its parent.
+    let mut open: Vec<(Node<'_>, Option<Cow<'_, str>>)> = Vec::new();
+    let mut key: Option<Cow<'_, str>> = None;
+    for t in Tokens::new(json) {
+        let done = match t.ok()? {
+            Token::ObjectStart(_) | Token::ArrayStart(_) if open.len() >= MAX_DEPTH => return None,
+            Token::ObjectStart(_) => {
+                open.push((Node::Object(Vec::new()), key.take()));
+                continue;
+            }
+            Token::ArrayStart(_) => {
+                open.push((Node::Array(Vec::new()), key.take()));
+                continue;
+            }
+            Token::Key(k) => {
+                key = Some(k.value(json));
+                continue;
+            }
+            Token::ObjectEnd(_) | Token::ArrayEnd(_) => {
+                let (node, k) = open.pop()?;
+                key = k;
+                node
+            }
+            Token::String(s) => Node::Str(s.value(json)),
+            Token::Null(_) => Node::Null,
+            Token::Number(r) | Token::True(r) | Token::False(r) => Node::Scalar(&json[r.range()]),
+        };
+        match open.last_mut() {
+            None => return Some(done),
+            Some((Node::Object(m), _)) => m.push((key.take().unwrap_or_default(), done)),
+            Some((Node::Array(a), _)) => a.push(done),
+            Some(_) => return None,
+        }
+    }
+    None
+}
+
 /// Feeds one top-level field.
-fn field(h: &mut Sha256, name: &str, v: &Value) {
+fn field(h: &mut Sha256, name: &str, v: &Node<'_>) {
     h.update(name.as_bytes());
     h.update([0]);
     canonical(v, h);
@@ -175,22 +262,22 @@ fn field(h: &mut Sha256, name: &str, v: &Value) {
 /// `LastUserMessage`: takes the last user message's text out of a conversation field (a
 /// messages or input array, or a prompt or input string) into `out`, and returns what is
 /// left, to match exactly.
-fn last_user_message(name: &str, mut v: Value, out: &mut String) -> Option<Value> {
+fn last_user_message<'t>(name: &str, mut v: Node<'t>, out: &mut String) -> Option<Node<'t>> {
     match &mut v {
-        Value::String(s) if name == "prompt" || name == "input" => {
-            *out = std::mem::take(s);
+        Node::Str(s) if name == "prompt" || name == "input" => {
+            *out = std::mem::take(s).into_owned();
             None
         }
-        Value::Array(items) if name == "messages" || name == "input" => {
+        Node::Array(items) if name == "messages" || name == "input" => {
             let last = items
                 .iter_mut()
                 .rev()
-                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .find(|m| m.get("role").and_then(Node::as_str) == Some("user"))
                 .and_then(|m| m.get_mut("content"));
             if let Some(content) = last {
                 out.clear();
                 collect(content, out);
-                *content = Value::Null;
+                *content = Node::Null;
             }
             Some(v)
         }
@@ -200,8 +287,8 @@ fn last_user_message(name: &str, mut v: Value, out: &mut String) -> Option<Value
 
 /// `Conversation`: every text of a conversation field into `out`, one line each, messages
 /// with their role.
-fn conversation(v: Value, out: &mut String) {
-    let mut push = |role: Option<&str>, v: &Value| {
+fn conversation(v: Node<'_>, out: &mut String) {
+    let mut push = |role: Option<&str>, v: &Node<'_>| {
         if !out.is_empty() {
             out.push('\n');
         }
@@ -212,9 +299,9 @@ fn conversation(v: Value, out: &mut String) {
         collect(v, out);
     };
     match &v {
-        Value::Array(items) => {
+        Node::Array(items) => {
             for m in items {
-                let role = m.get("role").and_then(Value::as_str);
+                let role = m.get("role").and_then(Node::as_str);
                 match m.get("content") {
                     Some(c) => push(role, c),
                     None => push(role, m),
@@ -225,37 +312,71 @@ fn conversation(v: Value, out: &mut String) {
     }
 }
 
-/// The text of a message's content: a string, or its text parts in order.
-fn collect(v: &Value, out: &mut String) {
-    let mut v = v.clone();
+/// Members whose strings are not the words of a message (the text embedded leaves them out).
+const NOT_WORDS: &[&str] = &[
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "tool_use_id",
+    "call_id",
+    "name",
+    "signature",
+    "data",
+    "media_type",
+    "mime_type",
+    "url",
+    "file_id",
+    "detail",
+    "format",
+    "status",
+    "encrypted_content",
+    "cache_control",
+];
+
+/// The words of a message's content: a string, or its text parts in order.
+fn collect(v: &Node<'_>, out: &mut String) {
     let mut first = true;
-    let _ = crate::policy::guard::enforce::walk(&mut v, &mut |t: &mut String| {
-        if !first {
+    let mut push = |t: &str| {
+        if !std::mem::take(&mut first) {
             out.push(' ');
         }
-        first = false;
         out.push_str(t);
-        Ok(())
-    });
+    };
+    fn walk(v: &Node<'_>, push: &mut impl FnMut(&str)) {
+        match v {
+            Node::Str(s) => push(s),
+            Node::Array(items) => items.iter().for_each(|i| walk(i, push)),
+            Node::Object(m) => m
+                .iter()
+                .filter(|(k, _)| !NOT_WORDS.contains(&k.as_ref()))
+                .for_each(|(_, v)| walk(v, push)),
+            Node::Scalar(_) | Node::Null => {}
+        }
+    }
+    walk(v, &mut push);
 }
 
-/// Feeds a JSON value with its object keys sorted (numbers and strings as serde_json writes
-/// them).
-fn canonical(v: &Value, h: &mut Sha256) {
+fn is_integer(t: &str) -> bool {
+    t.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+}
+
+/// Feeds a JSON value with its object keys sorted, strings and numbers in one form each.
+fn canonical(v: &Node<'_>, h: &mut Sha256) {
     match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Node::Object(map) => {
+            let mut entries: Vec<&(Cow<'_, str>, Node<'_>)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             h.update(b"{");
             for (k, v) in entries {
-                h.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                h.update(crate::llm::json::quoted(k).as_bytes());
                 h.update(b":");
                 canonical(v, h);
                 h.update(b",");
             }
             h.update(b"}");
         }
-        Value::Array(items) => {
+        Node::Array(items) => {
             h.update(b"[");
             for i in items {
                 canonical(i, h);
@@ -263,7 +384,16 @@ fn canonical(v: &Value, h: &mut Sha256) {
             }
             h.update(b"]");
         }
-        other => h.update(other.to_string().as_bytes()),
+        Node::Str(s) => h.update(crate::llm::json::quoted(s).as_bytes()),
+        Node::Null => h.update(b"null"),
+        Node::Scalar(t) => match t.parse::<f64>() {
+            // One spelling per number (`0.50` and `0.5`); integers beyond f64's precision
+            // and out-of-range numbers stay as written.
+            Ok(f) if f.is_finite() && (t.len() < 16 || !is_integer(t)) => {
+                h.update(format!("{f:?}").as_bytes());
+            }
+            _ => h.update(t.as_bytes()),
+        },
     }
 }
 
@@ -456,6 +586,50 @@ mod tests {
             ),
         );
         assert_ne!(a, different);
+    }
+
+    #[test]
+    fn numbers_and_escapes_have_one_spelling_and_depth_is_bounded() {
+        let p = policy(Scope::Key);
+        let k = key("k1", "red");
+        let a = plan(
+            &p,
+            "r",
+            &k,
+            &incoming(
+                r#"{"model":"m","temperature":0,"top_p":0.50,"messages":[{"role":"user","content":"h\u0069"}]}"#,
+                false,
+            ),
+        );
+        let b = plan(
+            &p,
+            "r",
+            &k,
+            &incoming(
+                r#"{"model":"m","temperature":0.0,"top_p":0.5,"messages":[{"role":"user","content":"hi"}]}"#,
+                false,
+            ),
+        );
+        assert_eq!(a, b);
+        let huge = plan(
+            &p,
+            "r",
+            &k,
+            &incoming(
+                r#"{"model":"m","temperature":0,"x":1e400,"messages":[]}"#,
+                false,
+            ),
+        );
+        assert!(matches!(huge, Plan::Use(_)), "any JSON number is a number");
+        let deep = format!(
+            r#"{{"model":"m","temperature":0,"x":{}1{},"messages":[]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(matches!(
+            plan(&p, "r", &k, &incoming(&deep, false)),
+            Plan::Bypass(_)
+        ));
     }
 
     #[test]

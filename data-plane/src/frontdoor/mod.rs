@@ -29,10 +29,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
 use crate::config::RuntimeConfig;
-use crate::dialect::{self, anthropic, completions, embeddings, openai_chat, responses};
+use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{Dialect, ErrorKind, Origin, ProxyError};
 use crate::gateway::Gateway;
-use crate::llm::raw::RawObject;
+use crate::llm::raw::{ParseError, RawObject};
 use crate::llm::{Facts, Format, Incoming, Op};
 
 type Result<T, E = ProxyError> = std::result::Result<T, E>;
@@ -169,7 +169,15 @@ fn parse_object(bytes: Bytes) -> Result<RawObject> {
             "The request body is empty; expected a JSON object.",
         ));
     }
-    RawObject::parse(bytes).map_err(dialect::bad_json)
+    RawObject::parse(bytes).map_err(|e| match e {
+        ParseError::NotObject | ParseError::Duplicate(_) => {
+            ProxyError::invalid(format!("Invalid request: {e}"))
+        }
+        ParseError::Utf8 { .. } | ParseError::Json(_) => ProxyError::new(
+            ErrorKind::InvalidJson,
+            format!("The request body is not valid JSON: {e}"),
+        ),
+    })
 }
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");

@@ -11,10 +11,12 @@
 //!   format its body passes through as the client's bytes ([`raw::RawObject`]), parsed only
 //!   as far as the policies need.
 
+pub mod json;
 pub mod raw;
 mod request;
 mod response;
 mod stream;
+pub mod text;
 
 pub use request::{
     Effort, Media, Message, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool, ToolCall,

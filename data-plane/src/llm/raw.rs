@@ -3,39 +3,31 @@
 //! usage reporting on streams) and writes the rest back byte for byte, unknown fields
 //! included.
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
-#[derive(Clone, Debug)]
-enum Value {
-    /// A span of the original bytes.
-    Span(Range<usize>),
-    /// A replacement, already JSON.
-    Owned(Bytes),
-}
+use super::json::{JsonError, Token, Tokens};
 
 #[derive(Clone, Debug)]
 struct Field {
     key: Box<str>,
-    value: Value,
+    /// The value's span of the text.
+    value: Range<usize>,
 }
 
 /// A top-level JSON object over the client's bytes.
 ///
-/// The body is checked to be UTF-8 once, here; every later parse of a field reads the checked
-/// text (`serde_json::from_str` does not validate again), and `bytes` shares its allocation.
+/// The body is checked to be UTF-8 and JSON once, here; every later read of a field reads the
+/// checked text, and `bytes` shares its allocation. An edit writes a new text and reads it
+/// again, so every reader after it sees the edited object.
 #[derive(Clone, Debug)]
 pub struct RawObject {
     text: Arc<str>,
     bytes: Bytes,
     fields: Vec<Field>,
-    edited: bool,
 }
 
 /// Lends an `Arc<str>` to `Bytes` without copying it.
@@ -47,83 +39,101 @@ impl AsRef<[u8]> for SharedText {
     }
 }
 
-#[derive(Deserialize)]
-struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+/// Why a body is not a JSON object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the body is not UTF-8 (at byte {at})")]
+    Utf8 { at: usize },
+    #[error("the body is not valid JSON: {0}")]
+    Json(#[from] JsonError),
+    #[error("the body must be a JSON object")]
+    NotObject,
+    #[error("duplicate field `{0}`")]
+    Duplicate(String),
+}
 
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Key(k)) = map.next_key()? {
-                    if out.iter().any(|(seen, _)| *seen == k) {
-                        return Err(de::Error::custom(format_args!("duplicate field `{k}`")));
-                    }
-                    let v: &'de RawValue = map.next_value()?;
-                    out.push((k, v));
-                }
-                Ok(Fields(out))
-            }
-        }
-        d.deserialize_map(V)
+/// The top-level fields of an object text: their names and value spans.
+fn top_level(text: &str) -> Result<Vec<Field>, ParseError> {
+    let mut tokens = Tokens::new(text);
+    match tokens.next() {
+        Some(Ok(Token::ObjectStart(_))) => {}
+        Some(Err(e)) => return Err(e.into()),
+        _ => return Err(ParseError::NotObject),
     }
+    let mut fields: Vec<Field> = Vec::with_capacity(8);
+    // The member being read: its name, and where its value starts.
+    let mut member: Option<(Box<str>, Option<usize>)> = None;
+    while let Some(t) = tokens.next() {
+        let t = t?;
+        let depth = tokens.depth();
+        if let Token::Key(k) = t
+            && depth == 1
+        {
+            let name = k.value(text);
+            if fields.iter().any(|f| *f.key == *name) {
+                return Err(ParseError::Duplicate(name.into_owned()));
+            }
+            member = Some((name.into(), None));
+            continue;
+        }
+        if let Some((_, start @ None)) = &mut member {
+            *start = Some(t.start());
+        }
+        // A value ended at depth 1: a scalar there, or a container closing back to it.
+        let end = match t {
+            Token::ObjectEnd(_) if depth == 0 => break,
+            Token::String(s) if depth == 1 => s.span.end as usize,
+            Token::Number(r) | Token::True(r) | Token::False(r) | Token::Null(r) if depth == 1 => {
+                r.end as usize
+            }
+            Token::ObjectEnd(e) | Token::ArrayEnd(e) if depth == 1 => e,
+            _ => continue,
+        };
+        if let Some((key, Some(start))) = member.take() {
+            fields.push(Field {
+                key,
+                value: start..end,
+            });
+        }
+    }
+    // The rest of the text must be nothing but whitespace.
+    for t in tokens {
+        t?;
+    }
+    Ok(fields)
 }
 
 impl RawObject {
-    /// Locates the top-level fields; the whole body is still checked to be valid JSON.
-    pub fn parse(bytes: Bytes) -> Result<Self, serde_json::Error> {
+    /// Locates the top-level fields; the whole body is checked to be one valid JSON object
+    /// (by [`super::json`], the reader every stage shares).
+    pub fn parse(bytes: Bytes) -> Result<Self, ParseError> {
         let text: Arc<str> = match std::str::from_utf8(&bytes) {
             Ok(t) => Arc::from(t),
-            // serde_json names the position of the bad byte.
-            Err(_) => {
-                return Err(serde_json::from_slice::<de::IgnoredAny>(&bytes)
-                    .err()
-                    .unwrap_or_else(|| de::Error::custom("the body is not UTF-8")));
+            Err(e) => {
+                return Err(ParseError::Utf8 {
+                    at: e.valid_up_to(),
+                });
             }
         };
-        let base = text.as_ptr() as usize;
-        let fields = {
-            let Fields(found) = serde_json::from_str::<Fields<'_>>(&text)?;
-            found
-                .into_iter()
-                .map(|(k, v)| {
-                    let start = v.get().as_ptr() as usize - base;
-                    Field {
-                        key: k.into(),
-                        value: Value::Span(start..start + v.get().len()),
-                    }
-                })
-                .collect()
-        };
+        let fields = top_level(&text)?;
         Ok(Self {
             bytes: Bytes::from_owner(SharedText(text.clone())),
             text,
             fields,
-            edited: false,
         })
-    }
-
-    fn value<'a>(&'a self, v: &'a Value) -> &'a [u8] {
-        match v {
-            Value::Span(r) => &self.bytes[r.clone()],
-            Value::Owned(b) => b,
-        }
     }
 
     /// The JSON text of a field's value.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.field_text(key).map(str::as_bytes)
+    }
+
+    /// The JSON text of a field's value, as `str`.
+    pub fn field_text(&self, key: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|f| &*f.key == key)
-            .map(|f| self.value(&f.value))
+            .map(|f| &self.text[f.value.clone()])
     }
 
     /// A field parsed as `T`; absent and `null` are `None`.
@@ -131,66 +141,43 @@ impl RawObject {
         &'a self,
         key: &str,
     ) -> Result<Option<T>, serde_json::Error> {
-        match self
-            .fields
-            .iter()
-            .find(|f| &*f.key == key)
-            .map(|f| &f.value)
-        {
-            None => Ok(None),
-            Some(Value::Span(r)) if &self.text[r.clone()] == "null" => Ok(None),
-            Some(Value::Span(r)) => serde_json::from_str(&self.text[r.clone()]).map(Some),
-            Some(Value::Owned(b)) if &b[..] == b"null" => Ok(None),
-            Some(Value::Owned(b)) => serde_json::from_slice(b).map(Some),
+        match self.field_text(key) {
+            None | Some("null") => Ok(None),
+            Some(t) => serde_json::from_str(t).map(Some),
         }
     }
 
     /// Sets a field to a JSON value (replacing it, or appending it).
-    pub fn set(&mut self, key: &str, json: impl Into<Bytes>) {
-        self.edited = true;
-        let value = Value::Owned(json.into());
-        match self.fields.iter_mut().find(|f| &*f.key == key) {
-            Some(f) => f.value = value,
-            None => self.fields.push(Field {
-                key: key.into(),
-                value,
-            }),
-        }
+    pub fn set(&mut self, key: &str, json: impl Into<Bytes>) -> Result<(), ParseError> {
+        self.edit(&[(key, json.into())], None)
     }
 
     /// Sets a field to a string.
-    pub fn set_str(&mut self, key: &str, s: &str) {
-        let json = serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec());
-        self.set(key, json);
+    pub fn set_str(&mut self, key: &str, s: &str) -> Result<(), ParseError> {
+        self.set(key, super::json::quoted(s))
     }
 
-    pub fn remove(&mut self, key: &str) {
-        let before = self.fields.len();
-        self.fields.retain(|f| &*f.key != key);
-        self.edited |= self.fields.len() != before;
+    pub fn remove(&mut self, key: &str) -> Result<(), ParseError> {
+        self.edit(&[], Some(key))
+    }
+
+    /// Replaces (or appends) fields and drops one, then reads the new text again: a value
+    /// that is not JSON leaves the object as it was and is an error.
+    pub fn edit(&mut self, edits: &[(&str, Bytes)], drop: Option<&str>) -> Result<(), ParseError> {
+        if edits.is_empty() && drop.is_none_or(|d| self.get(d).is_none()) {
+            return Ok(());
+        }
+        *self = Self::parse(self.write(edits, drop))?;
+        Ok(())
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| &*f.key)
     }
 
-    /// The object as JSON: the original bytes when nothing was edited.
+    /// The object as JSON.
     pub fn to_bytes(&self) -> Bytes {
-        if !self.edited {
-            return self.bytes.clone();
-        }
-        let mut out = BytesMut::with_capacity(self.bytes.len() + 64);
-        out.extend_from_slice(b"{");
-        for (i, f) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b",");
-            }
-            write_key(&mut out, &f.key);
-            out.extend_from_slice(b":");
-            out.extend_from_slice(self.value(&f.value));
-        }
-        out.extend_from_slice(b"}");
-        out.freeze()
+        self.bytes.clone()
     }
 
     /// The object as JSON with some fields replaced (or appended) by JSON values, leaving
@@ -199,6 +186,10 @@ impl RawObject {
         if edits.is_empty() {
             return self.to_bytes();
         }
+        self.write(edits, None)
+    }
+
+    fn write(&self, edits: &[(&str, Bytes)], drop: Option<&str>) -> Bytes {
         let extra: usize = edits.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = BytesMut::with_capacity(self.bytes.len() + extra + 2);
         out.extend_from_slice(b"{");
@@ -211,10 +202,10 @@ impl RawObject {
             out.extend_from_slice(b":");
             out.extend_from_slice(value);
         };
-        for f in &self.fields {
+        for f in self.fields.iter().filter(|f| Some(&*f.key) != drop) {
             match edits.iter().find(|(k, _)| *k == &*f.key) {
                 Some((_, v)) => field(&mut out, &f.key, v),
-                None => field(&mut out, &f.key, self.value(&f.value)),
+                None => field(&mut out, &f.key, self.text[f.value.clone()].as_bytes()),
             }
         }
         for (k, v) in edits {
@@ -226,12 +217,7 @@ impl RawObject {
         out.freeze()
     }
 
-    /// The original bytes.
-    pub fn original(&self) -> &Bytes {
-        &self.bytes
-    }
-
-    /// The original body as text (checked once, when parsed).
+    /// The body as text (checked once, when read; after an edit, the edited body).
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -242,8 +228,8 @@ fn write_key(out: &mut BytesMut, key: &str) {
         out.extend_from_slice(b"\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\"");
-    } else if let Ok(v) = serde_json::to_vec(key) {
-        out.extend_from_slice(&v);
+    } else {
+        out.extend_from_slice(super::json::quoted(key).as_bytes());
     }
 }
 
@@ -266,9 +252,12 @@ mod tests {
             br#"{"model":"client-name","messages":[{"role":"user","content":"hi\n"}],"seed":7,"odd\"key":true}"#,
         );
         let mut o = RawObject::parse(body).expect("parse");
-        o.set_str("model", "upstream-name");
-        o.set("stream_options", &br#"{"include_usage":true}"#[..]);
-        o.remove("seed");
+        o.set_str("model", "upstream-name").expect("set");
+        o.set("stream_options", &br#"{"include_usage":true}"#[..])
+            .expect("set");
+        o.remove("seed").expect("remove");
+        assert!(o.set("x", &b"{"[..]).is_err(), "an edit must be JSON");
+        assert!(o.text().contains("upstream-name"), "text() sees the edit");
         let v: serde_json::Value = serde_json::from_slice(&o.to_bytes()).expect("valid JSON");
         assert_eq!(v["model"], "upstream-name");
         assert_eq!(v["messages"][0]["content"], "hi\n");

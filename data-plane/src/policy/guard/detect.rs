@@ -70,8 +70,9 @@ impl Entity {
         match self {
             Self::Email => c.is_ascii_alphanumeric() || "._%+-@".contains(c),
             Self::Phone => c.is_ascii_digit() || " +().-".contains(c),
-            Self::CreditCard | Self::Ssn => c.is_ascii_digit() || c == ' ' || c == '-',
-            Self::Iban => c.is_ascii_alphanumeric() || c == ' ',
+            Self::CreditCard => c.is_ascii_digit() || " .-".contains(c),
+            Self::Ssn => c.is_ascii_digit() || c == ' ' || c == '-',
+            Self::Iban => c.is_ascii_alphanumeric() || " .-".contains(c),
             Self::IpAddress => c.is_ascii_hexdigit() || c == '.' || c == ':',
             Self::Secret => c.is_ascii_alphanumeric() || "_-.".contains(c),
         }
@@ -129,21 +130,27 @@ impl Entity {
         }
     }
 
-    /// The longest match, in bytes (a longer run of `continues` characters cannot be one
-    /// match, so no more than this is held). Private-key blocks are the exception: see
-    /// [`open_key_block`].
+    /// The longest match, in bytes: a longer run of `continues` characters cannot be one
+    /// match, so a stream holds no more than this. Every pattern but the secrets' is bounded
+    /// and this is its longest match (a test checks it against the patterns). Secrets (keys,
+    /// tokens, private-key blocks) have no length of their own: a candidate longer than this
+    /// is [`Span::overlong`], and blocked on a whole text and on a stream alike.
     pub fn max_len(self) -> usize {
         match self {
-            Self::Email => 254,
-            Self::Phone => 24,
-            Self::CreditCard => 23,
+            Self::Email => 409,
+            Self::Phone => 36,
+            Self::CreditCard => 37,
             Self::Ssn => 11,
-            Self::Iban => 42,
-            Self::IpAddress => 45,
-            Self::Secret => 300,
+            Self::Iban => 64,
+            Self::IpAddress => 51,
+            Self::Secret => SECRET_BOUND,
         }
     }
 }
+
+/// The most of a secret candidate (a key, a token, a private-key block) that is read as
+/// one: past it a value's end cannot be waited for, so it is blocked, whole or streamed.
+pub const SECRET_BOUND: usize = 16 * 1024;
 
 /// One finding: a byte range of the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +158,9 @@ pub struct Span {
     pub start: usize,
     pub end: usize,
     pub entity: Entity,
+    /// A secret candidate longer than [`SECRET_BOUND`]: where it ends cannot be known on a
+    /// stream, so it is blocked (unless its action is only `Alert`).
+    pub overlong: bool,
 }
 
 fn re(pattern: &str) -> Regex {
@@ -160,14 +170,14 @@ fn re(pattern: &str) -> Regex {
 
 // The candidate patterns. Word boundaries are ASCII (`(?-u:\b)`): every match is ASCII, and
 // the regex engine's fast paths stay on whatever the text around it.
-const EMAIL_RE: &str = r"(?i)(?-u:\b)[a-z0-9](?:[a-z0-9._%+-]{0,63})@[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9-]{1,63})*\.[a-z]{2,24}(?-u:\b)";
+const EMAIL_RE: &str = r"(?-u:\b)[a-zA-Z0-9](?:[a-zA-Z0-9._%+-]{0,63})@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,62})(?:\.[a-zA-Z0-9-]{1,63}){0,4}\.[a-zA-Z]{2,24}(?-u:\b)";
 const PHONE_RE: &str =
     r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){1,4}(?-u:\b)";
-const CARD_RE: &str = r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)";
+const CARD_RE: &str = r"(?-u:\b)[0-9](?:[ .-]?[0-9]){12,18}(?-u:\b)";
 const SSN_RE: &str = r"(?-u:\b)([0-9]{3})([- ])([0-9]{2})([- ])([0-9]{4})(?-u:\b)";
-const IBAN_RE: &str = r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)";
+const IBAN_RE: &str = r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[ .-]?[A-Z0-9]){11,30}(?-u:\b)";
 const IPV4_RE: &str = r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)";
-const IPV6_RE: &str = r"(?i)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}";
+const IPV6_RE: &str = r"[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}";
 const SECRETS_RE: &str = concat!(
     // AWS access key ids.
     r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?-u:\b)",
@@ -181,8 +191,8 @@ const SECRETS_RE: &str = concat!(
     r"|(?-u:\b)AIza[0-9A-Za-z_-]{35}",
     // JSON Web Tokens.
     r"|(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
-    // PEM private keys.
-    r"|-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
+    // PEM private keys (to the end of the text when it is cut off before its END line).
+    r"|-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z]+ )*PRIVATE KEY-----|\z)",
 );
 
 /// What any match of each detector must contain, as small patterns in one set: one pass of
@@ -195,7 +205,7 @@ const PREFILTERS: [&str; 8] = [
     // Phone: seven digits, separators between them.
     r"[0-9](?:[ .()+-]{0,2}[0-9]){6}",
     // Card: thirteen digits, single separators.
-    r"[0-9](?:[ -]?[0-9]){12}",
+    r"[0-9](?:[ .-]?[0-9]){12}",
     // SSN.
     r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
     // IBAN: country code and check digits.
@@ -246,12 +256,83 @@ const SECRET_PREFIXES: &[&str] = &[
     "eyJ",
 ];
 
-/// Where an unterminated private-key block begins (a stream holds from there).
+/// Where an unterminated private-key block begins (a stream holds from there): the last
+/// `-----BEGIN ` with no END line after it, whose header is or may still become a private
+/// key's.
 pub fn open_key_block(text: &str) -> Option<usize> {
-    const BEGIN: &str = "-----BEGIN ";
     let at = text.rfind(BEGIN)?;
     let rest = &text[at..];
-    (!rest.contains("-----END ")).then_some(at)
+    (!rest.contains("-----END ") && key_header(rest)).then_some(at)
+}
+
+const BEGIN: &str = "-----BEGIN ";
+
+/// Whether `rest` (which starts with `-----BEGIN `) is a private key's header, or the start
+/// of one that is still arriving.
+fn key_header(rest: &str) -> bool {
+    let after = &rest[BEGIN.len()..];
+    let label = |l: &str| l.bytes().all(|b| b.is_ascii_uppercase() || b == b' ');
+    match after.find("-----") {
+        Some(n) => label(&after[..n]) && after[..n].ends_with("PRIVATE KEY"),
+        None => after.len() <= 64 && label(after),
+    }
+}
+
+/// Secret candidates longer than [`SECRET_BOUND`] that start at `from` or later: runs of
+/// the characters a key or token is made of that begin as one does (a known prefix at a word
+/// boundary) and go on past the bound, and private-key blocks open for longer than it. A
+/// stream cannot hold such a value to its end, so it blocks at the bound; a whole text is
+/// judged the same way (see [`Span::overlong`]).
+fn overlong_candidates(text: &str, from: usize) -> Vec<Span> {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let e = Entity::Secret;
+    let word = |i: usize| i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+    let mut i = from;
+    while i < b.len() {
+        if !e.continues(char::from(b[i])) || !b[i].is_ascii() {
+            i += 1;
+            continue;
+        }
+        let run_start = i;
+        while i < b.len() && b[i].is_ascii() && e.continues(char::from(b[i])) {
+            i += 1;
+        }
+        if i - run_start <= SECRET_BOUND {
+            continue;
+        }
+        // The first place in the run where a secret can start.
+        let first = (run_start..i).find(|&p| {
+            e.starts(char::from(b[p]))
+                && !(e.needs_boundary() && word(p))
+                && e.could_begin(&text[p..i])
+        });
+        if let Some(p) = first.filter(|&p| i - p > SECRET_BOUND) {
+            out.push(Span {
+                start: p,
+                end: i,
+                entity: e,
+                overlong: true,
+            });
+        }
+    }
+    // A private-key block with no END line within the bound.
+    let mut at = from;
+    while let Some(k) = text.get(at..).and_then(|t| t.find(BEGIN)) {
+        let start = at + k;
+        let rest = &text[start..];
+        let end = rest.find("-----END ").map_or(text.len(), |n| start + n);
+        if end - start > SECRET_BOUND && key_header(rest) {
+            out.push(Span {
+                start,
+                end: text.len().min(end.max(start + SECRET_BOUND + 1)),
+                entity: e,
+                overlong: true,
+            });
+        }
+        at = start + 1;
+    }
+    out
 }
 
 /// Luhn's check of a digit string.
@@ -281,7 +362,10 @@ fn card_ok(s: &str) -> bool {
 
 /// ISO 13616: move the first four characters to the end, letters to numbers, mod 97 = 1.
 fn iban_ok(s: &str) -> bool {
-    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    let compact: Vec<u8> = s
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b'.' | b'-'))
+        .collect();
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
@@ -323,21 +407,6 @@ fn ipv6_ok(s: &str) -> bool {
         && s.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
-/// Whether the raw JSON text of a value may hold a finding of `entities` once decoded: one
-/// pass of the candidate set over the bytes as they are. Escapes other than `\u` decode to
-/// characters no detector counts as part of a match (or, in a key block, that its pattern
-/// takes anyway), so only a `\u` escape forces a decode first (`true`).
-pub fn may_contain_json(raw: &[u8], entities: &[Entity]) -> bool {
-    if memchr::memmem::find(raw, b"\\u").is_some() {
-        return true;
-    }
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return true;
-    };
-    let hits = SET.matches(text);
-    entities.iter().any(|&e| candidates(&hits, e))
-}
-
 /// Whether the prefilter pass found candidates of `entity`.
 fn candidates(hits: &regex::SetMatches, entity: Entity) -> bool {
     match entity {
@@ -357,18 +426,24 @@ pub fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
     find_from(text, 0, entities)
 }
 
-/// Every match of `re` starting at `from` or later; what comes before `from` is context
-/// (a word boundary at `from` is judged as in the whole text).
-fn each(re: &Regex, text: &str, from: usize, mut f: impl FnMut(regex::Match<'_>)) {
+/// Every match of `re` starting at `from` or later that `keep` accepts; what comes before
+/// `from` is context (a word boundary at `from` is judged as in the whole text). After a
+/// match `keep` refuses (a number failing its check), the search goes on from the next
+/// character, not past the refused match: a valid value inside a longer invalid one is still
+/// found, whichever position a search starts from (a stream starts where it last released).
+fn each(re: &Regex, text: &str, from: usize, mut keep: impl FnMut(regex::Match<'_>) -> bool) {
     let mut at = from;
     while at <= text.len()
         && let Some(m) = re.find_at(text, at)
     {
-        at = m.end().max(m.start() + 1);
+        at = if keep(m) {
+            m.end().max(m.start() + 1)
+        } else {
+            m.start() + 1
+        };
         while at < text.len() && !text.is_char_boundary(at) {
             at += 1;
         }
-        f(m);
     }
 }
 
@@ -386,48 +461,36 @@ pub fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
         if !candidates(&hits, entity) {
             continue;
         }
-        let mut push = |m: regex::Match<'_>| {
-            out.push(Span {
-                start: m.start(),
-                end: m.end(),
-                entity,
-            })
-        };
-        match entity {
-            Entity::Email => each(&EMAIL, text, from, push),
-            Entity::Phone => each(&PHONE, text, from, |m| {
-                if phone_ok(m.as_str()) {
-                    push(m);
-                }
-            }),
-            Entity::CreditCard => each(&CARD, text, from, |m| {
-                if card_ok(m.as_str()) {
-                    push(m);
-                }
-            }),
-            Entity::Ssn => each(&SSN, text, from, |m| {
-                if SSN.captures(m.as_str()).is_some_and(|c| ssn_ok(&c)) {
-                    push(m);
-                }
-            }),
-            Entity::Iban => each(&IBAN, text, from, |m| {
-                if iban_ok(m.as_str()) {
-                    push(m);
-                }
-            }),
-            Entity::IpAddress => {
-                each(&IPV4, text, from, |m| {
-                    if m.as_str().parse::<std::net::Ipv4Addr>().is_ok() {
-                        push(m);
-                    }
-                });
-                each(&IPV6, text, from, |m| {
-                    if ipv6_ok(m.as_str()) {
-                        push(m);
-                    }
+        // Pushes a match the check accepts.
+        let mut push = |ok: bool, m: regex::Match<'_>| {
+            if ok {
+                out.push(Span {
+                    start: m.start(),
+                    end: m.end(),
+                    entity,
+                    overlong: entity == Entity::Secret && m.len() > SECRET_BOUND,
                 });
             }
-            Entity::Secret => each(&SECRETS, text, from, push),
+            ok
+        };
+        match entity {
+            Entity::Email => each(&EMAIL, text, from, |m| push(true, m)),
+            Entity::Phone => each(&PHONE, text, from, |m| push(phone_ok(m.as_str()), m)),
+            Entity::CreditCard => each(&CARD, text, from, |m| push(card_ok(m.as_str()), m)),
+            Entity::Ssn => each(&SSN, text, from, |m| {
+                push(SSN.captures(m.as_str()).is_some_and(|c| ssn_ok(&c)), m)
+            }),
+            Entity::Iban => each(&IBAN, text, from, |m| push(iban_ok(m.as_str()), m)),
+            Entity::IpAddress => {
+                each(&IPV4, text, from, |m| {
+                    push(m.as_str().parse::<std::net::Ipv4Addr>().is_ok(), m)
+                });
+                each(&IPV6, text, from, |m| push(ipv6_ok(m.as_str()), m));
+            }
+            Entity::Secret => {
+                each(&SECRETS, text, from, |m| push(true, m));
+                out.extend(overlong_candidates(text, from));
+            }
         }
     }
     out.sort_by(|a, b| {
@@ -556,24 +619,85 @@ mod tests {
         assert_eq!(open_key_block(pem), None);
     }
 
+    /// The longest match a stream holds is each pattern's own longest match: a longer
+    /// match would be released in part before it was seen whole.
     #[test]
-    fn raw_json_is_prefiltered_without_missing_escaped_values() {
-        let all = Entity::ALL;
-        assert!(!may_contain_json(
-            br#"{"content":"The quick brown fox.\nJumps."}"#,
-            &all
-        ));
-        assert!(may_contain_json(
-            br#"{"content":"mail jane@example.com"}"#,
-            &all
-        ));
-        // A \u escape can hide a value from the raw bytes: decode first.
-        assert!(may_contain_json(
-            br#"{"content":"jane\u0040example.com"}"#,
-            &all
-        ));
-        let decoded: String = serde_json::from_str(r#""jane\u0040example.com""#).expect("json");
-        assert_eq!(find(&decoded, &[Entity::Email]).len(), 1);
+    fn max_len_is_each_patterns_longest_match() {
+        let longest = |p: &str| {
+            regex_syntax::parse(p)
+                .expect("pattern")
+                .properties()
+                .maximum_len()
+        };
+        for (e, patterns) in [
+            (Entity::Email, &[EMAIL_RE][..]),
+            (Entity::Phone, &[PHONE_RE]),
+            (Entity::CreditCard, &[CARD_RE]),
+            (Entity::Ssn, &[SSN_RE]),
+            (Entity::Iban, &[IBAN_RE]),
+            (Entity::IpAddress, &[IPV4_RE, IPV6_RE]),
+        ] {
+            let max = patterns
+                .iter()
+                .map(|p| longest(p).expect("bounded"))
+                .max()
+                .unwrap_or(0);
+            assert_eq!(e.max_len(), max, "{e:?}");
+        }
+        assert_eq!(
+            longest(SECRETS_RE),
+            None,
+            "secrets are unbounded: see overlong"
+        );
+    }
+
+    #[test]
+    fn cards_with_any_common_separator_are_found() {
+        for card in [
+            "4111.1111.1111.1111",
+            "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+            "4111-1111-1111-1111",
+            "4111111111111111",
+        ] {
+            assert_eq!(found(&format!("x {card} y"), Entity::CreditCard), [card]);
+            assert!(card.chars().all(|c| Entity::CreditCard.continues(c)));
+            assert!(card.len() <= Entity::CreditCard.max_len());
+        }
+    }
+
+    #[test]
+    fn secrets_past_the_bound_are_overlong() {
+        let jwt = format!(
+            "eyJhbGciOiJSUzI1NiJ9.eyJ{}.{}",
+            "a".repeat(800),
+            "b".repeat(40)
+        );
+        let s = find(&format!("token {jwt} end"), &[Entity::Secret]);
+        assert_eq!(
+            (s.len(), s[0].overlong),
+            (1, false),
+            "an 854-character JWT is one"
+        );
+        let long = format!("key sk-{} end", "x".repeat(SECRET_BOUND + 10));
+        let s = find(&long, &[Entity::Secret]);
+        assert!(s.iter().any(|s| s.overlong && s.start == 4), "{s:?}");
+        // A run that cannot begin a secret is not one, however long.
+        let plain = format!("x {} y", "a".repeat(SECRET_BOUND * 2));
+        assert!(find(&plain, &[Entity::Secret]).is_empty());
+        // An unterminated key block: to the end of the text, overlong past the bound.
+        let cut = "k -----BEGIN PRIVATE KEY-----\nMIIEv";
+        let s = find(cut, &[Entity::Secret]);
+        assert_eq!((s.len(), s[0].start, s[0].end), (1, 2, cut.len()));
+        let open = format!("-----BEGIN PRIVATE KEY-----\n{}", "A".repeat(SECRET_BOUND));
+        assert!(find(&open, &[Entity::Secret]).iter().any(|s| s.overlong));
+        let cert = format!(
+            "-----BEGIN CERTIFICATE-----\n{}",
+            "A\n".repeat(SECRET_BOUND)
+        );
+        assert!(
+            find(&cert, &[Entity::Secret]).is_empty(),
+            "certificates are public"
+        );
     }
 
     /// A prefilter that missed a match would hide it: every sample match must pass its own.

@@ -2,16 +2,17 @@
 //! by key), and the request phase (prompt too long, deny patterns, personal data found in the
 //! prompt's text: block, redact or mask, alert).
 //!
-//! The prompt's text is every string value of the fields that carry one (`messages`,
-//! `system`, `prompt`, `input`, `instructions`), whatever the dialect, except values that are
-//! not text (roles, ids, names, signatures, base64 data, URLs). Only a field with a finding is
-//! rewritten; the rest of the body stays the client's bytes.
+//! What is checked is every text the model reads ([`crate::llm::text`]): every string, key
+//! and number of the body at any depth (messages, system prompts, documents, tool
+//! descriptions and schemas, tool inputs and results), JSON inside strings and encoded text
+//! payloads, read by the one JSON reader every stage shares. A body that reader refuses never
+//! gets this far (400), so no shape of request skips the checks. Only a text with a finding
+//! is rewritten; the rest of the body stays the client's bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use serde_json::Value;
 use switchyard_proto::v1 as pb;
 
 use super::detect::Entity;
@@ -20,6 +21,8 @@ use super::schema::SchemaCheck;
 use super::{Action, Finding, Rules};
 use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
+use crate::llm::raw::RawObject;
+use crate::llm::text::{self, Place, WalkError};
 use crate::llm::{Body, Format, Incoming};
 use crate::metrics::{GuardrailLabels, Metrics};
 
@@ -153,37 +156,35 @@ impl GuardSet {
     }
 }
 
-/// Fields of a request body that carry the prompt's text.
+/// Fields of a request body that carry the conversation (the audit trail's prompt text).
 pub(super) const TEXT_FIELDS: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
 
-/// Keys whose string values are not text to scan.
-const NOT_TEXT: &[&str] = &[
-    "role",
-    "type",
-    "id",
-    "tool_call_id",
-    "tool_use_id",
-    "call_id",
-    "name",
-    "signature",
-    "data",
-    "media_type",
-    "mime_type",
-    "url",
-    "file_id",
-    "model",
-    "detail",
-    "format",
-    "status",
-    "encrypted_content",
-    "cache_control",
-    "object",
-    "finish_reason",
-    "stop_reason",
-    "stop_sequence",
-    "system_fingerprint",
-    "service_tier",
-];
+/// Why a walk over a request's texts stopped.
+enum Stop {
+    /// A personal-data detector whose action is `Block`.
+    Entity(Entity),
+    /// A deny pattern, deny word or injection heuristic: the guardrail and the detector.
+    Denied(String, String),
+}
+
+/// A walk that could not read a body it is given (the front door read it before: a bug,
+/// refused rather than let through unchecked).
+fn unreadable(e: crate::llm::json::JsonError) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::InvalidJson,
+        format!("The request body is not valid JSON: {e}"),
+    )
+}
+
+/// The object after an edit, read again by the same reader (or a 500: the edit is ours).
+pub(super) fn reread(new: String) -> Result<RawObject, ProxyError> {
+    RawObject::parse(bytes::Bytes::from(new)).map_err(|e| {
+        ProxyError::new(
+            ErrorKind::Internal,
+            format!("a guardrail's edit is not a JSON object: {e}"),
+        )
+    })
+}
 
 /// What the guardrails did to a request, for the `x-switchyard-guardrails` header.
 #[derive(Debug, Default)]
@@ -270,49 +271,29 @@ pub fn request(
     let Body::Raw(raw) = &mut incoming.body else {
         return Ok(());
     };
-    // Guardrails that only look for personal data skip fields whose raw JSON has no
-    // candidate at all (most prompts): no decode, no walk.
-    let pii_only = guards
-        .iter()
-        .all(|g| g.deny.is_none() && g.deny_words.is_none() && g.injection.is_none());
-    let mut edits = Vec::new();
     let mut findings = Vec::new();
-    for field in TEXT_FIELDS {
-        let Some(bytes) = raw.get(field) else {
-            continue;
-        };
-        if pii_only && !super::detect::may_contain_json(bytes, rules.entities()) {
-            continue;
-        }
-        let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
-            continue;
-        };
-        let mut changed = false;
-        let mut denied = None;
-        walk(&mut value, &mut |text: &mut String| {
-            if denied.is_some() {
-                return Ok(());
-            }
+    let edited = text::edit(
+        raw.text(),
+        text::Options { skip_model: true },
+        &mut |t: &str, _: Place| {
+            let norm = super::normalize::Normalized::new(t);
             for g in &guards {
                 if let Some(set) = &g.deny
-                    && let Some(i) = set.matches(text).iter().next()
+                    && let Some(i) = set.matches(norm.text()).iter().next()
                 {
-                    denied = Some((g.id.clone(), format!("denyPatterns[{i}]")));
-                    return Ok(());
+                    return Err(Stop::Denied(g.id.clone(), format!("denyPatterns[{i}]")));
                 }
                 if let Some(words) = &g.deny_words
-                    && words.find(text).is_some()
+                    && words.find(norm.text()).is_some()
                 {
-                    denied = Some((g.id.clone(), "denyWords".to_owned()));
-                    return Ok(());
+                    return Err(Stop::Denied(g.id.clone(), "denyWords".to_owned()));
                 }
                 if let Some(action) = g.injection
-                    && let Some(name) = super::phrases::injection(text)
+                    && let Some(name) = super::phrases::injection(norm.text())
                 {
                     let detector = format!("promptInjection:{name}");
                     if action == Action::Block {
-                        denied = Some((g.id.clone(), detector));
-                        return Ok(());
+                        return Err(Stop::Denied(g.id.clone(), detector));
                     }
                     count(metrics, &g.id, &detector, Action::Alert);
                     decisions.note(&g.id, Action::Alert);
@@ -320,55 +301,40 @@ pub fn request(
                 }
             }
             if rules.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
-            if let Some(new) = super::apply(text, &rules, &mut findings)? {
-                *text = new;
-                changed = true;
-            }
-            Ok(())
-        })
-        .map_err(|entity| {
+            super::apply_normalized(t, &norm, &rules, &mut findings).map_err(Stop::Entity)
+        },
+    );
+    match edited {
+        Ok(None) => {}
+        Ok(Some(new)) => *raw = reread(new)?,
+        Err(WalkError::Json(e)) => return Err(unreadable(e)),
+        Err(WalkError::Stop(Stop::Entity(entity))) => {
             let g = owner(&guards, entity, Action::Block);
             count(metrics, g, entity.name(), Action::Block);
             tracing::info!(guardrail = %g, detector = entity.name(), "guardrail blocked a request");
-            blocked(g, entity.name(), "request")
-        })?;
-        if let Some((g, detector)) = denied {
+            return Err(blocked(g, entity.name(), "request"));
+        }
+        Err(WalkError::Stop(Stop::Denied(g, detector))) => {
             count(metrics, &g, &detector, Action::Block);
             tracing::info!(guardrail = %g, detector, "guardrail blocked a request");
             return Err(blocked(&g, &detector, "request"));
         }
-        if changed && let Ok(json) = serde_json::to_vec(&value) {
-            edits.push((*field, json));
-        }
-    }
-    for (field, json) in edits {
-        raw.set(field, json);
     }
     record(metrics, &guards, &findings, decisions);
     Ok(())
 }
 
-/// The prompt's text (every text string of its text fields, a line each), as the audit
+/// The prompt's text (every text of its conversation fields, a line each), as the audit
 /// trail records it.
 pub fn prompt_text(incoming: &Incoming) -> String {
     let mut out = String::new();
     if let Some(raw) = incoming.raw() {
         for field in TEXT_FIELDS {
-            let Some(mut value) = raw
-                .get(field)
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-            else {
-                continue;
-            };
-            let _ = walk(&mut value, &mut |t: &mut String| {
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str(t);
-                Ok(())
-            });
+            if let Some(json) = raw.field_text(field) {
+                text::collect(json, text::Options::default(), &mut out);
+            }
         }
     }
     out
@@ -399,22 +365,6 @@ fn owner(guards: &[Arc<Guard>], entity: Entity, action: Action) -> &str {
         .find(|g| g.rules.has(entity) && g.rules.action(entity) == action)
         .or_else(|| guards.first())
         .map_or("", |g| g.id.as_str())
-}
-
-/// Calls `f` on every text string of a JSON value (see [`NOT_TEXT`]).
-pub(crate) fn walk(
-    v: &mut Value,
-    f: &mut impl FnMut(&mut String) -> Result<(), Entity>,
-) -> Result<(), Entity> {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter_mut().try_for_each(|i| walk(i, f)),
-        Value::Object(map) => map
-            .iter_mut()
-            .filter(|(k, _)| !NOT_TEXT.contains(&k.as_str()))
-            .try_for_each(|(_, v)| walk(v, f)),
-        _ => Ok(()),
-    }
 }
 
 /// The response phase of a request: its guardrails that check answers, their rules, and the
@@ -505,22 +455,18 @@ impl ResponsePhase {
         if !self.hooked {
             return Ok(body);
         }
-        let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-            return Ok(body);
-        };
+        let json = std::str::from_utf8(&body).map_err(crate::dialect::upstream_garbage)?;
         let changed = Box::pin(super::webhook::check(
             gw,
             self.guards.iter(),
             super::webhook::Phase::Response,
             &self.ctx,
-            &mut [&mut value],
+            json,
+            text::Options { skip_model: true },
             decisions,
         ))
         .await?;
-        Ok(match changed {
-            true => serde_json::to_vec(&value).map_or(body, bytes::Bytes::from),
-            false => body,
-        })
+        Ok(changed.map_or(body, bytes::Bytes::from))
     }
 
     /// Checks an answer's text against the requested schema: `Err` when a `Block` guardrail
@@ -557,42 +503,52 @@ impl ResponsePhase {
         blocked(g, entity.name(), "response")
     }
 
-    /// A whole answer's JSON: every text string walked as in the request phase. `None`:
-    /// unchanged.
+    /// The error that ends a stream whose tool call's arguments are too long to be held and
+    /// checked whole (counted and logged).
+    pub fn too_long(&self, metrics: &Metrics, max: usize) -> ProxyError {
+        let g = self.guards.first().map_or("", |g| g.id.as_str());
+        count(metrics, g, "toolArguments", Action::Block);
+        tracing::info!(guardrail = %g, max, "guardrail blocked a response: tool-call arguments too long to check");
+        let mut e = blocked(g, "toolArguments", "response");
+        e.message = format!(
+            "{} A tool call's arguments are longer than the {max} bytes a stream holds to check them.",
+            e.message
+        );
+        e
+    }
+
+    /// A whole answer's JSON: every text walked as in the request phase, by the same
+    /// reader (an answer it cannot read is the upstream's garbage, 502, never unchecked).
+    /// `None`: unchanged.
     pub fn json(
         &self,
         metrics: &Metrics,
         body: &[u8],
         decisions: &mut Decisions,
     ) -> Result<Option<Vec<u8>>, ProxyError> {
-        if self.schema.is_none() && !super::detect::may_contain_json(body, self.rules.entities()) {
-            return Ok(None);
-        }
-        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-            return Ok(None);
-        };
+        let json = std::str::from_utf8(body).map_err(crate::dialect::upstream_garbage)?;
         if let Some(s) = &self.schema {
-            let text = super::schema::answer_text(s.format, &value).unwrap_or_default();
-            self.check_schema(metrics, &text, decisions)?;
+            let answer = serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| super::schema::answer_text(s.format, &v))
+                .unwrap_or_default();
+            self.check_schema(metrics, &answer, decisions)?;
         }
         if self.rules.is_empty() {
             return Ok(None);
         }
         let mut findings = Vec::new();
-        let mut changed = false;
-        walk(&mut value, &mut |text: &mut String| {
-            if let Some(new) = super::apply(text, &self.rules, &mut findings)? {
-                *text = new;
-                changed = true;
-            }
-            Ok(())
-        })
-        .map_err(|entity| self.blocked(metrics, entity))?;
+        let edited = text::edit(
+            json,
+            text::Options { skip_model: true },
+            &mut |t: &str, _| super::apply(t, &self.rules, &mut findings),
+        );
+        let edited = match edited {
+            Ok(e) => e,
+            Err(WalkError::Stop(entity)) => return Err(self.blocked(metrics, entity)),
+            Err(WalkError::Json(e)) => return Err(crate::dialect::upstream_garbage(e)),
+        };
         record(metrics, &self.guards, &findings, decisions);
-        Ok(if changed {
-            serde_json::to_vec(&value).ok()
-        } else {
-            None
-        })
+        Ok(edited.map(String::into_bytes))
     }
 }

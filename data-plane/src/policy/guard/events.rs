@@ -1,22 +1,33 @@
 //! The response phase on a stream's canonical events: one redactor per text block (text,
-//! thinking, tool-call arguments), so a value split across deltas is seen whole and only the
-//! tail that could still grow into a match is held; the answer's text is kept for a JSON
-//! schema check at the end when the request asked for one. The stream driver
-//! (`frontdoor/stream.rs`) passes every batch of events through here before rendering.
+//! thinking), so a value split across deltas is seen whole and only the tail that could
+//! still grow into a match is held. A tool call's arguments are JSON, whose escapes and
+//! nested strings a redactor cannot read piece by piece: they are held until the call's
+//! block ends (at most [`MAX_TOOL_ARGS`]) and then read as a whole answer's arguments are,
+//! so both give the same decision. Tool-call names and ids and the answer's id are checked
+//! as they start. The answer's text is kept for a JSON schema check at the end when the
+//! request asked for one. The stream driver (`frontdoor/stream.rs`) passes every batch of
+//! events through here before rendering.
 
 use super::Finding;
 use super::detect::Entity;
 use super::enforce::{Decisions, ResponsePhase};
 use super::stream::Redactor;
 use crate::error::ProxyError;
-use crate::llm::{Delta, Event};
+use crate::llm::text::{self, WalkError};
+use crate::llm::{Block, Delta, Event};
 use crate::metrics::Metrics;
+
+/// The most of one tool call's arguments a stream holds to read them whole; longer
+/// arguments end the stream (they cannot be checked, so they are not released).
+pub const MAX_TOOL_ARGS: usize = 1 << 20;
 
 /// Guardrails on a stream: one redactor per text block, so a value split across deltas is
 /// seen whole, and only the tail that could still grow into a match is held.
 pub struct Guarded {
     phase: ResponsePhase,
     blocks: Vec<GuardedBlock>,
+    /// Tool calls' arguments so far, by block index.
+    args: Vec<(usize, String)>,
     findings: Vec<Finding>,
     /// The answer's text as it went out, kept only when it must follow a JSON schema.
     answer: String,
@@ -36,6 +47,19 @@ struct GuardedBlock {
     text: bool,
 }
 
+/// Why a stream stops.
+enum Stop {
+    Entity(Entity),
+    /// A tool call's arguments outgrew [`MAX_TOOL_ARGS`].
+    ArgsTooLong,
+}
+
+impl From<Entity> for Stop {
+    fn from(e: Entity) -> Self {
+        Self::Entity(e)
+    }
+}
+
 impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
@@ -49,6 +73,7 @@ impl Guarded {
         Self {
             phase,
             blocks: Vec::new(),
+            args: Vec::new(),
             findings: Vec::new(),
             answer: String::new(),
             answer_overflow: false,
@@ -65,9 +90,10 @@ impl Guarded {
         let mut passed = Vec::with_capacity(events.len());
         for ev in events {
             let finish = matches!(ev, Event::Finish(_));
-            let mut verdict = self
-                .event(ev, &mut passed)
-                .map_err(|entity| self.phase.blocked(metrics, entity));
+            let mut verdict = self.event(ev, &mut passed).map_err(|stop| match stop {
+                Stop::Entity(entity) => self.phase.blocked(metrics, entity),
+                Stop::ArgsTooLong => self.phase.too_long(metrics, MAX_TOOL_ARGS),
+            });
             if verdict.is_ok() && finish && !self.answer_overflow {
                 // The whole answer is known: check it against its schema, if any.
                 verdict = self
@@ -97,13 +123,43 @@ impl Guarded {
 
     /// An event through the guardrails: what to render instead (a delta may shrink to
     /// nothing while its tail is held; a block's stop releases the rest first).
-    fn event(&mut self, ev: Event, out: &mut Vec<Event>) -> Result<(), Entity> {
+    fn event(&mut self, ev: Event, out: &mut Vec<Event>) -> Result<(), Stop> {
         match ev {
+            Event::Delta {
+                index,
+                delta: Delta::ToolArgs(t),
+            } => {
+                let held = match self.args.iter_mut().find(|(i, _)| *i == index) {
+                    Some((_, held)) => held,
+                    None => {
+                        self.args.push((index, String::new()));
+                        let last = self.args.len() - 1;
+                        &mut self.args[last].1
+                    }
+                };
+                if held.len() + t.len() > MAX_TOOL_ARGS {
+                    return Err(Stop::ArgsTooLong);
+                }
+                held.push_str(&t);
+            }
+            Event::Start { id, model } => {
+                let id = self.whole(id)?;
+                out.push(Event::Start { id, model });
+            }
+            Event::BlockStart {
+                index,
+                block: Block::ToolCall { id, name },
+            } => {
+                let block = Block::ToolCall {
+                    id: self.whole(id)?,
+                    name: self.whole(name)?,
+                };
+                out.push(Event::BlockStart { index, block });
+            }
             Event::Delta { index, delta } => {
                 let (text, make, is_text): (String, fn(String) -> Delta, bool) = match delta {
                     Delta::Text(t) => (t, Delta::Text, true),
                     Delta::Thinking(t) => (t, Delta::Thinking, false),
-                    Delta::ToolArgs(t) => (t, Delta::ToolArgs, false),
                     other => {
                         out.push(Event::Delta {
                             index,
@@ -165,8 +221,38 @@ impl Guarded {
         self.answer.push_str(text);
     }
 
+    /// A text that arrives whole (an id, a tool name), checked as a whole answer's is.
+    fn whole(&mut self, t: String) -> Result<String, Entity> {
+        Ok(super::apply(&t, &self.phase.rules, &mut self.findings)?.unwrap_or(t))
+    }
+
+    /// A tool call's arguments, complete: read as a whole answer's arguments string is.
+    fn arguments(&mut self, args: String) -> Result<String, Entity> {
+        let (rules, findings) = (&self.phase.rules, &mut self.findings);
+        match text::edit_string(&args, &mut |t: &str, _| super::apply(t, rules, findings)) {
+            Ok(new) => Ok(new.unwrap_or(args)),
+            Err(WalkError::Stop(e)) => Err(e),
+            Err(WalkError::Json(_)) => Ok(args),
+        }
+    }
+
     /// Ends the redactors of one block (or all): what they held, redacted.
     fn release(&mut self, index: Option<usize>, out: &mut Vec<Event>) -> Result<(), Entity> {
+        let mut k = 0;
+        while k < self.args.len() {
+            if index.is_some_and(|x| x != self.args[k].0) {
+                k += 1;
+                continue;
+            }
+            let (i, args) = self.args.swap_remove(k);
+            let args = self.arguments(args)?;
+            if !args.is_empty() {
+                out.push(Event::Delta {
+                    index: i,
+                    delta: Delta::ToolArgs(args),
+                });
+            }
+        }
         let mut i = 0;
         while i < self.blocks.len() {
             if index.is_some_and(|x| x != self.blocks[i].index) {

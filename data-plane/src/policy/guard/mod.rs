@@ -4,6 +4,7 @@
 pub mod detect;
 pub mod enforce;
 pub mod events;
+pub mod normalize;
 pub mod phrases;
 pub mod schema;
 pub mod stream;
@@ -122,18 +123,41 @@ fn replace(found: &str, entity: Entity, action: Action, out: &mut String) {
     }
 }
 
+/// The action a finding gets: a secret candidate too long to be seen whole on a stream is
+/// blocked unless the rule only alerts (see [`detect::Span::overlong`]).
+fn action_for(rules: &Rules, s: &detect::Span) -> Action {
+    let action = rules.action(s.entity);
+    if s.overlong && action > Action::Alert {
+        Action::Block
+    } else {
+        action
+    }
+}
+
 /// Applies `rules` to a whole text: the text with its findings redacted or masked, and what
-/// was found; or the entity that blocks it. `None` when nothing changed the text.
+/// was found; or the entity that blocks it. `None` when nothing changed the text. The
+/// detectors read the text's normal form ([`normalize`]); redactions replace the original
+/// characters behind a finding, and the rest of the text is left as it was.
 pub fn apply(
     text: &str,
     rules: &Rules,
     findings: &mut Vec<Finding>,
 ) -> Result<Option<String>, Entity> {
-    let spans = detect::find(text, rules.entities());
+    apply_normalized(text, &normalize::Normalized::new(text), rules, findings)
+}
+
+/// [`apply`] over a text already normalised.
+pub fn apply_normalized(
+    text: &str,
+    norm: &normalize::Normalized<'_>,
+    rules: &Rules,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<String>, Entity> {
+    let spans = detect::find(norm.text(), rules.entities());
     let mut out: Option<String> = None;
     let mut at = 0;
     for s in spans {
-        let action = rules.action(s.entity);
+        let action = action_for(rules, &s);
         findings.push(Finding {
             entity: s.entity,
             action,
@@ -142,10 +166,14 @@ pub fn apply(
             Action::Block => return Err(s.entity),
             Action::Alert => {}
             Action::Redact | Action::Mask => {
+                let r = norm.original(s.start..s.end);
+                if r.start < at {
+                    continue;
+                }
                 let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
-                o.push_str(&text[at..s.start]);
-                replace(&text[s.start..s.end], s.entity, action, o);
-                at = s.end;
+                o.push_str(&text[at..r.start]);
+                replace(&text[r.clone()], s.entity, action, o);
+                at = r.end;
             }
         }
     }
@@ -310,6 +338,16 @@ mod tests {
             "@ex.com",
             "::",
             "-----BEGIN ",
+            "４",
+            "\u{200B}",
+            "\u{FF0E}",
+            "\\u0034",
+            "\\u00",
+            "\\",
+            "eyJ",
+            ".",
+            "ﬁ",
+            "\u{E0041}",
         ];
         let r = rules(Action::Redact);
         let mut rng = fastrand::Rng::with_seed(11);
@@ -377,6 +415,118 @@ mod tests {
                     "cuts {i} {j}"
                 );
             }
+        }
+    }
+
+    /// Pieces of `text` cut at random character boundaries.
+    fn cut<'t>(text: &'t str, rng: &mut fastrand::Rng, most: usize) -> Vec<&'t str> {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let mut end = (at + rng.usize(1..=most)).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            pieces.push(&text[at..end]);
+            at = end;
+        }
+        pieces
+    }
+
+    #[test]
+    fn lookalike_digits_and_invisible_separators_are_found_whole_and_streamed() {
+        let r = rules(Action::Redact);
+        for text in [
+            "card ４１１１ １１１１ １１１１ １１１１ ok",
+            "card 4111\u{200B}1111\u{200B}1111\u{200B}1111 ok",
+            "card 4111.1111.1111.1111 ok",
+            "card 4111\\u00201111\\u00201111\\u00201111 ok",
+            "card 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 ok",
+        ] {
+            let whole = apply(text, &r, &mut Vec::new()).expect("redact");
+            assert_eq!(whole.as_deref(), Some("card [CREDIT_CARD] ok"), "{text:?}");
+            let mut rng = fastrand::Rng::with_seed(3);
+            for _ in 0..50 {
+                let pieces = cut(text, &mut rng, 4);
+                assert_eq!(
+                    streamed(&pieces, &r).as_deref(),
+                    Ok("card [CREDIT_CARD] ok"),
+                    "{pieces:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_jwt_streamed_is_redacted_as_the_whole_answer_is() {
+        let jwt = format!(
+            "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJ{}.{}",
+            "c3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50".repeat(20),
+            "S".repeat(100)
+        );
+        assert!(jwt.len() > 800);
+        let text = format!("the token is {jwt} — keep it safe");
+        let r = rules(Action::Redact);
+        let whole = apply(&text, &r, &mut Vec::new()).expect("redact");
+        assert_eq!(
+            whole.as_deref(),
+            Some("the token is [SECRET] — keep it safe")
+        );
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..20 {
+            let pieces = cut(&text, &mut rng, 16);
+            assert_eq!(
+                streamed(&pieces, &r).as_deref(),
+                Ok(whole.as_deref().unwrap_or(""))
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_growing_past_the_bound_blocks_before_any_of_it_leaks() {
+        let text = format!("key sk-proj-{} end", "q".repeat(detect::SECRET_BOUND + 100));
+        for action in [Action::Redact, Action::Mask, Action::Block] {
+            let r = Rules::new([(Entity::Secret, action)]);
+            assert_eq!(apply(&text, &r, &mut Vec::new()), Err(Entity::Secret));
+            let mut red = Redactor::new(r);
+            let mut out = String::new();
+            let mut blocked = None;
+            for p in cut(&text, &mut fastrand::Rng::with_seed(9), 64) {
+                match red.push(p) {
+                    Ok(s) => out.push_str(&s),
+                    Err(e) => {
+                        blocked = Some(e);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(blocked, Some(Entity::Secret), "{action:?}");
+            assert_eq!(out, "key ", "nothing of the key went out");
+        }
+        // An alert lets it through (counted), whole and streamed alike.
+        let alert = Rules::new([(Entity::Secret, Action::Alert)]);
+        assert_eq!(apply(&text, &alert, &mut Vec::new()), Ok(None));
+        let pieces = cut(&text, &mut fastrand::Rng::with_seed(9), 64);
+        assert_eq!(streamed(&pieces, &alert).as_deref(), Ok(text.as_str()));
+    }
+
+    /// Random texts, blocked or not: the stream decides what the whole text decides.
+    #[test]
+    fn block_decisions_agree_whole_and_streamed() {
+        const PARTS: &[&str] = &[
+            "a", " ", "4111", " 1111", "-", ".", "４", "\u{200B}", "sk-", "proj", "x", "@ex.com",
+            "jane", "GB82", "WEST", "123", "-45-", "6789", "\\u0031", "eyJ", "10.0.0.1",
+        ];
+        let r = rules(Action::Block);
+        let mut rng = fastrand::Rng::with_seed(21);
+        for _ in 0..3000 {
+            let text: String = (0..rng.usize(0..40))
+                .map(|_| PARTS[rng.usize(..PARTS.len())])
+                .collect();
+            let whole = apply(&text, &r, &mut Vec::new()).is_err();
+            let pieces = cut(&text, &mut rng, 6);
+            let stream = streamed(&pieces, &r);
+            assert_eq!(stream.is_err(), whole, "{text:?} -> {stream:?}");
         }
     }
 

@@ -5,22 +5,34 @@
 //! match; the text held is the longest of those tails (a word or a number, typically), plus
 //! an open private-key block. A value split across any two pieces is therefore seen whole
 //! before any of it is forwarded.
+//!
+//! The detectors read the normal form of the text ([`super::normalize`]), built character by
+//! character as pieces arrive, so a stream is judged exactly as the whole text would be.
+//! Secrets have no longest match: a candidate still growing past [`SECRET_BOUND`] blocks the
+//! stream (an error event), so none of it is released — the whole answer gets the same
+//! decision ([`detect::Span::overlong`]).
 
-use super::detect::{self, Entity};
+use super::detect::{self, Entity, SECRET_BOUND};
+use super::normalize::{each_unit, is_normal, partial_escape, push_normal};
 use super::{Action, Finding, Rules};
 
-/// The most a stream holds for an unterminated private-key block; a longer one is let go
-/// piece by piece (and a key that long is not a key).
-const MAX_KEY_BLOCK: usize = 16 * 1024;
-
-/// Redacts one text stream (one content block, one tool call's arguments).
+/// Redacts one text stream (one content block).
 #[derive(Debug)]
 pub struct Redactor {
     rules: Rules,
-    /// Text not yet forwarded, after `context` bytes already forwarded (kept as left context,
-    /// so a match's word boundary is judged as in the whole text).
-    buf: String,
+    /// Original text not yet forwarded, after `context` units already forwarded (kept as
+    /// left context, so a match's word boundary is judged as in the whole text).
+    orig: String,
+    /// The normal form of `orig`.
+    norm: String,
+    /// Per original character: where its normal form starts in `norm` and where it starts
+    /// in `orig`. `None` while the buffer is ASCII (its own normal form).
+    units: Option<Vec<(usize, usize)>>,
+    /// Bytes of `norm` (and, with `units`, the units) that are context only.
     context: usize,
+    /// The end of what arrived when it may be the start of a `\uXXXX` escape: read once the
+    /// next piece completes it (or the stream ends).
+    pending: String,
     /// What was found so far.
     pub findings: Vec<Finding>,
 }
@@ -29,8 +41,11 @@ impl Redactor {
     pub fn new(rules: Rules) -> Self {
         Self {
             rules,
-            buf: String::new(),
+            orig: String::new(),
+            norm: String::new(),
+            units: None,
             context: 0,
+            pending: String::new(),
             findings: Vec::new(),
         }
     }
@@ -38,37 +53,130 @@ impl Redactor {
     /// Adds a piece; returns what can be forwarded now (redacted), or the entity that blocks
     /// the stream.
     pub fn push(&mut self, piece: &str) -> Result<String, Entity> {
-        self.buf.push_str(piece);
-        let hold = self.hold_from();
-        self.emit(hold)
+        if self.pending.is_empty() && partial_escape(piece) == 0 {
+            self.append(piece);
+        } else {
+            self.pending.push_str(piece);
+            let ready = self.pending.len() - partial_escape(&self.pending);
+            let rest = self.pending.split_off(ready);
+            let ready = std::mem::replace(&mut self.pending, rest);
+            self.append(&ready);
+        }
+        let hold = self.hold_from()?;
+        self.emit_to(hold, false)
     }
 
-    /// The end of the stream: the rest, redacted.
+    /// Adds text to the buffer and its normal form.
+    fn append(&mut self, piece: &str) {
+        if self.units.is_none() && !is_normal(piece) {
+            // From here on the normal form differs: map what is buffered one to one.
+            self.units = Some(self.orig.char_indices().map(|(i, _)| (i, i)).collect());
+        }
+        match &mut self.units {
+            None => {
+                self.orig.push_str(piece);
+                self.norm.push_str(piece);
+            }
+            Some(units) => {
+                let base = self.orig.len();
+                let norm = &mut self.norm;
+                each_unit(piece, |i, c| {
+                    units.push((norm.len(), base + i));
+                    push_normal(c, norm);
+                });
+                self.orig.push_str(piece);
+            }
+        }
+    }
+
+    /// The end of the stream: the rest, redacted (an escape cut off is read as it stands).
     pub fn finish(&mut self) -> Result<String, Entity> {
-        self.emit(self.buf.len())
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.is_empty() {
+            if self.units.is_none() {
+                self.units = Some(self.orig.char_indices().map(|(i, _)| (i, i)).collect());
+            }
+            if let Some(units) = &mut self.units {
+                for (i, c) in pending.char_indices() {
+                    units.push((self.norm.len(), self.orig.len() + i));
+                    push_normal(c, &mut self.norm);
+                }
+            }
+            self.orig.push_str(&pending);
+        }
+        self.emit_to(self.norm.len(), true)
     }
 
-    /// Text held back now (for tests and metrics).
+    /// Text held back now (for tests and metrics), in its original form.
     pub fn held(&self) -> &str {
-        &self.buf[self.context..]
+        &self.orig[self.orig_at(self.context)..]
     }
 
-    /// Where the tail that could still grow into a match begins.
-    fn hold_from(&self) -> usize {
-        let text = &self.buf;
+    /// The original offset of a normal-form offset at a unit boundary: where the first
+    /// character whose normal form starts there (or later) starts. Invisible characters at
+    /// the end wait for what follows them (or the end of the stream).
+    fn orig_at(&self, at: usize) -> usize {
+        match &self.units {
+            None => at,
+            Some(u) => {
+                let i = u.partition_point(|&(n, _)| n < at);
+                u.get(i).map_or(self.orig.len(), |&(_, o)| o)
+            }
+        }
+    }
+
+    /// Where the character whose normal form holds byte `at` starts in the original
+    /// (invisible characters before it are not part of it).
+    fn unit_orig(&self, at: usize) -> usize {
+        match &self.units {
+            None => at,
+            Some(u) => {
+                let i = u.partition_point(|&(n, _)| n <= at);
+                i.checked_sub(1).map_or(0, |i| u[i].1)
+            }
+        }
+    }
+
+    /// `at` moved back to the start of the unit that holds it (a character whose normal form
+    /// is several bytes is held or forwarded whole).
+    fn unit_start(&self, at: usize) -> usize {
+        match &self.units {
+            Some(u) if at < self.norm.len() => {
+                let i = u.partition_point(|&(n, _)| n <= at);
+                i.checked_sub(1).map_or(0, |i| u[i].0)
+            }
+            _ => at,
+        }
+    }
+
+    /// Where the tail that could still grow into a match begins (in the normal form); a
+    /// secret candidate grown past its bound blocks the stream.
+    fn hold_from(&self) -> Result<usize, Entity> {
+        let text = &self.norm;
         let len = text.len();
         let mut from = len;
         if self.rules.has(Entity::Secret)
             && let Some(at) = detect::open_key_block(&text[self.context..])
-            && len - (self.context + at) <= MAX_KEY_BLOCK
         {
-            from = self.context + at;
+            if len - (self.context + at) > SECRET_BOUND {
+                if self.rules.action(Entity::Secret) > Action::Alert {
+                    return Err(Entity::Secret);
+                }
+            } else {
+                from = self.context + at;
+            }
         }
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
         for e in self.rules.entities() {
+            let bounded = *e != Entity::Secret || self.rules.action(*e) == Action::Alert;
+            // The run of characters a match is made of, back from the end: a bounded
+            // pattern's growing match starts within its longest match of the end; a secret's
+            // run is followed one byte further, to see it pass its bound.
+            let reach = e.max_len() + usize::from(!bounded);
             let mut start = len;
             for (i, c) in text[self.context..].char_indices().rev() {
                 let i = self.context + i;
-                if !e.continues(c) || len - i > e.max_len() {
+                if !e.continues(c) || len - i > reach {
                     break;
                 }
                 start = i;
@@ -76,7 +184,6 @@ impl Redactor {
             // A held tail starts where a match can: a character a match starts with, at a
             // word boundary where the pattern needs one, beginning what could be a match.
             // ASCII, as the patterns' `(?-u:\b)`.
-            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
             while let Some(c) = text[start..].chars().next()
                 && !(e.starts(c)
                     && !(e.needs_boundary() && word(text[..start].chars().next_back()))
@@ -84,27 +191,36 @@ impl Redactor {
             {
                 start += c.len_utf8();
             }
+            if !bounded && len - start > e.max_len() {
+                return Err(*e);
+            }
             from = from.min(start);
         }
-        from
+        Ok(self.unit_start(from))
     }
 
-    /// Forwards `[context, upto)`, redacted; keeps the rest, with one character of context.
-    fn emit(&mut self, mut upto: usize) -> Result<String, Entity> {
-        let spans = detect::find_from(&self.buf, self.context, self.rules.entities());
+    /// Forwards `[context, upto)` of the normal form — the original text behind it,
+    /// redacted (at the `end`, all of it); keeps the rest, with one character of context.
+    fn emit_to(&mut self, mut upto: usize, end: bool) -> Result<String, Entity> {
+        let spans = detect::find_from(&self.norm, self.context, self.rules.entities());
         // A finding that reaches into the held tail is held whole.
         for s in &spans {
             if s.start < upto && s.end > upto {
-                upto = s.start.max(self.context);
+                upto = self.unit_start(s.start.max(self.context));
             }
         }
-        let mut out = String::with_capacity(upto - self.context);
-        let mut at = self.context;
+        let orig_upto = if end && upto == self.norm.len() {
+            self.orig.len()
+        } else {
+            self.orig_at(upto)
+        };
+        let mut out = String::with_capacity(orig_upto.saturating_sub(self.orig_at(self.context)));
+        let mut at = self.orig_at(self.context);
         for s in spans
             .iter()
             .filter(|s| s.start >= self.context && s.end <= upto)
         {
-            let action = self.rules.action(s.entity);
+            let action = super::action_for(&self.rules, s);
             self.findings.push(Finding {
                 entity: s.entity,
                 action,
@@ -113,24 +229,48 @@ impl Redactor {
                 Action::Block => return Err(s.entity),
                 Action::Alert => continue,
                 Action::Redact | Action::Mask => {
-                    out.push_str(&self.buf[at..s.start]);
-                    super::replace(&self.buf[s.start..s.end], s.entity, action, &mut out);
-                    at = s.end;
+                    let start = self.unit_orig(s.start);
+                    let end = self.orig_at(s.end);
+                    if start < at {
+                        continue;
+                    }
+                    out.push_str(&self.orig[at..start]);
+                    super::replace(&self.orig[start..end], s.entity, action, &mut out);
+                    at = end;
                 }
             }
         }
-        out.push_str(&self.buf[at..upto]);
-        // Keep the held text and, as context, the last character forwarded.
-        let keep_from = if upto > self.context {
-            self.buf[..upto]
-                .char_indices()
-                .next_back()
-                .map_or(0, |(i, _)| i)
+        out.push_str(&self.orig[at..orig_upto]);
+        self.keep_from(upto);
+        Ok(out)
+    }
+
+    /// Drops what is forwarded, keeping the last unit before `upto` as context.
+    fn keep_from(&mut self, upto: usize) {
+        let keep = if upto > self.context {
+            self.unit_start(
+                self.norm[..upto]
+                    .char_indices()
+                    .next_back()
+                    .map_or(0, |(i, _)| i),
+            )
         } else {
             0
         };
-        self.buf.drain(..keep_from);
-        self.context = upto - keep_from;
-        Ok(out)
+        let orig_keep = self.orig_at(keep);
+        self.norm.drain(..keep);
+        self.orig.drain(..orig_keep);
+        if let Some(units) = &mut self.units {
+            let first = units.partition_point(|&(n, _)| n < keep);
+            units.drain(..first);
+            for u in units.iter_mut() {
+                u.0 -= keep;
+                u.1 -= orig_keep;
+            }
+            if is_normal(&self.orig) {
+                self.units = None;
+            }
+        }
+        self.context = upto - keep;
     }
 }

@@ -25,13 +25,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use switchyard_proto::v1 as pb;
 
 use super::Action;
-use super::enforce::{Decisions, Guard, TEXT_FIELDS, blocked, count, walk};
+use super::enforce::{Decisions, Guard, blocked, count};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
+use crate::llm::text::{self, Place};
 use crate::llm::{Body, Incoming};
 use crate::metrics::WebhookLabels;
 
@@ -199,42 +199,39 @@ pub async fn request(
     let Body::Raw(raw) = &mut incoming.body else {
         return Ok(());
     };
-    let mut fields: Vec<(&str, Value)> = TEXT_FIELDS
-        .iter()
-        .filter_map(|f| Some((*f, serde_json::from_slice(raw.get(f)?).ok()?)))
-        .collect();
-    let mut values: Vec<&mut Value> = fields.iter_mut().map(|(_, v)| v).collect();
     let hooked = guards.iter().filter(|g| g.request && g.webhook.is_some());
-    if check(gw, hooked, Phase::Request, ctx, &mut values, decisions).await? {
-        for (field, value) in fields {
-            if let Ok(json) = serde_json::to_vec(&value) {
-                raw.set(field, json);
-            }
-        }
+    let opts = text::Options { skip_model: true };
+    if let Some(new) = check(gw, hooked, Phase::Request, ctx, raw.text(), opts, decisions).await? {
+        *raw = super::enforce::reread(new)?;
     }
     Ok(())
 }
 
-/// Runs the webhooks of `guards`, in order, over the text strings of `values`; a redaction
-/// is written back (and seen by the next webhook). `Ok(true)`: something was redacted.
+/// Runs the webhooks of `guards`, in order, over the texts of a JSON body (strings and
+/// encoded text, as [`text::edit`] finds them); a redaction is written back (and seen by the
+/// next webhook). `Some`: the body, redacted.
 pub async fn check<'g>(
     gw: &Gateway,
     guards: impl Iterator<Item = &'g Arc<Guard>>,
     phase: Phase,
     ctx: &Context,
-    values: &mut [&mut Value],
+    json: &str,
+    opts: text::Options,
     decisions: &mut Decisions,
-) -> Result<bool, ProxyError> {
+) -> Result<Option<String>, ProxyError> {
+    let sent = |p: Place| matches!(p, Place::String | Place::Encoded);
     let mut texts = Vec::new();
-    for v in values.iter_mut() {
-        let _ = walk(v, &mut |t: &mut String| {
-            texts.push(t.clone());
-            Ok(())
-        });
-    }
+    text::edit(json, opts, &mut |t: &str, p| {
+        if sent(p) {
+            texts.push(t.to_owned());
+        }
+        Ok::<_, std::convert::Infallible>(None)
+    })
+    .map_err(|_| ProxyError::new(ErrorKind::Internal, "a checked body is not JSON"))?;
     if texts.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
+    let originals = texts.clone();
     let mut changed = false;
     for g in guards {
         let Some(hook) = &g.webhook else { continue };
@@ -296,18 +293,21 @@ pub async fn check<'g>(
             }
         }
     }
-    if changed {
-        let mut next = texts.into_iter();
-        for v in values.iter_mut() {
-            let _ = walk(v, &mut |t: &mut String| {
-                if let Some(new) = next.next() {
-                    *t = new;
-                }
-                Ok(())
-            });
-        }
+    if !changed {
+        return Ok(None);
     }
-    Ok(changed)
+    // The same walk, in the same order: each text becomes its redacted self.
+    let mut next = originals.into_iter().zip(texts);
+    let edited = text::edit(json, opts, &mut |_: &str, p| {
+        Ok::<_, std::convert::Infallible>(if sent(p) {
+            next.next()
+                .and_then(|(was, new)| (new != was).then_some(new))
+        } else {
+            None
+        })
+    })
+    .map_err(|_| ProxyError::new(ErrorKind::Internal, "a checked body is not JSON"))?;
+    Ok(edited)
 }
 
 /// A webhook's detector name as it may appear in an error: letters, digits, `_` and `-`,
