@@ -73,6 +73,12 @@ struct Args {
     poll_interval: Duration,
     #[command(flatten)]
     otlp: switchyard_otel::OtlpArgs,
+    /// Namespaces served (`kubernetes` source, comma-separated): Secrets are read only in
+    /// these (one watch each, needing only a Role there), generated key Secrets are written
+    /// only there, and resources of any other namespace are left out of the configuration
+    /// (`NamespaceNotServed`). Empty: every namespace (Secrets read cluster-wide).
+    #[arg(long, env = "SWITCHYARD_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Namespace of the control plane's own objects (Leases) (`kubernetes` source).
     #[arg(
         long,
@@ -183,7 +189,8 @@ async fn operator(args: Args, opts: Options) -> Result<()> {
             }
         }
     };
-    let (stores, watches) = kube_source::watches(&client);
+    let served = (!args.watch_namespaces.is_empty()).then_some(args.watch_namespaces.as_slice());
+    let (stores, watches) = kube_source::watches(&client, served);
     let (leadership, lease_task) = leader::start(
         client.clone(),
         leader::LeaseSettings {

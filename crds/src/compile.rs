@@ -274,9 +274,26 @@ impl Compiler {
                 }
             };
 
+        // Resources of namespaces this control plane does not serve are left out first.
+        let unserved = |key: &ResourceKey| {
+            world
+                .served
+                .as_ref()
+                .is_some_and(|s| !s.contains(&key.namespace))
+        };
+        let not_served = || {
+            Reject::spec(
+                "NamespaceNotServed",
+                "this namespace is not one the control plane serves (--watch-namespaces)",
+            )
+        };
         let mut pools = Vec::new();
         for pool in sorted(&world.pools) {
             let key = ResourceKey::of(pool);
+            if unserved(&key) {
+                admit(key, Err(not_served()), &mut diagnostics);
+                continue;
+            }
             match compile_pool(pool, &key, world) {
                 Ok(p) => {
                     admit(key, Ok(()), &mut diagnostics);
@@ -297,32 +314,31 @@ impl Compiler {
             .collect();
 
         // Oldest first, so that a resource already in service keeps what it claims (model names,
-        // keys) against a newer one; the snapshot itself is ordered by id.
+        // keys) against a newer one; the snapshot itself is ordered by id. Claims are per
+        // namespace (see `tenancy`).
         let mut routes = Vec::new();
-        let mut claimed: BTreeMap<&str, String> = BTreeMap::new();
+        let mut claims = tenancy::Claims::default();
         for route in by_age(&world.routes) {
             let key = ResourceKey::of(route);
+            if unserved(&key) {
+                admit(key, Err(not_served()), &mut diagnostics);
+                continue;
+            }
             let compiled =
-                compile_route(route, &key, &pool_index, &rejected_pools).and_then(|r| match route
-                    .spec
-                    .models
-                    .iter()
-                    .filter(|m| !m.contains(['*', '?']))
-                    .find_map(|m| claimed.get(m.as_str()).map(|w| (m, w)))
-                {
-                    Some((m, winner)) => Err(Reject::spec(
-                        "ModelConflict",
-                        format!(
-                            "model {m:?} is already served by LLMRoute {winner}, which is older"
-                        ),
-                    )),
-                    None => Ok(r),
+                compile_route(route, &key, &pool_index, &rejected_pools).and_then(|mut r| {
+                    let (listed, all) = tenancy::admitted(
+                        "spec.keyNamespaces",
+                        route.spec.key_namespaces.as_ref(),
+                        &key.namespace,
+                        &world.namespaces,
+                    )?;
+                    tenancy::admit(&mut r, listed, all);
+                    claims.check(&key, &route.spec.models)?;
+                    Ok(r)
                 });
             match compiled {
                 Ok(r) => {
-                    for m in route.spec.models.iter().filter(|m| !m.contains(['*', '?'])) {
-                        claimed.insert(m, key.id());
-                    }
+                    claims.claim(&key, &route.spec.models);
                     admit(key, Ok(()), &mut diagnostics);
                     routes.push(r);
                 }
@@ -337,6 +353,10 @@ impl Compiler {
         let mut seen_hashes: HashMap<[u8; 32], String> = HashMap::with_capacity(world.keys.len());
         for vk in by_age(&world.keys) {
             let key = ResourceKey::of(vk);
+            if unserved(&key) {
+                admit(key, Err(not_served()), &mut diagnostics);
+                continue;
+            }
             let compiled =
                 self.key(vk, &key, world)
                     .and_then(|(k, raw, hash)| match seen_hashes.entry(raw) {
@@ -344,13 +364,9 @@ impl Compiler {
                             v.insert(key.id());
                             Ok((k, hash))
                         }
-                        std::collections::hash_map::Entry::Occupied(o) => Err(Reject::spec(
-                            "DuplicateKey",
-                            format!(
-                                "VirtualKey {} already uses the same key, and is older",
-                                o.get()
-                            ),
-                        )),
+                        std::collections::hash_map::Entry::Occupied(o) => {
+                            Err(tenancy::duplicate_key(&key, o.get()))
+                        }
                     });
             match compiled {
                 Ok(k) => {
@@ -374,6 +390,10 @@ impl Compiler {
         let mut guardrails = Vec::new();
         for g in sorted(&world.guardrails) {
             let key = ResourceKey::of(g);
+            if unserved(&key) {
+                admit(key, Err(not_served()), &mut diagnostics);
+                continue;
+            }
             match compile_guardrail(g, &key, &world.routes) {
                 Ok(c) => {
                     admit(key, Ok(()), &mut diagnostics);
@@ -588,15 +608,7 @@ fn compile_key(
     for (i, m) in spec.allowed_models.iter().enumerate() {
         validate::model_glob(&format!("spec.allowedModels[{i}]"), m)?;
     }
-    let mut allowed_routes = Vec::with_capacity(spec.allowed_routes.len());
-    for (i, r) in spec.allowed_routes.iter().enumerate() {
-        validate::model_glob(&format!("spec.allowedRoutes[{i}]"), r)?;
-        allowed_routes.push(if r.contains('/') {
-            r.clone()
-        } else {
-            format!("{}/{r}", key.namespace)
-        });
-    }
+    let allowed_routes = tenancy::allowed_routes(key, &spec.allowed_routes)?;
     let mut model_limits = Vec::with_capacity(spec.model_limits.len());
     for (i, m) in spec.model_limits.iter().enumerate() {
         validate::model_glob(&format!("spec.modelLimits[{i}].model"), &m.model)?;
@@ -762,6 +774,7 @@ fn compile_guardrail(
 }
 
 mod routing;
+mod tenancy;
 use routing::{compile_pool, compile_route};
 
 #[cfg(test)]

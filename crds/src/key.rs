@@ -17,7 +17,7 @@ use crate::common::{Condition, RateLimits};
     status = "VirtualKeyStatus",
     shortname = "vk",
     category = "switchyard",
-    printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".status.keyPrefix"}"#,
+    printcolumn = r#"{"name":"Fingerprint","type":"string","jsonPath":".status.keyPrefix"}"#,
     printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
     printcolumn = r#"{"name":"Spend","type":"string","jsonPath":".status.spend.amount"}"#,
     printcolumn = r#"{"name":"Budget","type":"string","jsonPath":".spec.budget.amount"}"#,
@@ -40,8 +40,10 @@ pub struct VirtualKeySpec {
     /// A disabled key is rejected with 401.
     #[serde(default)]
     pub disabled: bool,
-    /// LLMRoutes this key may use (globs): `name` for a route in the key's namespace,
-    /// `namespace/name` for any. Empty: every route whose key selector admits the key.
+    /// LLMRoutes this key may use (globs over names): `name` for a route in the key's
+    /// namespace, `namespace/name` for one in another namespace, which must admit this key's
+    /// namespace (`spec.keyNamespaces` on the route); the namespace is written out, never a
+    /// glob. Empty: every route of the key's own namespace whose key selector admits it.
     #[serde(default)]
     pub allowed_routes: Vec<String>,
     /// Rate limits over everything this key sends.
@@ -130,7 +132,8 @@ pub struct VirtualKeyStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The first characters of the key, to recognise it without revealing it.
+    /// A fingerprint of the key (`sha256:` and the first 12 hex digits of its SHA-256), to
+    /// recognise it without revealing any of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
     /// Spend in the current budget period, as the data planes recorded it in Redis.

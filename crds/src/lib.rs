@@ -30,8 +30,8 @@ pub use pool::{
     PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind, ProviderPool, ProviderPoolSpec,
 };
 pub use route::{
-    CacheEmbedding, CacheMode, CacheScope, CacheSpec, CacheText, FallbackGroup, KeySelector,
-    LLMRoute, LLMRouteSpec, RetryPolicy, RouteAudit, RouteBackend,
+    CacheEmbedding, CacheMode, CacheScope, CacheSpec, CacheText, FallbackGroup, KeyNamespaces,
+    KeySelector, LLMRoute, LLMRouteSpec, NamespacesFrom, RetryPolicy, RouteAudit, RouteBackend,
 };
 pub use world::World;
 

@@ -44,9 +44,15 @@ pub struct LLMRouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<FallbackGroup>,
     /// Which VirtualKeys may use this route: every label listed must be on the key.
-    /// Absent: every key.
+    /// Absent: every key (of the namespaces the route admits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_selector: Option<KeySelector>,
+    /// Which namespaces' VirtualKeys may use this route. Default: its own only
+    /// (`from: Same`). A key of another namespace must also name the route in its
+    /// `allowedRoutes` (`namespace/name`): both owners agree, as a Gateway's
+    /// `allowedRoutes` and a route's `parentRefs` do in Gateway API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_namespaces: Option<KeyNamespaces>,
     /// Rate limits over everything sent through this route, by every key together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RateLimits>,
@@ -158,6 +164,28 @@ pub struct RouteBackend {
     /// Relative weight (0 takes the backend out of rotation). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+/// The namespaces whose keys a route admits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyNamespaces {
+    /// `Same` (default): the route's own namespace. `All`: every namespace. `Selector`: the
+    /// namespaces whose labels match `selector`.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// With `from: Selector`: labels the namespace must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<KeySelector>,
+}
+
+/// Where admitted keys may come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NamespacesFrom {
+    #[default]
+    Same,
+    All,
+    Selector,
 }
 
 /// A label selector over VirtualKeys (equality only).

@@ -25,6 +25,16 @@ pub enum InvalidField {
     Other { field: String, message: String },
 }
 
+impl InvalidField {
+    /// Any other reason a field is invalid.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Other {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Largest weight accepted, to keep weighted sums far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 

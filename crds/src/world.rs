@@ -22,6 +22,11 @@ pub struct World {
     pub guardrails: Vec<Guardrail>,
     /// Secret values by namespace, then name.
     pub secrets: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    /// The labels of each namespace known (what `keyNamespaces: {from: Selector}` matches).
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The namespaces this control plane serves (`None`: every one). Resources elsewhere are
+    /// left out, each with a diagnostic.
+    pub served: Option<std::collections::BTreeSet<String>>,
     /// Environment variables that `credentialEnv` may reference (standalone mode).
     pub env: BTreeMap<String, String>,
     /// Documents that could not be parsed, with where they came from.
@@ -135,6 +140,11 @@ impl World {
             ("v1", "Secret") => {
                 let secret: Secret = parse("Secret", value)?;
                 self.add_secret(&secret);
+            }
+            ("v1", "Namespace") => {
+                let ns: k8s_openapi::api::core::v1::Namespace = parse("Namespace", value)?;
+                let labels = ns.labels().clone();
+                self.namespaces.insert(ns.name_any(), labels);
             }
             ("v1", "List") => {
                 let items = value.get("items").and_then(|i| i.as_sequence()).cloned();

@@ -79,13 +79,16 @@ impl KeyEntry {
             || self.allowed_models.iter().any(|p| glob::matches(p, model))
     }
 
-    /// Whether the key's route allow-list admits a route.
-    pub fn allows_route(&self, route_id: &str) -> bool {
-        self.allowed_routes.is_empty()
-            || self
-                .allowed_routes
-                .iter()
-                .any(|p| glob::matches(p, route_id))
+    /// Whether the key's route allow-list admits a route: a route of its own namespace when
+    /// the list is empty or names it, a route of another namespace only when the list names
+    /// it (with that namespace written out).
+    pub fn allows_route(&self, route_id: &str, own_namespace: bool) -> bool {
+        if self.allowed_routes.is_empty() {
+            return own_namespace;
+        }
+        self.allowed_routes
+            .iter()
+            .any(|p| glob::matches(p, route_id))
     }
 
     /// The key's per-model limits that apply to a model, with their index.
@@ -192,10 +195,22 @@ pub struct FallbackEntry {
     pub backends: Vec<BackendEntry>,
 }
 
+/// The namespaces besides its own whose keys a route admits.
+#[derive(Debug, Default)]
+pub enum Admits {
+    /// Its own only.
+    #[default]
+    Own,
+    Listed(Vec<String>),
+    All,
+}
+
 #[derive(Debug)]
 pub struct RouteEntry {
     pub id: String,
     pub models: Vec<String>,
+    /// Other namespaces whose keys it admits (such a key must also name it).
+    pub admits: Admits,
     pub backends: Vec<BackendEntry>,
     pub strategy: Strategy,
     /// Round-robin position.
@@ -215,10 +230,28 @@ pub struct RouteEntry {
 }
 
 impl RouteEntry {
-    /// Whether the route admits a key: its selector matches the key's labels and the key's
-    /// route allow-list names it.
+    /// The route's namespace (its tenant).
+    pub fn namespace(&self) -> &str {
+        self.id.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    /// Whether keys of `namespace` may use the route (their own allow-list aside).
+    pub fn admits(&self, namespace: &str) -> bool {
+        namespace == self.namespace()
+            || match &self.admits {
+                Admits::Own => false,
+                Admits::Listed(l) => l.iter().any(|n| n == namespace),
+                Admits::All => true,
+            }
+    }
+
+    /// Whether the route serves a key: it admits the key's namespace, the key's route
+    /// allow-list names it (or, in the route's own namespace, is empty), and its selector
+    /// matches the key's labels.
     pub fn selects(&self, key: &KeyEntry) -> bool {
-        key.allows_route(&self.id)
+        let ns = key.namespace();
+        self.admits(ns)
+            && key.allows_route(&self.id, ns == self.namespace())
             && self
                 .key_selector
                 .iter()
@@ -235,7 +268,8 @@ pub struct RuntimeConfig {
     pools: HashMap<String, Arc<PoolEntry>>,
     /// The routes as sent, by id: reindexed when a route or a pool changes.
     route_protos: Arc<BTreeMap<String, pb::Route>>,
-    exact_routes: HashMap<String, Arc<RouteEntry>>,
+    /// Routes by exact model name: one per namespace that claims it.
+    exact_routes: HashMap<String, Vec<Arc<RouteEntry>>>,
     glob_routes: Vec<(String, Arc<RouteEntry>)>,
     routes: Vec<Arc<RouteEntry>>,
     /// Generations of pools and routes (what a NACK of a reindexed route names).
@@ -507,6 +541,7 @@ impl RuntimeConfig {
                         retry: None,
                         fallbacks: Vec::new(),
                         key_selector: BTreeMap::new(),
+                        admits: Admits::Own,
                         limits: Limits::default(),
                         audit_text: false,
                         cache: None,
@@ -535,24 +570,32 @@ impl RuntimeConfig {
                 retry: RetrySettings::from_proto(r.retry.as_ref()),
                 fallbacks,
                 key_selector: r.key_selector.clone(),
+                admits: if r.key_namespaces_all {
+                    Admits::All
+                } else if r.key_namespaces.is_empty() {
+                    Admits::Own
+                } else {
+                    Admits::Listed(r.key_namespaces.clone())
+                },
                 limits: Limits::from_proto(r.limits),
                 audit_text: r.audit_text,
                 cache,
                 embedder,
             }));
         }
-        let mut exact_routes = HashMap::new();
+        let mut exact_routes: HashMap<String, Vec<Arc<RouteEntry>>> = HashMap::new();
         let mut glob_routes = Vec::new();
         for route in &routes {
             for m in &route.models {
                 if glob::is_glob(m) {
                     glob_routes.push((m.clone(), route.clone()));
                 } else {
-                    // Routes are in id order: the first claim on a name wins (the control
-                    // plane already rejects a second claim).
-                    exact_routes
-                        .entry(m.clone())
-                        .or_insert_with(|| route.clone());
+                    // Routes are in id order: the first claim on a name in a namespace wins
+                    // (the control plane already rejects a second claim).
+                    let claims = exact_routes.entry(m.clone()).or_default();
+                    if !claims.iter().any(|c| c.namespace() == route.namespace()) {
+                        claims.push(route.clone());
+                    }
                 }
             }
         }
@@ -644,34 +687,68 @@ impl RuntimeConfig {
         self.keys.get(hash)
     }
 
-    /// The route answering a client-facing model name: exact names first, then globs.
-    pub fn route(&self, model: &str) -> Option<&Arc<RouteEntry>> {
-        self.exact_routes.get(model).or_else(|| {
-            self.glob_routes
+    /// The route answering a client-facing model name for a key. A key's own namespace
+    /// comes first (an exact name, then a glob); then the routes of other namespaces its
+    /// `allowedRoutes` name, in that order, where they admit it. A name no route the key can
+    /// reach serves is unknown to it, whoever else serves it.
+    pub fn route_for(&self, key: &KeyEntry, model: &str) -> Option<&Arc<RouteEntry>> {
+        let ns = key.namespace();
+        let exact = self.exact_routes.get(model);
+        if let Some(r) = exact.and_then(|rs| rs.iter().find(|r| r.namespace() == ns)) {
+            return Some(r);
+        }
+        if let Some((_, r)) = self
+            .glob_routes
+            .iter()
+            .find(|(p, r)| r.namespace() == ns && glob::matches(p, model))
+        {
+            return Some(r);
+        }
+        for entry in &key.allowed_routes {
+            let Some((theirs, _)) = entry.split_once('/') else {
+                continue;
+            };
+            if theirs == ns {
+                continue;
+            }
+            let reach = |r: &RouteEntry| {
+                r.namespace() == theirs && glob::matches(entry, &r.id) && r.admits(ns)
+            };
+            if let Some(r) = exact.and_then(|rs| rs.iter().find(|r| reach(r))) {
+                return Some(r);
+            }
+            if let Some((_, r)) = self
+                .glob_routes
                 .iter()
-                .find(|(p, _)| glob::matches(p, model))
-                .map(|(_, r)| r)
-        })
+                .find(|(p, r)| reach(r) && glob::matches(p, model))
+            {
+                return Some(r);
+            }
+        }
+        None
     }
 
     /// Model names a key may use, for `GET /v1/models`: exact route names, and for glob
-    /// routes the pool models the glob admits.
+    /// routes the pool models the glob admits, each where it resolves for the key to the
+    /// route that lists it.
     pub fn models_for(&self, key: &KeyEntry) -> Vec<String> {
         let mut out = std::collections::BTreeSet::new();
+        let serves = |m: &str, route: &Arc<RouteEntry>| {
+            self.route_for(key, m)
+                .is_some_and(|r| Arc::ptr_eq(r, route))
+                && key.allows(m)
+        };
         for route in self.routes.iter().filter(|r| r.selects(key)) {
             for m in &route.models {
                 if !glob::is_glob(m) {
-                    if self.route(m).is_some_and(|r| Arc::ptr_eq(r, route)) && key.allows(m) {
+                    if serves(m, route) {
                         out.insert(m.clone());
                     }
                     continue;
                 }
                 for b in &route.backends {
                     for pm in &b.pool.models {
-                        if glob::matches(m, pm)
-                            && key.allows(pm)
-                            && self.route(pm).is_some_and(|r| Arc::ptr_eq(r, route))
-                        {
+                        if glob::matches(m, pm) && serves(pm, route) {
                             out.insert(pm.clone());
                         }
                     }

@@ -11,7 +11,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{SpendStatus, VirtualKey};
@@ -77,11 +76,11 @@ async fn mint(vk: &VirtualKey, ctx: &Context) -> Result<(), Error> {
         return Ok(());
     };
     let name = &vk.spec.secret_ref.name;
-    let exists = ctx
-        .stores
-        .secrets
-        .get(&ObjectRef::new(name).within(&ns))
-        .is_some();
+    if ctx.stores.served.as_ref().is_some_and(|s| !s.contains(&ns)) {
+        // Not a namespace this operator serves: it has no Role there to create Secrets.
+        return Ok(());
+    }
+    let exists = ctx.stores.secrets.get(&ns, name).is_some();
     if exists || vk.meta().deletion_timestamp.is_some() {
         return Ok(());
     }
@@ -103,17 +102,21 @@ async fn mint(vk: &VirtualKey, ctx: &Context) -> Result<(), Error> {
     }
 }
 
-/// The first characters of the key, for `kubectl get` (never the key).
+/// A fingerprint of the key for `kubectl get`: of its SHA-256, never of the key itself (the
+/// Secret a VirtualKey names may hold anything, an AWS secret key included).
 fn prefix(vk: &VirtualKey, ctx: &Context) -> Option<String> {
     let secret = ctx.stores.secrets.get(
-        &ObjectRef::new(&vk.spec.secret_ref.name).within(&vk.namespace().unwrap_or_default()),
+        &vk.namespace().unwrap_or_default(),
+        &vk.spec.secret_ref.name,
     )?;
     let data = secret.data.as_ref()?.get(vk.spec.secret_ref.data_key())?;
     let value = std::str::from_utf8(&data.0).ok()?;
-    Some(format!(
-        "{}…",
-        value.trim().chars().take(10).collect::<String>()
-    ))
+    Some(fingerprint(value.trim()))
+}
+
+/// `sha256:` and the first 12 hex digits of the key's SHA-256 (what data planes hold).
+pub fn fingerprint(key: &str) -> String {
+    format!("sha256:{}", &switchyard_crds::key_hash(key)[..12])
 }
 
 /// A VirtualKey's key prefix and spend. `spend` is `None` when Redis has not been read yet:
@@ -194,6 +197,15 @@ mod tests {
     }
 
     use std::collections::HashMap;
+
+    #[test]
+    fn the_fingerprint_shows_nothing_of_the_key() {
+        let secret = "AKIAIOSFODNN7EXAMPLE";
+        let f = fingerprint(secret);
+        assert!(f.starts_with("sha256:") && f.len() == 19, "{f}");
+        assert!(!f.contains("AKIA"));
+        assert_eq!(f[7..], switchyard_crds::key_hash(secret)[..12]);
+    }
 
     #[test]
     fn key_status_carries_prefix_and_spend_and_keeps_spend_when_redis_is_away() {

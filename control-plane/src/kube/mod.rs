@@ -9,7 +9,11 @@
 //! [`triggers`] turns compile results, fleet changes and leadership into reconciles of the
 //! objects they affect. Only the leader (one Lease) writes, fenced on its lease.
 //!
-//! Only Secrets labelled [`switchyard_crds::SECRET_LABEL`] are watched.
+//! Only Secrets labelled [`switchyard_crds::SECRET_LABEL`] are watched, and with
+//! `--watch-namespaces` only in those namespaces (one watch each, with a Role there): the
+//! operator then reads no Secret of any other namespace, and resources elsewhere are left
+//! out of the configuration (their status says so). Namespaces themselves are watched for
+//! their labels, which `keyNamespaces: {from: Selector}` on a route matches.
 
 pub mod context;
 pub mod controllers;
@@ -26,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -67,16 +71,46 @@ pub struct Stores {
     pub routes: Store<LLMRoute>,
     pub keys: Store<VirtualKey>,
     pub guardrails: Store<Guardrail>,
-    /// Only Secrets labelled [`switchyard_crds::SECRET_LABEL`].
-    pub secrets: Store<Secret>,
+    /// Only Secrets labelled [`switchyard_crds::SECRET_LABEL`] (of the served namespaces).
+    pub secrets: SecretStores,
+    /// Namespaces, for their labels.
+    pub namespaces: Store<Namespace>,
+    /// The namespaces served (`None`: every one).
+    pub served: Option<Arc<BTreeSet<String>>>,
     /// Bumped on every change to any store.
     pub changes: Changes,
-    /// How many kinds completed their first list.
+    /// How many watches completed their first list.
     synced: watch::Receiver<usize>,
+    /// How many watches there are.
+    watches: usize,
 }
 
-/// The kinds watched: the four resources and Secrets.
-const KINDS: usize = 5;
+/// The watched Secrets: one cluster-wide cache, or one per served namespace.
+#[derive(Clone)]
+pub enum SecretStores {
+    All(Store<Secret>),
+    Namespaced(std::collections::BTreeMap<String, Store<Secret>>),
+}
+
+impl std::fmt::Debug for SecretStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All(_) => f.write_str("SecretStores::All"),
+            Self::Namespaced(m) => f.debug_list().entries(m.keys()).finish(),
+        }
+    }
+}
+
+impl SecretStores {
+    /// A watched Secret by namespace and name (`None` outside the served namespaces).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = reflector::ObjectRef::new(name).within(namespace);
+        match self {
+            Self::All(s) => s.get(&key),
+            Self::Namespaced(m) => m.get(namespace)?.get(&key),
+        }
+    }
+}
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,8 +172,9 @@ where
     (reader, stream)
 }
 
-/// Starts nothing yet: returns the stores and the streams that fill them (cluster-wide).
-pub fn watches(client: &Client) -> (Stores, Watches) {
+/// Starts nothing yet: returns the stores and the streams that fill them. The four kinds
+/// and Namespaces are watched cluster-wide; Secrets cluster-wide, or in each of `served`.
+pub fn watches(client: &Client, served: Option<&[String]>) -> (Stores, Watches) {
     let changes = Changes::default();
     let (synced_tx, synced) = watch::channel(0);
     let synced_tx = Arc::new(synced_tx);
@@ -153,8 +188,29 @@ pub fn watches(client: &Client) -> (Stores, Watches) {
     let (keys, key_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
     let (c, ch, sy) = watch(all());
     let (guardrails, guardrail_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
-    let (c, ch, sy) = watch(all().labels(switchyard_crds::SECRET_LABEL));
-    let (secrets, secret_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+    let (c, ch, sy) = watch(all());
+    let (namespaces, _) = watch_kind::<Namespace>(Api::all(client.clone()), c, ch, sy);
+    let labelled = || all().labels(switchyard_crds::SECRET_LABEL);
+    let (secrets, secret_stream, secret_watches) = match served {
+        None => {
+            let (c, ch, sy) = watch(labelled());
+            let (store, stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
+            (SecretStores::All(store), stream, 1)
+        }
+        Some(list) => {
+            let mut stores = std::collections::BTreeMap::new();
+            let mut streams = Vec::new();
+            for ns in list {
+                let (c, ch, sy) = watch(labelled());
+                let (store, stream) = watch_kind(Api::namespaced(client.clone(), ns), c, ch, sy);
+                stores.insert(ns.clone(), store);
+                streams.push(stream);
+            }
+            let n = stores.len();
+            let merged = futures_util::stream::select_all(streams).boxed();
+            (SecretStores::Namespaced(stores), merged, n)
+        }
+    };
     (
         Stores {
             pools,
@@ -162,8 +218,12 @@ pub fn watches(client: &Client) -> (Stores, Watches) {
             keys,
             guardrails,
             secrets,
+            namespaces,
+            served: served.map(|l| Arc::new(l.iter().cloned().collect())),
             changes,
             synced,
+            // The four kinds, Namespaces, and the Secret watches.
+            watches: 5 + secret_watches,
         },
         Watches {
             pools: pool_stream,
@@ -182,7 +242,8 @@ impl Stores {
     /// False when the watches stopped first.
     pub async fn ready(&self) -> bool {
         let mut synced = self.synced.clone();
-        synced.wait_for(|n| *n >= KINDS).await.is_ok()
+        let all = self.watches;
+        synced.wait_for(|n| *n >= all).await.is_ok()
     }
 
     /// The current World: every resource, and the values of the Secrets they reference.
@@ -197,6 +258,13 @@ impl Stores {
                 .iter()
                 .map(|p| (**p).clone())
                 .collect(),
+            namespaces: self
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone()))
+                .collect(),
+            served: self.served.as_deref().cloned(),
             ..Default::default()
         };
         let mut referenced = BTreeSet::new();
@@ -218,10 +286,7 @@ impl Stores {
             ));
         }
         for (ns, name) in referenced {
-            if let Some(s) = self
-                .secrets
-                .get(&reflector::ObjectRef::new(&name).within(&ns))
-            {
+            if let Some(s) = self.secrets.get(&ns, &name) {
                 world.add_secret(&s);
             }
         }

@@ -439,6 +439,9 @@ pub(super) fn compile_route(
             .as_ref()
             .map(|c| compile_cache(c, key, pools, rejected_pools))
             .transpose()?,
+        // Filled by the caller (`tenancy::admit`).
+        key_namespaces: Vec::new(),
+        key_namespaces_all: false,
     })
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 
 mod cache;
+mod tenancy;
 
 const BASE: &str = r#"
 apiVersion: v1

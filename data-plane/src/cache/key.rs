@@ -576,6 +576,12 @@ mod tests {
             plan(&team, "r", &key("k1", "red"), &incoming(body, false)),
             plan(&team, "r", &key("k3", "blue"), &incoming(body, false)),
         );
+        // A label is its namespace's: the same team label in another namespace never shares.
+        assert_ne!(
+            plan(&team, "r", &key("victim/k1", "red"), &incoming(body, false)),
+            plan(&team, "r", &key("evil/k1", "red"), &incoming(body, false)),
+            "label scope: another namespace, another scope"
+        );
         let different = plan(
             &p,
             "r",

@@ -81,15 +81,27 @@ fn snapshot() -> pb::Snapshot {
     }
 }
 
+/// A key of the routes' namespace, with no labels.
+fn tenant() -> KeyEntry {
+    KeyEntry {
+        id: "ns/any".into(),
+        ..KeyEntry::default()
+    }
+}
+
 #[test]
 fn exact_routes_win_over_globs() {
     let cfg = valid(&snapshot());
-    assert_eq!(cfg.route("gpt-4o").map(|r| r.id.as_str()), Some("ns/exact"));
     assert_eq!(
-        cfg.route("gpt-4o-mini").map(|r| r.id.as_str()),
+        cfg.route_for(&tenant(), "gpt-4o").map(|r| r.id.as_str()),
+        Some("ns/exact")
+    );
+    assert_eq!(
+        cfg.route_for(&tenant(), "gpt-4o-mini")
+            .map(|r| r.id.as_str()),
         Some("ns/glob")
     );
-    assert!(cfg.route("claude").is_none());
+    assert!(cfg.route_for(&tenant(), "claude").is_none());
 }
 
 fn pick(route: &RouteEntry) -> Option<&BackendEntry> {
@@ -100,7 +112,7 @@ fn pick(route: &RouteEntry) -> Option<&BackendEntry> {
 #[test]
 fn weighted_backends_follow_weights() {
     let cfg = valid(&snapshot());
-    let route = cfg.route("gpt-4o").expect("route");
+    let route = cfg.route_for(&tenant(), "gpt-4o").expect("route");
     let n = 4000;
     let to_a = (0..n)
         .filter(|_| pick(route).is_some_and(|b| b.pool.id == "ns/a"))
@@ -121,12 +133,18 @@ fn keys_are_found_by_hash_and_selectors_apply() {
     ))
     .into();
     let key = cfg.key(&hash).expect("key by hash");
-    assert!(cfg.route("gpt-x").is_some_and(|r| r.selects(key)));
+    assert!(
+        cfg.route_for(&tenant(), "gpt-x")
+            .is_some_and(|r| r.selects(key))
+    );
     let stranger = KeyEntry {
-        id: "x".into(),
+        id: "ns/x".into(),
         ..KeyEntry::default()
     };
-    assert!(!cfg.route("gpt-x").is_some_and(|r| r.selects(&stranger)));
+    assert!(
+        !cfg.route_for(&tenant(), "gpt-x")
+            .is_some_and(|r| r.selects(&stranger))
+    );
     assert_eq!(
         cfg.models_for(key),
         vec!["gpt-4o".to_owned(), "m1".to_owned(), "m2".to_owned()]
@@ -134,12 +152,15 @@ fn keys_are_found_by_hash_and_selectors_apply() {
     assert_eq!(cfg.models_for(&stranger), vec!["gpt-4o".to_owned()]);
     // A route allow-list narrows what the selector admits.
     let only_exact = KeyEntry {
-        id: "y".into(),
+        id: "ns/y".into(),
         allowed_routes: vec!["ns/ex*".into()],
         labels: BTreeMap::from([("team".to_owned(), "x".to_owned())]),
         ..KeyEntry::default()
     };
-    assert!(!cfg.route("gpt-x").is_some_and(|r| r.selects(&only_exact)));
+    assert!(
+        !cfg.route_for(&tenant(), "gpt-x")
+            .is_some_and(|r| r.selects(&only_exact))
+    );
     assert_eq!(cfg.models_for(&only_exact), vec!["gpt-4o".to_owned()]);
 }
 
@@ -181,7 +202,9 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
         ]
     );
     // What is valid runs: the route keeps the backend whose pool loaded.
-    let route = cfg.route("gpt-4o").expect("the route still runs");
+    let route = cfg
+        .route_for(&tenant(), "gpt-4o")
+        .expect("the route still runs");
     assert_eq!(route.backends.len(), 1);
     assert_eq!(pick(route).map(|b| b.pool.id.as_str()), Some("ns/b"));
     assert_eq!(cfg.key_count(), 0);
@@ -196,7 +219,8 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
     assert_eq!(route.id, "ns/exact");
     assert!(route.message.contains("ns/a"), "{}", route.message);
     assert!(
-        cfg.route("gpt-4o").is_some_and(|r| r.id == "ns/glob"),
+        cfg.route_for(&tenant(), "gpt-4o")
+            .is_some_and(|r| r.id == "ns/glob"),
         "the glob route answers instead"
     );
 }
@@ -204,7 +228,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
 #[test]
 fn credentials_never_print() {
     let cfg = valid(&snapshot());
-    let route = cfg.route("gpt-4o").expect("route");
+    let route = cfg.route_for(&tenant(), "gpt-4o").expect("route");
     let dbg = format!("{:?}", route.backends[0].pool);
     assert!(!dbg.contains("sk-up"), "{dbg}");
 }
@@ -252,7 +276,11 @@ fn auth_and_framing_are_data_on_the_pool() {
         });
     }
     let cfg = valid(&s);
-    let pool = |m: &str| cfg.route(m).expect("route").backends[0].pool.clone();
+    let pool = |m: &str| {
+        cfg.route_for(&tenant(), m).expect("route").backends[0]
+            .pool
+            .clone()
+    };
     let br = pool("br");
     assert_eq!(
         br.provider,
@@ -338,17 +366,23 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
     assert_eq!(next.version, "v2");
     assert!(next.key(&hash("sk-test-key")).is_none(), "removed");
     assert!(next.key(&hash("sk-second-key")).is_some(), "added");
-    assert!(next.route("brand-new").is_some());
-    assert!(next.route("gpt-4o").is_some_and(|r| r.id == "ns/exact"));
+    assert!(next.route_for(&tenant(), "brand-new").is_some());
+    assert!(
+        next.route_for(&tenant(), "gpt-4o")
+            .is_some_and(|r| r.id == "ns/exact")
+    );
     // Unchanged pools are the same entries (their connections survive the delta).
     let pool = |c: &RuntimeConfig| {
-        c.route("gpt-4o")
+        c.route_for(&tenant(), "gpt-4o")
             .map(|r| r.backends[0].pool.clone())
             .expect("pool")
     };
     assert!(Arc::ptr_eq(&pool(&base), &pool(&next)));
     // The base is untouched.
-    assert!(base.key(&hash("sk-test-key")).is_some() && base.route("brand-new").is_none());
+    assert!(
+        base.key(&hash("sk-test-key")).is_some()
+            && base.route_for(&tenant(), "brand-new").is_none()
+    );
 
     // A changed pool that cannot load here is NACKed with the delta's generation, and the
     // route that only it served goes with it; removing the pool clears both.
@@ -372,7 +406,9 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
         .collect();
     assert_eq!(ids, vec![("ProviderPool", "ns/a", 4)]);
     assert_eq!(
-        third.route("gpt-4o").map(|r| r.backends.len()),
+        third
+            .route_for(&tenant(), "gpt-4o")
+            .map(|r| r.backends.len()),
         Some(1),
         "the route keeps its other backend"
     );
@@ -388,4 +424,60 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
     };
     let (_, rejected) = third.apply_delta(&gone, "v4", &Upstreams::default());
     assert!(rejected.is_empty(), "{rejected:?}");
+}
+
+/// Two tenants: what `evil` declares never answers `victim`'s keys, whatever it claims.
+#[test]
+fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
+    let route = |id: &str, models: &[&str], all: bool| pb::Route {
+        id: id.into(),
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        backends: vec![pb::Backend {
+            pool: "ns/b".into(),
+            model: String::new(),
+            weight: 1,
+        }],
+        key_namespaces_all: all,
+        ..Default::default()
+    };
+    let mut s = snapshot();
+    s.routes = vec![
+        route("victim/chat", &["gpt-*"], false),
+        // An exact name beating the victim's glob, admitting every namespace.
+        route("evil/capture", &["gpt-4o", "claude-*", "*"], true),
+        route("shared/models", &["shared-*", "gpt-4o"], true),
+        route("closed/models", &["closed-*"], false),
+    ];
+    let cfg = valid(&s);
+    let key = |id: &str, allowed: &[&str]| KeyEntry {
+        id: id.into(),
+        allowed_routes: allowed.iter().map(|a| (*a).to_owned()).collect(),
+        ..KeyEntry::default()
+    };
+    let victim = key("victim/app", &[]);
+    let id = |k: &KeyEntry, m: &str| cfg.route_for(k, m).map(|r| r.id.clone());
+    // The victim's own glob answers, the other namespace's exact name and `*` do not.
+    assert_eq!(id(&victim, "gpt-4o").as_deref(), Some("victim/chat"));
+    assert_eq!(
+        id(&victim, "claude-opus-4-1"),
+        None,
+        "unknown to the victim"
+    );
+    assert_eq!(id(&victim, "shared-x"), None, "not named by the key");
+    assert_eq!(cfg.models_for(&victim), Vec::<String>::new());
+    // A key naming another namespace's route reaches it when that route admits it, after
+    // its own namespace's routes.
+    let sharing = key("victim/sharing", &["victim/*", "shared/models", "closed/*"]);
+    assert_eq!(id(&sharing, "gpt-4o").as_deref(), Some("victim/chat"));
+    assert_eq!(id(&sharing, "shared-x").as_deref(), Some("shared/models"));
+    assert_eq!(id(&sharing, "closed-x"), None, "closed does not admit it");
+    // The attacker's own keys reach the attacker's routes, and nothing of the victim's.
+    let evil = key("evil/k", &["victim/*"]);
+    assert_eq!(id(&evil, "gpt-4o").as_deref(), Some("evil/capture"));
+    assert_eq!(id(&evil, "anything").as_deref(), Some("evil/capture"));
+    let chat = cfg.route_for(&victim, "gpt-4o").expect("victim route");
+    assert!(
+        !chat.selects(&evil),
+        "naming a route is not enough: it must admit"
+    );
 }

@@ -44,7 +44,7 @@ pub fn resolve<'c>(
     key: &KeyEntry,
     model: &str,
 ) -> Result<Routed<'c>, ProxyError> {
-    let route = cfg.route(model).ok_or_else(|| {
+    let route = cfg.route_for(key, model).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::ModelNotFound,
             format!("The model `{model}` does not exist or you do not have access to it."),

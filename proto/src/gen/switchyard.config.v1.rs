@@ -290,6 +290,12 @@ pub struct Route {
     /// The response cache; unset: off.
     #[prost(message, optional, tag = "10")]
     pub cache: ::core::option::Option<CachePolicy>,
+    /// Namespaces besides its own whose keys may use the route (such a key must also name the
+    /// route in its allowed_routes), resolved by the compiler; key_namespaces_all: every one.
+    #[prost(string, repeated, tag = "11")]
+    pub key_namespaces: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "12")]
+    pub key_namespaces_all: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CachePolicy {
@@ -385,7 +391,9 @@ pub struct VirtualKey {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
-    /// Route ids ("namespace/name", globs allowed) the key may use; empty = every route.
+    /// Route ids ("namespace/name-glob") the key may use; empty = every route of its own
+    /// namespace. An entry of another namespace names it literally (only a route of that
+    /// namespace admitting the key's is reached through it).
     #[prost(string, repeated, tag = "7")]
     pub allowed_routes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "8")]

@@ -291,6 +291,7 @@ async fn only_a_replica_holding_the_lease_writes() {
             retries: None,
             fallbacks: Vec::new(),
             key_selector: None,
+            key_namespaces: None,
             limits: None,
             audit: None,
             cache: None,
@@ -304,7 +305,7 @@ async fn only_a_replica_holding_the_lease_writes() {
             http::Response<kube::client::Body>,
         >();
         let client = kube::Client::new(service, "default");
-        let (stores, _watches) = crate::kube::watches(&client);
+        let (stores, _watches) = crate::kube::watches(&client, None);
         let (_c_tx, compiled) = watch::channel(Some(std::sync::Arc::new(c.clone())));
         let (_f_tx, fleet) = watch::channel(std::sync::Arc::new(Fleet::new()));
         let ctx = Context::new(

@@ -104,13 +104,17 @@ impl Guard {
         })
     }
 
+    /// Whether the guardrail protects a key it targets: one it names, or one its selector
+    /// matches — of its own namespace only (a key's labels are its namespace's to choose,
+    /// so another namespace's selector must not reach it).
     fn selects_key(&self, key: &KeyEntry) -> bool {
-        self.keys.contains(&key.id)
+        let own = self.id.split_once('/').map(|(ns, _)| ns) == Some(key.namespace());
+        own && (self.keys.contains(&key.id)
             || (!self.key_selector.is_empty()
                 && self
                     .key_selector
                     .iter()
-                    .all(|(k, v)| key.labels.get(k) == Some(v)))
+                    .all(|(k, v)| key.labels.get(k) == Some(v))))
     }
 }
 
@@ -550,5 +554,49 @@ impl ResponsePhase {
         };
         record(metrics, &self.guards, &findings, decisions);
         Ok(edited.map(String::into_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(id: &str, keys: &[&str], selector: &[(&str, &str)]) -> Guard {
+        Guard::from_proto(&pb::Guardrail {
+            id: id.into(),
+            request_phase: true,
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            key_selector: selector
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            pii_entities: vec!["Email".into()],
+            ..Default::default()
+        })
+        .expect("guard")
+    }
+
+    /// A Guardrail's key selector and key list reach only keys of its own namespace: a key's
+    /// labels are chosen by its namespace's owner, and copying them gains nothing elsewhere.
+    #[test]
+    fn key_targets_match_only_their_own_namespace() {
+        let set = GuardSet::new([
+            guard("evil/tap", &[], &[("team", "payments")]),
+            guard("victim/pii", &["victim/app"], &[]),
+        ]);
+        let key = |id: &str| KeyEntry {
+            id: id.into(),
+            labels: BTreeMap::from([("team".to_owned(), "payments".to_owned())]),
+            ..KeyEntry::default()
+        };
+        let ids = |k: &KeyEntry| -> Vec<String> {
+            set.of("victim/chat", k)
+                .iter()
+                .map(|g| g.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&key("victim/app")), ["victim/pii"]);
+        assert_eq!(ids(&key("victim/other")), Vec::<String>::new());
+        assert_eq!(ids(&key("evil/own")), ["evil/tap"], "its own keys only");
     }
 }
