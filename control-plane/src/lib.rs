@@ -45,6 +45,8 @@ pub struct Options {
     pub otlp: switchyard_otel::OtlpArgs,
     /// This replica's name (`service.instance.id`).
     pub identity: String,
+    /// Where data planes may be sent (`--restrict-egress`).
+    pub egress: switchyard_crds::egress::Egress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +65,10 @@ async fn compile_loop(
     out: watch::Sender<server::Published>,
     metrics: Arc<metrics::Metrics>,
     pushes: Option<Arc<trace::Pushes>>,
+    egress: switchyard_crds::egress::Egress,
 ) {
     // Keeps what compiled before: an unchanged key is not hashed and validated again.
-    let mut compiler = switchyard_crds::compile::Compiler::default();
+    let mut compiler = switchyard_crds::compile::Compiler::with_egress(egress);
     loop {
         let world = worlds.borrow_and_update().clone();
         if let Some(world) = world {
@@ -147,7 +150,13 @@ pub async fn run<S: Source>(
         trace::Pushes::new(queue, server.nodes.clone())
     });
     server.pushes.clone_from(&pushes);
-    tokio::spawn(compile_loop(world_rx, snap_tx, metrics.clone(), pushes));
+    tokio::spawn(compile_loop(
+        world_rx,
+        snap_tx,
+        metrics.clone(),
+        pushes,
+        opts.egress.clone(),
+    ));
 
     let admin = TcpListener::bind(opts.admin_listen).await?;
     let admin_state = (snap_rx.clone(), metrics.clone());

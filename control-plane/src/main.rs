@@ -33,10 +33,18 @@ struct Args {
     #[command(subcommand)]
     command: Option<EtcdCommand>,
     /// Address of the gRPC config server.
-    #[arg(long, env = "SWITCHYARD_GRPC_LISTEN", default_value = "0.0.0.0:18000")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_GRPC_LISTEN",
+        default_value = "127.0.0.1:18000"
+    )]
     grpc_listen: SocketAddr,
     /// Address of the admin listener (/healthz, /readyz, /metrics).
-    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
     admin_listen: SocketAddr,
     /// PEM certificate (chain) of the gRPC server.
     #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
@@ -73,6 +81,18 @@ struct Args {
     poll_interval: Duration,
     #[command(flatten)]
     otlp: switchyard_otel::OtlpArgs,
+    /// Refuse ProviderPool endpoint and Guardrail webhook URLs that point at link-local or
+    /// metadata addresses, and at cluster-internal ones (loopback, private ranges, `*.svc`,
+    /// `*.cluster.local`, single-label names) unless allowed below.
+    #[arg(long, env = "SWITCHYARD_RESTRICT_EGRESS")]
+    restrict_egress: bool,
+    /// Internal ranges allowed with `--restrict-egress` (comma-separated CIDRs).
+    #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
+    egress_allow_cidrs: Vec<switchyard_crds::egress::Cidr>,
+    /// Internal host names allowed with `--restrict-egress` (comma-separated; `*.suffix`
+    /// allows a whole domain).
+    #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW_HOSTS", value_delimiter = ',')]
+    egress_allow_hosts: Vec<String>,
     /// Namespaces served (`kubernetes` source, comma-separated): Secrets are read only in
     /// these (one watch each, needing only a Role there), generated key Secrets are written
     /// only there, and resources of any other namespace are left out of the configuration
@@ -284,6 +304,11 @@ async fn main() -> Result<()> {
         client_auth: std::sync::Arc::new(client_auth),
         otlp: args.otlp.clone(),
         identity: args.identity.clone().unwrap_or_else(hostname),
+        egress: switchyard_crds::egress::Egress {
+            restrict: args.restrict_egress,
+            allow_cidrs: args.egress_allow_cidrs.clone(),
+            allow_hosts: args.egress_allow_hosts.clone(),
+        },
     };
     match args.source.clone() {
         SourceSpec::Dir(dir) => {

@@ -186,6 +186,8 @@ struct CachedKey {
 #[derive(Default)]
 pub struct Compiler {
     keys: HashMap<String, CachedKey>,
+    /// Where data planes may be sent (default: anywhere).
+    egress: crate::egress::Egress,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -197,6 +199,14 @@ impl std::fmt::Debug for Compiler {
 }
 
 impl Compiler {
+    /// A compiler that refuses destinations the egress restriction forbids.
+    pub fn with_egress(egress: crate::egress::Egress) -> Self {
+        Self {
+            egress,
+            ..Self::default()
+        }
+    }
+
     /// One VirtualKey, from the cache when its resourceVersion and key value are unchanged.
     /// Objects without a resourceVersion (built in code) are always compiled.
     fn key(
@@ -294,7 +304,7 @@ impl Compiler {
                 admit(key, Err(not_served()), &mut diagnostics);
                 continue;
             }
-            match compile_pool(pool, &key, world) {
+            match compile_pool(pool, &key, world, &self.egress) {
                 Ok(p) => {
                     admit(key, Ok(()), &mut diagnostics);
                     pools.push(p);
@@ -394,7 +404,7 @@ impl Compiler {
                 admit(key, Err(not_served()), &mut diagnostics);
                 continue;
             }
-            match compile_guardrail(g, &key, &world.routes) {
+            match compile_guardrail(g, &key, &world.routes, &self.egress) {
                 Ok(c) => {
                     admit(key, Ok(()), &mut diagnostics);
                     guardrails.push(c);
@@ -650,6 +660,7 @@ fn compile_guardrail(
     g: &Guardrail,
     key: &ResourceKey,
     routes: &[crate::LLMRoute],
+    egress: &crate::egress::Egress,
 ) -> Result<pb::Guardrail, Reject> {
     let spec = &g.spec;
     let targets = spec.targets.clone().unwrap_or_default();
@@ -712,7 +723,8 @@ fn compile_guardrail(
     let webhook = match &spec.webhook {
         None => None,
         Some(w) => {
-            validate::endpoint_url("spec.webhook.url", &w.url)?;
+            let url = validate::endpoint_url("spec.webhook.url", &w.url)?;
+            egress.check("spec.webhook.url", &url)?;
             let timeout = match &w.timeout {
                 Some(t) => validate::duration("spec.webhook.timeout", t)?,
                 None => std::time::Duration::from_secs(1),

@@ -4,6 +4,7 @@
 pub mod common;
 pub mod compile;
 pub mod delta;
+pub mod egress;
 pub mod guardrail;
 pub mod key;
 pub mod pool;
@@ -26,7 +27,7 @@ pub use key::{
     VirtualKeySpec, VirtualKeyStatus,
 };
 pub use pool::{
-    ConnectionPool, HealthCheck, LoadBalancingStrategy, MockSettings, OutlierDetection,
+    ConnectionPool, HealthCheck, LoadBalancingStrategy, MockSettings, ModelPrice, OutlierDetection,
     PoolEndpoint, PoolModel, PoolTimeouts, ProviderKind, ProviderPool, ProviderPoolSpec,
 };
 pub use route::{

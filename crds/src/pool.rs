@@ -28,9 +28,16 @@ pub struct ProviderPoolSpec {
     /// Endpoints of the provider. Optional for `mock`, which is built into the data plane.
     #[serde(default)]
     pub endpoints: Vec<PoolEndpoint>,
-    /// Models served by this pool. Routes may only send these names upstream.
+    /// Models served by this pool, with their prices. A backend that names a model must
+    /// name one of these; a route whose clients choose the name (a glob, no `model` on the
+    /// backend) may send others, but a key with a budget is refused a model that has no price
+    /// here (listed, an alias, or `defaultPrice`).
     #[serde(default)]
     pub models: Vec<PoolModel>,
+    /// Prices of a model the pool does not list. Unset: such a model costs nothing, and a key
+    /// with a budget cannot use it (a budget fails closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_price: Option<ModelPrice>,
     /// How requests are spread over the endpoints. Default `WeightedRandom`. (`Cost` is for
     /// a route's backends: every endpoint of a pool has the same prices.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,12 +122,26 @@ pub struct SecretNameRef {
     pub name: String,
 }
 
+/// Prices of a model not listed in a pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// Price in USD per million input tokens, as a decimal string.
+    pub input_price_per_million: String,
+    /// Price in USD per million output tokens, as a decimal string.
+    pub output_price_per_million: String,
+}
+
 /// A model served by a pool.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolModel {
     /// Upstream model name (for Azure: the deployment name).
     pub name: String,
+    /// Other names of the same model (a dated snapshot, a provider's alias): sent upstream
+    /// as they are, priced as this model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Context window in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,

@@ -65,6 +65,8 @@ pub struct KeyEntry {
     /// (model glob, limits) from the key's `modelLimits`.
     pub model_limits: Vec<(String, Limits)>,
     pub budget: Option<BudgetSpec>,
+    /// Requests of this key in flight on this data plane (its share of the concurrency).
+    pub in_flight: std::sync::atomic::AtomicU32,
 }
 
 impl KeyEntry {
@@ -159,8 +161,10 @@ pub struct PoolEntry {
     pub label: HeaderValue,
     pub timeouts: Timeouts,
     pub models: Vec<String>,
-    /// Prices by upstream model name.
-    pub prices: HashMap<String, Price>,
+    /// Prices by upstream model name (aliases included); `None`: listed without a price.
+    pub prices: HashMap<String, Option<Price>>,
+    /// The price of a model the pool does not list; `None`: unpriced.
+    pub default_price: Option<Price>,
     pub client: HttpClient,
     /// Most requests in flight per endpoint (0: no cap).
     pub max_connections: u32,
@@ -194,6 +198,9 @@ pub struct FallbackEntry {
     pub on: Vec<FailureClass>,
     pub backends: Vec<BackendEntry>,
 }
+
+/// Longest model name used as a metric label (configured names are validated far shorter).
+const MAX_MODEL_LABEL: usize = 256;
 
 /// The namespaces besides its own whose keys a route admits.
 #[derive(Debug, Default)]
@@ -233,6 +240,23 @@ impl RouteEntry {
     /// The route's namespace (its tenant).
     pub fn namespace(&self) -> &str {
         self.id.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    /// A model name as metrics and limit counters name it: the name itself when the
+    /// configuration lists it (an exact name of the route, or a model of one of its pools),
+    /// else `_other` — a name the client chose must not become a series or a Redis key.
+    pub fn model_label<'m>(&self, model: &'m str) -> &'m str {
+        let configured = self.models.iter().any(|m| m == model)
+            || self
+                .backends
+                .iter()
+                .chain(self.fallbacks.iter().flat_map(|f| &f.backends))
+                .any(|b| b.pool.models.iter().any(|m| m == model));
+        if configured && model.len() <= MAX_MODEL_LABEL {
+            model
+        } else {
+            "_other"
+        }
     }
 
     /// Whether keys of `namespace` may use the route (their own allow-list aside).
@@ -619,7 +643,7 @@ impl RuntimeConfig {
             let model = (!b.model.is_empty()).then(|| b.model.clone());
             let price = model
                 .as_ref()
-                .and_then(|m| pool.prices.get(m))
+                .and_then(|m| pool.price_of(m))
                 .map_or(0, |p| p.input.saturating_add(p.output));
             out.push(BackendEntry {
                 pool: pool.clone(),
@@ -783,6 +807,7 @@ fn key_entry(k: &pb::VirtualKey) -> KeyEntry {
             .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
             .collect(),
         budget: BudgetSpec::from_proto(k.budget),
+        in_flight: std::sync::atomic::AtomicU32::new(0),
     }
 }
 
@@ -906,6 +931,26 @@ fn endpoint_auth(
     })
 }
 
+fn price_of(m: &pb::Model) -> Price {
+    Price {
+        input: m.input_price_per_million_micros,
+        output: m.output_price_per_million_micros,
+        cache_read: m.cache_read_price_per_million_micros,
+        cache_write: m.cache_write_price_per_million_micros,
+    }
+}
+
+impl PoolEntry {
+    /// The price of an upstream model: its own (or its alias's), else the pool's default;
+    /// `None`: the pool has no price for it.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        match self.prices.get(model) {
+            Some(listed) => *listed,
+            None => self.default_price,
+        }
+    }
+}
+
 /// A header value of a resource id (ids are DNS names and `/`).
 fn label(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -987,16 +1032,14 @@ fn build_pool(p: &pb::Pool, upstreams: &Upstreams) -> Result<PoolEntry, String> 
         prices: p
             .models
             .iter()
-            .map(|m| {
-                let price = Price {
-                    input: m.input_price_per_million_micros,
-                    output: m.output_price_per_million_micros,
-                    cache_read: m.cache_read_price_per_million_micros,
-                    cache_write: m.cache_write_price_per_million_micros,
-                };
-                (m.name.clone(), price)
+            .flat_map(|m| {
+                let price = m.priced.then(|| price_of(m));
+                std::iter::once(&m.name)
+                    .chain(&m.aliases)
+                    .map(move |n| (n.clone(), price))
             })
             .collect(),
+        default_price: p.default_price.as_ref().map(price_of),
         client,
         max_connections: p.connection_pool.map_or(0, |c| c.max_connections),
     })

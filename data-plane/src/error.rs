@@ -88,6 +88,8 @@ pub enum ErrorKind {
     ModelNotFound,
     UnknownEndpoint,
     BodyTooLarge,
+    /// The request body did not arrive in time, or too slowly.
+    BodyTimeout,
     /// The request is valid but cannot be served by the upstream it routes to (a field
     /// without a counterpart, an operation the provider lacks).
     Unsupported,
@@ -115,9 +117,9 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             InvalidJson | InvalidRequest | MissingKey | InvalidKey | ExpiredKey | DisabledKey
-            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | Unsupported
-            | RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded
-            | GuardrailBlocked => Origin::Client,
+            | ModelNotAllowed | ModelNotFound | UnknownEndpoint | BodyTooLarge | BodyTimeout
+            | Unsupported | RateLimitRequests | RateLimitTokens | RateLimitParallel
+            | BudgetExceeded | GuardrailBlocked => Origin::Client,
             UpstreamTimeout | UpstreamConnect | UpstreamProtocol | UpstreamStatus => {
                 Origin::Upstream
             }
@@ -139,6 +141,7 @@ impl ErrorKind {
             ModelNotFound => "model_not_found",
             UnknownEndpoint => "unknown_endpoint",
             BodyTooLarge => "body_too_large",
+            BodyTimeout => "body_timeout",
             Unsupported => "unsupported",
             NotReady => "not_ready",
             UpstreamTimeout => "upstream_timeout",
@@ -271,6 +274,7 @@ impl ProxyError {
             ModelNotAllowed => StatusCode::FORBIDDEN,
             ModelNotFound | UnknownEndpoint => StatusCode::NOT_FOUND,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NotReady | LimitsUnavailable | GuardrailUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimitRequests | RateLimitTokens | RateLimitParallel | BudgetExceeded => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -313,6 +317,7 @@ impl ProxyError {
         use ErrorKind::*;
         match self.kind {
             InvalidJson | InvalidRequest | BodyTooLarge => ("invalid_request_error", None),
+            BodyTimeout => ("invalid_request_error", Some("request_timeout")),
             Unsupported => ("invalid_request_error", Some("unsupported_parameter")),
             MissingKey | InvalidKey | ExpiredKey | DisabledKey => {
                 ("invalid_request_error", Some("invalid_api_key"))
@@ -361,6 +366,7 @@ impl ProxyError {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
+            408 => "timeout_error",
             413 => "request_too_large",
             429 => "rate_limit_error",
             503 | 529 => "overloaded_error",

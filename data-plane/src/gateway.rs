@@ -28,6 +28,8 @@ pub struct Gateway {
     ever_ready: std::sync::atomic::AtomicBool,
     /// Set on SIGTERM: readiness is false from then on.
     draining: std::sync::atomic::AtomicBool,
+    /// Request admission (set by the API router, from its options).
+    admission: std::sync::OnceLock<crate::frontdoor::admission::Admission>,
 }
 
 impl Gateway {
@@ -52,6 +54,24 @@ impl Gateway {
             cache: std::sync::OnceLock::new(),
             ever_ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
+            admission: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets request admission's limits (once: the API router does it).
+    pub fn set_admission(&self, a: crate::frontdoor::admission::Admission) {
+        let _ = self.admission.set(a);
+    }
+
+    /// Request admission: the limits the API router set, or the defaults.
+    pub fn admission(&self) -> &crate::frontdoor::admission::Admission {
+        self.admission.get_or_init(|| {
+            let d = crate::stack::StackOptions::default();
+            crate::frontdoor::admission::Admission::new(
+                d.max_concurrency,
+                d.max_concurrency_per_key,
+                d.body,
+            )
         })
     }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod frontdoor;
 pub mod gateway;
 pub mod glob;
+pub mod listener;
 pub mod llm;
 pub mod policy;
 pub mod providers;
@@ -31,9 +32,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use gateway::Gateway;
@@ -55,6 +53,10 @@ pub struct Options {
     pub source: ConfigSource,
     pub body_limit: usize,
     pub stack: stack::StackOptions,
+    /// Connection limits of both listeners.
+    pub listener: listener::ListenerOptions,
+    /// The file holding the token a change on the admin port needs (`None`: changes off).
+    pub admin_token_file: Option<PathBuf>,
     pub limits: LimitOptions,
     pub shutdown: ShutdownOptions,
     pub audit: audit::AuditOptions,
@@ -189,11 +191,16 @@ pub async fn run(
     let api = TcpListener::bind(opts.listen).await?;
     let admin = TcpListener::bind(opts.admin_listen).await?;
     tracing::info!(listen = %api.local_addr()?, admin = %admin.local_addr()?, "data plane listening");
-    tokio::spawn(serve_admin(admin, gw.clone()));
+    tokio::spawn(listener::serve(
+        admin,
+        admin::router(gw.clone(), opts.admin_token_file.clone()),
+        opts.listener,
+        "admin",
+        gw.metrics.clone(),
+        std::future::pending(),
+    ));
     let app = stack::router(gw.clone(), opts.stack);
-    let api = api.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let metrics = gw.metrics.clone();
     let telemetry = gw.telemetry.clone();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     let ShutdownOptions { delay, drain } = opts.shutdown;
@@ -204,33 +211,21 @@ pub async fn run(
         let _ = stopping.send(true);
         tokio::time::sleep(delay).await;
     };
-    let serve = axum::serve(api, app)
-        .with_graceful_shutdown(signalled)
-        .into_future();
+    let serve = listener::serve(api, app, opts.listener, "api", metrics, signalled);
     let deadline = async move {
         let _ = stop.wait_for(|s| *s).await;
         tokio::time::sleep(delay + drain).await;
     };
-    let served = tokio::select! {
-        r = serve => {
-            tracing::info!("drained: every request finished");
-            r
-        }
+    tokio::select! {
+        () = serve => tracing::info!("drained: every request finished"),
         () = deadline => {
             tracing::warn!("drain deadline passed: exiting with requests still in flight");
-            Ok(())
         }
-    };
+    }
     telemetry.shutdown().await;
     if let Some(w) = audit_writer {
         w.close().await;
         tracing::info!("audit trail closed");
     }
-    served
-}
-
-async fn serve_admin(listener: TcpListener, gw: Arc<Gateway>) {
-    if let Err(e) = axum::serve(listener, admin::router(gw)).await {
-        tracing::error!(error = %e, "admin listener failed");
-    }
+    Ok(())
 }

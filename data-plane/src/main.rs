@@ -7,7 +7,8 @@ use switchyard_data_plane::audit::AuditOptions;
 use switchyard_data_plane::telemetry::TelemetryOptions;
 use switchyard_data_plane::telemetry::access_log::Destination as AccessLogTo;
 use switchyard_data_plane::{
-    ConfigSource, LimitOptions, Options, ShutdownOptions, stack::StackOptions, xds::ClientOptions,
+    ConfigSource, LimitOptions, Options, ShutdownOptions, frontdoor::admission::BodyTiming,
+    listener::ListenerOptions, stack::StackOptions, xds::ClientOptions,
 };
 
 /// Switchyard data plane: the LLM gateway proxy.
@@ -21,11 +22,16 @@ struct Args {
     /// Directory of YAML resources (standalone mode), compiled in-process and hot-reloaded.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
-    /// Address of the API listener.
-    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address of the API listener (loopback unless told otherwise; the chart listens on
+    /// every interface).
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Address of the admin listener (/healthz, /readyz, /metrics).
-    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Address of the admin listener (/healthz, /readyz, /metrics, cache purge).
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     admin_listen: SocketAddr,
     /// Name of this data plane towards the control plane (default: the host name).
     #[arg(long, env = "SWITCHYARD_NODE_ID")]
@@ -52,9 +58,41 @@ struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = switchyard_data_plane::gateway::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
-    /// Most requests in flight; more get 503.
+    /// Most requests in flight (bodies read); more get 503.
     #[arg(long, env = "SWITCHYARD_MAX_CONCURRENCY", default_value_t = 10_000)]
     max_concurrency: usize,
+    /// Most requests of one key in flight, bodies being read included; more get 429. A key
+    /// whose clients send bodies slowly holds only these slots.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONCURRENCY_PER_KEY",
+        default_value_t = 1_000
+    )]
+    max_concurrency_per_key: usize,
+    /// Longest a request body may take to arrive (408 beyond it).
+    #[arg(long, env = "SWITCHYARD_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    body_timeout: std::time::Duration,
+    /// Least average rate of a request body after its first second, in bytes a second (408
+    /// below it; 0: none).
+    #[arg(long, env = "SWITCHYARD_BODY_MIN_RATE", default_value_t = 1024)]
+    body_min_rate: u64,
+    /// Longest a request head may take, from the connection opening or from the first byte
+    /// of a request on a kept-alive connection (the connection is closed beyond it).
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// Longest a client connection stays open with no request in flight.
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// File holding the token (16 characters or more; a mounted Secret) that changes on the
+    /// admin port (`DELETE /cache`) need as `Authorization: Bearer`. Unset: changes refused.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// Largest request head, in bytes (HTTP/1 read buffer, HTTP/2 header list).
+    #[arg(long, env = "SWITCHYARD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most client connections open at once, per listener; one beyond is closed at once.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// Redis for rate limits and budgets shared by the fleet, e.g. redis://redis:6379/0
     /// (without it, counters live in this process).
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
@@ -123,9 +161,6 @@ struct Args {
     /// Audit records held per sink while it is down, before they are dropped (counted).
     #[arg(long, env = "SWITCHYARD_AUDIT_BUFFER", default_value_t = 10_000)]
     audit_buffer: usize,
-    /// A signed checkpoint at least this often while records flow.
-    #[arg(long, env = "SWITCHYARD_AUDIT_CHECKPOINT_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
-    audit_checkpoint_every: std::time::Duration,
     /// Bytes of cached answers kept in this proxy's memory (in front of Redis, shared by the
     /// fleet, when `--redis-url` is set).
     #[arg(long, env = "SWITCHYARD_CACHE_MEMORY_BYTES", default_value_t = 64 << 20)]
@@ -170,6 +205,10 @@ enum AuditCmd {
         /// The key checkpoints were signed with (without it signatures are not checked).
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// A checkpoint to verify a chain from instead of its first, as `CHAIN@SEQ` (when
+        /// its older files were rotated away on purpose; the report says so). Repeatable.
+        #[arg(long)]
+        from: Vec<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -187,8 +226,13 @@ enum AuditCmd {
 
 async fn audit_command(cmd: AuditCmd) -> Result<()> {
     match cmd {
-        AuditCmd::Verify { key_file, files } => {
-            let code = switchyard_data_plane::audit::verify::command(&files, key_file.as_deref())?;
+        AuditCmd::Verify {
+            key_file,
+            files,
+            from,
+        } => {
+            let code =
+                switchyard_data_plane::audit::verify::command(&files, key_file.as_deref(), &from)?;
             std::process::exit(code)
         }
         AuditCmd::Export {
@@ -310,6 +354,19 @@ async fn main() -> Result<()> {
         body_limit: args.max_body_bytes,
         stack: StackOptions {
             max_concurrency: args.max_concurrency,
+            max_concurrency_per_key: args.max_concurrency_per_key,
+            body: BodyTiming {
+                timeout: args.body_timeout,
+                min_rate: args.body_min_rate,
+            },
+        },
+        admin_token_file: args.admin_token_file,
+        listener: ListenerOptions {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            max_header_bytes: args.max_header_bytes,
+            max_connections: args.max_connections.max(1),
+            ..ListenerOptions::default()
         },
         limits: LimitOptions {
             redis_url: args.redis_url,
@@ -343,14 +400,10 @@ async fn main() -> Result<()> {
             stream_maxlen: args.audit_stream_maxlen,
             key: args
                 .audit_key_file
-                .map(|p| {
-                    std::fs::read(&p)
-                        .map(|k| k.trim_ascii().to_vec())
-                        .with_context(|| format!("reading {}", p.display()))
-                })
+                .as_deref()
+                .map(switchyard_data_plane::audit::verify::read_key)
                 .transpose()?,
             buffer: args.audit_buffer,
-            checkpoint_every: args.audit_checkpoint_every,
             node: node_id.clone(),
         },
     };

@@ -6,11 +6,14 @@
 //! 2. sensitive headers — before anything can log them: `authorization`, `x-api-key`
 //! 3. request id — set early so every later log line and the response carry it
 //! 4. trace span — one span per request, with the id, for logs and traces
-//! 5. metrics + shedding + audit — sees every response, errors included; 503 beyond max
-//!    concurrency; opens the request's audit record, which the later steps fill in and which
-//!    goes to the audit writer when the response (or its stream) ends
-//! 6. front door — authenticate (a hash lookup: the cheapest rejection), read the body under
-//!    its limit, check it in the caller's format, parsed only as far as policies need
+//! 5. metrics + audit — sees every response, errors included; opens the request's audit
+//!    record, which the later steps fill in and which goes to the audit writer when the
+//!    response (or its stream) ends
+//! 6. front door — authenticate (a hash lookup: the cheapest rejection); take the key's share
+//!    of the concurrency (429 beyond it), so a key's slow bodies hold only its own slots; read
+//!    the body under its size limit, deadline and least rate (413, 408); take a slot of the
+//!    gateway's concurrency (503 beyond it); check the body in the caller's format, read
+//!    once by the reader every later step shares (`llm/json.rs`)
 //! 7. route — the model names a route; 404 unknown, 403 not allowed for this key
 //! 8. limits + budget — after routing, because a budget prices the backend's upstream model;
 //!    one store round trip reserves RPM/TPM/parallel/budget, or 429
@@ -76,21 +79,32 @@ impl MakeRequestId for RandomRequestId {
 /// Options of the API listener.
 #[derive(Clone, Copy, Debug)]
 pub struct StackOptions {
-    /// Most requests in flight before new ones get 503.
+    /// Most requests in flight (bodies read) before new ones get 503.
     pub max_concurrency: usize,
+    /// Most requests of one key in flight, bodies being read included, before its new ones
+    /// get 429.
+    pub max_concurrency_per_key: usize,
+    /// How long a request body may take.
+    pub body: crate::frontdoor::admission::BodyTiming,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
             max_concurrency: 10_000,
+            max_concurrency_per_key: 1_000,
+            body: Default::default(),
         }
     }
 }
 
 /// The API router with the whole stack.
 pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
-    let limiter = Arc::new(tokio::sync::Semaphore::new(opts.max_concurrency));
+    gw.set_admission(crate::frontdoor::admission::Admission::new(
+        opts.max_concurrency,
+        opts.max_concurrency_per_key,
+        opts.body,
+    ));
     Router::new()
         .route("/v1/chat/completions", post(frontdoor::chat_completions))
         .route("/v1/completions", post(frontdoor::completions))
@@ -100,7 +114,7 @@ pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
         .route("/v1/embeddings", post(frontdoor::embeddings))
         .route("/v1/models", get(frontdoor::models))
         .fallback(frontdoor::not_found)
-        .layer(EdgeLayer { gw: gw.clone(), limiter })
+        .layer(EdgeLayer { gw: gw.clone() })
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
@@ -152,7 +166,10 @@ pub async fn model_call(
         a.routed(
             &key.id,
             &routed.route.id,
-            &incoming.facts.model,
+            (
+                &incoming.facts.model,
+                routed.route.model_label(&incoming.facts.model),
+            ),
             incoming.facts.stream,
             routed.route.audit_text,
         );
@@ -489,13 +506,12 @@ fn store(
     }
 }
 
-/// Metrics and load shedding in one layer (one boxed future per request instead of two
-/// `from_fn` middlewares): counts every response by endpoint, status and error label, times
-/// it to the response head, and answers 503 when `max_concurrency` requests are in flight.
+/// Metrics and the request's record in one layer: counts every response by endpoint, status
+/// and error label, times it to the response head, and keeps the record open until a
+/// stream ends.
 #[derive(Clone, Debug)]
 pub struct EdgeLayer {
     gw: Arc<Gateway>,
-    limiter: Arc<tokio::sync::Semaphore>,
 }
 
 impl<S> tower::Layer<S> for EdgeLayer {
@@ -505,7 +521,6 @@ impl<S> tower::Layer<S> for EdgeLayer {
         Edge {
             inner,
             gw: self.gw.clone(),
-            limiter: self.limiter.clone(),
         }
     }
 }
@@ -515,7 +530,6 @@ impl<S> tower::Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     gw: Arc<Gateway>,
-    limiter: Arc<tokio::sync::Semaphore>,
 }
 
 impl<S> tower::Service<Request> for Edge<S>
@@ -544,42 +558,23 @@ where
         let gw = self.gw.clone();
         // The request's record, filled in on the way (see `telemetry`).
         let slot = gw.telemetry.open(req.headers(), endpoint);
-        let admitted = self
-            .limiter
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| (permit, self.inner.call(req)));
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = match admitted {
-                Some((permit, fut)) => {
-                    let resp = crate::telemetry::scope(slot.clone(), fut).await?;
-                    let streaming = resp
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                    if streaming {
-                        // A stream counts against the limit until it ends, not just until
-                        // its head went out.
-                        resp.map(|body| {
-                            axum::body::Body::new(Held {
-                                body,
-                                _permit: permit,
-                                _exchange: slot.clone(),
-                            })
-                        })
-                    } else {
-                        resp
-                    }
-                }
-                None => {
-                    let mut e = ProxyError::new(
-                        ErrorKind::NotReady,
-                        "The gateway is at its concurrency limit; retry shortly.",
-                    );
-                    e.retry_after = Some(http::HeaderValue::from_static("1"));
-                    e.into_response_in(Dialect::OpenAi)
-                }
+            let resp = crate::telemetry::scope(slot.clone(), fut).await?;
+            let streaming = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let resp = if streaming {
+                // The record is read when the stream ends, not when its head went out.
+                resp.map(|body| {
+                    axum::body::Body::new(Held {
+                        body,
+                        _exchange: slot.clone(),
+                    })
+                })
+            } else {
+                resp
             };
             let error = resp.extensions().get::<ErrorLabel>().map_or("", |l| l.0);
             slot.status(resp.status().as_u16(), error);
@@ -600,10 +595,9 @@ where
     }
 }
 
-/// A response body that holds a concurrency permit until it ends (or the client goes).
+/// A stream's body, holding the request's record until it ends (or the client goes).
 struct Held {
     body: axum::body::Body,
-    _permit: tokio::sync::OwnedSemaphorePermit,
     /// The request's record is read when the stream ends.
     _exchange: crate::telemetry::Exchange,
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use switchyard_tests::procs::{bin_dir, eventually};
 use switchyard_tests::redis::RedisServer;
 
-const KEY: &str = "audit-hmac-key-of-the-fleet";
+const KEY: &str = "audit-hmac-key-of-the-fleet-32-bytes-or-more";
 
 /// A route whose requests are recorded with their text, behind a redacting guardrail.
 const AUDITED: &str = "apiVersion: switchyard.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: audited}\nspec: {models: [audited], backends: [{pool: openai, model: mock-gpt}], audit: {includeText: true}}\n---\napiVersion: switchyard.dev/v1alpha1\nkind: Guardrail\nmetadata: {name: pii}\nspec: {targets: {routes: [audited]}, phases: [Request, Response], pii: {entities: [Email], action: Redact}}\n";
@@ -96,8 +96,6 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
             &key_file.display().to_string(),
             "--audit-max-file-bytes",
             "3000",
-            "--audit-checkpoint-every",
-            "200ms",
         ],
         &dir,
     );
@@ -330,26 +328,87 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
             "{out}"
         );
     }
+    // The last record, rewritten and re-chained: the closing checkpoint after it catches it
+    // (every batch is sealed, so no record is ever past the last signature).
+    let (code, out) = tampered("last-record", &|ls| {
+        let last = ls
+            .iter()
+            .rposition(|l| l.contains(r#""kind":"request""#))
+            .expect("a record");
+        ls[last] = ls[last].replacen(r#""time":""#, r#""time":"1"#, 1);
+        rechain(ls, last);
+    });
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not signed by the key"), "{out}");
+    // Every batch of records is followed by a checkpoint.
+    let mut unsealed = 0;
+    for l in &all {
+        match l["kind"].as_str() {
+            Some("checkpoint") => unsealed = 0,
+            _ => unsealed += 1,
+        }
+    }
+    assert_eq!(unsealed, 0, "the trail ends sealed");
     // The wrong key: every checkpoint fails.
     let wrong = dir.join("wrong.key");
-    std::fs::write(&wrong, "not-the-key").expect("write");
+    std::fs::write(&wrong, "not-the-key-but-as-long-as-a-real-one").expect("write");
     let (code, out) = verify(&files, Some(&wrong));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(":1: checkpoint 0 is not signed"), "{out}");
-    // Cut off at the end: no closing checkpoint, said so.
-    let (code, out) = tampered("truncated", &|_| {});
-    assert_eq!(code, 0, "{out}");
+    // A short or empty key is refused outright.
+    for short in ["", "short-key"] {
+        std::fs::write(&wrong, short).expect("write");
+        let (code, out) = verify(&files, Some(&wrong));
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains("at least 32"), "{out}");
+    }
+    // The oldest file deleted: the chain no longer starts at its first checkpoint. Named
+    // explicitly with --from, it verifies from there, and the report says so.
+    let (code, out) = verify(&files[1..], Some(&key_file));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not at its first"), "{out}");
+    let from = out
+        .split("--from ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("the report names the checkpoint")
+        .to_owned();
+    let mut cmd = Command::new(bin_dir().join("switchyard-data-plane"));
+    let said = cmd
+        .args(["audit", "verify", "--from", &from, "--key-file"])
+        .arg(&key_file)
+        .args(&files[1..])
+        .output()
+        .expect("verify");
+    let said = String::from_utf8_lossy(&said.stdout).into_owned();
+    assert!(
+        said.contains("intact") && said.contains(&format!("chain {from}: verified from")),
+        "{said}"
+    );
+    // Cut off at the end: the last batch without its seal is refused; cut after a seal, the
+    // trail is intact but has no closing checkpoint, said so.
     let last = files.last().expect("files").clone();
-    let mut ls: Vec<String> = std::fs::read_to_string(&last)
+    let ls: Vec<String> = std::fs::read_to_string(&last)
         .expect("read")
         .lines()
         .map(str::to_owned)
         .collect();
-    ls.pop();
     let cut = dir.join("cut.jsonl");
-    std::fs::write(&cut, ls.join("\n") + "\n").expect("write");
     let mut cut_files = files[..files.len() - 1].to_vec();
-    cut_files.push(cut);
+    cut_files.push(cut.clone());
+    let last_record = ls
+        .iter()
+        .rposition(|l| l.contains(r#""kind":"request""#))
+        .expect("a record in the last file");
+    std::fs::write(&cut, ls[..=last_record].join("\n") + "\n").expect("write");
+    let (code, out) = verify(&cut_files, Some(&key_file));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not sealed"), "{out}");
+    let sealed_at = ls[..last_record]
+        .iter()
+        .rposition(|l| l.contains(r#""kind":"checkpoint""#))
+        .expect("an earlier checkpoint");
+    std::fs::write(&cut, ls[..=sealed_at].join("\n") + "\n").expect("write");
     let (code, out) = verify(&cut_files, Some(&key_file));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no closing checkpoint"), "{out}");
@@ -414,7 +473,7 @@ async fn a_redis_outage_never_blocks_requests_and_the_export_verifies() {
         assert_eq!(chat().await.0, 200);
     }
     eventually(DEADLINE, "records in the stream", || async {
-        (redis.query::<u64>(&["XLEN", "switchyard:audit"]) >= Some(4)).then_some(())
+        (metric(&admin, "switchyard_audit_records_total").await >= 3.0).then_some(())
     })
     .await;
 

@@ -137,6 +137,16 @@ async fn env(tag: &str) -> Env {
     env_with(tag, true).await
 }
 
+/// The token changes on the admin port need.
+const ADMIN_TOKEN: &str = "admin-token-for-the-cache-tests";
+
+/// Writes the admin token into a file (as a mounted Secret would be) and returns its path.
+fn admin_token(dir: &std::path::Path) -> String {
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).expect("token file");
+    path.display().to_string()
+}
+
 /// Two proxies on Redis 8, or one without Redis.
 async fn env_with(tag: &str, with_redis: bool) -> Env {
     let dir = temp_dir(tag);
@@ -150,10 +160,16 @@ async fn env_with(tag: &str, with_redis: bool) -> Env {
     std::fs::write(cfg.join("cache.yaml"), config(&mock)).expect("write");
     let mut dps = Vec::new();
     let url = redis.url();
+    let token = admin_token(&dir);
     // The test Redis fsyncs every write, so a read can wait behind a slow disk.
     let shared = ["--redis-url", url.as_str(), "--redis-timeout", "1s"];
     for _ in 0..if with_redis { 2 } else { 1 } {
-        let mut args = vec!["--embedding-model", model.as_str()];
+        let mut args = vec![
+            "--embedding-model",
+            model.as_str(),
+            "--admin-token-file",
+            token.as_str(),
+        ];
         if with_redis {
             args.extend(shared);
         }
@@ -410,9 +426,26 @@ async fn exact_hits_are_served_whole_streamed_and_across_the_fleet() {
         "refilled"
     );
 
-    // Purge a route on the admin port: this proxy's memory and Redis.
+    // Purge a route on the admin port: this proxy's memory and Redis. A change needs the
+    // admin token.
+    let purge = format!("{}/cache?route=default/cached", e.dps[0].2);
+    let refused = client().delete(&purge).send().await.expect("purge");
+    assert_eq!(refused.status(), 401, "no token, no change");
+    let refused = client()
+        .delete(&purge)
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(refused.status(), 401, "a wrong token, no change");
+    assert_eq!(
+        ask(&e.api(0), CLIENT_KEY, &body, None).await.1,
+        "hit",
+        "nothing was purged"
+    );
     let purged = client()
-        .delete(format!("{}/cache?route=default/cached", e.dps[0].2))
+        .delete(&purge)
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("purge");
@@ -713,6 +746,7 @@ async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
     std::fs::write(cfg.join("cache.yaml"), config(&mock)).expect("write");
     let model = switchyard_tests::assets::embedding_model();
     let seeds = cluster.seeds();
+    let token = admin_token(&dir);
     let dps: Vec<_> = (0..2)
         .map(|_| {
             start_standalone(
@@ -725,6 +759,8 @@ async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
                     "1s",
                     "--embedding-model",
                     &model.display().to_string(),
+                    "--admin-token-file",
+                    &token,
                 ],
                 &dir,
             )
@@ -772,6 +808,7 @@ async fn the_fleet_shares_answers_and_vectors_through_a_redis_cluster() {
     for route in ["default/cached", "default/meaning"] {
         let r = client()
             .delete(format!("{}/cache?route={route}", dps[1].2))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("purge");

@@ -927,14 +927,22 @@ async fn key_deleted_mid_run_stops_working() {
         .await;
         assert_openai_error(s, &body, 401);
     }
-    // Other keys keep working. This one has a budget but `demo` has no prices: said once.
+    // Other keys keep working. This one has a budget but `demo` has no prices: a budget
+    // fails closed, the model is refused (403), and the log says so once.
+    let (s, _, b) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("model_not_priced")),
+        "{b}"
+    );
     let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
-    assert_eq!(s, 200);
-    let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("demo", "hi")).await;
-    assert_eq!(s, 200);
+    assert_eq!(s, 403);
+    let (s, _, _) = post(&env.api(0), Some(BUDGET_KEY), &chat_body("priced", "hi")).await;
+    assert_eq!(s, 200, "a priced model is served");
     let logs = env.dps[0].0.logs();
     assert_eq!(
-        logs.matches("uses a model without prices").count(),
+        logs.matches("a model without prices in its ProviderPool: refused")
+            .count(),
         1,
         "{logs}"
     );

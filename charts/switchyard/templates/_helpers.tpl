@@ -89,20 +89,24 @@ app.kubernetes.io/component: data-plane
 {{- end }}
 - name: SWITCHYARD_AUDIT_BUFFER
   value: {{ .Values.audit.buffer | int64 | quote }}
-- name: SWITCHYARD_AUDIT_CHECKPOINT_EVERY
-  value: {{ .Values.audit.checkpointEvery | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* NetworkPolicy peers allowed on admin ports: the release namespace and the named ones. */}}
+{{/* NetworkPolicy peers allowed on admin ports: what scrapes metrics (the namespaces and
+pods named), nothing else. Probes come from the kubelet, which NetworkPolicies do not filter. */}}
 {{- define "switchyard.adminPeers" -}}
-- podSelector: {}
 {{- with .Values.networkPolicy.adminNamespaces }}
 - namespaceSelector:
     matchExpressions:
       - {key: kubernetes.io/metadata.name, operator: In, values: {{ toJson . }}}
 {{- end }}
+{{- with .Values.networkPolicy.adminFrom }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
+
+{{/* The Secret holding the admin token: the one named, or the chart's generated one. */}}
+{{- define "switchyard.adminToken.secret" -}}{{ default (printf "%s-admin-token" (include "switchyard.fullname" .)) .Values.admin.tokenSecretRef.name }}{{- end -}}
 
 {{/* OTLP export of a plane: endpoint, protocol, sampling and headers from a Secret. */}}
 {{- define "switchyard.otelEnv" -}}

@@ -99,5 +99,13 @@ pub async fn run(
         ));
     }
     tokio::spawn(triggers::run(ctx, triggers, settings.resync));
-    tokio::join!(drain(pools), drain(routes), drain(guardrails), drain(keys));
+    // Namespace labels feed the compile (route selectors) through the change counter.
+    let namespaces = drain(watches.namespaces);
+    tokio::join!(
+        drain(pools),
+        drain(routes),
+        drain(guardrails),
+        drain(keys),
+        namespaces
+    );
 }

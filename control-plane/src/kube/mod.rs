@@ -129,6 +129,8 @@ pub struct Watches {
     pub keys: Touched<VirtualKey>,
     pub guardrails: Touched<Guardrail>,
     pub secrets: Touched<Secret>,
+    /// Namespaces: polled for their labels only (no controller of its own).
+    pub namespaces: Touched<Namespace>,
 }
 
 impl std::fmt::Debug for Watches {
@@ -189,7 +191,8 @@ pub fn watches(client: &Client, served: Option<&[String]>) -> (Stores, Watches) 
     let (c, ch, sy) = watch(all());
     let (guardrails, guardrail_stream) = watch_kind(Api::all(client.clone()), c, ch, sy);
     let (c, ch, sy) = watch(all());
-    let (namespaces, _) = watch_kind::<Namespace>(Api::all(client.clone()), c, ch, sy);
+    let (namespaces, namespace_stream) =
+        watch_kind::<Namespace>(Api::all(client.clone()), c, ch, sy);
     let labelled = || all().labels(switchyard_crds::SECRET_LABEL);
     let (secrets, secret_stream, secret_watches) = match served {
         None => {
@@ -231,6 +234,7 @@ pub fn watches(client: &Client, served: Option<&[String]>) -> (Stores, Watches) 
             keys: key_stream,
             guardrails: guardrail_stream,
             secrets: secret_stream,
+            namespaces: namespace_stream,
         },
     )
 }

@@ -19,6 +19,7 @@ pub(super) fn compile_pool(
     pool: &ProviderPool,
     key: &ResourceKey,
     world: &World,
+    egress: &crate::egress::Egress,
 ) -> Result<pb::Pool, Reject> {
     let spec = &pool.spec;
     let provider = match spec.provider {
@@ -46,7 +47,8 @@ pub(super) fn compile_pool(
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
         let field = format!("spec.endpoints[{i}]");
-        validate::endpoint_url(&format!("{field}.url"), &e.url)?;
+        let url = validate::endpoint_url(&format!("{field}.url"), &e.url)?;
+        egress.check(&format!("{field}.url"), &url)?;
         let weight = validate::weight(&format!("{field}.weight"), e.weight.unwrap_or(1))?;
         let credential = match (&e.credential_secret_ref, &e.credential_env) {
             (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?
@@ -118,6 +120,16 @@ pub(super) fn compile_pool(
                 format!("{field}.name: {:?} listed twice", m.name),
             ));
         }
+        for (j, a) in m.aliases.iter().enumerate() {
+            let f = format!("{field}.aliases[{j}]");
+            validate::model_glob(&f, a)?;
+            if a.contains(['*', '?']) || !names.insert(a.as_str()) {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("{f}: {a:?} is a glob or names a model listed already"),
+                ));
+            }
+        }
         let price = |f: &str, v: &Option<String>| -> Result<u64, Reject> {
             Ok(v.as_deref()
                 .map(|v| validate::price_micros(&format!("{field}.{f}"), v))
@@ -143,6 +155,8 @@ pub(super) fn compile_pool(
                 "cacheWritePricePerMillion",
                 &m.cache_write_price_per_million,
             )?,
+            aliases: m.aliases.clone(),
+            priced: m.input_price_per_million.is_some() || m.output_price_per_million.is_some(),
         });
     }
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -253,11 +267,30 @@ pub(super) fn compile_pool(
         .as_ref()
         .map(|h| health_check(h, provider, &api_version))
         .transpose()?;
+    let default_price = spec
+        .default_price
+        .as_ref()
+        .map(|p| -> Result<pb::Model, Reject> {
+            Ok(pb::Model {
+                input_price_per_million_micros: validate::price_micros(
+                    "spec.defaultPrice.inputPricePerMillion",
+                    &p.input_price_per_million,
+                )?,
+                output_price_per_million_micros: validate::price_micros(
+                    "spec.defaultPrice.outputPricePerMillion",
+                    &p.output_price_per_million,
+                )?,
+                priced: true,
+                ..Default::default()
+            })
+        })
+        .transpose()?;
     Ok(pb::Pool {
         id: key.id(),
         provider: provider.into(),
         endpoints,
         models,
+        default_price,
         load_balancing: load_balancing.into(),
         timeouts: Some(timeouts),
         api_version,
@@ -603,7 +636,10 @@ fn compile_backends(
         )?;
         if let Some(m) = &b.model
             && !pool.models.is_empty()
-            && !pool.models.iter().any(|pm| &pm.name == m)
+            && !pool
+                .models
+                .iter()
+                .any(|pm| &pm.name == m || pm.aliases.contains(m))
         {
             return Err(Reject::refs(
                 "ModelNotServed",

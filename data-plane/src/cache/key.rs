@@ -312,28 +312,6 @@ fn conversation(v: Node<'_>, out: &mut String) {
     }
 }
 
-/// Members whose strings are not the words of a message (the text embedded leaves them out).
-const NOT_WORDS: &[&str] = &[
-    "role",
-    "type",
-    "id",
-    "tool_call_id",
-    "tool_use_id",
-    "call_id",
-    "name",
-    "signature",
-    "data",
-    "media_type",
-    "mime_type",
-    "url",
-    "file_id",
-    "detail",
-    "format",
-    "status",
-    "encrypted_content",
-    "cache_control",
-];
-
 /// The words of a message's content: a string, or its text parts in order.
 fn collect(v: &Node<'_>, out: &mut String) {
     let mut first = true;
@@ -349,7 +327,7 @@ fn collect(v: &Node<'_>, out: &mut String) {
             Node::Array(items) => items.iter().for_each(|i| walk(i, push)),
             Node::Object(m) => m
                 .iter()
-                .filter(|(k, _)| !NOT_WORDS.contains(&k.as_ref()))
+                .filter(|(k, _)| !crate::llm::text::NOT_WORDS.contains(&k.as_ref()))
                 .for_each(|(_, v)| walk(v, push)),
             Node::Scalar(_) | Node::Null => {}
         }

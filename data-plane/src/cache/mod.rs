@@ -512,7 +512,7 @@ impl Cache {
     /// prices.
     pub fn saved(&self, usage: &Usage, routed: &crate::route::Routed<'_>) {
         self.metrics.cache_tokens_saved.inc_by(usage.total());
-        if let Some(price) = routed.backend.pool.prices.get(&routed.upstream_model) {
+        if let Some(price) = routed.backend.pool.price_of(&routed.upstream_model) {
             self.metrics
                 .cache_cost_saved
                 .inc_by(price.cost_nanos(usage) as f64 / 1e9);

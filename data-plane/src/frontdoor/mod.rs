@@ -12,6 +12,7 @@
 //! | `POST /v1/embeddings` | OpenAI embeddings | embed |
 //! | `GET /v1/models` | OpenAI or Anthropic list | — |
 
+pub mod admission;
 mod models;
 mod respond;
 mod stream;
@@ -26,7 +27,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::RuntimeConfig;
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
@@ -102,65 +103,6 @@ pub fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
     })
 }
 
-/// Reads the body up to the limit (413 beyond it).
-pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes> {
-    use http_body_util::BodyExt;
-    let too_large = || {
-        ProxyError::new(
-            ErrorKind::BodyTooLarge,
-            format!("Request body is larger than the limit of {limit} bytes."),
-        )
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        linger(body);
-        return Err(too_large());
-    }
-    match http_body_util::Limited::new(&mut body, limit)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            linger(body);
-            Err(too_large())
-        }
-        Err(e) => Err(ProxyError::invalid(format!(
-            "Reading the request body failed: {e}"
-        ))),
-    }
-}
-
-/// Most of a refused body read and thrown away, and for how long, so that a client that
-/// sends it all before reading (Python's `urllib`) gets the 413 instead of a reset
-/// connection (nginx's lingering close).
-const LINGER_BYTES: u64 = 256 * 1024 * 1024;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Reads the rest of a refused body in the background, within the bounds above; the
-/// response goes out meanwhile. Past the bounds the connection is closed.
-fn linger(mut body: Body) {
-    use http_body_util::BodyExt;
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + LINGER_TIME;
-        let mut left = LINGER_BYTES;
-        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
-            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-            match left.checked_sub(n) {
-                Some(l) => left = l,
-                None => break,
-            }
-        }
-    });
-}
-
 /// The body as a JSON object, or a precise 400.
 fn parse_object(bytes: Bytes) -> Result<RawObject> {
     if bytes.is_empty() {
@@ -230,7 +172,14 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
         Format::AnthropicMessages => anthropic_headers(headers)?,
         _ => Vec::new(),
     };
-    let raw = parse_object(read_body(headers, body, gw.body_limit).await?)?;
+    let admission = gw.admission();
+    let share = admission.key_share(&key)?;
+    let body = admission::read_body(headers, body, gw.body_limit, admission.body).await?;
+    let held = admission::Admitted {
+        share,
+        slot: admission.slot()?,
+    };
+    let raw = parse_object(body)?;
     let facts = door.facts(&raw)?;
     let incoming = Incoming {
         format: door.format(),
@@ -240,7 +189,8 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
         pass_headers,
         cache_control: crate::llm::CacheControl::of(headers),
     };
-    crate::stack::model_call(gw, &cfg, &key, incoming).await
+    let resp = crate::stack::model_call(gw, &cfg, &key, incoming).await?;
+    Ok(held.hold(resp))
 }
 
 async fn handle(gw: Arc<Gateway>, door: Door, headers: HeaderMap, body: Body) -> Response {

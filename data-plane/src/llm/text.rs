@@ -334,18 +334,64 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Every text of a JSON body, in order (a line each), as the audit trail and the semantic
-/// cache read it.
-pub fn collect(json: &str, opts: Options, out: &mut String) {
-    let _ = edit(json, opts, &mut |t: &str, place| {
-        if place != Place::Key && place != Place::Number {
-            if !out.is_empty() {
-                out.push('\n');
+/// Members whose values are not words of a message (roles, kinds, ids, names, media,
+/// signatures): what the audit trail's prompt text and the semantic cache's embedded text
+/// leave out. (Guardrails read them all: see [`edit`].)
+pub const NOT_WORDS: &[&str] = &[
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "tool_use_id",
+    "call_id",
+    "name",
+    "signature",
+    "data",
+    "media_type",
+    "mime_type",
+    "url",
+    "file_id",
+    "detail",
+    "format",
+    "status",
+    "encrypted_content",
+    "cache_control",
+];
+
+/// The words of a JSON value, in order, each string on a line of its own: every string but
+/// those under a [`NOT_WORDS`] member (whole subtrees left out).
+pub fn words(json: &str, out: &mut String) {
+    // The next value is a left-out member's.
+    let mut skip_next = false;
+    // Inside a left-out container opened at this depth.
+    let mut skipping: Option<usize> = None;
+    let mut tokens = Tokens::new(json);
+    while let Some(Ok(t)) = tokens.next() {
+        let depth = tokens.depth();
+        if let Some(d) = skipping {
+            if depth < d {
+                skipping = None;
             }
-            out.push_str(t);
+            continue;
         }
-        Ok::<_, std::convert::Infallible>(None)
-    });
+        match t {
+            Token::Key(k) => skip_next = NOT_WORDS.contains(&k.value(json).as_ref()),
+            Token::ObjectStart(_) | Token::ArrayStart(_) => {
+                if std::mem::take(&mut skip_next) {
+                    skipping = Some(depth);
+                }
+            }
+            Token::String(s) => {
+                if !std::mem::take(&mut skip_next) {
+                    if !out.is_empty() {
+                        out.push('\n');
+                    }
+                    out.push_str(&s.value(json));
+                }
+            }
+            _ => skip_next = false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +516,18 @@ mod tests {
                 BASE64.encode("my # text")
             )
         );
+    }
+
+    #[test]
+    fn words_leave_out_structure() {
+        let mut out = String::new();
+        words(
+            r#"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u"}}]},
+               {"role":"assistant","content":"b","tool_calls":[{"id":"c","function":{"name":"n","arguments":"d"}}]},
+               {"data":{"x":"hidden","y":["hidden"]},"after":"e"}]"#,
+            &mut out,
+        );
+        assert_eq!(out, "a\nb\nd\ne");
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Group<'_> {
                     attempts: req.tried.len() + 1,
                     backend: endpoint.map_or_else(|| pool.label.clone(), |e| e.label.clone()),
                     provider: pool.provider.label(),
-                    price: pool.prices.get(model).copied().unwrap_or_default(),
+                    price: pool.price_of(model).unwrap_or_default(),
                 })
             }
             Err(error) => {

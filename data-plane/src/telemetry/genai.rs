@@ -231,13 +231,13 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
     let model = ModelLabels {
         gen_ai_operation_name: operation,
         gen_ai_provider_name: sc::provider(done.open.provider),
-        gen_ai_request_model: r.model.clone(),
+        gen_ai_request_model: r.model_label.clone(),
     };
     let secs = done.elapsed.as_secs_f64();
     let ok = r.error.is_empty() && r.status < 400 && r.ended.is_empty();
     let attrs = otlp.map(|_| {
         // Shared, so the copies each instrument takes are reference counts.
-        let shared: std::sync::Arc<str> = r.model.as_str().into();
+        let shared: std::sync::Arc<str> = r.model_label.as_str().into();
         let mut v = vec![
             KeyValue::new(sc::OPERATION_NAME, operation),
             KeyValue::new(sc::REQUEST_MODEL, shared),
@@ -307,7 +307,7 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
         if let Some(o) = otlp {
             let mut v = vec![
                 KeyValue::new(sc::ROUTE, r.route.clone()),
-                KeyValue::new(sc::REQUEST_MODEL, r.model.clone()),
+                KeyValue::new(sc::REQUEST_MODEL, r.model_label.clone()),
             ];
             if !key.is_empty() {
                 v.push(KeyValue::new(sc::KEY_ID, key.clone()));
@@ -317,7 +317,7 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
         g.cost
             .get_or_create(&CostLabels {
                 route: r.route.clone(),
-                model: r.model.clone(),
+                model: r.model_label.clone(),
                 key,
             })
             .inc_by(usd);

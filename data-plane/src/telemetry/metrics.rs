@@ -153,6 +153,19 @@ pub struct ClassLabels {
     pub class: &'static str,
 }
 
+/// A listener (`api` or `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+/// Why a listener closed a connection itself (`refused`, `header_timeout`, `idle_timeout`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
 /// The data plane's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -208,6 +221,8 @@ pub struct Metrics {
     pub fallbacks: Family<ClassLabels, Counter>,
     pub upstream_connections_opened: Counter,
     pub upstream_connections_open: Gauge,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_closed: Family<ListenerReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -493,10 +508,24 @@ impl Metrics {
             "Connections to upstreams open now, in use or idle in the pool",
             upstream_connections_open.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
+        reg.register(
+            "connections_open",
+            "Client connections open now, by listener",
+            connections_open.clone(),
+        );
+        reg.register(
+            "connections_closed",
+            "Client connections the gateway closed itself: refused beyond --max-connections, or timed out reading a request head or idle",
+            connections_closed.clone(),
+        );
         let genai = super::genai::Prom::new(&mut series);
         Self {
             series,
             registry,
+            connections_open,
+            connections_closed,
             upstream_connections_opened,
             upstream_connections_open,
             backend_requests,

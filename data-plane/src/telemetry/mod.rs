@@ -317,11 +317,19 @@ impl Exchange {
     }
 
     /// Who asked and what serves it; `text`: the route records prompt and answer text.
-    pub fn routed(&self, key: &str, route: &str, model: &str, stream: bool, text: bool) {
+    /// The request was routed: its key, route, model (as asked, cut at
+    /// [`audit::MAX_MODEL`] characters) and the model's metric label (see
+    /// [`crate::config::RouteEntry::model_label`]).
+    pub fn routed(&self, key: &str, route: &str, model: (&str, &str), stream: bool, text: bool) {
         self.with(|o| {
             o.record.key = key.to_owned();
             o.record.route = route.to_owned();
-            o.record.model = model.to_owned();
+            let (asked, label) = model;
+            o.record.model = match asked.char_indices().nth(audit::MAX_MODEL) {
+                Some((cut, _)) => asked[..cut].to_owned(),
+                None => asked.to_owned(),
+            };
+            o.record.model_label = label.to_owned();
             o.record.stream = stream;
             o.audit_text = text;
         });

@@ -171,6 +171,10 @@ pub struct Pool {
     /// Unset: no active health checks.
     #[prost(message, optional, tag = "12")]
     pub health_check: ::core::option::Option<HealthCheck>,
+    /// Prices of a model the pool does not list (name empty); unset: such a model is unpriced,
+    /// and refused to a key with a budget.
+    #[prost(message, optional, tag = "13")]
+    pub default_price: ::core::option::Option<Model>,
 }
 /// Connections to each endpoint of a pool. max_connections 0: no cap.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -237,6 +241,13 @@ pub struct Model {
     pub cache_read_price_per_million_micros: u64,
     #[prost(uint64, tag = "6")]
     pub cache_write_price_per_million_micros: u64,
+    /// Other names of this model, priced as it.
+    #[prost(string, repeated, tag = "7")]
+    pub aliases: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// A price was set (input or output, "0" included): unset, the model is unpriced, and
+    /// refused to a key with a budget.
+    #[prost(bool, tag = "8")]
+    pub priced: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Timeouts {

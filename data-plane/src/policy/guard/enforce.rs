@@ -337,7 +337,7 @@ pub fn prompt_text(incoming: &Incoming) -> String {
     if let Some(raw) = incoming.raw() {
         for field in TEXT_FIELDS {
             if let Some(json) = raw.field_text(field) {
-                text::collect(json, text::Options::default(), &mut out);
+                text::words(json, &mut out);
             }
         }
     }

@@ -15,7 +15,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -42,8 +42,6 @@ pub struct AuditOptions {
     pub key: Option<Vec<u8>>,
     /// Records held while a sink is down, per sink, before they are dropped.
     pub buffer: usize,
-    /// A checkpoint at least this often while records flow.
-    pub checkpoint_every: Duration,
     /// This proxy's name in chain ids.
     pub node: String,
 }
@@ -59,7 +57,6 @@ impl Default for AuditOptions {
             stream_maxlen: 1_000_000,
             key: None,
             buffer: 10_000,
-            checkpoint_every: Duration::from_secs(10),
             node: "local".into(),
         }
     }
@@ -85,8 +82,12 @@ pub struct Record {
     pub key: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub route: String,
+    /// The model the client asked for (cut at [`MAX_MODEL`] characters).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub model: String,
+    /// The model as metrics name it: a name the configuration lists, else `_other`.
+    #[serde(skip)]
+    pub model_label: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub backend: String,
     pub input_tokens: u64,
@@ -110,6 +111,10 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
 }
+
+/// Most characters of a client's model name kept in a record (the name is the client's to
+/// choose; a configured one is far shorter).
+pub const MAX_MODEL: usize = 128;
 
 /// Most text kept of a prompt or an answer.
 pub const MAX_TEXT: usize = 64 << 10;

@@ -4,10 +4,13 @@
 //! Lines are grouped by chain (a proxy and sink since its start; a Redis export interleaves
 //! many). Files are put in order within a chain by the sequence number they start at, then
 //! each chain is walked line by line: every line's hash must match its bytes, its `seq` must
-//! follow the one before and its `prev` must be that line's hash. A chain must start with a
-//! checkpoint (`seq` 0, or a later checkpoint when older files were rotated away); with the
-//! key, every checkpoint's signature is checked, so a chain recomputed after a forgery fails
-//! at its next checkpoint.
+//! follow the one before and its `prev` must be that line's hash. A chain must start with its
+//! first checkpoint (`seq` 0): a chain whose oldest records were deleted does not verify, unless
+//! `--from CHAIN@SEQ` names the checkpoint to start from (older files rotated away on
+//! purpose), and the report says so. Every record must be followed by a checkpoint (the
+//! writer seals each batch with one), and with the key every checkpoint's signature is
+//! checked: a chain recomputed after a forgery, or records rewritten after the last
+//! checkpoint, fail.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,10 @@ pub enum Problem {
     Forged { at: Place, seq: u64 },
     /// The chain's first line is not a checkpoint.
     Headless { at: Place, seq: u64 },
+    /// The chain starts at a later checkpoint than its first, and `--from` did not name it.
+    Truncated { at: Place, chain: String, seq: u64 },
+    /// Records after the chain's last checkpoint: nothing seals them.
+    Unsealed { at: Place, records: u64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -79,6 +86,14 @@ impl std::fmt::Display for Problem {
                 f,
                 "{at}: the chain starts at record {seq}, which is not a checkpoint (records before it were deleted)"
             ),
+            Self::Truncated { at, chain, seq } => write!(
+                f,
+                "{at}: chain {chain} starts at checkpoint {seq}, not at its first: the records before it are missing (if older files were rotated away on purpose, verify from here with --from {chain}@{seq})"
+            ),
+            Self::Unsealed { at, records } => write!(
+                f,
+                "{at}: {records} record(s) after the chain's last checkpoint are not sealed (cut off mid-write, or rewritten)"
+            ),
         }
     }
 }
@@ -93,6 +108,8 @@ pub struct Summary {
     pub open: Vec<String>,
     /// Records the proxy itself reported dropped (`gap` lines).
     pub dropped: u64,
+    /// Chains verified from a later checkpoint than their first (`--from`): `chain@seq`.
+    pub from: Vec<String>,
 }
 
 struct Line {
@@ -102,8 +119,13 @@ struct Line {
     dropped: u64,
 }
 
-/// Checks the files; `Err`: the first problem, in the order of the files' chains.
-pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> std::io::Result<Result<Summary, Problem>> {
+/// Checks the files; `Err`: the first problem, in the order of the files' chains. `from`:
+/// checkpoints (`chain@seq`) that chains may start at instead of their first.
+pub fn verify(
+    files: &[PathBuf],
+    key: Option<&[u8]>,
+    from: &[String],
+) -> std::io::Result<Result<Summary, Problem>> {
     // chain -> files' lines, each file's lines in file order.
     let mut chains: BTreeMap<String, Vec<Vec<Line>>> = BTreeMap::new();
     let mut unparsed: Vec<Line> = Vec::new();
@@ -153,7 +175,12 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> std::io::Result<Result<S
     for (chain, mut files) in chains {
         files.sort_by_key(|f| f.first().and_then(|l| l.parsed.as_ref()).map(|p| p.seq));
         let lines: Vec<Line> = files.into_iter().flatten().collect();
-        if let Err(p) = walk(&lines, key, &mut summary) {
+        let start = from
+            .iter()
+            .filter_map(|f| f.rsplit_once('@'))
+            .find(|(c, _)| *c == chain)
+            .and_then(|(_, seq)| seq.parse::<u64>().ok());
+        if let Err(p) = walk(&chain, &lines, key, start, &mut summary) {
             return Ok(Err(p));
         }
         summary.chains += 1;
@@ -164,7 +191,13 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> std::io::Result<Result<S
     Ok(Ok(summary))
 }
 
-fn walk(lines: &[Line], key: Option<&[u8]>, summary: &mut Summary) -> Result<(), Problem> {
+fn walk(
+    chain: &str,
+    lines: &[Line],
+    key: Option<&[u8]>,
+    from: Option<u64>,
+    summary: &mut Summary,
+) -> Result<(), Problem> {
     let seqs: Vec<u64> = lines
         .iter()
         .filter_map(|l| l.parsed.as_ref().map(|p| p.seq))
@@ -198,12 +231,22 @@ fn walk(lines: &[Line], key: Option<&[u8]>, summary: &mut Summary) -> Result<(),
         }
         match last {
             None => {
-                let starts = p.kind == "checkpoint" && (p.seq > 0 || p.prev == GENESIS);
-                if !starts {
+                if p.kind != "checkpoint" {
                     return Err(Problem::Headless {
                         at: l.at.clone(),
                         seq: p.seq,
                     });
+                }
+                let first = p.seq == 0 && p.prev == GENESIS;
+                if !first && from != Some(p.seq) {
+                    return Err(Problem::Truncated {
+                        at: l.at.clone(),
+                        chain: chain.to_owned(),
+                        seq: p.seq,
+                    });
+                }
+                if !first {
+                    summary.from.push(format!("{chain}@{}", p.seq));
                 }
             }
             Some((seq, hash)) => {
@@ -251,18 +294,46 @@ fn walk(lines: &[Line], key: Option<&[u8]>, summary: &mut Summary) -> Result<(),
         summary.dropped += l.dropped;
         last = Some((p.seq, &p.hash));
     }
+    // Nothing after the last checkpoint.
+    let unsealed = lines
+        .iter()
+        .rev()
+        .take_while(|l| l.parsed.as_ref().is_some_and(|p| p.kind != "checkpoint"))
+        .count();
+    if unsealed > 0 {
+        let first = &lines[lines.len() - unsealed];
+        return Err(Problem::Unsealed {
+            at: first.at.clone(),
+            records: unsealed as u64,
+        });
+    }
     Ok(())
 }
 
+/// The shortest checkpoint key accepted: an HMAC-SHA256 key of fewer bytes than the hash is
+/// weaker than the hash, and an empty one signs nothing.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// A checkpoint key from its file (a Secret's value, whitespace around it trimmed).
+pub fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("reading the audit key {}: {e}", path.display()))?;
+    let key = raw.trim_ascii().to_vec();
+    if key.len() < MIN_KEY_BYTES {
+        anyhow::bail!(
+            "the audit key in {} has {} bytes; at least {MIN_KEY_BYTES} are needed (e.g. `head -c 32 /dev/urandom | base64`)",
+            path.display(),
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
 /// The `audit verify` command: prints the verdict; exit code 0 intact, 1 not.
-pub fn command(files: &[PathBuf], key_file: Option<&Path>) -> anyhow::Result<i32> {
-    let key = key_file
-        .map(|p| {
-            std::fs::read(p).map_err(|e| anyhow::anyhow!("reading the key {}: {e}", p.display()))
-        })
-        .transpose()?;
-    let key = key.as_deref().map(<[u8]>::trim_ascii);
-    match verify(files, key)? {
+pub fn command(files: &[PathBuf], key_file: Option<&Path>, from: &[String]) -> anyhow::Result<i32> {
+    let key = key_file.map(read_key).transpose()?;
+    let key = key.as_deref();
+    match verify(files, key, from)? {
         Ok(s) => {
             println!(
                 "intact: {} records in {} chain(s), {} checkpoint(s){}",
@@ -275,6 +346,11 @@ pub fn command(files: &[PathBuf], key_file: Option<&Path>) -> anyhow::Result<i32
                     " (signatures not checked: no --key-file)"
                 }
             );
+            for f in &s.from {
+                println!(
+                    "chain {f}: verified from this checkpoint, as --from asked; records before it were not checked"
+                );
+            }
             if s.dropped > 0 {
                 println!(
                     "the proxies reported {} record(s) dropped while a sink was down",

@@ -1,0 +1,328 @@
+//! What a request holds while the gateway works on it, taken in this order:
+//!
+//! 1. its key's share of the concurrency (`--max-concurrency-per-key`), taken once the key is
+//!    known and before the body is read: a key that sends bodies slowly holds its own share,
+//!    never every tenant's slots (429 beyond it);
+//! 2. the body, read within a deadline and at a least rate (408 otherwise);
+//! 3. a slot of the gateway's concurrency (`--max-concurrency`), taken once the body is in
+//!    (503 beyond it).
+//!
+//! Both are held until the response — a stream included — ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::KeyEntry;
+use crate::error::{ErrorKind, ProxyError};
+
+/// The limits of request admission.
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    per_key: u32,
+    pub body: BodyTiming,
+}
+
+/// How long a request body may take.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTiming {
+    /// The whole body must arrive within this.
+    pub timeout: Duration,
+    /// After the first second, at least this many bytes a second on average (0: no floor).
+    pub min_rate: u64,
+}
+
+impl Default for BodyTiming {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            min_rate: 1024,
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(max_concurrency: usize, per_key: usize, body: BodyTiming) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrency)),
+            per_key: u32::try_from(per_key.max(1)).unwrap_or(u32::MAX),
+            body,
+        }
+    }
+
+    /// The key's share: `Err` (429) when the key has as many requests in flight here as its
+    /// share allows.
+    pub fn key_share(&self, key: &Arc<KeyEntry>) -> Result<KeyShare, ProxyError> {
+        let was = key.in_flight.fetch_add(1, Ordering::Relaxed);
+        let share = KeyShare(key.clone());
+        if was >= self.per_key {
+            let mut e = ProxyError::new(
+                ErrorKind::RateLimitParallel,
+                format!(
+                    "This API key has {was} requests in flight on this gateway instance, its share of the concurrency; retry when one ends."
+                ),
+            )
+            .with_code("concurrency_limit_exceeded");
+            e.retry_after = Some(HeaderValue::from_static("1"));
+            return Err(e);
+        }
+        Ok(share)
+    }
+
+    /// A slot of the gateway's concurrency: `Err` (503) when every one is taken.
+    pub fn slot(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ProxyError::new(
+                ErrorKind::NotReady,
+                "The gateway is at its concurrency limit; retry shortly.",
+            );
+            e.retry_after = Some(HeaderValue::from_static("1"));
+            e
+        })
+    }
+}
+
+/// A key's request in flight on this gateway (released when dropped).
+#[derive(Debug)]
+pub struct KeyShare(Arc<KeyEntry>);
+
+impl Drop for KeyShare {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an admitted request holds.
+#[derive(Debug)]
+pub struct Admitted {
+    pub share: KeyShare,
+    pub slot: OwnedSemaphorePermit,
+}
+
+impl Admitted {
+    /// Keeps what the request holds until its response ends: a stream holds it until its
+    /// last event (or its client leaves); a whole answer releases it now.
+    pub fn hold(self, resp: Response) -> Response {
+        let streaming = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if !streaming {
+            return resp;
+        }
+        resp.map(|body| Body::new(Holding { body, _held: self }))
+    }
+}
+
+struct Holding {
+    body: Body,
+    _held: Admitted,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Reads a body up to `limit` bytes (413 beyond it), within the timing (408 when it is late
+/// or too slow).
+pub async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    timing: BodyTiming,
+) -> Result<Bytes, ProxyError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        linger(body);
+        return Err(too_large());
+    }
+    let start = tokio::time::Instant::now();
+    let deadline = start + timing.timeout;
+    let mut out = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    loop {
+        // Wake at least every second to check the rate.
+        let check = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let frame = match tokio::time::timeout_at(check, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError::invalid(format!(
+                    "Reading the request body failed: {e}"
+                )));
+            }
+            Err(_) => {
+                let elapsed = start.elapsed();
+                if elapsed >= timing.timeout {
+                    return Err(slow(format!(
+                        "The request body did not arrive within {:?}.",
+                        timing.timeout
+                    )));
+                }
+                let floor = timing.min_rate as f64 * elapsed.as_secs_f64();
+                if timing.min_rate > 0
+                    && elapsed >= Duration::from_secs(1)
+                    && (out.len() as f64) < floor
+                {
+                    return Err(slow(format!(
+                        "The request body arrived at {:.0} bytes a second, below the least rate of {} bytes a second.",
+                        out.len() as f64 / elapsed.as_secs_f64(),
+                        timing.min_rate
+                    )));
+                }
+                continue;
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                linger(body);
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+fn slow(message: String) -> ProxyError {
+    ProxyError::new(ErrorKind::BodyTimeout, message)
+}
+
+/// Most of a refused body read and thrown away, and for how long, so that a client that
+/// sends it all before reading (Python's `urllib`) gets the 413 instead of a reset
+/// connection (nginx's lingering close).
+const LINGER_BYTES: u64 = 256 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(10);
+
+/// Reads the rest of a refused body in the background, within the bounds above; the
+/// response goes out meanwhile. Past the bounds the connection is closed.
+fn linger(mut body: Body) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut left = LINGER_BYTES;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Arc<KeyEntry> {
+        Arc::new(KeyEntry {
+            id: "ns/k".into(),
+            ..KeyEntry::default()
+        })
+    }
+
+    #[test]
+    fn a_key_holds_its_share_and_no_more() {
+        let a = Admission::new(10, 2, BodyTiming::default());
+        let k = key();
+        let one = a.key_share(&k).expect("first");
+        let two = a.key_share(&k).expect("second");
+        let third = a.key_share(&k).expect_err("over the share");
+        assert_eq!(third.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        drop(one);
+        let _again = a.key_share(&k).expect("a share came back");
+        drop(two);
+        // Another key is not affected.
+        let other = key();
+        assert!(a.key_share(&other).is_ok());
+        assert_eq!(k.in_flight.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_is_refused_and_a_late_one_too() {
+        let timing = BodyTiming {
+            timeout: Duration::from_secs(30),
+            min_rate: 100,
+        };
+        // Ten bytes a second: below the floor after the first second.
+        let (mut tx, body) = {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+            (
+                tx,
+                Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+        };
+        let sender = tokio::spawn(async move {
+            for _ in 0..100 {
+                if tx
+                    .send(Ok(Bytes::from_static(b"0123456789")))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let _ = &mut tx;
+        });
+        let e = read_body(&HeaderMap::new(), body, 1 << 20, timing)
+            .await
+            .expect_err("too slow");
+        assert_eq!(e.kind, ErrorKind::BodyTimeout);
+        assert_eq!(e.status(), http::StatusCode::REQUEST_TIMEOUT);
+        sender.abort();
+        // No floor: the deadline still holds.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let e = read_body(
+            &HeaderMap::new(),
+            body,
+            1 << 20,
+            BodyTiming {
+                timeout: Duration::from_secs(5),
+                min_rate: 0,
+            },
+        )
+        .await
+        .expect_err("late");
+        assert!(e.message.contains("within"), "{}", e.message);
+        // A body that arrives in time is read whole.
+        let ok = read_body(&HeaderMap::new(), Body::from("hello"), 1 << 20, timing)
+            .await
+            .expect("read");
+        assert_eq!(&ok[..], b"hello");
+    }
+}

@@ -1,0 +1,375 @@
+//! The accept loop both listeners run, on hyper's server builder (HTTP/1.1 and HTTP/2), so
+//! that no client can hold a connection, a buffer or a slot longer than its limits:
+//!
+//! - **connections**: at most `max_connections` open; one beyond is closed at once;
+//! - **request heads**: at most `max_header_bytes` (HTTP/1 read buffer, HTTP/2 header list),
+//!   and complete within `header_read_timeout` of the connection opening or of the first
+//!   byte of the next request;
+//! - **idle connections**: closed after `idle_timeout` without a request in flight;
+//! - **HTTP/2**: at most `max_streams` requests at once per connection, and a keep-alive ping
+//!   that closes a connection whose peer stopped answering.
+//!
+//! A request body's deadline and least rate are the request path's (`frontdoor::read_body`):
+//! a body is read after its key is known, under that key's share of the concurrency.
+//!
+//! Each connection's state — requests in flight, and since when it has been waiting for what —
+//! is a few atomics written by its I/O and its service, and read by its own timer, re-armed
+//! for the next deadline only (no periodic tick).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::metrics::{ListenerLabels, ListenerReasonLabels, Metrics};
+
+/// The limits of a listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerOptions {
+    /// Longest a request head may take: from the connection opening, or from the first byte
+    /// of a request on a kept-alive one.
+    pub header_read_timeout: Duration,
+    /// Longest a connection stays open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// HTTP/2: most requests in flight on one connection.
+    pub max_streams: u32,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            max_streams: 128,
+        }
+    }
+}
+
+/// Milliseconds on the runtime's clock since the listener started.
+fn now_ms(epoch: tokio::time::Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// What one connection is doing, for its timer.
+#[derive(Debug)]
+struct ConnState {
+    epoch: tokio::time::Instant,
+    in_flight: AtomicU32,
+    /// When the current wait began (a request head, or idleness).
+    since_ms: AtomicU64,
+    /// Bytes of a request arrived while nothing was in flight: waiting for a head.
+    reading_head: AtomicBool,
+}
+
+impl ConnState {
+    fn new(epoch: tokio::time::Instant) -> Self {
+        Self {
+            epoch,
+            in_flight: AtomicU32::new(0),
+            since_ms: AtomicU64::new(now_ms(epoch)),
+            // A new connection must send its first request within the head timeout.
+            reading_head: AtomicBool::new(true),
+        }
+    }
+
+    /// Bytes arrived.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.reading_head.load(Ordering::Relaxed)
+        {
+            self.since_ms.store(now_ms(self.epoch), Ordering::Relaxed);
+            self.reading_head.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head is complete: the request is in flight until its response ends.
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.reading_head.store(false, Ordering::Relaxed);
+    }
+
+    /// A response ended (or its client went away).
+    fn end(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.since_ms.store(now_ms(self.epoch), Ordering::Relaxed);
+            self.reading_head.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection must be closed if nothing changes, and why; `None` while a
+    /// request is in flight.
+    fn deadline(&self, opts: &ListenerOptions) -> Option<(u64, &'static str)> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = self.since_ms.load(Ordering::Relaxed);
+        Some(if self.reading_head.load(Ordering::Relaxed) {
+            (
+                since + opts.header_read_timeout.as_millis() as u64,
+                "header_timeout",
+            )
+        } else {
+            (since + opts.idle_timeout.as_millis() as u64, "idle_timeout")
+        })
+    }
+}
+
+/// A TCP stream that tells its connection's state when bytes arrive.
+struct Tracked {
+    tcp: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+/// A request in flight on its connection, until dropped: with its response body when the
+/// response went out, or with the request's future when the client went away first.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn begin(state: &Arc<ConnState>) -> Self {
+        state.begin();
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A response body that keeps its request in flight until it ends or is dropped.
+struct Ended {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Ended {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 server builder with the limits.
+fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // The connection's own timer bounds heads and idleness (hyper's would tie the two).
+        .header_read_timeout(None)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .max_headers(128);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes as u32)
+        .max_concurrent_streams(opts.max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, asks every
+/// connection to finish (HTTP/1: after its request in flight; HTTP/2: GOAWAY) and returns
+/// when all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    opts: ListenerOptions,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let builder = Arc::new(builder(&opts));
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let epoch = tokio::time::Instant::now();
+    let open = metrics
+        .connections_open
+        .get_or_create(&ListenerLabels { listener: name })
+        .clone();
+    let closed = |reason: &'static str| {
+        metrics
+            .connections_closed
+            .get_or_create(&ListenerReasonLabels {
+                listener: name,
+                reason,
+            })
+            .inc();
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            closed("refused");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = Arc::new(ConnState::new(epoch));
+        let io = TokioIo::new(Tracked {
+            tcp,
+            state: state.clone(),
+        });
+        let service = {
+            let state = state.clone();
+            let router = router.clone();
+            hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let in_flight = InFlight::begin(&state);
+                let call = router.clone().oneshot(req);
+                async move {
+                    let resp = match call.await {
+                        Ok(r) => r,
+                        Err(e) => match e {},
+                    };
+                    Ok::<_, Infallible>(resp.map(|body| {
+                        axum::body::Body::new(Ended {
+                            body,
+                            _in_flight: in_flight,
+                        })
+                    }))
+                }
+            })
+        };
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        let open = open.clone();
+        let timeouts = {
+            let metrics = metrics.clone();
+            move |reason: &'static str| {
+                metrics
+                    .connections_closed
+                    .get_or_create(&ListenerReasonLabels {
+                        listener: name,
+                        reason,
+                    })
+                    .inc();
+            }
+        };
+        open.inc();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            let mut stopping = false;
+            loop {
+                let deadline = state.deadline(&opts);
+                let wake = match deadline {
+                    Some((at, _)) => epoch + Duration::from_millis(at),
+                    // A request in flight: look again after the shorter timeout.
+                    None => {
+                        tokio::time::Instant::now()
+                            + opts.header_read_timeout.min(opts.idle_timeout)
+                    }
+                };
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    changed = stop.changed(), if !stopping => {
+                        if changed.is_err() || *stop.borrow() {
+                            stopping = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                    () = tokio::time::sleep_until(wake) => {
+                        if let Some((at, why)) = state.deadline(&opts)
+                            && now_ms(epoch) >= at
+                        {
+                            timeouts(why);
+                            break;
+                        }
+                    }
+                }
+            }
+            open.dec();
+            drop(slot);
+        });
+    }
+    // Stop accepting; let every connection finish, then return.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = slots.acquire_many(opts.max_connections as u32).await;
+}
