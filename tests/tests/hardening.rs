@@ -152,9 +152,9 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
                 if s.write_all(b"a").await.is_err() {
                     return Some(opened.elapsed());
                 }
-                match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => return Some(opened.elapsed()),
-                    Ok(Ok(_)) | Err(_) => {}
+                let read = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+                if let Ok(Ok(0) | Err(_)) = read {
+                    return Some(opened.elapsed());
                 }
                 if opened.elapsed() > Duration::from_secs(30) {
                     return None;
