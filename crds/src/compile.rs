@@ -360,22 +360,36 @@ impl Compiler {
         routes.sort_by(|a, b| a.id.cmp(&b.id));
 
         let mut keys: Vec<(pb::VirtualKey, u64)> = Vec::with_capacity(world.keys.len());
-        let mut seen_hashes: HashMap<[u8; 32], String> = HashMap::with_capacity(world.keys.len());
+        // Key values already claimed: by which key, created when. The older key keeps a
+        // value; two namespaces claiming one at the same time (creation times have a second's
+        // resolution) both lose it, so a copy made in the same second never wins it.
+        let mut seen_hashes: HashMap<
+            [u8; 32],
+            (ResourceKey, Option<k8s_openapi::jiff::Timestamp>),
+        > = HashMap::with_capacity(world.keys.len());
+        let mut contested: Vec<ResourceKey> = Vec::new();
         for vk in by_age(&world.keys) {
             let key = ResourceKey::of(vk);
             if unserved(&key) {
                 admit(key, Err(not_served()), &mut diagnostics);
                 continue;
             }
+            let created = vk.meta().creation_timestamp.as_ref().map(|t| t.0);
             let compiled =
                 self.key(vk, &key, world)
                     .and_then(|(k, raw, hash)| match seen_hashes.entry(raw) {
                         std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(key.id());
+                            v.insert((key.clone(), created));
                             Ok((k, hash))
                         }
                         std::collections::hash_map::Entry::Occupied(o) => {
-                            Err(tenancy::duplicate_key(&key, o.get()))
+                            let (older, when) = o.get();
+                            if older.namespace != key.namespace && *when == created {
+                                contested.push(older.clone());
+                                Err(tenancy::contested_key())
+                            } else {
+                                Err(tenancy::duplicate_key(&key, &older.id()))
+                            }
                         }
                     });
             match compiled {
@@ -386,6 +400,19 @@ impl Compiler {
                 Err(r) => {
                     admit(key, Err(r), &mut diagnostics);
                 }
+            }
+        }
+        for c in &contested {
+            let id = c.id();
+            if keys.iter().any(|(k, _)| k.id == id) {
+                keys.retain(|(k, _)| k.id != id);
+                let r = tenancy::contested_key();
+                diagnostics.push(Diagnostic {
+                    resource: c.clone(),
+                    condition: r.condition,
+                    reason: r.reason,
+                    message: r.message,
+                });
             }
         }
         keys.sort_by(|a, b| a.0.id.cmp(&b.0.id));
@@ -415,6 +442,7 @@ impl Compiler {
             }
         }
 
+        resources.retain(|r| !contested.contains(r));
         resources.sort();
         // Every list by id: deltas merge two snapshots list by list.
         pools.sort_by(|a, b| a.id.cmp(&b.id));

@@ -6,6 +6,8 @@
 //! phase, because a cluster is expensive on 2 cores.
 
 mod common;
+#[path = "kubernetes/tenants.rs"]
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -701,6 +703,9 @@ async fn kubernetes_end_to_end() {
             .then_some(())
     })
     .await;
+
+    // ---- Namespaces are tenants: an attacker namespace replays every capture.
+    tenants::victim_and_attacker(&kube, &dps, &mock_url, &chart, &server_version).await;
 
     // ---- SIGTERM on the leader in the middle of a stream of changes: it gives the Lease up
     // on the way out (no wait for it to run out), the other replica takes status writing

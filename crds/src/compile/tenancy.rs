@@ -196,6 +196,15 @@ pub(super) fn duplicate_key(key: &ResourceKey, older: &str) -> Reject {
     Reject::spec("DuplicateKey", message)
 }
 
+/// The message of keys of two namespaces that claim one key value at the same time: neither
+/// is served (the value's owner cannot be told apart).
+pub(super) fn contested_key() -> Reject {
+    Reject::spec(
+        "DuplicateKey",
+        "another VirtualKey, created at the same time, claims the same key value: neither is served; choose another",
+    )
+}
+
 /// Fills a compiled route's admissions.
 pub(super) fn admit(route: &mut pb::Route, listed: Vec<String>, all: bool) {
     route.key_namespaces = listed;

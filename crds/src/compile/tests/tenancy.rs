@@ -208,3 +208,42 @@ spec: {models: [chat], backends: [{pool: mock}]}
     let ids: Vec<&str> = c.snapshot.routes.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["victim/chat"]);
 }
+
+#[test]
+fn a_key_value_claimed_by_two_namespaces_at_once_serves_neither() {
+    let keys = |victim_at: &str, evil_at: &str| {
+        let mut w = tenants(&format!(
+            r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: app, namespace: victim, creationTimestamp: "{victim_at}"}}
+spec: {{secretRef: {{name: keys, key: app}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: copy, namespace: evil, creationTimestamp: "{evil_at}"}}
+spec: {{secretRef: {{name: keys, key: copy}}}}
+"#
+        ));
+        w.served = None;
+        compile(&w)
+    };
+    // The same second: neither is served, and neither message names the other.
+    let c = keys("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z");
+    for (ns, name) in [("victim", "app"), ("evil", "copy")] {
+        let (r, m) = reason(&c, ns, name).expect("rejected");
+        assert_eq!(r, "DuplicateKey");
+        assert!(!m.contains("victim/") && !m.contains("evil/"), "{m}");
+    }
+    assert!(c.snapshot.keys.is_empty());
+    assert!(c.snapshot.resources.iter().all(|r| r.kind != "VirtualKey"));
+    // The older keeps it, whichever namespace sorts first.
+    let c = keys("2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z");
+    assert!(reason(&c, "victim", "app").is_none());
+    assert_eq!(
+        reason(&c, "evil", "copy").map(|(r, _)| r),
+        Some("DuplicateKey")
+    );
+    let ids: Vec<&str> = c.snapshot.keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, ["victim/app"]);
+}
