@@ -431,7 +431,7 @@ impl Compiler {
                 admit(key, Err(not_served()), &mut diagnostics);
                 continue;
             }
-            match compile_guardrail(g, &key, &world.routes, &self.egress) {
+            match compile_guardrail(g, &key, world, &self.egress) {
                 Ok(c) => {
                     admit(key, Ok(()), &mut diagnostics);
                     guardrails.push(c);
@@ -687,9 +687,10 @@ fn compile_key(
 fn compile_guardrail(
     g: &Guardrail,
     key: &ResourceKey,
-    routes: &[crate::LLMRoute],
+    world: &World,
     egress: &crate::egress::Egress,
 ) -> Result<pb::Guardrail, Reject> {
+    let routes = &world.routes;
     let spec = &g.spec;
     let targets = spec.targets.clone().unwrap_or_default();
     let selects = |sel: &Option<crate::KeySelector>, labels: Option<&BTreeMap<String, String>>| {
@@ -752,7 +753,9 @@ fn compile_guardrail(
         None => None,
         Some(w) => {
             let url = validate::endpoint_url("spec.webhook.url", &w.url)?;
-            egress.check("spec.webhook.url", &url)?;
+            egress.check("spec.webhook.url", &url, &|n| {
+                world.namespaces.contains_key(n)
+            })?;
             let timeout = match &w.timeout {
                 Some(t) => validate::duration("spec.webhook.timeout", t)?,
                 None => std::time::Duration::from_secs(1),

@@ -113,10 +113,15 @@ fn internal_ip(ip: IpAddr) -> bool {
     }
 }
 
-fn internal_name(host: &str) -> bool {
+/// Whether a name is the cluster's: `localhost`, a single label, `<service>.<namespace>` of a
+/// namespace the cluster has (the search domains complete it to a Service), or a name under
+/// a cluster or private suffix.
+fn internal_name(host: &str, namespaces: &dyn Fn(&str) -> bool) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = h.split('.').collect();
     h == "localhost"
-        || !h.contains('.')
+        || labels.len() == 1
+        || (labels.len() == 2 && namespaces(labels[1]))
         || [
             ".localhost",
             ".svc",
@@ -129,8 +134,14 @@ fn internal_name(host: &str) -> bool {
 }
 
 impl Egress {
-    /// Checks the host of a URL (already parsed by `validate::endpoint_url`).
-    pub fn check(&self, field: &str, url: &url::Url) -> Result<(), InvalidField> {
+    /// Checks the host of a URL (already parsed by `validate::endpoint_url`); `namespaces`
+    /// says whether a name is one of the cluster's namespaces.
+    pub fn check(
+        &self,
+        field: &str,
+        url: &url::Url,
+        namespaces: &dyn Fn(&str) -> bool,
+    ) -> Result<(), InvalidField> {
         if !self.restrict {
             return Ok(());
         }
@@ -165,7 +176,7 @@ impl Egress {
                     Some(suffix) => host.ends_with(&format!(".{suffix}")),
                     None => a.eq_ignore_ascii_case(host),
                 });
-                if internal_name(host) && !allowed {
+                if internal_name(host, namespaces) && !allowed {
                     return refuse("a cluster-internal name");
                 }
                 Ok(())
@@ -179,7 +190,9 @@ mod tests {
     use super::*;
 
     fn check(e: &Egress, u: &str) -> bool {
-        e.check("url", &url::Url::parse(u).expect("url")).is_ok()
+        let namespaces = |n: &str| n == "victim";
+        e.check("url", &url::Url::parse(u).expect("url"), &namespaces)
+            .is_ok()
     }
 
     #[test]
@@ -210,6 +223,7 @@ mod tests {
             "http://kubernetes.default.svc/api",
             "http://redis.evil.svc.cluster.local:6379",
             "http://redis/",
+            "http://vllm.victim:8000/v1",
             "http://0.0.0.0/",
         ] {
             assert!(!check(&e, bad), "{bad}");
@@ -220,6 +234,7 @@ mod tests {
             "http://10.20.3.4:8000/v1",
             "http://vllm.models.svc.cluster.local:8000/v1",
             "http://qwen.models.svc/v1",
+            "https://openai.com/v1",
         ] {
             assert!(check(&e, good), "{good}");
         }

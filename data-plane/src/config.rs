@@ -65,8 +65,6 @@ pub struct KeyEntry {
     /// (model glob, limits) from the key's `modelLimits`.
     pub model_limits: Vec<(String, Limits)>,
     pub budget: Option<BudgetSpec>,
-    /// Requests of this key in flight on this data plane (its share of the concurrency).
-    pub in_flight: std::sync::atomic::AtomicU32,
 }
 
 impl KeyEntry {
@@ -807,7 +805,6 @@ fn key_entry(k: &pb::VirtualKey) -> KeyEntry {
             .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
             .collect(),
         budget: BudgetSpec::from_proto(k.budget),
-        in_flight: std::sync::atomic::AtomicU32::new(0),
     }
 }
 

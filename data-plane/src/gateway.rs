@@ -67,11 +67,7 @@ impl Gateway {
     pub fn admission(&self) -> &crate::frontdoor::admission::Admission {
         self.admission.get_or_init(|| {
             let d = crate::stack::StackOptions::default();
-            crate::frontdoor::admission::Admission::new(
-                d.max_concurrency,
-                d.max_concurrency_per_key,
-                d.body,
-            )
+            crate::frontdoor::admission::Admission::new(d.max_concurrency, d.shares, d.body)
         })
     }
 

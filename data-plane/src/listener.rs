@@ -6,6 +6,11 @@
 //!   and complete within `header_read_timeout` of the connection opening or of the first
 //!   byte of the next request;
 //! - **idle connections**: closed after `idle_timeout` without a request in flight;
+//! - **stalled writes**: a connection whose client stopped reading (a write to it waiting
+//!   for room) is closed after `write_timeout`, so a response — a stream above all — cannot
+//!   hold its request's slots for ever;
+//! - **connections per client address**: at most `max_connections_per_peer` (off by
+//!   default: behind a load balancer every client shares its address);
 //! - **HTTP/2**: at most `max_streams` requests at once per connection, and a keep-alive ping
 //!   that closes a connection whose peer stopped answering.
 //!
@@ -49,6 +54,10 @@ pub struct ListenerOptions {
     pub max_connections: usize,
     /// HTTP/2: most requests in flight on one connection.
     pub max_streams: u32,
+    /// Longest a write to the client may wait for room (its reader stopped).
+    pub write_timeout: Duration,
+    /// Most connections open at once from one client address; 0: no limit.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ListenerOptions {
@@ -59,6 +68,8 @@ impl Default for ListenerOptions {
             max_header_bytes: 64 * 1024,
             max_connections: 4096,
             max_streams: 128,
+            write_timeout: Duration::from_secs(60),
+            max_connections_per_peer: 0,
         }
     }
 }
@@ -77,6 +88,8 @@ struct ConnState {
     since_ms: AtomicU64,
     /// Bytes of a request arrived while nothing was in flight: waiting for a head.
     reading_head: AtomicBool,
+    /// When a write to the client began to wait for room, plus one (0: none waits).
+    write_waiting: AtomicU64,
 }
 
 impl ConnState {
@@ -87,6 +100,19 @@ impl ConnState {
             since_ms: AtomicU64::new(now_ms(epoch)),
             // A new connection must send its first request within the head timeout.
             reading_head: AtomicBool::new(true),
+            write_waiting: AtomicU64::new(0),
+        }
+    }
+
+    /// A write to the client returned: waiting (`Pending`) or not.
+    fn wrote<T>(&self, r: &Poll<T>) {
+        let waiting = self.write_waiting.load(Ordering::Relaxed);
+        match (r.is_pending(), waiting) {
+            (true, 0) => self
+                .write_waiting
+                .store(now_ms(self.epoch) + 1, Ordering::Relaxed),
+            (false, w) if w != 0 => self.write_waiting.store(0, Ordering::Relaxed),
+            _ => {}
         }
     }
 
@@ -114,8 +140,15 @@ impl ConnState {
     }
 
     /// When the connection must be closed if nothing changes, and why; `None` while a
-    /// request is in flight.
+    /// request is in flight and its writes go out.
     fn deadline(&self, opts: &ListenerOptions) -> Option<(u64, &'static str)> {
+        let waiting = self.write_waiting.load(Ordering::Relaxed);
+        if waiting != 0 {
+            return Some((
+                waiting - 1 + opts.write_timeout.as_millis() as u64,
+                "write_timeout",
+            ));
+        }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
@@ -158,7 +191,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.state.wrote(&r);
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -174,7 +209,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.state.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -225,6 +262,58 @@ impl http_body::Body for Ended {
     }
 }
 
+/// Connections open by client address, when they are limited.
+#[derive(Clone)]
+struct Peers {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One of a client address's open connections (given back when dropped).
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl Peers {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A connection from `ip`: `None` when the address has its most open already; a slot
+    /// that counts nothing when there is no limit.
+    fn open(&self, ip: std::net::IpAddr) -> Option<Option<PeerSlot>> {
+        if self.max == 0 {
+            return Some(None);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        }))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// The HTTP/1.1 + HTTP/2 server builder with the limits.
 fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -256,6 +345,7 @@ pub async fn serve(
 ) {
     let builder = Arc::new(builder(&opts));
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let peers = Peers::new(opts.max_connections_per_peer);
     let (stop_tx, stop_rx) = watch::channel(false);
     let epoch = tokio::time::Instant::now();
     let open = metrics
@@ -273,7 +363,7 @@ pub async fn serve(
     };
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -287,6 +377,11 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             closed("refused");
+            drop(tcp);
+            continue;
+        };
+        let Some(from_peer) = peers.open(peer.ip()) else {
+            closed("peer_limit");
             drop(tcp);
             continue;
         };
@@ -340,10 +435,13 @@ pub async fn serve(
                 let deadline = state.deadline(&opts);
                 let wake = match deadline {
                     Some((at, _)) => epoch + Duration::from_millis(at),
-                    // A request in flight: look again after the shorter timeout.
+                    // A request in flight: look again after the shortest timeout.
                     None => {
                         tokio::time::Instant::now()
-                            + opts.header_read_timeout.min(opts.idle_timeout)
+                            + opts
+                                .header_read_timeout
+                                .min(opts.idle_timeout)
+                                .min(opts.write_timeout)
                     }
                 };
                 tokio::select! {
@@ -365,6 +463,7 @@ pub async fn serve(
                 }
             }
             open.dec();
+            drop(from_peer);
             drop(slot);
         });
     }
@@ -372,4 +471,57 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     let _ = slots.acquire_many(opts.max_connections as u32).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_address_holds_at_most_its_connections() {
+        let peers = Peers::new(2);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let one = peers.open(a).expect("first");
+        let _two = peers.open(a).expect("second");
+        assert!(peers.open(a).is_none(), "a third from the same address");
+        let _other = peers.open(b).expect("another address is not affected");
+        drop(one);
+        let _again = peers
+            .open(a)
+            .expect("a connection closed gives its place back");
+        let unlimited = Peers::new(0);
+        for _ in 0..10 {
+            assert!(
+                matches!(unlimited.open(a), Some(None)),
+                "no limit, nothing counted"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_waiting_too_long_sets_the_deadline() {
+        let opts = ListenerOptions {
+            write_timeout: Duration::from_secs(3),
+            ..ListenerOptions::default()
+        };
+        let state = ConnState::new(tokio::time::Instant::now());
+        state.begin();
+        assert_eq!(
+            state.deadline(&opts),
+            None,
+            "a request in flight, writes flowing"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.wrote(&Poll::<()>::Pending);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.wrote(&Poll::<()>::Pending);
+        assert_eq!(
+            state.deadline(&opts),
+            Some((4000, "write_timeout")),
+            "counted from the first write that waited"
+        );
+        state.wrote(&Poll::Ready(()));
+        assert_eq!(state.deadline(&opts), None, "the client read again");
+    }
 }

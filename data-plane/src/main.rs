@@ -7,8 +7,11 @@ use switchyard_data_plane::audit::AuditOptions;
 use switchyard_data_plane::telemetry::TelemetryOptions;
 use switchyard_data_plane::telemetry::access_log::Destination as AccessLogTo;
 use switchyard_data_plane::{
-    ConfigSource, LimitOptions, Options, ShutdownOptions, frontdoor::admission::BodyTiming,
-    listener::ListenerOptions, stack::StackOptions, xds::ClientOptions,
+    ConfigSource, LimitOptions, Options, ShutdownOptions,
+    frontdoor::admission::{BodyTiming, Shares},
+    listener::ListenerOptions,
+    stack::StackOptions,
+    xds::ClientOptions,
 };
 
 /// Switchyard data plane: the LLM gateway proxy.
@@ -69,6 +72,11 @@ struct Args {
         default_value_t = 1_000
     )]
     max_concurrency_per_key: usize,
+    /// Most requests of one namespace's keys together in flight, bodies being read
+    /// included; more get 429, so one tenant cannot take every slot. Default: half of
+    /// `--max-concurrency`.
+    #[arg(long, env = "SWITCHYARD_MAX_CONCURRENCY_PER_NAMESPACE")]
+    max_concurrency_per_namespace: Option<usize>,
     /// Longest a request body may take to arrive (408 beyond it).
     #[arg(long, env = "SWITCHYARD_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     body_timeout: std::time::Duration,
@@ -93,6 +101,14 @@ struct Args {
     /// Most client connections open at once, per listener; one beyond is closed at once.
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
+    /// Most client connections open at once from one client address, per listener (0: no
+    /// limit; behind a load balancer every client shares its address).
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_PEER", default_value_t = 0)]
+    max_connections_per_peer: usize,
+    /// Longest a write to a client may wait for room (the client stopped reading); the
+    /// connection is closed beyond it.
+    #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    write_timeout: std::time::Duration,
     /// Redis for rate limits and budgets shared by the fleet, e.g. redis://redis:6379/0
     /// (without it, counters live in this process).
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
@@ -354,7 +370,12 @@ async fn main() -> Result<()> {
         body_limit: args.max_body_bytes,
         stack: StackOptions {
             max_concurrency: args.max_concurrency,
-            max_concurrency_per_key: args.max_concurrency_per_key,
+            shares: Shares {
+                per_namespace: args
+                    .max_concurrency_per_namespace
+                    .unwrap_or(args.max_concurrency / 2),
+                per_key: args.max_concurrency_per_key,
+            },
             body: BodyTiming {
                 timeout: args.body_timeout,
                 min_rate: args.body_min_rate,
@@ -366,6 +387,8 @@ async fn main() -> Result<()> {
             idle_timeout: args.idle_timeout,
             max_header_bytes: args.max_header_bytes,
             max_connections: args.max_connections.max(1),
+            max_connections_per_peer: args.max_connections_per_peer,
+            write_timeout: args.write_timeout,
             ..ListenerOptions::default()
         },
         limits: LimitOptions {

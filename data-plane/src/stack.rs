@@ -81,9 +81,9 @@ impl MakeRequestId for RandomRequestId {
 pub struct StackOptions {
     /// Most requests in flight (bodies read) before new ones get 503.
     pub max_concurrency: usize,
-    /// Most requests of one key in flight, bodies being read included, before its new ones
-    /// get 429.
-    pub max_concurrency_per_key: usize,
+    /// Most requests of one namespace's keys together, and of one key, in flight (bodies
+    /// being read included) before their new ones get 429.
+    pub shares: crate::frontdoor::admission::Shares,
     /// How long a request body may take.
     pub body: crate::frontdoor::admission::BodyTiming,
 }
@@ -92,7 +92,10 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             max_concurrency: 10_000,
-            max_concurrency_per_key: 1_000,
+            shares: crate::frontdoor::admission::Shares {
+                per_namespace: 5_000,
+                per_key: 1_000,
+            },
             body: Default::default(),
         }
     }
@@ -102,7 +105,7 @@ impl Default for StackOptions {
 pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
     gw.set_admission(crate::frontdoor::admission::Admission::new(
         opts.max_concurrency,
-        opts.max_concurrency_per_key,
+        opts.shares,
         opts.body,
     ));
     Router::new()

@@ -15,6 +15,10 @@ use crate::validate;
 use crate::world::World;
 use crate::{LLMRoute, ProviderKind, ProviderPool};
 
+/// The most a built-in mock pool may answer, and wait before it does.
+const MAX_MOCK_COMPLETION_TOKENS: u32 = 100_000;
+const MAX_MOCK_LATENCY: Duration = Duration::from_secs(300);
+
 pub(super) fn compile_pool(
     pool: &ProviderPool,
     key: &ResourceKey,
@@ -48,7 +52,9 @@ pub(super) fn compile_pool(
     for (i, e) in spec.endpoints.iter().enumerate() {
         let field = format!("spec.endpoints[{i}]");
         let url = validate::endpoint_url(&format!("{field}.url"), &e.url)?;
-        egress.check(&format!("{field}.url"), &url)?;
+        egress.check(&format!("{field}.url"), &url, &|n| {
+            world.namespaces.contains_key(n)
+        })?;
         let weight = validate::weight(&format!("{field}.weight"), e.weight.unwrap_or(1))?;
         let credential = match (&e.credential_secret_ref, &e.credential_env) {
             (Some(r), _) => secret_value(world, &key.namespace, &r.name, &r.key)?
@@ -201,19 +207,36 @@ pub(super) fn compile_pool(
         _ => String::new(),
     };
     let mock = match &spec.mock {
-        Some(m) => pb::MockBehaviour {
-            latency_ms: m
+        Some(m) => {
+            // The built-in mock answers inside the data plane: bounded, so one pool cannot
+            // make it hold a huge answer or a request forever.
+            let latency = m
                 .latency
                 .as_deref()
                 .map(|v| validate::duration("spec.mock.latency", v))
                 .transpose()?
-                .map(ms)
-                .unwrap_or(0),
-            tokens_per_second: m.tokens_per_second.unwrap_or(0),
-            completion_tokens: m
+                .unwrap_or_default();
+            if latency > MAX_MOCK_LATENCY {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("spec.mock.latency: at most {MAX_MOCK_LATENCY:?}"),
+                ));
+            }
+            let completion_tokens = m
                 .completion_tokens
-                .unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS),
-        },
+                .unwrap_or(DEFAULT_MOCK_COMPLETION_TOKENS);
+            if completion_tokens > MAX_MOCK_COMPLETION_TOKENS {
+                return Err(Reject::spec(
+                    "Invalid",
+                    format!("spec.mock.completionTokens: at most {MAX_MOCK_COMPLETION_TOKENS}"),
+                ));
+            }
+            pb::MockBehaviour {
+                latency_ms: ms(latency),
+                tokens_per_second: m.tokens_per_second.unwrap_or(0),
+                completion_tokens,
+            }
+        }
         None => pb::MockBehaviour {
             completion_tokens: DEFAULT_MOCK_COMPLETION_TOKENS,
             ..Default::default()

@@ -84,7 +84,9 @@ pub fn glob_escape(s: &str) -> String {
 pub fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
     match &policy.scope {
         Scope::Key => Some(format!("key={}", key.id)),
-        Scope::Route => Some("route".to_owned()),
+        // Every key of the route, of one namespace: a route that admits other namespaces
+        // never lets one tenant read another's answers, or learn what it asked.
+        Scope::Route => Some(format!("route/{}", key.namespace())),
         // Labels are the key's namespace's to choose: the scope is the namespace's label, so
         // a key of another namespace with the same label never shares.
         Scope::Label(l) => key

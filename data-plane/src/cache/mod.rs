@@ -568,13 +568,20 @@ impl Record {
         self.answer.event(ev);
     }
 
-    /// The stream completed: the answer is stored (if it finished).
+    /// The stream completed: the answer is stored (if it finished and was not too big).
     pub fn complete(self) {
         if let Some(r) = self.answer.finish() {
             (self.store)(r);
         }
     }
 }
+
+/// The most of a streamed answer gathered for the cache (its texts, arguments and
+/// signatures together); a longer answer is passed on and not stored.
+const MAX_STREAM_RECORD: usize = 8 << 20;
+
+/// The most blocks a streamed answer gathered for the cache may have.
+const MAX_STREAM_PARTS: usize = 256;
 
 /// Stream events gathered into a [`Response`].
 #[derive(Debug, Default)]
@@ -585,10 +592,42 @@ struct Assembler {
     parts: Vec<(usize, Part)>,
     usage: Usage,
     finish: Option<crate::llm::Finish>,
+    /// The bytes gathered so far.
+    size: usize,
+    /// The answer outgrew [`MAX_STREAM_RECORD`] or [`MAX_STREAM_PARTS`]: nothing more is
+    /// gathered and nothing is stored.
+    abandoned: bool,
 }
 
 impl Assembler {
     fn event(&mut self, ev: &Event) {
+        if self.abandoned {
+            return;
+        }
+        self.size += match ev {
+            Event::Start { id, model } => id.len() + model.len(),
+            Event::BlockStart { block, .. } => match block {
+                Block::RedactedThinking { data } => data.len(),
+                Block::ToolCall { id, name } => id.len() + name.len(),
+                Block::Text | Block::Thinking => 0,
+            },
+            Event::Delta { delta, .. } => match delta {
+                Delta::Text(t) | Delta::Thinking(t) | Delta::Signature(t) | Delta::ToolArgs(t) => {
+                    t.len()
+                }
+            },
+            _ => 0,
+        };
+        if self.size > MAX_STREAM_RECORD
+            || (matches!(ev, Event::BlockStart { .. }) && self.parts.len() >= MAX_STREAM_PARTS)
+        {
+            tracing::debug!("a streamed answer too big to cache is passed on unstored");
+            *self = Self {
+                abandoned: true,
+                ..Self::default()
+            };
+            return;
+        }
         match ev {
             Event::Start { id, model } => {
                 id.clone_into(&mut self.id);
@@ -636,8 +675,11 @@ impl Assembler {
         }
     }
 
-    /// The answer; `None` when it never finished.
+    /// The answer; `None` when it never finished or was abandoned.
     fn finish(self) -> Option<Response> {
+        if self.abandoned {
+            return None;
+        }
         Some(Response {
             id: self.id,
             model: self.model,
@@ -739,6 +781,43 @@ mod tests {
             model: "m".into(),
         });
         assert!(unfinished.finish().is_none(), "no finish, nothing stored");
+    }
+
+    /// A streamed answer too big to keep (in bytes or in blocks) is passed on unstored,
+    /// and what was gathered is let go as soon as it is too big.
+    #[test]
+    fn streamed_answers_too_big_are_not_stored() {
+        let finish = Event::Finish(crate::llm::Finish::default());
+        let text = |index| Event::BlockStart {
+            index,
+            block: Block::Text,
+        };
+        let delta = |t: &str| Event::Delta {
+            index: 0,
+            delta: Delta::Text(t.to_owned()),
+        };
+        let mut big = Assembler::default();
+        big.event(&text(0));
+        let piece = "x".repeat(1 << 20);
+        for _ in 0..(MAX_STREAM_RECORD >> 20) {
+            big.event(&delta(&piece));
+        }
+        big.event(&delta("one more byte"));
+        assert!(big.parts.is_empty(), "gathered text let go");
+        big.event(&finish);
+        assert!(big.finish().is_none(), "too long, not stored");
+        let mut many = Assembler::default();
+        for i in 0..=MAX_STREAM_PARTS {
+            many.event(&text(i));
+        }
+        many.event(&finish);
+        assert!(many.finish().is_none(), "too many blocks, not stored");
+        let mut fits = Assembler::default();
+        for i in 0..MAX_STREAM_PARTS {
+            fits.event(&text(i));
+        }
+        fits.event(&finish);
+        assert_eq!(fits.finish().expect("stored").parts.len(), MAX_STREAM_PARTS);
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! What a request holds while the gateway works on it, taken in this order:
 //!
-//! 1. its key's share of the concurrency (`--max-concurrency-per-key`), taken once the key is
-//!    known and before the body is read: a key that sends bodies slowly holds its own share,
-//!    never every tenant's slots (429 beyond it);
+//! 1. its namespace's share of the concurrency (`--max-concurrency-per-namespace`) and its
+//!    key's share within it (`--max-concurrency-per-key`), taken once the key is known and
+//!    before the body is read: a key that sends bodies slowly, or a tenant with many keys,
+//!    holds its own share, never every tenant's slots (429 beyond it);
 //! 2. the body, read within a deadline and at a least rate (408 otherwise);
 //! 3. a slot of the gateway's concurrency (`--max-concurrency`), taken once the body is in
 //!    (503 beyond it).
 //!
-//! Both are held until the response — a stream included — ends.
+//! All are held until the response — a stream included — ends. The shares are counted by
+//! name (the key's id, the namespace), so a config push that rebuilds every key forgets no
+//! request in flight.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -27,7 +31,69 @@ use crate::error::{ErrorKind, ProxyError};
 pub struct Admission {
     slots: Arc<Semaphore>,
     per_key: u32,
+    per_namespace: u32,
+    counts: Arc<Counts>,
     pub body: BodyTiming,
+}
+
+/// How many requests each key and each namespace has in flight, by name: a few shards of
+/// small maps (an entry lives while its count is above zero).
+#[derive(Debug, Default)]
+struct Counts {
+    hasher: RandomState,
+    keys: [Mutex<HashMap<String, u32>>; SHARDS],
+    namespaces: [Mutex<HashMap<String, u32>>; SHARDS],
+}
+
+const SHARDS: usize = 16;
+
+fn shard<'a>(
+    shards: &'a [Mutex<HashMap<String, u32>>; SHARDS],
+    hasher: &RandomState,
+    name: &str,
+) -> std::sync::MutexGuard<'a, HashMap<String, u32>> {
+    let i = (hasher.hash_one(name) as usize) % SHARDS;
+    shards[i].lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Counts {
+    /// One more in flight for `name`, unless it has `max` already (then `Err` with its count).
+    fn take(
+        &self,
+        shards: &[Mutex<HashMap<String, u32>>; SHARDS],
+        name: &str,
+        max: u32,
+    ) -> Result<(), u32> {
+        let mut map = shard(shards, &self.hasher, name);
+        match map.get_mut(name) {
+            Some(n) if *n >= max => Err(*n),
+            Some(n) => {
+                *n += 1;
+                Ok(())
+            }
+            None => {
+                map.insert(name.to_owned(), 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn give(&self, shards: &[Mutex<HashMap<String, u32>>; SHARDS], name: &str) {
+        let mut map = shard(shards, &self.hasher, name);
+        if let Some(n) = map.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(name);
+            }
+        }
+    }
+
+    fn count(&self, shards: &[Mutex<HashMap<String, u32>>; SHARDS], name: &str) -> u32 {
+        shard(shards, &self.hasher, name)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// How long a request body may take.
@@ -48,32 +114,62 @@ impl Default for BodyTiming {
     }
 }
 
+/// The shares of the gateway's concurrency.
+#[derive(Clone, Copy, Debug)]
+pub struct Shares {
+    /// Most requests of one namespace (all its keys together) in flight.
+    pub per_namespace: usize,
+    /// Most requests of one key in flight.
+    pub per_key: usize,
+}
+
 impl Admission {
-    pub fn new(max_concurrency: usize, per_key: usize, body: BodyTiming) -> Self {
+    pub fn new(max_concurrency: usize, shares: Shares, body: BodyTiming) -> Self {
+        let share = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
         Self {
             slots: Arc::new(Semaphore::new(max_concurrency)),
-            per_key: u32::try_from(per_key.max(1)).unwrap_or(u32::MAX),
+            per_key: share(shares.per_key),
+            per_namespace: share(shares.per_namespace),
+            counts: Arc::default(),
             body,
         }
     }
 
-    /// The key's share: `Err` (429) when the key has as many requests in flight here as its
-    /// share allows.
+    /// The key's share, within its namespace's: `Err` (429) when either has as many requests
+    /// in flight here as its share allows.
     pub fn key_share(&self, key: &Arc<KeyEntry>) -> Result<KeyShare, ProxyError> {
-        let was = key.in_flight.fetch_add(1, Ordering::Relaxed);
-        let share = KeyShare(key.clone());
-        if was >= self.per_key {
+        let c = &self.counts;
+        let refused = |whose: &str, n: u32| {
             let mut e = ProxyError::new(
                 ErrorKind::RateLimitParallel,
                 format!(
-                    "This API key has {was} requests in flight on this gateway instance, its share of the concurrency; retry when one ends."
+                    "{whose} has {n} requests in flight on this gateway instance, its share of the concurrency; retry when one ends."
                 ),
             )
             .with_code("concurrency_limit_exceeded");
             e.retry_after = Some(HeaderValue::from_static("1"));
-            return Err(e);
+            e
+        };
+        c.take(&c.namespaces, key.namespace(), self.per_namespace)
+            .map_err(|n| refused("This API key's namespace", n))?;
+        if let Err(n) = c.take(&c.keys, &key.id, self.per_key) {
+            c.give(&c.namespaces, key.namespace());
+            return Err(refused("This API key", n));
         }
-        Ok(share)
+        Ok(KeyShare {
+            counts: c.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Requests of a key (by id) in flight here.
+    pub fn key_in_flight(&self, id: &str) -> u32 {
+        self.counts.count(&self.counts.keys, id)
+    }
+
+    /// Requests of a namespace in flight here.
+    pub fn namespace_in_flight(&self, namespace: &str) -> u32 {
+        self.counts.count(&self.counts.namespaces, namespace)
     }
 
     /// A slot of the gateway's concurrency: `Err` (503) when every one is taken.
@@ -89,13 +185,19 @@ impl Admission {
     }
 }
 
-/// A key's request in flight on this gateway (released when dropped).
+/// A key's request in flight on this gateway, counted for the key and its namespace
+/// (released when dropped).
 #[derive(Debug)]
-pub struct KeyShare(Arc<KeyEntry>);
+pub struct KeyShare {
+    counts: Arc<Counts>,
+    key: Arc<KeyEntry>,
+}
 
 impl Drop for KeyShare {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let c = &self.counts;
+        c.give(&c.keys, &self.key.id);
+        c.give(&c.namespaces, self.key.namespace());
     }
 }
 
@@ -247,28 +349,85 @@ fn linger(mut body: Body) {
 mod tests {
     use super::*;
 
-    fn key() -> Arc<KeyEntry> {
+    fn key(id: &str) -> Arc<KeyEntry> {
         Arc::new(KeyEntry {
-            id: "ns/k".into(),
+            id: id.into(),
             ..KeyEntry::default()
         })
     }
 
+    fn admission(per_namespace: usize, per_key: usize) -> Admission {
+        Admission::new(
+            10,
+            Shares {
+                per_namespace,
+                per_key,
+            },
+            BodyTiming::default(),
+        )
+    }
+
     #[test]
     fn a_key_holds_its_share_and_no_more() {
-        let a = Admission::new(10, 2, BodyTiming::default());
-        let k = key();
+        let a = admission(100, 2);
+        let k = key("ns/k");
         let one = a.key_share(&k).expect("first");
         let two = a.key_share(&k).expect("second");
         let third = a.key_share(&k).expect_err("over the share");
         assert_eq!(third.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            third.message.starts_with("This API key has 2"),
+            "{}",
+            third.message
+        );
         drop(one);
         let _again = a.key_share(&k).expect("a share came back");
         drop(two);
         // Another key is not affected.
-        let other = key();
-        assert!(a.key_share(&other).is_ok());
-        assert_eq!(k.in_flight.load(Ordering::Relaxed), 1);
+        let other = key("ns/other");
+        let _theirs = a.key_share(&other).expect("another key's share");
+        assert_eq!(a.key_in_flight("ns/k"), 1);
+        assert_eq!(a.namespace_in_flight("ns"), 2);
+    }
+
+    /// A namespace's keys together hold at most its share; another namespace is untouched,
+    /// and a key refused by its namespace's share takes nothing.
+    #[test]
+    fn a_namespace_holds_its_share_across_its_keys() {
+        let a = admission(3, 2);
+        let held: Vec<_> = ["tenant/a", "tenant/a", "tenant/b"]
+            .iter()
+            .map(|id| a.key_share(&key(id)).expect("within the shares"))
+            .collect();
+        let e = a
+            .key_share(&key("tenant/c"))
+            .expect_err("the namespace is full");
+        assert!(e.message.contains("namespace has 3"), "{}", e.message);
+        assert_eq!(a.key_in_flight("tenant/c"), 0);
+        assert!(
+            a.key_share(&key("other/a")).is_ok(),
+            "another tenant is served"
+        );
+        drop(held);
+        assert_eq!(a.namespace_in_flight("tenant"), 0);
+    }
+
+    /// A config push rebuilds every key entry: the requests in flight under the old entry
+    /// still count against the new one, and give their share back when they end.
+    #[test]
+    fn shares_survive_a_rebuilt_key() {
+        let a = admission(100, 2);
+        let old = key("ns/k");
+        let held = [a.key_share(&old).expect("1"), a.key_share(&old).expect("2")];
+        let rebuilt = key("ns/k");
+        assert!(
+            a.key_share(&rebuilt).is_err(),
+            "the old requests still count"
+        );
+        drop(old);
+        drop(held);
+        let _ = a.key_share(&rebuilt).expect("given back");
+        assert_eq!(a.key_in_flight("ns/k"), 0, "the share is dropped at once");
     }
 
     #[tokio::test(start_paused = true)]

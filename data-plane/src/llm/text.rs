@@ -7,8 +7,9 @@
 //! - binary payloads: base64 that does not decode to UTF-8 text (images, audio, PDFs), in a
 //!   `data:` URL, a base64 `source`, `input_audio` or `file_data`;
 //! - opaque signed blobs the provider checks: a thinking block's `signature`, a reasoning
-//!   item's `encrypted_content`, a redacted thinking block's `data`;
-//! - optionally the request's top-level `model` (the name it was routed by).
+//!   item's `encrypted_content`, a redacted thinking block's `data` — only where such blocks
+//!   are on the wire (an element of a `content`, `input`, `output` or `thinking_blocks`
+//!   array), never inside a tool's input, which the model reads whatever it claims to be.
 //!
 //! [`edit`] walks a body with the one JSON reader ([`super::json`]) and lets a check replace
 //! any text; the body is rewritten only where a text changed.
@@ -30,13 +31,9 @@ pub enum Place {
     Encoded,
 }
 
-/// How a walk treats the body's top level.
+/// How a walk reads a body (nothing to choose yet: every text is read).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// Leave the top-level `model` alone (a request's routing name, checked against the
-    /// configuration).
-    pub skip_model: bool,
-}
+pub struct Options {}
 
 /// A walk that ended early.
 #[derive(Debug)]
@@ -56,6 +53,8 @@ struct Frame {
     object: bool,
     /// The member name this container is the value of.
     parent_key: Option<String>,
+    /// For an element of an array: the member name of that array.
+    in_array: Option<String>,
     /// The member being read.
     key: Option<String>,
     /// The object's `type` and `media_type`, once read.
@@ -67,7 +66,7 @@ struct Frame {
 /// Calls `check` on every text of `json` (see the module doc); it returns a replacement or
 /// `None`. The result is the JSON text with every replacement made, or `None` when nothing
 /// changed.
-pub fn edit<E, F>(json: &str, opts: Options, check: &mut F) -> Result<Option<String>, WalkError<E>>
+pub fn edit<E, F>(json: &str, _opts: Options, check: &mut F) -> Result<Option<String>, WalkError<E>>
 where
     F: FnMut(&str, Place) -> Result<Option<String>, E>,
 {
@@ -77,10 +76,16 @@ where
         let t = t.map_err(WalkError::Json)?;
         match t {
             Token::ObjectStart(_) | Token::ArrayStart(_) => {
-                let parent_key = frames.last_mut().and_then(|f| f.key.take());
+                let parent = frames.last_mut();
+                let in_array = parent
+                    .as_ref()
+                    .filter(|p| !p.object)
+                    .and_then(|p| p.parent_key.clone());
+                let parent_key = parent.and_then(|f| f.key.take());
                 frames.push(Frame {
                     object: matches!(t, Token::ObjectStart(_)),
                     parent_key,
+                    in_array,
                     ..Frame::default()
                 });
             }
@@ -110,13 +115,6 @@ where
                 }
             }
             Token::String(s) => {
-                let depth = frames.len();
-                let f = frames.last_mut();
-                let key = f.as_ref().and_then(|f| f.key.as_deref());
-                if depth == 1 && opts.skip_model && key == Some("model") {
-                    frames.last_mut().map(|f| f.key.take());
-                    continue;
-                }
                 if let Some(f) = frames.last_mut()
                     && f.object
                     && let Some(k) = f.key.take()
@@ -157,8 +155,19 @@ where
     text(value, check, false)
 }
 
-/// Whether a deferred member is an opaque blob no model reads as text.
+/// Arrays whose elements are the wire's blocks and items (where signed blobs are).
+const BLOCK_ARRAYS: &[&str] = &["content", "input", "output", "thinking_blocks"];
+
+/// Whether a deferred member is an opaque blob no model reads as text: a signed field of a
+/// block on the wire, never one inside a tool's input.
 fn opaque(key: &str, f: &Frame) -> bool {
+    if !f
+        .in_array
+        .as_deref()
+        .is_some_and(|a| BLOCK_ARRAYS.contains(&a))
+    {
+        return false;
+    }
     let kind = f.kind.as_deref();
     match key {
         "signature" => kind == Some("thinking"),
@@ -401,7 +410,7 @@ mod tests {
     /// Every text the walk shows, with its place.
     fn shown(json: &str) -> Vec<(String, Place)> {
         let mut seen = Vec::new();
-        edit(json, Options { skip_model: true }, &mut |t: &str, p| {
+        edit(json, Options::default(), &mut |t: &str, p| {
             seen.push((t.to_owned(), p));
             Ok::<_, ()>(None)
         })
@@ -426,6 +435,7 @@ mod tests {
         assert_eq!(
             strings(body),
             [
+                "m",
                 "user",
                 "tool_result",
                 "text",
@@ -450,13 +460,14 @@ mod tests {
             0x89u8, b'P', b'N', b'G', 0, 0, 0, 13, 0xff, 0xfe, 1, 2, 3, 4, 5, 6,
         ]);
         let body = format!(
-            r#"{{"a":{{"type":"thinking","thinking":"t","signature":"s"}},
-               "b":{{"type":"reasoning","encrypted_content":"e"}},
-               "c":{{"type":"redacted_thinking","data":"r"}},
+            r#"{{"content":[{{"type":"thinking","thinking":"t","signature":"s"}},
+                            {{"type":"redacted_thinking","data":"r"}}],
+               "input":[{{"type":"reasoning","encrypted_content":"e"}}],
                "d":{{"type":"base64","media_type":"image/png","data":"{png}"}},
                "e":{{"image_url":{{"url":"data:image/png;base64,{png}"}}}},
                "f":{{"input_audio":{{"data":"{png}","format":"wav"}}}},
-               "g":{{"signature":"kept"}}}}"#
+               "g":{{"signature":"kept"}},
+               "h":[{{"type":"tool_use","input":{{"type":"thinking","signature":"read"}}}}]}}"#
         );
         let got = strings(&body);
         assert_eq!(
@@ -464,12 +475,15 @@ mod tests {
             [
                 "thinking",
                 "t",
-                "reasoning",
                 "redacted_thinking",
+                "reasoning",
                 "base64",
                 "image/png",
                 "wav",
-                "kept"
+                "kept",
+                "tool_use",
+                "thinking",
+                "read"
             ],
             "{got:?}"
         );
@@ -492,14 +506,14 @@ mod tests {
     #[test]
     fn replacements_rewrite_only_what_changed() {
         let body = r#"{"model":"4111","a":[ "x4111y" , {"4111":4111}], "b":"{\"c\":\"4111\"}"}"#;
-        let out = edit(body, Options { skip_model: true }, &mut |t: &str, _| {
+        let out = edit(body, Options::default(), &mut |t: &str, _| {
             Ok::<_, ()>(t.contains("4111").then(|| t.replace("4111", "#")))
         })
         .expect("json")
         .expect("changed");
         assert_eq!(
             out,
-            r##"{"model":"4111","a":[ "x#y" , {"#":"#"}], "b":"{\"c\":\"#\"}"}"##
+            r##"{"model":"#","a":[ "x#y" , {"#":"#"}], "b":"{\"c\":\"#\"}"}"##
         );
         let b64 = BASE64.encode("my 4111 text");
         let out = edit(

@@ -70,7 +70,7 @@ impl Entity {
         match self {
             Self::Email => c.is_ascii_alphanumeric() || "._%+-@".contains(c),
             Self::Phone => c.is_ascii_digit() || " +().-".contains(c),
-            Self::CreditCard => c.is_ascii_digit() || " .-".contains(c),
+            Self::CreditCard => c.is_ascii_digit() || CARD_SEPARATORS.contains(c),
             Self::Ssn => c.is_ascii_digit() || c == ' ' || c == '-',
             Self::Iban => c.is_ascii_alphanumeric() || " .-".contains(c),
             Self::IpAddress => c.is_ascii_hexdigit() || c == '.' || c == ':',
@@ -104,17 +104,26 @@ impl Entity {
                 b.iter().take(2).all(u8::is_ascii_uppercase)
                     && b.iter().skip(2).take(2).all(u8::is_ascii_digit)
             }
-            Self::Secret => SECRET_PREFIXES
-                .iter()
-                .any(|p| tail.starts_with(p) || p.starts_with(tail)),
+            // A stream holds a word only if it could be a secret: a distinctive prefix, or a
+            // bare `sk-` (after a word boundary).
+            Self::Secret => begins(&["sk-"], tail) || begins(DISTINCTIVE_PREFIXES, tail),
             _ => true,
         }
     }
 
-    /// Whether a match must start at a word boundary (its pattern begins with `\b`): then a
-    /// tail that starts inside a word cannot begin one there.
-    pub fn needs_boundary(self) -> bool {
-        !matches!(self, Self::Phone | Self::IpAddress)
+    /// Whether a match can start after `prev` (the character before it, if any) with
+    /// `tail` (what follows, made of `continues` characters): numbers must not continue a
+    /// number, words must not continue a word (ASCII, as the patterns' boundaries), and a
+    /// secret with a distinctive prefix starts anywhere.
+    pub fn may_start(self, prev: Option<char>, tail: &str) -> bool {
+        let word = prev.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let digit = prev.is_some_and(|c| c.is_ascii_digit());
+        match self {
+            Self::CreditCard | Self::Ssn => !digit,
+            Self::Phone | Self::IpAddress => true,
+            Self::Email | Self::Iban => !word,
+            Self::Secret => !word || begins(DISTINCTIVE_PREFIXES, tail),
+        }
     }
 
     /// Which finding wins when two cover the same text: the more specific detector.
@@ -139,7 +148,7 @@ impl Entity {
         match self {
             Self::Email => 409,
             Self::Phone => 36,
-            Self::CreditCard => 37,
+            Self::CreditCard => 55,
             Self::Ssn => 11,
             Self::Iban => 64,
             Self::IpAddress => 51,
@@ -173,24 +182,29 @@ fn re(pattern: &str) -> Regex {
 const EMAIL_RE: &str = r"(?-u:\b)[a-zA-Z0-9](?:[a-zA-Z0-9._%+-]{0,63})@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,62})(?:\.[a-zA-Z0-9-]{1,63}){0,4}\.[a-zA-Z]{2,24}(?-u:\b)";
 const PHONE_RE: &str =
     r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-]?[0-9]{2,4}){1,4}(?-u:\b)";
-const CARD_RE: &str = r"(?-u:\b)[0-9](?:[ .-]?[0-9]){12,18}(?-u:\b)";
-const SSN_RE: &str = r"(?-u:\b)([0-9]{3})([- ])([0-9]{2})([- ])([0-9]{4})(?-u:\b)";
+// Cards and SSNs: numbers, bounded by what is not a digit (checked around each match: a
+// letter before a card does not hide it).
+const CARD_RE: &str = r"[0-9](?:[ \t\r\n./-]{0,2}[0-9]){12,18}";
+const SSN_RE: &str = r"([0-9]{3})([- ])([0-9]{2})([- ])([0-9]{4})";
 const IBAN_RE: &str = r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[ .-]?[A-Z0-9]){11,30}(?-u:\b)";
 const IPV4_RE: &str = r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)";
 const IPV6_RE: &str = r"[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}";
+// Secrets with a distinctive prefix match wherever they start and whatever follows (a letter
+// before or after does not hide one); a bare `sk-` key needs a word boundary before it, as
+// `task-...` words are not keys.
 const SECRETS_RE: &str = concat!(
     // AWS access key ids.
-    r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?-u:\b)",
+    r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
     // GitHub tokens (classic and fine-grained).
-    r"|(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}(?-u:\b)|(?-u:\b)github_pat_[A-Za-z0-9_]{22,255}(?-u:\b)",
+    r"|gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}",
     // Anthropic, then OpenAI keys.
-    r"|(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}|(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+    r"|sk-ant-[A-Za-z0-9_-]{20,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}|(?-u:\b)sk-[A-Za-z0-9_-]{20,}",
     // Slack tokens.
-    r"|(?-u:\b)xox[baprs]-[A-Za-z0-9-]{10,}",
+    r"|xox[baprs]-[A-Za-z0-9-]{10,}",
     // Google API keys.
-    r"|(?-u:\b)AIza[0-9A-Za-z_-]{35}",
+    r"|AIza[0-9A-Za-z_-]{35}",
     // JSON Web Tokens.
-    r"|(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
+    r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
     // PEM private keys (to the end of the text when it is cut off before its END line).
     r"|-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z]+ )*PRIVATE KEY-----|\z)",
 );
@@ -204,8 +218,8 @@ const PREFILTERS: [&str; 8] = [
     r"[A-Za-z0-9._%+-]@[A-Za-z0-9]",
     // Phone: seven digits, separators between them.
     r"[0-9](?:[ .()+-]{0,2}[0-9]){6}",
-    // Card: thirteen digits, single separators.
-    r"[0-9](?:[ .-]?[0-9]){12}",
+    // Card: thirteen digits, up to two separators between them.
+    r"[0-9](?:[ \t\r\n./-]{0,2}[0-9]){12}",
     // SSN.
     r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
     // IBAN: country code and check digits.
@@ -234,8 +248,18 @@ static IPV4: LazyLock<Regex> = LazyLock::new(|| re(IPV4_RE));
 static IPV6: LazyLock<Regex> = LazyLock::new(|| re(IPV6_RE));
 static SECRETS: LazyLock<Regex> = LazyLock::new(|| re(SECRETS_RE));
 
-/// How the secrets below begin (a stream holds a word only if it could be one).
-const SECRET_PREFIXES: &[&str] = &[
+/// Separators between a card's digits.
+const CARD_SEPARATORS: &str = " \t\r\n./-";
+
+/// Whether `tail` starts with one of `prefixes`, or is the start of one still arriving.
+fn begins(prefixes: &[&str], tail: &str) -> bool {
+    prefixes
+        .iter()
+        .any(|p| tail.starts_with(p) || p.starts_with(tail))
+}
+
+/// Prefixes distinctive enough to be a secret wherever they start (not a bare `sk-`).
+const DISTINCTIVE_PREFIXES: &[&str] = &[
     "AKIA",
     "ASIA",
     "ABIA",
@@ -246,7 +270,10 @@ const SECRET_PREFIXES: &[&str] = &[
     "ghs_",
     "ghr_",
     "github_pat_",
-    "sk-",
+    "sk-ant-",
+    "sk-proj-",
+    "sk-svcacct-",
+    "sk-admin-",
     "xoxb-",
     "xoxa-",
     "xoxp-",
@@ -287,7 +314,6 @@ fn overlong_candidates(text: &str, from: usize) -> Vec<Span> {
     let mut out = Vec::new();
     let b = text.as_bytes();
     let e = Entity::Secret;
-    let word = |i: usize| i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
     let mut i = from;
     while i < b.len() {
         if !e.continues(char::from(b[i])) || !b[i].is_ascii() {
@@ -303,8 +329,9 @@ fn overlong_candidates(text: &str, from: usize) -> Vec<Span> {
         }
         // The first place in the run where a secret can start.
         let first = (run_start..i).find(|&p| {
+            let prev = text[..p].chars().next_back();
             e.starts(char::from(b[p]))
-                && !(e.needs_boundary() && word(p))
+                && e.may_start(prev, &text[p..i])
                 && e.could_begin(&text[p..i])
         });
         if let Some(p) = first.filter(|&p| i - p > SECRET_BOUND) {
@@ -316,13 +343,17 @@ fn overlong_candidates(text: &str, from: usize) -> Vec<Span> {
             });
         }
     }
-    // A private-key block with no END line within the bound.
-    let mut at = from;
-    while let Some(k) = text.get(at..).and_then(|t| t.find(BEGIN)) {
-        let start = at + k;
-        let rest = &text[start..];
-        let end = rest.find("-----END ").map_or(text.len(), |n| start + n);
-        if end - start > SECRET_BOUND && key_header(rest) {
+    // A private-key block with no END line within the bound. One pass from the back finds,
+    // for every BEGIN, the next END (a text of BEGINs alone stays linear).
+    let begins: Vec<usize> = text
+        .get(from..)
+        .map(|t| t.match_indices(BEGIN).map(|(i, _)| from + i).collect())
+        .unwrap_or_default();
+    let ends: Vec<usize> = text.match_indices("-----END ").map(|(i, _)| i).collect();
+    for start in begins {
+        let next_end = ends.partition_point(|&e| e < start);
+        let end = ends.get(next_end).copied().unwrap_or(text.len());
+        if end - start > SECRET_BOUND && key_header(&text[start..]) {
             out.push(Span {
                 start,
                 end: text.len().min(end.max(start + SECRET_BOUND + 1)),
@@ -330,7 +361,6 @@ fn overlong_candidates(text: &str, from: usize) -> Vec<Span> {
                 overlong: true,
             });
         }
-        at = start + 1;
     }
     out
 }
@@ -357,7 +387,14 @@ fn digits(s: &str) -> Vec<u8> {
 
 fn card_ok(s: &str) -> bool {
     let d = digits(s);
-    (13..=19).contains(&d.len()) && d.iter().any(|&c| c != d[0]) && luhn(&d)
+    (13..=19).contains(&d.len()) && d[0] != b'0' && d.iter().any(|&c| c != d[0]) && luhn(&d)
+}
+
+/// Whether a number match stands alone: no digit right before or after it.
+fn standalone(text: &str, m: &regex::Match<'_>) -> bool {
+    let before = text[..m.start()].chars().next_back();
+    let after = text[m.end()..].chars().next();
+    !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
 }
 
 /// ISO 13616: move the first four characters to the end, letters to numbers, mod 97 = 1.
@@ -476,9 +513,13 @@ pub fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
         match entity {
             Entity::Email => each(&EMAIL, text, from, |m| push(true, m)),
             Entity::Phone => each(&PHONE, text, from, |m| push(phone_ok(m.as_str()), m)),
-            Entity::CreditCard => each(&CARD, text, from, |m| push(card_ok(m.as_str()), m)),
+            Entity::CreditCard => each(&CARD, text, from, |m| {
+                push(standalone(text, &m) && card_ok(m.as_str()), m)
+            }),
             Entity::Ssn => each(&SSN, text, from, |m| {
-                push(SSN.captures(m.as_str()).is_some_and(|c| ssn_ok(&c)), m)
+                let ok =
+                    standalone(text, &m) && SSN.captures(m.as_str()).is_some_and(|c| ssn_ok(&c));
+                push(ok, m)
             }),
             Entity::Iban => each(&IBAN, text, from, |m| push(iban_ok(m.as_str()), m)),
             Entity::IpAddress => {

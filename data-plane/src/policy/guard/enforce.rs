@@ -278,7 +278,7 @@ pub fn request(
     let mut findings = Vec::new();
     let edited = text::edit(
         raw.text(),
-        text::Options { skip_model: true },
+        text::Options::default(),
         &mut |t: &str, _: Place| {
             let norm = super::normalize::Normalized::new(t);
             for g in &guards {
@@ -446,6 +446,19 @@ impl ResponsePhase {
         )
     }
 
+    /// A phase of built-in detectors only (no guardrail, schema or webhook), for tests of
+    /// what runs on it.
+    #[cfg(test)]
+    pub fn of_rules(rules: Rules) -> Self {
+        Self {
+            guards: Vec::new(),
+            rules,
+            schema: None,
+            hooked: false,
+            ctx: super::webhook::Context::default(),
+        }
+    }
+
     /// A whole answer (the client's JSON) through the built-in detectors, then the webhooks.
     pub async fn answer(
         &self,
@@ -466,7 +479,7 @@ impl ResponsePhase {
             super::webhook::Phase::Response,
             &self.ctx,
             json,
-            text::Options { skip_model: true },
+            text::Options::default(),
             decisions,
         ))
         .await?;
@@ -509,15 +522,12 @@ impl ResponsePhase {
 
     /// The error that ends a stream whose tool call's arguments are too long to be held and
     /// checked whole (counted and logged).
-    pub fn too_long(&self, metrics: &Metrics, max: usize) -> ProxyError {
+    pub fn too_long(&self, metrics: &Metrics, why: &str) -> ProxyError {
         let g = self.guards.first().map_or("", |g| g.id.as_str());
         count(metrics, g, "toolArguments", Action::Block);
-        tracing::info!(guardrail = %g, max, "guardrail blocked a response: tool-call arguments too long to check");
+        tracing::info!(guardrail = %g, why, "guardrail blocked a response: a stream held more than it checks");
         let mut e = blocked(g, "toolArguments", "response");
-        e.message = format!(
-            "{} A tool call's arguments are longer than the {max} bytes a stream holds to check them.",
-            e.message
-        );
+        e.message = format!("{} {why}", e.message);
         e
     }
 
@@ -542,11 +552,9 @@ impl ResponsePhase {
             return Ok(None);
         }
         let mut findings = Vec::new();
-        let edited = text::edit(
-            json,
-            text::Options { skip_model: true },
-            &mut |t: &str, _| super::apply(t, &self.rules, &mut findings),
-        );
+        let edited = text::edit(json, text::Options::default(), &mut |t: &str, _| {
+            super::apply(t, &self.rules, &mut findings)
+        });
         let edited = match edited {
             Ok(e) => e,
             Err(WalkError::Stop(entity)) => return Err(self.blocked(metrics, entity)),

@@ -17,9 +17,14 @@ use crate::llm::text::{self, WalkError};
 use crate::llm::{Block, Delta, Event};
 use crate::metrics::Metrics;
 
-/// The most of one tool call's arguments a stream holds to read them whole; longer
-/// arguments end the stream (they cannot be checked, so they are not released).
+/// The most of a stream's tool-call arguments (all its open calls together) held to read
+/// them whole; longer arguments end the stream (they cannot be checked, so they are not
+/// released).
 pub const MAX_TOOL_ARGS: usize = 1 << 20;
+
+/// The most blocks a stream may hold open at once (text, thinking and tool calls): each
+/// holds state, and an upstream that opens blocks without closing them ends the stream.
+pub const MAX_OPEN_BLOCKS: usize = 256;
 
 /// Guardrails on a stream: one redactor per text block, so a value split across deltas is
 /// seen whole, and only the tail that could still grow into a match is held.
@@ -28,6 +33,8 @@ pub struct Guarded {
     blocks: Vec<GuardedBlock>,
     /// Tool calls' arguments so far, by block index.
     args: Vec<(usize, String)>,
+    /// The bytes held in `args`, all calls together.
+    args_held: usize,
     findings: Vec<Finding>,
     /// The answer's text as it went out, kept only when it must follow a JSON schema.
     answer: String,
@@ -50,8 +57,10 @@ struct GuardedBlock {
 /// Why a stream stops.
 enum Stop {
     Entity(Entity),
-    /// A tool call's arguments outgrew [`MAX_TOOL_ARGS`].
+    /// Tool calls' arguments outgrew [`MAX_TOOL_ARGS`].
     ArgsTooLong,
+    /// More than [`MAX_OPEN_BLOCKS`] blocks open at once.
+    TooManyBlocks,
 }
 
 impl From<Entity> for Stop {
@@ -74,6 +83,7 @@ impl Guarded {
             phase,
             blocks: Vec::new(),
             args: Vec::new(),
+            args_held: 0,
             findings: Vec::new(),
             answer: String::new(),
             answer_overflow: false,
@@ -92,7 +102,16 @@ impl Guarded {
             let finish = matches!(ev, Event::Finish(_));
             let mut verdict = self.event(ev, &mut passed).map_err(|stop| match stop {
                 Stop::Entity(entity) => self.phase.blocked(metrics, entity),
-                Stop::ArgsTooLong => self.phase.too_long(metrics, MAX_TOOL_ARGS),
+                Stop::ArgsTooLong => self.phase.too_long(
+                    metrics,
+                    &format!(
+                        "A stream's tool-call arguments are longer than the {MAX_TOOL_ARGS} bytes held to check them."
+                    ),
+                ),
+                Stop::TooManyBlocks => self.phase.too_long(
+                    metrics,
+                    &format!("A stream held more than {MAX_OPEN_BLOCKS} blocks open at once."),
+                ),
             });
             if verdict.is_ok() && finish && !self.answer_overflow {
                 // The whole answer is known: check it against its schema, if any.
@@ -129,18 +148,19 @@ impl Guarded {
                 index,
                 delta: Delta::ToolArgs(t),
             } => {
-                let held = match self.args.iter_mut().find(|(i, _)| *i == index) {
-                    Some((_, held)) => held,
-                    None => {
-                        self.args.push((index, String::new()));
-                        let last = self.args.len() - 1;
-                        &mut self.args[last].1
-                    }
-                };
-                if held.len() + t.len() > MAX_TOOL_ARGS {
+                if self.args_held + t.len() > MAX_TOOL_ARGS {
                     return Err(Stop::ArgsTooLong);
                 }
-                held.push_str(&t);
+                self.args_held += t.len();
+                let pos = match self.args.iter().position(|(i, _)| *i == index) {
+                    Some(p) => p,
+                    None => {
+                        self.open()?;
+                        self.args.push((index, String::new()));
+                        self.args.len() - 1
+                    }
+                };
+                self.args[pos].1.push_str(&t);
             }
             Event::Start { id, model } => {
                 let id = self.whole(id)?;
@@ -171,6 +191,7 @@ impl Guarded {
                 let pos = match self.blocks.iter().position(|b| b.index == index) {
                     Some(p) => p,
                     None => {
+                        self.open()?;
                         self.blocks.push(GuardedBlock {
                             index,
                             redactor: Redactor::new(self.phase.rules.clone()),
@@ -203,6 +224,14 @@ impl Guarded {
                 out.push(Event::Finish(f));
             }
             other => out.push(other),
+        }
+        Ok(())
+    }
+
+    /// Room for one more open block, or the stream ends.
+    fn open(&self) -> Result<(), Stop> {
+        if self.blocks.len() + self.args.len() >= MAX_OPEN_BLOCKS {
+            return Err(Stop::TooManyBlocks);
         }
         Ok(())
     }
@@ -245,6 +274,7 @@ impl Guarded {
                 continue;
             }
             let (i, args) = self.args.swap_remove(k);
+            self.args_held -= args.len();
             let args = self.arguments(args)?;
             if !args.is_empty() {
                 out.push(Event::Delta {
@@ -274,5 +304,111 @@ impl Guarded {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::guard::{Action, Rules};
+
+    fn guarded() -> Guarded {
+        Guarded::new(ResponsePhase::of_rules(Rules::new(
+            Entity::ALL.into_iter().map(|e| (e, Action::Redact)),
+        )))
+    }
+
+    fn args(index: usize, a: &str) -> Event {
+        Event::Delta {
+            index,
+            delta: Delta::ToolArgs(a.to_owned()),
+        }
+    }
+
+    fn passed_args(events: &[Event]) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delta {
+                    delta: Delta::ToolArgs(a),
+                    ..
+                } => Some(a.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A tool call's arguments are held until its block stops, then read whole: a secret
+    /// split across deltas (and across a JSON escape) is redacted.
+    #[test]
+    fn tool_arguments_are_held_and_read_whole() {
+        let m = Metrics::new();
+        let mut g = guarded();
+        let (out, err) = g.events(
+            &m,
+            vec![
+                args(0, r#"{"to":"jane.d"#),
+                args(0, r#"oe@exam"#),
+                args(0, r#"ple.com"}"#),
+            ],
+        );
+        assert!(err.is_none());
+        assert_eq!(
+            passed_args(&out),
+            "",
+            "nothing released before the block stops"
+        );
+        let (out, err) = g.events(&m, vec![Event::BlockStop { index: 0 }]);
+        assert!(err.is_none());
+        assert_eq!(passed_args(&out), r#"{"to":"[EMAIL]"}"#);
+    }
+
+    /// The arguments held are bounded across all of a stream's calls together, not per
+    /// call: many calls each under the bound end the stream once their sum is over it.
+    #[test]
+    fn held_arguments_are_bounded_across_calls() {
+        let m = Metrics::new();
+        let mut g = guarded();
+        let piece = "a".repeat(MAX_TOOL_ARGS / 4 + 1);
+        let events: Vec<Event> = (0..4).map(|i| args(i, &piece)).collect();
+        let (out, err) = g.events(&m, events);
+        let err = err.expect("the fourth call's arguments pass the bound");
+        assert!(
+            err.message.contains("tool-call arguments"),
+            "{}",
+            err.message
+        );
+        assert_eq!(passed_args(&out), "", "nothing unchecked is released");
+        // Arguments released when their block stops no longer count.
+        let mut g = guarded();
+        for i in 0..8 {
+            let (_, err) = g.events(&m, vec![args(i, &piece), Event::BlockStop { index: i }]);
+            assert!(err.is_none(), "call {i}: closed calls free their share");
+        }
+    }
+
+    /// An upstream that opens blocks without closing them ends the stream at
+    /// [`MAX_OPEN_BLOCKS`], text and tool calls alike.
+    #[test]
+    fn open_blocks_are_bounded() {
+        let m = Metrics::new();
+        for tool in [false, true] {
+            let mut g = guarded();
+            let events: Vec<Event> = (0..=MAX_OPEN_BLOCKS)
+                .map(|index| {
+                    if tool {
+                        args(index, "{}")
+                    } else {
+                        Event::Delta {
+                            index,
+                            delta: Delta::Text("hi ".into()),
+                        }
+                    }
+                })
+                .collect();
+            let (_, err) = g.events(&m, events);
+            let err = err.expect("one block too many");
+            assert!(err.message.contains("blocks open"), "{}", err.message);
+        }
     }
 }

@@ -166,13 +166,16 @@ pub fn apply_normalized(
             Action::Block => return Err(s.entity),
             Action::Alert => {}
             Action::Redact | Action::Mask => {
+                // Two findings can meet inside one original character (`¼` is `1⁄4`):
+                // the second is redacted from where the first ended.
                 let r = norm.original(s.start..s.end);
-                if r.start < at {
+                let start = r.start.max(at);
+                if r.end <= at {
                     continue;
                 }
                 let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
-                o.push_str(&text[at..r.start]);
-                replace(&text[r.clone()], s.entity, action, o);
+                o.push_str(&text[at..start]);
+                replace(&text[start..r.end], s.entity, action, o);
                 at = r.end;
             }
         }
@@ -376,22 +379,32 @@ mod tests {
         }
     }
 
-    /// Ordinary text with numbers is not held: "tok0 " cannot begin a phone number (one
-    /// digit, then a space) or a card (the digit is inside a word).
+    /// Ordinary text with numbers is held only as far as it could still grow into a match:
+    /// "66 is" has ended, while "0 " after a word may be the start of a card (a letter
+    /// before a card does not hide it: `cc4111 1111 ...`).
     #[test]
-    fn numbers_inside_words_and_lone_digits_are_not_held() {
+    fn only_numbers_that_could_grow_are_held() {
         let mut r = Redactor::new(rules(Action::Redact));
-        assert_eq!(r.push("tok0 ").as_deref(), Ok("tok0 "));
         assert_eq!(
             r.push("route66 is long ").as_deref(),
             Ok("route66 is long ")
         );
+        assert_eq!(r.push("tok0 ").as_deref(), Ok("tok"));
+        assert_eq!(r.held(), "0 ");
+        assert_eq!(r.push("x. ").as_deref(), Ok("0 x. "));
         assert_eq!(
             r.push("call 55").as_deref(),
             Ok("call "),
             "may grow into a number"
         );
         assert_eq!(r.held(), "55");
+        let text = "cc4111111111111111 and ssn_078-05-1120 and xAKIAIOSFODNN7EXAMPLEx";
+        assert_eq!(
+            apply(text, &rules(Action::Redact), &mut Vec::new())
+                .expect("redact")
+                .as_deref(),
+            Some("cc[CREDIT_CARD] and ssn_[SSN] and x[SECRET]x")
+        );
     }
 
     /// Every cut into three pieces of a text where word boundaries decide matches (the
@@ -442,6 +455,11 @@ mod tests {
             "card 4111.1111.1111.1111 ok",
             "card 4111\\u00201111\\u00201111\\u00201111 ok",
             "card 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 ok",
+            "card 4111  1111  1111  1111 ok",
+            "card 4111/1111/1111/1111 ok",
+            "card 4111\n1111\n1111\n1111 ok",
+            "card ٤١١١ ١١١١ ١١١١ ١١١١ ok",
+            "card 4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}111111111111 ok",
         ] {
             let whole = apply(text, &r, &mut Vec::new()).expect("redact");
             assert_eq!(whole.as_deref(), Some("card [CREDIT_CARD] ok"), "{text:?}");
@@ -528,6 +546,20 @@ mod tests {
             let stream = streamed(&pieces, &r);
             assert_eq!(stream.is_err(), whole, "{text:?} -> {stream:?}");
         }
+    }
+
+    /// Two findings meeting inside one character: the second is not given away.
+    #[test]
+    fn findings_sharing_a_character_are_both_redacted() {
+        let r = rules(Action::Redact);
+        let text = "x 123-45-678¼111 1111 1111 1111 y";
+        let whole = apply(text, &r, &mut Vec::new()).expect("redact");
+        let whole = whole.as_deref().unwrap_or(text);
+        assert!(!whole.contains("1111"), "{whole}");
+        let pieces: Vec<String> = text.chars().map(String::from).collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let streamed = streamed(&pieces, &r).expect("redact");
+        assert!(!streamed.contains("1111"), "{streamed}");
     }
 
     #[test]

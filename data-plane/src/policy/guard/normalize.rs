@@ -207,6 +207,7 @@ pub fn push_normal(c: char, out: &mut String) {
             }
         }
         _ if invisible(u) => {}
+        _ if let Some(d) = decimal_digit(u) => out.push(char::from(b'0' + d)),
         // Dash-like characters.
         0x2010..=0x2015 | 0x2212 | 0xFE58 | 0xFE63 | 0xFF0D => out.push('-'),
         _ => {
@@ -222,11 +223,30 @@ pub fn push_normal(c: char, out: &mut String) {
     }
 }
 
+/// The first code point of each block of ten decimal digits (Unicode's `Nd`) that NFKC
+/// leaves as they are: a model reads `٤١١١` as the digits it shows.
+const DIGIT_ZEROS: &[u32] = &[
+    0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+    0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a decimal digit of another script.
+fn decimal_digit(u: u32) -> Option<u8> {
+    let i = DIGIT_ZEROS.partition_point(|&z| z <= u).checked_sub(1)?;
+    let d = u - DIGIT_ZEROS[i];
+    (d < 10).then_some(d as u8)
+}
+
 /// Characters that render as nothing (Unicode's default-ignorable code points and
-/// bidirectional controls).
+/// bidirectional controls), and enclosing marks (a keycap around a digit is the digit).
 fn invisible(u: u32) -> bool {
     matches!(u,
-        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        0x0488..=0x0489 | 0x20DD..=0x20E4 | 0xA670..=0xA672
+        | 0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
         | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
         | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
         | 0xE0000..=0xE0FFF)
@@ -255,6 +275,8 @@ mod tests {
             ("\u{E0069}\u{E0067}", "ig"),
             ("café ﬁle", "café file"),
             ("a\u{202E}b\u{FEFF}c", "abc"),
+            ("٤١١١ ۱۲ ४५", "4111 12 45"),
+            ("4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}", "41"),
         ] {
             assert_eq!(Normalized::new(text).text(), normal, "{text:?}");
         }

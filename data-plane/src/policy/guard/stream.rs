@@ -166,7 +166,6 @@ impl Redactor {
                 from = self.context + at;
             }
         }
-        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
         for e in self.rules.entities() {
             let bounded = *e != Entity::Secret || self.rules.action(*e) == Action::Alert;
             // The run of characters a match is made of, back from the end: a bounded
@@ -186,7 +185,7 @@ impl Redactor {
             // ASCII, as the patterns' `(?-u:\b)`.
             while let Some(c) = text[start..].chars().next()
                 && !(e.starts(c)
-                    && !(e.needs_boundary() && word(text[..start].chars().next_back()))
+                    && e.may_start(text[..start].chars().next_back(), &text[start..])
                     && e.could_begin(&text[start..]))
             {
                 start += c.len_utf8();
@@ -229,9 +228,9 @@ impl Redactor {
                 Action::Block => return Err(s.entity),
                 Action::Alert => continue,
                 Action::Redact | Action::Mask => {
-                    let start = self.unit_orig(s.start);
+                    let start = self.unit_orig(s.start).max(at);
                     let end = self.orig_at(s.end);
-                    if start < at {
+                    if end <= at {
                         continue;
                     }
                     out.push_str(&self.orig[at..start]);

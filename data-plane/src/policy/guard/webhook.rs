@@ -200,7 +200,7 @@ pub async fn request(
         return Ok(());
     };
     let hooked = guards.iter().filter(|g| g.request && g.webhook.is_some());
-    let opts = text::Options { skip_model: true };
+    let opts = text::Options::default();
     if let Some(new) = check(gw, hooked, Phase::Request, ctx, raw.text(), opts, decisions).await? {
         *raw = super::enforce::reread(new)?;
     }
@@ -219,7 +219,8 @@ pub async fn check<'g>(
     opts: text::Options,
     decisions: &mut Decisions,
 ) -> Result<Option<String>, ProxyError> {
-    let sent = |p: Place| matches!(p, Place::String | Place::Encoded);
+    // Every text the built-in detectors read: strings, object keys, numbers, decoded text.
+    let sent = |_: Place| true;
     let mut texts = Vec::new();
     text::edit(json, opts, &mut |t: &str, p| {
         if sent(p) {
