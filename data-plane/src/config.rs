@@ -65,6 +65,9 @@ pub struct KeyEntry {
     /// (model glob, limits) from the key's `modelLimits`.
     pub model_limits: Vec<(String, Limits)>,
     pub budget: Option<BudgetSpec>,
+    /// Requests of this key, and of its namespace, in flight on this data plane (shared
+    /// with the entries of earlier config versions).
+    pub in_flight: crate::frontdoor::admission::InFlightCounters,
 }
 
 impl KeyEntry {
@@ -483,7 +486,7 @@ impl RuntimeConfig {
                 self.key_errors.insert(k.id.clone(), e);
                 continue;
             }
-            let entry = key_entry(k);
+            let entry = key_entry(k, upstreams.in_flight.counters(&k.id));
             self.counts_tokens |= entry.limits.tpm > 0
                 || entry.budget.is_some()
                 || entry.model_limits.iter().any(|(_, l)| l.tpm > 0);
@@ -790,7 +793,10 @@ impl RuntimeConfig {
 }
 
 /// A key as the request path sees it, from the key as sent.
-fn key_entry(k: &pb::VirtualKey) -> KeyEntry {
+fn key_entry(
+    k: &pb::VirtualKey,
+    in_flight: crate::frontdoor::admission::InFlightCounters,
+) -> KeyEntry {
     KeyEntry {
         id: k.id.clone(),
         allowed_models: k.allowed_models.clone(),
@@ -805,6 +811,7 @@ fn key_entry(k: &pb::VirtualKey) -> KeyEntry {
             .map(|m| (m.model.clone(), Limits::from_proto(m.limits)))
             .collect(),
         budget: BudgetSpec::from_proto(k.budget),
+        in_flight,
     }
 }
 

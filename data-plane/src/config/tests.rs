@@ -481,3 +481,33 @@ fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
         "naming a route is not enough: it must admit"
     );
 }
+
+/// A key rebuilt by a new config version counts its requests in flight with the counters of
+/// the entry it replaces (a concurrency share cannot be reset by pushing config), and keys of
+/// one namespace share its counter.
+#[test]
+fn rebuilt_keys_keep_their_requests_in_flight() {
+    let mut s = snapshot();
+    let upstreams = Upstreams::default();
+    let (first, _) = RuntimeConfig::build(&s, &upstreams);
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(switchyard_crds::key_hash("sk-test-key"), &mut h).expect("hex");
+    let old = first.key(&h).expect("key").clone();
+    old.in_flight
+        .key
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.keys[0].labels.insert("changed".into(), "yes".into());
+    let (second, _) = RuntimeConfig::build(&s, &upstreams);
+    drop(first);
+    let new = second.key(&h).expect("key");
+    assert!(!Arc::ptr_eq(&old, new), "a new entry");
+    assert_eq!(
+        new.in_flight.key.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the request in flight under the old entry still counts"
+    );
+    let other = Upstreams::default().in_flight.counters("ns/other");
+    assert!(!Arc::ptr_eq(&other.namespace, &new.in_flight.namespace));
+    let same_ns = upstreams.in_flight.counters("ns/other");
+    assert!(Arc::ptr_eq(&same_ns.namespace, &new.in_flight.namespace));
+}

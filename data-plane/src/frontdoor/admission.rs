@@ -8,13 +8,13 @@
 //! 3. a slot of the gateway's concurrency (`--max-concurrency`), taken once the body is in
 //!    (503 beyond it).
 //!
-//! All are held until the response — a stream included — ends. The shares are counted by
-//! name (the key's id, the namespace), so a config push that rebuilds every key forgets no
-//! request in flight.
+//! All are held until the response — a stream included — ends. A key entry's counters come
+//! from a registry kept across config versions ([`InFlightRegistry`]), so a config push that
+//! rebuilds every key forgets no request in flight.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,68 +32,34 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     per_key: u32,
     per_namespace: u32,
-    counts: Arc<Counts>,
     pub body: BodyTiming,
 }
 
-/// How many requests each key and each namespace has in flight, by name: a few shards of
-/// small maps (an entry lives while its count is above zero).
+/// Requests in flight per key and per namespace, kept across config versions: a key entry
+/// takes its counters from here when it is built, so a rebuilt entry shares the counts of
+/// the one it replaces and of the requests still holding that one.
 #[derive(Debug, Default)]
-struct Counts {
-    hasher: RandomState,
-    keys: [Mutex<HashMap<String, u32>>; SHARDS],
-    namespaces: [Mutex<HashMap<String, u32>>; SHARDS],
+pub struct InFlightRegistry {
+    keys: Mutex<HashMap<String, Weak<AtomicU32>>>,
+    namespaces: Mutex<HashMap<String, Weak<AtomicU32>>>,
 }
 
-const SHARDS: usize = 16;
-
-fn shard<'a>(
-    shards: &'a [Mutex<HashMap<String, u32>>; SHARDS],
-    hasher: &RandomState,
-    name: &str,
-) -> std::sync::MutexGuard<'a, HashMap<String, u32>> {
-    let i = (hasher.hash_one(name) as usize) % SHARDS;
-    shards[i].lock().unwrap_or_else(|p| p.into_inner())
+impl InFlightRegistry {
+    /// The counters of the key `id` ("namespace/name") and of its namespace.
+    pub fn counters(&self, id: &str) -> InFlightCounters {
+        let namespace = id.split_once('/').map_or("", |(ns, _)| ns);
+        InFlightCounters {
+            key: crate::route::health::shared(&self.keys, id.to_owned()),
+            namespace: crate::route::health::shared(&self.namespaces, namespace.to_owned()),
+        }
+    }
 }
 
-impl Counts {
-    /// One more in flight for `name`, unless it has `max` already (then `Err` with its count).
-    fn take(
-        &self,
-        shards: &[Mutex<HashMap<String, u32>>; SHARDS],
-        name: &str,
-        max: u32,
-    ) -> Result<(), u32> {
-        let mut map = shard(shards, &self.hasher, name);
-        match map.get_mut(name) {
-            Some(n) if *n >= max => Err(*n),
-            Some(n) => {
-                *n += 1;
-                Ok(())
-            }
-            None => {
-                map.insert(name.to_owned(), 1);
-                Ok(())
-            }
-        }
-    }
-
-    fn give(&self, shards: &[Mutex<HashMap<String, u32>>; SHARDS], name: &str) {
-        let mut map = shard(shards, &self.hasher, name);
-        if let Some(n) = map.get_mut(name) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(name);
-            }
-        }
-    }
-
-    fn count(&self, shards: &[Mutex<HashMap<String, u32>>; SHARDS], name: &str) -> u32 {
-        shard(shards, &self.hasher, name)
-            .get(name)
-            .copied()
-            .unwrap_or(0)
-    }
+/// A key's requests in flight on this data plane, and its namespace's.
+#[derive(Clone, Debug, Default)]
+pub struct InFlightCounters {
+    pub key: Arc<AtomicU32>,
+    pub namespace: Arc<AtomicU32>,
 }
 
 /// How long a request body may take.
@@ -130,7 +96,6 @@ impl Admission {
             slots: Arc::new(Semaphore::new(max_concurrency)),
             per_key: share(shares.per_key),
             per_namespace: share(shares.per_namespace),
-            counts: Arc::default(),
             body,
         }
     }
@@ -138,7 +103,6 @@ impl Admission {
     /// The key's share, within its namespace's: `Err` (429) when either has as many requests
     /// in flight here as its share allows.
     pub fn key_share(&self, key: &Arc<KeyEntry>) -> Result<KeyShare, ProxyError> {
-        let c = &self.counts;
         let refused = |whose: &str, n: u32| {
             let mut e = ProxyError::new(
                 ErrorKind::RateLimitParallel,
@@ -150,26 +114,19 @@ impl Admission {
             e.retry_after = Some(HeaderValue::from_static("1"));
             e
         };
-        c.take(&c.namespaces, key.namespace(), self.per_namespace)
-            .map_err(|n| refused("This API key's namespace", n))?;
-        if let Err(n) = c.take(&c.keys, &key.id, self.per_key) {
-            c.give(&c.namespaces, key.namespace());
+        let c = &key.in_flight;
+        let n = c.namespace.fetch_add(1, Ordering::Relaxed);
+        if n >= self.per_namespace {
+            c.namespace.fetch_sub(1, Ordering::Relaxed);
+            return Err(refused("This API key's namespace", n));
+        }
+        let n = c.key.fetch_add(1, Ordering::Relaxed);
+        if n >= self.per_key {
+            c.key.fetch_sub(1, Ordering::Relaxed);
+            c.namespace.fetch_sub(1, Ordering::Relaxed);
             return Err(refused("This API key", n));
         }
-        Ok(KeyShare {
-            counts: c.clone(),
-            key: key.clone(),
-        })
-    }
-
-    /// Requests of a key (by id) in flight here.
-    pub fn key_in_flight(&self, id: &str) -> u32 {
-        self.counts.count(&self.counts.keys, id)
-    }
-
-    /// Requests of a namespace in flight here.
-    pub fn namespace_in_flight(&self, namespace: &str) -> u32 {
-        self.counts.count(&self.counts.namespaces, namespace)
+        Ok(KeyShare(key.clone()))
     }
 
     /// A slot of the gateway's concurrency: `Err` (503) when every one is taken.
@@ -188,16 +145,13 @@ impl Admission {
 /// A key's request in flight on this gateway, counted for the key and its namespace
 /// (released when dropped).
 #[derive(Debug)]
-pub struct KeyShare {
-    counts: Arc<Counts>,
-    key: Arc<KeyEntry>,
-}
+pub struct KeyShare(Arc<KeyEntry>);
 
 impl Drop for KeyShare {
     fn drop(&mut self) {
-        let c = &self.counts;
-        c.give(&c.keys, &self.key.id);
-        c.give(&c.namespaces, self.key.namespace());
+        let c = &self.0.in_flight;
+        c.key.fetch_sub(1, Ordering::Relaxed);
+        c.namespace.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -349,9 +303,10 @@ fn linger(mut body: Body) {
 mod tests {
     use super::*;
 
-    fn key(id: &str) -> Arc<KeyEntry> {
+    fn key(registry: &InFlightRegistry, id: &str) -> Arc<KeyEntry> {
         Arc::new(KeyEntry {
             id: id.into(),
+            in_flight: registry.counters(id),
             ..KeyEntry::default()
         })
     }
@@ -367,10 +322,14 @@ mod tests {
         )
     }
 
+    fn count(c: &AtomicU32) -> u32 {
+        c.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn a_key_holds_its_share_and_no_more() {
-        let a = admission(100, 2);
-        let k = key("ns/k");
+        let (a, r) = (admission(100, 2), InFlightRegistry::default());
+        let k = key(&r, "ns/k");
         let one = a.key_share(&k).expect("first");
         let two = a.key_share(&k).expect("second");
         let third = a.key_share(&k).expect_err("over the share");
@@ -384,50 +343,52 @@ mod tests {
         let _again = a.key_share(&k).expect("a share came back");
         drop(two);
         // Another key is not affected.
-        let other = key("ns/other");
+        let other = key(&r, "ns/other");
         let _theirs = a.key_share(&other).expect("another key's share");
-        assert_eq!(a.key_in_flight("ns/k"), 1);
-        assert_eq!(a.namespace_in_flight("ns"), 2);
+        assert_eq!(count(&k.in_flight.key), 1);
+        assert_eq!(count(&k.in_flight.namespace), 2);
     }
 
     /// A namespace's keys together hold at most its share; another namespace is untouched,
     /// and a key refused by its namespace's share takes nothing.
     #[test]
     fn a_namespace_holds_its_share_across_its_keys() {
-        let a = admission(3, 2);
+        let (a, r) = (admission(3, 2), InFlightRegistry::default());
         let held: Vec<_> = ["tenant/a", "tenant/a", "tenant/b"]
             .iter()
-            .map(|id| a.key_share(&key(id)).expect("within the shares"))
+            .map(|id| a.key_share(&key(&r, id)).expect("within the shares"))
             .collect();
-        let e = a
-            .key_share(&key("tenant/c"))
-            .expect_err("the namespace is full");
+        let c = key(&r, "tenant/c");
+        let e = a.key_share(&c).expect_err("the namespace is full");
         assert!(e.message.contains("namespace has 3"), "{}", e.message);
-        assert_eq!(a.key_in_flight("tenant/c"), 0);
+        assert_eq!(count(&c.in_flight.key), 0);
         assert!(
-            a.key_share(&key("other/a")).is_ok(),
+            a.key_share(&key(&r, "other/a")).is_ok(),
             "another tenant is served"
         );
         drop(held);
-        assert_eq!(a.namespace_in_flight("tenant"), 0);
+        assert_eq!(count(&c.in_flight.namespace), 0);
     }
 
     /// A config push rebuilds every key entry: the requests in flight under the old entry
     /// still count against the new one, and give their share back when they end.
     #[test]
     fn shares_survive_a_rebuilt_key() {
-        let a = admission(100, 2);
-        let old = key("ns/k");
+        let (a, r) = (admission(100, 2), InFlightRegistry::default());
+        let old = key(&r, "ns/k");
         let held = [a.key_share(&old).expect("1"), a.key_share(&old).expect("2")];
-        let rebuilt = key("ns/k");
+        let rebuilt = key(&r, "ns/k");
+        drop(old);
         assert!(
             a.key_share(&rebuilt).is_err(),
             "the old requests still count"
         );
-        drop(old);
         drop(held);
         let _ = a.key_share(&rebuilt).expect("given back");
-        assert_eq!(a.key_in_flight("ns/k"), 0, "the share is dropped at once");
+        assert_eq!(count(&rebuilt.in_flight.key), 0);
+        // Once nothing holds a key's counters, a new entry starts afresh.
+        drop(rebuilt);
+        assert_eq!(count(&key(&r, "ns/k").in_flight.key), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -247,12 +247,7 @@ impl<'t> Tokens<'t> {
         let mut escaped = false;
         loop {
             // Runs of plain characters: everything but `"`, `\` and control characters.
-            while let Some(&c) = self.b.get(i) {
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                i += 1;
-            }
+            i = plain_run(self.b, i);
             match self.b.get(i) {
                 None => return err("unterminated string", start),
                 Some(b'"') => break,
@@ -297,6 +292,35 @@ impl<'t> Tokens<'t> {
             _ => err("bad escape", i),
         }
     }
+}
+
+/// The offset of the first byte at or after `i` that is `"`, `\` or a control character
+/// (or the end), eight bytes at a time: a word has one when one of its bytes, XORed with
+/// the quote or the backslash, or left as is, is below the limit (0 or 0x20), which the
+/// borrow of a subtraction shows in that byte's high bit. Bytes after the first such byte
+/// may show falsely, the first never does, so the lowest flag is exact.
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGHS: u64 = ONES * 0x80;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    while let Some(word) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let flags = (below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20))
+            & HIGHS;
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
@@ -576,6 +600,31 @@ mod tests {
         };
         assert_eq!(&text[n.range()], "12");
         assert_eq!(t[9], Token::ObjectEnd(text.len()));
+    }
+
+    /// The word-at-a-time scan stops where the byte-at-a-time one does, for every byte
+    /// value at every offset.
+    #[test]
+    fn plain_runs_end_where_a_byte_scan_ends() {
+        let naive = |b: &[u8], i: usize| {
+            i + b[i..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(b.len() - i)
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        for stop in 0..=255u8 {
+            for at in 0..20 {
+                let mut b: Vec<u8> = (0..24).map(|_| rng.u8(0x20..=0xff)).collect();
+                b.retain(|&c| c != b'"' && c != b'\\');
+                if at < b.len() {
+                    b[at] = stop;
+                }
+                for start in 0..b.len().min(10) {
+                    assert_eq!(plain_run(&b, start), naive(&b, start), "{b:?} from {start}");
+                }
+            }
+        }
     }
 
     #[test]

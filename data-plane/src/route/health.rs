@@ -456,7 +456,12 @@ pub struct Registry {
     pools: Mutex<HashMap<String, Weak<Load>>>,
 }
 
-fn shared<K: std::hash::Hash + Eq, T: Default>(map: &Mutex<HashMap<K, Weak<T>>>, key: K) -> Arc<T> {
+/// The live value kept under `key`, or a fresh one: state that outlives config versions
+/// (whoever still holds it keeps it alive; dead entries are swept now and then).
+pub(crate) fn shared<K: std::hash::Hash + Eq, T: Default>(
+    map: &Mutex<HashMap<K, Weak<T>>>,
+    key: K,
+) -> Arc<T> {
     let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(live) = m.get(&key).and_then(Weak::upgrade) {
         return live;

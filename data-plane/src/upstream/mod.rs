@@ -46,13 +46,14 @@ impl Default for ClientSettings {
 /// Largest upstream (non-streaming) response body accepted.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
-/// What the data plane keeps about its upstreams across config versions: the clients (one
-/// per [`ClientSettings`], so connection pools survive config changes) and the health and
-/// load of every endpoint.
+/// What the data plane keeps across config versions: the clients (one per
+/// [`ClientSettings`], so connection pools survive config changes), the health and load of
+/// every endpoint, and the requests each key and namespace has in flight.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clients: Mutex<HashMap<ClientSettings, HttpClient>>,
     pub health: crate::route::health::Registry,
+    pub in_flight: crate::frontdoor::admission::InFlightRegistry,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// This data plane runs an embedding model (routes with a semantic cache need one).
     pub can_embed: std::sync::atomic::AtomicBool,
