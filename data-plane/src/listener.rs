@@ -54,7 +54,7 @@ pub struct ListenerOptions {
     pub max_connections: usize,
     /// HTTP/2: most requests in flight on one connection.
     pub max_streams: u32,
-    /// Longest a write to the client may wait for room (its reader stopped).
+    /// Longest a write to the client may wait for room (its reader stopped); zero: no limit.
     pub write_timeout: Duration,
     /// Most connections open at once from one client address; 0: no limit.
     pub max_connections_per_peer: usize,
@@ -143,7 +143,7 @@ impl ConnState {
     /// request is in flight and its writes go out.
     fn deadline(&self, opts: &ListenerOptions) -> Option<(u64, &'static str)> {
         let waiting = self.write_waiting.load(Ordering::Relaxed);
-        if waiting != 0 {
+        if waiting != 0 && !opts.write_timeout.is_zero() {
             return Some((
                 waiting - 1 + opts.write_timeout.as_millis() as u64,
                 "write_timeout",
@@ -284,11 +284,18 @@ impl Peers {
     }
 
     /// A connection from `ip`: `None` when the address has its most open already; a slot
-    /// that counts nothing when there is no limit.
+    /// that counts nothing when there is no limit. IPv6 addresses count by /64, the block
+    /// one host is given.
     fn open(&self, ip: std::net::IpAddr) -> Option<Option<PeerSlot>> {
         if self.max == 0 {
             return Some(None);
         }
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+            v4 => v4,
+        };
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_default();
         if *n >= self.max {
@@ -437,11 +444,13 @@ pub async fn serve(
                     Some((at, _)) => epoch + Duration::from_millis(at),
                     // A request in flight: look again after the shortest timeout.
                     None => {
+                        let write = Some(opts.write_timeout).filter(|t| !t.is_zero());
                         tokio::time::Instant::now()
                             + opts
                                 .header_read_timeout
                                 .min(opts.idle_timeout)
-                                .min(opts.write_timeout)
+                                .min(write.unwrap_or(Duration::MAX))
+                                .max(Duration::from_millis(100))
                     }
                 };
                 tokio::select! {
@@ -490,6 +499,13 @@ mod tests {
         let _again = peers
             .open(a)
             .expect("a connection closed gives its place back");
+        let (h1, h2): (std::net::IpAddr, std::net::IpAddr) = (
+            "2001:db8:1:2::1".parse().unwrap(),
+            "2001:db8:1:2:ffff::9".parse().unwrap(),
+        );
+        let _v6 = peers.open(h1).expect("first of a /64");
+        let _v6b = peers.open(h2).expect("second of the /64");
+        assert!(peers.open(h1).is_none(), "one /64 counts as one client");
         let unlimited = Peers::new(0);
         for _ in 0..10 {
             assert!(
@@ -521,6 +537,11 @@ mod tests {
             Some((4000, "write_timeout")),
             "counted from the first write that waited"
         );
+        let off = ListenerOptions {
+            write_timeout: Duration::ZERO,
+            ..opts
+        };
+        assert_eq!(state.deadline(&off), None, "zero: no write timeout");
         state.wrote(&Poll::Ready(()));
         assert_eq!(state.deadline(&opts), None, "the client read again");
     }

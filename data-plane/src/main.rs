@@ -106,7 +106,7 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_PEER", default_value_t = 0)]
     max_connections_per_peer: usize,
     /// Longest a write to a client may wait for room (the client stopped reading); the
-    /// connection is closed beyond it.
+    /// connection is closed beyond it (0: no limit).
     #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     write_timeout: std::time::Duration,
     /// Redis for rate limits and budgets shared by the fleet, e.g. redis://redis:6379/0

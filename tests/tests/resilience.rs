@@ -662,7 +662,16 @@ async fn sigterm_drains_open_streams_and_streams_count_against_max_concurrency()
         .concat()
     };
     let mut e = Env::start_with(
-        &["--max-concurrency", "1", "--drain-timeout", "10s"],
+        // (the namespace's share, half of the gateway's by default, set above it: this is
+        // about the gateway's slots)
+        &[
+            "--max-concurrency",
+            "1",
+            "--max-concurrency-per-namespace",
+            "10",
+            "--drain-timeout",
+            "10s",
+        ],
         1,
         config,
     )

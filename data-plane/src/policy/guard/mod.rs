@@ -202,6 +202,46 @@ mod tests {
     const REDACTED: &str = "Mail [EMAIL], card [CREDIT_CARD], iban [IBAN], ssn [SSN], \
         from [IP_ADDRESS], call [PHONE], key [SECRET]. Thanks!";
 
+    /// Invisible characters normalise to nothing, so no held-tail bound sees them: with
+    /// nothing held they go out at once, and inside a held tail they are dropped past a
+    /// bound, so an upstream streaming them without end grows nothing.
+    #[test]
+    fn invisible_characters_never_pile_up_in_a_stream() {
+        let mut r = Redactor::new(rules(Action::Redact));
+        let mut out = r.push("ok. ").expect("pass");
+        for _ in 0..50_000 {
+            out.push_str(&r.push("\u{200B}").expect("pass"));
+            assert!(r.held().is_empty(), "held {} bytes", r.held().len());
+        }
+        out.push_str(&r.push("bye").expect("pass"));
+        out.push_str(&r.finish().expect("pass"));
+        assert_eq!(
+            out,
+            format!("ok. {}bye", "\u{200B}".repeat(50_000)),
+            "nothing lost"
+        );
+
+        // Inside a number that may become a card.
+        let mut r = Redactor::new(rules(Action::Redact));
+        let mut out = r.push("card 4111").expect("pass");
+        for _ in 0..50_000 {
+            out.push_str(&r.push("\u{200B}").expect("pass"));
+            assert!(
+                r.held().len() <= stream::MAX_HELD + 8,
+                "held {}",
+                r.held().len()
+            );
+        }
+        out.push_str(&r.push(" 1111 1111 1111 and more").expect("pass"));
+        out.push_str(&r.finish().expect("pass"));
+        assert!(
+            out.starts_with("card [CREDIT_CARD] and more"),
+            "{}",
+            &out[..40]
+        );
+        assert!(!out.contains("4111"));
+    }
+
     #[test]
     fn whole_texts_are_redacted_masked_or_blocked() {
         let mut f = Vec::new();

@@ -16,6 +16,11 @@ use super::detect::{self, Entity, SECRET_BOUND};
 use super::normalize::{each_unit, is_normal, partial_escape, push_normal};
 use super::{Action, Finding, Rules};
 
+/// The most original text a redactor holds before it drops the invisible characters in it
+/// (they normalise to nothing, so the detectors never see them): a held tail is bounded in
+/// its normal form, and this bounds what stands behind it.
+pub(super) const MAX_HELD: usize = 2 * SECRET_BOUND;
+
 /// Redacts one text stream (one content block).
 #[derive(Debug)]
 pub struct Redactor {
@@ -62,8 +67,11 @@ impl Redactor {
             let ready = std::mem::replace(&mut self.pending, rest);
             self.append(&ready);
         }
+        if self.orig.len() - self.orig_at(self.context) > MAX_HELD {
+            self.drop_invisible();
+        }
         let hold = self.hold_from()?;
-        self.emit_to(hold, false)
+        self.emit_to(hold)
     }
 
     /// Adds text to the buffer and its normal form.
@@ -89,6 +97,39 @@ impl Redactor {
         }
     }
 
+    /// Drops the held characters whose normal form is empty (zero-width and the like): an
+    /// upstream that sends them without end inside a held tail would otherwise grow the
+    /// buffer, and the work of every piece, without bound.
+    fn drop_invisible(&mut self) {
+        let Some(units) = &mut self.units else {
+            return;
+        };
+        let first = units.partition_point(|&(n, _)| n < self.context);
+        let Some(&(_, held_at)) = units.get(first) else {
+            return;
+        };
+        let mut orig = String::with_capacity(self.orig.len());
+        orig.push_str(&self.orig[..held_at]);
+        let mut kept = units[..first].to_vec();
+        for k in first..units.len() {
+            let (n, o) = units[k];
+            let (next_n, next_o) = units
+                .get(k + 1)
+                .copied()
+                .unwrap_or((self.norm.len(), self.orig.len()));
+            if next_n > n {
+                kept.push((n, orig.len()));
+                orig.push_str(&self.orig[o..next_o]);
+            }
+        }
+        tracing::debug!(
+            dropped = self.orig.len() - orig.len(),
+            "a streamed text held invisible characters beyond the bound: dropped"
+        );
+        *units = kept;
+        self.orig = orig;
+    }
+
     /// The end of the stream: the rest, redacted (an escape cut off is read as it stands).
     pub fn finish(&mut self) -> Result<String, Entity> {
         let pending = std::mem::take(&mut self.pending);
@@ -104,7 +145,7 @@ impl Redactor {
             }
             self.orig.push_str(&pending);
         }
-        self.emit_to(self.norm.len(), true)
+        self.emit_to(self.norm.len())
     }
 
     /// Text held back now (for tests and metrics), in its original form.
@@ -199,8 +240,9 @@ impl Redactor {
     }
 
     /// Forwards `[context, upto)` of the normal form — the original text behind it,
-    /// redacted (at the `end`, all of it); keeps the rest, with one character of context.
-    fn emit_to(&mut self, mut upto: usize, end: bool) -> Result<String, Entity> {
+    /// redacted (with nothing held, the invisible characters after it too); keeps the rest,
+    /// with one character of context.
+    fn emit_to(&mut self, mut upto: usize) -> Result<String, Entity> {
         let spans = detect::find_from(&self.norm, self.context, self.rules.entities());
         // A finding that reaches into the held tail is held whole.
         for s in &spans {
@@ -208,7 +250,10 @@ impl Redactor {
                 upto = self.unit_start(s.start.max(self.context));
             }
         }
-        let orig_upto = if end && upto == self.norm.len() {
+        // Nothing held: invisible characters at the end go out too (they cannot be part of
+        // what follows them).
+        let all = upto == self.norm.len();
+        let orig_upto = if all {
             self.orig.len()
         } else {
             self.orig_at(upto)
@@ -240,12 +285,13 @@ impl Redactor {
             }
         }
         out.push_str(&self.orig[at..orig_upto]);
-        self.keep_from(upto);
+        self.keep_from(upto, all);
         Ok(out)
     }
 
-    /// Drops what is forwarded, keeping the last unit before `upto` as context.
-    fn keep_from(&mut self, upto: usize) {
+    /// Drops what is forwarded, keeping the last unit before `upto` as context (`all`: the
+    /// invisible characters after it were forwarded too).
+    fn keep_from(&mut self, upto: usize, all: bool) {
         let keep = if upto > self.context {
             self.unit_start(
                 self.norm[..upto]
@@ -265,6 +311,13 @@ impl Redactor {
             for u in units.iter_mut() {
                 u.0 -= keep;
                 u.1 -= orig_keep;
+            }
+            if all {
+                let trailing = units.partition_point(|&(n, _)| n < self.norm.len());
+                if let Some(&(_, o)) = units.get(trailing) {
+                    self.orig.truncate(o);
+                    units.truncate(trailing);
+                }
             }
             if is_normal(&self.orig) {
                 self.units = None;
