@@ -366,10 +366,19 @@ fn written(value: &str, form: Form, rng: &mut fastrand::Rng) -> String {
             })
             .flatten()
             .collect(),
-        Form::Dotted if value.bytes().filter(u8::is_ascii_digit).count() >= 13 => value
-            .chars()
-            .map(|c| if c == ' ' || c == '-' { '.' } else { c })
-            .collect(),
+        // Numbers (cards, IBANs) with their separators written as dots; a key's own dashes
+        // are part of it (`sk.proj.` is not an OpenAI key).
+        Form::Dotted
+            if value.bytes().filter(u8::is_ascii_digit).count() >= 13
+                && value.bytes().all(|b| {
+                    b.is_ascii_digit() || b.is_ascii_uppercase() || b == b' ' || b == b'-'
+                }) =>
+        {
+            value
+                .chars()
+                .map(|c| if c == ' ' || c == '-' { '.' } else { c })
+                .collect()
+        }
         Form::Dotted => value.to_owned(),
     }
 }

@@ -170,6 +170,7 @@ impl Provider {
                     (_, Format::OpenAiCompletions) => "completions",
                     _ => "chat/completions",
                 };
+                let model = path_segment(model);
                 format!("{base}/openai/deployments/{model}/{path}?api-version={api_version}")
             }
             (Self::Anthropic, op) => {
@@ -197,7 +198,7 @@ impl Provider {
                     (Op::Embed, false) => "embedContent",
                     (Op::Embed, true) => "batchEmbedContents",
                 };
-                format!("{root}/models/{model}:{method}")
+                format!("{root}/models/{}:{method}", path_segment(model))
             }
             (Self::Bedrock { .. }, op) => {
                 let model = path_segment(model);
@@ -237,8 +238,10 @@ impl Provider {
 /// A model id as one URL path segment (Bedrock ids and ARNs hold `:` and `/`).
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    // `.` and `..` alone are a path's own steps: written out, they stay a name.
+    let dots = s == "." || s == "..";
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || (b"-._~".contains(&b) && !dots) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -641,4 +644,76 @@ pub async fn call(
         Read::Tokens(Format::BedrockConverse) => Answer::Tokens(bedrock::count_tokens_of(&body)?),
         Read::Tokens(_) => Answer::Raw { body, usage: None },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model name is one path segment of the upstream URL whatever the client wrote: it
+    /// cannot reach another deployment, model or query of the same upstream.
+    #[test]
+    fn a_model_name_stays_one_path_segment() {
+        let providers = [
+            Provider::Azure {
+                api_version: "2024-10-21".into(),
+            },
+            Provider::Gemini {
+                api_version: "v1beta".into(),
+            },
+            Provider::Bedrock {
+                region: "us-east-1".into(),
+            },
+        ];
+        for p in &providers {
+            for hostile in [
+                "../../other/chat/completions?x=",
+                "..",
+                "a/b#c",
+                "m:generate?k",
+            ] {
+                let url = p
+                    .url(
+                        "https://up.example/x",
+                        Op::Generate,
+                        Format::OpenAiChat,
+                        hostile,
+                        false,
+                    )
+                    .expect("url");
+                let path = url.split_once("://").map_or("", |(_, r)| r);
+                assert!(
+                    !path.contains("/../") && !path.ends_with("/..") && !path.contains('#'),
+                    "{url}"
+                );
+                assert_eq!(
+                    path.matches('?').count(),
+                    usize::from(url.contains("api-version")),
+                    "{url}"
+                );
+                assert_eq!(
+                    path.matches('/').count(),
+                    {
+                        let plain = p
+                            .url(
+                                "https://up.example/x",
+                                Op::Generate,
+                                Format::OpenAiChat,
+                                "m",
+                                false,
+                            )
+                            .expect("url");
+                        plain
+                            .split_once("://")
+                            .map_or("", |(_, r)| r)
+                            .matches('/')
+                            .count()
+                    },
+                    "{url}"
+                );
+            }
+        }
+        assert_eq!(path_segment("gpt-4o.mini_v2~x"), "gpt-4o.mini_v2~x");
+        assert_eq!(path_segment(".."), "%2E%2E");
+    }
 }
