@@ -20,7 +20,8 @@ pub(super) fn run(
     let dir = work.join("audit");
     let _ = std::fs::remove_dir_all(&dir);
     let key = work.join("audit.key");
-    std::fs::write(&key, "bench-audit-key")?;
+    // 32 bytes or more, as the data plane requires.
+    std::fs::write(&key, "bench-audit-key-of-thirty-two-bytes!")?;
     let files = vec![
         "--audit-dir".to_owned(),
         dir.display().to_string(),
