@@ -359,6 +359,10 @@ pub async fn serve(
         .connections_open
         .get_or_create(&ListenerLabels { listener: name })
         .clone();
+    let accepted = metrics
+        .connections_accepted
+        .get_or_create(&ListenerLabels { listener: name })
+        .clone();
     let closed = |reason: &'static str| {
         metrics
             .connections_closed
@@ -382,6 +386,7 @@ pub async fn serve(
                 }
             },
         };
+        accepted.inc();
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             closed("refused");
             drop(tcp);

@@ -109,6 +109,47 @@ async fn env(tag: &str, extra: &[&str]) -> Env {
     }
 }
 
+/// Opens connections no faster than the gateway takes them from its listen queue: a small
+/// queue (`net.core.somaxconn`) that overflows while a loaded machine is slow to accept makes
+/// the kernel reset connections the gateway never saw.
+struct Pace {
+    admin: String,
+    base: f64,
+    opened: u32,
+}
+
+impl Pace {
+    const BATCH: u32 = 32;
+
+    async fn new(admin: &str) -> Self {
+        Self {
+            admin: admin.to_owned(),
+            base: Self::accepted(admin).await,
+            opened: 0,
+        }
+    }
+
+    async fn accepted(admin: &str) -> f64 {
+        metric(
+            admin,
+            "switchyard_connections_accepted_total{listener=\"api\"}",
+        )
+        .await
+    }
+
+    /// Before opening one more connection: after every batch, wait until all were taken.
+    async fn one_more(&mut self) {
+        if self.opened > 0 && self.opened.is_multiple_of(Self::BATCH) {
+            let want = self.base + f64::from(self.opened);
+            eventually(Duration::from_secs(20), "connections accepted", || async {
+                (Self::accepted(&self.admin).await >= want).then_some(())
+            })
+            .await;
+        }
+        self.opened += 1;
+    }
+}
+
 fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_owned()
 }
@@ -140,7 +181,9 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
 
     // 600 connections that send part of a request head, a byte at a time.
     let mut dribblers = Vec::new();
+    let mut pace = Pace::new(&e.admin).await;
     for _ in 0..600 {
+        pace.one_more().await;
         let addr = addr.clone();
         dribblers.push(tokio::spawn(async move {
             let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
@@ -152,12 +195,14 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
             let opened = Instant::now();
             let mut buf = [0u8; 256];
             loop {
-                if s.write_all(b"a").await.is_err() {
-                    return Some(opened.elapsed());
+                if let Err(e) = s.write_all(b"a").await {
+                    return Some((opened.elapsed(), format!("write {:?}", e.kind())));
                 }
                 let read = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
-                if let Ok(Ok(0) | Err(_)) = read {
-                    return Some(opened.elapsed());
+                match read {
+                    Ok(Ok(0)) => return Some((opened.elapsed(), "eof".to_owned())),
+                    Ok(Err(e)) => return Some((opened.elapsed(), format!("read {:?}", e.kind()))),
+                    _ => {}
                 }
                 if opened.elapsed() > Duration::from_secs(30) {
                     return None;
@@ -169,6 +214,7 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
     // 200 requests of one key whose bodies arrive ten bytes a second.
     let mut slow = Vec::new();
     for _ in 0..200 {
+        pace.one_more().await;
         let addr = addr.clone();
         slow.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
@@ -202,7 +248,7 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
                 .split_whitespace()
                 .nth(1)
                 .and_then(|s| s.parse::<u16>().ok());
-            Some((status, started.elapsed()))
+            Some((status, started, Instant::now()))
         }));
     }
 
@@ -222,20 +268,27 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
 
     // Every dribbling connection was closed by the head timeout.
     let mut closed = 0;
+    let mut hows = std::collections::BTreeMap::new();
     for d in dribblers {
-        if let Ok(Some(after)) = d.await {
+        if let Ok(Some((after, how))) = d.await {
             assert!(after < Duration::from_secs(10), "closed after {after:?}");
             closed += 1;
+            *hows.entry(how).or_insert(0) += 1;
         }
     }
-    assert_eq!(closed, 600, "every dribbling connection closed");
+    assert_eq!(closed, 600, "every dribbling connection closed: {hows:?}");
     // The slow bodies: the key's share is read and then refused as too slow (408); beyond
     // the share, 429 at once. None holds a slot for long.
     let mut statuses = std::collections::BTreeMap::new();
+    let mut read = Vec::new();
     for r in slow {
-        if let Ok(Some((status, took))) = r.await {
+        if let Ok(Some((status, sent, answered))) = r.await {
+            let took = answered - sent;
             assert!(took < Duration::from_secs(10), "{status:?} after {took:?}");
             *statuses.entry(status).or_insert(0) += 1;
+            if status == Some(408) {
+                read.push((sent, answered));
+            }
         }
     }
     assert_eq!(
@@ -245,11 +298,29 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
         "{statuses:?}"
     );
     assert!(
-        // (a refused body frees its place after a second, so a loaded machine that opens
-        // the 200 connections slowly lets a few more than 50 be read)
-        statuses.get(&Some(429)).copied().unwrap_or(0) >= 100,
+        statuses.get(&Some(429)).copied().unwrap_or(0) >= 1,
         "beyond the key's share of 50: {statuses:?}"
     );
+    // At no moment were more than the share's 50 bodies being read. (How many are refused
+    // depends on how fast the connections open: a refused body frees its place after a
+    // second.) The gateway's reading lies inside what the client saw, a second or more;
+    // 400 ms off each end leaves room for the delays of a loaded machine.
+    let slack = Duration::from_millis(400);
+    let mut edges: Vec<(Instant, i32)> = read
+        .iter()
+        .filter(|(sent, answered)| *answered > *sent + 2 * slack)
+        .flat_map(|(sent, answered)| [(*sent + slack, 1), (*answered - slack, -1)])
+        .collect();
+    edges.sort();
+    let most = edges
+        .iter()
+        .scan(0, |open, (_, d)| {
+            *open += d;
+            Some(*open)
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 50, "{most} bodies read at once: {statuses:?}");
     let rss_after = e.dp.rss();
     assert!(
         peak_rss.max(rss_after) < POD_LIMIT / 2,
@@ -262,7 +333,7 @@ async fn listeners_hold_under_slow_headers_and_slow_bodies() {
     .await;
     assert!(
         head_closes >= 600.0,
-        "{head_closes}; {}",
+        "{head_closes}; {}; the clients saw {hows:?}",
         metric(&e.admin, "switchyard_connections_closed_total").await
     );
     assert!(

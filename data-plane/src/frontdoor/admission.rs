@@ -71,6 +71,30 @@ pub struct BodyTiming {
     pub min_rate: u64,
 }
 
+impl BodyTiming {
+    /// A body `elapsed` into its reading with `read` bytes so far: 408 when it is late, or
+    /// slower than the least rate after its first second.
+    fn check(&self, elapsed: Duration, read: usize) -> Result<(), ProxyError> {
+        if elapsed >= self.timeout {
+            return Err(slow(format!(
+                "The request body did not arrive within {:?}.",
+                self.timeout
+            )));
+        }
+        if self.min_rate > 0
+            && elapsed >= Duration::from_secs(1)
+            && (read as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+        {
+            return Err(slow(format!(
+                "The request body arrived at {:.0} bytes a second, below the least rate of {} bytes a second.",
+                read as f64 / elapsed.as_secs_f64(),
+                self.min_rate
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BodyTiming {
     fn default() -> Self {
         Self {
@@ -229,7 +253,8 @@ pub async fn read_body(
     let deadline = start + timing.timeout;
     let mut out = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     loop {
-        // Wake at least every second to check the rate.
+        // Wake at least every second to check the rate when nothing arrives; a body that
+        // trickles in is checked on every frame (a byte a second never wakes the timer).
         let check = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
         let frame = match tokio::time::timeout_at(check, body.frame()).await {
             Ok(Some(Ok(f))) => f,
@@ -240,24 +265,7 @@ pub async fn read_body(
                 )));
             }
             Err(_) => {
-                let elapsed = start.elapsed();
-                if elapsed >= timing.timeout {
-                    return Err(slow(format!(
-                        "The request body did not arrive within {:?}.",
-                        timing.timeout
-                    )));
-                }
-                let floor = timing.min_rate as f64 * elapsed.as_secs_f64();
-                if timing.min_rate > 0
-                    && elapsed >= Duration::from_secs(1)
-                    && (out.len() as f64) < floor
-                {
-                    return Err(slow(format!(
-                        "The request body arrived at {:.0} bytes a second, below the least rate of {} bytes a second.",
-                        out.len() as f64 / elapsed.as_secs_f64(),
-                        timing.min_rate
-                    )));
-                }
+                timing.check(start.elapsed(), out.len())?;
                 continue;
             }
         };
@@ -267,6 +275,10 @@ pub async fn read_body(
                 return Err(too_large());
             }
             out.extend_from_slice(&data);
+            // (the last frame is not judged: the body is whole)
+            if declared != Some(out.len()) && !http_body::Body::is_end_stream(&body) {
+                timing.check(start.elapsed(), out.len())?;
+            }
         }
     }
     Ok(out.freeze())
@@ -423,6 +435,29 @@ mod tests {
             .expect_err("too slow");
         assert_eq!(e.kind, ErrorKind::BodyTimeout);
         assert_eq!(e.status(), http::StatusCode::REQUEST_TIMEOUT);
+        sender.abort();
+        // A byte every 900 ms never leaves the reader a quiet second, and is refused at the
+        // rate check all the same (not held until the deadline).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let sender = tokio::spawn(async move {
+            loop {
+                if tx.send(Ok(Bytes::from_static(b"x"))).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(900)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let e = read_body(&HeaderMap::new(), body, 1 << 20, timing)
+            .await
+            .expect_err("a trickle");
+        assert!(e.message.contains("least rate"), "{}", e.message);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         sender.abort();
         // No floor: the deadline still holds.
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);

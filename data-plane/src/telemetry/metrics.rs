@@ -221,6 +221,7 @@ pub struct Metrics {
     pub fallbacks: Family<ClassLabels, Counter>,
     pub upstream_connections_opened: Counter,
     pub upstream_connections_open: Gauge,
+    pub connections_accepted: Family<ListenerLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_closed: Family<ListenerReasonLabels, Counter>,
 }
@@ -508,8 +509,14 @@ impl Metrics {
             "Connections to upstreams open now, in use or idle in the pool",
             upstream_connections_open.clone(),
         );
+        let connections_accepted = Family::<ListenerLabels, Counter>::default();
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
+        reg.register(
+            "connections_accepted",
+            "Client connections taken from the listen queue, by listener (refused ones included)",
+            connections_accepted.clone(),
+        );
         reg.register(
             "connections_open",
             "Client connections open now, by listener",
@@ -517,13 +524,14 @@ impl Metrics {
         );
         reg.register(
             "connections_closed",
-            "Client connections the gateway closed itself: refused beyond --max-connections, or timed out reading a request head or idle",
+            "Client connections the gateway closed itself, by reason: refused (beyond --max-connections), peer_limit, header_timeout, idle_timeout, write_timeout",
             connections_closed.clone(),
         );
         let genai = super::genai::Prom::new(&mut series);
         Self {
             series,
             registry,
+            connections_accepted,
             connections_open,
             connections_closed,
             upstream_connections_opened,
