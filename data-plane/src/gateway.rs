@@ -6,10 +6,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use switchyard_proto::v1 as pb;
 
+use crate::config::Carried;
 use crate::config::{InvalidResource, RuntimeConfig};
-use crate::limits::Limiter;
-use crate::metrics::{Metrics, ResultLabels};
-use crate::upstream::Upstreams;
+use crate::policy::limits::Limiter;
+use crate::telemetry::metrics::{Metrics, ResultLabels};
 
 /// Default limit on request bodies.
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -17,7 +17,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Gateway {
     config: ArcSwapOption<RuntimeConfig>,
-    pub upstreams: Upstreams,
+    /// What outlives config versions (clients, health, requests in flight).
+    pub carried: Carried,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
@@ -33,6 +34,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// What guardrail webhooks use: the HTTP clients and the metrics.
+    pub fn webhooks(&self) -> crate::policy::guard::webhook::Caller<'_> {
+        crate::policy::guard::webhook::Caller {
+            clients: &self.carried.clients,
+            metrics: &self.metrics,
+        }
+    }
+
     /// A gateway with in-memory limits.
     pub fn new(body_limit: usize) -> Arc<Self> {
         Self::with_limiter(body_limit, Limiter::in_memory)
@@ -46,7 +55,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         Arc::new(Self {
             config: ArcSwapOption::empty(),
-            upstreams: Upstreams::new(metrics.clone()),
+            carried: Carried::new(metrics.clone()),
             limiter: limiter(metrics.clone()),
             telemetry: Arc::new(crate::telemetry::Telemetry::new(metrics.clone())),
             metrics,
@@ -130,7 +139,7 @@ impl Gateway {
     /// Makes a snapshot the running config, without the resources that cannot run here;
     /// returns those, with the reasons.
     pub fn apply(&self, snapshot: &pb::Snapshot) -> Arc<Vec<InvalidResource>> {
-        let (cfg, rejected) = RuntimeConfig::build(snapshot, &self.upstreams);
+        let (cfg, rejected) = RuntimeConfig::build(snapshot, &self.carried);
         self.install(cfg, "full");
         rejected
     }
@@ -146,7 +155,7 @@ impl Gateway {
         if current.version != delta.base_version {
             return None;
         }
-        let (cfg, rejected) = current.apply_delta(delta, version, &self.upstreams);
+        let (cfg, rejected) = current.apply_delta(delta, version, &self.carried);
         self.install(cfg, "delta");
         Some(rejected)
     }
@@ -175,6 +184,12 @@ impl Gateway {
             tracing::warn!(version = %cfg.version, resource = %r, "resource left out: it cannot run on this data plane");
         }
         tracing::info!(version = %cfg.version, how, routes = cfg.route_count(), keys = cfg.key_count(), rejected = cfg.rejected.len(), "config applied");
-        self.config.store(Some(Arc::new(cfg)));
+        let cfg = Arc::new(cfg);
+        self.config.store(Some(cfg.clone()));
+        // Building a config starts nothing; the pools' active health checks follow the
+        // installed one (a check whose settings did not change keeps running).
+        for pool in cfg.pools() {
+            pool.ensure_checks(Some(&self.metrics));
+        }
     }
 }

@@ -12,6 +12,8 @@ pub mod error;
 pub mod frontdoor;
 pub mod gateway;
 pub mod glob;
+pub mod health;
+pub mod kept;
 pub mod listener;
 pub mod llm;
 pub mod policy;
@@ -25,17 +27,15 @@ pub mod tokens;
 pub mod upstream;
 pub mod xds;
 
-pub use policy::limits;
-pub use telemetry::{audit, metrics};
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use gateway::Gateway;
-
+use gateway::Gateway;
+use policy::limits;
+use telemetry::audit;
 /// Where the configuration comes from.
 #[derive(Clone, Debug)]
 pub enum ConfigSource {
@@ -163,7 +163,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    gw.upstreams
+    gw.carried
         .can_embed
         .store(cache.can_embed(), std::sync::atomic::Ordering::Relaxed);
     gw.set_cache(Arc::new(cache));

@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::metrics::{ListenerLabels, ListenerReasonLabels, Metrics};
+use crate::telemetry::metrics::{ListenerLabels, ListenerReasonLabels, Metrics};
 
 /// The limits of a listener.
 #[derive(Clone, Copy, Debug)]

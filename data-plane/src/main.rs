@@ -3,9 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use switchyard_data_plane::audit::AuditOptions;
 use switchyard_data_plane::telemetry::TelemetryOptions;
 use switchyard_data_plane::telemetry::access_log::Destination as AccessLogTo;
+use switchyard_data_plane::telemetry::audit::AuditOptions;
 use switchyard_data_plane::{
     ConfigSource, LimitOptions, Options, ShutdownOptions,
     frontdoor::admission::{BodyTiming, Shares},
@@ -127,7 +127,7 @@ struct Args {
         value_enum,
         default_value = "open"
     )]
-    redis_fail_mode: switchyard_data_plane::limits::FailMode,
+    redis_fail_mode: switchyard_data_plane::policy::limits::FailMode,
     /// Number of proxies assumed before Redis has counted them (divides limits when failing
     /// open).
     #[arg(long, env = "SWITCHYARD_FLEET_SIZE", default_value_t = 1)]
@@ -247,8 +247,11 @@ async fn audit_command(cmd: AuditCmd) -> Result<()> {
             files,
             from,
         } => {
-            let code =
-                switchyard_data_plane::audit::verify::command(&files, key_file.as_deref(), &from)?;
+            let code = switchyard_data_plane::telemetry::audit::verify::command(
+                &files,
+                key_file.as_deref(),
+                &from,
+            )?;
             std::process::exit(code)
         }
         AuditCmd::Export {
@@ -257,7 +260,8 @@ async fn audit_command(cmd: AuditCmd) -> Result<()> {
             out,
         } => {
             let (path, n) =
-                switchyard_data_plane::audit::sink::export(&redis_url, &stream, &out).await?;
+                switchyard_data_plane::telemetry::audit::sink::export(&redis_url, &stream, &out)
+                    .await?;
             println!("exported {n} record(s) to {}", path.display());
             Ok(())
         }
@@ -424,7 +428,7 @@ async fn main() -> Result<()> {
             key: args
                 .audit_key_file
                 .as_deref()
-                .map(switchyard_data_plane::audit::verify::read_key)
+                .map(switchyard_data_plane::telemetry::audit::verify::read_key)
                 .transpose()?,
             buffer: args.audit_buffer,
             node: node_id.clone(),

@@ -14,7 +14,7 @@ use std::sync::{LazyLock, Mutex};
 
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
-use crate::limits::Estimate;
+use crate::llm::Estimate;
 use crate::llm::{Incoming, Op, Part, Request};
 
 /// Output tokens reserved when the request sets no `max_tokens`/`max_completion_tokens`.

@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use switchyard_data_plane::limits::memory::MemoryStore;
-use switchyard_data_plane::limits::redis::RedisStore;
-use switchyard_data_plane::limits::store::{
+use switchyard_data_plane::policy::limits::memory::MemoryStore;
+use switchyard_data_plane::policy::limits::redis::RedisStore;
+use switchyard_data_plane::policy::limits::store::{
     AdmitReply, AdmitRequest, Check, CheckKind, LimitStore, SettleOp, SettleRequest,
 };
 use switchyard_tests::redis::{RedisCluster, RedisServer};
 
 fn now() -> u64 {
-    switchyard_data_plane::limits::now_ms()
+    switchyard_data_plane::policy::limits::now_ms()
 }
 
 fn check(key: &str, kind: CheckKind, limit: u64, cost: u64) -> Check {

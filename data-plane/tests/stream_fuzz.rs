@@ -3,9 +3,10 @@
 
 use proptest::prelude::*;
 use switchyard_data_plane::dialect::{
-    Frame, anthropic, bedrock, completions, gemini, openai_chat, responses,
+    anthropic, bedrock, completions, gemini, openai_chat, responses,
 };
 use switchyard_data_plane::llm::Event;
+use switchyard_data_plane::upstream::Frame;
 
 /// Frames that are often nearly right: real event names, JSON fragments of each format.
 fn frame() -> impl Strategy<Value = Frame> {

@@ -535,7 +535,7 @@ async fn kubernetes_end_to_end() {
     // ---- Spend: data planes settle into Redis, the leader reports it in the key's status.
     let period = switchyard_crds::spend::period(
         switchyard_proto::v1::BudgetPeriod::Monthly,
-        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+        (switchyard_data_plane::policy::limits::now_ms() / 1000) as i64,
     );
     let vk = eventually(K8S_DEADLINE, "team-a's spend in status", || async {
         get_json(&kube, &["virtualkey", "team-a", "-n", NS]).filter(|v| {

@@ -212,7 +212,7 @@ impl Env {
 /// Waits until the current clock minute has at least `secs` left, so a burst of requests
 /// falls in one fixed window.
 async fn start_of_window(secs: u64) {
-    let in_minute = switchyard_data_plane::limits::now_ms() / 1000 % 60;
+    let in_minute = switchyard_data_plane::policy::limits::now_ms() / 1000 % 60;
     if 60 - in_minute < secs {
         tokio::time::sleep(Duration::from_secs(60 - in_minute)).await;
     }
@@ -416,7 +416,7 @@ async fn budgets_price_cache_reads_and_writes_at_their_own_prices() {
     );
     let period = switchyard_crds::spend::period(
         switchyard_proto::v1::BudgetPeriod::Monthly,
-        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+        (switchyard_data_plane::policy::limits::now_ms() / 1000) as i64,
     );
     let key = switchyard_crds::spend::spend_key("default/cache", &period.id);
     eventually(
@@ -463,7 +463,7 @@ async fn a_broken_stream_settles_what_was_delivered() {
     let api = &env.dps[0].1;
     let period = switchyard_crds::spend::period(
         switchyard_proto::v1::BudgetPeriod::Monthly,
-        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+        (switchyard_data_plane::policy::limits::now_ms() / 1000) as i64,
     );
     let key = switchyard_crds::spend::spend_key("default/cache", &period.id);
     let prompt = "mock.chunks=12 mock.interval_ms=10 mock.disconnect_after=6 tell me";
@@ -556,7 +556,7 @@ async fn budget_overspend_is_bounded_by_requests_in_flight() {
     let amount = 2_000_000_000u64;
     let period = switchyard_crds::spend::period(
         switchyard_proto::v1::BudgetPeriod::Daily,
-        (switchyard_data_plane::limits::now_ms() / 1000) as i64,
+        (switchyard_data_plane::policy::limits::now_ms() / 1000) as i64,
     );
     let key = switchyard_crds::spend::spend_key("default/budget", &period.id);
     let spent = eventually(DEADLINE, "settlements land", || async {
@@ -829,12 +829,14 @@ async fn redis_outage_at_full_speed_loses_no_spend() {
 /// Redis whether the batch was applied.
 #[tokio::test]
 async fn a_settlement_batch_is_marked_with_its_number() {
-    use switchyard_data_plane::limits::store::{LimitStore, SettleOp, SettleRequest};
+    use switchyard_data_plane::policy::limits::store::{LimitStore, SettleOp, SettleRequest};
     let dir = temp_dir("limits-marked");
     let redis = RedisServer::start(&dir);
-    let store =
-        switchyard_data_plane::limits::redis::RedisStore::new(&redis.url(), Duration::from_secs(2))
-            .expect("store");
+    let store = switchyard_data_plane::policy::limits::redis::RedisStore::new(
+        &redis.url(),
+        Duration::from_secs(2),
+    )
+    .expect("store");
     assert!(
         store.marks_batches(),
         "one Redis node applies a batch atomically"
@@ -879,12 +881,14 @@ async fn a_settlement_batch_is_marked_with_its_number() {
 /// A replay batch resent after a timeout (Redis may have applied it) is applied once.
 #[tokio::test]
 async fn a_replayed_batch_is_applied_once() {
-    use switchyard_data_plane::limits::store::{LimitStore, SettleOp, SettleRequest};
+    use switchyard_data_plane::policy::limits::store::{LimitStore, SettleOp, SettleRequest};
     let dir = temp_dir("limits-replay");
     let redis = RedisServer::start(&dir);
-    let store =
-        switchyard_data_plane::limits::redis::RedisStore::new(&redis.url(), Duration::from_secs(2))
-            .expect("store");
+    let store = switchyard_data_plane::policy::limits::redis::RedisStore::new(
+        &redis.url(),
+        Duration::from_secs(2),
+    )
+    .expect("store");
     let key = "sy:{k:ns/x}:budget:all";
     let batch = [SettleRequest {
         member: String::new(),

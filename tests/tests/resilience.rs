@@ -699,13 +699,29 @@ async fn sigterm_drains_open_streams_and_streams_count_against_max_concurrency()
         },
     )
     .await;
-    let refused = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", e.api))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat_body("p", "hi"))
-        .send()
-        .await;
-    assert!(refused.is_err(), "the listener is closed: {refused:?}");
+    // The listener closes a moment after readiness flips; until it has, a new request is
+    // answered 503 `not_ready`. Either way none is served, and soon none connects.
+    eventually(Duration::from_secs(5), "the listener closed", || async {
+        match reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", e.api))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat_body("p", "hi"))
+            .send()
+            .await
+        {
+            Err(_) => Some(()),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                assert!(
+                    status == 503 && body.contains("not_ready"),
+                    "a request after SIGTERM is not served: {status} {body}"
+                );
+                None
+            }
+        }
+    })
+    .await;
     let (status, text) = open.await.expect("join");
     assert_eq!(status, 200);
     assert!(

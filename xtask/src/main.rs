@@ -1,6 +1,7 @@
 //! `cargo xtask`: code generation and project automation.
 
 mod bench;
+mod layers;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,6 +64,8 @@ enum Cmd {
         #[arg(long)]
         tracing_only: bool,
     },
+    /// Check that the data plane's modules use only modules below them (data-plane/LAYERS).
+    Layers,
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
     Ci {
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Crdgen { check } => crdgen(check),
         Cmd::Codegen { check } => codegen(check),
+        Cmd::Layers => layers::run(&root()),
         Cmd::Ci { skip_lint } => ci(skip_lint),
         Cmd::Bench {
             duration,
@@ -208,6 +212,7 @@ fn ci(skip_lint: bool) -> Result<()> {
     }
     crdgen(true)?;
     codegen(true)?;
+    layers::run(&root)?;
     // The real cluster binaries for the Kubernetes suite (cached by version after the first run).
     run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
     // The real OpenTelemetry Collector the telemetry suite exports to (cached by version).

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256};
 
 use super::{Policy, Scope, Text};
-use crate::config::KeyEntry;
 use crate::llm::{Incoming, Op};
+use crate::policy::auth::KeyEntry;
 
 /// Top-level fields that do not change the answer: left out of the key, so a streamed and a
 /// whole request share one entry, and so do two users' requests within a scope.

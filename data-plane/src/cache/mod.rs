@@ -31,7 +31,8 @@ use switchyard_proto::v1 as pb;
 
 use crate::llm::{Block, Delta, Event};
 use crate::llm::{Format, Part, Response, Usage};
-use crate::metrics::{CacheLabels, Metrics};
+use crate::telemetry::CacheResult;
+use crate::telemetry::metrics::{CacheLabels, Metrics};
 
 /// A route's cache policy, compiled.
 #[derive(Clone, Debug, PartialEq)]
@@ -239,26 +240,6 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Where a lookup or a fill stands, for the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Hit,
-    SemanticHit,
-    Miss,
-    Bypass,
-}
-
-impl Outcome {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::SemanticHit => "semantic_hit",
-            Self::Miss => "miss",
-            Self::Bypass => "bypass",
-        }
-    }
-}
-
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -317,7 +298,7 @@ impl Cache {
     fn failed(&self, op: &'static str, e: &str) {
         self.metrics
             .cache_errors
-            .get_or_create(&crate::metrics::OpLabels { op })
+            .get_or_create(&crate::telemetry::metrics::OpLabels { op })
             .inc();
         tracing::debug!(op, error = e, "cache step failed; bypassed");
     }
@@ -508,11 +489,11 @@ impl Cache {
         }
     }
 
-    /// Counts what a hit saved: its tokens, and their cost at the route's first backend's
-    /// prices.
-    pub fn saved(&self, usage: &Usage, routed: &crate::route::Routed<'_>) {
+    /// Counts what a hit saved: its tokens, and their cost at `price` (the route's first
+    /// backend's, when it has one).
+    pub fn saved(&self, usage: &Usage, price: Option<crate::llm::Price>) {
         self.metrics.cache_tokens_saved.inc_by(usage.total());
-        if let Some(price) = routed.backend.pool.price_of(&routed.upstream_model) {
+        if let Some(price) = price {
             self.metrics
                 .cache_cost_saved
                 .inc_by(price.cost_nanos(usage) as f64 / 1e9);
@@ -520,7 +501,7 @@ impl Cache {
     }
 
     /// Counts a lookup's outcome on a route.
-    pub fn count(&self, route: &str, outcome: Outcome) {
+    pub fn count(&self, route: &str, outcome: CacheResult) {
         self.metrics
             .cache_lookups
             .get_or_create(&CacheLabels {

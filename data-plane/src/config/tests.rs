@@ -1,4 +1,6 @@
 use super::*;
+use crate::providers::{Auth, Provider};
+use crate::route::table::{BackendEntry, RouteEntry};
 use std::collections::BTreeMap;
 
 fn pool(id: &str, provider: pb::ProviderKind, url: &str) -> pb::Pool {
@@ -93,26 +95,29 @@ fn tenant() -> KeyEntry {
 fn exact_routes_win_over_globs() {
     let cfg = valid(&snapshot());
     assert_eq!(
-        cfg.route_for(&tenant(), "gpt-4o").map(|r| r.id.as_str()),
+        cfg.routes()
+            .route_for(&tenant(), "gpt-4o")
+            .map(|r| r.id.as_str()),
         Some("ns/exact")
     );
     assert_eq!(
-        cfg.route_for(&tenant(), "gpt-4o-mini")
+        cfg.routes()
+            .route_for(&tenant(), "gpt-4o-mini")
             .map(|r| r.id.as_str()),
         Some("ns/glob")
     );
-    assert!(cfg.route_for(&tenant(), "claude").is_none());
+    assert!(cfg.routes().route_for(&tenant(), "claude").is_none());
 }
 
 fn pick(route: &RouteEntry) -> Option<&BackendEntry> {
-    crate::route::balance::choose(route.strategy, &route.backends, |_| true, &route.turn)
+    crate::health::balance::choose(route.strategy, &route.backends, |_| true, &route.turn)
         .map(|i| &route.backends[i])
 }
 
 #[test]
 fn weighted_backends_follow_weights() {
     let cfg = valid(&snapshot());
-    let route = cfg.route_for(&tenant(), "gpt-4o").expect("route");
+    let route = cfg.routes().route_for(&tenant(), "gpt-4o").expect("route");
     let n = 4000;
     let to_a = (0..n)
         .filter(|_| pick(route).is_some_and(|b| b.pool.id == "ns/a"))
@@ -132,9 +137,10 @@ fn keys_are_found_by_hash_and_selectors_apply() {
         b"sk-test-key",
     ))
     .into();
-    let key = cfg.key(&hash).expect("key by hash");
+    let key = cfg.keys().get(&hash).expect("key by hash");
     assert!(
-        cfg.route_for(&tenant(), "gpt-x")
+        cfg.routes()
+            .route_for(&tenant(), "gpt-x")
             .is_some_and(|r| r.selects(key))
     );
     let stranger = KeyEntry {
@@ -142,14 +148,18 @@ fn keys_are_found_by_hash_and_selectors_apply() {
         ..KeyEntry::default()
     };
     assert!(
-        !cfg.route_for(&tenant(), "gpt-x")
+        !cfg.routes()
+            .route_for(&tenant(), "gpt-x")
             .is_some_and(|r| r.selects(&stranger))
     );
     assert_eq!(
-        cfg.models_for(key),
+        cfg.routes().models_for(key),
         vec!["gpt-4o".to_owned(), "m1".to_owned(), "m2".to_owned()]
     );
-    assert_eq!(cfg.models_for(&stranger), vec!["gpt-4o".to_owned()]);
+    assert_eq!(
+        cfg.routes().models_for(&stranger),
+        vec!["gpt-4o".to_owned()]
+    );
     // A route allow-list narrows what the selector admits.
     let only_exact = KeyEntry {
         id: "ns/y".into(),
@@ -158,10 +168,14 @@ fn keys_are_found_by_hash_and_selectors_apply() {
         ..KeyEntry::default()
     };
     assert!(
-        !cfg.route_for(&tenant(), "gpt-x")
+        !cfg.routes()
+            .route_for(&tenant(), "gpt-x")
             .is_some_and(|r| r.selects(&only_exact))
     );
-    assert_eq!(cfg.models_for(&only_exact), vec!["gpt-4o".to_owned()]);
+    assert_eq!(
+        cfg.routes().models_for(&only_exact),
+        vec!["gpt-4o".to_owned()]
+    );
 }
 
 #[test]
@@ -188,7 +202,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
             generation: 3,
         },
     ];
-    let (cfg, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let (cfg, errors) = RuntimeConfig::build(&s, &Carried::default());
     let kinds: Vec<(&str, &str, i64)> = errors
         .iter()
         .map(|e| (e.kind, e.id.as_str(), e.generation))
@@ -203,6 +217,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
     );
     // What is valid runs: the route keeps the backend whose pool loaded.
     let route = cfg
+        .routes()
         .route_for(&tenant(), "gpt-4o")
         .expect("the route still runs");
     assert_eq!(route.backends.len(), 1);
@@ -211,7 +226,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
 
     // A route left with no backend is left out itself, and says which pool is missing.
     s.routes[0].backends.pop();
-    let (cfg, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let (cfg, errors) = RuntimeConfig::build(&s, &Carried::default());
     let route = errors
         .iter()
         .find(|e| e.kind == "LLMRoute")
@@ -219,7 +234,8 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
     assert_eq!(route.id, "ns/exact");
     assert!(route.message.contains("ns/a"), "{}", route.message);
     assert!(
-        cfg.route_for(&tenant(), "gpt-4o")
+        cfg.routes()
+            .route_for(&tenant(), "gpt-4o")
             .is_some_and(|r| r.id == "ns/glob"),
         "the glob route answers instead"
     );
@@ -228,7 +244,7 @@ fn invalid_resources_are_left_out_one_by_one_and_the_rest_runs() {
 #[test]
 fn credentials_never_print() {
     let cfg = valid(&snapshot());
-    let route = cfg.route_for(&tenant(), "gpt-4o").expect("route");
+    let route = cfg.routes().route_for(&tenant(), "gpt-4o").expect("route");
     let dbg = format!("{:?}", route.backends[0].pool);
     assert!(!dbg.contains("sk-up"), "{dbg}");
 }
@@ -277,7 +293,10 @@ fn auth_and_framing_are_data_on_the_pool() {
     }
     let cfg = valid(&s);
     let pool = |m: &str| {
-        cfg.route_for(&tenant(), m).expect("route").backends[0]
+        cfg.routes()
+            .route_for(&tenant(), m)
+            .expect("route")
+            .backends[0]
             .pool
             .clone()
     };
@@ -310,7 +329,7 @@ fn auth_and_framing_are_data_on_the_pool() {
     if let Some(p) = s.pools.iter_mut().find(|p| p.id == "ns/br") {
         p.region.clear();
     }
-    let (_, errors) = RuntimeConfig::build(&s, &Upstreams::default());
+    let (_, errors) = RuntimeConfig::build(&s, &Carried::default());
     let pool = errors
         .iter()
         .find(|e| e.id == "ns/br")
@@ -320,7 +339,7 @@ fn auth_and_framing_are_data_on_the_pool() {
 
 /// Builds a snapshot that must be entirely valid.
 fn valid(s: &pb::Snapshot) -> RuntimeConfig {
-    let (cfg, errors) = RuntimeConfig::build(s, &Upstreams::default());
+    let (cfg, errors) = RuntimeConfig::build(s, &Carried::default());
     assert!(errors.is_empty(), "{errors:?}");
     cfg
 }
@@ -328,13 +347,13 @@ fn valid(s: &pb::Snapshot) -> RuntimeConfig {
 #[test]
 fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
     let s = snapshot();
-    let (base, _) = RuntimeConfig::build(&s, &Upstreams::default());
+    let (base, _) = RuntimeConfig::build(&s, &Carried::default());
     let hash = |k: &str| {
         let mut h = [0u8; 32];
         hex::decode_to_slice(switchyard_crds::key_hash(k), &mut h).expect("hex");
         h
     };
-    assert!(base.key(&hash("sk-test-key")).is_some());
+    assert!(base.keys().get(&hash("sk-test-key")).is_some());
     let delta = pb::Delta {
         base_version: "v1".into(),
         keys: vec![pb::VirtualKey {
@@ -361,27 +380,29 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
         }],
         ..Default::default()
     };
-    let (next, rejected) = base.apply_delta(&delta, "v2", &Upstreams::default());
+    let (next, rejected) = base.apply_delta(&delta, "v2", &Carried::default());
     assert!(rejected.is_empty());
     assert_eq!(next.version, "v2");
-    assert!(next.key(&hash("sk-test-key")).is_none(), "removed");
-    assert!(next.key(&hash("sk-second-key")).is_some(), "added");
-    assert!(next.route_for(&tenant(), "brand-new").is_some());
+    assert!(next.keys().get(&hash("sk-test-key")).is_none(), "removed");
+    assert!(next.keys().get(&hash("sk-second-key")).is_some(), "added");
+    assert!(next.routes().route_for(&tenant(), "brand-new").is_some());
     assert!(
-        next.route_for(&tenant(), "gpt-4o")
+        next.routes()
+            .route_for(&tenant(), "gpt-4o")
             .is_some_and(|r| r.id == "ns/exact")
     );
     // Unchanged pools are the same entries (their connections survive the delta).
     let pool = |c: &RuntimeConfig| {
-        c.route_for(&tenant(), "gpt-4o")
+        c.routes()
+            .route_for(&tenant(), "gpt-4o")
             .map(|r| r.backends[0].pool.clone())
             .expect("pool")
     };
     assert!(Arc::ptr_eq(&pool(&base), &pool(&next)));
     // The base is untouched.
     assert!(
-        base.key(&hash("sk-test-key")).is_some()
-            && base.route_for(&tenant(), "brand-new").is_none()
+        base.keys().get(&hash("sk-test-key")).is_some()
+            && base.routes().route_for(&tenant(), "brand-new").is_none()
     );
 
     // A changed pool that cannot load here is NACKed with the delta's generation, and the
@@ -399,7 +420,7 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
         }],
         ..Default::default()
     };
-    let (third, rejected) = next.apply_delta(&delta, "v3", &Upstreams::default());
+    let (third, rejected) = next.apply_delta(&delta, "v3", &Carried::default());
     let ids: Vec<(&str, &str, i64)> = rejected
         .iter()
         .map(|r| (r.kind, r.id.as_str(), r.generation))
@@ -407,6 +428,7 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
     assert_eq!(ids, vec![("ProviderPool", "ns/a", 4)]);
     assert_eq!(
         third
+            .routes()
             .route_for(&tenant(), "gpt-4o")
             .map(|r| r.backends.len()),
         Some(1),
@@ -422,7 +444,7 @@ fn a_delta_moves_the_config_forward_touching_only_what_it_names() {
         }],
         ..Default::default()
     };
-    let (_, rejected) = third.apply_delta(&gone, "v4", &Upstreams::default());
+    let (_, rejected) = third.apply_delta(&gone, "v4", &Carried::default());
     assert!(rejected.is_empty(), "{rejected:?}");
 }
 
@@ -455,7 +477,7 @@ fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
         ..KeyEntry::default()
     };
     let victim = key("victim/app", &[]);
-    let id = |k: &KeyEntry, m: &str| cfg.route_for(k, m).map(|r| r.id.clone());
+    let id = |k: &KeyEntry, m: &str| cfg.routes().route_for(k, m).map(|r| r.id.clone());
     // The victim's own glob answers, the other namespace's exact name and `*` do not.
     assert_eq!(id(&victim, "gpt-4o").as_deref(), Some("victim/chat"));
     assert_eq!(
@@ -464,7 +486,7 @@ fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
         "unknown to the victim"
     );
     assert_eq!(id(&victim, "shared-x"), None, "not named by the key");
-    assert_eq!(cfg.models_for(&victim), Vec::<String>::new());
+    assert_eq!(cfg.routes().models_for(&victim), Vec::<String>::new());
     // A key naming another namespace's route reaches it when that route admits it, after
     // its own namespace's routes.
     let sharing = key("victim/sharing", &["victim/*", "shared/models", "closed/*"]);
@@ -475,7 +497,10 @@ fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
     let evil = key("evil/k", &["victim/*"]);
     assert_eq!(id(&evil, "gpt-4o").as_deref(), Some("evil/capture"));
     assert_eq!(id(&evil, "anything").as_deref(), Some("evil/capture"));
-    let chat = cfg.route_for(&victim, "gpt-4o").expect("victim route");
+    let chat = cfg
+        .routes()
+        .route_for(&victim, "gpt-4o")
+        .expect("victim route");
     assert!(
         !chat.selects(&evil),
         "naming a route is not enough: it must admit"
@@ -488,26 +513,26 @@ fn a_route_of_another_namespace_never_answers_unless_both_sides_agree() {
 #[test]
 fn rebuilt_keys_keep_their_requests_in_flight() {
     let mut s = snapshot();
-    let upstreams = Upstreams::default();
-    let (first, _) = RuntimeConfig::build(&s, &upstreams);
+    let carried = Carried::default();
+    let (first, _) = RuntimeConfig::build(&s, &carried);
     let mut h = [0u8; 32];
     hex::decode_to_slice(switchyard_crds::key_hash("sk-test-key"), &mut h).expect("hex");
-    let old = first.key(&h).expect("key").clone();
+    let old = first.keys().get(&h).expect("key").clone();
     old.in_flight
         .key
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     s.keys[0].labels.insert("changed".into(), "yes".into());
-    let (second, _) = RuntimeConfig::build(&s, &upstreams);
+    let (second, _) = RuntimeConfig::build(&s, &carried);
     drop(first);
-    let new = second.key(&h).expect("key");
+    let new = second.keys().get(&h).expect("key");
     assert!(!Arc::ptr_eq(&old, new), "a new entry");
     assert_eq!(
         new.in_flight.key.load(std::sync::atomic::Ordering::Relaxed),
         1,
         "the request in flight under the old entry still counts"
     );
-    let other = Upstreams::default().in_flight.counters("ns/other");
+    let other = Carried::default().in_flight.counters("ns/other");
     assert!(!Arc::ptr_eq(&other.namespace, &new.in_flight.namespace));
-    let same_ns = upstreams.in_flight.counters("ns/other");
+    let same_ns = carried.in_flight.counters("ns/other");
     assert!(Arc::ptr_eq(&same_ns.namespace, &new.in_flight.namespace));
 }

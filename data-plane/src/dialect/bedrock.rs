@@ -12,14 +12,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Flow, Frame, class_of_status, malformed, mentions_context_window, upstream_error,
-    upstream_garbage,
+    Flow, class_of_status, malformed, mentions_context_window, upstream_error, upstream_garbage,
 };
 use crate::error::{FailureClass, ProxyError};
 use crate::llm::{
     Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat, Role,
     Source, ToolCall, ToolChoice, Usage,
 };
+use crate::upstream::Frame;
 
 const TARGET: &str = "Bedrock Converse";
 /// The forced tool that carries a JSON answer.

@@ -67,34 +67,6 @@ pub fn usage_of(format: Format, body: &[u8]) -> Result<Option<Usage>, ProxyError
     }
 }
 
-/// One upstream stream event, whatever the framing: an SSE event (name and data) or an AWS
-/// event-stream message (`:event-type` and payload).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Frame {
-    pub event: Option<String>,
-    pub data: String,
-    /// An event-stream `exception` message (its type is in `event`).
-    pub exception: bool,
-}
-
-impl Frame {
-    pub fn data(data: impl Into<String>) -> Self {
-        Self {
-            event: None,
-            data: data.into(),
-            exception: false,
-        }
-    }
-
-    pub fn named(event: &str, data: impl Into<String>) -> Self {
-        Self {
-            event: Some(event.to_owned()),
-            data: data.into(),
-            exception: false,
-        }
-    }
-}
-
 /// The JSON string fields that carry generated text in a dialect's stream events, found
 /// without parsing: how much text a passthrough stream delivered (to settle a stream that
 /// broke off by what reached the client).

@@ -9,12 +9,12 @@
 //!    (503 beyond it).
 //!
 //! All are held until the response — a stream included — ends. A key entry's counters come
-//! from a registry kept across config versions ([`InFlightRegistry`]), so a config push that
+//! from a registry kept across config versions
+//! ([`crate::policy::concurrency::InFlightRegistry`]), so a config push that
 //! rebuilds every key forgets no request in flight.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,8 +23,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
+use crate::policy::auth::KeyEntry;
 
 /// The limits of request admission.
 #[derive(Debug)]
@@ -33,33 +33,6 @@ pub struct Admission {
     per_key: u32,
     per_namespace: u32,
     pub body: BodyTiming,
-}
-
-/// Requests in flight per key and per namespace, kept across config versions: a key entry
-/// takes its counters from here when it is built, so a rebuilt entry shares the counts of
-/// the one it replaces and of the requests still holding that one.
-#[derive(Debug, Default)]
-pub struct InFlightRegistry {
-    keys: Mutex<HashMap<String, Weak<AtomicU32>>>,
-    namespaces: Mutex<HashMap<String, Weak<AtomicU32>>>,
-}
-
-impl InFlightRegistry {
-    /// The counters of the key `id` ("namespace/name") and of its namespace.
-    pub fn counters(&self, id: &str) -> InFlightCounters {
-        let namespace = id.split_once('/').map_or("", |(ns, _)| ns);
-        InFlightCounters {
-            key: crate::route::health::shared(&self.keys, id.to_owned()),
-            namespace: crate::route::health::shared(&self.namespaces, namespace.to_owned()),
-        }
-    }
-}
-
-/// A key's requests in flight on this data plane, and its namespace's.
-#[derive(Clone, Debug, Default)]
-pub struct InFlightCounters {
-    pub key: Arc<AtomicU32>,
-    pub namespace: Arc<AtomicU32>,
 }
 
 /// How long a request body may take.
@@ -314,6 +287,8 @@ fn linger(mut body: Body) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::concurrency::InFlightRegistry;
+    use std::sync::atomic::AtomicU32;
 
     fn key(registry: &InFlightRegistry, id: &str) -> Arc<KeyEntry> {
         Arc::new(KeyEntry {

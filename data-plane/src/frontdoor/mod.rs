@@ -157,7 +157,7 @@ fn anthropic_headers(headers: &HeaderMap) -> Result<Vec<(HeaderName, HeaderValue
 async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -> Result<Response> {
     let cfg = ready(gw)?;
     let since = std::time::Instant::now();
-    let key = crate::policy::auth::authenticate(&cfg, headers, now_unix());
+    let key = crate::policy::auth::authenticate(cfg.keys(), headers, now_unix());
     if let Some(x) = crate::telemetry::current() {
         x.stage(crate::telemetry::semconv::EVENT_AUTH, since, || {
             let said = if key.is_ok() { "ok" } else { "rejected" };

@@ -21,8 +21,8 @@ pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
     };
     let result = (|| {
         let cfg = ready(&gw)?;
-        let key = crate::policy::auth::authenticate(&cfg, &headers, now_unix())?;
-        let ids = cfg.models_for(&key);
+        let key = crate::policy::auth::authenticate(cfg.keys(), &headers, now_unix())?;
+        let ids = cfg.routes().models_for(&key);
         let body = if anthropic {
             let data: Vec<Value> = ids
                 .iter()

@@ -11,11 +11,11 @@ use super::stream::{self, Renderer, Source, Step};
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
-use crate::limits::{Permit, RateHeaders};
+use crate::health::InFlight;
 use crate::llm::{Facts, Format, Response as Answer_, Usage};
 use crate::policy::guard::enforce::{Decisions, ResponsePhase};
+use crate::policy::limits::{Permit, RateHeaders};
 use crate::providers::{Answer, StreamSpec};
-use crate::route::health::InFlight;
 use crate::telemetry::Exchange as Slot;
 use crate::upstream::Framer;
 
@@ -101,7 +101,7 @@ pub async fn respond(
     let wants_text = audit.as_ref().is_some_and(Slot::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         let body = match &guard {
-            Some(g) => g.answer(gw, body, decisions).await?,
+            Some(g) => g.answer(gw.webhooks(), body, decisions).await?,
             None => body,
         };
         if let Some(a) = audit.as_ref().filter(|a| a.sampled()) {

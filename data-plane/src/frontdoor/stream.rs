@@ -15,18 +15,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::dialect::{
-    Flow, Frame, anthropic, bedrock, completions, gemini, openai_chat, responses,
-};
+use crate::dialect::{Flow, anthropic, bedrock, completions, gemini, openai_chat, responses};
 use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
-use crate::limits::Permit;
+use crate::health::{InFlight, Verdict};
 use crate::llm::{Delta, Event, Facts, Format, Usage};
-use crate::metrics::ReasonLabels;
 use crate::policy::guard::enforce::ResponsePhase;
 use crate::policy::guard::events::Guarded;
+use crate::policy::limits::Permit;
 use crate::providers::mock;
-use crate::route::health::{InFlight, Outcome};
+use crate::telemetry::metrics::ReasonLabels;
+use crate::upstream::Frame;
 use crate::upstream::{Framer, sse};
 
 /// Same-format passthrough, by format.
@@ -230,7 +229,7 @@ impl Driver {
         }
         // Every failure here is the upstream's: it counts against its endpoint.
         if let Some(f) = &mut self.in_flight {
-            f.verdict(Outcome::of_failure(e.class, None));
+            f.verdict(Verdict::of_failure(e.class, None));
         }
         // An error event the upstream sent was already forwarded by the passthrough.
         let forwarded = matches!(self.step, Step::Pass(_)) && e.kind == ErrorKind::UpstreamStatus;
@@ -298,7 +297,7 @@ impl Driver {
                 } => {
                     self.delivered += t.len() as u64;
                     if let Some(text) = &mut self.text
-                        && text.len() <= crate::audit::MAX_TEXT
+                        && text.len() <= crate::telemetry::audit::MAX_TEXT
                     {
                         text.push_str(t);
                     }
@@ -319,7 +318,7 @@ impl Driver {
         }
         self.saw_end = true;
         if let Some(f) = &mut self.in_flight {
-            f.verdict(Outcome::Success);
+            f.verdict(Verdict::Success);
         }
         if let Some(r) = self.record.take() {
             r.complete();

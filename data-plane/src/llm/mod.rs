@@ -11,6 +11,7 @@
 //!   format its body passes through as the client's bytes ([`raw::RawObject`]), parsed only
 //!   as far as the policies need.
 
+mod cost;
 pub mod json;
 pub mod raw;
 mod request;
@@ -18,6 +19,7 @@ mod response;
 mod stream;
 pub mod text;
 
+pub use cost::{Estimate, Price};
 pub use request::{
     Effort, Media, Message, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool, ToolCall,
     ToolChoice, ToolResult,

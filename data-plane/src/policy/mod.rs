@@ -4,11 +4,14 @@
 //!
 //! - [`auth`]: who is calling (virtual key by hash) and whether they may use the route;
 //! - [`limits`]: rate limits and budgets, reserved before the call and settled after it;
-//! - [`guard`]: guardrails' detectors and actions, on whole texts and on streams.
+//! - [`guard`]: guardrails' detectors and actions, on whole texts and on streams;
+//! - [`concurrency`]: the requests each key and namespace has in flight (the counters
+//!   behind the front door's shares).
 //!
-//! The response cache (`cache`) has its place marked in `stack.rs` and will live here too.
+//! The response cache is a stage of its own (`cache`), after these.
 //! Tracing spans wrap the whole pipeline from the stack's outer layers.
 
 pub mod auth;
+pub mod concurrency;
 pub mod guard;
 pub mod limits;

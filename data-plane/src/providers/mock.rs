@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use crate::config::MockBehaviour;
 use crate::dialect::responses::Echo;
 use crate::dialect::{self, embeddings};
 use crate::error::ProxyError;
 use crate::llm::{Block, Delta, Event, Finish, FinishReason, Incoming, Op, Part, Response, Usage};
+use crate::providers::pool::MockBehaviour;
 
 use super::Answer;
 

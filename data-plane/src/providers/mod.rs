@@ -5,7 +5,9 @@
 //! bytes through when the formats match), sends with deadlines, classifies error answers, and
 //! hands an [`Answer`] to the front door to render.
 
+pub mod check;
 pub mod mock;
+pub mod pool;
 
 use std::sync::Arc;
 
@@ -15,17 +17,17 @@ use http_body_util::Full;
 use hyper::body::Incoming as Body;
 use tokio::time::Instant;
 
-use crate::config::{EndpointEntry, PoolEntry};
 use crate::dialect::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::dialect::openai_chat::{EncodeOptions, MaxTokensField};
 use crate::dialect::responses::Echo;
 use crate::dialect::{self, anthropic, bedrock, gemini, openai_error};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
+use crate::health::InFlight;
 use crate::llm::{Format, Incoming, Op, Request, Response, Usage};
-use crate::metrics::{EndpointLabels, UpstreamLabels};
-use crate::route::health::InFlight;
+use crate::telemetry::metrics::{EndpointLabels, UpstreamLabels};
 use crate::upstream::{self, Framing, sigv4};
+use pool::{EndpointEntry, PoolEntry};
 
 /// An upstream: what it speaks and how it is reached.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,7 +46,7 @@ pub enum Provider {
         region: String,
     },
     /// Built into the data plane; no network.
-    Mock(crate::config::MockBehaviour),
+    Mock(crate::providers::pool::MockBehaviour),
 }
 
 /// How an endpoint proves who the gateway is.

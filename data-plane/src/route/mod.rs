@@ -4,29 +4,29 @@
 //! - [`resolve`]: the route, the key's right to use it, and the first backend (limits price
 //!   the request by it).
 //! - [`call`]: the attempts. A backend is picked by the route's strategy and an endpoint by
-//!   the pool's ([`balance`]), skipping ejected ones while others are available
-//!   ([`health`]). Failed attempts are retried within the group of backends by a
+//!   the pool's ([`crate::health::balance`]), skipping ejected ones while others are available
+//!   ([`crate::health`]). Failed attempts are retried within the group of backends by a
 //!   `tower::retry` policy ([`retry`]); when a group is exhausted, the first later fallback
 //!   group that lists the failure class is entered. Every outcome feeds the endpoint's health.
 
-pub mod balance;
-pub mod check;
-pub mod health;
 pub mod retry;
+pub mod table;
 
 use std::sync::Arc;
 
 use http::HeaderValue;
 use tower::{Service, ServiceExt};
 
-use crate::config::{BackendEntry, EndpointEntry, KeyEntry, PoolEntry, RouteEntry, RuntimeConfig};
 use crate::error::{ErrorKind, FailureClass, ProxyError};
 use crate::gateway::Gateway;
-use crate::limits::Price;
+use crate::health::{Admission, InFlight, Transition, Verdict};
 use crate::llm::Incoming;
-use crate::metrics::{BackendLabels, ClassLabels, Metrics, PoolLabels};
+use crate::llm::Price;
+use crate::policy::auth::KeyEntry;
+use crate::providers::pool::{EndpointEntry, PoolEntry};
 use crate::providers::{self, Answer};
-use health::{Admission, InFlight, Outcome, Transition};
+use crate::telemetry::metrics::{BackendLabels, ClassLabels, Metrics, PoolLabels};
+use table::{BackendEntry, RouteEntry, RouteTable};
 
 /// A request's route and its first backend.
 #[derive(Debug)]
@@ -40,18 +40,18 @@ pub struct Routed<'c> {
 
 /// The route answering `model` for `key`: 404 when none does, 403 when the key may not use it.
 pub fn resolve<'c>(
-    cfg: &'c RuntimeConfig,
+    routes: &'c RouteTable,
     key: &KeyEntry,
     model: &str,
 ) -> Result<Routed<'c>, ProxyError> {
-    let route = cfg.route_for(key, model).ok_or_else(|| {
+    let route = routes.route_for(key, model).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::ModelNotFound,
             format!("The model `{model}` does not exist or you do not have access to it."),
         )
         .with_param("model")
     })?;
-    crate::policy::auth::authorize(key, route, model)?;
+    route.authorize(key, model)?;
     let first = pick_backend(route, &route.backends, &[]).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::Internal,
@@ -249,11 +249,11 @@ impl Group<'_> {
                         // A stream can still break off: its endpoint hears when it ends.
                         let (metrics, pool, probe) =
                             (self.gw.metrics.clone(), pool.clone(), in_flight.probe);
-                        in_flight.defer(health::Verdict::new(move |outcome| {
+                        in_flight.defer(crate::health::Deferred::new(move |outcome| {
                             record(&metrics, &pool, i, &pool.endpoints[i], outcome, probe);
                         }));
                     } else {
-                        record(&self.gw.metrics, pool, i, e, Outcome::Success, probe);
+                        record(&self.gw.metrics, pool, i, e, Verdict::Success, probe);
                     }
                 }
                 Ok(Served {
@@ -267,7 +267,7 @@ impl Group<'_> {
             }
             Err(error) => {
                 if let Some((i, e)) = ep.zip(endpoint) {
-                    let outcome = Outcome::of_failure(error.class, retry::retry_after(&error));
+                    let outcome = Verdict::of_failure(error.class, retry::retry_after(&error));
                     record(&self.gw.metrics, pool, i, e, outcome, probe);
                 }
                 drop(in_flight);
@@ -332,7 +332,7 @@ fn record(
     pool: &PoolEntry,
     i: usize,
     e: &EndpointEntry,
-    outcome: Outcome,
+    outcome: Verdict,
     probe: bool,
 ) {
     let ejected_peers = pool
@@ -402,7 +402,7 @@ fn pool_available(pool: &PoolEntry) -> bool {
 /// still flows rather than none: Envoy's panic mode).
 fn pick_backend(route: &RouteEntry, backends: &[BackendEntry], tried: &[Tried]) -> Option<usize> {
     let pick = |usable: &dyn Fn(usize) -> bool| {
-        balance::choose(route.strategy, backends, usable, &route.turn)
+        crate::health::balance::choose(route.strategy, backends, usable, &route.turn)
     };
     if !tried.is_empty()
         && let Some(i) = pick(&|i| fresh(&backends[i], tried))
@@ -419,8 +419,9 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
         return None;
     }
     let eps = &pool.endpoints;
-    let choose =
-        |usable: &dyn Fn(usize) -> bool| balance::choose(pool.strategy, eps, usable, &pool.turn);
+    let choose = |usable: &dyn Fn(usize) -> bool| {
+        crate::health::balance::choose(pool.strategy, eps, usable, &pool.turn)
+    };
     // In rotation, untried first; a half-open endpoint takes one probe at a time.
     for skip_tried in [true, false] {
         for _ in 0..eps.len() {

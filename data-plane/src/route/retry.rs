@@ -15,7 +15,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use super::{Attempt, Failed, Served};
 use crate::error::{FailureClass, ProxyError};
-use crate::metrics::{Metrics, RetryLabels};
+use crate::telemetry::metrics::{Metrics, RetryLabels};
 
 /// A route's retry settings and its budget (shared by every request of the route).
 #[derive(Debug)]

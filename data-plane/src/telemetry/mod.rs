@@ -21,9 +21,29 @@ pub mod trace;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
+use crate::llm::Price;
 use crate::llm::Usage;
-use crate::policy::limits::Price;
 use metrics::Metrics;
+
+/// What the response cache did for a request: the label of its metrics and log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    SemanticHit,
+    Miss,
+    Bypass,
+}
+
+impl CacheResult {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::SemanticHit => "semantic_hit",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+}
 
 /// What `run` sets telemetry up with.
 #[derive(Clone, Debug)]
@@ -316,10 +336,9 @@ impl Exchange {
         self.spans(|s| s.stage(name, since, attributes()));
     }
 
-    /// Who asked and what serves it; `text`: the route records prompt and answer text.
     /// The request was routed: its key, route, model (as asked, cut at
-    /// [`audit::MAX_MODEL`] characters) and the model's metric label (see
-    /// [`crate::config::RouteEntry::model_label`]).
+    /// [`audit::MAX_MODEL`] characters) and the model's metric label (a name the route
+    /// declares, never one a client chose); `text`: the route records prompt and answer text.
     pub fn routed(&self, key: &str, route: &str, model: (&str, &str), stream: bool, text: bool) {
         self.with(|o| {
             o.record.key = key.to_owned();
@@ -385,7 +404,7 @@ impl Exchange {
     }
 
     /// What the response cache did.
-    pub fn cache(&self, c: crate::cache::Outcome) {
+    pub fn cache(&self, c: CacheResult) {
         self.with(|o| o.record.cache = c.name());
     }
 

@@ -7,7 +7,7 @@ use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::BytesMut;
 
-use crate::dialect::Frame;
+use super::Frame;
 
 /// Largest message accepted (AWS's own limit is 16 MiB; Bedrock's events are small).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -46,46 +46,21 @@ impl Default for ClientSettings {
 /// Largest upstream (non-streaming) response body accepted.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
-/// What the data plane keeps across config versions: the clients (one per
-/// [`ClientSettings`], so connection pools survive config changes), the health and load of
-/// every endpoint, and the requests each key and namespace has in flight.
+/// The HTTP clients, one per [`ClientSettings`], kept across config versions so connection
+/// pools survive config changes; every connection they open is counted.
 #[derive(Debug, Default)]
-pub struct Upstreams {
+pub struct Clients {
     clients: Mutex<HashMap<ClientSettings, HttpClient>>,
-    pub health: crate::route::health::Registry,
-    pub in_flight: crate::frontdoor::admission::InFlightRegistry,
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-    /// This data plane runs an embedding model (routes with a semantic cache need one).
-    pub can_embed: std::sync::atomic::AtomicBool,
+    counts: counted::Counts,
 }
 
-impl Upstreams {
-    /// Upstreams whose endpoints count their requests in `metrics`.
-    pub fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+impl Clients {
+    /// Clients whose connections count in `counts`.
+    pub fn new(counts: counted::Counts) -> Self {
         Self {
-            metrics: Some(metrics),
-            ..Self::default()
+            clients: Mutex::default(),
+            counts,
         }
-    }
-
-    /// The request counter of a pool's endpoint (detached without metrics).
-    pub fn picks(
-        &self,
-        pool: &str,
-        endpoint: usize,
-    ) -> prometheus_client::metrics::counter::Counter {
-        self.metrics.as_ref().map_or_else(Default::default, |m| {
-            m.backend_requests
-                .get_or_create(&crate::metrics::BackendLabels {
-                    pool: pool.to_owned(),
-                    endpoint: endpoint.to_string(),
-                })
-                .clone()
-        })
-    }
-
-    pub fn metrics(&self) -> Option<&std::sync::Arc<crate::metrics::Metrics>> {
-        self.metrics.as_ref()
     }
 
     /// The client for these settings, created on first use.
@@ -97,14 +72,7 @@ impl Upstreams {
         if let Some(c) = clients.get(&settings) {
             return Ok(c.clone());
         }
-        let counts = self
-            .metrics
-            .as_ref()
-            .map_or_else(Default::default, |m| counted::Counts {
-                opened: m.upstream_connections_opened.clone(),
-                open: m.upstream_connections_open.clone(),
-            });
-        let c = new_client(settings, counts)?;
+        let c = new_client(settings, self.counts.clone())?;
         clients.insert(settings, c.clone());
         Ok(c)
     }
@@ -191,7 +159,35 @@ pub enum Framing {
     EventStream,
 }
 
-/// Cuts an upstream body into [`crate::dialect::Frame`]s by its framing.
+/// One upstream stream event, whatever the framing: an SSE event (name and data) or an AWS
+/// event-stream message (`:event-type` and payload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub event: Option<String>,
+    pub data: String,
+    /// An event-stream `exception` message (its type is in `event`).
+    pub exception: bool,
+}
+
+impl Frame {
+    pub fn data(data: impl Into<String>) -> Self {
+        Self {
+            event: None,
+            data: data.into(),
+            exception: false,
+        }
+    }
+
+    pub fn named(event: &str, data: impl Into<String>) -> Self {
+        Self {
+            event: Some(event.to_owned()),
+            data: data.into(),
+            exception: false,
+        }
+    }
+}
+
+/// Cuts an upstream body into [`Frame`]s by its framing.
 #[derive(Debug)]
 pub enum Framer {
     Sse(sse::Decoder),
@@ -214,7 +210,7 @@ impl Framer {
     }
 
     /// The next complete frame; an error means the stream is malformed.
-    pub fn next_frame(&mut self) -> Result<Option<crate::dialect::Frame>, String> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
         match self {
             Self::Sse(d) => d.next_frame().map_err(|e| e.to_string()),
             Self::EventStream(d) => d.next_frame().map_err(|e| e.to_string()),
@@ -222,7 +218,7 @@ impl Framer {
     }
 
     /// What is left when the body ends.
-    pub fn finish(&mut self) -> Result<Option<crate::dialect::Frame>, String> {
+    pub fn finish(&mut self) -> Result<Option<Frame>, String> {
         match self {
             Self::Sse(d) => d.finish().map_err(|e| e.to_string()),
             Self::EventStream(d) => d.finish().map_err(|e| e.to_string()),

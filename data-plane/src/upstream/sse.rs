@@ -6,7 +6,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::dialect::Frame;
+use super::Frame;
 
 /// Largest SSE event accepted from an upstream.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;

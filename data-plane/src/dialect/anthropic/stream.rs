@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use super::response::message_id;
 use super::{WireUsage, parse_stop_reason, stop_reason, stream_error};
-use crate::dialect::{Flow, Frame, malformed};
+use crate::dialect::{Flow, malformed};
 use crate::error::{Dialect, ProxyError};
 use crate::llm::{Block, Delta, Event, Finish, FinishReason, Usage};
+use crate::upstream::Frame;
 use crate::upstream::sse;
 
 #[derive(Deserialize)]

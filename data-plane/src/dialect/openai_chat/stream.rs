@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::request::WireThinkingBlock;
 use super::{WireUsage, finish_reason, parse_finish_reason};
-use crate::dialect::{Flow, Frame, malformed, openai_error};
+use crate::dialect::{Flow, malformed, openai_error};
 use crate::error::ProxyError;
 use crate::llm::{Block, Delta, Event, Finish, FinishReason, Usage};
+use crate::upstream::Frame;
 use crate::upstream::sse;
 
 #[derive(Deserialize)]

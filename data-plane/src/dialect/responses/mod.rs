@@ -13,9 +13,10 @@ pub use request::{Echo, decode_request, facts};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::dialect::{Flow, Frame, malformed, openai_error};
+use crate::dialect::{Flow, malformed, openai_error};
 use crate::error::ProxyError;
 use crate::llm::Usage;
+use crate::upstream::Frame;
 use crate::upstream::sse;
 
 /// Usage as the Responses API writes it.

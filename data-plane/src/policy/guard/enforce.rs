@@ -19,12 +19,12 @@ use super::detect::Entity;
 use super::phrases::DenyWords;
 use super::schema::SchemaCheck;
 use super::{Action, Finding, Rules};
-use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
 use crate::llm::raw::RawObject;
 use crate::llm::text::{self, Place, WalkError};
 use crate::llm::{Body, Format, Incoming};
-use crate::metrics::{GuardrailLabels, Metrics};
+use crate::policy::auth::KeyEntry;
+use crate::telemetry::metrics::{GuardrailLabels, Metrics};
 
 /// One Guardrail, compiled.
 #[derive(Debug)]
@@ -462,19 +462,19 @@ impl ResponsePhase {
     /// A whole answer (the client's JSON) through the built-in detectors, then the webhooks.
     pub async fn answer(
         &self,
-        gw: &crate::gateway::Gateway,
+        caller: super::webhook::Caller<'_>,
         body: bytes::Bytes,
         decisions: &mut Decisions,
     ) -> Result<bytes::Bytes, ProxyError> {
         let body = self
-            .json(&gw.metrics, &body, decisions)?
+            .json(caller.metrics, &body, decisions)?
             .map_or(body, bytes::Bytes::from);
         if !self.hooked {
             return Ok(body);
         }
         let json = std::str::from_utf8(&body).map_err(crate::dialect::upstream_garbage)?;
         let changed = Box::pin(super::webhook::check(
-            gw,
+            caller,
             self.guards.iter(),
             super::webhook::Phase::Response,
             &self.ctx,

@@ -15,7 +15,7 @@ use super::stream::Redactor;
 use crate::error::ProxyError;
 use crate::llm::text::{self, WalkError};
 use crate::llm::{Block, Delta, Event};
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// The most of a stream's tool-call arguments (all its open calls together) held to read
 /// them whole; longer arguments end the stream (they cannot be checked, so they are not

@@ -30,10 +30,17 @@ use switchyard_proto::v1 as pb;
 use super::Action;
 use super::enforce::{Decisions, Guard, blocked, count};
 use crate::error::{ErrorKind, ProxyError};
-use crate::gateway::Gateway;
 use crate::llm::text::{self, Place};
 use crate::llm::{Body, Incoming};
-use crate::metrics::WebhookLabels;
+use crate::telemetry::metrics::{Metrics, WebhookLabels};
+use crate::upstream::Clients;
+
+/// What calling webhooks uses of the runtime: the HTTP clients and the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    pub clients: &'a Clients,
+    pub metrics: &'a Metrics,
+}
 
 /// Largest webhook answer read.
 const MAX_ANSWER: usize = 1 << 20;
@@ -147,9 +154,8 @@ impl Failure {
 }
 
 impl Webhook {
-    async fn ask(&self, gw: &Gateway, body: Bytes) -> Result<Answer, Failure> {
-        let client = gw
-            .upstreams
+    async fn ask(&self, clients: &Clients, body: Bytes) -> Result<Answer, Failure> {
+        let client = clients
             .client(crate::upstream::ClientSettings::default())
             .map_err(Failure::Connect)?;
         let req = http::Request::post(self.uri.clone())
@@ -187,7 +193,7 @@ impl Webhook {
 
 /// The request phase's webhooks, on the prompt's text (after the built-in detectors).
 pub async fn request(
-    gw: &Gateway,
+    caller: Caller<'_>,
     guards: &[Arc<Guard>],
     ctx: &Context,
     incoming: &mut Incoming,
@@ -201,7 +207,17 @@ pub async fn request(
     };
     let hooked = guards.iter().filter(|g| g.request && g.webhook.is_some());
     let opts = text::Options::default();
-    if let Some(new) = check(gw, hooked, Phase::Request, ctx, raw.text(), opts, decisions).await? {
+    if let Some(new) = check(
+        caller,
+        hooked,
+        Phase::Request,
+        ctx,
+        raw.text(),
+        opts,
+        decisions,
+    )
+    .await?
+    {
         *raw = super::enforce::reread(new)?;
     }
     Ok(())
@@ -211,7 +227,7 @@ pub async fn request(
 /// encoded text, as [`text::edit`] finds them); a redaction is written back (and seen by the
 /// next webhook). `Some`: the body, redacted.
 pub async fn check<'g>(
-    gw: &Gateway,
+    caller: Caller<'_>,
     guards: impl Iterator<Item = &'g Arc<Guard>>,
     phase: Phase,
     ctx: &Context,
@@ -244,19 +260,22 @@ pub async fn check<'g>(
             texts: &texts,
         })
         .map_err(|e| ProxyError::new(ErrorKind::Internal, e.to_string()))?;
-        let answer = hook.ask(gw, body.into()).await.and_then(|a| match a {
-            Answer::Redact { redactions } => redact(&mut texts, redactions)
-                .map(|()| Answer::Redact {
-                    redactions: Vec::new(),
-                })
-                .map_err(Failure::Invalid),
-            other => Ok(other),
-        });
+        let answer = hook
+            .ask(caller.clients, body.into())
+            .await
+            .and_then(|a| match a {
+                Answer::Redact { redactions } => redact(&mut texts, redactions)
+                    .map(|()| Answer::Redact {
+                        redactions: Vec::new(),
+                    })
+                    .map_err(Failure::Invalid),
+                other => Ok(other),
+            });
         match answer {
             Ok(Answer::Allow) => {}
             Ok(Answer::Redact { .. }) => {
                 changed = true;
-                count(&gw.metrics, &g.id, "webhook", Action::Redact);
+                count(caller.metrics, &g.id, "webhook", Action::Redact);
                 decisions.note(&g.id, Action::Redact);
             }
             Ok(Answer::Block { detector }) => {
@@ -264,12 +283,13 @@ pub async fn check<'g>(
                     Some(d) if !d.is_empty() => format!("webhook:{d}"),
                     _ => "webhook".to_owned(),
                 };
-                count(&gw.metrics, &g.id, "webhook", Action::Block);
+                count(caller.metrics, &g.id, "webhook", Action::Block);
                 tracing::info!(guardrail = %g.id, detector, phase = phase.name(), "guardrail webhook blocked");
                 return Err(blocked(&g.id, &detector, phase.name()));
             }
             Err(f) => {
-                gw.metrics
+                caller
+                    .metrics
                     .guardrail_webhook_failures
                     .get_or_create(&WebhookLabels {
                         guardrail: g.id.clone(),

@@ -18,7 +18,7 @@ use super::store::{
 use super::{Meta, Plan, RateHeaders, Scope, What, budget_ttl_ms, duration_text, now_ms};
 use crate::error::{ErrorKind, ProxyError};
 use crate::llm::Usage;
-use crate::metrics::{LimitLabels, Metrics, OpLabels, ResultLabels};
+use crate::telemetry::metrics::{LimitLabels, Metrics, OpLabels, ResultLabels};
 
 /// What to do when the shared store does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -15,14 +15,12 @@
 //!   local limits divided by the last known fleet size, or fail closed (503). Settlements that
 //!   could not reach Redis are summed per counter and replayed, once, when it answers again.
 
-mod admission;
 mod limiter;
 pub mod memory;
 mod pending;
 pub mod redis;
 pub mod store;
 
-pub use admission::admit;
 pub use limiter::{FailMode, Limiter, Permit};
 
 use std::time::Duration;
@@ -33,7 +31,7 @@ use switchyard_proto::v1 as pb;
 
 use store::{Check, CheckKind};
 
-use crate::llm::Usage;
+use crate::llm::{Estimate, Price, Usage};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -83,41 +81,11 @@ impl BudgetSpec {
     }
 }
 
-/// Price of a model in micro-dollars per million tokens. Cache prices of 0 mean the input
-/// price.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Price {
-    pub input: u64,
-    pub output: u64,
-    pub cache_read: u64,
-    pub cache_write: u64,
-}
-
 impl Plan {
     /// Tokens charged to token windows before the call.
     fn est_tokens(&self) -> u64 {
         self.estimate.input + self.estimate.output
     }
-}
-
-impl Price {
-    /// Cost in nano-dollars of what a call used: uncached input, cache reads and writes, and
-    /// output, each at its own price.
-    pub fn cost_nanos(&self, u: &Usage) -> u64 {
-        let or_input = |p: u64| if p == 0 { self.input } else { p };
-        let n = u128::from(u.uncached_input()) * u128::from(self.input)
-            + u128::from(u.cache_read) * u128::from(or_input(self.cache_read))
-            + u128::from(u.cache_write) * u128::from(or_input(self.cache_write))
-            + u128::from(u.output) * u128::from(self.output);
-        u64::try_from(n / 1000).unwrap_or(u64::MAX)
-    }
-}
-
-/// Tokens a request is expected to use, before the call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Estimate {
-    pub input: u64,
-    pub output: u64,
 }
 
 /// Where a limit applies.

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Records in flight between the requests and the writer.
 const QUEUE: usize = 8192;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::chain::Chain;
 use super::{AuditOptions, Record};
-use crate::metrics::{AuditSinkLabels, Metrics};
+use crate::telemetry::metrics::{AuditSinkLabels, Metrics};
 
 /// Most lines sealed and written in one go per sink.
 const BATCH: usize = 512;

@@ -15,10 +15,10 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use switchyard_proto::v1 as pb;
 
-use super::health::EndpointHealth;
-use crate::config::EndpointEntry;
-use crate::metrics::{BackendLabels, Metrics};
+use super::pool::EndpointEntry;
+use crate::health::EndpointHealth;
 use crate::providers::Auth;
+use crate::telemetry::metrics::{BackendLabels, Metrics};
 use crate::upstream::{self, HttpClient};
 
 /// How a pool checks its endpoints.
@@ -200,7 +200,7 @@ fn without_query(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{ClientSettings, Upstreams};
+    use crate::upstream::{ClientSettings, Clients};
 
     fn endpoint(health: Arc<EndpointHealth>) -> EndpointEntry {
         EndpointEntry {
@@ -232,7 +232,7 @@ mod tests {
     /// replaces it; no check stops it; an endpoint that goes away takes it along.
     #[tokio::test]
     async fn one_check_task_per_endpoint_across_config_versions() {
-        let client = Upstreams::default()
+        let client = Clients::default()
             .client(ClientSettings::default())
             .expect("client");
         let health = Arc::new(EndpointHealth::default());

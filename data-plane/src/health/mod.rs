@@ -10,14 +10,17 @@
 //! again, for longer.
 //!
 //! The state outlives config versions: a [`Registry`] hands the same state to a rebuilt pool
-//! with the same id and endpoint URL.
+//! with the same id and endpoint URL. [`balance`] picks among endpoints (or a route's
+//! backends) by what this module knows of them.
 
-use std::collections::HashMap;
+pub mod balance;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::FailureClass;
+use crate::kept::Kept;
 
 /// Milliseconds since the process's clock epoch (monotonic); never 0.
 fn now_ms() -> u64 {
@@ -122,7 +125,7 @@ impl Default for OutlierSettings {
 
 /// What one attempt told about its endpoint.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Verdict {
     Success,
     /// Says nothing about the endpoint's health (a 400 for the client's request).
     Neutral,
@@ -132,7 +135,7 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
+impl Verdict {
     /// The outcome of an attempt that failed with `class`.
     pub fn of_failure(class: Option<FailureClass>, retry_after: Option<Duration>) -> Self {
         match class {
@@ -248,14 +251,14 @@ impl EndpointHealth {
     /// rotation (this one excluded) and `peers` all of them (this one included).
     pub fn record(
         &self,
-        outcome: Outcome,
+        outcome: Verdict,
         s: &OutlierSettings,
         ejected_peers: usize,
         peers: usize,
         probe: bool,
     ) -> Option<Transition> {
         match outcome {
-            Outcome::Success => {
+            Verdict::Success => {
                 // Reads first: the common case writes nothing shared.
                 if self.failures.load(Ordering::Relaxed) != 0 {
                     self.failures.store(0, Ordering::Relaxed);
@@ -277,20 +280,20 @@ impl EndpointHealth {
                 }
                 None
             }
-            Outcome::Neutral => {
+            Verdict::Neutral => {
                 if probe {
                     // Not a verdict: let the next request probe.
                     self.release_probe();
                 }
                 None
             }
-            Outcome::Failure | Outcome::RateLimited { .. } => {
+            Verdict::Failure | Verdict::RateLimited { .. } => {
                 // Requests sent before an ejection that fail during it say nothing new.
                 if !probe && self.ejected_until.load(Ordering::Relaxed) > now_ms() {
                     return None;
                 }
                 let (tripped, floor) = match outcome {
-                    Outcome::RateLimited { retry_after } => {
+                    Verdict::RateLimited { retry_after } => {
                         self.failures.store(0, Ordering::Relaxed);
                         let n = self.rate_limits.fetch_add(1, Ordering::Relaxed) + 1;
                         (
@@ -354,22 +357,22 @@ pub struct InFlight {
     pool: Arc<Load>,
     /// This request is the probe of a half-open endpoint.
     pub probe: bool,
-    verdict: Option<Verdict>,
+    verdict: Option<Deferred>,
 }
 
 /// Tells the endpoint's health how an answer ended, once. A stream's verdict waits for its
 /// end: a stream that breaks off counts as a failure of its endpoint.
-pub struct Verdict(Box<dyn FnOnce(Outcome) + Send + Sync>);
+pub struct Deferred(Box<dyn FnOnce(Verdict) + Send + Sync>);
 
-impl Verdict {
-    pub fn new(report: impl FnOnce(Outcome) + Send + Sync + 'static) -> Self {
+impl Deferred {
+    pub fn new(report: impl FnOnce(Verdict) + Send + Sync + 'static) -> Self {
         Self(Box::new(report))
     }
 }
 
-impl std::fmt::Debug for Verdict {
+impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verdict")
+        f.write_str("Deferred")
     }
 }
 
@@ -413,13 +416,13 @@ impl InFlight {
     }
 
     /// Defers the endpoint's verdict to the end of the answer.
-    pub fn defer(&mut self, verdict: Verdict) {
+    pub fn defer(&mut self, verdict: Deferred) {
         self.verdict = Some(verdict);
     }
 
     /// How the answer ended (the first call counts; an answer dropped without one, because
     /// its client left, is neutral).
-    pub fn verdict(&mut self, outcome: Outcome) {
+    pub fn verdict(&mut self, outcome: Verdict) {
         if let Some(v) = self.verdict.take() {
             (v.0)(outcome);
         }
@@ -436,7 +439,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.verdict(Outcome::Neutral);
+        self.verdict(Verdict::Neutral);
         if let Some(e) = &self.endpoint {
             e.load.end();
             if self.probe {
@@ -452,37 +455,19 @@ impl Drop for InFlight {
 /// of a pool or endpoint that left the config goes with it).
 #[derive(Debug, Default)]
 pub struct Registry {
-    endpoints: Mutex<HashMap<(String, String), Weak<EndpointHealth>>>,
-    pools: Mutex<HashMap<String, Weak<Load>>>,
-}
-
-/// The live value kept under `key`, or a fresh one: state that outlives config versions
-/// (whoever still holds it keeps it alive; dead entries are swept now and then).
-pub(crate) fn shared<K: std::hash::Hash + Eq, T: Default>(
-    map: &Mutex<HashMap<K, Weak<T>>>,
-    key: K,
-) -> Arc<T> {
-    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(live) = m.get(&key).and_then(Weak::upgrade) {
-        return live;
-    }
-    if m.len() >= 64 && m.len().is_power_of_two() {
-        m.retain(|_, w| w.strong_count() > 0);
-    }
-    let fresh = Arc::new(T::default());
-    m.insert(key, Arc::downgrade(&fresh));
-    fresh
+    endpoints: Kept<(String, String), EndpointHealth>,
+    pools: Kept<String, Load>,
 }
 
 impl Registry {
     /// The health of a pool's endpoint.
     pub fn endpoint(&self, pool: &str, url: &str) -> Arc<EndpointHealth> {
-        shared(&self.endpoints, (pool.to_owned(), url.to_owned()))
+        self.endpoints.get((pool.to_owned(), url.to_owned()))
     }
 
     /// The load of a pool, all endpoints together.
     pub fn pool(&self, pool: &str) -> Arc<Load> {
-        shared(&self.pools, pool.to_owned())
+        self.pools.get(pool.to_owned())
     }
 }
 
@@ -504,13 +489,13 @@ mod tests {
     fn consecutive_failures_eject_and_a_probe_returns() {
         let h = EndpointHealth::default();
         let s = settings();
-        assert_eq!(h.record(Outcome::Failure, &s, 0, 2, false), None);
+        assert_eq!(h.record(Verdict::Failure, &s, 0, 2, false), None);
         // A success in between starts the count over.
-        assert_eq!(h.record(Outcome::Success, &s, 0, 2, false), None);
-        assert_eq!(h.record(Outcome::Failure, &s, 0, 2, false), None);
-        assert_eq!(h.record(Outcome::Failure, &s, 0, 2, false), None);
+        assert_eq!(h.record(Verdict::Success, &s, 0, 2, false), None);
+        assert_eq!(h.record(Verdict::Failure, &s, 0, 2, false), None);
+        assert_eq!(h.record(Verdict::Failure, &s, 0, 2, false), None);
         assert_eq!(
-            h.record(Outcome::Failure, &s, 0, 2, false),
+            h.record(Verdict::Failure, &s, 0, 2, false),
             Some(Transition::Ejected {
                 for_: Duration::from_millis(40),
                 ejections: 1
@@ -524,7 +509,7 @@ mod tests {
         assert!(!h.claim_probe());
         // The probe fails: ejected again, for twice as long.
         assert_eq!(
-            h.record(Outcome::Failure, &s, 0, 2, true),
+            h.record(Verdict::Failure, &s, 0, 2, true),
             Some(Transition::Ejected {
                 for_: Duration::from_millis(80),
                 ejections: 2
@@ -533,7 +518,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(90));
         assert!(h.claim_probe());
         assert_eq!(
-            h.record(Outcome::Success, &s, 0, 2, true),
+            h.record(Verdict::Success, &s, 0, 2, true),
             Some(Transition::Returned)
         );
         assert_eq!(h.admission(), Admission::Open);
@@ -544,7 +529,7 @@ mod tests {
     fn rate_limits_eject_for_at_least_retry_after_capped() {
         let h = EndpointHealth::default();
         let s = settings();
-        let limited = Outcome::RateLimited {
+        let limited = Verdict::RateLimited {
             retry_after: Some(Duration::from_millis(70)),
         };
         assert_eq!(h.record(limited, &s, 0, 3, false), None);
@@ -556,7 +541,7 @@ mod tests {
             })
         );
         let h = EndpointHealth::default();
-        let long = Outcome::RateLimited {
+        let long = Verdict::RateLimited {
             retry_after: Some(Duration::from_secs(60)),
         };
         h.record(long, &s, 0, 3, false);
@@ -574,25 +559,25 @@ mod tests {
         let h = EndpointHealth::default();
         let s = settings();
         for _ in 0..10 {
-            assert_eq!(h.record(Outcome::Neutral, &s, 0, 2, false), None);
+            assert_eq!(h.record(Verdict::Neutral, &s, 0, 2, false), None);
         }
         assert!(!h.ejected());
         // Two of four out already: 50% allows no third.
         for _ in 0..2 {
-            h.record(Outcome::Failure, &s, 2, 4, false);
+            h.record(Verdict::Failure, &s, 2, 4, false);
         }
         assert_eq!(
-            h.record(Outcome::Failure, &s, 2, 4, false),
+            h.record(Verdict::Failure, &s, 2, 4, false),
             Some(Transition::EjectionRefused)
         );
         assert!(!h.ejected());
         // The only endpoint of a pool may always be ejected.
         let only = EndpointHealth::default();
         for _ in 0..2 {
-            only.record(Outcome::Failure, &s, 0, 1, false);
+            only.record(Verdict::Failure, &s, 0, 1, false);
         }
         assert!(matches!(
-            only.record(Outcome::Failure, &s, 0, 1, false),
+            only.record(Verdict::Failure, &s, 0, 1, false),
             Some(Transition::Ejected { .. })
         ));
     }

@@ -49,14 +49,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
 
 /// Virtual keys by the SHA-256 of the key, and the hash of each key by its id.
 #[derive(Clone, Debug)]
-pub(super) struct KeyIndex {
+pub struct KeyIndex {
     by_hash: Sharded<[u8; 32], Arc<KeyEntry>>,
     by_id: Sharded<String, [u8; 32]>,
     ids: std::collections::hash_map::RandomState,
 }
 
 impl KeyIndex {
-    pub(super) fn with_capacity(n: usize) -> Self {
+    pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
             by_hash: Sharded::with_capacity(n),
             by_id: Sharded::with_capacity(n),
@@ -68,12 +68,12 @@ impl KeyIndex {
         self.ids.hash_one(id) as usize
     }
 
-    pub(super) fn get(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
         self.by_hash.shard(usize::from(hash[0])).get(hash)
     }
 
     /// Adds a key, or replaces the key of the same id (whose hash may have changed).
-    pub(super) fn insert(&mut self, hash: [u8; 32], entry: Arc<KeyEntry>) {
+    pub(crate) fn insert(&mut self, hash: [u8; 32], entry: Arc<KeyEntry>) {
         self.remove(&entry.id);
         let s = self.id_shard(&entry.id);
         self.by_id.shard_mut(s).insert(entry.id.clone(), hash);
@@ -83,7 +83,7 @@ impl KeyIndex {
     }
 
     /// Removes the key with this id, if any.
-    pub(super) fn remove(&mut self, id: &str) {
+    pub(crate) fn remove(&mut self, id: &str) {
         let s = self.id_shard(id);
         if !self.by_id.shard(s).contains_key(id) {
             return;
@@ -93,7 +93,7 @@ impl KeyIndex {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_hash.len()
     }
 }

@@ -1,13 +1,14 @@
-//! The limits stage on the request path: what applies to this key, route and model, checked
-//! and reserved in one store round trip (none when nothing applies).
+//! The limits stage: the rate limits and budget that apply to this key, route and model (the
+//! policy is [`crate::policy::limits`]), checked and reserved in one store round trip (none
+//! when nothing applies).
 
-use crate::config::KeyEntry;
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::llm::{Incoming, Op};
+use crate::policy::auth::KeyEntry;
 use crate::route::Routed;
 
-use super::{Limits, Permit, Subject};
+use crate::policy::limits::{self, Limits, Permit, Subject};
 
 /// Checks and charges the rate limits and budget that apply (none: `None`, no store call).
 /// Token counting of the prompt runs only when a token limit or a budget needs it.
@@ -15,7 +16,7 @@ use super::{Limits, Permit, Subject};
 /// A key with a budget is refused a model its pool has no price for (a budget fails closed:
 /// an unpriced model would spend nothing), on every backend the request could land on. A
 /// `count_tokens` call counts against the requests-per-minute limits only.
-pub async fn admit(
+pub(super) async fn admit(
     gw: &Gateway,
     key: &KeyEntry,
     routed: &Routed<'_>,
@@ -55,7 +56,7 @@ pub async fn admit(
         price: pool.price_of(upstream_model).unwrap_or_default(),
         lease: pool.timeouts.total + std::time::Duration::from_secs(60),
     };
-    let Some(plan) = super::plan(&subject, super::now_ms(), || {
+    let Some(plan) = limits::plan(&subject, limits::now_ms(), || {
         crate::tokens::estimate_incoming(incoming, upstream_model)
     }) else {
         return Ok(None);

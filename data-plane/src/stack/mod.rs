@@ -32,6 +32,8 @@
 //!     guardrails' response phase (a stream holds back only what could still grow into a
 //!     match); usage counted on the way settles tokens and spend when the answer ends
 
+mod limits;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,17 +51,19 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::cache::key::Plan;
-use crate::cache::{Fill, Lookup, Outcome};
-use crate::config::{KeyEntry, RuntimeConfig};
+use crate::cache::{Fill, Lookup};
+use crate::config::RuntimeConfig;
 use crate::error::{Dialect, ErrorKind, ErrorLabel, ProxyError};
 use crate::frontdoor;
 use crate::gateway::Gateway;
 use crate::llm::Incoming;
-use crate::metrics::{EndpointLabels, RequestLabels};
+use crate::policy::auth::KeyEntry;
 use crate::policy::guard::enforce::{self, Decisions, ResponsePhase};
 use crate::policy::guard::webhook;
+use crate::route;
+use crate::telemetry::CacheResult;
+use crate::telemetry::metrics::{EndpointLabels, RequestLabels};
 use crate::telemetry::semconv;
-use crate::{policy, route};
 use switchyard_otel::opentelemetry::KeyValue;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -164,7 +168,7 @@ pub async fn model_call(
     mut incoming: Incoming,
 ) -> Result<Response, ProxyError> {
     let audit = crate::telemetry::current();
-    let routed = route::resolve(cfg, key, &incoming.facts.model)?;
+    let routed = route::resolve(cfg.routes(), key, &incoming.facts.model)?;
     if let Some(a) = &audit {
         a.routed(
             &key.id,
@@ -184,7 +188,7 @@ pub async fn model_call(
         });
     }
     let since = Instant::now();
-    let admitted = policy::limits::admit(gw, key, &routed, &incoming).await;
+    let admitted = limits::admit(gw, key, &routed, &incoming).await;
     if let Some(a) = &audit {
         let decision = match &admitted {
             Ok(Some(_)) => "admitted",
@@ -217,7 +221,7 @@ pub async fn model_call(
             // every request's future.
             Ok(()) => {
                 Box::pin(webhook::request(
-                    gw,
+                    gw.webhooks(),
                     &guards,
                     &ctx,
                     &mut incoming,
@@ -262,21 +266,24 @@ pub async fn model_call(
         let outcome = match crate::cache::key::plan(policy, route, key, &incoming) {
             Plan::Bypass(why) => {
                 tracing::debug!(route = %route, why, "not cached");
-                Outcome::Bypass
+                CacheResult::Bypass
             }
             Plan::Use(key) if incoming.cache_control.no_cache => {
                 fill = (!no_store).then_some(Fill { key, vector: None });
-                Outcome::Bypass
+                CacheResult::Bypass
             }
             Plan::Use(key) => match Box::pin(lookup(gw, cache, &routed, policy, &key)).await {
                 Lookup::Hit { entry, similarity } if entry.format == incoming.format => {
                     let outcome = if similarity.is_some() {
-                        Outcome::SemanticHit
+                        CacheResult::SemanticHit
                     } else {
-                        Outcome::Hit
+                        CacheResult::Hit
                     };
                     cache.count(route, outcome);
-                    cache.saved(&entry.usage, &routed);
+                    cache.saved(
+                        &entry.usage,
+                        routed.backend.pool.price_of(&routed.upstream_model),
+                    );
                     if let Some(p) = permit {
                         // A hit spends no upstream tokens.
                         p.settle(Some(crate::llm::Usage::default()));
@@ -300,15 +307,15 @@ pub async fn model_call(
                 }
                 Lookup::Hit { .. } => {
                     fill = (!no_store).then_some(Fill { key, vector: None });
-                    Outcome::Miss
+                    CacheResult::Miss
                 }
                 Lookup::Miss { vector } => {
                     fill = (!no_store).then_some(Fill { key, vector });
-                    Outcome::Miss
+                    CacheResult::Miss
                 }
                 // A tier or the model did not answer: counted there, and served as if there
                 // were no cache.
-                Lookup::Bypass => Outcome::Bypass,
+                Lookup::Bypass => CacheResult::Bypass,
             },
         };
         cache.count(route, outcome);
@@ -438,7 +445,7 @@ async fn answer_from_cache(
         }
     };
     if let Some(a) = &audit {
-        a.served("cache", "cache", crate::policy::limits::Price::default());
+        a.served("cache", "cache", crate::llm::Price::default());
     }
     let resp = frontdoor::respond(
         gw,
