@@ -80,7 +80,7 @@ fn invalid_route(
 }
 
 /// Everything the request path needs, indexed. Built whole from a snapshot, then moved
-/// forward by deltas that rebuild only what they touch (see [`index`]).
+/// forward by deltas that rebuild only what they touch (the keys in [`KeyIndex`] shards).
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub version: String,

@@ -30,7 +30,7 @@ pub struct Gateway {
     /// Set on SIGTERM: readiness is false from then on.
     draining: std::sync::atomic::AtomicBool,
     /// Request admission (set by the API router, from its options).
-    admission: std::sync::OnceLock<crate::frontdoor::admission::Admission>,
+    admission: std::sync::OnceLock<crate::admission::Admission>,
 }
 
 impl Gateway {
@@ -68,16 +68,14 @@ impl Gateway {
     }
 
     /// Sets request admission's limits (once: the API router does it).
-    pub fn set_admission(&self, a: crate::frontdoor::admission::Admission) {
+    pub fn set_admission(&self, a: crate::admission::Admission) {
         let _ = self.admission.set(a);
     }
 
     /// Request admission: the limits the API router set, or the defaults.
-    pub fn admission(&self) -> &crate::frontdoor::admission::Admission {
-        self.admission.get_or_init(|| {
-            let d = crate::stack::StackOptions::default();
-            crate::frontdoor::admission::Admission::new(d.max_concurrency, d.shares, d.body)
-        })
+    pub fn admission(&self) -> &crate::admission::Admission {
+        self.admission
+            .get_or_init(crate::admission::Admission::default)
     }
 
     /// Sets the response cache (once, at start).

@@ -2,9 +2,11 @@
 //! doors. Authenticates virtual keys, enforces limits and budgets, routes models to provider
 //! pools, translates between wire formats through one canonical form (or passes bytes through
 //! when the formats match) and streams without buffering. Gets its configuration from the
-//! control plane (fleet mode) or a directory (standalone). `stack.rs` is the map.
+//! control plane (fleet mode) or a directory (standalone). `stack/mod.rs` is the map of the request path, `LAYERS` the order of the
+//! modules.
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod dialect;
@@ -16,9 +18,11 @@ pub mod health;
 pub mod kept;
 pub mod listener;
 pub mod llm;
+pub mod pipeline;
 pub mod policy;
 pub mod providers;
 pub mod redis_link;
+pub mod render;
 pub mod route;
 pub mod stack;
 pub mod standalone;

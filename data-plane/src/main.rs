@@ -8,7 +8,7 @@ use switchyard_data_plane::telemetry::access_log::Destination as AccessLogTo;
 use switchyard_data_plane::telemetry::audit::AuditOptions;
 use switchyard_data_plane::{
     ConfigSource, LimitOptions, Options, ShutdownOptions,
-    frontdoor::admission::{BodyTiming, Shares},
+    admission::{BodyTiming, Shares},
     listener::ListenerOptions,
     stack::StackOptions,
     xds::ClientOptions,

@@ -1,6 +1,7 @@
 //! Front doors: the API endpoints. Each authenticates the caller, reads and checks the body
 //! in its own format (parsed only as far as the policies need), hands the call to the
-//! pipeline in `stack.rs`, and renders the answer — or any error — once, in its own dialect.
+//! pipeline ([`crate::pipeline`]), which renders the answer once in its dialect; an error is
+//! rendered here, once, in the same dialect.
 //!
 //! | endpoint | format | op |
 //! |---|---|---|
@@ -12,14 +13,9 @@
 //! | `POST /v1/embeddings` | OpenAI embeddings | embed |
 //! | `GET /v1/models` | OpenAI or Anthropic list | — |
 
-pub mod admission;
 mod models;
-mod respond;
-mod stream;
 
 pub use models::models;
-pub(crate) use respond::render as render_answer;
-pub use respond::respond;
 
 use std::sync::Arc;
 
@@ -29,6 +25,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::admission;
 use crate::config::RuntimeConfig;
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{Dialect, ErrorKind, Origin, ProxyError};
@@ -189,7 +186,7 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
         pass_headers,
         cache_control: crate::llm::CacheControl::of(headers),
     };
-    let resp = crate::stack::model_call(gw, &cfg, &key, incoming).await?;
+    let resp = crate::pipeline::model_call(gw, &cfg, &key, incoming).await?;
     Ok(held.hold(resp))
 }
 

@@ -1,8 +1,8 @@
 //! Policy stages. Each runs on the canonical view of a request (its [`crate::llm::Facts`],
-//! decoding the body only when a stage needs more) and is its own module; `stack.rs` runs
+//! decoding the body only when a stage needs more) and is its own module; `pipeline/` runs
 //! them in order and says why:
 //!
-//! - [`auth`]: who is calling (virtual key by hash) and whether they may use the route;
+//! - [`auth`]: who is calling (virtual key by hash); a route says whether it serves them;
 //! - [`limits`]: rate limits and budgets, reserved before the call and settled after it;
 //! - [`guard`]: guardrails' detectors and actions, on whole texts and on streams;
 //! - [`concurrency`]: the requests each key and namespace has in flight (the counters

@@ -22,10 +22,9 @@ use crate::dialect::openai_chat::{EncodeOptions, MaxTokensField};
 use crate::dialect::responses::Echo;
 use crate::dialect::{self, anthropic, bedrock, gemini, openai_error};
 use crate::error::{ErrorKind, ProxyError};
-use crate::gateway::Gateway;
 use crate::health::InFlight;
 use crate::llm::{Format, Incoming, Op, Request, Response, Usage};
-use crate::telemetry::metrics::{EndpointLabels, UpstreamLabels};
+use crate::telemetry::metrics::{EndpointLabels, Metrics, UpstreamLabels};
 use crate::upstream::{self, Framing, sigv4};
 use pool::{EndpointEntry, PoolEntry};
 
@@ -516,7 +515,7 @@ pub(crate) fn upstream_request(
 
 /// Sends a request; error statuses become classified errors carrying the upstream's message.
 async fn send(
-    gw: &Gateway,
+    metrics: &Metrics,
     pool: &PoolEntry,
     req: http::Request<Full<Bytes>>,
     d: Deadlines,
@@ -529,12 +528,12 @@ async fn send(
     if result.is_ok() {
         in_flight.head(head);
     }
-    gw.metrics
+    metrics
         .upstream_duration
         .get_or_create(&EndpointLabels { endpoint: provider })
         .observe(head.as_secs_f64());
     let outcome = |o: &'static str| {
-        gw.metrics
+        metrics
             .upstream_requests
             .get_or_create(&UpstreamLabels {
                 provider,
@@ -564,7 +563,7 @@ async fn send(
 /// Runs one upstream call for an incoming request routed to `pool` as `model`, on the
 /// endpoint the balancer picked (`None` only for the built-in mock).
 pub async fn call(
-    gw: &Gateway,
+    metrics: &Metrics,
     pool: &PoolEntry,
     ep: Option<&EndpointEntry>,
     model: &str,
@@ -595,7 +594,7 @@ pub async fn call(
         p.pass_headers.extend(t.headers());
     }
     let req = upstream_request(&ep.auth, &ep.headers, p.url, Some(p.body), p.pass_headers)?;
-    let resp = send(gw, pool, req, d, in_flight).await?;
+    let resp = send(metrics, pool, req, d, in_flight).await?;
     if p.stream {
         let spec = match p.read {
             Read::Raw(_) => StreamSpec::Pass,

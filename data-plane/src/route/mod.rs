@@ -18,7 +18,6 @@ use http::HeaderValue;
 use tower::{Service, ServiceExt};
 
 use crate::error::{ErrorKind, FailureClass, ProxyError};
-use crate::gateway::Gateway;
 use crate::health::{Admission, InFlight, Transition, Verdict};
 use crate::llm::Incoming;
 use crate::llm::Price;
@@ -113,7 +112,7 @@ pub struct Failed {
 /// Attempts on one group of backends: a `tower::Service` for the retry policy to drive.
 #[derive(Clone)]
 struct Group<'a> {
-    gw: &'a Arc<Gateway>,
+    metrics: &'a Arc<Metrics>,
     route: &'a RouteEntry,
     backends: &'a [BackendEntry],
     model: &'a str,
@@ -183,8 +182,7 @@ impl Group<'_> {
         ) else {
             // Every endpoint is at its connection cap: nothing was sent, nothing is said
             // about the endpoint's health.
-            self.gw
-                .metrics
+            self.metrics
                 .pool_saturations
                 .get_or_create(&PoolLabels {
                     pool: pool.id.clone(),
@@ -215,7 +213,7 @@ impl Group<'_> {
             .as_ref()
             .and_then(crate::telemetry::Exchange::attempt);
         let result = providers::call(
-            self.gw,
+            self.metrics,
             pool,
             endpoint,
             model,
@@ -248,12 +246,12 @@ impl Group<'_> {
                     if matches!(answer, Answer::Stream { .. }) {
                         // A stream can still break off: its endpoint hears when it ends.
                         let (metrics, pool, probe) =
-                            (self.gw.metrics.clone(), pool.clone(), in_flight.probe);
+                            (self.metrics.clone(), pool.clone(), in_flight.probe);
                         in_flight.defer(crate::health::Deferred::new(move |outcome| {
                             record(&metrics, &pool, i, &pool.endpoints[i], outcome, probe);
                         }));
                     } else {
-                        record(&self.gw.metrics, pool, i, e, Verdict::Success, probe);
+                        record(self.metrics, pool, i, e, Verdict::Success, probe);
                     }
                 }
                 Ok(Served {
@@ -268,7 +266,7 @@ impl Group<'_> {
             Err(error) => {
                 if let Some((i, e)) = ep.zip(endpoint) {
                     let outcome = Verdict::of_failure(error.class, retry::retry_after(&error));
-                    record(&self.gw.metrics, pool, i, e, outcome, probe);
+                    record(self.metrics, pool, i, e, outcome, probe);
                 }
                 drop(in_flight);
                 let label = endpoint.map_or(&pool.label, |e| &e.label);
@@ -452,7 +450,7 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
 /// Runs the attempts of a request: the route's backends with retries, then the fallback
 /// groups the failures lead to.
 pub async fn call(
-    gw: &Arc<Gateway>,
+    metrics: &Arc<Metrics>,
     routed: &Routed<'_>,
     incoming: &Incoming,
 ) -> Result<Served, ProxyError> {
@@ -469,7 +467,7 @@ pub async fn call(
     loop {
         let backends = group.map_or(&route.backends[..], |g| &route.fallbacks[g].backends[..]);
         let svc = Group {
-            gw,
+            metrics,
             route,
             backends,
             model,
@@ -482,7 +480,7 @@ pub async fn call(
             Err(failed) => match &route.retry {
                 Some(r) => {
                     // Boxed as `dyn Send` here, where its lifetimes are concrete.
-                    let retries: RetryFuture<'_> = Box::pin(retried(gw, r, svc, req, failed));
+                    let retries: RetryFuture<'_> = Box::pin(retried(metrics, r, svc, req, failed));
                     retries.await
                 }
                 None => Err(failed),
@@ -504,7 +502,7 @@ pub async fn call(
         let Some((g, class)) = next else {
             return Err(exhausted(failed));
         };
-        gw.metrics
+        metrics
             .fallbacks
             .get_or_create(&ClassLabels {
                 class: class.label(),
@@ -525,14 +523,14 @@ type RetryFuture<'a> =
 /// The retries of a group after its first attempt failed: the `tower::retry` policy decides
 /// on that failure as `Retry` would have, then `Retry` drives the attempts left.
 async fn retried(
-    gw: &Arc<Gateway>,
+    metrics: &Arc<Metrics>,
     settings: &Arc<retry::RetrySettings>,
     svc: Group<'_>,
     mut req: Attempt,
     failed: Failed,
 ) -> Result<Served, Failed> {
     use tower::retry::Policy;
-    let mut policy = retry::RetryPolicy::new(settings.clone(), gw.metrics.clone());
+    let mut policy = retry::RetryPolicy::new(settings.clone(), metrics.clone());
     let mut result = Err(failed);
     match policy.retry(&mut req, &mut result) {
         None => result,
@@ -595,7 +593,7 @@ pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-switchya
 /// The embedding of `text` from a route's embedding pool (see `RouteEntry::embedder`): an
 /// OpenAI-style embeddings request through the pool's balancing and health, unit length.
 pub async fn embed(
-    gw: &Arc<Gateway>,
+    metrics: &Arc<Metrics>,
     via: &RouteEntry,
     text: &str,
 ) -> Result<Vec<f32>, ProxyError> {
@@ -621,7 +619,7 @@ pub async fn embed(
         backend,
         upstream_model: model,
     };
-    let served = call(gw, &routed, &incoming).await?;
+    let served = call(metrics, &routed, &incoming).await?;
     let bad = |why: &str| {
         ProxyError::new(
             ErrorKind::UpstreamProtocol,

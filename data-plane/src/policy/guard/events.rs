@@ -5,7 +5,7 @@
 //! block ends (at most [`MAX_TOOL_ARGS`]) and then read as a whole answer's arguments are,
 //! so both give the same decision. Tool-call names and ids and the answer's id are checked
 //! as they start. The answer's text is kept for a JSON schema check at the end when the
-//! request asked for one. The stream driver (`frontdoor/stream.rs`) passes every batch of
+//! request asked for one. The stream driver (`render/stream.rs`) passes every batch of
 //! events through here before rendering.
 
 use super::Finding;

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, header};
 
-use super::stream::{self, Renderer, Source, Step};
+mod stream;
+
 use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
@@ -18,6 +19,7 @@ use crate::policy::limits::{Permit, RateHeaders};
 use crate::providers::{Answer, StreamSpec};
 use crate::telemetry::Exchange as Slot;
 use crate::upstream::Framer;
+use stream::{Renderer, Source, Step};
 
 fn json(body: Bytes) -> Response {
     (
@@ -47,11 +49,7 @@ pub(crate) fn render(
 }
 
 /// The stream renderer of a front door's format.
-pub(super) fn renderer(
-    format: Format,
-    facts: &Facts,
-    echo: Option<Box<responses::Echo>>,
-) -> Renderer {
+fn renderer(format: Format, facts: &Facts, echo: Option<Box<responses::Echo>>) -> Renderer {
     match format {
         Format::AnthropicMessages => Renderer::Messages(anthropic::Renderer::new()),
         Format::OpenAiCompletions => {

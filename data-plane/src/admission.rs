@@ -77,6 +77,9 @@ impl Default for BodyTiming {
     }
 }
 
+/// Most requests in flight on one data plane, by default.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 10_000;
+
 /// The shares of the gateway's concurrency.
 #[derive(Clone, Copy, Debug)]
 pub struct Shares {
@@ -84,6 +87,25 @@ pub struct Shares {
     pub per_namespace: usize,
     /// Most requests of one key in flight.
     pub per_key: usize,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self {
+            per_namespace: DEFAULT_MAX_CONCURRENCY / 2,
+            per_key: 1_000,
+        }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self::new(
+            DEFAULT_MAX_CONCURRENCY,
+            Shares::default(),
+            BodyTiming::default(),
+        )
+    }
 }
 
 impl Admission {
