@@ -197,8 +197,77 @@ fn cargo() -> Command {
     c
 }
 
+/// A tool the test suites need, how to tell it is there, and the Debian package with it.
+struct Needed {
+    what: &'static str,
+    package: &'static str,
+    present: fn() -> bool,
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file())
+    })
+}
+
+/// What `ci` needs beyond Rust, as `.ci/run` installs it.
+const NEEDED: &[Needed] = &[
+    Needed {
+        what: "go (builds the real kube-apiserver, etcd and OpenTelemetry Collector)",
+        package: "golang-go",
+        present: || on_path("go"),
+    },
+    Needed {
+        what: "redis-server (the limits and cache suites start their own)",
+        package: "redis-server",
+        present: || Path::new("/usr/bin/redis-server").is_file(),
+    },
+    Needed {
+        what: "nginx (the benchmark smoke run's direct path)",
+        package: "nginx",
+        present: || Path::new("/usr/sbin/nginx").is_file(),
+    },
+    Needed {
+        what: "wrk (the benchmark smoke run's load generator)",
+        package: "wrk",
+        present: || on_path("wrk"),
+    },
+    Needed {
+        what: "protoc (etcd-client's build script)",
+        package: "protobuf-compiler",
+        present: || on_path("protoc"),
+    },
+    Needed {
+        what: "python3 with venv (the SDK conformance suites and Presidio)",
+        package: "python3-venv",
+        present: || {
+            Command::new("python3")
+                .args(["-c", "import venv, ensurepip"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    },
+];
+
+/// Fails naming every missing tool, its package and the command that installs them.
+fn check_prerequisites() -> Result<()> {
+    let missing: Vec<&Needed> = NEEDED.iter().filter(|n| !(n.present)()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for n in &missing {
+        eprintln!("missing: {} — Debian package `{}`", n.what, n.package);
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    bail!(
+        "install what is missing with `sudo apt-get install -y {}`, or run `bash .ci/run`, which installs it and then runs this command",
+        packages.join(" ")
+    )
+}
+
 fn ci(skip_lint: bool) -> Result<()> {
     let root = root();
+    check_prerequisites()?;
     if !skip_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args([
@@ -236,20 +305,16 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
 
     // A smoke run of the benchmark harness so it cannot rot (tiny, no speed assertions).
-    if Command::new("wrk").arg("-v").output().is_ok() {
-        bench::run(
-            &root,
-            &bench::BenchOpts {
-                duration: std::time::Duration::from_secs(1),
-                smoke: true,
-                peers: false,
-                release: false,
-                only: None,
-            },
-        )?;
-    } else {
-        eprintln!("wrk is not installed: skipping the benchmark smoke run");
-    }
+    bench::run(
+        &root,
+        &bench::BenchOpts {
+            duration: std::time::Duration::from_secs(1),
+            smoke: true,
+            peers: false,
+            release: false,
+            only: None,
+        },
+    )?;
 
     // The official SDKs as clients, from a venv this command owns.
     let venv = root.join(".venv");

@@ -88,10 +88,6 @@ fn cond(type_: &str, status: &str, generation: i64, reason: &str, message: Strin
     }
 }
 
-/// Kinds the data plane enforces. A Guardrail compiles and reaches every data plane, but
-/// nothing checks requests against it yet: it must never read `Programmed=True`.
-pub const ENFORCED_KINDS: &[&str] = &["ProviderPool", "LLMRoute", "VirtualKey", "Guardrail"];
-
 /// The conditions an object should carry. Pure: compiled result, fleet view and history in.
 pub fn desired_conditions(
     key: &ResourceKey,
@@ -149,17 +145,6 @@ pub fn desired_conditions(
             g,
             "NotAccepted",
             "not part of the configuration".into(),
-        )
-    } else if !ENFORCED_KINDS.contains(&key.kind) {
-        cond(
-            condition::PROGRAMMED,
-            "False",
-            g,
-            "NotEnforced",
-            format!(
-                "accepted, but no data plane enforces {}s yet: requests are not checked against it",
-                key.kind
-            ),
         )
     } else if fleet.is_empty() {
         cond(

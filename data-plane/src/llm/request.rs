@@ -60,12 +60,6 @@ pub enum Role {
     Tool,
 }
 
-impl Role {
-    pub fn is_instruction(self) -> bool {
-        matches!(self, Self::System | Self::Developer)
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     pub role: Role,

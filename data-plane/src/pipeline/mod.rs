@@ -36,9 +36,9 @@ pub async fn model_call(
     key: &KeyEntry,
     mut incoming: Incoming,
 ) -> Result<Response, ProxyError> {
-    let audit = crate::telemetry::current();
+    let exchange = crate::telemetry::current();
     let routed = route::resolve(cfg.routes(), key, &incoming.facts.model)?;
-    if let Some(a) = &audit {
+    if let Some(a) = &exchange {
         a.routed(
             &key.id,
             &routed.route.id,
@@ -58,7 +58,7 @@ pub async fn model_call(
     }
     let since = Instant::now();
     let admitted = limits::admit(gw, key, &routed, &incoming).await;
-    if let Some(a) = &audit {
+    if let Some(a) = &exchange {
         let decision = match &admitted {
             Ok(Some(_)) => "admitted",
             Ok(None) => "none",
@@ -101,7 +101,7 @@ pub async fn model_call(
             Err(e) => Err(e),
         }
         .and_then(|()| ResponsePhase::of(&guards, &incoming, &ctx));
-        if let Some(a) = &audit {
+        if let Some(a) = &exchange {
             a.stage(semconv::EVENT_GUARDRAILS, since, || {
                 let said = match (&checked, decisions.header()) {
                     (Err(_), _) => "blocked".to_owned(),
@@ -121,7 +121,7 @@ pub async fn model_call(
             }
         }
     }
-    if let Some(a) = audit.as_ref().filter(|a| a.wants_text()) {
+    if let Some(a) = exchange.as_ref().filter(|a| a.wants_text()) {
         // As it goes upstream: after the request phase redacted it.
         a.prompt(enforce::prompt_text(&incoming));
     }
@@ -157,7 +157,7 @@ pub async fn model_call(
                         // A hit spends no upstream tokens.
                         p.settle(Some(crate::llm::Usage::default()));
                     }
-                    if let Some(a) = &audit {
+                    if let Some(a) = &exchange {
                         a.cache(outcome);
                         a.stage(semconv::EVENT_CACHE, since, || {
                             vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
@@ -170,7 +170,7 @@ pub async fn model_call(
                         similarity,
                         response_phase,
                         decisions,
-                        audit,
+                        exchange,
                     ))
                     .await;
                 }
@@ -188,7 +188,7 @@ pub async fn model_call(
             },
         };
         cache.count(route, outcome);
-        if let Some(a) = &audit {
+        if let Some(a) = &exchange {
             a.cache(outcome);
             a.stage(semconv::EVENT_CACHE, since, || {
                 vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
@@ -213,7 +213,7 @@ pub async fn model_call(
         store(cache, policy, fill, incoming.format, &mut served.answer);
     }
     let (attempts, backend) = (served.attempts, served.backend);
-    if let Some(a) = &audit {
+    if let Some(a) = &exchange {
         a.served(
             backend.to_str().unwrap_or_default(),
             served.provider,
@@ -230,10 +230,10 @@ pub async fn model_call(
         permit,
         response_phase,
         &mut decisions,
-        audit.clone(),
+        exchange.clone(),
     )
     .await;
-    let mut resp = guardrails_said(resp, &decisions, audit.as_ref())?;
+    let mut resp = guardrails_said(resp, &decisions, exchange.as_ref())?;
     let h = resp.headers_mut();
     h.insert(route::ATTEMPTS, route::attempts_header(attempts));
     h.insert(route::BACKEND, backend);
@@ -276,10 +276,10 @@ async fn lookup(
 fn guardrails_said(
     resp: Result<Response, ProxyError>,
     decisions: &Decisions,
-    audit: Option<&crate::telemetry::Exchange>,
+    exchange: Option<&crate::telemetry::Exchange>,
 ) -> Result<Response, ProxyError> {
     let header = decisions.header();
-    if let (Some(a), Some(v)) = (audit, &header) {
+    if let (Some(a), Some(v)) = (exchange, &header) {
         a.guardrails(v.to_str().unwrap_or_default());
     }
     let mut resp = resp?;
@@ -302,7 +302,7 @@ async fn answer_from_cache(
     similarity: Option<f32>,
     response_phase: Option<ResponsePhase>,
     mut decisions: Decisions,
-    audit: Option<crate::telemetry::Exchange>,
+    exchange: Option<crate::telemetry::Exchange>,
 ) -> Result<Response, ProxyError> {
     let answer = if incoming.facts.stream {
         let r = crate::dialect::decode_response(incoming.format, &entry.body, false)?;
@@ -313,7 +313,7 @@ async fn answer_from_cache(
             usage: None,
         }
     };
-    if let Some(a) = &audit {
+    if let Some(a) = &exchange {
         a.served("cache", "cache", crate::llm::Price::default());
     }
     let resp = render::respond(
@@ -326,10 +326,10 @@ async fn answer_from_cache(
         None,
         response_phase,
         &mut decisions,
-        audit.clone(),
+        exchange.clone(),
     )
     .await;
-    let mut resp = guardrails_said(resp, &decisions, audit.as_ref())?;
+    let mut resp = guardrails_said(resp, &decisions, exchange.as_ref())?;
     let said = match similarity {
         None => HeaderValue::from_static("hit"),
         Some(s) => HeaderValue::try_from(format!("semantic-hit; similarity={s:.3}"))

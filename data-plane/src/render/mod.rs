@@ -17,7 +17,7 @@ use crate::llm::{Facts, Format, Response as Answer_, Usage};
 use crate::policy::guard::enforce::{Decisions, ResponsePhase};
 use crate::policy::limits::{Permit, RateHeaders};
 use crate::providers::{Answer, StreamSpec};
-use crate::telemetry::Exchange as Slot;
+use crate::telemetry::Exchange;
 use crate::upstream::Framer;
 use stream::{Renderer, Source, Step};
 
@@ -66,12 +66,12 @@ fn settle(
     gw: &Gateway,
     provider: &'static str,
     permit: Option<Permit>,
-    audit: Option<&Slot>,
+    exchange: Option<&Exchange>,
     usage: Option<Usage>,
 ) {
     if let Some(u) = usage {
         gw.metrics.record_usage(provider, u);
-        if let Some(a) = audit {
+        if let Some(a) = exchange {
             a.usage(&u);
         }
     }
@@ -94,19 +94,19 @@ pub async fn respond(
     permit: Option<Permit>,
     guard: Option<ResponsePhase>,
     decisions: &mut Decisions,
-    audit: Option<Slot>,
+    exchange: Option<Exchange>,
 ) -> Result<Response, ProxyError> {
-    let wants_text = audit.as_ref().is_some_and(Slot::wants_text);
+    let wants_text = exchange.as_ref().is_some_and(Exchange::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         let body = match &guard {
             Some(g) => g.answer(gw.webhooks(), body, decisions).await?,
             None => body,
         };
-        if let Some(a) = audit.as_ref().filter(|a| a.sampled()) {
+        if let Some(a) = exchange.as_ref().filter(|a| a.sampled()) {
             a.spans(|s| s.answer(&body));
         }
         if wants_text
-            && let Some(a) = &audit
+            && let Some(a) = &exchange
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
         {
             // As the client gets it: after the response phase.
@@ -120,23 +120,23 @@ pub async fn respond(
         .filter(|h| !h.is_empty());
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
-            settle(gw, provider, permit, audit.as_ref(), usage);
+            settle(gw, provider, permit, exchange.as_ref(), usage);
             json(guarded(body, decisions).await?)
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
-            settle(gw, provider, permit, audit.as_ref(), Some(response.usage));
+            settle(gw, provider, permit, exchange.as_ref(), Some(response.usage));
             json(guarded(body?, decisions).await?)
         }
         Answer::Embeddings {
             embeddings: e,
             base64,
         } => {
-            settle(gw, provider, permit, audit.as_ref(), Some(e.usage));
+            settle(gw, provider, permit, exchange.as_ref(), Some(e.usage));
             json(embeddings::render(&e, base64)?)
         }
         Answer::Tokens(n) => {
-            settle(gw, provider, permit, audit.as_ref(), Some(Usage::default()));
+            settle(gw, provider, permit, exchange.as_ref(), Some(Usage::default()));
             json(crate::llm::to_bytes(
                 &serde_json::json!({"input_tokens": n}),
             )?)
@@ -205,7 +205,7 @@ pub async fn respond(
                 permit,
                 in_flight,
                 guard,
-                audit,
+                exchange,
                 record,
             )
         }
@@ -218,7 +218,7 @@ pub async fn respond(
             permit,
             in_flight,
             guard,
-            audit,
+            exchange,
             None,
         ),
         Answer::MockStream { events, echo } => stream::response(
@@ -230,7 +230,7 @@ pub async fn respond(
             permit,
             in_flight,
             guard,
-            audit,
+            exchange,
             None,
         ),
     };

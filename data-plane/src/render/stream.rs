@@ -213,8 +213,8 @@ struct Driver {
     in_flight: Option<InFlight>,
     /// The response phase of the request's guardrails, on the canonical events.
     guard: Option<Guarded>,
-    /// The request's audit record, given the usage when the stream ends.
-    audit: Option<crate::telemetry::Exchange>,
+    /// The request's record, given the usage when the stream ends.
+    exchange: Option<crate::telemetry::Exchange>,
     /// The text the client got, when the audit trail records it.
     text: Option<String>,
     /// The answer on its way to the response cache.
@@ -456,7 +456,7 @@ impl Driver {
         }
         if !self.sent {
             self.sent = true;
-            if let Some(a) = &self.audit {
+            if let Some(a) = &self.exchange {
                 a.first_token();
             }
         }
@@ -488,7 +488,7 @@ impl Driver {
         if self.provider != "cache" {
             self.gw.metrics.record_usage(self.provider, usage);
         }
-        if let Some(a) = &self.audit {
+        if let Some(a) = &self.exchange {
             a.usage(&usage);
             if let Some(text) = self.text.take() {
                 a.response(text);
@@ -540,7 +540,7 @@ pub(super) fn response(
     permit: Option<Permit>,
     in_flight: Option<InFlight>,
     guard: Option<ResponsePhase>,
-    audit: Option<crate::telemetry::Exchange>,
+    exchange: Option<crate::telemetry::Exchange>,
     record: Option<Box<crate::cache::Record>>,
 ) -> Response {
     let driver = Driver {
@@ -560,11 +560,11 @@ pub(super) fn response(
         permit,
         in_flight,
         guard: guard.map(Guarded::new),
-        text: audit
+        text: exchange
             .as_ref()
             .filter(|a| a.wants_text())
             .map(|_| String::new()),
-        audit,
+        exchange,
         record,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
