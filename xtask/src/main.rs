@@ -205,9 +205,8 @@ struct Needed {
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
 }
 
 /// What `ci` needs beyond Rust, as `.ci/run` installs it.

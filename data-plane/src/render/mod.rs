@@ -125,7 +125,13 @@ pub async fn respond(
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
-            settle(gw, provider, permit, exchange.as_ref(), Some(response.usage));
+            settle(
+                gw,
+                provider,
+                permit,
+                exchange.as_ref(),
+                Some(response.usage),
+            );
             json(guarded(body?, decisions).await?)
         }
         Answer::Embeddings {
@@ -136,7 +142,13 @@ pub async fn respond(
             json(embeddings::render(&e, base64)?)
         }
         Answer::Tokens(n) => {
-            settle(gw, provider, permit, exchange.as_ref(), Some(Usage::default()));
+            settle(
+                gw,
+                provider,
+                permit,
+                exchange.as_ref(),
+                Some(Usage::default()),
+            );
             json(crate::llm::to_bytes(
                 &serde_json::json!({"input_tokens": n}),
             )?)
