@@ -363,6 +363,11 @@ impl RuntimeConfig {
         self.pools.values()
     }
 
+    /// The pool with this id, when it runs.
+    pub fn pool(&self, id: &str) -> Option<&Arc<PoolEntry>> {
+        self.pools.get(id)
+    }
+
     /// The virtual keys, by hash.
     pub fn keys(&self) -> &KeyIndex {
         &self.keys

@@ -183,11 +183,17 @@ impl Gateway {
         }
         tracing::info!(version = %cfg.version, how, routes = cfg.route_count(), keys = cfg.key_count(), rejected = cfg.rejected.len(), "config applied");
         let cfg = Arc::new(cfg);
-        self.config.store(Some(cfg.clone()));
-        // Building a config starts nothing; the pools' active health checks follow the
-        // installed one (a check whose settings did not change keeps running).
+        let previous = self.config.swap(Some(cfg.clone()));
+        // Building a config starts nothing; the active health checks of the pools this
+        // version built follow it (a pool a delta left alone keeps its checks as they run).
         for pool in cfg.pools() {
-            pool.ensure_checks(Some(&self.metrics));
+            let kept = previous
+                .as_ref()
+                .and_then(|p| p.pool(&pool.id))
+                .is_some_and(|old| Arc::ptr_eq(old, pool));
+            if !kept {
+                pool.ensure_checks(Some(&self.metrics));
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `data-plane/LAYERS` lists the top-level modules of `data-plane/src`, lowest first, and
 //! under `[debt]` the upward uses still waiting to be moved, each with its reason. The check
-//! reads every `crate::…` path outside test code (a `tests.rs` file, or a file's part from its
-//! first `#[cfg(test)]` on) and fails when:
+//! reads every `crate::…` path, every `super::` chain that climbs to the crate root and every
+//! name `lib.rs` brings into the root, outside test code (`tests.rs` files and items marked
+//! `#[cfg(test)]`), comments and literals, and fails when:
 //!
 //! - a module uses one listed above it and the use is not a debt entry;
 //! - a debt entry is paid (no such use is left): delete it, so the list only shrinks;
@@ -58,13 +59,116 @@ fn parse_layers(text: &str) -> Result<Layers> {
     Ok(l)
 }
 
-/// The code of a file that is not test code.
+/// The code of a file that is not test code: a `tests.rs` file is all test code; elsewhere
+/// each item marked `#[cfg(test)]` (a test module, a test-only helper) is left out, and
+/// comments and the insides of string and character literals are blanked, so neither a
+/// brace in a string nor a path in a comment misleads the reading.
 fn non_test(path: &Path, text: &str) -> Option<String> {
     if path.file_name().is_some_and(|f| f == "tests.rs") {
         return None;
     }
-    let end = text.find("#[cfg(test)]").unwrap_or(text.len());
-    Some(text[..end].to_owned())
+    let code = blank_comments_and_literals(text);
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..i]);
+        rest = skip_item(&rest[i + "#[cfg(test)]".len()..]);
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// What follows the item at the start of `code`: through its `;`, or its `{ … }` block.
+fn skip_item(code: &str) -> &str {
+    let mut depth = 0usize;
+    for (i, c) in code.char_indices() {
+        match c {
+            ';' if depth == 0 => return &code[i + 1..],
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return &code[i + 1..];
+                }
+            }
+            _ => {}
+        }
+    }
+    ""
+}
+
+/// `text` with comments, string literals (raw ones too) and character literals replaced by
+/// spaces, line breaks kept.
+fn blank_comments_and_literals(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let blank = |out: &mut Vec<u8>, part: &[u8]| {
+        out.extend(part.iter().map(|&c| if c == b'\n' { b'\n' } else { b' ' }));
+    };
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &b[i..];
+        let end = if rest.starts_with(b"//") {
+            rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len())
+        } else if rest.starts_with(b"/*") {
+            rest.windows(2)
+                .skip(2)
+                .position(|w| w == b"*/")
+                .map_or(rest.len(), |p| p + 4)
+        } else if let Some(hashes) = raw_string_start(rest) {
+            // r"…", r#"…"#, br"…": up to the quote followed by as many `#`.
+            let open = rest.iter().position(|&c| c == b'"').unwrap_or(0) + 1;
+            let close: Vec<u8> = std::iter::once(b'"')
+                .chain(std::iter::repeat_n(b'#', hashes))
+                .collect();
+            rest[open..]
+                .windows(close.len())
+                .position(|w| w == close.as_slice())
+                .map_or(rest.len(), |p| open + p + close.len())
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            (j + 1).min(rest.len())
+        } else if rest[0] == b'\'' {
+            // A character literal ('x', '\n', '\u{..}'), not a lifetime ('a).
+            match rest.get(1) {
+                Some(b'\\') => rest[2..]
+                    .iter()
+                    .position(|&c| c == b'\'')
+                    .map_or(1, |p| p + 3),
+                Some(_) if rest.get(2) == Some(&b'\'') => 3,
+                _ => {
+                    // A multi-byte character: its closing quote within four bytes.
+                    match rest[1..].iter().take(5).position(|&c| c == b'\'') {
+                        Some(p) if !rest[1].is_ascii() => p + 2,
+                        _ => 0,
+                    }
+                }
+            }
+        } else {
+            0
+        };
+        if end == 0 {
+            out.push(rest[0]);
+            i += 1;
+        } else {
+            blank(&mut out, &rest[..end]);
+            i += end;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The number of `#` of a raw string literal starting here (`r"`, `r#"`, `br"`), if it is
+/// one (and not the end of an identifier such as `for`).
+fn raw_string_start(rest: &[u8]) -> Option<usize> {
+    let body = rest
+        .strip_prefix(b"br")
+        .or_else(|| rest.strip_prefix(b"r"))?;
+    let hashes = body.iter().take_while(|&&c| c == b'#').count();
+    (body.get(hashes) == Some(&b'"')).then_some(hashes)
 }
 
 /// The top-level modules a piece of code names through `crate::`.
@@ -137,8 +241,11 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Which module uses which, from the sources under `src`.
+/// Which module uses which, from the sources under `src`. Besides `crate::…` paths, a
+/// `super::` chain that climbs to the crate root counts, and so do the names `lib.rs` brings
+/// into the crate root (`use gateway::Gateway;` makes `crate::Gateway` a use of `gateway`).
 fn edges(src: &Path, modules: &BTreeSet<String>) -> Result<BTreeMap<(String, String), String>> {
+    let aliases = root_aliases(&std::fs::read_to_string(src.join("lib.rs"))?, modules);
     let mut files = Vec::new();
     rust_files(src, &mut files)?;
     files.sort();
@@ -151,7 +258,10 @@ fn edges(src: &Path, modules: &BTreeSet<String>) -> Result<BTreeMap<(String, Str
         let Some(code) = non_test(&file, &text) else {
             continue;
         };
-        for to in used_modules(&code) {
+        let mut used = used_modules(&code);
+        used.extend(root_via_super(&code, depth_of(src, &file)));
+        for name in used {
+            let to = aliases.get(&name).cloned().unwrap_or(name);
             if to != from && modules.contains(&to) {
                 let rel = file
                     .strip_prefix(src)
@@ -163,6 +273,80 @@ fn edges(src: &Path, modules: &BTreeSet<String>) -> Result<BTreeMap<(String, Str
         }
     }
     Ok(out)
+}
+
+/// How deep a file's module is: `src/a.rs` and `src/a/mod.rs` 1, `src/a/b.rs` 2.
+fn depth_of(src: &Path, file: &Path) -> usize {
+    let rel = file.strip_prefix(src).unwrap_or(file);
+    let parts = rel.components().count();
+    if rel.file_name().is_some_and(|f| f == "mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
+/// The first names after each `super::` chain that climbs exactly to the crate root.
+fn root_via_super(code: &str, depth: usize) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if depth == 0 {
+        return out;
+    }
+    let chain = "super::".repeat(depth);
+    let mut rest = code;
+    while let Some(i) = rest.find(&chain) {
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + chain.len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        if rest.starts_with("super::") {
+            // A longer chain climbs past the root: not a path (nor is what it ends in).
+            rest = rest.trim_start_matches("super::");
+            continue;
+        }
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// Names `lib.rs` brings into the crate root from a module (`use m::X;`, `pub use m::{X, Y};`),
+/// each to its module.
+fn root_aliases(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for stmt in blank_comments_and_literals(lib).split(';') {
+        let stmt = stmt.trim();
+        let Some(path) = stmt
+            .strip_prefix("pub use ")
+            .or_else(|| stmt.strip_prefix("use "))
+        else {
+            continue;
+        };
+        let path = path
+            .trim()
+            .trim_start_matches("crate::")
+            .trim_start_matches("self::");
+        let Some((module, rest)) = path.split_once("::") else {
+            continue;
+        };
+        if !modules.contains(module) {
+            continue;
+        }
+        let names = rest.rsplit("::").next().unwrap_or(rest);
+        for name in names.trim_matches(|c| c == '{' || c == '}').split(',') {
+            let name = name.split(" as ").last().unwrap_or(name).trim();
+            if !name.is_empty() && name != "self" && name != "*" {
+                out.insert(name.to_owned(), module.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// How the README shows the order: "`a` → `b` → …".
@@ -276,17 +460,41 @@ mod tests {
     }
 
     #[test]
-    fn test_code_is_not_read() {
+    fn test_code_is_not_read_and_code_after_it_is() {
         let p = Path::new("src/a/mod.rs");
-        assert_eq!(
-            non_test(
-                p,
-                "use crate::b;\n#[cfg(test)]\nmod tests { use crate::c; }"
-            )
-            .as_deref(),
-            Some("use crate::b;\n")
-        );
+        let code = non_test(
+            p,
+            "use crate::b;\n#[cfg(test)]\nconst T: &str = \"}\";\n#[cfg(test)]\nmod tests { fn f() { let s = \"{\"; use crate::c; } }\nfn g() -> char { '{' }\nuse crate::d; // crate::e\n",
+        )
+        .expect("code");
+        assert_eq!(used_modules(&code), set(&["b", "d"]), "{code}");
         assert_eq!(non_test(Path::new("src/a/tests.rs"), "use crate::c;"), None);
+        let raw =
+            blank_comments_and_literals("let j = r#\"{\"a\": \"}\"}\"#; use crate::x; 'a: loop {}");
+        assert_eq!(used_modules(&raw), set(&["x"]), "{raw}");
+    }
+
+    #[test]
+    fn super_chains_to_the_root_and_root_aliases_count() {
+        assert_eq!(
+            root_via_super("use super::gateway::X; super::super::y", 1),
+            set(&["gateway"])
+        );
+        assert_eq!(
+            root_via_super("use super::super::gateway::X; super::y", 2),
+            set(&["gateway"])
+        );
+        let modules = set(&["gateway", "policy", "telemetry"]);
+        let aliases = root_aliases(
+            "pub mod gateway;\nuse gateway::Gateway;\npub use policy::limits;\nuse telemetry::{audit, metrics as m};\nuse std::sync::Arc;\n",
+            &modules,
+        );
+        assert_eq!(aliases.get("Gateway").map(String::as_str), Some("gateway"));
+        assert_eq!(aliases.get("limits").map(String::as_str), Some("policy"));
+        assert_eq!(aliases.get("m").map(String::as_str), Some("telemetry"));
+        assert!(!aliases.contains_key("Arc"));
+        assert_eq!(depth_of(Path::new("src"), Path::new("src/a/b.rs")), 2);
+        assert_eq!(depth_of(Path::new("src"), Path::new("src/a/mod.rs")), 1);
     }
 
     #[test]

@@ -209,7 +209,8 @@ fn on_path(cmd: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
 }
 
-/// What `ci` needs beyond Rust, as `.ci/run` installs it.
+/// What `ci` needs beyond Rust, as `.ci/run` installs it (nginx too, which the benchmark
+/// smoke run uses when it is there).
 const NEEDED: &[Needed] = &[
     Needed {
         what: "go (builds the real kube-apiserver, etcd and OpenTelemetry Collector)",
@@ -217,14 +218,12 @@ const NEEDED: &[Needed] = &[
         present: || on_path("go"),
     },
     Needed {
-        what: "redis-server (the limits and cache suites start their own)",
+        what: "redis-server (the limits and cache suites start their own; or REDIS_SERVER=PATH)",
         package: "redis-server",
-        present: || Path::new("/usr/bin/redis-server").is_file(),
-    },
-    Needed {
-        what: "nginx (the benchmark smoke run's direct path)",
-        package: "nginx",
-        present: || Path::new("/usr/sbin/nginx").is_file(),
+        present: || {
+            std::env::var_os("REDIS_SERVER").is_some_and(|p| Path::new(&p).is_file())
+                || Path::new("/usr/bin/redis-server").is_file()
+        },
     },
     Needed {
         what: "wrk (the benchmark smoke run's load generator)",
