@@ -18,7 +18,7 @@ use http::{StatusCode, header};
 
 use crate::gateway::Gateway;
 
-pub fn router(gw: Arc<Gateway>, token_file: Option<std::path::PathBuf>) -> Router {
+pub(crate) fn router(gw: Arc<Gateway>, token_file: Option<std::path::PathBuf>) -> Router {
     let token = Arc::new(token_file);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -415,7 +415,7 @@ impl ProxyError {
 
 /// Response extension read by the metrics layer: which error a response carries.
 #[derive(Clone, Copy, Debug)]
-pub struct ErrorLabel(pub &'static str);
+pub(crate) struct ErrorLabel(pub &'static str);
 
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,7 +1,7 @@
 //! Model-name globs: `*` matches any run of characters, `?` exactly one.
 
 /// True when `name` matches `pattern`.
-pub fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -24,7 +24,7 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 }
 
 /// True when the pattern has glob characters.
-pub fn is_glob(pattern: &str) -> bool {
+pub(crate) fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?'])
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 /// Values by name, held weakly (dead entries are swept now and then).
 #[derive(Debug)]
-pub struct Kept<K, T> {
+pub(crate) struct Kept<K, T> {
     map: Mutex<HashMap<K, Weak<T>>>,
 }
 
@@ -23,7 +23,7 @@ impl<K, T> Default for Kept<K, T> {
 
 impl<K: Hash + Eq, T: Default> Kept<K, T> {
     /// The live value kept under `key`, or a fresh one.
-    pub fn get(&self, key: K) -> Arc<T> {
+    pub(crate) fn get(&self, key: K) -> Arc<T> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(live) = m.get(&key).and_then(Weak::upgrade) {
             return live;

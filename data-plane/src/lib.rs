@@ -5,29 +5,29 @@
 //! control plane (fleet mode) or a directory (standalone). `stack/mod.rs` is the map of the request path, `LAYERS` the order of the
 //! modules.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod admission;
 pub mod cache;
-pub mod config;
+pub(crate) mod config;
 pub mod dialect;
-pub mod error;
-pub mod frontdoor;
+pub(crate) mod error;
+pub(crate) mod frontdoor;
 pub mod gateway;
-pub mod glob;
-pub mod health;
-pub mod kept;
+pub(crate) mod glob;
+pub(crate) mod health;
+pub(crate) mod kept;
 pub mod listener;
 pub mod llm;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod policy;
 pub mod providers;
-pub mod redis_link;
-pub mod render;
-pub mod route;
+pub(crate) mod redis_link;
+pub(crate) mod render;
+pub(crate) mod route;
 pub mod stack;
-pub mod standalone;
+pub(crate) mod standalone;
 pub mod telemetry;
-pub mod tokens;
+pub(crate) mod tokens;
 pub mod upstream;
 pub mod xds;
 

@@ -11,19 +11,19 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// One endpoint or a cluster.
-pub enum Link {
+pub(crate) enum Link {
     Single(ConnectionManager),
     Cluster(Box<ClusterLink>),
 }
 
 /// A cluster's client and its connection, made on first use.
-pub struct ClusterLink {
+pub(crate) struct ClusterLink {
     client: ClusterClient,
     conn: tokio::sync::OnceCell<ClusterConnection>,
 }
 
 impl ClusterLink {
-    pub fn new(client: ClusterClient) -> Self {
+    pub(crate) fn new(client: ClusterClient) -> Self {
         Self {
             client,
             conn: tokio::sync::OnceCell::new(),
@@ -33,7 +33,7 @@ impl ClusterLink {
 
 /// A connection of a [`Link`] (cheap to clone: both kinds are multiplexed).
 #[derive(Clone)]
-pub enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -93,12 +93,12 @@ impl ConnectionLike for Conn {
 }
 
 impl Link {
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
 
     /// A connection (a cluster's is made on first use).
-    pub async fn conn(&self) -> RedisResult<Conn> {
+    pub(crate) async fn conn(&self) -> RedisResult<Conn> {
         match self {
             Self::Single(c) => Ok(Conn::Single(c.clone())),
             Self::Cluster(c) => Ok(Conn::Cluster(
@@ -111,7 +111,7 @@ impl Link {
     }
 
     /// Every key matching `pattern`: `SCAN` on the endpoint, or on each primary of a cluster.
-    pub async fn keys_matching(&self, pattern: &str) -> RedisResult<Vec<String>> {
+    pub(crate) async fn keys_matching(&self, pattern: &str) -> RedisResult<Vec<String>> {
         let scan = |cursor: u64| {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)

@@ -7,11 +7,11 @@ use std::time::Duration;
 use crate::gateway::Gateway;
 
 /// How often the directory is checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Loads, compiles and applies the directory once. Diagnostics are logged; invalid resources
 /// are left out and the rest is served.
-pub fn load(
+pub(crate) fn load(
     gw: &Gateway,
     dir: &Path,
     cache: &mut switchyard_crds::fs::DirCache,
@@ -30,7 +30,7 @@ pub fn load(
 }
 
 /// Watches the directory forever, reloading when its files change.
-pub async fn watch(
+pub(crate) async fn watch(
     gw: Arc<Gateway>,
     dir: PathBuf,
     mut last: Option<u64>,

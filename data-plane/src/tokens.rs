@@ -18,10 +18,10 @@ use crate::llm::Estimate;
 use crate::llm::{Incoming, Op, Part, Request};
 
 /// Output tokens reserved when the request sets no `max_tokens`/`max_completion_tokens`.
-pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
+pub(crate) const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
 
 /// The BPE a model uses, if it is an OpenAI model.
-pub fn tokenizer_of(model: &str) -> Option<Tokenizer> {
+pub(crate) fn tokenizer_of(model: &str) -> Option<Tokenizer> {
     get_tokenizer(model)
 }
 
@@ -33,7 +33,7 @@ static LOADED: Mutex<Vec<Tokenizer>> = Mutex::new(Vec::new());
 /// waits for them (the gateway reports ready only once they are in, see [`loaded`]). Called
 /// with the tokenizers of the OpenAI models of a config that has token limits or budgets;
 /// other configs load nothing.
-pub fn warm_up(tokenizers: &[Tokenizer]) {
+pub(crate) fn warm_up(tokenizers: &[Tokenizer]) {
     let todo: Vec<Tokenizer> = {
         let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
         let todo: Vec<Tokenizer> = tokenizers
@@ -62,7 +62,7 @@ pub fn warm_up(tokenizers: &[Tokenizer]) {
 }
 
 /// Whether every tokenizer in the list finished loading.
-pub fn loaded(tokenizers: &[Tokenizer]) -> bool {
+pub(crate) fn loaded(tokenizers: &[Tokenizer]) -> bool {
     let loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     tokenizers.iter().all(|t| loaded.contains(t))
 }
@@ -108,7 +108,7 @@ fn bpe_count(t: Tokenizer, text: &str) -> u64 {
 }
 
 /// Counts the tokens of a text for a model.
-pub fn count(model: &str, text: &str) -> u64 {
+pub(crate) fn count(model: &str, text: &str) -> u64 {
     match tokenizer_of(model) {
         Some(t) => bpe_count(t, text),
         None => approximate(text),
@@ -116,13 +116,13 @@ pub fn count(model: &str, text: &str) -> u64 {
 }
 
 /// One token per four bytes, rounded up.
-pub fn approximate(text: &str) -> u64 {
+pub(crate) fn approximate(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
 /// Estimates a request's input tokens (exactly for OpenAI models: each message's text is
 /// encoded on its own, as the chat format does) and reserves its output tokens.
-pub fn estimate_request(req: &Request, upstream_model: &str) -> Estimate {
+pub(crate) fn estimate_request(req: &Request, upstream_model: &str) -> Estimate {
     let t = tokenizer_of(upstream_model);
     let n = |text: &str| match t {
         Some(t) => bpe_count(t, text),
@@ -158,7 +158,7 @@ pub fn estimate_request(req: &Request, upstream_model: &str) -> Estimate {
 
 /// Estimates an incoming request before routing's answer is known: decodes its body (only
 /// called when a token limit or a budget applies).
-pub fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Estimate {
+pub(crate) fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Estimate {
     let Some(raw) = incoming.raw() else {
         return Estimate::default();
     };
@@ -179,7 +179,7 @@ pub fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Estimate 
 }
 
 /// Estimates an embeddings request: its inputs' tokens, no output.
-pub fn estimate_texts<S: AsRef<str>>(texts: &[S], upstream_model: &str) -> Estimate {
+pub(crate) fn estimate_texts<S: AsRef<str>>(texts: &[S], upstream_model: &str) -> Estimate {
     Estimate {
         input: texts
             .iter()

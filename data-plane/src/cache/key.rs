@@ -24,7 +24,7 @@ const IGNORED: &[&str] = &[
 
 /// What the cache does with a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Not cacheable (the reason is for logs).
     Bypass(&'static str),
     /// Look up and/or fill under these keys.
@@ -61,7 +61,7 @@ pub struct Probe {
 
 /// `sy:cache:{<route>|<scope>}:` — every key of a route (and scope) starts with it (without a
 /// scope: every scope of the route).
-pub fn prefix(route: &str, scope: Option<&str>) -> String {
+pub(crate) fn prefix(route: &str, scope: Option<&str>) -> String {
     match scope {
         Some(s) => format!("sy:cache:{{{route}|{s}}}:"),
         None => format!("sy:cache:{{{route}|"),
@@ -69,7 +69,7 @@ pub fn prefix(route: &str, scope: Option<&str>) -> String {
 }
 
 /// `s` with Redis glob characters escaped.
-pub fn glob_escape(s: &str) -> String {
+pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -81,7 +81,7 @@ pub fn glob_escape(s: &str) -> String {
 }
 
 /// The scope of a request under a policy; `None`: the key has no value for the label.
-pub fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
+pub(crate) fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
     match &policy.scope {
         Scope::Key => Some(format!("key={}", key.id)),
         // Every key of the route, of one namespace: a route that admits other namespaces
@@ -100,7 +100,7 @@ pub fn scope_of(policy: &Policy, key: &KeyEntry) -> Option<String> {
 const CONVERSATION: &[&str] = &["messages", "system", "prompt", "input", "instructions"];
 
 /// Whether and under which keys a request is cached.
-pub fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -> Plan {
+pub(crate) fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Incoming) -> Plan {
     if incoming.op != Op::Generate {
         return Plan::Bypass("not a completion");
     }

@@ -18,7 +18,7 @@
 //! that hits gets the answer replayed as a stream in its dialect, with usage.
 
 pub mod embed;
-pub mod key;
+pub(crate) mod key;
 mod memory;
 mod redis;
 

@@ -49,7 +49,7 @@ struct WireRequest {
 }
 
 /// What the policies need (`input` is checked to be text or token ids).
-pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
+pub(crate) fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
     let model: String = raw
         .parse_field("model")
         .map_err(|e| ProxyError::invalid(format!("Invalid `model`: {e}")).with_param("model"))?
@@ -68,7 +68,7 @@ pub fn facts(raw: &RawObject) -> Result<Facts, ProxyError> {
 }
 
 /// The texts of an embeddings request, for token estimates (token ids count one each).
-pub fn texts(raw: &RawObject) -> Vec<String> {
+pub(crate) fn texts(raw: &RawObject) -> Vec<String> {
     match raw.parse_field::<Input>("input").ok().flatten() {
         Some(Input::One(s)) => vec![s],
         Some(Input::Many(v)) => v,
@@ -79,7 +79,7 @@ pub fn texts(raw: &RawObject) -> Vec<String> {
 }
 
 /// Decodes for a non-OpenAI upstream (text inputs only).
-pub fn decode_request(raw: &RawObject) -> Result<EmbeddingsRequest, ProxyError> {
+pub(crate) fn decode_request(raw: &RawObject) -> Result<EmbeddingsRequest, ProxyError> {
     let w: WireRequest = serde_json::from_str(raw.text()).map_err(bad_json)?;
     let inputs = match w.input {
         Input::One(s) => vec![s],
@@ -109,13 +109,8 @@ pub fn decode_request(raw: &RawObject) -> Result<EmbeddingsRequest, ProxyError> 
     })
 }
 
-/// Only the usage of an embeddings answer forwarded byte for byte.
-pub fn usage_of(body: &[u8]) -> Result<Option<Usage>, ProxyError> {
-    super::openai_chat::usage_of(body)
-}
-
 /// Renders embeddings as OpenAI's `list`.
-pub fn render(e: &Embeddings, base64: bool) -> Result<Bytes, ProxyError> {
+pub(crate) fn render(e: &Embeddings, base64: bool) -> Result<Bytes, ProxyError> {
     let data: Vec<Value> = e
         .vectors
         .iter()

@@ -13,10 +13,10 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod completions;
-pub mod embeddings;
+pub(crate) mod embeddings;
 pub mod gemini;
 pub mod openai_chat;
-pub mod openai_error;
+pub(crate) mod openai_error;
 pub mod responses;
 
 use http::{HeaderValue, StatusCode};

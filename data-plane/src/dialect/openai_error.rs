@@ -51,7 +51,11 @@ impl Inner {
 }
 
 /// Classifies an error answer from an OpenAI-format upstream.
-pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue>) -> ProxyError {
+pub(crate) fn classify(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<HeaderValue>,
+) -> ProxyError {
     let inner = serde_json::from_slice::<Envelope>(body)
         .ok()
         .and_then(|e| e.error)
@@ -65,7 +69,7 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<HeaderValue
 }
 
 /// An error event inside a stream (`data: {"error": {...}}`).
-pub fn stream_error(data: &[u8]) -> ProxyError {
+pub(crate) fn stream_error(data: &[u8]) -> ProxyError {
     let inner = serde_json::from_slice::<Envelope>(data)
         .ok()
         .and_then(|e| e.error)

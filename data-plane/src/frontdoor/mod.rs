@@ -15,7 +15,7 @@
 
 mod models;
 
-pub use models::models;
+pub(crate) use models::models;
 
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ type Result<T, E = ProxyError> = std::result::Result<T, E>;
 
 /// Which endpoint a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     Chat,
     Completions,
     Responses,
@@ -47,7 +47,7 @@ pub enum Door {
 }
 
 impl Door {
-    pub fn format(self) -> Format {
+    pub(crate) fn format(self) -> Format {
         match self {
             Door::Chat => Format::OpenAiChat,
             Door::Completions => Format::OpenAiCompletions,
@@ -78,12 +78,12 @@ impl Door {
 }
 
 /// Seconds since the Unix epoch, signed (key expiry is compared in these).
-pub fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     i64::try_from(crate::llm::now_unix()).unwrap_or(i64::MAX)
 }
 
 /// Logs an error by who caused it and renders it in a dialect.
-pub fn render_error(e: ProxyError, dialect: Dialect) -> Response {
+pub(crate) fn render_error(e: ProxyError, dialect: Dialect) -> Response {
     match e.kind.origin() {
         Origin::Client => tracing::debug!(error = %e, "request rejected"),
         _ => {
@@ -94,7 +94,7 @@ pub fn render_error(e: ProxyError, dialect: Dialect) -> Response {
 }
 
 /// The running config, or 503 before the first one arrived.
-pub fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
+pub(crate) fn ready(gw: &Gateway) -> Result<Arc<RuntimeConfig>> {
     gw.config().ok_or_else(|| {
         ProxyError::new(ErrorKind::NotReady, "The gateway has no configuration yet.")
     })
@@ -198,37 +198,45 @@ async fn handle(gw: Arc<Gateway>, door: Door, headers: HeaderMap, body: Body) ->
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn chat_completions(
+    State(gw): State<Arc<Gateway>>,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
     handle(gw, Door::Chat, h, b).await
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn completions(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
     handle(gw, Door::Completions, h, b).await
 }
 
 /// `POST /v1/responses`.
-pub async fn responses(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn responses(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
     handle(gw, Door::Responses, h, b).await
 }
 
 /// `POST /v1/messages`.
-pub async fn messages(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
     handle(gw, Door::Messages, h, b).await
 }
 
 /// `POST /v1/messages/count_tokens`.
-pub async fn count_tokens(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn count_tokens(
+    State(gw): State<Arc<Gateway>>,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
     handle(gw, Door::CountTokens, h, b).await
 }
 
 /// `POST /v1/embeddings`.
-pub async fn embeddings(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
+pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, h: HeaderMap, b: Body) -> Response {
     handle(gw, Door::Embeddings, h, b).await
 }
 
 /// Any other path under the API listener (in Anthropic's dialect under `/v1/messages`).
-pub async fn not_found(method: Method, uri: http::Uri) -> Response {
+pub(crate) async fn not_found(method: Method, uri: http::Uri) -> Response {
     let dialect = if uri.path().starts_with("/v1/messages") {
         Dialect::Anthropic
     } else {

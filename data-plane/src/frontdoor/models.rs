@@ -12,7 +12,7 @@ use super::{now_unix, ready, render_error};
 use crate::error::Dialect;
 use crate::gateway::Gateway;
 
-pub async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let anthropic = headers.contains_key("anthropic-version");
     let dialect = if anthropic {
         Dialect::Anthropic

@@ -36,7 +36,7 @@ impl Strategy {
 }
 
 /// Something a strategy picks from.
-pub trait Candidate {
+pub(crate) trait Candidate {
     fn weight(&self) -> u32;
     fn load(&self) -> &Load;
     /// Input plus output price per million tokens (for `Cost`).
@@ -47,7 +47,7 @@ pub trait Candidate {
 
 /// Picks among the items `usable` admits (weight 0 never is). `turn` is the strategy's
 /// round-robin counter.
-pub fn choose<T: Candidate>(
+pub(crate) fn choose<T: Candidate>(
     strategy: Strategy,
     items: &[T],
     usable: impl Fn(usize) -> bool,

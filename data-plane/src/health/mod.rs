@@ -13,7 +13,7 @@
 //! with the same id and endpoint URL. [`balance`] picks among endpoints (or a route's
 //! backends) by what this module knows of them.
 
-pub mod balance;
+pub(crate) mod balance;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -26,7 +26,7 @@ fn err<T>(what: &'static str, at: usize) -> Result<T, JsonError> {
 
 /// One token and where it is in the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Token {
+pub(crate) enum Token {
     ObjectStart(usize),
     /// The end of an object: the offset just past its `}`.
     ObjectEnd(usize),
@@ -44,7 +44,7 @@ pub enum Token {
 
 impl Token {
     /// Where the token starts in the text.
-    pub fn start(&self) -> usize {
+    pub(crate) fn start(&self) -> usize {
         match *self {
             Token::ObjectStart(p) | Token::ArrayStart(p) => p,
             Token::ObjectEnd(p) | Token::ArrayEnd(p) => p - 1,
@@ -58,7 +58,7 @@ impl Token {
 
 /// A byte range that fits in a token (bodies are far below 4 GiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Range32 {
+pub(crate) struct Range32 {
     pub start: u32,
     pub end: u32,
 }
@@ -71,21 +71,21 @@ impl Range32 {
         }
     }
 
-    pub fn range(self) -> Range<usize> {
+    pub(crate) fn range(self) -> Range<usize> {
         self.start as usize..self.end as usize
     }
 }
 
 /// A string token: its span with the quotes, and whether it holds an escape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Str {
+pub(crate) struct Str {
     pub span: Range32,
     pub escaped: bool,
 }
 
 impl Str {
     /// The string's value: a slice of the text when it has no escape.
-    pub fn value<'t>(&self, text: &'t str) -> Cow<'t, str> {
+    pub(crate) fn value<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let inner = &text[self.span.start as usize + 1..self.span.end as usize - 1];
         if self.escaped {
             Cow::Owned(unescape(inner))
@@ -112,7 +112,7 @@ enum Want {
 
 /// The tokens of a JSON text, in order; the first error ends them.
 #[derive(Debug)]
-pub struct Tokens<'t> {
+pub(crate) struct Tokens<'t> {
     b: &'t [u8],
     at: usize,
     /// Open containers: `true` for an object.
@@ -121,7 +121,7 @@ pub struct Tokens<'t> {
 }
 
 impl<'t> Tokens<'t> {
-    pub fn new(text: &'t str) -> Self {
+    pub(crate) fn new(text: &'t str) -> Self {
         Self {
             b: text.as_bytes(),
             at: 0,
@@ -131,7 +131,7 @@ impl<'t> Tokens<'t> {
     }
 
     /// How many containers are open.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.open.len()
     }
 
@@ -399,12 +399,12 @@ impl Tokens<'_> {
 }
 
 /// Checks that `text` is one JSON value.
-pub fn validate(text: &str) -> Result<(), JsonError> {
+pub(crate) fn validate(text: &str) -> Result<(), JsonError> {
     Tokens::new(text).try_for_each(|t| t.map(drop))
 }
 
 /// Decodes a string's escapes (the text between its quotes, already checked).
-pub fn unescape(inner: &str) -> String {
+pub(crate) fn unescape(inner: &str) -> String {
     let b = inner.as_bytes();
     let mut out = String::with_capacity(inner.len());
     let mut i = 0;
@@ -442,7 +442,7 @@ pub fn unescape(inner: &str) -> String {
 }
 
 /// Writes `s` as a JSON string (with its quotes).
-pub fn quote(s: &str, out: &mut String) {
+pub(crate) fn quote(s: &str, out: &mut String) {
     out.push('"');
     let mut from = 0;
     for (i, c) in s.char_indices() {
@@ -468,7 +468,7 @@ pub fn quote(s: &str, out: &mut String) {
 }
 
 /// `s` as a JSON string.
-pub fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     quote(s, &mut out);
     out
@@ -476,22 +476,22 @@ pub fn quoted(s: &str) -> String {
 
 /// Replacements of byte ranges of a text, applied in one pass (ranges in order, disjoint).
 #[derive(Debug, Default)]
-pub struct Splice {
+pub(crate) struct Splice {
     edits: Vec<(Range<usize>, String)>,
 }
 
 impl Splice {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.edits.is_empty()
     }
 
     /// Replaces `range`; ranges come in text order and never overlap.
-    pub fn replace(&mut self, range: Range<usize>, with: String) {
+    pub(crate) fn replace(&mut self, range: Range<usize>, with: String) {
         self.edits.push((range, with));
     }
 
     /// The text with every replacement made.
-    pub fn apply(mut self, text: &str) -> String {
+    pub(crate) fn apply(mut self, text: &str) -> String {
         self.edits.sort_by_key(|(r, _)| r.start);
         let extra: usize = self.edits.iter().map(|(_, w)| w.len()).sum();
         let mut out = String::with_capacity(text.len() + extra);

@@ -12,12 +12,12 @@
 //!   as far as the policies need.
 
 mod cost;
-pub mod json;
-pub mod raw;
+pub(crate) mod json;
+pub(crate) mod raw;
 mod request;
 mod response;
 mod stream;
-pub mod text;
+pub(crate) mod text;
 
 pub use cost::{Estimate, Price};
 pub use request::{

@@ -20,7 +20,7 @@ use super::json::{self, JsonError, Splice, Str, Token, Tokens};
 
 /// What kind of text a check is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Place {
+pub(crate) enum Place {
     /// An object member's name.
     Key,
     /// A string value.
@@ -33,11 +33,11 @@ pub enum Place {
 
 /// How a walk reads a body (nothing to choose yet: every text is read).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Options {}
+pub(crate) struct Options {}
 
 /// A walk that ended early.
 #[derive(Debug)]
-pub enum WalkError<E> {
+pub(crate) enum WalkError<E> {
     /// The text is not JSON.
     Json(JsonError),
     /// The check stopped it.
@@ -66,7 +66,11 @@ struct Frame {
 /// Calls `check` on every text of `json` (see the module doc); it returns a replacement or
 /// `None`. The result is the JSON text with every replacement made, or `None` when nothing
 /// changed.
-pub fn edit<E, F>(json: &str, _opts: Options, check: &mut F) -> Result<Option<String>, WalkError<E>>
+pub(crate) fn edit<E, F>(
+    json: &str,
+    _opts: Options,
+    check: &mut F,
+) -> Result<Option<String>, WalkError<E>>
 where
     F: FnMut(&str, Place) -> Result<Option<String>, E>,
 {
@@ -148,7 +152,7 @@ where
 
 /// One string value read as [`edit`] reads a string of a body (JSON inside it, an encoded
 /// payload): a streamed tool call's arguments, once whole.
-pub fn edit_string<E, F>(value: &str, check: &mut F) -> Result<Option<String>, WalkError<E>>
+pub(crate) fn edit_string<E, F>(value: &str, check: &mut F) -> Result<Option<String>, WalkError<E>>
 where
     F: FnMut(&str, Place) -> Result<Option<String>, E>,
 {
@@ -346,7 +350,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Members whose values are not words of a message (roles, kinds, ids, names, media,
 /// signatures): what the audit trail's prompt text and the semantic cache's embedded text
 /// leave out. (Guardrails read them all: see [`edit`].)
-pub const NOT_WORDS: &[&str] = &[
+pub(crate) const NOT_WORDS: &[&str] = &[
     "role",
     "type",
     "id",
@@ -369,7 +373,7 @@ pub const NOT_WORDS: &[&str] = &[
 
 /// The words of a JSON value, in order, each string on a line of its own: every string but
 /// those under a [`NOT_WORDS`] member (whole subtrees left out).
-pub fn words(json: &str, out: &mut String) {
+pub(crate) fn words(json: &str, out: &mut String) {
     // The next value is a left-out member's.
     let mut skip_next = false;
     // Inside a left-out container opened at this depth.

@@ -30,7 +30,7 @@ use switchyard_otel::opentelemetry::KeyValue;
 const GUARDRAILS: HeaderName = HeaderName::from_static("x-switchyard-guardrails");
 
 /// Steps 7 to 12: one model call, after its front door decoded it.
-pub async fn model_call(
+pub(crate) async fn model_call(
     gw: &Arc<Gateway>,
     cfg: &RuntimeConfig,
     key: &KeyEntry,

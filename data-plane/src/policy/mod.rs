@@ -11,7 +11,7 @@
 //! The response cache is a stage of its own (`cache`), after these.
 //! Tracing spans wrap the whole pipeline from the stack's outer layers.
 
-pub mod auth;
-pub mod concurrency;
-pub mod guard;
+pub(crate) mod auth;
+pub(crate) mod concurrency;
+pub(crate) mod guard;
 pub mod limits;

@@ -53,7 +53,7 @@ struct Target {
 
 /// Starts, restarts or stops an endpoint's check to match its pool's settings. Outside a
 /// Tokio runtime (config unit tests) nothing is started.
-pub fn ensure(
+pub(crate) fn ensure(
     pool: &str,
     index: usize,
     ep: &EndpointEntry,

@@ -35,12 +35,12 @@ const WORDS: &[&str] = &[
 ];
 
 /// The `i`-th token of the mock completion.
-pub fn token(i: usize) -> &'static str {
+pub(crate) fn token(i: usize) -> &'static str {
     WORDS[i % WORDS.len()]
 }
 
 /// The whole mock completion of `n` tokens.
-pub fn text(n: u32) -> String {
+pub(crate) fn text(n: u32) -> String {
     (0..n as usize).map(token).collect()
 }
 
@@ -49,7 +49,7 @@ fn id() -> String {
 }
 
 /// A deterministic embedding: a unit vector derived from the text.
-pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
+pub(crate) fn embedding(text: &str, dims: usize) -> Vec<f32> {
     let mut state: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -66,7 +66,7 @@ pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
 }
 
 /// Delay between streamed tokens.
-pub fn token_interval(behaviour: &MockBehaviour) -> Duration {
+pub(crate) fn token_interval(behaviour: &MockBehaviour) -> Duration {
     match behaviour.tokens_per_second {
         0 => Duration::ZERO,
         tps => Duration::from_secs(1) / tps,
@@ -142,7 +142,7 @@ impl Events {
 }
 
 /// Answers a request the way a provider would, for any front door.
-pub async fn answer(
+pub(crate) async fn answer(
     b: &MockBehaviour,
     model: &str,
     incoming: &Incoming,

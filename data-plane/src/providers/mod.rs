@@ -5,8 +5,8 @@
 //! bytes through when the formats match), sends with deadlines, classifies error answers, and
 //! hands an [`Answer`] to the front door to render.
 
-pub mod check;
-pub mod mock;
+pub(crate) mod check;
+pub(crate) mod mock;
 pub mod pool;
 
 use std::sync::Arc;

@@ -84,7 +84,7 @@ fn settle(
 /// guardrails (`guard`; what they did goes to `decisions`). A stream keeps `in_flight` (its
 /// endpoint's count of requests in flight) and the permit until it ends.
 #[allow(clippy::too_many_arguments)]
-pub async fn respond(
+pub(crate) async fn respond(
     gw: &Arc<Gateway>,
     provider: &'static str,
     format: Format,

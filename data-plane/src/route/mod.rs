@@ -9,8 +9,8 @@
 //!   `tower::retry` policy ([`retry`]); when a group is exhausted, the first later fallback
 //!   group that lists the failure class is entered. Every outcome feeds the endpoint's health.
 
-pub mod retry;
-pub mod table;
+pub(crate) mod retry;
+pub(crate) mod table;
 
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ use table::{BackendEntry, RouteEntry, RouteTable};
 
 /// A request's route and its first backend.
 #[derive(Debug)]
-pub struct Routed<'c> {
+pub(crate) struct Routed<'c> {
     pub route: &'c RouteEntry,
     /// Index of the first backend in `route.backends`.
     pub first: usize,
@@ -38,7 +38,7 @@ pub struct Routed<'c> {
 }
 
 /// The route answering `model` for `key`: 404 when none does, 403 when the key may not use it.
-pub fn resolve<'c>(
+pub(crate) fn resolve<'c>(
     routes: &'c RouteTable,
     key: &KeyEntry,
     model: &str,
@@ -69,7 +69,7 @@ pub fn resolve<'c>(
 
 /// One attempt made (for the next pick and the final error).
 #[derive(Clone, Debug)]
-pub struct Tried {
+pub(crate) struct Tried {
     pool: Arc<PoolEntry>,
     endpoint: Option<usize>,
     /// `pool#endpoint: class`, for the error listing every attempt.
@@ -79,7 +79,7 @@ pub struct Tried {
 
 /// What the next attempt knows: the attempts so far.
 #[derive(Clone, Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     tried: Vec<Tried>,
     /// The backend `resolve` picked, for the first attempt.
     first: Option<usize>,
@@ -87,7 +87,7 @@ pub struct Attempt {
 
 /// An answered request.
 #[derive(Debug)]
-pub struct Served {
+pub(crate) struct Served {
     pub answer: Answer,
     /// Counts the request on its endpoint until the answer ends (streams).
     pub in_flight: InFlight,
@@ -101,7 +101,7 @@ pub struct Served {
 
 /// A failed attempt, with every attempt of the request so far.
 #[derive(Debug)]
-pub struct Failed {
+pub(crate) struct Failed {
     pub error: ProxyError,
     pub tried: Vec<Tried>,
     /// Another endpoint of the group is in rotation and untried (a retry need not wait for
@@ -449,7 +449,7 @@ fn pick_endpoint(pool: &Arc<PoolEntry>, tried: &[Tried]) -> Option<(usize, bool)
 
 /// Runs the attempts of a request: the route's backends with retries, then the fallback
 /// groups the failures lead to.
-pub async fn call(
+pub(crate) async fn call(
     metrics: &Arc<Metrics>,
     routed: &Routed<'_>,
     incoming: &Incoming,
@@ -588,11 +588,12 @@ fn exhausted(f: Failed) -> ProxyError {
 }
 
 /// How many attempts a request took.
-pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-switchyard-attempts");
+pub(crate) const ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("x-switchyard-attempts");
 
 /// The embedding of `text` from a route's embedding pool (see `RouteEntry::embedder`): an
 /// OpenAI-style embeddings request through the pool's balancing and health, unit length.
-pub async fn embed(
+pub(crate) async fn embed(
     metrics: &Arc<Metrics>,
     via: &RouteEntry,
     text: &str,
@@ -660,11 +661,11 @@ pub async fn embed(
 }
 
 /// The `x-switchyard-attempts` value (static up to 10: no allocation per request).
-pub fn attempts_header(n: usize) -> HeaderValue {
+pub(crate) fn attempts_header(n: usize) -> HeaderValue {
     const STATIC: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
     STATIC
         .get(n)
         .map_or_else(|| HeaderValue::from(n), |s| HeaderValue::from_static(s))
 }
 /// Which pool and endpoint answered.
-pub const BACKEND: http::HeaderName = http::HeaderName::from_static("x-switchyard-backend");
+pub(crate) const BACKEND: http::HeaderName = http::HeaderName::from_static("x-switchyard-backend");

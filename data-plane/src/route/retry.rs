@@ -71,7 +71,7 @@ impl RetrySettings {
 
 /// One request's retry state.
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     settings: Arc<RetrySettings>,
     metrics: Arc<Metrics>,
     left: u32,
@@ -79,7 +79,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn new(settings: Arc<RetrySettings>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(settings: Arc<RetrySettings>, metrics: Arc<Metrics>) -> Self {
         Self {
             left: settings.attempts.saturating_sub(1),
             backoff: settings.backoff.clone().make_backoff(),
@@ -100,7 +100,7 @@ impl RetryPolicy {
 }
 
 /// How long an upstream asked to wait, from `retry-after-ms` or `retry-after` (seconds).
-pub fn retry_after(e: &ProxyError) -> Option<Duration> {
+pub(crate) fn retry_after(e: &ProxyError) -> Option<Duration> {
     let ms = e
         .headers
         .as_ref()

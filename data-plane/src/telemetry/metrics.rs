@@ -11,19 +11,19 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 /// Registers metrics and remembers the series names each family is sampled as: a family with
 /// no samples yet is not encoded, so `/metrics` alone cannot say what the data plane exports.
 #[derive(Debug)]
-pub struct Declaring<'r> {
+pub(crate) struct Declaring<'r> {
     pub registry: &'r mut Registry,
     pub prefix: &'static str,
     pub series: &'r mut Vec<String>,
 }
 
 impl Declaring<'_> {
-    pub fn register<M: Metric + TypedMetric>(&mut self, name: &str, help: &str, metric: M) {
+    pub(crate) fn register<M: Metric + TypedMetric>(&mut self, name: &str, help: &str, metric: M) {
         self.note::<M>(name, None);
         self.registry.register(name, help, metric);
     }
 
-    pub fn register_with_unit<M: Metric + TypedMetric>(
+    pub(crate) fn register_with_unit<M: Metric + TypedMetric>(
         &mut self,
         name: &str,
         help: &str,

@@ -13,10 +13,10 @@
 
 pub mod access_log;
 pub mod audit;
-pub mod genai;
-pub mod metrics;
-pub mod semconv;
-pub mod trace;
+pub(crate) mod genai;
+pub(crate) mod metrics;
+pub(crate) mod semconv;
+pub(crate) mod trace;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};

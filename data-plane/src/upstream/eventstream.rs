@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use super::Frame;
 
 /// Largest message accepted (AWS's own limit is 16 MiB; Bedrock's events are small).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const PRELUDE: usize = 12;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

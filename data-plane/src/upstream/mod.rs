@@ -1,10 +1,10 @@
 //! Talking to providers: the pooled keep-alive HTTP client with its deadlines, stream framing
 //! (server-sent events, AWS event-stream) and request signing (SigV4).
 
-pub mod counted;
-pub mod eventstream;
+pub(crate) mod counted;
+pub(crate) mod eventstream;
 pub mod sigv4;
-pub mod sse;
+pub(crate) mod sse;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

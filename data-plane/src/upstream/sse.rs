@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::Frame;
 
 /// Largest SSE event accepted from an upstream.
-pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SseError {
@@ -106,7 +106,7 @@ fn parse_event(text: &str) -> Option<Frame> {
 }
 
 /// `data: <payload>\n\n`.
-pub fn data(payload: &[u8]) -> Bytes {
+pub(crate) fn data(payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + 8);
     b.extend_from_slice(b"data: ");
     b.extend_from_slice(payload);
@@ -115,7 +115,7 @@ pub fn data(payload: &[u8]) -> Bytes {
 }
 
 /// `event: <name>\ndata: <payload>\n\n`.
-pub fn named(event: &str, payload: &[u8]) -> Bytes {
+pub(crate) fn named(event: &str, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + event.len() + 16);
     b.extend_from_slice(b"event: ");
     b.extend_from_slice(event.as_bytes());
@@ -126,7 +126,7 @@ pub fn named(event: &str, payload: &[u8]) -> Bytes {
 }
 
 /// The OpenAI stream terminator.
-pub const DONE: &[u8] = b"data: [DONE]\n\n";
+pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
 
 #[cfg(test)]
 mod tests {

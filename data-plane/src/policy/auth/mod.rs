@@ -17,10 +17,10 @@ use crate::glob;
 use crate::policy::concurrency::InFlightCounters;
 use crate::policy::limits::{BudgetSpec, Limits};
 
-pub use index::KeyIndex;
+pub(crate) use index::KeyIndex;
 
 /// The key a client presented: `Authorization: Bearer <key>` or `x-api-key: <key>`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -41,7 +41,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Looks the presented key up by hash; rejects unknown, disabled and expired keys.
-pub fn authenticate(
+pub(crate) fn authenticate(
     keys: &KeyIndex,
     headers: &HeaderMap,
     now_unix: i64,

@@ -159,11 +159,11 @@ impl Entity {
 
 /// The most of a secret candidate (a key, a token, a private-key block) that is read as
 /// one: past it a value's end cannot be waited for, so it is blocked, whole or streamed.
-pub const SECRET_BOUND: usize = 16 * 1024;
+pub(crate) const SECRET_BOUND: usize = 16 * 1024;
 
 /// One finding: a byte range of the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
+pub(crate) struct Span {
     pub start: usize,
     pub end: usize,
     pub entity: Entity,
@@ -286,7 +286,7 @@ const DISTINCTIVE_PREFIXES: &[&str] = &[
 /// Where an unterminated private-key block begins (a stream holds from there): the last
 /// `-----BEGIN ` with no END line after it, whose header is or may still become a private
 /// key's.
-pub fn open_key_block(text: &str) -> Option<usize> {
+pub(crate) fn open_key_block(text: &str) -> Option<usize> {
     let at = text.rfind(BEGIN)?;
     let rest = &text[at..];
     (!rest.contains("-----END ") && key_header(rest)).then_some(at)
@@ -461,7 +461,7 @@ fn candidates(hits: &regex::SetMatches, entity: Entity) -> bool {
 
 /// Every finding of `entities` in `text`, in order, overlaps resolved: the earlier start
 /// wins, then the longer match, then the more specific detector.
-pub fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
+pub(crate) fn find(text: &str, entities: &[Entity]) -> Vec<Span> {
     find_from(text, 0, entities)
 }
 
@@ -545,7 +545,7 @@ impl Entity {
 }
 
 /// [`find`] of what starts at `from` or later, the text before it read as context.
-pub fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
+pub(crate) fn find_from(text: &str, from: usize, entities: &[Entity]) -> Vec<Span> {
     if entities.is_empty() || from >= text.len() {
         return Vec::new();
     }

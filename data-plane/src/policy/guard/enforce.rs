@@ -192,7 +192,7 @@ pub(super) fn reread(new: String) -> Result<RawObject, ProxyError> {
 
 /// What the guardrails did to a request, for the `x-switchyard-guardrails` header.
 #[derive(Debug, Default)]
-pub struct Decisions(Vec<(String, Action)>);
+pub(crate) struct Decisions(Vec<(String, Action)>);
 
 impl Decisions {
     pub(super) fn note(&mut self, guard: &str, action: Action) {
@@ -203,7 +203,7 @@ impl Decisions {
     }
 
     /// `ns/name=redact, ns/other=alert`; `None` when nothing fired.
-    pub fn header(&self) -> Option<HeaderValue> {
+    pub(crate) fn header(&self) -> Option<HeaderValue> {
         if self.0.is_empty() {
             return None;
         }
@@ -229,7 +229,7 @@ pub(super) fn count(metrics: &Metrics, guard: &str, detector: &str, action: Acti
 
 /// The error of a blocked request or stream: names the guardrail and the detector, never
 /// the text that matched.
-pub fn blocked(guard: &str, detector: &str, phase: &str) -> ProxyError {
+pub(crate) fn blocked(guard: &str, detector: &str, phase: &str) -> ProxyError {
     ProxyError::new(
         ErrorKind::GuardrailBlocked,
         format!("Guardrail {guard} blocked the {phase}: detector {detector} matched."),
@@ -239,7 +239,7 @@ pub fn blocked(guard: &str, detector: &str, phase: &str) -> ProxyError {
 
 /// The request phase. `estimate_input` counts the prompt's tokens (only called when a
 /// guardrail caps them).
-pub fn request(
+pub(crate) fn request(
     metrics: &Metrics,
     guards: &[Arc<Guard>],
     incoming: &mut Incoming,
@@ -332,7 +332,7 @@ pub fn request(
 
 /// The prompt's text (every text of its conversation fields, a line each), as the audit
 /// trail records it.
-pub fn prompt_text(incoming: &Incoming) -> String {
+pub(crate) fn prompt_text(incoming: &Incoming) -> String {
     let mut out = String::new();
     if let Some(raw) = incoming.raw() {
         for field in TEXT_FIELDS {
@@ -345,7 +345,7 @@ pub fn prompt_text(incoming: &Incoming) -> String {
 }
 
 /// Counts and logs findings, attributed to every guardrail that looks for them.
-pub fn record(
+pub(crate) fn record(
     metrics: &Metrics,
     guards: &[Arc<Guard>],
     findings: &[Finding],
@@ -375,7 +375,7 @@ fn owner(guards: &[Arc<Guard>], entity: Entity, action: Action) -> &str {
 /// JSON schema the answer must follow when the request asked for one and a guardrail checks
 /// it.
 #[derive(Debug)]
-pub struct ResponsePhase {
+pub(crate) struct ResponsePhase {
     pub guards: Vec<Arc<Guard>>,
     pub rules: Rules,
     pub schema: Option<SchemaRule>,
@@ -386,7 +386,7 @@ pub struct ResponsePhase {
 
 /// A requested JSON schema, and the guardrail that checks answers against it.
 #[derive(Debug)]
-pub struct SchemaRule {
+pub(crate) struct SchemaRule {
     check: SchemaCheck,
     action: Action,
     guard: String,
@@ -397,7 +397,7 @@ impl ResponsePhase {
     /// `None` when no guardrail of the request checks answers. `Err`: the request asked for
     /// a schema that is not one, or a stream from a route whose answers a webhook checks
     /// (400).
-    pub fn of(
+    pub(crate) fn of(
         guards: &[Arc<Guard>],
         incoming: &Incoming,
         ctx: &super::webhook::Context,
@@ -449,7 +449,7 @@ impl ResponsePhase {
     /// A phase of built-in detectors only (no guardrail, schema or webhook), for tests of
     /// what runs on it.
     #[cfg(test)]
-    pub fn of_rules(rules: Rules) -> Self {
+    pub(crate) fn of_rules(rules: Rules) -> Self {
         Self {
             guards: Vec::new(),
             rules,
@@ -460,7 +460,7 @@ impl ResponsePhase {
     }
 
     /// A whole answer (the client's JSON) through the built-in detectors, then the webhooks.
-    pub async fn answer(
+    pub(crate) async fn answer(
         &self,
         caller: super::webhook::Caller<'_>,
         body: bytes::Bytes,
@@ -488,7 +488,7 @@ impl ResponsePhase {
 
     /// Checks an answer's text against the requested schema: `Err` when a `Block` guardrail
     /// refuses it; an `Alert` is counted and logged.
-    pub fn check_schema(
+    pub(crate) fn check_schema(
         &self,
         metrics: &Metrics,
         text: &str,
@@ -513,7 +513,7 @@ impl ResponsePhase {
     }
 
     /// The error that ends a blocked answer (counted and logged).
-    pub fn blocked(&self, metrics: &Metrics, entity: Entity) -> ProxyError {
+    pub(crate) fn blocked(&self, metrics: &Metrics, entity: Entity) -> ProxyError {
         let g = owner(&self.guards, entity, Action::Block);
         count(metrics, g, entity.name(), Action::Block);
         tracing::info!(guardrail = %g, detector = entity.name(), "guardrail blocked a response");
@@ -522,7 +522,7 @@ impl ResponsePhase {
 
     /// The error that ends a stream whose tool call's arguments are too long to be held and
     /// checked whole (counted and logged).
-    pub fn too_long(&self, metrics: &Metrics, why: &str) -> ProxyError {
+    pub(crate) fn too_long(&self, metrics: &Metrics, why: &str) -> ProxyError {
         let g = self.guards.first().map_or("", |g| g.id.as_str());
         count(metrics, g, "toolArguments", Action::Block);
         tracing::info!(guardrail = %g, why, "guardrail blocked a response: a stream held more than it checks");
@@ -534,7 +534,7 @@ impl ResponsePhase {
     /// A whole answer's JSON: every text walked as in the request phase, by the same
     /// reader (an answer it cannot read is the upstream's garbage, 502, never unchecked).
     /// `None`: unchanged.
-    pub fn json(
+    pub(crate) fn json(
         &self,
         metrics: &Metrics,
         body: &[u8],

@@ -20,15 +20,15 @@ use crate::telemetry::metrics::Metrics;
 /// The most of a stream's tool-call arguments (all its open calls together) held to read
 /// them whole; longer arguments end the stream (they cannot be checked, so they are not
 /// released).
-pub const MAX_TOOL_ARGS: usize = 1 << 20;
+pub(crate) const MAX_TOOL_ARGS: usize = 1 << 20;
 
 /// The most blocks a stream may hold open at once (text, thinking and tool calls): each
 /// holds state, and an upstream that opens blocks without closing them ends the stream.
-pub const MAX_OPEN_BLOCKS: usize = 256;
+pub(crate) const MAX_OPEN_BLOCKS: usize = 256;
 
 /// Guardrails on a stream: one redactor per text block, so a value split across deltas is
 /// seen whole, and only the tail that could still grow into a match is held.
-pub struct Guarded {
+pub(crate) struct Guarded {
     phase: ResponsePhase,
     blocks: Vec<GuardedBlock>,
     /// Tool calls' arguments so far, by block index.
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Guarded {
 }
 
 impl Guarded {
-    pub fn new(phase: ResponsePhase) -> Self {
+    pub(crate) fn new(phase: ResponsePhase) -> Self {
         Self {
             phase,
             blocks: Vec::new(),
@@ -92,7 +92,7 @@ impl Guarded {
 
     /// A batch of events through the guardrails: what to render, and the error that ends the
     /// stream when one blocks it (the events before it still go out).
-    pub fn events(
+    pub(crate) fn events(
         &mut self,
         metrics: &Metrics,
         events: Vec<Event>,
@@ -131,7 +131,7 @@ impl Guarded {
 
     /// Counts and logs what the stream's guardrails found (when it ends: its headers went
     /// out before).
-    pub fn record(&self, metrics: &Metrics) {
+    pub(crate) fn record(&self, metrics: &Metrics) {
         super::enforce::record(
             metrics,
             &self.phase.guards,

@@ -1,14 +1,14 @@
 //! Guardrails: detectors of personal data and secrets ([`detect`]), what to do with what they
 //! find ([`Action`]), on whole texts ([`apply`]) and on streams ([`stream::Redactor`]).
 
-pub mod detect;
-pub mod enforce;
-pub mod events;
-pub mod normalize;
-pub mod phrases;
-pub mod schema;
-pub mod stream;
-pub mod webhook;
+pub(crate) mod detect;
+pub(crate) mod enforce;
+pub(crate) mod events;
+pub(crate) mod normalize;
+pub(crate) mod phrases;
+pub(crate) mod schema;
+pub(crate) mod stream;
+pub(crate) mod webhook;
 
 use detect::Entity;
 
@@ -48,7 +48,7 @@ impl Action {
 
 /// One finding and what was done with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub entity: Entity,
     pub action: Action,
 }
@@ -138,7 +138,7 @@ fn action_for(rules: &Rules, s: &detect::Span) -> Action {
 /// was found; or the entity that blocks it. `None` when nothing changed the text. The
 /// detectors read the text's normal form ([`normalize`]); redactions replace the original
 /// characters behind a finding, and the rest of the text is left as it was.
-pub fn apply(
+pub(crate) fn apply(
     text: &str,
     rules: &Rules,
     findings: &mut Vec<Finding>,
@@ -147,7 +147,7 @@ pub fn apply(
 }
 
 /// [`apply`] over a text already normalised.
-pub fn apply_normalized(
+pub(crate) fn apply_normalized(
     text: &str,
     norm: &normalize::Normalized<'_>,
     rules: &Rules,

@@ -21,7 +21,7 @@ use unicode_normalization::UnicodeNormalization;
 
 /// A text in normal form, and how its bytes map back to the original's.
 #[derive(Debug)]
-pub struct Normalized<'a> {
+pub(crate) struct Normalized<'a> {
     text: Cow<'a, str>,
     /// For each original character (when the text is not its own normal form): where its
     /// normal form starts, and where the character starts in the original.
@@ -30,7 +30,7 @@ pub struct Normalized<'a> {
 }
 
 impl<'a> Normalized<'a> {
-    pub fn new(original: &'a str) -> Self {
+    pub(crate) fn new(original: &'a str) -> Self {
         if is_normal(original) {
             return Self {
                 text: Cow::Borrowed(original),
@@ -52,18 +52,19 @@ impl<'a> Normalized<'a> {
     }
 
     /// The normal form.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         &self.text
     }
 
     /// Whether the normal form is the original text itself.
-    pub fn is_identity(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_identity(&self) -> bool {
         self.units.is_empty()
     }
 
     /// The original range behind a range of the normal form: every character any of whose
     /// normal form it covers.
-    pub fn original(&self, r: Range<usize>) -> Range<usize> {
+    pub(crate) fn original(&self, r: Range<usize>) -> Range<usize> {
         if self.units.is_empty() {
             return r;
         }
@@ -83,7 +84,8 @@ impl<'a> Normalized<'a> {
     }
 
     /// The original offset of a normal-form offset at a unit boundary (or the original's end).
-    pub fn original_offset(&self, at: usize) -> usize {
+    #[cfg(test)]
+    pub(crate) fn original_offset(&self, at: usize) -> usize {
         if self.units.is_empty() {
             return at;
         }
@@ -106,13 +108,13 @@ impl<'a> Normalized<'a> {
 
 /// Whether a text is its own normal form (ASCII without an escape): the common case, one
 /// pass.
-pub fn is_normal(s: &str) -> bool {
+pub(crate) fn is_normal(s: &str) -> bool {
     s.is_ascii() && memchr::memchr(b'\\', s.as_bytes()).is_none()
 }
 
 /// Calls `unit(start, char)` for each unit of `s`: a character, or a `\uXXXX` escape (a
 /// surrogate pair's two escapes together) standing for the character it encodes.
-pub fn each_unit(s: &str, mut unit: impl FnMut(usize, char)) {
+pub(crate) fn each_unit(s: &str, mut unit: impl FnMut(usize, char)) {
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
         if c == '\\'
@@ -156,7 +158,7 @@ fn escape_at(s: &str) -> Option<(char, usize)> {
 
 /// How many bytes at the end of `s` may be the start of an escape still arriving (a stream
 /// holds them until the next piece says).
-pub fn partial_escape(s: &str) -> usize {
+pub(crate) fn partial_escape(s: &str) -> usize {
     let b = s.as_bytes();
     let from = b.len().saturating_sub(12);
     let Some(i) = b[from..]
@@ -193,7 +195,7 @@ pub fn partial_escape(s: &str) -> usize {
 }
 
 /// Appends the normal form of one character.
-pub fn push_normal(c: char, out: &mut String) {
+pub(crate) fn push_normal(c: char, out: &mut String) {
     if c.is_ascii() {
         out.push(c);
         return;

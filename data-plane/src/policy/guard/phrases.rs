@@ -21,13 +21,13 @@ use std::sync::LazyLock;
 
 /// A deny list.
 #[derive(Debug)]
-pub struct DenyWords {
+pub(crate) struct DenyWords {
     ac: AhoCorasick,
     words: Vec<String>,
 }
 
 impl DenyWords {
-    pub fn new(words: &[String]) -> Result<Self, String> {
+    pub(crate) fn new(words: &[String]) -> Result<Self, String> {
         let words: Vec<String> = words.iter().map(|w| w.trim().to_lowercase()).collect();
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -37,7 +37,7 @@ impl DenyWords {
     }
 
     /// The listed word or phrase that stands as a whole word in `text`, in any case.
-    pub fn find(&self, text: &str) -> Option<&str> {
+    pub(crate) fn find(&self, text: &str) -> Option<&str> {
         let lower = text.to_lowercase();
         let word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
         self.ac
@@ -51,7 +51,7 @@ impl DenyWords {
 }
 
 /// The prompt-injection pattern set: (name, pattern).
-pub const INJECTION: &[(&str, &str)] = &[
+pub(crate) const INJECTION: &[(&str, &str)] = &[
     (
         "ignore-instructions",
         r"(?i)\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|your|these|those|of|everything)\s+)*(?:previous|prior|above|earlier|preceding|system|original|initial)\s+(?:instructions?|prompts?|rules|directions|guidelines|messages?)",
@@ -76,7 +76,7 @@ static INJECTION_SET: LazyLock<RegexSet> = LazyLock::new(|| {
 });
 
 /// The name of the first injection pattern `text` matches.
-pub fn injection(text: &str) -> Option<&'static str> {
+pub(crate) fn injection(text: &str) -> Option<&'static str> {
     INJECTION_SET
         .matches(text)
         .iter()

@@ -11,7 +11,7 @@ use crate::llm::Format;
 use crate::llm::raw::RawObject;
 
 /// The schema a request asks its answer to follow, if any.
-pub fn requested(format: Format, raw: &RawObject) -> Option<Value> {
+pub(crate) fn requested(format: Format, raw: &RawObject) -> Option<Value> {
     let (field, path): (&str, &[&str]) = match format {
         Format::OpenAiChat => ("response_format", &["json_schema", "schema"]),
         Format::OpenAiResponses => ("text", &["format", "schema"]),
@@ -31,7 +31,7 @@ pub fn requested(format: Format, raw: &RawObject) -> Option<Value> {
 }
 
 /// A compiled schema.
-pub struct SchemaCheck {
+pub(crate) struct SchemaCheck {
     validator: jsonschema::Validator,
 }
 
@@ -43,14 +43,14 @@ impl std::fmt::Debug for SchemaCheck {
 
 impl SchemaCheck {
     /// `Err`: the schema itself is invalid (the client's mistake: said in the error).
-    pub fn new(schema: &Value) -> Result<Self, String> {
+    pub(crate) fn new(schema: &Value) -> Result<Self, String> {
         jsonschema::validator_for(schema)
             .map(|validator| Self { validator })
             .map_err(|e| format!("the requested JSON schema is invalid: {e}"))
     }
 
     /// Whether `text` is JSON that validates; `Err` says why not (never the text itself).
-    pub fn check(&self, text: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, text: &str) -> Result<(), String> {
         let value: Value = serde_json::from_str(text.trim())
             .map_err(|e| format!("the answer is not JSON ({})", e.classify_name()))?;
         match self.validator.iter_errors(&value).next() {
@@ -65,7 +65,7 @@ impl SchemaCheck {
 }
 
 /// The text of a whole answer rendered in a client format.
-pub fn answer_text(format: Format, body: &Value) -> Option<String> {
+pub(crate) fn answer_text(format: Format, body: &Value) -> Option<String> {
     match format {
         Format::OpenAiChat => body["choices"][0]["message"]["content"]
             .as_str()

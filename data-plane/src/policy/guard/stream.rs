@@ -23,7 +23,7 @@ pub(super) const MAX_HELD: usize = 2 * SECRET_BOUND;
 
 /// Redacts one text stream (one content block).
 #[derive(Debug)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     rules: Rules,
     /// Original text not yet forwarded, after `context` units already forwarded (kept as
     /// left context, so a match's word boundary is judged as in the whole text).
@@ -43,7 +43,7 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    pub fn new(rules: Rules) -> Self {
+    pub(crate) fn new(rules: Rules) -> Self {
         Self {
             rules,
             orig: String::new(),
@@ -57,7 +57,7 @@ impl Redactor {
 
     /// Adds a piece; returns what can be forwarded now (redacted), or the entity that blocks
     /// the stream.
-    pub fn push(&mut self, piece: &str) -> Result<String, Entity> {
+    pub(crate) fn push(&mut self, piece: &str) -> Result<String, Entity> {
         if self.pending.is_empty() && partial_escape(piece) == 0 {
             self.append(piece);
         } else {
@@ -131,7 +131,7 @@ impl Redactor {
     }
 
     /// The end of the stream: the rest, redacted (an escape cut off is read as it stands).
-    pub fn finish(&mut self) -> Result<String, Entity> {
+    pub(crate) fn finish(&mut self) -> Result<String, Entity> {
         let pending = std::mem::take(&mut self.pending);
         if !pending.is_empty() {
             if self.units.is_none() {
@@ -148,8 +148,9 @@ impl Redactor {
         self.emit_to(self.norm.len())
     }
 
-    /// Text held back now (for tests and metrics), in its original form.
-    pub fn held(&self) -> &str {
+    /// Text held back now (for tests), in its original form.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> &str {
         &self.orig[self.orig_at(self.context)..]
     }
 

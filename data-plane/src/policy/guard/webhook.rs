@@ -72,7 +72,7 @@ impl Webhook {
 
 /// Where a check runs, for the webhook's request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Request,
     Response,
 }
@@ -88,7 +88,7 @@ impl Phase {
 
 /// What the webhook is told besides the text.
 #[derive(Clone, Debug, Default)]
-pub struct Context {
+pub(crate) struct Context {
     pub route: String,
     pub model: String,
 }
@@ -192,7 +192,7 @@ impl Webhook {
 }
 
 /// The request phase's webhooks, on the prompt's text (after the built-in detectors).
-pub async fn request(
+pub(crate) async fn request(
     caller: Caller<'_>,
     guards: &[Arc<Guard>],
     ctx: &Context,
@@ -226,7 +226,7 @@ pub async fn request(
 /// Runs the webhooks of `guards`, in order, over the texts of a JSON body (strings and
 /// encoded text, as [`text::edit`] finds them); a redaction is written back (and seen by the
 /// next webhook). `Some`: the body, redacted.
-pub async fn check<'g>(
+pub(crate) async fn check<'g>(
     caller: Caller<'_>,
     guards: impl Iterator<Item = &'g Arc<Guard>>,
     phase: Phase,

@@ -17,18 +17,18 @@ use ring::hmac;
 use sha2::{Digest, Sha256};
 
 /// `prev` of a chain's first line.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What is needed to undo the seals of a batch that was not delivered.
 #[derive(Clone, Debug)]
-pub struct Mark {
+pub(crate) struct Mark {
     seq: u64,
     prev: String,
 }
 
 /// One chain: its id, the next sequence number and the hash of the last line.
 #[derive(Debug)]
-pub struct Chain {
+pub(crate) struct Chain {
     id: String,
     seq: u64,
     prev: String,
@@ -36,7 +36,7 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(id: String, key: Option<&[u8]>) -> Self {
+    pub(crate) fn new(id: String, key: Option<&[u8]>) -> Self {
         Self {
             id,
             seq: 0,
@@ -45,20 +45,12 @@ impl Chain {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Lines sealed so far.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.seq
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.seq == 0
-    }
-
-    pub fn mark(&self) -> Mark {
+    pub(crate) fn mark(&self) -> Mark {
         Mark {
             seq: self.seq,
             prev: self.prev.clone(),
@@ -66,14 +58,14 @@ impl Chain {
     }
 
     /// Forgets what was sealed after `m` (its lines were not delivered).
-    pub fn rewind(&mut self, m: Mark) {
+    pub(crate) fn rewind(&mut self, m: Mark) {
         self.seq = m.seq;
         self.prev = m.prev;
     }
 
     /// Seals one line of `kind`; `fields` is the rest of the object as JSON members, each
     /// starting with `,` (empty for none). Checkpoints are signed when there is a key.
-    pub fn seal(&mut self, kind: &str, time: &str, fields: &str) -> String {
+    pub(crate) fn seal(&mut self, kind: &str, time: &str, fields: &str) -> String {
         let mut line = format!(
             r#"{{"seq":{},"chain":{},"prev":"{}","time":"{time}","kind":"{kind}"{fields}"#,
             self.seq,
@@ -100,7 +92,7 @@ impl Chain {
 
 /// A line taken apart for checking.
 #[derive(Debug)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub seq: u64,
     pub chain: String,
     pub prev: String,
@@ -112,7 +104,7 @@ pub struct Parsed {
 }
 
 /// Parses a sealed line (without its newline); `None`: not one.
-pub fn parse(line: &str) -> Option<Parsed> {
+pub(crate) fn parse(line: &str) -> Option<Parsed> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let at = line.rfind(r#","hash":""#)?;
     let body = &line[..at];
@@ -136,7 +128,7 @@ pub fn parse(line: &str) -> Option<Parsed> {
 }
 
 /// Whether a checkpoint's signature is the key's.
-pub fn signed_by(p: &Parsed, key: &[u8]) -> bool {
+pub(crate) fn signed_by(p: &Parsed, key: &[u8]) -> bool {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
     p.sig
         .as_deref()

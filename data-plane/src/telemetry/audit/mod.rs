@@ -8,7 +8,7 @@
 //! end of a stream) with a `try_send` into a bounded queue. A full queue or
 //! a sink that stays down drops records, counted, and the chain says so with a `gap` line.
 
-pub mod chain;
+pub(crate) mod chain;
 pub mod sink;
 pub mod verify;
 
