@@ -64,7 +64,8 @@ enum Cmd {
         #[arg(long)]
         tracing_only: bool,
     },
-    /// Check that the data plane's modules use only modules below them (data-plane/LAYERS).
+    /// Check that the data plane's modules use only modules below them (data-plane/LAYERS),
+    /// and that no `match` covers wire formats with a wildcard.
     Layers,
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
     /// the official SDK conformance suite in a Python venv it creates).
@@ -87,7 +88,10 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Crdgen { check } => crdgen(check),
         Cmd::Codegen { check } => codegen(check),
-        Cmd::Layers => layers::run(&root()),
+        Cmd::Layers => {
+            layers::run(&root())?;
+            no_wildcard_format_arms()
+        }
         Cmd::Ci { skip_lint } => ci(skip_lint),
         Cmd::Bench {
             duration,
@@ -263,6 +267,47 @@ fn check_prerequisites() -> Result<()> {
     )
 }
 
+/// No `match` in the data plane's code covers wire formats with a wildcard: a new `Format`
+/// must be a compile error wherever formats are told apart, never silently handled as
+/// OpenAI. Clippy's `wildcard_enum_match_arm` finds them; only those on `Format` fail.
+fn no_wildcard_format_arms() -> Result<()> {
+    let out = cargo()
+        .args([
+            "clippy",
+            "-p",
+            "switchyard-data-plane",
+            "--lib",
+            "--message-format",
+            "short",
+            "--",
+            "-A",
+            "clippy::all",
+            "-W",
+            "clippy::wildcard_enum_match_arm",
+        ])
+        .output()
+        .context("running clippy")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let arms: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("wildcard match") && l.contains("Format::"))
+        .collect();
+    if !out.status.success() {
+        bail!("clippy failed:\n{text}");
+    }
+    if !arms.is_empty() {
+        for a in &arms {
+            eprintln!("{a}");
+        }
+        bail!(
+            "{} match arms cover wire formats with a wildcard: list the formats",
+            arms.len()
+        );
+    }
+    println!("format arms: no wildcard on Format in the data plane");
+    Ok(())
+}
+
 fn ci(skip_lint: bool) -> Result<()> {
     let root = root();
     check_prerequisites()?;
@@ -280,6 +325,7 @@ fn ci(skip_lint: bool) -> Result<()> {
     crdgen(true)?;
     codegen(true)?;
     layers::run(&root)?;
+    no_wildcard_format_arms()?;
     // The real cluster binaries for the Kubernetes suite (cached by version after the first run).
     run(Command::new("bash").arg(root.join("tests/kube-env/build.sh")))?;
     // The real OpenTelemetry Collector the telemetry suite exports to (cached by version).

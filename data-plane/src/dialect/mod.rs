@@ -54,7 +54,10 @@ pub fn decode_response(wire: Format, body: &[u8], json_tool: bool) -> Result<Res
         Format::AnthropicMessages => anthropic::decode_response(body),
         Format::Gemini => gemini::decode_response(body),
         Format::BedrockConverse => bedrock::decode_response(body, json_tool),
-        _ => openai_chat::decode_response(body),
+        Format::OpenAiChat
+        | Format::OpenAiCompletions
+        | Format::OpenAiResponses
+        | Format::OpenAiEmbeddings => openai_chat::decode_response(body),
     }
 }
 
@@ -63,7 +66,11 @@ pub fn usage_of(format: Format, body: &[u8]) -> Result<Option<Usage>, ProxyError
     match format {
         Format::AnthropicMessages => anthropic::usage_of(body),
         Format::OpenAiResponses => responses::usage_of(body),
-        _ => openai_chat::usage_of(body),
+        Format::OpenAiChat
+        | Format::OpenAiCompletions
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => openai_chat::usage_of(body),
     }
 }
 

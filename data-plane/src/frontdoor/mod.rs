@@ -167,7 +167,12 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
     let key = key?;
     let pass_headers = match door.format() {
         Format::AnthropicMessages => anthropic_headers(headers)?,
-        _ => Vec::new(),
+        Format::OpenAiChat
+        | Format::OpenAiCompletions
+        | Format::OpenAiResponses
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => Vec::new(),
     };
     let admission = gw.admission();
     let share = admission.key_share(&key)?;

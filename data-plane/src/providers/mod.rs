@@ -100,7 +100,7 @@ impl Provider {
             }
             (Format::OpenAiResponses, _) => matches!(self, Self::OpenAi),
             (Format::AnthropicMessages, _) => matches!(self, Self::Anthropic),
-            _ => false,
+            (Format::Gemini | Format::BedrockConverse, _) => false,
         }
     }
 
@@ -162,14 +162,26 @@ impl Provider {
             (Self::OpenAi | Self::Compat, Op::Generate) => match format {
                 Format::OpenAiCompletions => format!("{base}/completions"),
                 Format::OpenAiResponses => format!("{base}/responses"),
-                _ => format!("{base}/chat/completions"),
+                Format::OpenAiChat
+                | Format::OpenAiEmbeddings
+                | Format::AnthropicMessages
+                | Format::Gemini
+                | Format::BedrockConverse => format!("{base}/chat/completions"),
             },
             (Self::OpenAi | Self::Compat, Op::Embed) => format!("{base}/embeddings"),
             (Self::Azure { api_version }, op) => {
                 let path = match (op, format) {
                     (Op::Embed, _) => "embeddings",
                     (_, Format::OpenAiCompletions) => "completions",
-                    _ => "chat/completions",
+                    (
+                        _,
+                        Format::OpenAiChat
+                        | Format::OpenAiResponses
+                        | Format::OpenAiEmbeddings
+                        | Format::AnthropicMessages
+                        | Format::Gemini
+                        | Format::BedrockConverse,
+                    ) => "chat/completions",
                 };
                 let model = path_segment(model);
                 format!("{base}/openai/deployments/{model}/{path}?api-version={api_version}")
@@ -420,7 +432,11 @@ fn prepare(
             let body = match wire {
                 Format::Gemini => gemini::count_tokens_body(&r, model)?,
                 Format::BedrockConverse => bedrock::count_tokens_body(&r)?,
-                _ => anthropic::count_tokens_body(&r, model)?,
+                Format::OpenAiChat
+                | Format::OpenAiCompletions
+                | Format::OpenAiResponses
+                | Format::OpenAiEmbeddings
+                | Format::AnthropicMessages => anthropic::count_tokens_body(&r, model)?,
             };
             Ok(Prepared {
                 url: provider.url(base, op, wire, model, false)?,
@@ -446,7 +462,10 @@ fn prepare(
                 Format::AnthropicMessages => anthropic::encode_request(&r, model)?,
                 Format::Gemini => gemini::encode_request(&r)?,
                 Format::BedrockConverse => bedrock::encode_request(&r)?,
-                _ => dialect::openai_chat::encode_request(
+                Format::OpenAiChat
+                | Format::OpenAiCompletions
+                | Format::OpenAiResponses
+                | Format::OpenAiEmbeddings => dialect::openai_chat::encode_request(
                     &r,
                     model,
                     provider.encode_options(),

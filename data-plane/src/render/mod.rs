@@ -44,7 +44,10 @@ pub(crate) fn render(
         Format::OpenAiResponses => {
             responses::render_response(r, echo.unwrap_or(&responses::Echo::default()))
         }
-        _ => openai_chat::render_response(r),
+        Format::OpenAiChat
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => openai_chat::render_response(r),
     }
 }
 
@@ -58,7 +61,10 @@ fn renderer(format: Format, facts: &Facts, echo: Option<Box<responses::Echo>>) -
         Format::OpenAiResponses => Renderer::Responses(Box::new(responses::Renderer::new(
             echo.map(|e| *e).unwrap_or_default(),
         ))),
-        _ => Renderer::Chat(openai_chat::Renderer::new(facts.stream_usage)),
+        Format::OpenAiChat
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => Renderer::Chat(openai_chat::Renderer::new(facts.stream_usage)),
     }
 }
 

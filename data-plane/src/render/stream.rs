@@ -41,7 +41,13 @@ impl Sniffer {
         match format {
             Format::AnthropicMessages => Self::Anthropic(anthropic::Sniffer::new()),
             Format::OpenAiResponses => Self::Responses(responses::Sniffer::default()),
-            _ => Self::OpenAi(openai_chat::Sniffer::new(facts.stream_usage)),
+            Format::OpenAiChat
+            | Format::OpenAiCompletions
+            | Format::OpenAiEmbeddings
+            | Format::Gemini
+            | Format::BedrockConverse => {
+                Self::OpenAi(openai_chat::Sniffer::new(facts.stream_usage))
+            }
         }
     }
 
@@ -87,7 +93,9 @@ impl Decoder {
             Format::AnthropicMessages => Self::Anthropic(anthropic::Decoder::default()),
             Format::Gemini => Self::Gemini(gemini::Decoder::default()),
             Format::BedrockConverse => Self::Bedrock(bedrock::Decoder::new(json_tool)),
-            _ => return None,
+            Format::OpenAiCompletions | Format::OpenAiResponses | Format::OpenAiEmbeddings => {
+                return None;
+            }
         })
     }
 
@@ -158,7 +166,11 @@ fn error_event(format: Format, e: &ProxyError) -> Bytes {
             let v = serde_json::json!({"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "sequence_number": 0});
             sse::named("error", v.to_string().as_bytes())
         }
-        _ => sse::data(e.body(Dialect::OpenAi).to_string().as_bytes()),
+        Format::OpenAiChat
+        | Format::OpenAiCompletions
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => sse::data(e.body(Dialect::OpenAi).to_string().as_bytes()),
     }
 }
 

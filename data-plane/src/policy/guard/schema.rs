@@ -16,12 +16,20 @@ pub(crate) fn requested(format: Format, raw: &RawObject) -> Option<Value> {
         Format::OpenAiChat => ("response_format", &["json_schema", "schema"]),
         Format::OpenAiResponses => ("text", &["format", "schema"]),
         Format::AnthropicMessages => ("output_config", &["format", "schema"]),
-        _ => return None,
+        Format::OpenAiCompletions
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => return None,
     };
     let v: Value = serde_json::from_slice(raw.get(field)?).ok()?;
     let kind = match format {
         Format::OpenAiChat => &v["type"],
-        _ => &v["format"]["type"],
+        Format::OpenAiCompletions
+        | Format::OpenAiResponses
+        | Format::OpenAiEmbeddings
+        | Format::AnthropicMessages
+        | Format::Gemini
+        | Format::BedrockConverse => &v["format"]["type"],
     };
     if kind != "json_schema" {
         return None;
@@ -88,7 +96,10 @@ pub(crate) fn answer_text(format: Format, body: &Value) -> Option<String> {
                 .filter_map(|c| c["text"].as_str())
                 .collect(),
         ),
-        _ => None,
+        Format::OpenAiCompletions
+        | Format::OpenAiEmbeddings
+        | Format::Gemini
+        | Format::BedrockConverse => None,
     }
 }
 
