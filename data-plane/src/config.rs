@@ -23,13 +23,14 @@ pub struct Carried {
     pub in_flight: crate::policy::concurrency::InFlightRegistry,
     metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
     /// This data plane runs an embedding model (routes with a semantic cache need one).
-    pub can_embed: std::sync::atomic::AtomicBool,
+    pub can_embed: bool,
 }
 
 impl Carried {
     /// State whose clients and endpoints count into `metrics`.
-    pub fn new(metrics: Arc<crate::telemetry::metrics::Metrics>) -> Self {
+    pub fn new(metrics: Arc<crate::telemetry::metrics::Metrics>, can_embed: bool) -> Self {
         Self {
+            can_embed,
             clients: Clients::new(crate::upstream::counted::Counts {
                 opened: metrics.upstream_connections_opened.clone(),
                 open: metrics.upstream_connections_open.clone(),
@@ -293,7 +294,7 @@ impl RuntimeConfig {
     fn index_routes(&mut self, carried: &Carried) {
         self.route_errors.clear();
         let mut routes = Vec::with_capacity(self.route_protos.len());
-        let can_embed = carried.can_embed.load(std::sync::atomic::Ordering::Relaxed);
+        let can_embed = carried.can_embed;
         for r in self.route_protos.values() {
             match RouteEntry::build(r, &self.pools, can_embed) {
                 Ok(route) => routes.push(Arc::new(route)),

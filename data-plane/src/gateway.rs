@@ -1,14 +1,18 @@
-//! The shared state of a data plane: the current config (swapped atomically; an in-flight
-//! request keeps the config it started with), upstream clients and metrics.
+//! The running data plane: the current config (swapped atomically; an in-flight request
+//! keeps the config it started with), what outlives config versions, and the parts every
+//! request uses (metrics, limiter, telemetry, response cache, admission), all given at
+//! construction.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use switchyard_proto::v1 as pb;
 
-use crate::config::Carried;
-use crate::config::{InvalidResource, RuntimeConfig};
+use crate::admission::Admission;
+use crate::cache::Cache;
+use crate::config::{Carried, InvalidResource, RuntimeConfig};
 use crate::policy::limits::Limiter;
+use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::{Metrics, ResultLabels};
 
 /// Default limit on request bodies.
@@ -23,17 +27,59 @@ pub struct Gateway {
     pub limiter: Arc<Limiter>,
     pub body_limit: usize,
     /// What requests leave behind: metrics, access log, traces, audit trail.
-    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    pub telemetry: Arc<Telemetry>,
     /// The response cache (routes opt in).
-    cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
+    cache: Option<Arc<Cache>>,
     ever_ready: std::sync::atomic::AtomicBool,
     /// Set on SIGTERM: readiness is false from then on.
     draining: std::sync::atomic::AtomicBool,
-    /// Request admission (set by the API router, from its options).
-    admission: std::sync::OnceLock<crate::admission::Admission>,
+    admission: Admission,
+}
+
+/// What a gateway is made of, each part built before it (`crate::start` builds them in
+/// order from the options).
+#[derive(Debug)]
+pub struct Parts {
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+    pub telemetry: Telemetry,
+    pub cache: Option<Arc<Cache>>,
+    pub admission: Admission,
+    pub body_limit: usize,
 }
 
 impl Gateway {
+    /// A gateway of these parts, with no config yet.
+    pub fn from_parts(p: Parts) -> Arc<Self> {
+        let can_embed = p.cache.as_ref().is_some_and(|c| c.can_embed());
+        Arc::new(Self {
+            config: ArcSwapOption::empty(),
+            carried: Carried::new(p.metrics.clone(), can_embed),
+            limiter: p.limiter,
+            telemetry: Arc::new(p.telemetry),
+            metrics: p.metrics,
+            body_limit: p.body_limit,
+            cache: p.cache,
+            ever_ready: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            admission: p.admission,
+        })
+    }
+
+    /// A gateway with in-memory limits, the default admission, no response cache and
+    /// telemetry of metrics alone (tests and tools).
+    pub fn new(body_limit: usize) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        Self::from_parts(Parts {
+            limiter: Limiter::in_memory(metrics.clone()),
+            telemetry: Telemetry::new(metrics.clone()),
+            metrics,
+            cache: None,
+            admission: Admission::default(),
+            body_limit,
+        })
+    }
+
     /// What guardrail webhooks use: the HTTP clients and the metrics.
     pub fn webhooks(&self) -> crate::policy::guard::webhook::Caller<'_> {
         crate::policy::guard::webhook::Caller {
@@ -42,49 +88,13 @@ impl Gateway {
         }
     }
 
-    /// A gateway with in-memory limits.
-    pub fn new(body_limit: usize) -> Arc<Self> {
-        Self::with_limiter(body_limit, Limiter::in_memory)
+    /// Request admission: the concurrency, shares and body timing requests are held to.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
-    /// A gateway whose limiter is built over its metrics.
-    pub fn with_limiter(
-        body_limit: usize,
-        limiter: impl FnOnce(Arc<Metrics>) -> Arc<Limiter>,
-    ) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
-        Arc::new(Self {
-            config: ArcSwapOption::empty(),
-            carried: Carried::new(metrics.clone()),
-            limiter: limiter(metrics.clone()),
-            telemetry: Arc::new(crate::telemetry::Telemetry::new(metrics.clone())),
-            metrics,
-            body_limit,
-            cache: std::sync::OnceLock::new(),
-            ever_ready: std::sync::atomic::AtomicBool::new(false),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            admission: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// Sets request admission's limits (once: the API router does it).
-    pub fn set_admission(&self, a: crate::admission::Admission) {
-        let _ = self.admission.set(a);
-    }
-
-    /// Request admission: the limits the API router set, or the defaults.
-    pub fn admission(&self) -> &crate::admission::Admission {
-        self.admission
-            .get_or_init(crate::admission::Admission::default)
-    }
-
-    /// Sets the response cache (once, at start).
-    pub fn set_cache(&self, c: Arc<crate::cache::Cache>) {
-        let _ = self.cache.set(c);
-    }
-
-    pub fn cache(&self) -> Option<&Arc<crate::cache::Cache>> {
-        self.cache.get()
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
     }
 
     /// Takes the data plane out of rotation (SIGTERM).

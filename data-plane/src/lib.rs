@@ -118,29 +118,71 @@ impl Default for LimitOptions {
     }
 }
 
-/// Builds the gateway with the limiter the options ask for.
-pub fn gateway(opts: &Options) -> std::io::Result<Arc<Gateway>> {
+/// Builds every part of the data plane in order, from the options: the metrics, the limiter
+/// (over Redis when a URL is given), the response cache, the audit trail, telemetry and
+/// request admission, then the gateway of them. Returns the audit trail's writer too (closed
+/// at exit), when it is on. Call within the tokio runtime.
+pub async fn start(opts: &Options) -> std::io::Result<(Arc<Gateway>, Option<audit::sink::Writer>)> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let metrics = Arc::new(telemetry::metrics::Metrics::with_key_label_cap(
+        opts.telemetry.key_label_cap,
+    ));
     let l = &opts.limits;
-    let Some(url) = &l.redis_url else {
-        return Ok(Gateway::new(opts.body_limit));
+    let limiter = match &l.redis_url {
+        None => limits::Limiter::in_memory(metrics.clone()),
+        Some(url) => {
+            let store = if l.redis_cluster {
+                let seeds: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+                limits::redis::RedisStore::cluster(&seeds, l.redis_timeout)
+            } else {
+                limits::redis::RedisStore::new(url, l.redis_timeout)
+            }
+            .map_err(|e| invalid(e.to_string()))?;
+            tracing::info!(mode = ?l.fail_mode, timeout = ?l.redis_timeout, cluster = l.redis_cluster, "rate limits and budgets shared through Redis");
+            limits::Limiter::new(
+                Arc::new(store),
+                l.fail_mode,
+                l.node_id.clone(),
+                l.fleet_size,
+                metrics.clone(),
+            )
+        }
     };
-    let store = if l.redis_cluster {
-        let seeds: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
-        limits::redis::RedisStore::cluster(&seeds, l.redis_timeout)
-    } else {
-        limits::redis::RedisStore::new(url, l.redis_timeout)
+    if l.redis_url.is_none() && matches!(opts.source, ConfigSource::ControlPlane(_)) {
+        tracing::warn!(
+            "no --redis-url: rate limits and budgets are counted per proxy, not across the fleet"
+        );
     }
-    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    tracing::info!(mode = ?l.fail_mode, timeout = ?l.redis_timeout, cluster = l.redis_cluster, "rate limits and budgets shared through Redis");
-    Ok(Gateway::with_limiter(opts.body_limit, |m| {
-        limits::Limiter::new(
-            Arc::new(store),
-            l.fail_mode,
-            l.node_id.clone(),
-            l.fleet_size,
-            m,
-        )
-    }))
+    let shared = l
+        .redis_url
+        .as_deref()
+        .map(|u| (u, l.redis_cluster, l.redis_timeout));
+    let cache = cache::Cache::new(
+        opts.cache_memory_bytes,
+        shared,
+        opts.embedding_model.clone(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(invalid)?;
+    let (auditor, audit_writer) = if opts.audit.enabled() {
+        let (auditor, writer) = audit::Auditor::start(opts.audit.clone(), metrics.clone()).await?;
+        tracing::info!(dir = ?opts.audit.dir, redis = opts.audit.redis_url.is_some(), signed = opts.audit.key.is_some(), "audit trail on");
+        (Some(auditor), Some(writer))
+    } else {
+        (None, None)
+    };
+    let telemetry = telemetry::Telemetry::start(metrics.clone(), &opts.telemetry, auditor).await?;
+    let s = opts.stack;
+    let gw = Gateway::from_parts(gateway::Parts {
+        metrics,
+        limiter,
+        telemetry,
+        cache: Some(Arc::new(cache)),
+        admission: admission::Admission::new(s.max_concurrency, s.shares, s.body),
+        body_limit: opts.body_limit,
+    });
+    Ok((gw, audit_writer))
 }
 
 /// Runs the data plane until `shutdown` resolves, then drains in-flight requests.
@@ -148,39 +190,7 @@ pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let gw = gateway(&opts)?;
-    if opts.limits.redis_url.is_none() && matches!(opts.source, ConfigSource::ControlPlane(_)) {
-        tracing::warn!(
-            "no --redis-url: rate limits and budgets are counted per proxy, not across the fleet"
-        );
-    }
-    let shared = opts
-        .limits
-        .redis_url
-        .as_deref()
-        .map(|u| (u, opts.limits.redis_cluster, opts.limits.redis_timeout));
-    let cache = cache::Cache::new(
-        opts.cache_memory_bytes,
-        shared,
-        opts.embedding_model.clone(),
-        gw.metrics.clone(),
-    )
-    .await
-    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    gw.carried
-        .can_embed
-        .store(cache.can_embed(), std::sync::atomic::Ordering::Relaxed);
-    gw.set_cache(Arc::new(cache));
-    telemetry::start(&gw.telemetry, &opts.telemetry).await?;
-    let audit_writer = if opts.audit.enabled() {
-        let (auditor, writer) =
-            audit::Auditor::start(opts.audit.clone(), gw.metrics.clone()).await?;
-        tracing::info!(dir = ?opts.audit.dir, redis = opts.audit.redis_url.is_some(), signed = opts.audit.key.is_some(), "audit trail on");
-        gw.telemetry.set_auditor(auditor);
-        Some(writer)
-    } else {
-        None
-    };
+    let (gw, audit_writer) = start(&opts).await?;
     match &opts.source {
         ConfigSource::Directory(dir) => {
             let fp = switchyard_crds::fs::fingerprint(dir)?;
@@ -203,7 +213,7 @@ pub async fn run(
         gw.metrics.clone(),
         std::future::pending(),
     ));
-    let app = stack::router(gw.clone(), opts.stack);
+    let app = stack::router(gw.clone());
     let metrics = gw.metrics.clone();
     let telemetry = gw.telemetry.clone();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);

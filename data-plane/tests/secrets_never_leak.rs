@@ -23,7 +23,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_data_plane::gateway::Gateway;
-use switchyard_data_plane::stack::{self, StackOptions};
+use switchyard_data_plane::stack;
 use tower::ServiceExt;
 use unicode_normalization::UnicodeNormalization;
 
@@ -106,7 +106,7 @@ fn env() -> &'static Env {
             );
             let rejected = gw.apply(&compiled.snapshot);
             assert!(rejected.is_empty(), "{rejected:?}");
-            stack::router(gw, StackOptions::default())
+            stack::router(gw)
         });
         Env {
             rt,

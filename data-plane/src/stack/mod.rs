@@ -68,7 +68,7 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
-/// Options of the API listener.
+/// Request admission's limits on the API listener (the gateway holds them, from `start`).
 #[derive(Clone, Copy, Debug)]
 pub struct StackOptions {
     /// Most requests in flight (bodies read) before new ones get 503.
@@ -91,12 +91,7 @@ impl Default for StackOptions {
 }
 
 /// The API router with the whole stack.
-pub fn router(gw: Arc<Gateway>, opts: StackOptions) -> Router {
-    gw.set_admission(crate::admission::Admission::new(
-        opts.max_concurrency,
-        opts.shares,
-        opts.body,
-    ));
+pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(frontdoor::chat_completions))
         .route("/v1/completions", post(frontdoor::completions))

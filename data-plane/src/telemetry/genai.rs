@@ -5,8 +5,8 @@
 //! metrics under their dotted names.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -66,9 +66,9 @@ pub struct Prom {
 }
 
 /// The opt-in key label of the spend metric, with the most distinct keys it names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct KeyLabel {
-    cap: OnceLock<usize>,
+    cap: Option<usize>,
     seen: Mutex<HashSet<String>>,
 }
 
@@ -77,7 +77,7 @@ const OTHER_KEYS: &str = "_other";
 
 impl KeyLabel {
     fn of(&self, key: &str) -> String {
-        let Some(&cap) = self.cap.get() else {
+        let Some(cap) = self.cap else {
             return String::new();
         };
         if key.is_empty() {
@@ -96,8 +96,9 @@ impl KeyLabel {
 }
 
 impl Prom {
-    /// The families, their series names noted in `series`.
-    pub fn new(series: &mut Vec<String>) -> Self {
+    /// The families, their series names noted in `series`; spend labelled by key too when
+    /// `key_label_cap` names how many distinct keys at most (the rest are `_other`).
+    pub fn new(series: &mut Vec<String>, key_label_cap: Option<usize>) -> Self {
         let mut registry = Registry::default();
         let mut reg = super::metrics::Declaring {
             registry: &mut registry,
@@ -152,19 +153,17 @@ impl Prom {
             ttft,
             tpot,
             cost,
-            keys: KeyLabel::default(),
+            keys: KeyLabel {
+                cap: key_label_cap,
+                seen: Mutex::default(),
+            },
         }
-    }
-
-    /// Labels spend by key too, naming at most `cap` distinct keys (the rest are `_other`).
-    pub fn label_keys(&self, cap: usize) {
-        let _ = self.keys.cap.set(cap);
     }
 }
 
 /// The OTLP side: the same values under the conventions' dotted names.
 #[derive(Debug)]
-pub struct Otlp {
+pub(crate) struct Otlp {
     token_usage: OtelHistogram<u64>,
     duration: OtelHistogram<f64>,
     ttft: OtelHistogram<f64>,
@@ -174,7 +173,7 @@ pub struct Otlp {
 }
 
 impl Otlp {
-    pub fn new(
+    pub(crate) fn new(
         meter: &Meter,
         provider: switchyard_otel::opentelemetry_sdk::metrics::SdkMeterProvider,
     ) -> Self {
@@ -213,7 +212,7 @@ impl Otlp {
     }
 
     /// Exports what was recorded since the last export, and stops.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::debug!(error = %e, "OTLP metrics shutdown");
         }
@@ -330,9 +329,15 @@ mod tests {
 
     #[test]
     fn key_label_is_opt_in_and_capped() {
-        let k = KeyLabel::default();
-        assert_eq!(k.of("a"), "", "off by default");
-        k.cap.set(2).unwrap();
+        let off = KeyLabel {
+            cap: None,
+            seen: Mutex::default(),
+        };
+        assert_eq!(off.of("a"), "", "off by default");
+        let k = KeyLabel {
+            cap: Some(2),
+            seen: Mutex::default(),
+        };
         assert_eq!(k.of("a"), "a");
         assert_eq!(k.of("b"), "b");
         assert_eq!(k.of("c"), OTHER_KEYS, "beyond the cap");

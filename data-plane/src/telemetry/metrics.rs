@@ -233,7 +233,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry, spend not labelled by key.
     pub fn new() -> Self {
+        Self::with_key_label_cap(None)
+    }
+
+    /// The registry; spend labelled by key too when `key_label_cap` names how many distinct
+    /// keys at most (`--metrics-key-label-limit`).
+    pub fn with_key_label_cap(key_label_cap: Option<usize>) -> Self {
         let mut registry = Registry::with_prefix("switchyard");
         let mut series = Vec::new();
         let mut reg = Declaring {
@@ -527,7 +534,7 @@ impl Metrics {
             "Client connections the gateway closed itself, by reason: refused (beyond --max-connections), peer_limit, header_timeout, idle_timeout, write_timeout",
             connections_closed.clone(),
         );
-        let genai = super::genai::Prom::new(&mut series);
+        let genai = super::genai::Prom::new(&mut series, key_label_cap);
         Self {
             series,
             registry,

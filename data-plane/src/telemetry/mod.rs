@@ -18,7 +18,7 @@ pub(crate) mod metrics;
 pub(crate) mod semconv;
 pub(crate) mod trace;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::llm::Price;
@@ -72,111 +72,100 @@ impl Default for TelemetryOptions {
     }
 }
 
-/// Starts what the options turn on: the access log, and with an OTLP endpoint the span
-/// exporter and the GenAI metrics' OTLP export. Call within the tokio runtime.
-pub async fn start(t: &Telemetry, opts: &TelemetryOptions) -> std::io::Result<()> {
-    let invalid =
-        |e: otel::Error| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
-    if let Some(cap) = opts.key_label_cap {
-        t.metrics.genai.label_keys(cap);
-    }
-    if let Some(log) = access_log::AccessLog::start(
-        opts.access_log.clone(),
-        opts.access_log_prompts,
-        t.metrics.clone(),
-    )
-    .await?
-    {
-        t.set_access_log(log);
-    }
-    let resource = otel::resource("switchyard-data-plane", &opts.node);
-    if let Some(exporter) = opts.otlp.span_exporter().map_err(invalid)? {
-        let sampler = opts.otlp.sampler().map_err(invalid)?;
-        let (queue, _task) = otel::SpanQueue::start(
-            exporter,
-            &resource,
-            opts.otlp.otlp_queue,
-            t.metrics.spans.clone(),
-        );
-        t.set_tracer(trace::Tracer::new(sampler, queue));
-        tracing::info!(
-            endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
-            protocol = ?opts.otlp.otlp_protocol,
-            ratio = opts.otlp.trace_sample_ratio,
-            "tracing on (OTLP)"
-        );
-    }
-    let metrics = if opts.metrics_interval.is_zero() {
-        // Traces only: the GenAI metrics stay on /metrics.
-        None
-    } else {
-        opts.otlp
-            .meter_provider(resource, opts.metrics_interval)
-            .map_err(invalid)?
-    };
-    if let Some(provider) = metrics {
-        use switchyard_otel::opentelemetry::metrics::MeterProvider;
-        let meter = provider.meter("switchyard-data-plane");
-        t.set_otlp_metrics(genai::Otlp::new(&meter, provider));
-    }
-    Ok(())
-}
-
-/// The readers of finished exchanges, set up at start.
+/// The readers of finished exchanges, each there when the options turn it on.
 #[derive(Debug)]
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// GenAI instruments exported through OTLP (when an endpoint is set).
-    otlp_metrics: OnceLock<genai::Otlp>,
-    access_log: OnceLock<access_log::AccessLog>,
-    tracer: OnceLock<trace::Tracer>,
-    audit: OnceLock<audit::Auditor>,
+    otlp_metrics: Option<genai::Otlp>,
+    access_log: Option<access_log::AccessLog>,
+    tracer: Option<trace::Tracer>,
+    audit: Option<audit::Auditor>,
 }
 
 impl Telemetry {
+    /// The metrics alone (no access log, traces or audit trail).
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            otlp_metrics: OnceLock::new(),
-            access_log: OnceLock::new(),
-            tracer: OnceLock::new(),
-            audit: OnceLock::new(),
+            otlp_metrics: None,
+            access_log: None,
+            tracer: None,
+            audit: None,
         }
     }
 
-    /// Turns the audit trail on (once, at start).
-    pub fn set_auditor(&self, a: audit::Auditor) {
-        let _ = self.audit.set(a);
-    }
-
-    /// Turns tracing on (once, at start).
-    pub fn set_tracer(&self, t: trace::Tracer) {
-        let _ = self.tracer.set(t);
+    /// Starts what the options turn on: the access log, and with an OTLP endpoint the span
+    /// exporter and the GenAI metrics' OTLP export; `audit` is the audit trail, when on.
+    /// Call within the tokio runtime.
+    pub async fn start(
+        metrics: Arc<Metrics>,
+        opts: &TelemetryOptions,
+        audit: Option<audit::Auditor>,
+    ) -> std::io::Result<Self> {
+        let invalid =
+            |e: otel::Error| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+        let access_log = access_log::AccessLog::start(
+            opts.access_log.clone(),
+            opts.access_log_prompts,
+            metrics.clone(),
+        )
+        .await?;
+        let resource = otel::resource("switchyard-data-plane", &opts.node);
+        let tracer = match opts.otlp.span_exporter().map_err(invalid)? {
+            Some(exporter) => {
+                let sampler = opts.otlp.sampler().map_err(invalid)?;
+                let (queue, _task) = otel::SpanQueue::start(
+                    exporter,
+                    &resource,
+                    opts.otlp.otlp_queue,
+                    metrics.spans.clone(),
+                );
+                tracing::info!(
+                    endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
+                    protocol = ?opts.otlp.otlp_protocol,
+                    ratio = opts.otlp.trace_sample_ratio,
+                    "tracing on (OTLP)"
+                );
+                Some(trace::Tracer::new(sampler, queue))
+            }
+            None => None,
+        };
+        let provider = if opts.metrics_interval.is_zero() {
+            // Traces only: the GenAI metrics stay on /metrics.
+            None
+        } else {
+            opts.otlp
+                .meter_provider(resource, opts.metrics_interval)
+                .map_err(invalid)?
+        };
+        let otlp_metrics = provider.map(|provider| {
+            use switchyard_otel::opentelemetry::metrics::MeterProvider;
+            let meter = provider.meter("switchyard-data-plane");
+            genai::Otlp::new(&meter, provider)
+        });
+        Ok(Self {
+            metrics,
+            otlp_metrics,
+            access_log,
+            tracer,
+            audit,
+        })
     }
 
     pub fn tracer(&self) -> Option<&trace::Tracer> {
-        self.tracer.get()
-    }
-
-    /// Turns the access log on (once, at start).
-    pub fn set_access_log(&self, l: access_log::AccessLog) {
-        let _ = self.access_log.set(l);
+        self.tracer.as_ref()
     }
 
     /// Writes out the access log's queue and exports what is left of the GenAI metrics (at
     /// exit).
     pub async fn shutdown(&self) {
-        if let Some(log) = self.access_log.get() {
+        if let Some(log) = &self.access_log {
             log.flush().await;
         }
-        if let Some(m) = self.otlp_metrics.get() {
+        if let Some(m) = &self.otlp_metrics {
             m.shutdown();
         }
-    }
-
-    /// Exports the GenAI metrics through OTLP too (once, at start).
-    pub fn set_otlp_metrics(&self, m: genai::Otlp) {
-        let _ = self.otlp_metrics.set(m);
     }
 
     /// The exchange of a request that just arrived.
@@ -185,7 +174,7 @@ impl Telemetry {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let trace = self.tracer.get().map(|t| t.start(headers, endpoint));
+        let trace = self.tracer.as_ref().map(|t| t.start(headers, endpoint));
         let trace_id = match &trace {
             Some(t) => t.trace_id.to_string(),
             None => audit::trace_id(headers.get("traceparent")).to_owned(),
@@ -217,7 +206,7 @@ impl Telemetry {
             },
             tracestate: headers.get("tracestate").cloned(),
             trace,
-            log_text: self.access_log.get().is_some_and(|l| l.prompts),
+            log_text: self.access_log.as_ref().is_some_and(|l| l.prompts),
             telemetry: self.clone(),
         }))
     }
@@ -232,16 +221,16 @@ impl Telemetry {
             elapsed,
             ttft: o.first_token.map(|t| t.duration_since(o.started)),
         };
-        genai::record(&self.metrics, self.otlp_metrics.get(), &done);
-        if let Some(log) = self.access_log.get() {
+        genai::record(&self.metrics, self.otlp_metrics.as_ref(), &done);
+        if let Some(log) = &self.access_log {
             log.write(&done);
         }
         if let (Some(t), Some(started), Some(spans)) =
-            (self.tracer.get(), trace.filter(|t| t.sampled), spans)
+            (self.tracer.as_ref(), trace.filter(|t| t.sampled), spans)
         {
             t.export(&done, started, *spans);
         }
-        if let Some(a) = self.audit.get() {
+        if let Some(a) = &self.audit {
             if !o.audit_text {
                 // The access log's opt-in, not the route's.
                 o.record.prompt = None;
