@@ -226,11 +226,13 @@ pub(crate) async fn model_call(
         incoming.format,
         &incoming.facts,
         served.answer,
-        Some(served.in_flight),
-        permit,
-        response_phase,
+        render::Watchers {
+            in_flight: Some(served.in_flight),
+            permit,
+            guard: response_phase,
+            exchange: exchange.clone(),
+        },
         &mut decisions,
-        exchange.clone(),
     )
     .await;
     let mut resp = guardrails_said(resp, &decisions, exchange.as_ref())?;
@@ -322,11 +324,12 @@ async fn answer_from_cache(
         incoming.format,
         &incoming.facts,
         answer,
-        None,
-        None,
-        response_phase,
+        render::Watchers {
+            guard: response_phase,
+            exchange: exchange.clone(),
+            ..render::Watchers::default()
+        },
         &mut decisions,
-        exchange.clone(),
     )
     .await;
     let mut resp = guardrails_said(resp, &decisions, exchange.as_ref())?;

@@ -86,22 +86,35 @@ fn settle(
     }
 }
 
+/// What watches an answer on its way to the client and is settled when it ends: the
+/// endpoint's count of requests in flight (and its health verdict), the limits permit, the
+/// guardrails' response phase and the request's record. A whole answer settles them at
+/// once; a stream keeps them until its end.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) permit: Option<Permit>,
+    pub(crate) guard: Option<ResponsePhase>,
+    pub(crate) exchange: Option<Exchange>,
+}
+
 /// Renders what the provider step produced, through the response phase of the request's
-/// guardrails (`guard`; what they did goes to `decisions`). A stream keeps `in_flight` (its
-/// endpoint's count of requests in flight) and the permit until it ends.
-#[allow(clippy::too_many_arguments)]
+/// guardrails (what they did goes to `decisions`), settling the watchers.
 pub(crate) async fn respond(
     gw: &Arc<Gateway>,
     provider: &'static str,
     format: Format,
     facts: &Facts,
     answer: Answer,
-    in_flight: Option<InFlight>,
-    permit: Option<Permit>,
-    guard: Option<ResponsePhase>,
+    watchers: Watchers,
     decisions: &mut Decisions,
-    exchange: Option<Exchange>,
 ) -> Result<Response, ProxyError> {
+    let Watchers {
+        in_flight,
+        permit,
+        guard,
+        exchange,
+    } = watchers;
     let wants_text = exchange.as_ref().is_some_and(Exchange::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         let body = match &guard {
@@ -220,10 +233,12 @@ pub(crate) async fn respond(
                     idle,
                 },
                 step,
-                permit,
-                in_flight,
-                guard,
-                exchange,
+                Watchers {
+                    in_flight,
+                    permit,
+                    guard,
+                    exchange,
+                },
                 record,
             )
         }
@@ -233,10 +248,12 @@ pub(crate) async fn respond(
             format,
             Source::Replay(Some(events)),
             Step::Render(renderer(format, facts, None)),
-            permit,
-            in_flight,
-            guard,
-            exchange,
+            Watchers {
+                in_flight,
+                permit,
+                guard,
+                exchange,
+            },
             None,
         ),
         Answer::MockStream { events, echo } => stream::response(
@@ -245,10 +262,12 @@ pub(crate) async fn respond(
             format,
             Source::Mock(Box::new(events)),
             Step::Render(renderer(format, facts, echo)),
-            permit,
-            in_flight,
-            guard,
-            exchange,
+            Watchers {
+                in_flight,
+                permit,
+                guard,
+                exchange,
+            },
             None,
         ),
     };

@@ -20,7 +20,6 @@ use crate::error::{Dialect, ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::health::{InFlight, Verdict};
 use crate::llm::{Delta, Event, Facts, Format, Usage};
-use crate::policy::guard::enforce::ResponsePhase;
 use crate::policy::guard::events::Guarded;
 use crate::policy::limits::Permit;
 use crate::providers::mock;
@@ -540,21 +539,24 @@ impl Drop for Driver {
     }
 }
 
-/// The streaming response. It owns what must last as long as the stream: the limits permit,
-/// the endpoint's in-flight count and the guardrails' response phase.
-#[allow(clippy::too_many_arguments)]
+/// The streaming response. It owns what must last as long as the stream: the watchers (the
+/// limits permit, the endpoint's in-flight count, the guardrails' response phase, the
+/// request's record) and the cache's recording of the answer.
 pub(super) fn response(
     gw: Arc<Gateway>,
     provider: &'static str,
     client: Format,
     source: Source,
     step: Step,
-    permit: Option<Permit>,
-    in_flight: Option<InFlight>,
-    guard: Option<ResponsePhase>,
-    exchange: Option<crate::telemetry::Exchange>,
+    watchers: super::Watchers,
     record: Option<Box<crate::cache::Record>>,
 ) -> Response {
+    let super::Watchers {
+        in_flight,
+        permit,
+        guard,
+        exchange,
+    } = watchers;
     let driver = Driver {
         gw,
         provider,
