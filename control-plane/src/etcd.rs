@@ -435,9 +435,7 @@ pub fn statuses(
         .resources
         .iter()
         .filter_map(|r| {
-            let kind = ["ProviderPool", "LLMRoute", "VirtualKey", "Guardrail"]
-                .into_iter()
-                .find(|k| *k == r.kind)?;
+            let kind = switchyard_proto::ResourceKind::parse(&r.kind)?.as_str();
             Some(switchyard_crds::ResourceKey {
                 kind,
                 namespace: r.namespace.clone(),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
+use switchyard_proto::ResourceKind;
 
 use kube::{Resource, ResourceExt};
 use prost::Message;
@@ -64,13 +65,7 @@ impl std::fmt::Display for ResourceKey {
 }
 
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "ProviderPool" => "ProviderPool",
-        "LLMRoute" => "LLMRoute",
-        "VirtualKey" => "VirtualKey",
-        "Guardrail" => "Guardrail",
-        _ => "Unknown",
-    }
+    switchyard_proto::ResourceKind::parse(&K::kind(&())).map_or("Unknown", |k| k.as_str())
 }
 
 /// Why a resource was left out of the snapshot.
@@ -489,7 +484,7 @@ fn hashes(s: &pb::Snapshot) -> Hashes {
     let generation: std::collections::HashMap<(&str, String), i64> = s
         .resources
         .iter()
-        .filter(|r| r.kind != "VirtualKey")
+        .filter(|r| r.kind != ResourceKind::VirtualKey.as_str())
         .map(|r| {
             (
                 (r.kind.as_str(), format!("{}/{}", r.namespace, r.name)),
@@ -508,19 +503,31 @@ fn hashes(s: &pb::Snapshot) -> Hashes {
         pools: s
             .pools
             .iter()
-            .map(|p| hash("ProviderPool", &p.id, &|b| encode_into(p, b)))
+            .map(|p| {
+                hash(ResourceKind::ProviderPool.as_str(), &p.id, &|b| {
+                    encode_into(p, b)
+                })
+            })
             .collect(),
         routes: s
             .routes
             .iter()
-            .map(|r| hash("LLMRoute", &r.id, &|b| encode_into(r, b)))
+            .map(|r| {
+                hash(ResourceKind::LlmRoute.as_str(), &r.id, &|b| {
+                    encode_into(r, b)
+                })
+            })
             .collect(),
         // Keys are hashed as they compile (and cached with them).
         keys: Vec::new(),
         guardrails: s
             .guardrails
             .iter()
-            .map(|g| hash("Guardrail", &g.id, &|b| encode_into(g, b)))
+            .map(|g| {
+                hash(ResourceKind::Guardrail.as_str(), &g.id, &|b| {
+                    encode_into(g, b)
+                })
+            })
             .collect(),
     }
 }
@@ -539,22 +546,22 @@ fn version_of(s: &pb::Snapshot, h: &Hashes) -> String {
         }
     };
     feed(
-        "ProviderPool",
+        ResourceKind::ProviderPool.as_str(),
         &mut s.pools.iter().map(|p| p.id.as_str()),
         &h.pools,
     );
     feed(
-        "LLMRoute",
+        ResourceKind::LlmRoute.as_str(),
         &mut s.routes.iter().map(|r| r.id.as_str()),
         &h.routes,
     );
     feed(
-        "VirtualKey",
+        ResourceKind::VirtualKey.as_str(),
         &mut s.keys.iter().map(|k| k.id.as_str()),
         &h.keys,
     );
     feed(
-        "Guardrail",
+        ResourceKind::Guardrail.as_str(),
         &mut s.guardrails.iter().map(|g| g.id.as_str()),
         &h.guardrails,
     );

@@ -3,6 +3,7 @@
 //! delta is one merge per list over the per-resource hashes.
 
 use std::cmp::Ordering;
+use switchyard_proto::ResourceKind;
 
 use switchyard_proto::v1 as pb;
 
@@ -19,7 +20,7 @@ pub fn delta(from: &Compiled, to: &Compiled) -> pb::Delta {
     let mut removed = Vec::new();
     let mut changed = Vec::new();
     d.pools = diff(
-        "ProviderPool",
+        ResourceKind::ProviderPool.as_str(),
         (&a.pools, &ha.pools),
         (&b.pools, &hb.pools),
         |p| &p.id,
@@ -27,7 +28,7 @@ pub fn delta(from: &Compiled, to: &Compiled) -> pb::Delta {
         &mut removed,
     );
     d.routes = diff(
-        "LLMRoute",
+        ResourceKind::LlmRoute.as_str(),
         (&a.routes, &ha.routes),
         (&b.routes, &hb.routes),
         |r| &r.id,
@@ -35,7 +36,7 @@ pub fn delta(from: &Compiled, to: &Compiled) -> pb::Delta {
         &mut removed,
     );
     d.keys = diff(
-        "VirtualKey",
+        ResourceKind::VirtualKey.as_str(),
         (&a.keys, &ha.keys),
         (&b.keys, &hb.keys),
         |k| &k.id,
@@ -43,7 +44,7 @@ pub fn delta(from: &Compiled, to: &Compiled) -> pb::Delta {
         &mut removed,
     );
     d.guardrails = diff(
-        "Guardrail",
+        ResourceKind::Guardrail.as_str(),
         (&a.guardrails, &ha.guardrails),
         (&b.guardrails, &hb.guardrails),
         |g| &g.id,

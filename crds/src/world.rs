@@ -2,6 +2,7 @@
 //! multi-document YAML as a user would `kubectl apply` it.
 
 use std::collections::BTreeMap;
+use switchyard_proto::ResourceKind;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -152,17 +153,15 @@ impl World {
                     self.add_value(item)?;
                 }
             }
-            (crate::GROUP, "ProviderPool") => {
-                self.pools.push(defaulted(parse("ProviderPool", value)?))
-            }
-            (crate::GROUP, "LLMRoute") => self.routes.push(defaulted(parse("LLMRoute", value)?)),
-            (crate::GROUP, "VirtualKey") => self.keys.push(defaulted(parse("VirtualKey", value)?)),
-            (crate::GROUP, "Guardrail") => {
-                self.guardrails.push(defaulted(parse("Guardrail", value)?))
-            }
-            (crate::GROUP, other) => {
-                return Err(format!("unknown kind {other:?} in {}", crate::GROUP));
-            }
+            (crate::GROUP, kind) => match ResourceKind::parse(kind) {
+                Some(ResourceKind::ProviderPool) => self.pools.push(defaulted(parse(kind, value)?)),
+                Some(ResourceKind::LlmRoute) => self.routes.push(defaulted(parse(kind, value)?)),
+                Some(ResourceKind::VirtualKey) => self.keys.push(defaulted(parse(kind, value)?)),
+                Some(ResourceKind::Guardrail) => {
+                    self.guardrails.push(defaulted(parse(kind, value)?))
+                }
+                None => return Err(format!("unknown kind {kind:?} in {}", crate::GROUP)),
+            },
             _ => {}
         }
         Ok(())

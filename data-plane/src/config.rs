@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use switchyard_proto::ResourceKind;
 use switchyard_proto::v1 as pb;
 
 use crate::policy::auth::{KeyEntry, KeyIndex};
@@ -109,15 +110,13 @@ pub struct RuntimeConfig {
 }
 
 /// The kinds a snapshot carries, as `InvalidResource` and `ResourceRef` name them.
-const POOL: &str = "ProviderPool";
-const ROUTE: &str = "LLMRoute";
-const KEY: &str = "VirtualKey";
-const GUARDRAIL: &str = "Guardrail";
+const POOL: &str = ResourceKind::ProviderPool.as_str();
+const ROUTE: &str = ResourceKind::LlmRoute.as_str();
+const KEY: &str = ResourceKind::VirtualKey.as_str();
+const GUARDRAIL: &str = ResourceKind::Guardrail.as_str();
 
 fn kind_static(kind: &str) -> Option<&'static str> {
-    [POOL, ROUTE, KEY, GUARDRAIL]
-        .into_iter()
-        .find(|k| *k == kind)
+    ResourceKind::parse(kind).map(ResourceKind::as_str)
 }
 
 fn ref_id(r: &pb::ResourceRef) -> String {

@@ -35,9 +35,64 @@ pub mod v1 {
     }
 }
 
+/// The kinds of resource a snapshot carries, named as their CRDs are. `ResourceRef.kind` is
+/// this name on the wire (a string, so a data plane and a control plane one version apart
+/// still read each other's references); every crate names kinds through this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    ProviderPool,
+    LlmRoute,
+    VirtualKey,
+    Guardrail,
+}
+
+impl ResourceKind {
+    pub const ALL: [Self; 4] = [
+        Self::ProviderPool,
+        Self::LlmRoute,
+        Self::VirtualKey,
+        Self::Guardrail,
+    ];
+
+    /// The CRD kind's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ProviderPool => "ProviderPool",
+            Self::LlmRoute => "LLMRoute",
+            Self::VirtualKey => "VirtualKey",
+            Self::Guardrail => "Guardrail",
+        }
+    }
+
+    /// The kind of this name; `None` for any other.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::ResourceKind;
     use super::v1::{AwsCredentials, Endpoint};
+
+    #[test]
+    fn kinds_parse_their_names_and_nothing_else() {
+        for k in ResourceKind::ALL {
+            assert_eq!(ResourceKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(
+            ResourceKind::parse("LLMRoute"),
+            Some(ResourceKind::LlmRoute)
+        );
+        assert_eq!(ResourceKind::parse("Secret"), None);
+        assert_eq!(ResourceKind::parse("llmroute"), None);
+    }
 
     #[test]
     fn endpoint_debug_redacts_credential() {

@@ -303,7 +303,9 @@ impl<K> StatusObject for K where
 /// The identity of an object as compile and status name it.
 pub fn resource_key<K: Resource<DynamicType = ()>>(obj: &K) -> Option<ResourceKey> {
     Some(ResourceKey {
-        kind: kind_static(&K::kind(&())),
+        // Only the four kinds are compiled: another has no key (it was once taken for a
+        // Guardrail).
+        kind: switchyard_proto::ResourceKind::parse(&K::kind(&()))?.as_str(),
         namespace: obj.namespace()?,
         name: obj.name_any(),
         generation: obj.meta().generation.unwrap_or(0),
@@ -371,15 +373,6 @@ impl Evented {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert((key.clone(), reason))
-    }
-}
-
-fn kind_static(kind: &str) -> &'static str {
-    match kind {
-        "ProviderPool" => "ProviderPool",
-        "LLMRoute" => "LLMRoute",
-        "VirtualKey" => "VirtualKey",
-        _ => "Guardrail",
     }
 }
 

@@ -106,20 +106,25 @@ impl Triggers {
     /// One object, by (kind, namespace, name).
     pub fn one(&self, (kind, ns, name): &Ident) {
         // A send fails only when the controller is gone (shutting down).
-        let sent = match kind.as_str() {
-            "ProviderPool" => self.pools.one.send(ObjectRef::new(name).within(ns)).is_ok(),
-            "LLMRoute" => self
+        use switchyard_proto::ResourceKind;
+        let sent = match ResourceKind::parse(kind) {
+            Some(ResourceKind::ProviderPool) => {
+                self.pools.one.send(ObjectRef::new(name).within(ns)).is_ok()
+            }
+            Some(ResourceKind::LlmRoute) => self
                 .routes
                 .one
                 .send(ObjectRef::new(name).within(ns))
                 .is_ok(),
-            "VirtualKey" => self.keys.one.send(ObjectRef::new(name).within(ns)).is_ok(),
-            "Guardrail" => self
+            Some(ResourceKind::VirtualKey) => {
+                self.keys.one.send(ObjectRef::new(name).within(ns)).is_ok()
+            }
+            Some(ResourceKind::Guardrail) => self
                 .guardrails
                 .one
                 .send(ObjectRef::new(name).within(ns))
                 .is_ok(),
-            _ => true,
+            None => true,
         };
         if !sent {
             tracing::debug!(%kind, %ns, %name, "no controller to reconcile");
