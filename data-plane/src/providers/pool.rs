@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
+use switchyard_crds::compile;
 use switchyard_proto::v1 as pb;
 
 use super::{Auth, Provider};
@@ -273,10 +274,12 @@ impl PoolEntry {
         let t = p.timeouts.unwrap_or_default();
         let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
         let timeouts = Timeouts {
-            connect: ms(t.connect_ms, Duration::from_secs(5)),
-            first_byte: ms(t.first_byte_ms, Duration::from_secs(60)),
-            total: ms(t.total_ms, Duration::from_secs(600)),
-            idle: ms(t.idle_ms, Duration::from_secs(60)),
+            // The compiler fills these in; a snapshot without them gets the same defaults,
+            // defined once, in `crds`.
+            connect: ms(t.connect_ms, compile::DEFAULT_CONNECT_TIMEOUT),
+            first_byte: ms(t.first_byte_ms, compile::DEFAULT_FIRST_BYTE_TIMEOUT),
+            total: ms(t.total_ms, compile::DEFAULT_TOTAL_TIMEOUT),
+            idle: ms(t.idle_ms, compile::DEFAULT_IDLE_TIMEOUT),
         };
         let outlier = match p.outlier_detection {
             Some(o) => OutlierSettings {

@@ -36,7 +36,7 @@ pub struct ClientSettings {
 impl Default for ClientSettings {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: switchyard_crds::compile::DEFAULT_CONNECT_TIMEOUT,
             max_idle_per_host: 256,
             idle_timeout: Duration::from_secs(90),
         }
