@@ -387,14 +387,22 @@ async fn every_request_is_recorded_in_a_chain_that_shows_tampering() {
     );
     // Cut off at the end: the last batch without its seal is refused; cut after a seal, the
     // trail is intact but has no closing checkpoint, said so.
-    let last = files.last().expect("files").clone();
-    let ls: Vec<String> = std::fs::read_to_string(&last)
-        .expect("read")
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    // (the trail's last file with a request in it: a rotation right after the last batch
+    // leaves a last file holding only the closing checkpoint)
+    let read = |f: &std::path::PathBuf| -> Vec<String> {
+        std::fs::read_to_string(f)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let at = files
+        .iter()
+        .rposition(|f| read(f).iter().any(|l| l.contains(r#""kind":"request""#)))
+        .expect("a file with a record");
+    let ls = read(&files[at]);
     let cut = dir.join("cut.jsonl");
-    let mut cut_files = files[..files.len() - 1].to_vec();
+    let mut cut_files = files[..at].to_vec();
     cut_files.push(cut.clone());
     let last_record = ls
         .iter()
