@@ -192,16 +192,26 @@ impl Admitted {
         if !streaming {
             return resp;
         }
-        resp.map(|body| Body::new(Holding { body, _held: self }))
+        resp.map(|body| Holding::body(body, self))
     }
 }
 
-struct Holding {
+/// A response body that keeps `T` alive until the body ends or is dropped: what a stream
+/// holds (its admission here; the request's record and its in-flight mark elsewhere) lasts
+/// as long as the stream, and is let go when the client leaves.
+pub(crate) struct Holding<T> {
     body: Body,
-    _held: Admitted,
+    _held: T,
 }
 
-impl http_body::Body for Holding {
+impl<T: Unpin + Send + 'static> Holding<T> {
+    /// `body`, keeping `held` until it ends.
+    pub(crate) fn body(body: Body, held: T) -> Body {
+        Body::new(Self { body, _held: held })
+    }
+}
+
+impl<T: Unpin> http_body::Body for Holding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -236,32 +236,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it ends or is dropped.
-struct Ended {
-    body: axum::body::Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Ended {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// Connections open by client address, when they are limited.
 #[derive(Clone)]
 struct Peers {
@@ -414,12 +388,10 @@ pub async fn serve(
                         Ok(r) => r,
                         Err(e) => match e {},
                     };
-                    Ok::<_, Infallible>(resp.map(|body| {
-                        axum::body::Body::new(Ended {
-                            body,
-                            _in_flight: in_flight,
-                        })
-                    }))
+                    // The request stays in flight until its response body ends.
+                    Ok::<_, Infallible>(
+                        resp.map(|body| crate::admission::Holding::body(body, in_flight)),
+                    )
                 }
             })
         };

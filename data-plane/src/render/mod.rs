@@ -106,26 +106,20 @@ pub(crate) async fn respond(
     format: Format,
     facts: &Facts,
     answer: Answer,
-    watchers: Watchers,
+    w: Watchers,
     decisions: &mut Decisions,
 ) -> Result<Response, ProxyError> {
-    let Watchers {
-        in_flight,
-        permit,
-        guard,
-        exchange,
-    } = watchers;
-    let wants_text = exchange.as_ref().is_some_and(Exchange::wants_text);
+    let wants_text = w.exchange.as_ref().is_some_and(Exchange::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
-        let body = match &guard {
+        let body = match &w.guard {
             Some(g) => g.answer(gw.webhooks(), body, decisions).await?,
             None => body,
         };
-        if let Some(a) = exchange.as_ref().filter(|a| a.sampled()) {
+        if let Some(a) = w.exchange.as_ref().filter(|a| a.sampled()) {
             a.spans(|s| s.answer(&body));
         }
         if wants_text
-            && let Some(a) = &exchange
+            && let Some(a) = &w.exchange
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
         {
             // As the client gets it: after the response phase.
@@ -133,13 +127,14 @@ pub(crate) async fn respond(
         }
         Ok(body)
     };
-    let rate = permit
+    let rate = w
+        .permit
         .as_ref()
         .map(|p| p.headers.clone())
         .filter(|h| !h.is_empty());
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
-            settle(gw, provider, permit, exchange.as_ref(), usage);
+            settle(gw, provider, w.permit, w.exchange.as_ref(), usage);
             json(guarded(body, decisions).await?)
         }
         Answer::Complete { response, echo } => {
@@ -147,8 +142,8 @@ pub(crate) async fn respond(
             settle(
                 gw,
                 provider,
-                permit,
-                exchange.as_ref(),
+                w.permit,
+                w.exchange.as_ref(),
                 Some(response.usage),
             );
             json(guarded(body?, decisions).await?)
@@ -157,15 +152,15 @@ pub(crate) async fn respond(
             embeddings: e,
             base64,
         } => {
-            settle(gw, provider, permit, exchange.as_ref(), Some(e.usage));
+            settle(gw, provider, w.permit, w.exchange.as_ref(), Some(e.usage));
             json(embeddings::render(&e, base64)?)
         }
         Answer::Tokens(n) => {
             settle(
                 gw,
                 provider,
-                permit,
-                exchange.as_ref(),
+                w.permit,
+                w.exchange.as_ref(),
                 Some(Usage::default()),
             );
             json(crate::llm::to_bytes(
@@ -181,7 +176,7 @@ pub(crate) async fn respond(
             mut record,
         } => {
             let same_format_decoder = match spec {
-                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
+                StreamSpec::Pass if w.guard.is_some() || wants_text || record.is_some() => {
                     stream::Decoder::of(format, false)
                 }
                 _ => None,
@@ -193,7 +188,7 @@ pub(crate) async fn respond(
             let step = match spec {
                 // Guardrails, the audit trail and the cache read the answer: same-format
                 // streams are decoded and rendered again in that format.
-                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
+                StreamSpec::Pass if w.guard.is_some() || wants_text || record.is_some() => {
                     Step::Translate {
                         decoder: same_format_decoder.ok_or_else(|| {
                             ProxyError::new(
@@ -233,12 +228,7 @@ pub(crate) async fn respond(
                     idle,
                 },
                 step,
-                Watchers {
-                    in_flight,
-                    permit,
-                    guard,
-                    exchange,
-                },
+                w,
                 record,
             )
         }
@@ -248,12 +238,7 @@ pub(crate) async fn respond(
             format,
             Source::Replay(Some(events)),
             Step::Render(renderer(format, facts, None)),
-            Watchers {
-                in_flight,
-                permit,
-                guard,
-                exchange,
-            },
+            w,
             None,
         ),
         Answer::MockStream { events, echo } => stream::response(
@@ -262,12 +247,7 @@ pub(crate) async fn respond(
             format,
             Source::Mock(Box::new(events)),
             Step::Render(renderer(format, facts, echo)),
-            Watchers {
-                in_flight,
-                permit,
-                guard,
-                exchange,
-            },
+            w,
             None,
         ),
     };

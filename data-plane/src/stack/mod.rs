@@ -198,12 +198,7 @@ where
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
             let resp = if streaming {
                 // The record is read when the stream ends, not when its head went out.
-                resp.map(|body| {
-                    axum::body::Body::new(Held {
-                        body,
-                        _exchange: slot.clone(),
-                    })
-                })
+                resp.map(|body| crate::admission::Holding::body(body, slot.clone()))
             } else {
                 resp
             };
@@ -223,32 +218,5 @@ where
                 .observe(started.elapsed().as_secs_f64());
             Ok(resp)
         })
-    }
-}
-
-/// A stream's body, holding the request's record until it ends (or the client goes).
-struct Held {
-    body: axum::body::Body,
-    /// The request's record is read when the stream ends.
-    _exchange: crate::telemetry::Exchange,
-}
-
-impl http_body::Body for Held {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
