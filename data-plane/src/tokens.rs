@@ -165,7 +165,10 @@ pub(crate) fn estimate_incoming(incoming: &Incoming, upstream_model: &str) -> Es
     if incoming.op == Op::Embed {
         return estimate_texts(&crate::dialect::embeddings::texts(raw), upstream_model);
     }
-    match crate::dialect::decode_canonical(incoming.format, raw) {
+    let decoded = crate::dialect::codec(incoming.format)
+        .generation()
+        .and_then(|g| (g.decode)(raw));
+    match decoded {
         Ok((r, _)) => estimate_request(&r, upstream_model),
         // The body was checked for shape; a translation error surfaces later with its 400.
         Err(_) => Estimate {

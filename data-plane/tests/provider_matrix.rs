@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use serde_json::json;
-use switchyard_data_plane::dialect::{anthropic, bedrock, gemini, openai_chat};
+use switchyard_data_plane::dialect::codec::{Target, codec};
 use switchyard_data_plane::llm::{
     Format, Media, Message, Op, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool,
     ToolCall, ToolChoice,
@@ -229,12 +229,14 @@ fn features() -> Vec<(&'static str, Request)> {
 
 /// Whether the upstream's encoder takes the probe, and (for thinking replays) keeps it.
 fn takes(p: &Provider, name: &str, r: &Request) -> &'static str {
-    let body = match p.wire() {
-        Format::AnthropicMessages => anthropic::encode_request(r, "m"),
-        Format::Gemini => gemini::encode_request(r),
-        Format::BedrockConverse => bedrock::encode_request(r),
-        _ => openai_chat::encode_request(r, "m", p.encode_options(), p.label()),
+    let target = Target {
+        model: "m",
+        provider: p.label(),
+        openai: p.encode_options(),
     };
+    let body = codec(p.wire())
+        .upstream()
+        .and_then(|u| (u.encode)(r, &target));
     match body {
         Err(_) => "400",
         Ok(b) if name == "signed thinking replayed" => {

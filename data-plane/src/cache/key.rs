@@ -107,6 +107,14 @@ pub(crate) fn plan(policy: &Policy, route: &str, key: &KeyEntry, incoming: &Inco
     if incoming.facts.stream && !policy.streaming {
         return Plan::Bypass("streamed requests are not cached on this route");
     }
+    if incoming.facts.stream
+        && crate::dialect::codec(incoming.format)
+            .generation()
+            .map_or(true, |g| g.decode_answer.is_none())
+    {
+        // A hit would be replayed from the stored answer, which this API cannot read back.
+        return Plan::Bypass("this API's answers are not replayed as streams");
+    }
     let Some(raw) = incoming.raw() else {
         return Plan::Bypass("no body");
     };
@@ -435,6 +443,39 @@ mod tests {
             }) => probe,
             other => panic!("no probe: {other:?}"),
         }
+    }
+
+    /// A streamed request of an API whose answers the gateway cannot read back (Responses,
+    /// Completions) is not looked up: a hit could not be replayed. The same body unstreamed is.
+    #[test]
+    fn streams_of_apis_without_a_replay_bypass_the_cache() {
+        let body = r#"{"model":"m","temperature":0,"input":"hi"}"#;
+        for format in [Format::OpenAiResponses, Format::OpenAiCompletions] {
+            let mut streamed = incoming(body, true);
+            streamed.format = format;
+            assert!(
+                matches!(
+                    plan(&policy(Scope::Key), "r", &key("k1", "red"), &streamed),
+                    Plan::Bypass(_)
+                ),
+                "{format:?}"
+            );
+            let mut whole = incoming(body, false);
+            whole.format = format;
+            assert!(matches!(
+                plan(&policy(Scope::Key), "r", &key("k1", "red"), &whole),
+                Plan::Use(_)
+            ));
+        }
+        assert!(matches!(
+            plan(
+                &policy(Scope::Key),
+                "r",
+                &key("k1", "red"),
+                &incoming(body, true)
+            ),
+            Plan::Use(_)
+        ));
     }
 
     #[test]

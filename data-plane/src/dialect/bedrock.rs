@@ -14,12 +14,34 @@ use serde_json::{Map, Value, json};
 use super::{
     Flow, class_of_status, malformed, mentions_context_window, upstream_error, upstream_garbage,
 };
+use crate::dialect::codec::{self, Codec, CountTokens};
 use crate::error::{FailureClass, ProxyError};
 use crate::llm::{
     Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat, Role,
     Source, ToolCall, ToolChoice, Usage,
 };
 use crate::upstream::Frame;
+
+/// Bedrock Converse: a wire the gateway translates into.
+pub static CODEC: Codec = Codec {
+    format: crate::llm::Format::BedrockConverse,
+    client: None,
+    upstream: Some(codec::Upstream {
+        encode: |r, _| encode_request(r),
+        decode: decode_response,
+        decoder: |json_tool| codec::Decoder::Bedrock(Decoder::new(json_tool)),
+        classify: |status, headers, body| {
+            let kind = headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok());
+            classify(status, kind, body, codec::retry_after(headers))
+        },
+        count_tokens: Some(CountTokens {
+            body: |r, _| count_tokens_body(r),
+            read: count_tokens_of,
+        }),
+    }),
+};
 
 const TARGET: &str = "Bedrock Converse";
 /// The forced tool that carries a JSON answer.

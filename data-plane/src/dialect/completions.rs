@@ -7,10 +7,30 @@ use serde_json::{Map, Value, json};
 
 use super::bad_json;
 use super::openai_chat::{WireUsage, finish_reason};
+use crate::dialect::codec::{self, Codec, Generation, Renderer as Render, Sniffer as Sniff};
 use crate::error::ProxyError;
+use crate::llm::Format;
 use crate::llm::raw::RawObject;
 use crate::llm::{Event, Facts, Message, Request, Response, Role, Usage};
 use crate::upstream::sse;
+
+/// The legacy Completions API: a front door, passed through to OpenAI-format upstreams.
+pub static CODEC: Codec = Codec {
+    format: Format::OpenAiCompletions,
+    client: Some(codec::Client {
+        facts: |raw, _| facts(raw),
+        usage_of: super::openai_chat::usage_of,
+        sniffer: |f| Sniff::OpenAi(super::openai_chat::Sniffer::new(f.stream_usage)),
+        error_event: super::openai_chat::error_event,
+        generation: Some(Generation {
+            decode: |raw| Ok((decode_request(raw)?, None)),
+            render: |r, _| render_response(r),
+            renderer: |f, _| Render::Completions(Renderer::new(f.stream_usage)),
+            decode_answer: None,
+        }),
+    }),
+    upstream: None,
+};
 
 #[derive(Deserialize)]
 struct WireRequest {

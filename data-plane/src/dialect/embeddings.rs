@@ -7,9 +7,25 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::bad_json;
+use crate::dialect::codec::{self, Codec, Sniffer as Sniff};
 use crate::error::ProxyError;
 use crate::llm::raw::RawObject;
-use crate::llm::{Facts, Usage};
+use crate::llm::{Facts, Format, Usage};
+
+/// The embeddings API: a front door, passed through to OpenAI-format upstreams or
+/// translated for Gemini by the provider.
+pub(crate) static CODEC: Codec = Codec {
+    format: Format::OpenAiEmbeddings,
+    client: Some(codec::Client {
+        facts: |raw, _| facts(raw),
+        usage_of: super::openai_chat::usage_of,
+        // Embeddings do not stream.
+        sniffer: |f| Sniff::OpenAi(super::openai_chat::Sniffer::new(f.stream_usage)),
+        error_event: super::openai_chat::error_event,
+        generation: None,
+    }),
+    upstream: None,
+};
 
 /// An embeddings request in canonical form.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,12 +18,29 @@ use super::embeddings::{Embeddings, EmbeddingsRequest};
 use super::{
     Flow, class_of_status, malformed, mentions_context_window, upstream_error, upstream_garbage,
 };
+use crate::dialect::codec::{self, Codec, CountTokens};
 use crate::error::{FailureClass, ProxyError};
 use crate::llm::{
     Block, Delta, Event, Finish, FinishReason, Part, Request, Response, ResponseFormat, Role,
     Source, ToolCall, ToolChoice, Usage,
 };
 use crate::upstream::Frame;
+
+/// Gemini `generateContent`: a wire the gateway translates into.
+pub static CODEC: Codec = Codec {
+    format: crate::llm::Format::Gemini,
+    client: None,
+    upstream: Some(codec::Upstream {
+        encode: |r, _| encode_request(r),
+        decode: |body, _| decode_response(body),
+        decoder: |_| codec::Decoder::Gemini(Decoder::default()),
+        classify: |status, headers, body| classify(status, body, codec::retry_after(headers)),
+        count_tokens: Some(CountTokens {
+            body: count_tokens_body,
+            read: count_tokens_of,
+        }),
+    }),
+};
 
 const TARGET: &str = "Gemini";
 

@@ -8,10 +8,13 @@
 //!   `Decoder` (wire -> canonical), and error classification;
 //! - same format on both sides: a stream `Sniffer` that forwards events and reads usage.
 //!
+//! Each module exposes one `CODEC` value with all of it, reached through `codec::codec`.
+//!
 //! Every function here is pure: bytes and canonical types in, bytes and canonical types out.
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod codec;
 pub mod completions;
 pub(crate) mod embeddings;
 pub mod gemini;
@@ -19,60 +22,10 @@ pub mod openai_chat;
 pub(crate) mod openai_error;
 pub mod responses;
 
+pub use codec::codec;
 use http::{HeaderValue, StatusCode};
 
 use crate::error::{ErrorKind, FailureClass, ProxyError};
-use crate::llm::raw::RawObject;
-use crate::llm::{Format, Request, Response, Usage};
-
-/// Decodes a client's request of a front-door format into canonical form (the Responses API
-/// also gives back what its response object must repeat).
-pub fn decode_canonical(
-    format: Format,
-    raw: &RawObject,
-) -> Result<(Request, Option<Box<responses::Echo>>), ProxyError> {
-    Ok(match format {
-        Format::OpenAiChat => (openai_chat::decode_request(raw)?, None),
-        Format::OpenAiCompletions => (completions::decode_request(raw)?, None),
-        Format::OpenAiResponses => {
-            let (r, e) = responses::decode_request(raw)?;
-            (r, Some(Box::new(e)))
-        }
-        Format::AnthropicMessages => (anthropic::decode_request(raw)?, None),
-        Format::OpenAiEmbeddings | Format::Gemini | Format::BedrockConverse => {
-            return Err(ProxyError::new(
-                ErrorKind::Internal,
-                format!("{} is not a generation front door", format.label()),
-            ));
-        }
-    })
-}
-
-/// Decodes an upstream's complete answer in its wire format.
-pub fn decode_response(wire: Format, body: &[u8], json_tool: bool) -> Result<Response, ProxyError> {
-    match wire {
-        Format::AnthropicMessages => anthropic::decode_response(body),
-        Format::Gemini => gemini::decode_response(body),
-        Format::BedrockConverse => bedrock::decode_response(body, json_tool),
-        Format::OpenAiChat
-        | Format::OpenAiCompletions
-        | Format::OpenAiResponses
-        | Format::OpenAiEmbeddings => openai_chat::decode_response(body),
-    }
-}
-
-/// The usage of an answer passed through in the client's own format.
-pub fn usage_of(format: Format, body: &[u8]) -> Result<Option<Usage>, ProxyError> {
-    match format {
-        Format::AnthropicMessages => anthropic::usage_of(body),
-        Format::OpenAiResponses => responses::usage_of(body),
-        Format::OpenAiChat
-        | Format::OpenAiCompletions
-        | Format::OpenAiEmbeddings
-        | Format::Gemini
-        | Format::BedrockConverse => openai_chat::usage_of(body),
-    }
-}
 
 /// The JSON string fields that carry generated text in a dialect's stream events, found
 /// without parsing: how much text a passthrough stream delivered (to settle a stream that

@@ -27,11 +27,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::admission;
 use crate::config::RuntimeConfig;
-use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
 use crate::error::{Dialect, ErrorKind, Origin, ProxyError};
 use crate::gateway::Gateway;
 use crate::llm::raw::{ParseError, RawObject};
-use crate::llm::{Facts, Format, Incoming, Op};
+use crate::llm::{Format, Incoming, Op};
 
 type Result<T, E = ProxyError> = std::result::Result<T, E>;
 
@@ -61,18 +60,7 @@ impl Door {
         match self {
             Door::CountTokens => Op::CountTokens,
             Door::Embeddings => Op::Embed,
-            _ => Op::Generate,
-        }
-    }
-
-    fn facts(self, raw: &RawObject) -> Result<Facts> {
-        match self {
-            Door::Chat => openai_chat::facts(raw),
-            Door::Completions => completions::facts(raw),
-            Door::Responses => responses::facts(raw),
-            Door::Messages => anthropic::facts(raw),
-            Door::CountTokens => anthropic::count_facts(raw),
-            Door::Embeddings => embeddings::facts(raw),
+            Door::Chat | Door::Completions | Door::Responses | Door::Messages => Op::Generate,
         }
     }
 }
@@ -182,7 +170,7 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
         slot: admission.slot()?,
     };
     let raw = parse_object(body)?;
-    let facts = door.facts(&raw)?;
+    let facts = (crate::dialect::codec(door.format()).client()?.facts)(&raw, door.op())?;
     let incoming = Incoming {
         format: door.format(),
         op: door.op(),

@@ -53,9 +53,25 @@ impl Format {
     pub fn error_dialect(self) -> crate::error::Dialect {
         match self {
             Self::AnthropicMessages => crate::error::Dialect::Anthropic,
-            _ => crate::error::Dialect::OpenAi,
+            Self::OpenAiChat
+            | Self::OpenAiCompletions
+            | Self::OpenAiResponses
+            | Self::OpenAiEmbeddings
+            | Self::Gemini
+            | Self::BedrockConverse => crate::error::Dialect::OpenAi,
         }
     }
+
+    /// Every format.
+    pub const ALL: [Self; 7] = [
+        Self::OpenAiChat,
+        Self::OpenAiCompletions,
+        Self::OpenAiResponses,
+        Self::OpenAiEmbeddings,
+        Self::AnthropicMessages,
+        Self::Gemini,
+        Self::BedrockConverse,
+    ];
 
     /// Low-cardinality label for metrics and logs.
     pub fn label(self) -> &'static str {
@@ -72,17 +88,7 @@ impl Format {
 
     /// The format of a [`Format::label`].
     pub fn from_label(label: &str) -> Option<Self> {
-        [
-            Self::OpenAiChat,
-            Self::OpenAiCompletions,
-            Self::OpenAiResponses,
-            Self::OpenAiEmbeddings,
-            Self::AnthropicMessages,
-            Self::Gemini,
-            Self::BedrockConverse,
-        ]
-        .into_iter()
-        .find(|f| f.label() == label)
+        Self::ALL.into_iter().find(|f| f.label() == label)
     }
 }
 

@@ -307,7 +307,16 @@ async fn answer_from_cache(
     exchange: Option<crate::telemetry::Exchange>,
 ) -> Result<Response, ProxyError> {
     let answer = if incoming.facts.stream {
-        let r = crate::dialect::decode_response(incoming.format, &entry.body, false)?;
+        let decode = crate::dialect::codec(incoming.format)
+            .generation()?
+            .decode_answer
+            .ok_or_else(|| {
+                ProxyError::new(
+                    crate::error::ErrorKind::Internal,
+                    "this API's answers are not replayed as streams",
+                )
+            })?;
+        let r = decode(&entry.body)?;
         crate::providers::Answer::Replay(crate::cache::replay(&r))
     } else {
         crate::providers::Answer::Raw {

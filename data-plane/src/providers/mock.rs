@@ -176,7 +176,8 @@ pub(crate) async fn answer(
             base64,
         });
     }
-    let (request, echo): (_, Option<Box<Echo>>) = dialect::decode_canonical(incoming.format, raw)?;
+    let (request, echo): (_, Option<Box<Echo>>) =
+        (dialect::codec(incoming.format).generation()?.decode)(raw)?;
     if let Some(f) = request.unmapped_field() {
         return Err(ProxyError::unmappable(f, "the built-in mock"));
     }

@@ -17,10 +17,11 @@ use http_body_util::Full;
 use hyper::body::Incoming as Body;
 use tokio::time::Instant;
 
+use crate::dialect::codec::Target;
 use crate::dialect::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::dialect::openai_chat::{EncodeOptions, MaxTokensField};
 use crate::dialect::responses::Echo;
-use crate::dialect::{self, anthropic, bedrock, gemini, openai_error};
+use crate::dialect::{self, gemini};
 use crate::error::{ErrorKind, ProxyError};
 use crate::health::InFlight;
 use crate::llm::{Format, Incoming, Op, Request, Response, Usage};
@@ -233,17 +234,9 @@ impl Provider {
 
     /// Classifies an error answer.
     pub fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProxyError {
-        let retry_after = headers.get(header::RETRY_AFTER).cloned();
-        match self {
-            Self::Anthropic => anthropic::classify(status, body, retry_after),
-            Self::Gemini { .. } => gemini::classify(status, body, retry_after),
-            Self::Bedrock { .. } => {
-                let kind = headers
-                    .get("x-amzn-errortype")
-                    .and_then(|v| v.to_str().ok());
-                bedrock::classify(status, kind, body, retry_after)
-            }
-            _ => openai_error::classify(status, body, retry_after),
+        match dialect::codec(self.wire()).upstream() {
+            Ok(u) => (u.classify)(status, headers, body),
+            Err(e) => e,
         }
     }
 }
@@ -357,7 +350,7 @@ fn canonical(incoming: &Incoming, model: &str) -> Result<(Request, Option<Box<Ec
     let raw = incoming
         .raw()
         .ok_or_else(|| ProxyError::new(ErrorKind::Internal, "request body was consumed"))?;
-    let (mut r, echo) = dialect::decode_canonical(incoming.format, raw)?;
+    let (mut r, echo) = (dialect::codec(incoming.format).generation()?.decode)(raw)?;
     model.clone_into(&mut r.model);
     Ok((r, echo))
 }
@@ -429,17 +422,15 @@ fn prepare(
         }
         Op::CountTokens => {
             let (r, _) = canonical(incoming, model)?;
-            let body = match wire {
-                Format::Gemini => gemini::count_tokens_body(&r, model)?,
-                Format::BedrockConverse => bedrock::count_tokens_body(&r)?,
-                Format::OpenAiChat
-                | Format::OpenAiCompletions
-                | Format::OpenAiResponses
-                | Format::OpenAiEmbeddings
-                | Format::AnthropicMessages => anthropic::count_tokens_body(&r, model)?,
-            };
+            let url = provider.url(base, op, wire, model, false)?;
+            let count = dialect::codec(wire).upstream()?.count_tokens.as_ref();
+            let body = (count
+                .ok_or_else(|| {
+                    ProxyError::new(ErrorKind::Internal, "no token count for this wire format")
+                })?
+                .body)(&r, model)?;
             Ok(Prepared {
-                url: provider.url(base, op, wire, model, false)?,
+                url,
                 body,
                 stream: false,
                 pass_headers: Vec::new(),
@@ -458,20 +449,12 @@ fn prepare(
                             | crate::llm::ResponseFormat::JsonSchema { .. }
                     )
                 );
-            let body = match wire {
-                Format::AnthropicMessages => anthropic::encode_request(&r, model)?,
-                Format::Gemini => gemini::encode_request(&r)?,
-                Format::BedrockConverse => bedrock::encode_request(&r)?,
-                Format::OpenAiChat
-                | Format::OpenAiCompletions
-                | Format::OpenAiResponses
-                | Format::OpenAiEmbeddings => dialect::openai_chat::encode_request(
-                    &r,
-                    model,
-                    provider.encode_options(),
-                    provider.label(),
-                )?,
+            let target = Target {
+                model,
+                provider: provider.label(),
+                openai: provider.encode_options(),
             };
+            let body = (dialect::codec(wire).upstream()?.encode)(&r, &target)?;
             Ok(Prepared {
                 url: provider.url(base, op, wire, model, stream)?,
                 body,
@@ -642,11 +625,11 @@ pub async fn call(
     let body = upstream::read_body(resp.into_body(), d.total).await?;
     Ok(match p.read {
         Read::Raw(format) => Answer::Raw {
-            usage: dialect::usage_of(format, &body)?,
+            usage: (dialect::codec(format).client()?.usage_of)(&body)?,
             body,
         },
         Read::Decode { wire, json_tool } => {
-            let mut response = dialect::decode_response(wire, &body, json_tool)?;
+            let mut response = (dialect::codec(wire).upstream()?.decode)(&body, json_tool)?;
             // Converse names no model in its answer.
             if response.model.is_empty() {
                 model.clone_into(&mut response.model);
@@ -660,9 +643,10 @@ pub async fn call(
             embeddings: gemini::decode_embeddings(&body, &req, model)?,
             base64: req.base64,
         },
-        Read::Tokens(Format::Gemini) => Answer::Tokens(gemini::count_tokens_of(&body)?),
-        Read::Tokens(Format::BedrockConverse) => Answer::Tokens(bedrock::count_tokens_of(&body)?),
-        Read::Tokens(_) => Answer::Raw { body, usage: None },
+        Read::Tokens(wire) => match &dialect::codec(wire).upstream()?.count_tokens {
+            Some(count) => Answer::Tokens((count.read)(&body)?),
+            None => Answer::Raw { body, usage: None },
+        },
     })
 }
 

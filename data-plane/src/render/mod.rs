@@ -9,7 +9,8 @@ use http::{HeaderValue, header};
 
 mod stream;
 
-use crate::dialect::{anthropic, completions, embeddings, openai_chat, responses};
+use crate::dialect::codec::Renderer;
+use crate::dialect::{codec, embeddings, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::health::InFlight;
@@ -19,7 +20,7 @@ use crate::policy::limits::{Permit, RateHeaders};
 use crate::providers::{Answer, StreamSpec};
 use crate::telemetry::Exchange;
 use crate::upstream::Framer;
-use stream::{Renderer, Source, Step};
+use stream::{Source, Step};
 
 fn json(body: Bytes) -> Response {
     (
@@ -38,34 +39,16 @@ pub(crate) fn render(
     r: &Answer_,
     echo: Option<&responses::Echo>,
 ) -> Result<Bytes, ProxyError> {
-    match format {
-        Format::AnthropicMessages => anthropic::render_response(r),
-        Format::OpenAiCompletions => completions::render_response(r),
-        Format::OpenAiResponses => {
-            responses::render_response(r, echo.unwrap_or(&responses::Echo::default()))
-        }
-        Format::OpenAiChat
-        | Format::OpenAiEmbeddings
-        | Format::Gemini
-        | Format::BedrockConverse => openai_chat::render_response(r),
-    }
+    (codec(format).generation()?.render)(r, echo)
 }
 
 /// The stream renderer of a front door's format.
-fn renderer(format: Format, facts: &Facts, echo: Option<Box<responses::Echo>>) -> Renderer {
-    match format {
-        Format::AnthropicMessages => Renderer::Messages(anthropic::Renderer::new()),
-        Format::OpenAiCompletions => {
-            Renderer::Completions(completions::Renderer::new(facts.stream_usage))
-        }
-        Format::OpenAiResponses => Renderer::Responses(Box::new(responses::Renderer::new(
-            echo.map(|e| *e).unwrap_or_default(),
-        ))),
-        Format::OpenAiChat
-        | Format::OpenAiEmbeddings
-        | Format::Gemini
-        | Format::BedrockConverse => Renderer::Chat(openai_chat::Renderer::new(facts.stream_usage)),
-    }
+fn renderer(
+    format: Format,
+    facts: &Facts,
+    echo: Option<Box<responses::Echo>>,
+) -> Result<Renderer, ProxyError> {
+    Ok((codec(format).generation()?.renderer)(facts, echo))
 }
 
 fn settle(
@@ -109,6 +92,7 @@ pub(crate) async fn respond(
     w: Watchers,
     decisions: &mut Decisions,
 ) -> Result<Response, ProxyError> {
+    let client = codec(format).client()?;
     let wants_text = w.exchange.as_ref().is_some_and(Exchange::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
         let body = match &w.guard {
@@ -177,7 +161,7 @@ pub(crate) async fn respond(
         } => {
             let same_format_decoder = match spec {
                 StreamSpec::Pass if w.guard.is_some() || wants_text || record.is_some() => {
-                    stream::Decoder::of(format, false)
+                    codec(format).upstream.as_ref().map(|u| (u.decoder)(false))
                 }
                 _ => None,
             };
@@ -196,31 +180,26 @@ pub(crate) async fn respond(
                                 "response guardrails do not run on streams of this API yet; ask without `stream`",
                             )
                         })?,
-                        renderer: renderer(format, facts, None),
+                        renderer: renderer(format, facts, None)?,
                         model: String::new(),
                     }
                 }
-                StreamSpec::Pass => Step::Pass(stream::Sniffer::of(format, facts)),
+                StreamSpec::Pass => Step::Pass((client.sniffer)(facts)),
                 StreamSpec::Translate {
                     wire,
                     json_tool,
                     echo,
                     model,
                 } => Step::Translate {
-                    decoder: stream::Decoder::of(wire, json_tool).ok_or_else(|| {
-                        ProxyError::new(
-                            ErrorKind::Internal,
-                            "no stream decoder for the upstream format",
-                        )
-                    })?,
-                    renderer: renderer(format, facts, echo),
+                    decoder: (codec(wire).upstream()?.decoder)(json_tool),
+                    renderer: renderer(format, facts, echo)?,
                     model,
                 },
             };
             stream::response(
                 gw.clone(),
                 provider,
-                format,
+                client.error_event,
                 Source::Upstream {
                     body,
                     framer: Framer::new(framing),
@@ -235,18 +214,18 @@ pub(crate) async fn respond(
         Answer::Replay(events) => stream::response(
             gw.clone(),
             provider,
-            format,
+            client.error_event,
             Source::Replay(Some(events)),
-            Step::Render(renderer(format, facts, None)),
+            Step::Render(renderer(format, facts, None)?),
             w,
             None,
         ),
         Answer::MockStream { events, echo } => stream::response(
             gw.clone(),
             provider,
-            format,
+            client.error_event,
             Source::Mock(Box::new(events)),
-            Step::Render(renderer(format, facts, echo)),
+            Step::Render(renderer(format, facts, echo)?),
             w,
             None,
         ),

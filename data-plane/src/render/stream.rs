@@ -15,163 +15,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::dialect::{Flow, anthropic, bedrock, completions, gemini, openai_chat, responses};
-use crate::error::{Dialect, ErrorKind, ProxyError};
+use crate::dialect::Flow;
+use crate::dialect::codec::{Decoder, Renderer, Sniffer};
+use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::health::{InFlight, Verdict};
-use crate::llm::{Delta, Event, Facts, Format, Usage};
+use crate::llm::{Delta, Event, Usage};
 use crate::policy::guard::events::Guarded;
 use crate::policy::limits::Permit;
 use crate::providers::mock;
 use crate::telemetry::metrics::ReasonLabels;
 use crate::upstream::Frame;
-use crate::upstream::{Framer, sse};
-
-/// Same-format passthrough, by format.
-#[derive(Debug)]
-pub(super) enum Sniffer {
-    OpenAi(openai_chat::Sniffer),
-    Anthropic(anthropic::Sniffer),
-    Responses(responses::Sniffer),
-}
-
-impl Sniffer {
-    pub(super) fn of(format: Format, facts: &Facts) -> Self {
-        match format {
-            Format::AnthropicMessages => Self::Anthropic(anthropic::Sniffer::new()),
-            Format::OpenAiResponses => Self::Responses(responses::Sniffer::default()),
-            Format::OpenAiChat
-            | Format::OpenAiCompletions
-            | Format::OpenAiEmbeddings
-            | Format::Gemini
-            | Format::BedrockConverse => {
-                Self::OpenAi(openai_chat::Sniffer::new(facts.stream_usage))
-            }
-        }
-    }
-
-    fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) -> Result<Flow, ProxyError> {
-        match self {
-            Self::OpenAi(s) => s.frame(f, out),
-            Self::Anthropic(s) => s.frame(f, out),
-            Self::Responses(s) => s.frame(f, out),
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        match self {
-            Self::OpenAi(s) => s.usage,
-            Self::Anthropic(s) => s.usage(),
-            Self::Responses(s) => s.usage,
-        }
-    }
-
-    /// Bytes of generated text passed to the client.
-    fn delivered(&self) -> u64 {
-        match self {
-            Self::OpenAi(s) => s.delivered,
-            Self::Anthropic(s) => s.delivered,
-            Self::Responses(s) => s.delivered,
-        }
-    }
-}
-
-/// Upstream wire format -> canonical events.
-#[derive(Debug)]
-pub(super) enum Decoder {
-    OpenAiChat(openai_chat::Decoder),
-    Anthropic(anthropic::Decoder),
-    Gemini(gemini::Decoder),
-    Bedrock(bedrock::Decoder),
-}
-
-impl Decoder {
-    pub(super) fn of(wire: Format, json_tool: bool) -> Option<Self> {
-        Some(match wire {
-            Format::OpenAiChat => Self::OpenAiChat(openai_chat::Decoder::default()),
-            Format::AnthropicMessages => Self::Anthropic(anthropic::Decoder::default()),
-            Format::Gemini => Self::Gemini(gemini::Decoder::default()),
-            Format::BedrockConverse => Self::Bedrock(bedrock::Decoder::new(json_tool)),
-            Format::OpenAiCompletions | Format::OpenAiResponses | Format::OpenAiEmbeddings => {
-                return None;
-            }
-        })
-    }
-
-    fn frame(&mut self, f: &Frame, out: &mut Vec<Event>) -> Result<Flow, ProxyError> {
-        match self {
-            Self::OpenAiChat(d) => d.frame(f, out),
-            Self::Anthropic(d) => d.frame(f, out),
-            Self::Gemini(d) => d.frame(f, out),
-            Self::Bedrock(d) => d.frame(f, out),
-        }
-    }
-
-    /// At the end of the body: formats that end by closing (Gemini, Bedrock) are complete
-    /// here; the others needed their explicit terminator.
-    fn end(&mut self, out: &mut Vec<Event>) -> Flow {
-        match self {
-            Self::Gemini(d) => d.end(out),
-            Self::Bedrock(d) => d.end(out),
-            Self::OpenAiChat(_) | Self::Anthropic(_) => Flow::Continue,
-        }
-    }
-}
-
-/// Canonical events -> the client's format.
-#[derive(Debug)]
-pub(super) enum Renderer {
-    Chat(openai_chat::Renderer),
-    Completions(completions::Renderer),
-    Responses(Box<responses::Renderer>),
-    Messages(anthropic::Renderer),
-}
-
-impl Renderer {
-    fn event(&mut self, ev: Event, out: &mut Vec<Bytes>) {
-        match self {
-            Self::Chat(r) => r.event(ev, out),
-            Self::Completions(r) => r.event(ev, out),
-            Self::Responses(r) => r.event(ev, out),
-            Self::Messages(r) => r.event(ev, out),
-        }
-    }
-
-    fn done(&mut self, out: &mut Vec<Bytes>) {
-        match self {
-            Self::Chat(r) => r.done(out),
-            Self::Completions(r) => r.done(out),
-            Self::Responses(r) => r.done(out),
-            Self::Messages(r) => r.done(out),
-        }
-    }
-
-    fn error(&mut self, e: &ProxyError, out: &mut Vec<Bytes>) {
-        match self {
-            Self::Responses(r) => r.error(e, out),
-            Self::Messages(_) => out.push(error_event(Format::AnthropicMessages, e)),
-            Self::Chat(_) | Self::Completions(_) => out.push(error_event(Format::OpenAiChat, e)),
-        }
-    }
-}
-
-/// An error event in a client format, for streams with no renderer (passthrough).
-fn error_event(format: Format, e: &ProxyError) -> Bytes {
-    match format {
-        Format::AnthropicMessages => anthropic::error_event(e),
-        Format::OpenAiResponses => {
-            let body = e.body(Dialect::OpenAi);
-            let err = &body["error"];
-            let v = serde_json::json!({"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "sequence_number": 0});
-            sse::named("error", v.to_string().as_bytes())
-        }
-        Format::OpenAiChat
-        | Format::OpenAiCompletions
-        | Format::OpenAiEmbeddings
-        | Format::Gemini
-        | Format::BedrockConverse => sse::data(e.body(Dialect::OpenAi).to_string().as_bytes()),
-    }
-}
+use crate::upstream::Framer;
 
 /// Where events come from.
 #[derive(Debug)]
@@ -205,7 +60,8 @@ pub(super) enum Step {
 struct Driver {
     gw: Arc<Gateway>,
     provider: &'static str,
-    client: Format,
+    /// The client format's error event, for passed-through streams.
+    error_event: fn(&ProxyError) -> Bytes,
     source: Source,
     step: Step,
     events: Vec<Event>,
@@ -260,7 +116,7 @@ impl Driver {
         }
         match &mut self.step {
             Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
-            Step::Pass(_) => out.push(error_event(self.client, &e)),
+            Step::Pass(_) => out.push((self.error_event)(&e)),
         }
     }
 
@@ -286,7 +142,7 @@ impl Driver {
         self.blocked = true;
         match &mut self.step {
             Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
-            Step::Pass(_) => out.push(error_event(self.client, &e)),
+            Step::Pass(_) => out.push((self.error_event)(&e)),
         }
     }
 
@@ -545,7 +401,7 @@ impl Drop for Driver {
 pub(super) fn response(
     gw: Arc<Gateway>,
     provider: &'static str,
-    client: Format,
+    error_event: fn(&ProxyError) -> Bytes,
     source: Source,
     step: Step,
     watchers: super::Watchers,
@@ -560,7 +416,7 @@ pub(super) fn response(
     let driver = Driver {
         gw,
         provider,
-        client,
+        error_event,
         source,
         step,
         events: Vec::new(),

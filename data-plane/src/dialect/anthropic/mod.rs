@@ -6,7 +6,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use request::{count_facts, count_tokens_body, decode_request, encode_request, facts};
+pub use request::{count_facts, decode_request, encode_request, facts};
 pub use response::{decode_response, render_response, usage_of};
 pub use stream::{Decoder, Renderer, Sniffer, error_event};
 
@@ -14,8 +14,37 @@ use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{class_of_status, mentions_context_window, upstream_error};
+use crate::dialect::codec::{self, Codec, Generation, Renderer as Render, Sniffer as Sniff};
 use crate::error::{FailureClass, ProxyError};
-use crate::llm::{FinishReason, Usage};
+use crate::llm::{FinishReason, Format, Op, Usage};
+
+/// Anthropic Messages: a front door, and Anthropic's wire.
+pub static CODEC: Codec = Codec {
+    format: Format::AnthropicMessages,
+    client: Some(codec::Client {
+        facts: |raw, op| match op {
+            Op::CountTokens => count_facts(raw),
+            Op::Generate | Op::Embed => facts(raw),
+        },
+        usage_of,
+        sniffer: |_| Sniff::Anthropic(Sniffer::new()),
+        error_event,
+        generation: Some(Generation {
+            decode: |raw| Ok((decode_request(raw)?, None)),
+            render: |r, _| render_response(r),
+            renderer: |_, _| Render::Messages(Renderer::new()),
+            decode_answer: Some(decode_response),
+        }),
+    }),
+    upstream: Some(codec::Upstream {
+        encode: |r, t| encode_request(r, t.model),
+        decode: |body, _| decode_response(body),
+        decoder: |_| codec::Decoder::Anthropic(Decoder::default()),
+        classify: |status, headers, body| classify(status, body, codec::retry_after(headers)),
+        // Token counting is an Anthropic API: the client's request goes as it came.
+        count_tokens: None,
+    }),
+};
 
 /// The `anthropic-version` sent upstream.
 pub const API_VERSION: &str = "2023-06-01";

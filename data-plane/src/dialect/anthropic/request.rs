@@ -725,26 +725,6 @@ pub fn encode_request(r: &Request, model: &str) -> Result<bytes::Bytes, ProxyErr
     crate::llm::to_bytes(&body)
 }
 
-/// The body of `/v1/messages/count_tokens` for a canonical request (the fields it takes).
-pub fn count_tokens_body(r: &Request, model: &str) -> Result<bytes::Bytes, ProxyError> {
-    let full = encode_request(r, model)?;
-    let v: Map<String, Value> =
-        serde_json::from_slice(&full).map_err(|e| ProxyError::invalid(e.to_string()))?;
-    let keep = [
-        "model",
-        "messages",
-        "system",
-        "tools",
-        "tool_choice",
-        "thinking",
-    ];
-    let body: Map<String, Value> = v
-        .into_iter()
-        .filter(|(k, _)| keep.contains(&k.as_str()))
-        .collect();
-    crate::llm::to_bytes(&body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,41 @@ pub use stream::{Decoder, Renderer, Sniffer};
 
 use serde::{Deserialize, Serialize};
 
-use crate::llm::Usage;
+use crate::dialect::codec::{self, Codec, Generation, Renderer as Render, Sniffer as Sniff};
+use crate::error::{Dialect, ProxyError};
+use crate::llm::{Format, Usage};
+use crate::upstream::sse;
+
+/// OpenAI Chat Completions: a front door, and the wire of OpenAI-format upstreams.
+pub static CODEC: Codec = Codec {
+    format: Format::OpenAiChat,
+    client: Some(codec::Client {
+        facts: |raw, _| facts(raw),
+        usage_of,
+        sniffer: |f| Sniff::OpenAi(Sniffer::new(f.stream_usage)),
+        error_event,
+        generation: Some(Generation {
+            decode: |raw| Ok((decode_request(raw)?, None)),
+            render: |r, _| render_response(r),
+            renderer: |f, _| Render::Chat(Renderer::new(f.stream_usage)),
+            decode_answer: Some(decode_response),
+        }),
+    }),
+    upstream: Some(codec::Upstream {
+        encode: |r, t| encode_request(r, t.model, t.openai, t.provider),
+        decode: |body, _| decode_response(body),
+        decoder: |_| codec::Decoder::OpenAiChat(Decoder::default()),
+        classify: |status, headers, body| {
+            super::openai_error::classify(status, body, codec::retry_after(headers))
+        },
+        count_tokens: None,
+    }),
+};
+
+/// An error event that ends a stream (`data: {"error": {...}}`).
+pub(crate) fn error_event(e: &ProxyError) -> bytes::Bytes {
+    sse::data(e.body(Dialect::OpenAi).to_string().as_bytes())
+}
 
 /// Usage as OpenAI writes it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

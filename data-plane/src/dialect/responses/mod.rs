@@ -13,9 +13,44 @@ pub use request::{Echo, decode_request, facts};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::dialect::codec::{self, Codec, Generation, Renderer as Render, Sniffer as Sniff};
 use crate::dialect::{Flow, malformed, openai_error};
+use crate::error::Dialect;
 use crate::error::ProxyError;
-use crate::llm::Usage;
+use crate::llm::{Format, Usage};
+
+/// The OpenAI Responses API: a front door, passed through to OpenAI as it came.
+pub static CODEC: Codec = Codec {
+    format: Format::OpenAiResponses,
+    client: Some(codec::Client {
+        facts: |raw, _| facts(raw),
+        usage_of,
+        sniffer: |_| Sniff::Responses(Sniffer::default()),
+        error_event,
+        generation: Some(Generation {
+            decode: |raw| {
+                let (r, e) = decode_request(raw)?;
+                Ok((r, Some(Box::new(e))))
+            },
+            render: |r, echo| render_response(r, echo.unwrap_or(&Echo::default())),
+            renderer: |_, echo| {
+                Render::Responses(Box::new(Renderer::new(
+                    echo.map(|e| *e).unwrap_or_default(),
+                )))
+            },
+            decode_answer: None,
+        }),
+    }),
+    upstream: None,
+};
+
+/// An error event that ends a passed-through stream.
+pub(crate) fn error_event(e: &ProxyError) -> Bytes {
+    let body = e.body(Dialect::OpenAi);
+    let err = &body["error"];
+    let v = serde_json::json!({"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "sequence_number": 0});
+    sse::named("error", v.to_string().as_bytes())
+}
 use crate::upstream::Frame;
 use crate::upstream::sse;
 
@@ -125,7 +160,7 @@ impl Sniffer {
             }
             "error" => {
                 out.push(encoded());
-                Err(error_event(f.data.as_bytes()))
+                Err(stream_error(f.data.as_bytes()))
             }
             _ => {
                 if serde_json::from_str::<serde::de::IgnoredAny>(&f.data).is_err() {
@@ -142,7 +177,7 @@ impl Sniffer {
 }
 
 /// OpenAI's `error` stream event (`{"type": "error", "code", "message"}`) as a proxy error.
-fn error_event(data: &[u8]) -> ProxyError {
+fn stream_error(data: &[u8]) -> ProxyError {
     #[derive(Deserialize)]
     struct E {
         #[serde(default)]
