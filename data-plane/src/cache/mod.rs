@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchyard_proto::v1 as pb;
 
+use crate::llm::observe::{End, Ending, Observer};
 use crate::llm::{Block, Delta, Event};
 use crate::llm::{Format, Part, Response, Usage};
 use crate::telemetry::CacheResult;
@@ -527,7 +528,7 @@ impl Cache {
 /// completed. A stream that breaks off or is blocked drops its record: nothing is stored.
 pub struct Record {
     answer: Assembler,
-    store: Box<dyn FnOnce(Response) + Send>,
+    store: Option<Box<dyn FnOnce(Response) + Send>>,
 }
 
 impl std::fmt::Debug for Record {
@@ -541,18 +542,26 @@ impl Record {
     pub fn new(store: impl FnOnce(Response) + Send + 'static) -> Self {
         Self {
             answer: Assembler::default(),
-            store: Box::new(store),
+            store: Some(Box::new(store)),
         }
     }
+}
 
-    pub fn event(&mut self, ev: &Event) {
+impl Observer for Record {
+    fn on_event(&mut self, ev: &Event) {
         self.answer.event(ev);
     }
 
-    /// The stream completed: the answer is stored (if it finished and was not too big).
-    pub fn complete(self) {
-        if let Some(r) = self.answer.finish() {
-            (self.store)(r);
+    /// A stream that completed is stored (if it finished and was not too big); one that
+    /// broke off or was blocked is not.
+    fn on_end(&mut self, end: &End) {
+        if end.how != Ending::Complete {
+            return;
+        }
+        if let (Some(store), Some(r)) =
+            (self.store.take(), std::mem::take(&mut self.answer).finish())
+        {
+            store(r);
         }
     }
 }

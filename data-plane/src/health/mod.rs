@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::FailureClass;
 use crate::kept::Kept;
+use crate::llm::observe::{End, Ending, Observer};
 
 /// Milliseconds since the process's clock epoch (monotonic); never 0.
 fn now_ms() -> u64 {
@@ -434,6 +435,18 @@ impl InFlight {
             e.load.observe(latency);
         }
         self.pool.observe(latency);
+    }
+}
+
+impl Observer for InFlight {
+    /// A stream's deferred verdict: how it ended counts for its endpoint; a stream a
+    /// guardrail stopped or its client left is neutral (the verdict given on drop).
+    fn on_end(&mut self, end: &End) {
+        match end.how {
+            Ending::Complete => self.verdict(Verdict::Success),
+            Ending::Failed(class) => self.verdict(Verdict::of_failure(class, None)),
+            Ending::Blocked | Ending::Abandoned => {}
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod cost;
 pub(crate) mod json;
+pub(crate) mod observe;
 pub(crate) mod raw;
 mod request;
 mod response;

@@ -9,16 +9,21 @@ use http::{HeaderValue, header};
 
 mod stream;
 
+use crate::cache::Record;
 use crate::dialect::codec::Renderer;
 use crate::dialect::{codec, embeddings, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
 use crate::health::InFlight;
+use crate::llm::Event;
+use crate::llm::observe::{End, Ending, Observer};
 use crate::llm::{Facts, Format, Response as Answer_, Usage};
 use crate::policy::guard::enforce::{Decisions, ResponsePhase};
+use crate::policy::guard::events::Guarded;
 use crate::policy::limits::{Permit, RateHeaders};
 use crate::providers::{Answer, StreamSpec};
-use crate::telemetry::Exchange;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{Exchange, Transcript};
 use crate::upstream::Framer;
 use stream::{Source, Step};
 
@@ -51,34 +56,79 @@ fn renderer(
     Ok((codec(format).generation()?.renderer)(facts, echo))
 }
 
-fn settle(
-    gw: &Gateway,
-    provider: &'static str,
-    permit: Option<Permit>,
-    exchange: Option<&Exchange>,
-    usage: Option<Usage>,
-) {
-    if let Some(u) = usage {
-        gw.metrics.record_usage(provider, u);
-        if let Some(a) = exchange {
-            a.usage(&u);
-        }
-    }
-    if let Some(p) = permit {
-        p.settle(usage);
-    }
-}
-
-/// What watches an answer on its way to the client and is settled when it ends: the
-/// endpoint's count of requests in flight (and its health verdict), the limits permit, the
-/// guardrails' response phase and the request's record. A whole answer settles them at
-/// once; a stream keeps them until its end.
+/// What the pipeline hands the renderer to watch an answer: the endpoint's count of requests
+/// in flight (and its health verdict), the limits permit, the guardrails' response phase and
+/// the request's record.
 #[derive(Debug, Default)]
 pub(crate) struct Watchers {
     pub(crate) in_flight: Option<InFlight>,
     pub(crate) permit: Option<Permit>,
     pub(crate) guard: Option<ResponsePhase>,
     pub(crate) exchange: Option<Exchange>,
+}
+
+/// Everything that watches an answer, told of each event a stream renders and, once, of
+/// the end. A whole answer ends at once; a stream keeps them until its end.
+#[derive(Debug, Default)]
+struct Observers {
+    in_flight: Option<InFlight>,
+    permit: Option<Permit>,
+    /// The guardrails' response phase on a stream (a whole answer's runs on its body).
+    guard: Option<Guarded>,
+    transcript: Option<Transcript>,
+    /// The cache's recording of a streamed miss.
+    record: Option<Box<Record>>,
+}
+
+impl Observer for Observers {
+    fn on_event(&mut self, ev: &Event) {
+        self.transcript.on_event(ev);
+        self.record.on_event(ev);
+    }
+
+    fn on_end(&mut self, end: &End) {
+        self.transcript.on_end(end);
+        self.guard.on_end(end);
+        self.record.on_end(end);
+        self.permit.on_end(end);
+        self.in_flight.on_end(end);
+    }
+}
+
+impl Observers {
+    /// A whole answer: what it used is counted for its provider and everything watching it
+    /// is settled at once.
+    fn whole(
+        &mut self,
+        metrics: &Metrics,
+        provider: &'static str,
+        exchange: Option<&Exchange>,
+        usage: Option<Usage>,
+    ) {
+        self.transcript = exchange.cloned().map(Transcript::whole);
+        if let Some(u) = usage {
+            metrics.record_usage(provider, u);
+        }
+        self.on_end(&End {
+            usage,
+            how: Ending::Complete,
+        });
+    }
+
+    /// A stream: the guardrails watch its events, the record gathers its text, the cache
+    /// records it, all until it ends.
+    fn streaming(
+        mut self,
+        metrics: &Arc<Metrics>,
+        guard: Option<ResponsePhase>,
+        exchange: Option<Exchange>,
+        record: Option<Box<Record>>,
+    ) -> Self {
+        self.guard = guard.map(|g| Guarded::new(g, metrics.clone()));
+        self.transcript = exchange.map(Transcript::stream);
+        self.record = record;
+        self
+    }
 }
 
 /// Renders what the provider step produced, through the response phase of the request's
@@ -93,17 +143,23 @@ pub(crate) async fn respond(
     decisions: &mut Decisions,
 ) -> Result<Response, ProxyError> {
     let client = codec(format).client()?;
-    let wants_text = w.exchange.as_ref().is_some_and(Exchange::wants_text);
+    let Watchers {
+        in_flight,
+        permit,
+        guard,
+        exchange,
+    } = w;
+    let wants_text = exchange.as_ref().is_some_and(Exchange::wants_text);
     let guarded = async |body: Bytes, decisions: &mut Decisions| -> Result<Bytes, ProxyError> {
-        let body = match &w.guard {
+        let body = match &guard {
             Some(g) => g.answer(gw.webhooks(), body, decisions).await?,
             None => body,
         };
-        if let Some(a) = w.exchange.as_ref().filter(|a| a.sampled()) {
+        if let Some(a) = exchange.as_ref().filter(|a| a.sampled()) {
             a.spans(|s| s.answer(&body));
         }
         if wants_text
-            && let Some(a) = &w.exchange
+            && let Some(a) = &exchange
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
         {
             // As the client gets it: after the response phase.
@@ -111,42 +167,35 @@ pub(crate) async fn respond(
         }
         Ok(body)
     };
-    let rate = w
-        .permit
+    let rate = permit
         .as_ref()
         .map(|p| p.headers.clone())
         .filter(|h| !h.is_empty());
+    let mut observers = Observers {
+        in_flight,
+        permit,
+        ..Observers::default()
+    };
+    let metrics = &*gw.metrics;
     let mut resp = match answer {
         Answer::Raw { body, usage } => {
-            settle(gw, provider, w.permit, w.exchange.as_ref(), usage);
+            observers.whole(metrics, provider, exchange.as_ref(), usage);
             json(guarded(body, decisions).await?)
         }
         Answer::Complete { response, echo } => {
             let body = render(format, &response, echo.as_deref());
-            settle(
-                gw,
-                provider,
-                w.permit,
-                w.exchange.as_ref(),
-                Some(response.usage),
-            );
+            observers.whole(metrics, provider, exchange.as_ref(), Some(response.usage));
             json(guarded(body?, decisions).await?)
         }
         Answer::Embeddings {
             embeddings: e,
             base64,
         } => {
-            settle(gw, provider, w.permit, w.exchange.as_ref(), Some(e.usage));
+            observers.whole(metrics, provider, exchange.as_ref(), Some(e.usage));
             json(embeddings::render(&e, base64)?)
         }
         Answer::Tokens(n) => {
-            settle(
-                gw,
-                provider,
-                w.permit,
-                w.exchange.as_ref(),
-                Some(Usage::default()),
-            );
+            observers.whole(metrics, provider, exchange.as_ref(), Some(Usage::default()));
             json(crate::llm::to_bytes(
                 &serde_json::json!({"input_tokens": n}),
             )?)
@@ -160,7 +209,7 @@ pub(crate) async fn respond(
             mut record,
         } => {
             let same_format_decoder = match spec {
-                StreamSpec::Pass if w.guard.is_some() || wants_text || record.is_some() => {
+                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
                     codec(format).upstream.as_ref().map(|u| (u.decoder)(false))
                 }
                 _ => None,
@@ -172,7 +221,7 @@ pub(crate) async fn respond(
             let step = match spec {
                 // Guardrails, the audit trail and the cache read the answer: same-format
                 // streams are decoded and rendered again in that format.
-                StreamSpec::Pass if w.guard.is_some() || wants_text || record.is_some() => {
+                StreamSpec::Pass if guard.is_some() || wants_text || record.is_some() => {
                     Step::Translate {
                         decoder: same_format_decoder.ok_or_else(|| {
                             ProxyError::new(
@@ -207,8 +256,7 @@ pub(crate) async fn respond(
                     idle,
                 },
                 step,
-                w,
-                record,
+                observers.streaming(&gw.metrics, guard, exchange, record),
             )
         }
         Answer::Replay(events) => stream::response(
@@ -217,8 +265,7 @@ pub(crate) async fn respond(
             client.error_event,
             Source::Replay(Some(events)),
             Step::Render(renderer(format, facts, None)?),
-            w,
-            None,
+            observers.streaming(&gw.metrics, guard, exchange, None),
         ),
         Answer::MockStream { events, echo } => stream::response(
             gw.clone(),
@@ -226,8 +273,7 @@ pub(crate) async fn respond(
             client.error_event,
             Source::Mock(Box::new(events)),
             Step::Render(renderer(format, facts, echo)?),
-            w,
-            None,
+            observers.streaming(&gw.metrics, guard, exchange, None),
         ),
     };
     if let Some(h) = rate {

@@ -19,9 +19,8 @@ use crate::dialect::Flow;
 use crate::dialect::codec::{Decoder, Renderer, Sniffer};
 use crate::error::{ErrorKind, ProxyError};
 use crate::gateway::Gateway;
-use crate::health::{InFlight, Verdict};
+use crate::llm::observe::{End, Ending, Observer};
 use crate::llm::{Delta, Event, Usage};
-use crate::policy::guard::events::Guarded;
 use crate::policy::limits::Permit;
 use crate::providers::mock;
 use crate::telemetry::metrics::ReasonLabels;
@@ -68,35 +67,21 @@ struct Driver {
     usage: Option<Usage>,
     /// Bytes of generated text rendered to the client (translated streams).
     delivered: u64,
+    /// The stream ended (and its observers were told how).
     finished: bool,
     /// Bytes went to the client (the request's time to first token is taken then).
     sent: bool,
-    saw_end: bool,
-    /// A guardrail ended the stream.
-    blocked: bool,
-    settled: bool,
-    permit: Option<Permit>,
-    /// Counts the stream on its endpoint until it ends.
-    in_flight: Option<InFlight>,
-    /// The response phase of the request's guardrails, on the canonical events.
-    guard: Option<Guarded>,
-    /// The request's record, given the usage when the stream ends.
-    exchange: Option<crate::telemetry::Exchange>,
-    /// The text the client got, when the audit trail records it.
-    text: Option<String>,
-    /// The answer on its way to the response cache.
-    record: Option<Box<crate::cache::Record>>,
+    /// What watches the stream: told of every event rendered and of the end.
+    observers: super::Observers,
 }
 
 impl Driver {
+    /// The upstream failed: an error event in the client's format (unless the upstream's
+    /// own was passed through), a metric, and the end.
     fn fail(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
-        self.finished = true;
-        if self.blocked {
+        if self.finished {
+            // A guardrail ended it already.
             return;
-        }
-        // Every failure here is the upstream's: it counts against its endpoint.
-        if let Some(f) = &mut self.in_flight {
-            f.verdict(Verdict::of_failure(e.class, None));
         }
         // An error event the upstream sent was already forwarded by the passthrough.
         let forwarded = matches!(self.step, Step::Pass(_)) && e.kind == ErrorKind::UpstreamStatus;
@@ -111,20 +96,25 @@ impl Driver {
             .get_or_create(&ReasonLabels { reason })
             .inc();
         tracing::warn!(provider = self.provider, reason, class = e.metric_label(), error = %e.message, "stream ended with an error");
-        if forwarded {
-            return;
+        if !forwarded {
+            self.error_out(&e, out);
         }
+        // Every failure here is the upstream's: it counts against its endpoint.
+        self.finish(Ending::Failed(e.class));
+    }
+
+    fn error_out(&mut self, e: &ProxyError, out: &mut Vec<Bytes>) {
         match &mut self.step {
-            Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
-            Step::Pass(_) => out.push((self.error_event)(&e)),
+            Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(e, out),
+            Step::Pass(_) => out.push((self.error_event)(e)),
         }
     }
 
     fn render(&mut self, out: &mut Vec<Bytes>) {
-        if let Some(g) = &mut self.guard
+        if let Some(g) = &mut self.observers.guard
             && !self.events.is_empty()
         {
-            let (passed, blocked) = g.events(&self.gw.metrics, std::mem::take(&mut self.events));
+            let (passed, blocked) = g.events(std::mem::take(&mut self.events));
             // What passed before a block still goes out, then the error.
             self.events = passed;
             if let Some(e) = blocked {
@@ -138,12 +128,8 @@ impl Driver {
 
     /// A guardrail ended the stream: an error event, and nothing more.
     fn block(&mut self, e: ProxyError, out: &mut Vec<Bytes>) {
-        self.finished = true;
-        self.blocked = true;
-        match &mut self.step {
-            Step::Translate { renderer, .. } | Step::Render(renderer) => renderer.error(&e, out),
-            Step::Pass(_) => out.push((self.error_event)(&e)),
-        }
+        self.error_out(&e, out);
+        self.finish(Ending::Blocked);
     }
 
     fn render_events(&mut self, out: &mut Vec<Bytes>) {
@@ -161,38 +147,23 @@ impl Driver {
                 Event::Delta {
                     delta: Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArgs(t),
                     ..
-                } => {
-                    self.delivered += t.len() as u64;
-                    if let Some(text) = &mut self.text
-                        && text.len() <= crate::telemetry::audit::MAX_TEXT
-                    {
-                        text.push_str(t);
-                    }
-                }
+                } => self.delivered += t.len() as u64,
                 _ => {}
             }
-            if let Some(r) = &mut self.record {
-                r.event(&ev);
-            }
+            self.observers.on_event(&ev);
             renderer.event(ev, out);
         }
     }
 
+    /// The upstream signalled the end.
     fn complete(&mut self, out: &mut Vec<Bytes>) {
-        self.finished = true;
-        if self.blocked {
+        if self.finished {
             return;
-        }
-        self.saw_end = true;
-        if let Some(f) = &mut self.in_flight {
-            f.verdict(Verdict::Success);
-        }
-        if let Some(r) = self.record.take() {
-            r.complete();
         }
         if let Step::Translate { renderer, .. } | Step::Render(renderer) = &mut self.step {
             renderer.done(out);
         }
+        self.finish(Ending::Complete);
     }
 
     fn handle(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
@@ -237,7 +208,7 @@ impl Driver {
             self.render(out);
             self.complete(out);
         }
-        if !self.saw_end && !self.finished {
+        if !self.finished {
             self.fail(
                 ProxyError::new(
                     ErrorKind::UpstreamProtocol,
@@ -247,14 +218,12 @@ impl Driver {
                 out,
             );
         }
-        self.finished = true;
     }
 
     async fn next(&mut self) -> Option<Bytes> {
         let mut out = Vec::new();
         while out.is_empty() {
             if self.finished {
-                self.settle();
                 return None;
             }
             match &mut self.source {
@@ -323,8 +292,8 @@ impl Driver {
         }
         if !self.sent {
             self.sent = true;
-            if let Some(a) = &self.exchange {
-                a.first_token();
+            if let Some(t) = &self.observers.transcript {
+                t.exchange().first_token();
             }
         }
         Some(if out.len() == 1 {
@@ -334,45 +303,37 @@ impl Driver {
         })
     }
 
-    /// Records usage and settles the limits, once: with the usage the upstream reported if
-    /// the stream completed, else with what it used so far.
-    fn settle(&mut self) {
-        if self.settled {
+    /// The stream ended: what it used (as the upstream reported it if it completed, else
+    /// what it used so far) is counted and every observer told, once. The endpoint's count
+    /// of requests in flight ends with it.
+    fn finish(&mut self, how: Ending) {
+        if self.finished {
             return;
         }
-        self.settled = true;
+        self.finished = true;
         let (reported, delivered) = match &self.step {
             Step::Pass(s) => (s.usage(), s.delivered()),
             _ => (self.usage, self.delivered),
         };
         let usage = match reported {
-            Some(u) if self.saw_end => u,
+            Some(u) if how == Ending::Complete => u,
             _ => {
-                let estimated_input = self.permit.as_ref().map_or(0, Permit::estimated_input);
-                used_so_far(reported, estimated_input, delivered)
+                let permit = self.observers.permit.as_ref();
+                used_so_far(
+                    reported,
+                    permit.map_or(0, Permit::estimated_input),
+                    delivered,
+                )
             }
         };
         if self.provider != "cache" {
             self.gw.metrics.record_usage(self.provider, usage);
         }
-        if let Some(a) = &self.exchange {
-            a.usage(&usage);
-            if let Some(text) = self.text.take() {
-                a.response(text);
-            }
-            if self.blocked {
-                a.ended("guardrail_blocked");
-            } else if !self.saw_end {
-                a.ended("incomplete");
-            }
-        }
-        if let Some(g) = &self.guard {
-            g.record(&self.gw.metrics);
-        }
-        if let Some(p) = self.permit.take() {
-            p.settle(Some(usage));
-        }
-        self.in_flight = None;
+        self.observers.on_end(&End {
+            usage: Some(usage),
+            how,
+        });
+        self.observers.in_flight = None;
     }
 }
 
@@ -391,28 +352,21 @@ fn used_so_far(reported: Option<Usage>, estimated_input: u64, delivered_bytes: u
 impl Drop for Driver {
     /// A client that goes away mid-stream still settles what was counted.
     fn drop(&mut self) {
-        self.settle();
+        self.finish(Ending::Abandoned);
     }
 }
 
-/// The streaming response. It owns what must last as long as the stream: the watchers (the
+/// The streaming response. It owns what must last as long as the stream: its observers (the
 /// limits permit, the endpoint's in-flight count, the guardrails' response phase, the
-/// request's record) and the cache's recording of the answer.
+/// request's record and the cache's recording of the answer).
 pub(super) fn response(
     gw: Arc<Gateway>,
     provider: &'static str,
     error_event: fn(&ProxyError) -> Bytes,
     source: Source,
     step: Step,
-    watchers: super::Watchers,
-    record: Option<Box<crate::cache::Record>>,
+    observers: super::Observers,
 ) -> Response {
-    let super::Watchers {
-        in_flight,
-        permit,
-        guard,
-        exchange,
-    } = watchers;
     let driver = Driver {
         gw,
         provider,
@@ -424,18 +378,7 @@ pub(super) fn response(
         delivered: 0,
         finished: false,
         sent: false,
-        saw_end: false,
-        blocked: false,
-        settled: false,
-        permit,
-        in_flight,
-        guard: guard.map(Guarded::new),
-        text: exchange
-            .as_ref()
-            .filter(|a| a.wants_text())
-            .map(|_| String::new()),
-        exchange,
-        record,
+        observers,
     };
     let stream = futures_util::stream::unfold(driver, |mut d| async move {
         d.next().await.map(|b| (Ok::<_, Infallible>(b), d))

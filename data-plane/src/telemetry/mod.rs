@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::llm::Price;
-use crate::llm::Usage;
+use crate::llm::observe::{End, Ending, Observer};
+use crate::llm::{Delta, Event, Usage};
 use metrics::Metrics;
 
 /// What the response cache did for a request: the label of its metrics and log lines.
@@ -265,6 +266,63 @@ pub struct Open {
     pub first_token: Option<Instant>,
     /// What only the spans need: collected only when the request is sampled.
     pub spans: Option<Box<trace::Collected>>,
+}
+
+/// The request's record watching its answer: what it used, how a stream ended and, when the
+/// record keeps text, what the client got of a stream (a whole answer's text is read from
+/// its body, as the client gets it).
+#[derive(Debug)]
+pub(crate) struct Transcript {
+    exchange: Exchange,
+    text: Option<String>,
+}
+
+impl Transcript {
+    /// The record of a whole answer.
+    pub(crate) fn whole(exchange: Exchange) -> Self {
+        Self {
+            exchange,
+            text: None,
+        }
+    }
+
+    /// The record of a stream, gathering its text when the record keeps it.
+    pub(crate) fn stream(exchange: Exchange) -> Self {
+        let text = exchange.wants_text().then(String::new);
+        Self { exchange, text }
+    }
+
+    pub(crate) fn exchange(&self) -> &Exchange {
+        &self.exchange
+    }
+}
+
+impl Observer for Transcript {
+    fn on_event(&mut self, ev: &Event) {
+        if let Some(text) = &mut self.text
+            && text.len() <= audit::MAX_TEXT
+            && let Event::Delta {
+                delta: Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArgs(t),
+                ..
+            } = ev
+        {
+            text.push_str(t);
+        }
+    }
+
+    fn on_end(&mut self, end: &End) {
+        if let Some(u) = &end.usage {
+            self.exchange.usage(u);
+        }
+        if let Some(text) = self.text.take() {
+            self.exchange.response(text);
+        }
+        match end.how {
+            Ending::Complete => {}
+            Ending::Blocked => self.exchange.ended("guardrail_blocked"),
+            Ending::Failed(_) | Ending::Abandoned => self.exchange.ended("incomplete"),
+        }
+    }
 }
 
 use switchyard_otel as otel;

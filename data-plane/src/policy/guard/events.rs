@@ -8,11 +8,14 @@
 //! request asked for one. The stream driver (`render/stream.rs`) passes every batch of
 //! events through here before rendering.
 
+use std::sync::Arc;
+
 use super::Finding;
 use super::detect::Entity;
 use super::enforce::{Decisions, ResponsePhase};
 use super::stream::Redactor;
 use crate::error::ProxyError;
+use crate::llm::observe::{End, Observer};
 use crate::llm::text::{self, WalkError};
 use crate::llm::{Block, Delta, Event};
 use crate::telemetry::metrics::Metrics;
@@ -30,6 +33,8 @@ pub(crate) const MAX_OPEN_BLOCKS: usize = 256;
 /// seen whole, and only the tail that could still grow into a match is held.
 pub(crate) struct Guarded {
     phase: ResponsePhase,
+    /// Where its findings and blocks are counted.
+    metrics: Arc<Metrics>,
     blocks: Vec<GuardedBlock>,
     /// Tool calls' arguments so far, by block index.
     args: Vec<(usize, String)>,
@@ -78,9 +83,10 @@ impl std::fmt::Debug for Guarded {
 }
 
 impl Guarded {
-    pub(crate) fn new(phase: ResponsePhase) -> Self {
+    pub(crate) fn new(phase: ResponsePhase, metrics: Arc<Metrics>) -> Self {
         Self {
             phase,
+            metrics,
             blocks: Vec::new(),
             args: Vec::new(),
             args_held: 0,
@@ -92,11 +98,9 @@ impl Guarded {
 
     /// A batch of events through the guardrails: what to render, and the error that ends the
     /// stream when one blocks it (the events before it still go out).
-    pub(crate) fn events(
-        &mut self,
-        metrics: &Metrics,
-        events: Vec<Event>,
-    ) -> (Vec<Event>, Option<ProxyError>) {
+    pub(crate) fn events(&mut self, events: Vec<Event>) -> (Vec<Event>, Option<ProxyError>) {
+        let metrics = Arc::clone(&self.metrics);
+        let metrics = &*metrics;
         let mut passed = Vec::with_capacity(events.len());
         for ev in events {
             let finish = matches!(ev, Event::Finish(_));
@@ -127,17 +131,6 @@ impl Guarded {
             }
         }
         (passed, None)
-    }
-
-    /// Counts and logs what the stream's guardrails found (when it ends: its headers went
-    /// out before).
-    pub(crate) fn record(&self, metrics: &Metrics) {
-        super::enforce::record(
-            metrics,
-            &self.phase.guards,
-            &self.findings,
-            &mut Decisions::default(),
-        );
     }
 
     /// An event through the guardrails: what to render instead (a delta may shrink to
@@ -307,15 +300,31 @@ impl Guarded {
     }
 }
 
+impl Observer for Guarded {
+    /// Counts and logs what the stream's guardrails found (when it ends: its headers went
+    /// out before).
+    fn on_end(&mut self, _end: &End) {
+        super::enforce::record(
+            &self.metrics,
+            &self.phase.guards,
+            &self.findings,
+            &mut Decisions::default(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::guard::{Action, Rules};
 
     fn guarded() -> Guarded {
-        Guarded::new(ResponsePhase::of_rules(Rules::new(
-            Entity::ALL.into_iter().map(|e| (e, Action::Redact)),
-        )))
+        Guarded::new(
+            ResponsePhase::of_rules(Rules::new(
+                Entity::ALL.into_iter().map(|e| (e, Action::Redact)),
+            )),
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn args(index: usize, a: &str) -> Event {
@@ -342,23 +351,19 @@ mod tests {
     /// split across deltas (and across a JSON escape) is redacted.
     #[test]
     fn tool_arguments_are_held_and_read_whole() {
-        let m = Metrics::new();
         let mut g = guarded();
-        let (out, err) = g.events(
-            &m,
-            vec![
-                args(0, r#"{"to":"jane.d"#),
-                args(0, r#"oe@exam"#),
-                args(0, r#"ple.com"}"#),
-            ],
-        );
+        let (out, err) = g.events(vec![
+            args(0, r#"{"to":"jane.d"#),
+            args(0, r#"oe@exam"#),
+            args(0, r#"ple.com"}"#),
+        ]);
         assert!(err.is_none());
         assert_eq!(
             passed_args(&out),
             "",
             "nothing released before the block stops"
         );
-        let (out, err) = g.events(&m, vec![Event::BlockStop { index: 0 }]);
+        let (out, err) = g.events(vec![Event::BlockStop { index: 0 }]);
         assert!(err.is_none());
         assert_eq!(passed_args(&out), r#"{"to":"[EMAIL]"}"#);
     }
@@ -367,11 +372,10 @@ mod tests {
     /// call: many calls each under the bound end the stream once their sum is over it.
     #[test]
     fn held_arguments_are_bounded_across_calls() {
-        let m = Metrics::new();
         let mut g = guarded();
         let piece = "a".repeat(MAX_TOOL_ARGS / 4 + 1);
         let events: Vec<Event> = (0..4).map(|i| args(i, &piece)).collect();
-        let (out, err) = g.events(&m, events);
+        let (out, err) = g.events(events);
         let err = err.expect("the fourth call's arguments pass the bound");
         assert!(
             err.message.contains("tool-call arguments"),
@@ -382,7 +386,7 @@ mod tests {
         // Arguments released when their block stops no longer count.
         let mut g = guarded();
         for i in 0..8 {
-            let (_, err) = g.events(&m, vec![args(i, &piece), Event::BlockStop { index: i }]);
+            let (_, err) = g.events(vec![args(i, &piece), Event::BlockStop { index: i }]);
             assert!(err.is_none(), "call {i}: closed calls free their share");
         }
     }
@@ -391,7 +395,6 @@ mod tests {
     /// [`MAX_OPEN_BLOCKS`], text and tool calls alike.
     #[test]
     fn open_blocks_are_bounded() {
-        let m = Metrics::new();
         for tool in [false, true] {
             let mut g = guarded();
             let events: Vec<Event> = (0..=MAX_OPEN_BLOCKS)
@@ -406,7 +409,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let (_, err) = g.events(&m, events);
+            let (_, err) = g.events(events);
             let err = err.expect("one block too many");
             assert!(err.message.contains("blocks open"), "{}", err.message);
         }

@@ -18,6 +18,7 @@ use super::store::{
 use super::{Meta, Plan, RateHeaders, Scope, What, budget_ttl_ms, duration_text, now_ms};
 use crate::error::{ErrorKind, ProxyError};
 use crate::llm::Usage;
+use crate::llm::observe::{End, Observer};
 use crate::telemetry::metrics::{LimitLabels, Metrics, OpLabels, ResultLabels};
 
 /// What to do when the shared store does not answer.
@@ -628,6 +629,15 @@ impl Permit {
     pub fn settle(mut self, usage: Option<Usage>) {
         if let Some(s) = self.settlement.take() {
             self.limiter.settle(s, usage);
+        }
+    }
+}
+
+impl Observer for Permit {
+    /// Settles by what the answer used (the estimate when it reported nothing).
+    fn on_end(&mut self, end: &End) {
+        if let Some(s) = self.settlement.take() {
+            self.limiter.settle(s, end.usage);
         }
     }
 }
