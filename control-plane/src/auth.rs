@@ -55,6 +55,7 @@ pub enum AuthError {
     Disagree(String, String),
     #[error("node_id {claimed:?} is not the authenticated identity {node:?}")]
     NodeMismatch { claimed: String, node: String },
+    /// The API error names the failure, never the token.
     #[error("verifying the token failed: {0}")]
     Unavailable(String),
 }
@@ -96,7 +97,7 @@ pub struct Review {
 /// [`KubeReviewer`]).
 #[tonic::async_trait]
 pub trait TokenReviewer: Send + Sync + std::fmt::Debug {
-    async fn review(&self, token: &str, audience: &str) -> Result<Review, String>;
+    async fn review(&self, token: &str, audience: &str) -> Result<Review, kube::Error>;
 }
 
 /// TokenReview through the Kubernetes API (RBAC: `create` on `tokenreviews`).
@@ -111,7 +112,7 @@ impl std::fmt::Debug for KubeReviewer {
 
 #[tonic::async_trait]
 impl TokenReviewer for KubeReviewer {
-    async fn review(&self, token: &str, audience: &str) -> Result<Review, String> {
+    async fn review(&self, token: &str, audience: &str) -> Result<Review, kube::Error> {
         let api: kube::Api<TokenReview> = kube::Api::all(self.0.clone());
         let request = TokenReview {
             spec: TokenReviewSpec {
@@ -122,9 +123,8 @@ impl TokenReviewer for KubeReviewer {
         };
         let done = api
             .create(&kube::api::PostParams::default(), &request)
-            .await
             // The API error names the failure, never the token.
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = done.status.unwrap_or_default();
         let user = status.user.unwrap_or_default();
         Ok(Review {
@@ -194,7 +194,7 @@ impl TokenAuth {
             .reviewer
             .review(token, &self.audience)
             .await
-            .map_err(AuthError::Unavailable)?;
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         if !r.authenticated {
             return Err(AuthError::Token(
                 r.error
@@ -375,10 +375,10 @@ mod tests {
 
     #[tonic::async_trait]
     impl TokenReviewer for Table {
-        async fn review(&self, token: &str, _audience: &str) -> Result<Review, String> {
+        async fn review(&self, token: &str, _audience: &str) -> Result<Review, kube::Error> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             if token == "unreachable" {
-                return Err("connection refused".into());
+                return Err(kube::Error::Service("connection refused".into()));
             }
             Ok(self.answers.get(token).cloned().unwrap_or_default())
         }

@@ -106,7 +106,10 @@ async fn purge_cache(
         }
         Err(e) => (
             StatusCode::BAD_GATEWAY,
-            format!("purged this proxy's memory; Redis failed: {e}\n"),
+            format!(
+                "purged this proxy's memory; Redis failed: {}\n",
+                crate::error::chain(&e)
+            ),
         ),
     }
 }

@@ -130,7 +130,7 @@ impl Admission {
                 ),
             )
             .with_code("concurrency_limit_exceeded");
-            e.retry_after = Some(HeaderValue::from_static("1"));
+            e.set_retry_after(Some(HeaderValue::from_static("1")));
             e
         };
         let c = &key.in_flight;
@@ -155,7 +155,7 @@ impl Admission {
                 ErrorKind::NotReady,
                 "The gateway is at its concurrency limit; retry shortly.",
             );
-            e.retry_after = Some(HeaderValue::from_static("1"));
+            e.set_retry_after(Some(HeaderValue::from_static("1")));
             e
         })
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use switchyard_proto::ResourceKind;
 use switchyard_proto::v1 as pb;
 
+use crate::error::chain;
 use crate::policy::auth::{KeyEntry, KeyIndex};
 use crate::policy::guard::enforce::{Guard, GuardSet};
 use crate::providers::pool::PoolEntry;
@@ -240,14 +241,14 @@ impl RuntimeConfig {
                 Ok(pool) => {
                     self.pools.insert(p.id.clone(), Arc::new(pool));
                 }
-                Err(message) => {
+                Err(e) => {
                     self.pools.remove(&p.id);
                     let generation = generation_of(POOL, &p.id);
                     let e = InvalidResource {
                         kind: POOL,
                         id: p.id.clone(),
                         generation,
-                        message,
+                        message: chain(&e),
                     };
                     self.pool_errors.insert(p.id.clone(), e);
                 }
@@ -297,9 +298,9 @@ impl RuntimeConfig {
         for r in self.route_protos.values() {
             match RouteEntry::build(r, &self.pools, can_embed) {
                 Ok(route) => routes.push(Arc::new(route)),
-                Err(message) => {
+                Err(e) => {
                     self.route_errors
-                        .push(invalid_route(&self.generations, &r.id, message))
+                        .push(invalid_route(&self.generations, &r.id, chain(&e)))
                 }
             }
         }
@@ -325,7 +326,7 @@ impl RuntimeConfig {
         for (id, g) in self.guard_protos.iter() {
             match Guard::from_proto(g) {
                 Ok(c) => compiled.push(c),
-                Err(message) => {
+                Err(e) => {
                     let generation = refs
                         .iter()
                         .find(|r| r.kind == GUARDRAIL && ref_id(r) == *id)
@@ -336,7 +337,7 @@ impl RuntimeConfig {
                             kind: GUARDRAIL,
                             id: id.clone(),
                             generation,
-                            message,
+                            message: chain(&e),
                         },
                     );
                 }

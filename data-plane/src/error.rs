@@ -172,11 +172,15 @@ pub struct ProxyError {
     pub reached_upstream: bool,
     /// Status the upstream answered with (kind `UpstreamStatus`).
     pub upstream_status: Option<StatusCode>,
-    pub retry_after: Option<HeaderValue>,
-    /// Extra response headers (`x-ratelimit-*`, `retry-after-ms`).
+    /// Extra response headers (`retry-after`, `x-ratelimit-*`, `retry-after-ms`).
     pub headers: Option<Box<http::HeaderMap>>,
     /// A more precise code than the kind's (`malformed_event`, `upstream_disconnect`).
     pub code: Option<&'static str>,
+    /// What caused it (an HTTP client's or a connection's error): rendered after the message
+    /// and logged with its whole chain. Boxed twice: a thin pointer keeps every `Result`
+    /// that carries a `ProxyError` small.
+    #[allow(clippy::redundant_allocation)]
+    source: Option<Box<Box<dyn std::error::Error + Send + Sync>>>,
 }
 
 impl ProxyError {
@@ -195,9 +199,26 @@ impl ProxyError {
             class,
             reached_upstream: matches!(kind, ErrorKind::UpstreamProtocol),
             upstream_status: None,
-            retry_after: None,
             headers: None,
             code: None,
+            source: None,
+        }
+    }
+
+    /// Keeps what caused the error.
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.source = Some(Box::new(source.into()));
+        self
+    }
+
+    /// The message with the chain of its causes, as the client and the log read it.
+    pub fn detail(&self) -> std::borrow::Cow<'_, str> {
+        match &self.source {
+            None => std::borrow::Cow::Borrowed(&self.message),
+            Some(s) => std::borrow::Cow::Owned(format!("{}: {}", self.message, chain(&***s))),
         }
     }
 
@@ -225,11 +246,31 @@ impl ProxyError {
 
     /// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
     pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
-        self.retry_after = Some(HeaderValue::from(ms.div_ceil(1000).max(1)));
+        self.set_retry_after(Some(HeaderValue::from(ms.div_ceil(1000).max(1))));
         self.headers
             .get_or_insert_default()
             .insert("retry-after-ms", HeaderValue::from(ms));
         self
+    }
+
+    /// The `retry-after` the client gets (the upstream's, or the gateway's own).
+    pub fn retry_after(&self) -> Option<&HeaderValue> {
+        self.headers.as_ref()?.get(header::RETRY_AFTER)
+    }
+
+    pub fn set_retry_after(&mut self, value: Option<HeaderValue>) {
+        match value {
+            Some(v) => {
+                self.headers
+                    .get_or_insert_default()
+                    .insert(header::RETRY_AFTER, v);
+            }
+            None => {
+                if let Some(h) = &mut self.headers {
+                    h.remove(header::RETRY_AFTER);
+                }
+            }
+        }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -381,10 +422,10 @@ impl ProxyError {
             Dialect::OpenAi => {
                 let (kind, code) = self.openai_type_and_code();
                 let code = self.code.or(code);
-                json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
+                json!({"error": {"message": self.detail(), "type": kind, "param": self.param, "code": code}})
             }
             Dialect::Anthropic => {
-                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": self.message}})
+                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": self.detail()}})
             }
         }
     }
@@ -394,9 +435,6 @@ impl ProxyError {
         let status = self.status_in(dialect);
         let body = self.body(dialect).to_string();
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        if let Some(ra) = &self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
-        }
         if let Some(h) = self.headers {
             resp.headers_mut().extend(*h);
         }
@@ -423,11 +461,76 @@ impl std::fmt::Display for ProxyError {
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| &**s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// An error and every cause under it, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cause is kept (`source()`), rendered once after the message in either dialect and
+    /// walked whole by `chain`, which is what the log line carries.
+    #[test]
+    fn the_cause_is_kept_and_rendered_after_the_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = ProxyError::new(ErrorKind::UpstreamConnect, "upstream connection failed")
+            .with_source(io);
+        assert_eq!(e.detail(), "upstream connection failed: refused");
+        assert_eq!(
+            std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("refused")
+        );
+        assert_eq!(
+            chain(&e),
+            "upstream_connect: upstream connection failed: refused"
+        );
+        assert_eq!(
+            e.body(Dialect::OpenAi)["error"]["message"],
+            "upstream connection failed: refused"
+        );
+        assert_eq!(
+            e.body(Dialect::Anthropic)["error"]["message"],
+            "upstream connection failed: refused"
+        );
+        let plain = ProxyError::invalid("bad");
+        assert!(std::error::Error::source(&plain).is_none());
+        assert_eq!(plain.detail(), "bad");
+    }
+
+    /// `retry-after` travels with the other headers: set, replaced, cleared.
+    #[test]
+    fn retry_after_is_one_header() {
+        let mut e = ProxyError::new(ErrorKind::UpstreamStatus, "x").with_retry_after_ms(1500);
+        assert_eq!(e.retry_after().map(|v| v.to_str().ok()), Some(Some("2")));
+        e.set_retry_after(Some(HeaderValue::from_static("7")));
+        let resp = ProxyError::new(ErrorKind::UpstreamStatus, "x")
+            .with_retry_after_ms(1500)
+            .into_response_in(Dialect::OpenAi);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(resp.headers()["retry-after-ms"], "1500");
+        assert_eq!(e.retry_after().map(|v| v.to_str().ok()), Some(Some("7")));
+        e.set_retry_after(None);
+        assert!(e.retry_after().is_none());
+    }
 
     #[test]
     fn statuses_follow_the_contract() {

@@ -164,7 +164,7 @@ pub async fn start(opts: &Options) -> std::io::Result<(Arc<Gateway>, Option<audi
         metrics.clone(),
     )
     .await
-    .map_err(invalid)?;
+    .map_err(|e| invalid(error::chain(&e)))?;
     let (auditor, audit_writer) = if opts.audit.enabled() {
         let (auditor, writer) = audit::Auditor::start(opts.audit.clone(), metrics.clone()).await?;
         tracing::info!(dir = ?opts.audit.dir, redis = opts.audit.redis_url.is_some(), signed = opts.audit.key.is_some(), "audit trail on");

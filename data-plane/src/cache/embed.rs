@@ -42,53 +42,97 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Why the model did not load or could not embed a text.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("embedding model: {dir} or its model/ directory must hold {files}")]
+    Missing { dir: String, files: String },
+    #[error("embedding model: {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("embedding model: config.json")]
+    Config(#[source] serde_json::Error),
+    #[error("embedding model: {what}")]
+    Tokenizer {
+        what: &'static str,
+        #[source]
+        source: tokenizers::Error,
+    },
+    #[error("embedding model: {what}")]
+    Candle {
+        what: &'static str,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("embedding model closed")]
+    Closed,
+    #[error("embedding task")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The files a model directory holds.
 const FILES: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
 
 /// Where the model's files are: `dir` itself or `dir/model`.
-fn files(dir: &Path) -> Result<PathBuf, String> {
+fn files(dir: &Path) -> Result<PathBuf, ModelError> {
     for d in [dir.to_path_buf(), dir.join("model")] {
         if FILES.iter().all(|f| d.join(f).is_file()) {
             return Ok(d);
         }
     }
-    Err(format!(
-        "embedding model: {} or its model/ directory must hold {}",
-        dir.display(),
-        FILES.join(", ")
-    ))
+    Err(ModelError::Missing {
+        dir: dir.display().to_string(),
+        files: FILES.join(", "),
+    })
 }
 
 /// Whether `dir` holds a model (without loading it).
-pub fn check_dir(dir: &Path) -> Result<(), String> {
+pub fn check_dir(dir: &Path) -> Result<(), ModelError> {
     files(dir).map(|_| ())
 }
 
 impl Model {
     /// Reads the weights, tokenizer and configuration from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let dir = files(dir)?;
         let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .map_err(|e| format!("embedding model: {}: {e}", dir.join(name).display()))
+            std::fs::read(dir.join(name)).map_err(|source| ModelError::Read {
+                path: dir.join(name).display().to_string(),
+                source,
+            })
         };
-        let config: Config = serde_json::from_slice(&read("config.json")?)
-            .map_err(|e| format!("embedding model: config.json: {e}"))?;
-        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
-            .map_err(|e| format!("embedding model: tokenizer.json: {e}"))?;
+        let config: Config =
+            serde_json::from_slice(&read("config.json")?).map_err(ModelError::Config)?;
+        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?).map_err(|source| {
+            ModelError::Tokenizer {
+                what: "tokenizer.json",
+                source,
+            }
+        })?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS.min(config.max_position_embeddings),
                 ..Default::default()
             }))
-            .map_err(|e| format!("embedding model: tokenizer: {e}"))?;
+            .map_err(|source| ModelError::Tokenizer {
+                what: "tokenizer",
+                source,
+            })?;
         tokenizer.with_padding(None);
         let device = Device::Cpu;
         let tensors = candle_core::safetensors::load_buffer(&read("model.safetensors")?, &device)
-            .map_err(|e| format!("embedding model: model.safetensors: {e}"))?;
+            .map_err(|source| ModelError::Candle {
+            what: "model.safetensors",
+            source,
+        })?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let bert = BertModel::load(vb, &config)
-            .map_err(|e| format!("embedding model: weights do not fit config.json: {e}"))?;
+        let bert = BertModel::load(vb, &config).map_err(|source| ModelError::Candle {
+            what: "weights do not fit config.json",
+            source,
+        })?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Self {
             bert,
@@ -104,11 +148,14 @@ impl Model {
     }
 
     /// The unit-length embedding of `text`, computed on this thread.
-    pub fn embed_now(&self, text: &str) -> Result<Vec<f32>, String> {
+    pub fn embed_now(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         let enc = self
             .tokenizer
             .encode(text, true)
-            .map_err(|e| format!("tokenizer: {e}"))?;
+            .map_err(|source| ModelError::Tokenizer {
+                what: "tokenizer",
+                source,
+            })?;
         let n = enc.get_ids().len();
         let tensor = |v: &[u32]| Tensor::from_slice(v, (1, n), &Device::Cpu);
         let run = || -> candle_core::Result<Vec<f32>> {
@@ -121,25 +168,23 @@ impl Model {
             let norm = mean.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
             (mean / f64::from(norm.max(1e-12)))?.to_vec1::<f32>()
         };
-        run().map_err(|e| format!("embedding model: {e}"))
+        run().map_err(|source| ModelError::Candle {
+            what: "forward pass",
+            source,
+        })
     }
 
     /// [`Model::embed_now`] on the blocking pool, at most one text per core at a time; with
     /// the seconds it took.
-    pub async fn embed(self: &Arc<Self>, text: String) -> Result<(Vec<f32>, f64), String> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| "embedding model closed".to_owned())?;
+    pub async fn embed(self: &Arc<Self>, text: String) -> Result<(Vec<f32>, f64), ModelError> {
+        let _slot = self.slots.acquire().await.map_err(|_| ModelError::Closed)?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             me.embed_now(&text)
                 .map(|v| (v, start.elapsed().as_secs_f64()))
         })
-        .await
-        .map_err(|e| format!("embedding task: {e}"))?
+        .await?
     }
 }
 

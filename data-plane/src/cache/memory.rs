@@ -80,11 +80,10 @@ impl MemoryTier {
     }
 
     /// Drops every entry and vector whose key starts with `prefix`.
-    pub(super) fn purge(&self, prefix: &str) -> Result<(), String> {
+    pub(super) fn purge(&self, prefix: &str) -> Result<(), moka::PredicateError> {
         let p = prefix.to_owned();
         self.entries
-            .invalidate_entries_if(move |k, _| k.starts_with(&p))
-            .map_err(|e| e.to_string())?;
+            .invalidate_entries_if(move |k, _| k.starts_with(&p))?;
         self.order
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -139,7 +138,7 @@ impl VectorIndex for MemoryTier {
         set: &'a str,
         vector: &'a [f32],
         _scope: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, String>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, super::CacheError>> {
         let found = self.set(set).and_then(|s| {
             let s = s.lock().unwrap_or_else(PoisonError::into_inner);
             s.nearest(vector).map(|(key, similarity)| Found {

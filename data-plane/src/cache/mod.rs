@@ -80,21 +80,50 @@ pub enum Text {
     Conversation,
 }
 
+/// Why a tier or the embedding model failed: counted, and the request served as if there
+/// were no cache (at start: the data plane does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The parse error may echo the URL (and its password): only its category is kept.
+    #[error("cache redis: invalid URL ({0:?})")]
+    InvalidUrl(::redis::ErrorKind),
+    #[error("timed out")]
+    Timeout,
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    #[error("a vector search answered in an unexpected shape")]
+    Shape(#[from] ::redis::ParsingError),
+    #[error("a vector search answered a score that is not a number")]
+    Score(#[from] std::num::ParseFloatError),
+    #[error("memory tier")]
+    Memory(#[from] moka::PredicateError),
+    #[error(transparent)]
+    Model(#[from] embed::ModelError),
+}
+
+/// Why a route's cache policy cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "semantic caching needs an embedding model: start the data plane with --embedding-model"
+    )]
+    NoEmbeddingModel,
+    #[error("cache scope Label needs a label")]
+    NoScopeLabel,
+}
+
 impl Policy {
     /// `None`: caching is off. `can_embed`: this data plane runs an embedding model.
     pub fn from_proto(
         c: Option<&pb::CachePolicy>,
         can_embed: bool,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, PolicyError> {
         let Some(c) = c else { return Ok(None) };
         let semantic = match c.mode() {
             pb::CacheMode::Off => return Ok(None),
             pb::CacheMode::Exact => None,
             pb::CacheMode::Semantic if !can_embed && c.embedding_pool.is_empty() => {
-                return Err(
-                    "semantic caching needs an embedding model: start the data plane with --embedding-model"
-                        .into(),
-                );
+                return Err(PolicyError::NoEmbeddingModel);
             }
             pb::CacheMode::Semantic => Some(Semantic {
                 threshold: c.similarity_threshold as f32,
@@ -113,7 +142,7 @@ impl Policy {
             pb::CacheScope::Key => Scope::Key,
             pb::CacheScope::Route => Scope::Route,
             pb::CacheScope::Label if c.scope_label.is_empty() => {
-                return Err("cache scope Label needs a label".into());
+                return Err(PolicyError::NoScopeLabel);
             }
             pb::CacheScope::Label => Scope::Label(c.scope_label.clone()),
         };
@@ -192,34 +221,33 @@ pub(crate) trait VectorIndex: Send + Sync {
         set: &'a str,
         vector: &'a [f32],
         scope: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, String>>;
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, CacheError>>;
 }
 
 /// The embedding model, loaded on first use (a proxy whose routes do not compare meanings
 /// never holds it).
 struct Embedder {
     dir: PathBuf,
-    model: tokio::sync::OnceCell<Result<Arc<embed::Model>, String>>,
+    model: tokio::sync::OnceCell<Result<Arc<embed::Model>, embed::ModelError>>,
 }
 
 impl Embedder {
-    async fn model(&self) -> Result<&Arc<embed::Model>, &str> {
+    async fn model(&self) -> Result<&Arc<embed::Model>, &embed::ModelError> {
         self.model
             .get_or_init(|| async {
                 let dir = self.dir.clone();
                 let loaded = tokio::task::spawn_blocking(move || embed::Model::load(&dir))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(embed::ModelError::from)
                     .and_then(|r| r.map(Arc::new));
                 match &loaded {
                     Ok(m) => tracing::info!(dir = %self.dir.display(), dimensions = m.dimensions(), "embedding model loaded"),
-                    Err(e) => tracing::error!(error = %e, "the embedding model did not load: semantic lookups are bypassed"),
+                    Err(e) => tracing::error!(error = %crate::error::chain(e), "the embedding model did not load: semantic lookups are bypassed"),
                 }
                 loaded
             })
             .await
             .as_ref()
-            .map_err(String::as_str)
     }
 }
 
@@ -271,7 +299,7 @@ impl Cache {
         redis: Option<(&str, bool, Duration)>,
         embedding_model: Option<PathBuf>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CacheError> {
         let redis = match redis {
             None => None,
             Some((url, cluster, timeout)) => Some(redis::RedisTier::new(url, cluster, timeout)?),
@@ -296,12 +324,12 @@ impl Cache {
         self.embedder.is_some()
     }
 
-    fn failed(&self, op: &'static str, e: &str) {
+    fn failed(&self, op: &'static str, e: &dyn std::error::Error) {
         self.metrics
             .cache_errors
             .get_or_create(&crate::telemetry::metrics::OpLabels { op })
             .inc();
-        tracing::debug!(op, error = e, "cache step failed; bypassed");
+        tracing::debug!(op, error = %crate::error::chain(e), "cache step failed; bypassed");
     }
 
     /// The stored answer for `key`: this proxy's memory first, then Redis (kept in memory
@@ -404,7 +432,7 @@ impl Cache {
     }
 
     /// Counts an embedding made here or by a pool: its time and text, or its failure.
-    pub fn embedded<E: std::fmt::Display>(
+    pub fn embedded<E: std::error::Error>(
         &self,
         text: &str,
         start: Instant,
@@ -419,7 +447,7 @@ impl Cache {
                 Some(v)
             }
             Err(e) => {
-                self.failed("embed", &e.to_string());
+                self.failed("embed", &e);
                 None
             }
         }
@@ -514,7 +542,7 @@ impl Cache {
 
     /// Removes a route's entries and vectors (or one scope's), in memory and in Redis.
     /// Returns how many keys Redis deleted.
-    pub async fn purge(&self, route: &str, scope: Option<&str>) -> Result<u64, String> {
+    pub async fn purge(&self, route: &str, scope: Option<&str>) -> Result<u64, CacheError> {
         let prefix = key::prefix(route, scope);
         self.memory.purge(&prefix)?;
         let Some(r) = &self.redis else { return Ok(0) };
@@ -821,7 +849,10 @@ mod tests {
             ..Default::default()
         };
         let refused = Policy::from_proto(Some(&proto), false).expect_err("no model");
-        assert!(refused.contains("--embedding-model"), "{refused}");
+        assert!(
+            refused.to_string().contains("--embedding-model"),
+            "{refused}"
+        );
         let p = Policy::from_proto(Some(&proto), true)
             .expect("valid")
             .expect("on");

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::{Entry, Found, VectorIndex};
+use super::{CacheError, Entry, Found, VectorIndex};
 use crate::redis_link::{ClusterLink, Conn, Link};
 
 /// Stores an answer and, with a vector set, its vector; drops expired and surplus answers.
@@ -100,9 +100,9 @@ fn cosine(score: f64) -> f32 {
 impl RedisTier {
     /// The tier on one Redis endpoint, or (`cluster`) on a Redis Cluster from its seed nodes
     /// (comma-separated). Connects on first use.
-    pub(super) fn new(url: &str, cluster: bool, timeout: Duration) -> Result<Self, String> {
+    pub(super) fn new(url: &str, cluster: bool, timeout: Duration) -> Result<Self, CacheError> {
         // The parse error may echo the URL (and its password): keep only its category.
-        let invalid = |e: redis::RedisError| format!("cache redis: invalid URL ({:?})", e.kind());
+        let invalid = |e: redis::RedisError| CacheError::InvalidUrl(e.kind());
         let conn = if cluster {
             let client = redis::cluster::ClusterClient::builder(url.split(',').map(str::trim))
                 .connection_timeout(timeout.max(Duration::from_millis(100)))
@@ -134,18 +134,18 @@ impl RedisTier {
     async fn run<T: redis::FromRedisValue>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CacheError> {
         let call = async {
             let mut conn = self.conn.conn().await?;
             f(&mut conn).await
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".into()),
+            Ok(r) => Ok(r?),
+            Err(_) => Err(CacheError::Timeout),
         }
     }
 
-    pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         self.run(async |c| redis::cmd("GET").arg(key).query_async(c).await)
             .await
     }
@@ -159,7 +159,7 @@ impl RedisTier {
         ttl: Duration,
         max: Option<u64>,
         vector: Option<(&str, &[f32])>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CacheError> {
         let digest = &key[scope.len() + 2..];
         let mut inv = self.fill.prepare_invoke();
         inv.key(key)
@@ -177,22 +177,14 @@ impl RedisTier {
     }
 
     /// Deletes every key matching `pattern` (on every primary of a cluster); returns how many.
-    pub(super) async fn delete_matching(&self, pattern: &str) -> Result<u64, String> {
-        let keys = self
-            .conn
-            .keys_matching(pattern)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut conn = self.conn.conn().await.map_err(|e| e.to_string())?;
+    pub(super) async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
+        let keys = self.conn.keys_matching(pattern).await?;
+        let mut conn = self.conn.conn().await?;
         let mut deleted = 0;
         // A cluster's DEL may not cross slots: one key at a time there.
         let per_call = if self.conn.is_cluster() { 1 } else { 1000 };
         for chunk in keys.chunks(per_call) {
-            let n: u64 = redis::cmd("DEL")
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            let n: u64 = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
             deleted += n;
         }
         Ok(deleted)
@@ -205,7 +197,7 @@ impl VectorIndex for RedisTier {
         set: &'a str,
         vector: &'a [f32],
         scope: &'a str,
-    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, String>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Found>, CacheError>> {
         Box::pin(async move {
             let mut inv = self.search.prepare_invoke();
             inv.key(set)
@@ -220,13 +212,12 @@ impl VectorIndex for RedisTier {
             };
             let (digest, score) = match (reply.first().and_then(text), reply.get(1).and_then(text))
             {
-                (Some(d), Some(s)) => (d, s.parse::<f64>().map_err(|e| e.to_string())?),
+                (Some(d), Some(s)) => (d, s.parse::<f64>()?),
                 _ => return Ok(None),
             };
             let entry = match reply.get(2) {
                 Some(v) => {
-                    let bytes: Vec<u8> =
-                        redis::from_redis_value_ref(v).map_err(|e| e.to_string())?;
+                    let bytes: Vec<u8> = redis::from_redis_value_ref(v)?;
                     Entry::decode(&bytes, Duration::ZERO).map(std::sync::Arc::new)
                 }
                 None => None,

@@ -149,7 +149,7 @@ pub fn upstream_error(
         })
     };
     let mut e = ProxyError::upstream(status, class, message);
-    e.retry_after = retry_after;
+    e.set_retry_after(retry_after);
     e
 }
 

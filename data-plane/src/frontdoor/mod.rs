@@ -75,7 +75,7 @@ pub(crate) fn render_error(e: ProxyError, dialect: Dialect) -> Response {
     match e.kind.origin() {
         Origin::Client => tracing::debug!(error = %e, "request rejected"),
         _ => {
-            tracing::warn!(error = %e, class = e.metric_label(), reached_upstream = e.reached_upstream, "request failed")
+            tracing::warn!(error = %crate::error::chain(&e), class = e.metric_label(), reached_upstream = e.reached_upstream, "request failed")
         }
     }
     e.into_response_in(dialect)

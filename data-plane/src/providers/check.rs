@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue};
 use switchyard_proto::v1 as pb;
 
 use super::pool::EndpointEntry;
+use crate::error::ProxyError;
 use crate::health::EndpointHealth;
 use crate::providers::Auth;
 use crate::telemetry::metrics::{BackendLabels, Metrics};
@@ -163,9 +164,9 @@ async fn run(
                     if let Some(m) = &metrics {
                         m.endpoint_ejections.get_or_create(&labels).inc();
                     }
-                    tracing::warn!(pool = %labels.pool, endpoint = %without_query(&target.url), fails, error = %why, "endpoint failed its health checks; out of rotation until they pass");
+                    tracing::warn!(pool = %labels.pool, endpoint = %without_query(&target.url), fails, error = %crate::error::chain(&why), "endpoint failed its health checks; out of rotation until they pass");
                 } else {
-                    tracing::debug!(pool = %labels.pool, error = %why, "health check failed");
+                    tracing::debug!(pool = %labels.pool, error = %crate::error::chain(&why), "health check failed");
                 }
             }
         }
@@ -174,21 +175,27 @@ async fn run(
     }
 }
 
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+enum CheckFailed {
+    #[error(transparent)]
+    Request(#[from] ProxyError),
+    #[error("status {0}")]
+    Status(u16),
+}
+
 /// One check: a 2xx within the timeout passes. The body is read so the connection is reused.
-async fn check(client: &HttpClient, t: &Target, timeout: Duration) -> Result<(), String> {
+async fn check(client: &HttpClient, t: &Target, timeout: Duration) -> Result<(), CheckFailed> {
     let deadline = tokio::time::Instant::now() + timeout;
     let req =
-        crate::providers::upstream_request(&t.auth, &t.headers, t.url.clone(), None, Vec::new())
-            .map_err(|e| e.message)?;
-    let resp = upstream::send(client, req, deadline)
-        .await
-        .map_err(|e| e.message)?;
+        crate::providers::upstream_request(&t.auth, &t.headers, t.url.clone(), None, Vec::new())?;
+    let resp = upstream::send(client, req, deadline).await?;
     let status = resp.status();
     let _ = upstream::read_body(resp.into_body(), deadline).await;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("status {}", status.as_u16()))
+        Err(CheckFailed::Status(status.as_u16()))
     }
 }
 

@@ -110,7 +110,31 @@ pub struct PoolEntry {
     pub checks: Option<super::check::CheckSettings>,
 }
 
-fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
+/// Why a pool as sent cannot run here (the config NACKs it, naming the pool).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("the pool names no provider")]
+    NoProvider,
+    #[error("a bedrock pool needs a region")]
+    NoRegion,
+    #[error("endpoint URL {0:?} is invalid")]
+    InvalidUrl(String),
+    #[error("endpoint URL {0:?} has no host")]
+    NoHost(String),
+    #[error("no endpoints")]
+    NoEndpoints,
+    /// The credential itself is never named.
+    #[error("credential contains invalid characters")]
+    BadCredential,
+    #[error(
+        "no AWS credentials: set awsCredentialsSecretRef, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the data plane"
+    )]
+    NoAwsCredentials,
+    #[error(transparent)]
+    Client(#[from] crate::upstream::ClientError),
+}
+
+fn provider_of(p: &pb::Pool) -> Result<Provider, PoolError> {
     let mock = p.mock.unwrap_or_default();
     Ok(match p.provider() {
         pb::ProviderKind::Openai => Provider::OpenAi,
@@ -128,7 +152,7 @@ fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
         },
         pb::ProviderKind::Bedrock => {
             if p.region.is_empty() {
-                return Err("a bedrock pool needs a region".into());
+                return Err(PoolError::NoRegion);
             }
             Provider::Bedrock {
                 region: p.region.clone(),
@@ -140,7 +164,7 @@ fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
             completion_tokens: mock.completion_tokens.max(1),
         }),
         pb::ProviderKind::Unspecified => {
-            return Err("the pool names no provider".into());
+            return Err(PoolError::NoProvider);
         }
     })
 }
@@ -149,12 +173,11 @@ fn provider_of(p: &pb::Pool) -> Result<Provider, String> {
 fn endpoint_auth(
     provider: &Provider,
     e: &pb::Endpoint,
-) -> Result<(Auth, Vec<(HeaderName, HeaderValue)>), String> {
+) -> Result<(Auth, Vec<(HeaderName, HeaderValue)>), PoolError> {
     let secret = |v: &str| {
-        let mut v = HeaderValue::from_str(v)
-            .map_err(|_| "credential contains invalid characters".to_owned())?;
+        let mut v = HeaderValue::from_str(v).map_err(|_| PoolError::BadCredential)?;
         v.set_sensitive(true);
-        Ok::<_, String>(v)
+        Ok::<_, PoolError>(v)
     };
     let header = |name: &'static str, value: HeaderValue| Auth::Header {
         name: HeaderName::from_static(name),
@@ -197,9 +220,7 @@ fn endpoint_auth(
                     secret_access_key: a.secret_access_key.clone(),
                     session_token: (!a.session_token.is_empty()).then(|| a.session_token.clone()),
                 },
-                None => AwsCredentials::from_env().ok_or_else(|| {
-                    "no AWS credentials: set awsCredentialsSecretRef, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on the data plane".to_owned()
-                })?,
+                None => AwsCredentials::from_env().ok_or(PoolError::NoAwsCredentials)?,
             };
             (
                 Auth::SigV4(Arc::new(Signer {
@@ -244,16 +265,16 @@ impl PoolEntry {
     /// the HTTP client come from what outlives config versions. Pure apart from taking a
     /// client: the active health checks start once the config is installed
     /// ([`PoolEntry::ensure_checks`]).
-    pub fn build(p: &pb::Pool, shared: Shared<'_>) -> Result<Self, String> {
+    pub fn build(p: &pb::Pool, shared: Shared<'_>) -> Result<Self, PoolError> {
         let provider = provider_of(p)?;
         let mut endpoints = Vec::new();
         for e in &p.endpoints {
             let uri: http::Uri = e
                 .url
                 .parse()
-                .map_err(|_| format!("endpoint URL {:?} is invalid", e.url))?;
+                .map_err(|_| PoolError::InvalidUrl(e.url.clone()))?;
             if uri.host().is_none() {
-                return Err(format!("endpoint URL {:?} has no host", e.url));
+                return Err(PoolError::NoHost(e.url.clone()));
             }
             let (auth, headers) = endpoint_auth(&provider, e)?;
             let base = e.url.trim_end_matches('/').to_owned();
@@ -269,7 +290,7 @@ impl PoolEntry {
             });
         }
         if endpoints.is_empty() && !matches!(provider, Provider::Mock(_)) {
-            return Err("no endpoints".into());
+            return Err(PoolError::NoEndpoints);
         }
         let t = p.timeouts.unwrap_or_default();
         let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };

@@ -95,7 +95,7 @@ impl Driver {
             .stream_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
-        tracing::warn!(provider = self.provider, reason, class = e.metric_label(), error = %e.message, "stream ended with an error");
+        tracing::warn!(provider = self.provider, reason, class = e.metric_label(), error = %crate::error::chain(&e), "stream ended with an error");
         if !forwarded {
             self.error_out(&e, out);
         }
@@ -271,11 +271,9 @@ impl Driver {
                         ),
                         Ok(None) => self.ended(&mut out),
                         Ok(Some(Err(e))) => self.fail(
-                            ProxyError::new(
-                                ErrorKind::UpstreamProtocol,
-                                format!("upstream stream broke: {e}"),
-                            )
-                            .with_code("upstream_disconnect"),
+                            ProxyError::new(ErrorKind::UpstreamProtocol, "upstream stream broke")
+                                .with_code("upstream_disconnect")
+                                .with_source(e),
                             &mut out,
                         ),
                         Ok(Some(Ok(frame))) => {

@@ -304,7 +304,7 @@ fn saturated(pool: &PoolEntry) -> ProxyError {
     .with_code("connection_limit");
     e.reached_upstream = false;
     e.upstream_status = None;
-    e.retry_after = Some(HeaderValue::from_static("1"));
+    e.set_retry_after(Some(HeaderValue::from_static("1")));
     e
 }
 
@@ -575,7 +575,7 @@ fn exhausted(f: Failed) -> ProxyError {
                 message,
             )
         };
-        e.retry_after = f.error.retry_after.clone();
+        e.set_retry_after(f.error.retry_after().cloned());
         e.reached_upstream = f.error.reached_upstream;
         e.with_code("attempts_exhausted")
     } else {

@@ -109,8 +109,7 @@ pub(crate) fn retry_after(e: &ProxyError) -> Option<Duration> {
     if let Some(ms) = ms {
         return Some(Duration::from_millis(ms));
     }
-    e.retry_after
-        .as_ref()
+    e.retry_after()
         .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
@@ -175,11 +174,11 @@ mod tests {
         .with_retry_after_ms(1500);
         assert_eq!(retry_after(&e), Some(Duration::from_millis(1500)));
         let mut e = ProxyError::new(ErrorKind::UpstreamStatus, "x");
-        e.retry_after = Some(http::HeaderValue::from_static("2"));
+        e.set_retry_after(Some(http::HeaderValue::from_static("2")));
         assert_eq!(retry_after(&e), Some(Duration::from_secs(2)));
-        e.retry_after = Some(http::HeaderValue::from_static(
+        e.set_retry_after(Some(http::HeaderValue::from_static(
             "Wed, 21 Oct 2015 07:28:00 GMT",
-        ));
+        )));
         assert_eq!(retry_after(&e), None);
     }
 

@@ -144,6 +144,19 @@ impl RouteEntry {
     }
 }
 
+/// Why a route as sent cannot run here (the config NACKs it, naming the route).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("every backend has weight 0")]
+    AllWeightZero,
+    #[error("no usable backend: pool {0} did not load here")]
+    PoolsMissing(String),
+    #[error("the cache's embedding pool {0} did not load here")]
+    EmbeddingPoolMissing(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::PolicyError),
+}
+
 impl RouteEntry {
     /// A route as the request path sees it, from the route as sent and the pools that run:
     /// backends whose pool did not load are left out (and logged); `Err` when none is left,
@@ -152,7 +165,7 @@ impl RouteEntry {
         r: &pb::Route,
         pools: &HashMap<String, Arc<PoolEntry>>,
         can_embed: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RouteError> {
         let mut missing = Vec::new();
         let backends = backends_of(pools, &r.backends, &mut missing);
         let fallbacks: Vec<FallbackEntry> = r
@@ -170,22 +183,13 @@ impl RouteEntry {
             .filter(|g| g.backends.iter().any(|b| b.weight > 0))
             .collect();
         if backends.iter().all(|b| b.weight == 0) {
-            let message = if missing.is_empty() {
-                "every backend has weight 0".to_owned()
+            return Err(if missing.is_empty() {
+                RouteError::AllWeightZero
             } else {
-                format!(
-                    "no usable backend: pool {} did not load here",
-                    missing.join(", ")
-                )
-            };
-            return Err(message);
+                RouteError::PoolsMissing(missing.join(", "))
+            });
         }
-        let cache = match crate::cache::Policy::from_proto(r.cache.as_ref(), can_embed) {
-            Ok(c) => c.map(Arc::new),
-            Err(message) => {
-                return Err(message);
-            }
-        };
+        let cache = crate::cache::Policy::from_proto(r.cache.as_ref(), can_embed)?.map(Arc::new);
         let embedder = match r.cache.as_ref().filter(|c| !c.embedding_pool.is_empty()) {
             None => None,
             Some(c) => match pools.get(&c.embedding_pool) {
@@ -209,13 +213,7 @@ impl RouteEntry {
                     cache: None,
                     embedder: None,
                 })),
-                None => {
-                    let message = format!(
-                        "the cache's embedding pool {} did not load here",
-                        c.embedding_pool
-                    );
-                    return Err(message);
-                }
+                None => return Err(RouteError::EmbeddingPoolMissing(c.embedding_pool.clone())),
             },
         };
         if !missing.is_empty() {

@@ -64,7 +64,7 @@ impl Clients {
     }
 
     /// The client for these settings, created on first use.
-    pub fn client(&self, settings: ClientSettings) -> Result<HttpClient, String> {
+    pub fn client(&self, settings: ClientSettings) -> Result<HttpClient, ClientError> {
         let mut clients = self
             .clients
             .lock()
@@ -80,7 +80,14 @@ impl Clients {
 
 /// A pooled keep-alive client: HTTP/2 where the upstream offers it over TLS (ALPN), else
 /// HTTP/1.1; idle connections bounded per host; every connection counted in metrics.
-fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, String> {
+/// Why an HTTP client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS client setup failed")]
+    Tls(#[source] rustls::Error),
+}
+
+fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, ClientError> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(s.connect_timeout));
@@ -91,7 +98,7 @@ fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, 
         .with_provider_and_webpki_roots(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .map_err(|e| format!("TLS client setup failed: {e}"))?
+        .map_err(ClientError::Tls)?
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -115,12 +122,12 @@ pub async fn send(
         )),
         Ok(Err(e)) if e.is_connect() => Err(ProxyError::new(
             ErrorKind::UpstreamConnect,
-            format!("upstream connection failed: {}", source_chain(&e)),
-        )),
-        Ok(Err(e)) => Err(ProxyError::new(
-            ErrorKind::UpstreamProtocol,
-            format!("upstream request failed: {}", source_chain(&e)),
-        )),
+            "upstream connection failed",
+        )
+        .with_source(e)),
+        Ok(Err(e)) => Err(
+            ProxyError::new(ErrorKind::UpstreamProtocol, "upstream request failed").with_source(e),
+        ),
         Ok(Ok(resp)) => Ok(resp),
     }
 }
@@ -135,21 +142,11 @@ pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, Proxy
         )),
         Ok(Err(e)) => Err(ProxyError::new(
             ErrorKind::UpstreamProtocol,
-            format!("reading upstream response failed: {e}"),
-        )),
+            "reading upstream response failed",
+        )
+        .with_source(e)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// How an upstream frames its streams.

@@ -47,16 +47,39 @@ pub struct Guard {
     routes: Vec<String>,
 }
 
+/// Why a guardrail as sent cannot run here (the config NACKs it, naming the guardrail).
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("unknown PII action {0:?}")]
+    UnknownPiiAction(String),
+    #[error("unknown PII entity {0:?}")]
+    UnknownEntity(String),
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("deny patterns")]
+    DenyPatterns(#[source] regex::Error),
+    #[error("deny words")]
+    DenyWords(#[source] aho_corasick::BuildError),
+    #[error("webhook url {url:?}")]
+    WebhookUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("webhook url {0:?}: http or https")]
+    WebhookScheme(String),
+}
+
 impl Guard {
-    pub fn from_proto(g: &pb::Guardrail) -> Result<Self, String> {
+    pub fn from_proto(g: &pb::Guardrail) -> Result<Self, GuardError> {
         let action = match g.pii_action.as_str() {
             "" => Action::Redact,
-            a => Action::from_name(a).ok_or_else(|| format!("unknown PII action {a:?}"))?,
+            a => Action::from_name(a).ok_or_else(|| GuardError::UnknownPiiAction(a.to_owned()))?,
         };
         let mut rules = Rules::default();
         for name in &g.pii_entities {
             let e =
-                Entity::from_name(name).ok_or_else(|| format!("unknown PII entity {name:?}"))?;
+                Entity::from_name(name).ok_or_else(|| GuardError::UnknownEntity(name.clone()))?;
             rules.add(e, action);
         }
         let deny = if g.deny_patterns.is_empty() {
@@ -66,19 +89,19 @@ impl Guard {
                 regex::RegexSetBuilder::new(&g.deny_patterns)
                     .size_limit(1 << 22)
                     .build()
-                    .map_err(|e| format!("deny patterns: {e}"))?,
+                    .map_err(GuardError::DenyPatterns)?,
             )
         };
         let deny_words = if g.deny_words.is_empty() {
             None
         } else {
-            Some(DenyWords::new(&g.deny_words)?)
+            Some(DenyWords::new(&g.deny_words).map_err(GuardError::DenyWords)?)
         };
         let block_or_alert = |a: &str| match a {
             "" => Ok(None),
             a => Action::from_name(a)
                 .map(Some)
-                .ok_or_else(|| format!("unknown action {a:?}")),
+                .ok_or_else(|| GuardError::UnknownAction(a.to_owned())),
         };
         let injection = block_or_alert(&g.prompt_injection)?;
         let json_schema = block_or_alert(&g.json_schema)?;
@@ -410,7 +433,8 @@ impl ResponsePhase {
             (Some((g, action)), Some(raw)) => {
                 match super::schema::requested(incoming.format, raw) {
                     Some(s) => Some(SchemaRule {
-                        check: SchemaCheck::new(&s).map_err(ProxyError::invalid)?,
+                        check: SchemaCheck::new(&s)
+                            .map_err(|e| ProxyError::invalid(e.to_string()))?,
                         action,
                         guard: g.id.clone(),
                         format: incoming.format,

@@ -27,12 +27,11 @@ pub(crate) struct DenyWords {
 }
 
 impl DenyWords {
-    pub(crate) fn new(words: &[String]) -> Result<Self, String> {
+    pub(crate) fn new(words: &[String]) -> Result<Self, aho_corasick::BuildError> {
         let words: Vec<String> = words.iter().map(|w| w.trim().to_lowercase()).collect();
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
-            .build(&words)
-            .map_err(|e| format!("deny words: {e}"))?;
+            .build(&words)?;
         Ok(Self { ac, words })
     }
 

@@ -49,25 +49,36 @@ impl std::fmt::Debug for SchemaCheck {
     }
 }
 
+/// Why a schema check failed. Never holds the answer's text: only where and which rule.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SchemaError {
+    /// The requested schema itself is invalid (the client's mistake).
+    #[error("the requested JSON schema is invalid: {0}")]
+    InvalidSchema(String),
+    #[error("the answer is not JSON ({0})")]
+    NotJson(&'static str),
+    #[error("the answer does not follow the requested schema (at `{path}`: {rule})")]
+    Mismatch { path: String, rule: String },
+}
+
 impl SchemaCheck {
     /// `Err`: the schema itself is invalid (the client's mistake: said in the error).
-    pub(crate) fn new(schema: &Value) -> Result<Self, String> {
+    pub(crate) fn new(schema: &Value) -> Result<Self, SchemaError> {
         jsonschema::validator_for(schema)
             .map(|validator| Self { validator })
-            .map_err(|e| format!("the requested JSON schema is invalid: {e}"))
+            .map_err(|e| SchemaError::InvalidSchema(e.to_string()))
     }
 
     /// Whether `text` is JSON that validates; `Err` says why not (never the text itself).
-    pub(crate) fn check(&self, text: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, text: &str) -> Result<(), SchemaError> {
         let value: Value = serde_json::from_str(text.trim())
-            .map_err(|e| format!("the answer is not JSON ({})", e.classify_name()))?;
+            .map_err(|e| SchemaError::NotJson(e.classify_name()))?;
         match self.validator.iter_errors(&value).next() {
             None => Ok(()),
-            Some(e) => Err(format!(
-                "the answer does not follow the requested schema (at `{}`: {})",
-                e.instance_path(),
-                e.kind_name()
-            )),
+            Some(e) => Err(SchemaError::Mismatch {
+                path: e.instance_path().to_string(),
+                rule: e.kind_name(),
+            }),
         }
     }
 }
@@ -153,11 +164,15 @@ mod tests {
         let schema = requested(Format::OpenAiChat, &raw).expect("asked for a schema");
         let c = SchemaCheck::new(&schema).expect("valid schema");
         assert_eq!(c.check(r#"{"name": "Ada", "age": 36}"#), Ok(()));
-        let e = c.check(r#"{"name": "Ada"}"#).expect_err("missing age");
+        let e = c
+            .check(r#"{"name": "Ada"}"#)
+            .expect_err("missing age")
+            .to_string();
         assert!(e.contains("required"), "{e}");
         let e = c
             .check(r#"{"name": "Ada", "age": "old"}"#)
-            .expect_err("wrong type");
+            .expect_err("wrong type")
+            .to_string();
         assert!(
             e.contains("/age") && !e.contains("old"),
             "never the value: {e}"

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 
 use super::Action;
-use super::enforce::{Decisions, Guard, blocked, count};
+use super::enforce::{Decisions, Guard, GuardError, blocked, count};
 use crate::error::{ErrorKind, ProxyError};
 use crate::llm::text::{self, Place};
 use crate::llm::{Body, Incoming};
@@ -54,13 +54,13 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn from_proto(w: &pb::GuardrailWebhook) -> Result<Self, String> {
-        let uri: http::Uri = w
-            .url
-            .parse()
-            .map_err(|e| format!("webhook url {:?}: {e}", w.url))?;
+    pub fn from_proto(w: &pb::GuardrailWebhook) -> Result<Self, GuardError> {
+        let uri: http::Uri = w.url.parse().map_err(|source| GuardError::WebhookUrl {
+            url: w.url.clone(),
+            source,
+        })?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(format!("webhook url {:?}: http or https", w.url));
+            return Err(GuardError::WebhookScheme(w.url.clone()));
         }
         Ok(Self {
             uri,
@@ -157,7 +157,7 @@ impl Webhook {
     async fn ask(&self, clients: &Clients, body: Bytes) -> Result<Answer, Failure> {
         let client = clients
             .client(crate::upstream::ClientSettings::default())
-            .map_err(Failure::Connect)?;
+            .map_err(|e| Failure::Connect(crate::error::chain(&e)))?;
         let req = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "application/json")
@@ -166,8 +166,8 @@ impl Webhook {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let upstream = |e: ProxyError| match e.kind {
             ErrorKind::UpstreamTimeout => Failure::Timeout,
-            ErrorKind::UpstreamConnect => Failure::Connect(e.message),
-            _ => Failure::Invalid(e.message),
+            ErrorKind::UpstreamConnect => Failure::Connect(e.detail().into_owned()),
+            _ => Failure::Invalid(e.detail().into_owned()),
         };
         let resp = crate::upstream::send(&client, req, deadline)
             .await

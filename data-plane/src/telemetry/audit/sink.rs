@@ -40,12 +40,23 @@ impl Target {
         }
     }
 
-    async fn write(&mut self, lines: &[String]) -> Result<(), String> {
+    async fn write(&mut self, lines: &[String]) -> Result<(), SinkError> {
         match self {
-            Self::File(f) => f.write(lines).await.map_err(|e| e.to_string()),
+            Self::File(f) => Ok(f.write(lines).await?),
             Self::Redis(r) => r.write(lines).await,
         }
     }
+}
+
+/// Why a sink did not take a batch (it is held and retried).
+#[derive(Debug, thiserror::Error)]
+enum SinkError {
+    #[error(transparent)]
+    File(#[from] std::io::Error),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("timed out")]
+    Timeout,
 }
 
 struct Sink {
@@ -95,8 +106,7 @@ impl Writer {
             ));
         }
         if let Some(url) = &opts.redis_url {
-            let redis = RedisSink::new(url, &opts.stream, opts.stream_maxlen)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let redis = RedisSink::new(url, &opts.stream, opts.stream_maxlen)?;
             sinks.push(Sink::new(
                 Target::Redis(redis),
                 Chain::new(format!("{}/redis/{started_ms:x}", opts.node), key),
@@ -158,7 +168,7 @@ impl Sink {
                 && f.full()
             {
                 if let Err(e) = f.rotate().await {
-                    self.failed(metrics, &e.to_string());
+                    self.failed(metrics, &SinkError::File(e));
                     return;
                 }
                 self.rotated = true;
@@ -223,7 +233,7 @@ impl Sink {
         }
     }
 
-    fn failed(&mut self, metrics: &Metrics, e: &str) {
+    fn failed(&mut self, metrics: &Metrics, e: &SinkError) {
         metrics
             .audit_sink_errors
             .get_or_create(&AuditSinkLabels {
@@ -231,7 +241,7 @@ impl Sink {
             })
             .inc();
         if self.retry_at.is_none() {
-            tracing::warn!(sink = self.target.name(), error = %e, queued = self.queue.len(), "audit sink failed; records are held and retried");
+            tracing::warn!(sink = self.target.name(), error = %crate::error::chain(e), queued = self.queue.len(), "audit sink failed; records are held and retried");
         }
         self.retry_at = Some(Instant::now() + Duration::from_secs(1));
     }
@@ -402,16 +412,23 @@ struct RedisSink {
 }
 
 impl RedisSink {
-    fn new(url: &str, stream: &str, maxlen: u64) -> Result<Self, String> {
+    /// The stream at `url`; an invalid URL is named by its category only (the parse error
+    /// may echo the URL, and its password).
+    fn new(url: &str, stream: &str, maxlen: u64) -> std::io::Result<Self> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(|e| format!("audit redis url: {e}"))?,
+            client: redis::Client::open(url).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("audit redis url: invalid ({:?})", e.kind()),
+                )
+            })?,
             conn: None,
             stream: stream.to_owned(),
             maxlen,
         })
     }
 
-    async fn write(&mut self, lines: &[String]) -> Result<(), String> {
+    async fn write(&mut self, lines: &[String]) -> Result<(), SinkError> {
         const TIMEOUT: Duration = Duration::from_secs(2);
         let conn = match &mut self.conn {
             Some(c) => c,
@@ -419,8 +436,7 @@ impl RedisSink {
                 let c =
                     tokio::time::timeout(TIMEOUT, self.client.get_multiplexed_async_connection())
                         .await
-                        .map_err(|_| "connect timed out".to_owned())?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|_| SinkError::Timeout)??;
                 self.conn.insert(c)
             }
         };
@@ -440,11 +456,11 @@ impl RedisSink {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.conn = None;
-                Err(e.to_string())
+                Err(e.into())
             }
             Err(_) => {
                 self.conn = None;
-                Err("timed out".to_owned())
+                Err(SinkError::Timeout)
             }
         }
     }
