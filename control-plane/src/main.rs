@@ -158,6 +158,7 @@ async fn etcd_command(args: &Args, command: &EtcdCommand) -> Result<()> {
     Ok(())
 }
 
+/// A flag's duration (clap shows the `String` as the flag's error).
 fn duration(s: &str) -> Result<Duration, String> {
     switchyard_crds::validate::duration("duration", s).map_err(|e| e.to_string())
 }

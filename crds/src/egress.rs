@@ -31,6 +31,7 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+/// Parsed from a flag (`--egress-allow-cidr`): clap shows the `String` as its error.
 impl std::str::FromStr for Cidr {
     type Err = String;
 

@@ -128,6 +128,7 @@ impl World {
         });
     }
 
+    /// `Err`: what is wrong with the document, as the `LoadError` the reader lists for it.
     fn add_value(&mut self, value: serde_yaml::Value) -> Result<(), String> {
         let meta: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| e.to_string())?;
         let group = meta.api_version.split('/').next().unwrap_or_default();

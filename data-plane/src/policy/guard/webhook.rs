@@ -341,7 +341,7 @@ fn detector_name(d: &str) -> String {
 }
 
 /// Replaces each span by `[LABEL]`; overlapping spans of one text merge. `Err`: a span
-/// outside its text.
+/// outside its text, said as the message of the webhook's `Failure::Invalid`.
 fn redact(texts: &mut [String], mut spans: Vec<Span>) -> Result<(), String> {
     spans.sort_by_key(|s| (s.index, s.start));
     let mut i = 0;
