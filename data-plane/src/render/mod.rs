@@ -73,8 +73,9 @@ pub(crate) struct Watchers {
 struct Observers {
     in_flight: Option<InFlight>,
     permit: Option<Permit>,
-    /// The guardrails' response phase on a stream (a whole answer's runs on its body).
-    guard: Option<Guarded>,
+    /// The guardrails' response phase on a stream (a whole answer's runs on its body);
+    /// boxed: most streams have none, and the observers move with every stream.
+    guard: Option<Box<Guarded>>,
     transcript: Option<Transcript>,
     /// The cache's recording of a streamed miss.
     record: Option<Box<Record>>,
@@ -97,9 +98,10 @@ impl Observer for Observers {
 
 impl Observers {
     /// A whole answer: what it used is counted for its provider and everything watching it
-    /// is settled at once.
+    /// is settled at once (before the response phase's webhook, which the upstream's
+    /// endpoint does not wait for).
     fn whole(
-        &mut self,
+        mut self,
         metrics: &Metrics,
         provider: &'static str,
         exchange: Option<&Exchange>,
@@ -124,7 +126,7 @@ impl Observers {
         exchange: Option<Exchange>,
         record: Option<Box<Record>>,
     ) -> Self {
-        self.guard = guard.map(|g| Guarded::new(g, metrics.clone()));
+        self.guard = guard.map(|g| Box::new(Guarded::new(g, metrics.clone())));
         self.transcript = exchange.map(Transcript::stream);
         self.record = record;
         self
@@ -171,7 +173,7 @@ pub(crate) async fn respond(
         .as_ref()
         .map(|p| p.headers.clone())
         .filter(|h| !h.is_empty());
-    let mut observers = Observers {
+    let observers = Observers {
         in_flight,
         permit,
         ..Observers::default()
