@@ -67,8 +67,17 @@ enum Cmd {
     /// Check that the data plane's modules use only modules below them (data-plane/LAYERS),
     /// and that no `match` covers wire formats with a wildcard.
     Layers,
+    /// Instructions per request under callgrind (plain, access log on, stream, Redis limits,
+    /// traced), from release binaries, against the committed baseline
+    /// (`bench/instructions.txt`): fails when a case costs more than 3% over it.
+    Instructions {
+        /// Write the counts measured as the new baseline instead of checking them.
+        #[arg(long)]
+        update: bool,
+    },
     /// Everything CI runs: formatting, lints, generated artefacts, every test suite (Rust and
-    /// the official SDK conformance suite in a Python venv it creates).
+    /// the official SDK conformance suite in a Python venv it creates), and the guard on
+    /// instructions per request.
     Ci {
         /// Skip fmt and clippy (quicker local runs).
         #[arg(long)]
@@ -93,6 +102,7 @@ fn main() -> Result<()> {
             no_wildcard_format_arms()
         }
         Cmd::Ci { skip_lint } => ci(skip_lint),
+        Cmd::Instructions { update } => instructions(update),
         Cmd::Bench {
             duration,
             smoke,
@@ -123,6 +133,34 @@ fn main() -> Result<()> {
             },
         ),
     }
+}
+
+/// Builds the release data plane and mock upstream, then runs `tools/instructions.sh` against
+/// the baseline.
+fn instructions(update: bool) -> Result<()> {
+    let root = root();
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "switchyard-data-plane",
+        "-p",
+        "switchyard-tests",
+        "--bin",
+        "switchyard-data-plane",
+        "--bin",
+        "switchyard-mock-llm",
+    ]))?;
+    let release = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("release");
+    run(Command::new("bash")
+        .arg(root.join("tools/instructions.sh"))
+        .arg(release.join("switchyard-data-plane"))
+        .arg(release.join("switchyard-mock-llm"))
+        .arg(if update { "--update" } else { "--check" })
+        .arg(root.join("bench/instructions.txt")))
 }
 
 fn write_or_check(path: &Path, content: &str, check: bool) -> Result<bool> {
@@ -233,6 +271,11 @@ const NEEDED: &[Needed] = &[
         what: "wrk (the benchmark smoke run's load generator)",
         package: "wrk",
         present: || on_path("wrk"),
+    },
+    Needed {
+        what: "valgrind (the instructions-per-request guard)",
+        package: "valgrind",
+        present: || on_path("callgrind_control"),
     },
     Needed {
         what: "protoc (etcd-client's build script)",
@@ -379,5 +422,7 @@ fn ci(skip_lint: bool) -> Result<()> {
     run(Command::new(&python)
         .args(["-m", "pytest", "-q", "tests/python"])
         .current_dir(&root))?;
-    Ok(())
+
+    // The guard on instructions per request (release binaries, callgrind).
+    instructions(false)
 }
