@@ -470,6 +470,43 @@ async fn exact_hits_are_served_whole_streamed_and_across_the_fleet() {
     let _ = &e.redis;
 }
 
+/// A stampede of identical requests on a cached route costs one upstream call: the first to
+/// miss goes upstream, the others wait for its answer to be stored and are served it as hits.
+/// Another key's identical request (the route's cache is scoped by key) is not held for it:
+/// it makes its own call.
+#[tokio::test]
+async fn a_stampede_of_identical_requests_makes_one_upstream_call() {
+    let e = env("cache-stampede").await;
+    // The upstream takes a while, so every request arrives while the first is in flight.
+    let body = cold("cached", "A slow question mock.latency_ms=800");
+    let calls = e.upstream_calls().await;
+    let coalesced_before = metric(&e.dps[0].2, "switchyard_cache_coalesced_total").await;
+    let api = e.api(0);
+    let ours = (0..100).map(|_| ask(&api, CLIENT_KEY, &body, None));
+    let theirs = (0..10).map(|_| ask(&api, OTHER_KEY, &body, None));
+    let (ours, theirs) = tokio::join!(
+        futures_util::future::join_all(ours),
+        futures_util::future::join_all(theirs)
+    );
+    assert_eq!(
+        e.upstream_calls().await,
+        calls + 2,
+        "one call per key scope, whatever the number of requests"
+    );
+    for answers in [&ours, &theirs] {
+        let first = &answers[0].2;
+        assert!(
+            answers.iter().all(|(s, _, b)| *s == 200 && b == first),
+            "every request gets the one answer"
+        );
+        let misses = answers.iter().filter(|(_, c, _)| c == "miss").count();
+        let hits = answers.iter().filter(|(_, c, _)| c == "hit").count();
+        assert_eq!((misses, hits), (1, answers.len() - 1));
+    }
+    let coalesced = metric(&e.dps[0].2, "switchyard_cache_coalesced_total").await;
+    assert_eq!(coalesced - coalesced_before, 108.0, "99 and 9 waited");
+}
+
 #[tokio::test]
 async fn a_redis_outage_bypasses_the_cache_without_errors() {
     let mut e = env("cache-outage").await;

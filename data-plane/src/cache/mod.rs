@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_proto::v1 as pb;
+use tokio::sync::watch;
 
 use crate::llm::observe::{End, Ending, Observer};
 use crate::llm::{Block, Delta, Event};
@@ -254,6 +255,8 @@ impl Embedder {
 /// The tiers.
 pub struct Cache {
     memory: memory::MemoryTier,
+    /// Identical requests missing at once in this proxy.
+    flights: Flights,
     redis: Option<redis::RedisTier>,
     embedder: Option<Embedder>,
     metrics: Arc<Metrics>,
@@ -290,6 +293,50 @@ pub struct Fill {
     pub vector: Option<Vec<f32>>,
 }
 
+/// Identical requests (one exact key) missing the cache in this proxy at once: the first
+/// goes upstream and leads, the others wait for it and look again (single flight), so a
+/// stampede costs one upstream call. The key holds the route and the cache's scope, so only
+/// requests that could share the answer anyway wait for each other.
+#[derive(Debug, Default)]
+struct Flights(std::sync::Mutex<std::collections::HashMap<String, watch::Receiver<()>>>);
+
+/// A request's place in its flight.
+#[derive(Debug)]
+pub enum Flight {
+    /// It goes upstream; the others wait until this is dropped (once its answer is stored,
+    /// or it failed).
+    Leader(Leader),
+    /// Another request goes upstream: wait for it ([`Flight::wait`]), then look again.
+    Follower(watch::Receiver<()>),
+}
+
+/// The leading request of a flight: dropping it releases the requests waiting.
+#[derive(Debug)]
+pub struct Leader {
+    cache: Arc<Cache>,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.cache
+            .flights
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl Flight {
+    /// Waits for the leader, at most `limit`; whether it ended in time.
+    pub async fn wait(mut rx: watch::Receiver<()>, limit: Duration) -> bool {
+        // No value is ever sent: `changed` returns when the leader's sender drops.
+        tokio::time::timeout(limit, rx.changed()).await.is_ok()
+    }
+}
+
 impl Cache {
     /// A cache with `memory_bytes` in this proxy, with `redis` the fleet's tier (URL, whether
     /// it lists a cluster's seed nodes, timeout), and with `embedding_model` the semantic
@@ -310,12 +357,33 @@ impl Cache {
         }
         Ok(Self {
             memory: memory::MemoryTier::new(memory_bytes),
+            flights: Flights::default(),
             redis,
             embedder: embedding_model.map(|dir| Embedder {
                 dir,
                 model: tokio::sync::OnceCell::new(),
             }),
             metrics,
+        })
+    }
+
+    /// Joins the flight of requests missing `key` in this proxy.
+    pub fn join(self: &Arc<Self>, key: &str) -> Flight {
+        let mut flights = self
+            .flights
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(rx) = flights.get(key) {
+            self.metrics.cache_coalesced.inc();
+            return Flight::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        flights.insert(key.to_owned(), rx);
+        Flight::Leader(Leader {
+            cache: self.clone(),
+            key: key.to_owned(),
+            _done: tx,
         })
     }
 

@@ -12,7 +12,7 @@ use axum::response::Response;
 use http::{HeaderName, HeaderValue};
 
 use crate::cache::key::Plan;
-use crate::cache::{Fill, Lookup};
+use crate::cache::{Fill, Flight, Lookup};
 use crate::config::RuntimeConfig;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
@@ -128,6 +128,7 @@ pub(crate) async fn model_call(
     // 10. The response cache.
     let mut fill = None;
     let mut cached = None;
+    let mut leader = None;
     if let (Some(policy), Some(cache)) = (&routed.route.cache, gw.cache()) {
         let since = Instant::now();
         let route = &routed.route.id;
@@ -141,7 +142,17 @@ pub(crate) async fn model_call(
                 fill = (!no_store).then_some(Fill { key, vector: None });
                 CacheResult::Bypass
             }
-            Plan::Use(key) => match Box::pin(lookup(gw, cache, &routed, policy, &key)).await {
+            Plan::Use(key) => match Box::pin(coalesced(
+                gw,
+                cache,
+                &routed,
+                policy,
+                &key,
+                !no_store,
+                &mut leader,
+            ))
+            .await
+            {
                 Lookup::Hit { entry, similarity } if entry.format == incoming.format => {
                     let outcome = if similarity.is_some() {
                         CacheResult::SemanticHit
@@ -210,7 +221,14 @@ pub(crate) async fn model_call(
         p.reprice(served.price);
     }
     if let (Some(fill), Some(cache), Some(policy)) = (fill, gw.cache(), &routed.route.cache) {
-        store(cache, policy, fill, incoming.format, &mut served.answer);
+        store(
+            cache,
+            policy,
+            fill,
+            incoming.format,
+            &mut served.answer,
+            leader,
+        );
     }
     let (attempts, backend) = (served.attempts, served.backend);
     if let Some(a) = &exchange {
@@ -270,6 +288,39 @@ async fn lookup(
     match vector {
         Some(v) => cache.nearest(policy, key, v).await,
         None => Lookup::Bypass,
+    }
+}
+
+/// [`lookup`], one flight per key: when an identical request missed in this proxy and is on
+/// its way upstream, this one waits for it (at most the pool's total timeout) and looks
+/// again; the first to miss leads (`leader`, when it will store its answer) and releases the
+/// others once its answer is stored or it failed.
+async fn coalesced(
+    gw: &Arc<Gateway>,
+    cache: &Arc<crate::cache::Cache>,
+    routed: &route::Routed<'_>,
+    policy: &crate::cache::Policy,
+    key: &crate::cache::key::Key,
+    stores: bool,
+    leader: &mut Option<crate::cache::Leader>,
+) -> Lookup {
+    let found = lookup(gw, cache, routed, policy, key).await;
+    if !stores || !matches!(found, Lookup::Miss { .. }) {
+        return found;
+    }
+    match cache.join(&key.exact) {
+        Flight::Leader(l) => {
+            *leader = Some(l);
+            found
+        }
+        Flight::Follower(rx) => {
+            Flight::wait(rx, routed.backend.pool.timeouts.total).await;
+            match cache.exact(policy, key).await {
+                hit @ Lookup::Hit { .. } => hit,
+                // The leader failed, or its answer was not stored: this one goes upstream.
+                Lookup::Miss { .. } | Lookup::Bypass => found,
+            }
+        }
     }
 }
 
@@ -358,6 +409,7 @@ fn store(
     fill: Fill,
     format: crate::llm::Format,
     answer: &mut crate::providers::Answer,
+    leader: Option<crate::cache::Leader>,
 ) {
     use crate::providers::Answer;
     let entry = |body, usage| crate::cache::Entry {
@@ -378,6 +430,8 @@ fn store(
         Answer::Stream { record, .. } => {
             let (cache, policy) = (cache.clone(), policy.clone());
             *record = Some(Box::new(crate::cache::Record::new(move |r| {
+                // Requests waiting for this one look again once it is stored.
+                let _leader = leader;
                 if let Ok(body) = render::render(format, &r, None) {
                     let ttl = policy.ttl;
                     cache.put(

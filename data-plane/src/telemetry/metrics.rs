@@ -209,6 +209,7 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter>,
     pub cache_errors: Family<OpLabels, Counter>,
     pub cache_fills: Counter,
+    pub cache_coalesced: Counter,
     pub cache_tokens_saved: Counter,
     /// US dollars not spent because the cache answered (priced at the route's first backend).
     pub cache_cost_saved: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -393,6 +394,7 @@ impl Metrics {
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         let cache_errors = Family::<OpLabels, Counter>::default();
         let cache_fills = Counter::default();
+        let cache_coalesced = Counter::default();
         let cache_tokens_saved = Counter::default();
         let cache_cost_saved = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let cache_similarity = Histogram::new([
@@ -436,6 +438,11 @@ impl Metrics {
             "cache_fills",
             "Answers stored in the response cache",
             cache_fills.clone(),
+        );
+        reg.register(
+            "cache_coalesced",
+            "Requests that waited for an identical request's upstream call on a cached route instead of making their own",
+            cache_coalesced.clone(),
         );
         reg.register(
             "cache_tokens_saved",
@@ -558,6 +565,7 @@ impl Metrics {
             cache_lookups,
             cache_errors,
             cache_fills,
+            cache_coalesced,
             cache_tokens_saved,
             cache_cost_saved,
             cache_similarity,
