@@ -167,6 +167,10 @@ pub struct ListenerReasonLabels {
 }
 
 /// The data plane's metrics and the registry that exposes them.
+/// A provider's `tokens` series by direction (input, output, cache_read, cache_write,
+/// reasoning); a part's is made when it first occurs.
+type TokenSeries = [Option<Counter>; 5];
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -177,6 +181,9 @@ pub struct Metrics {
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_duration: Family<EndpointLabels, Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
+    /// `tokens`' series of each provider seen, resolved once: a request adds to them without
+    /// hashing its labels.
+    tokens_of: std::sync::RwLock<Vec<(&'static str, TokenSeries)>>,
     pub stream_errors: Family<ReasonLabels, Counter>,
     pub config_updates: Family<ResultLabels, Counter>,
     pub config_keys: Gauge,
@@ -587,6 +594,7 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             tokens,
+            tokens_of: std::sync::RwLock::default(),
             stream_errors,
             config_updates,
             config_keys,
@@ -611,20 +619,54 @@ impl Metrics {
 
     /// Tokens by provider: input (all), output (all), and the cache and reasoning parts.
     pub fn record_usage(&self, provider: &'static str, usage: crate::llm::Usage) {
-        for (direction, n) in [
-            ("input", usage.input),
-            ("output", usage.output),
-            ("cache_read", usage.cache_read),
-            ("cache_write", usage.cache_write),
-            ("reasoning", usage.reasoning),
-        ] {
-            if n > 0 || direction == "input" || direction == "output" {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        provider,
-                        direction,
-                    })
-                    .inc_by(n);
+        const DIRECTIONS: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
+        let counts = [
+            usage.input,
+            usage.output,
+            usage.cache_read,
+            usage.cache_write,
+            usage.reasoning,
+        ];
+        // Input and output always have a series; the parts only once they occur.
+        let needed = |i: usize| i < 2 || counts[i] > 0;
+        {
+            let seen = self
+                .tokens_of
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, counters)) = seen.iter().find(|(p, _)| *p == provider)
+                && (0..5).all(|i| !needed(i) || counters[i].is_some())
+            {
+                for (i, c) in counters.iter().enumerate() {
+                    if let Some(c) = c.as_ref().filter(|_| needed(i)) {
+                        c.inc_by(counts[i]);
+                    }
+                }
+                return;
+            }
+        }
+        let mut seen = self
+            .tokens_of
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = match seen.iter().position(|(p, _)| *p == provider) {
+            Some(at) => at,
+            None => {
+                seen.push((provider, Default::default()));
+                seen.len() - 1
+            }
+        };
+        for (i, c) in seen[at].1.iter_mut().enumerate() {
+            if needed(i) {
+                c.get_or_insert_with(|| {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            provider,
+                            direction: DIRECTIONS[i],
+                        })
+                        .clone()
+                })
+                .inc_by(counts[i]);
             }
         }
     }
@@ -633,6 +675,38 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokens add up per provider and direction through the resolved series; a part (cache
+    /// reads, writes, reasoning) gets a series only once it occurs.
+    #[test]
+    fn usage_adds_up_by_provider_and_direction() {
+        let m = Metrics::new();
+        let line = |provider: &str, direction: &str| {
+            let text = m.encode();
+            let head = format!(
+                "switchyard_tokens_total{{provider=\"{provider}\",direction=\"{direction}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&head).map(str::to_owned))
+        };
+        m.record_usage("openai", crate::llm::Usage::new(10, 5));
+        m.record_usage("openai", crate::llm::Usage::new(1, 2));
+        assert_eq!(line("openai", "input").as_deref(), Some("11"));
+        assert_eq!(line("openai", "output").as_deref(), Some("7"));
+        assert_eq!(
+            line("openai", "cache_read"),
+            None,
+            "no part before it occurs"
+        );
+        let mut with_cache = crate::llm::Usage::new(3, 1);
+        with_cache.cache_read = 2;
+        m.record_usage("openai", with_cache);
+        m.record_usage("anthropic", crate::llm::Usage::new(4, 4));
+        assert_eq!(line("openai", "cache_read").as_deref(), Some("2"));
+        assert_eq!(line("openai", "input").as_deref(), Some("14"));
+        assert_eq!(line("anthropic", "input").as_deref(), Some("4"));
+        assert_eq!(line("anthropic", "cache_read"), None);
+    }
 
     #[test]
     fn every_dashboard_query_names_a_metric_the_data_plane_exports() {
