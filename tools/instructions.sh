@@ -15,6 +15,8 @@
 #
 # usage: tools/instructions.sh DATA_PLANE MOCK_LLM [--check FILE | --update FILE] [REQUESTS]
 #
+# Without --check or --update it prints the counts: run it on two builds to compare trees.
+#
 # --check FILE fails when a case costs more than 3% over FILE's count (the guard CI runs);
 # a change that is worth it updates FILE in the same commit (--update), its commit message
 # saying why. Counts below FILE's by more than 3% are reported, so the baseline can be
