@@ -63,6 +63,14 @@ enum Cmd {
         /// collector, against both off: c=1 and c=32), printed; docs/ is left alone.
         #[arg(long)]
         tracing_only: bool,
+        /// Only scenarios a, b and c (streams of 64 chunks: time to first token and the gap
+        /// between chunks, direct and through the gateway), printed; docs/ is left alone.
+        #[arg(long)]
+        stream_only: bool,
+        /// Use the binaries in DIR instead of building them (to compare two trees' builds
+        /// in one session, run after run).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
     },
     /// Check that the data plane's modules use only modules below them (data-plane/LAYERS),
     /// and that no `match` covers wire formats with a wildcard.
@@ -113,6 +121,8 @@ fn main() -> Result<()> {
             audit_only,
             cache_only,
             tracing_only,
+            stream_only,
+            bin_dir,
         } => bench::run(
             &root(),
             &bench::BenchOpts {
@@ -127,9 +137,11 @@ fn main() -> Result<()> {
                     (audit_only, bench::Only::Audit),
                     (cache_only, bench::Only::Cache),
                     (tracing_only, bench::Only::Tracing),
+                    (stream_only, bench::Only::Stream),
                 ]
                 .into_iter()
                 .find_map(|(on, only)| on.then_some(only)),
+                bin_dir,
             },
         ),
     }
@@ -400,6 +412,7 @@ fn ci(skip_lint: bool) -> Result<()> {
             peers: false,
             release: false,
             only: None,
+            bin_dir: None,
         },
     )?;
 

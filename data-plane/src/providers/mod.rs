@@ -11,10 +11,10 @@ pub mod pool;
 
 use std::sync::Arc;
 
+use crate::upstream::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming as Body;
 use tokio::time::Instant;
 
 use crate::dialect::codec::Target;

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::dialect::Flow;
@@ -31,7 +30,7 @@ use crate::upstream::Framer;
 #[derive(Debug)]
 pub(super) enum Source {
     Upstream {
-        body: Incoming,
+        body: crate::upstream::Body,
         framer: Framer,
         deadline: Instant,
         /// Longest silence between two chunks.

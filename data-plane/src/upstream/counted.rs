@@ -21,16 +21,28 @@ pub struct Counts {
 
 /// `HttpConnector`, counting what it opens.
 #[derive(Clone, Debug)]
-pub struct CountingConnector {
-    pub inner: HttpConnector,
-    pub counts: Counts,
+pub(crate) struct CountingConnector {
+    pub(crate) inner: HttpConnector,
+    pub(crate) counts: Counts,
 }
 
 /// A connection that leaves the `open` count when dropped.
 #[derive(Debug)]
-pub struct Counted<T> {
+pub(crate) struct Counted<T> {
     io: T,
     open: Gauge,
+}
+
+impl<T> Counted<T> {
+    /// A connection just opened: counted as opened and open.
+    pub(crate) fn new(io: T, counts: &Counts) -> Self {
+        counts.opened.inc();
+        counts.open.inc();
+        Self {
+            io,
+            open: counts.open.clone(),
+        }
+    }
 }
 
 impl<T> Drop for Counted<T> {
@@ -51,15 +63,7 @@ impl tower::Service<Uri> for CountingConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let counts = self.counts.clone();
-        Box::pin(async move {
-            let io = connecting.await?;
-            counts.opened.inc();
-            counts.open.inc();
-            Ok(Counted {
-                io,
-                open: counts.open,
-            })
-        })
+        Box::pin(async move { Ok(Counted::new(connecting.await?, &counts)) })
     }
 }
 

@@ -1,8 +1,11 @@
-//! Talking to providers: the pooled keep-alive HTTP client with its deadlines, stream framing
-//! (server-sent events, AWS event-stream) and request signing (SigV4).
+//! Talking to providers: the keep-alive HTTP clients with their deadlines (HTTP/1.1 driven on
+//! the request's task for plain-HTTP upstreams, [`h1`]; hyper-util's pooled client for TLS,
+//! HTTP/2 by ALPN), stream framing (server-sent events, AWS event-stream) and request signing
+//! (SigV4).
 
 pub(crate) mod counted;
 pub(crate) mod eventstream;
+pub(crate) mod h1;
 pub mod sigv4;
 pub(crate) mod sse;
 
@@ -12,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,7 +23,15 @@ use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
 
-pub type HttpClient = Client<HttpsConnector<counted::CountingConnector>, Full<Bytes>>;
+pub use h1::Body;
+
+/// The client of one [`ClientSettings`]: plain-HTTP upstreams through [`h1::Pool`], TLS ones
+/// through hyper-util's pooled client.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    tls: Client<HttpsConnector<counted::CountingConnector>, Full<Bytes>>,
+    plain: h1::Pool,
+}
 
 /// How a client connects and keeps connections: the connect timeout, the idle keep-alive
 /// connections kept per upstream host (beyond them, a finished request's connection is
@@ -93,6 +103,7 @@ fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, 
     tcp.set_connect_timeout(Some(s.connect_timeout));
     tcp.set_nodelay(true);
     tcp.set_keepalive(Some(Duration::from_secs(60)));
+    let plain = h1::Pool::new(s, counts.clone());
     let http = counted::CountingConnector { inner: tcp, counts };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(std::sync::Arc::new(
@@ -103,10 +114,11 @@ fn new_client(s: ClientSettings, counts: counted::Counts) -> Result<HttpClient, 
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    let tls = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(s.max_idle_per_host)
-        .build(https))
+        .build(https);
+    Ok(HttpClient { tls, plain })
 }
 
 /// Sends a request and waits for the response head until the first-byte deadline.
@@ -114,8 +126,11 @@ pub async fn send(
     client: &HttpClient,
     req: http::Request<Full<Bytes>>,
     first_byte: Instant,
-) -> Result<http::Response<Incoming>, ProxyError> {
-    match tokio::time::timeout_at(first_byte, client.request(req)).await {
+) -> Result<http::Response<Body>, ProxyError> {
+    if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+        return client.plain.send(req, first_byte).await;
+    }
+    match tokio::time::timeout_at(first_byte, client.tls.request(req)).await {
         Err(_) => Err(ProxyError::new(
             ErrorKind::UpstreamTimeout,
             "upstream did not answer in time",
@@ -128,12 +143,12 @@ pub async fn send(
         Ok(Err(e)) => Err(
             ProxyError::new(ErrorKind::UpstreamProtocol, "upstream request failed").with_source(e),
         ),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => Ok(resp.map(Body::Pooled)),
     }
 }
 
 /// Reads a whole upstream body before the deadline.
-pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, ProxyError> {
+pub async fn read_body(body: Body, deadline: Instant) -> Result<Bytes, ProxyError> {
     let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
     match tokio::time::timeout_at(deadline, limited.collect()).await {
         Err(_) => Err(ProxyError::new(
