@@ -37,15 +37,25 @@ type Io = Counted<TokioIo<TcpStream>>;
 /// only moves when its user polls it.
 struct Conn {
     tx: SendRequest<Full<Bytes>>,
-    conn: Connection<Io, Full<Bytes>>,
+    /// `None` once it ended: dropped at once, which hands a request it never took back to
+    /// its sender.
+    conn: Option<Connection<Io, Full<Bytes>>>,
 }
 
 impl Conn {
-    /// Polls the connection once without a waker; whether it ended (closed by the server, or
-    /// failed).
+    /// Polls the connection; whether it has ended (closed by the server, or failed).
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(c) = &mut self.conn
+            && Pin::new(c).poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+        self.conn.is_none()
+    }
+
+    /// Polls the connection once without a waker; whether it has ended.
     fn ended_while_idle(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(&mut self.conn).poll(&mut cx).is_ready()
+        self.poll_ended(&mut Context::from_waker(Waker::noop()))
     }
 }
 
@@ -153,7 +163,10 @@ impl Pool {
         let (tx, conn) = http1::handshake(io).await.map_err(|e| {
             ProxyError::new(ErrorKind::UpstreamConnect, "upstream connection failed").with_source(e)
         })?;
-        Ok(Box::new(Conn { tx, conn }))
+        Ok(Box::new(Conn {
+            tx,
+            conn: Some(conn),
+        }))
     }
 
     /// Sends a request (an absolute `http://` URI) on a kept connection, or a new one, and
@@ -171,7 +184,7 @@ impl Pool {
             ));
         };
         if !req.headers().contains_key(http::header::HOST)
-            && let Ok(v) = http::HeaderValue::from_str(to.as_str())
+            && let Ok(v) = host_header(&to)
         {
             req.headers_mut().insert(http::header::HOST, v);
         }
@@ -187,11 +200,10 @@ impl Pool {
                 None => (self.connect(&to).await?, true),
             };
             loop {
-                let sending = std::pin::pin!(conn.tx.try_send_request(req));
+                let sending = conn.tx.try_send_request(req);
                 match (Drive {
-                    conn: &mut conn.conn,
-                    ended: false,
-                    sending,
+                    conn: &mut conn,
+                    sending: std::pin::pin!(sending),
                 })
                 .await
                 {
@@ -239,11 +251,22 @@ impl Pool {
     }
 }
 
-/// Waits for a response head while polling the connection it was sent on.
+/// `Host` as hyper-util's client sends it: the host, with the port only when it is not 80,
+/// and never the URL's user information.
+fn host_header(to: &Authority) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    match to.port_u16() {
+        None | Some(80) => http::HeaderValue::from_str(to.host()),
+        // `host:port` as written.
+        Some(_) if !to.as_str().contains('@') => http::HeaderValue::from_str(to.as_str()),
+        Some(p) => http::HeaderValue::from_str(&format!("{}:{p}", to.host())),
+    }
+}
+
+/// Waits for a response head while polling the connection it was sent on. A connection that
+/// ends is dropped at once: the request's future then says why (with the request back, when
+/// it never went out).
 struct Drive<'a, 'b, F> {
-    conn: &'a mut Connection<Io, Full<Bytes>>,
-    /// The connection ended: not polled again (the request's future then says why).
-    ended: bool,
+    conn: &'a mut Conn,
     sending: Pin<&'b mut F>,
 }
 
@@ -252,9 +275,7 @@ impl<F: Future> Future for Drive<'_, '_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        if !this.ended && Pin::new(&mut *this.conn).poll(cx).is_ready() {
-            this.ended = true;
-        }
+        this.conn.poll_ended(cx);
         this.sending.as_mut().poll(cx)
     }
 }
@@ -280,8 +301,33 @@ impl std::fmt::Debug for OnTask {
     }
 }
 
+impl OnTask {
+    /// A reader that stops at its protocol's last event (`[DONE]`, `message_stop`) leaves the
+    /// end of the body unread, though it has usually arrived with that event (a chunked
+    /// body's last chunk): read what is already here, a few frames at most, without waiting.
+    fn read_to_end_if_here(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..8 {
+            if self.conn.as_mut().is_none_or(|c| c.poll_ended(&mut cx)) {
+                return;
+            }
+            match hyper::body::Body::poll_frame(Pin::new(&mut self.body), &mut cx) {
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return;
+                }
+                Poll::Ready(Some(Err(_))) => return,
+                Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+            }
+        }
+    }
+}
+
 impl Drop for OnTask {
     fn drop(&mut self) {
+        if !self.ended {
+            self.read_to_end_if_here();
+        }
         if self.ended
             && let Some(c) = self.conn.take()
         {
@@ -299,9 +345,7 @@ impl hyper::body::Body for OnTask {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(c) = &mut this.conn
-            && Pin::new(&mut c.conn).poll(cx).is_ready()
-        {
+        if this.conn.as_mut().is_some_and(|c| c.poll_ended(cx)) {
             // Closed or failed: the body reports how, and the connection is not kept.
             this.conn = None;
         }
@@ -395,10 +439,21 @@ mod tests {
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                            let frames = ["one ", "two ", "three"]
+                                .map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from(s))));
                             let body = if req.uri().path() == "/stream" {
-                                let frames = ["one ", "two ", "three"]
-                                    .map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from(s))));
                                 StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                            } else if req.uri().path() == "/hang" {
+                                // One chunk, then nothing, never ending.
+                                let first = futures_util::StreamExt::take(
+                                    futures_util::stream::iter(frames),
+                                    1,
+                                );
+                                let never_ends = futures_util::StreamExt::chain(
+                                    first,
+                                    futures_util::stream::pending(),
+                                );
+                                StreamBody::new(never_ends).boxed()
                             } else {
                                 let host = req
                                     .headers()
@@ -444,11 +499,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_dropped_after_its_last_data_still_returns_its_connection() {
+        // A stream reader stops at its protocol's last event, before the body's end.
+        let addr = server().await;
+        let (pool, counts) = pool();
+        for _ in 0..3 {
+            let resp = pool
+                .send(post(addr, "/stream"), deadline())
+                .await
+                .expect("send");
+            let mut body = resp.into_body();
+            let mut got = String::new();
+            while !got.ends_with("three") {
+                let f = body.frame().await.expect("a frame").expect("data");
+                got.push_str(std::str::from_utf8(&f.into_data().expect("data")).expect("utf-8"));
+            }
+            drop(body);
+        }
+        assert_eq!(
+            counts.opened.get(),
+            1,
+            "the connection was kept after each stream"
+        );
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_before_its_end_closes_its_connection() {
         let addr = server().await;
         let (pool, counts) = pool();
         let resp = pool
-            .send(post(addr, "/stream"), deadline())
+            .send(post(addr, "/hang"), deadline())
             .await
             .expect("send");
         let mut body = resp.into_body();
@@ -505,6 +585,17 @@ mod tests {
             0,
             "every connection is closed with the pool"
         );
+    }
+
+    #[test]
+    fn host_is_the_host_and_a_port_other_than_80_never_user_information() {
+        let host = |a: &str| host_header(&a.parse().expect("authority")).expect("value");
+        assert_eq!(host("model.svc:8000"), "model.svc:8000");
+        assert_eq!(host("model.svc:80"), "model.svc");
+        assert_eq!(host("model.svc"), "model.svc");
+        assert_eq!(host("user:secret@model.svc:8000"), "model.svc:8000");
+        assert_eq!(host("user:secret@model.svc"), "model.svc");
+        assert_eq!(host("[::1]:8000"), "[::1]:8000");
     }
 
     #[tokio::test]
