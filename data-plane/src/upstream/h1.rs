@@ -53,9 +53,10 @@ impl Conn {
         self.conn.is_none()
     }
 
-    /// Polls the connection once without a waker; whether it has ended.
-    fn ended_while_idle(&mut self) -> bool {
-        self.poll_ended(&mut Context::from_waker(Waker::noop()))
+    /// Whether an idle connection can take another request: polled once without a waker, it
+    /// has not ended (a server's close is seen then) and is ready.
+    fn reusable(&mut self) -> bool {
+        !self.poll_ended(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
     }
 }
 
@@ -109,7 +110,7 @@ impl Pool {
         let mut idle = self.idle();
         let list = idle.get_mut(to)?;
         while let Some(mut i) = list.pop_back() {
-            if i.since.elapsed() < timeout && !i.conn.ended_while_idle() && i.conn.tx.is_ready() {
+            if i.since.elapsed() < timeout && i.conn.reusable() {
                 return Some(i.conn);
             }
         }
@@ -119,7 +120,7 @@ impl Pool {
     /// Keeps a connection whose response was read to the end, if it can take another request
     /// and there is room; the ones idle too long go.
     fn put(&self, to: Authority, mut conn: Box<Conn>) {
-        if conn.ended_while_idle() || !conn.tx.is_ready() {
+        if !conn.reusable() {
             return;
         }
         let (max, timeout) = (
