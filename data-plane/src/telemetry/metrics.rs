@@ -166,11 +166,11 @@ pub struct ListenerReasonLabels {
     pub reason: &'static str,
 }
 
-/// The data plane's metrics and the registry that exposes them.
 /// A provider's `tokens` series by direction (input, output, cache_read, cache_write,
 /// reasoning); a part's is made when it first occurs.
 type TokenSeries = [Option<Counter>; 5];
 
+/// The data plane's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
