@@ -23,6 +23,9 @@
 # tightened. FILE holds a section per CPU model; on a CPU it has no section for, the counts
 # are only reported.
 #
+# INSTRUCTIONS_CASES="plain traced" runs only those cases (printing only, not with --check or
+# --update).
+#
 # With INSTRUCTIONS_PROFILE=DIR set, each case's measured callgrind dump is kept as
 # DIR/NAME.out.N for callgrind_annotate (--inclusive=yes shows where a request's work goes).
 set -euo pipefail
@@ -179,11 +182,15 @@ run_case() {
   echo "$name $(((busy - idle) / n))"
 }
 
+want() { [ -z "${INSTRUCTIONS_CASES:-}" ] || [[ " $INSTRUCTIONS_CASES " == *" $1 "* ]]; }
+[ -z "${INSTRUCTIONS_CASES:-}" ] || [ "$mode" = print ] || { echo "INSTRUCTIONS_CASES is for printing only" >&2; exit 2; }
 results=()
-results+=("$(run_case plain whole bench sk-bench-key-000001 0 --access-log off)")
-results+=("$(run_case logged whole bench sk-bench-key-000001 0 --access-log "$work/access.log")")
-results+=("$(run_case stream stream bench sk-bench-key-000001 0 --access-log off)")
-if [ -x /usr/bin/redis-server ]; then
+want plain && results+=("$(run_case plain whole bench sk-bench-key-000001 0 --access-log off)")
+want logged && results+=("$(run_case logged whole bench sk-bench-key-000001 0 --access-log "$work/access.log")")
+want stream && results+=("$(run_case stream stream bench sk-bench-key-000001 0 --access-log off)")
+if ! want limits; then
+  :
+elif [ -x /usr/bin/redis-server ]; then
   redis_port=$(port)
   /usr/bin/redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
   pids+=($!)
@@ -192,7 +199,9 @@ if [ -x /usr/bin/redis-server ]; then
 else
   echo "limits: skipped (no /usr/bin/redis-server)" >&2
 fi
-if otelcol=$(bash "$root/tests/otelcol/build.sh" 2>"$work/otelcol-build.log") && [ -x "$otelcol" ]; then
+if ! want traced; then
+  :
+elif otelcol=$(bash "$root/tests/otelcol/build.sh" 2>"$work/otelcol-build.log") && [ -x "$otelcol" ]; then
   grpc=$(port)
   cat >"$work/otelcol.yaml" <<EOF
 receivers:

@@ -131,18 +131,16 @@ pub async fn run<S: Source>(
     tracing::info!(source = %source.describe(), "starting control plane");
     let source_task = tokio::spawn(source.run(world_tx));
     let mut server = ConfigServer::new(snap_rx.clone(), metrics.clone(), opts.client_auth.clone());
-    let span_exporter = opts
+    let resource = switchyard_otel::resource("switchyard-control-plane", &opts.identity);
+    let queue = opts
         .otlp
-        .span_exporter()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let pushes = span_exporter.map(|exporter| {
-        let resource = switchyard_otel::resource("switchyard-control-plane", &opts.identity);
-        let (queue, _task) = switchyard_otel::SpanQueue::start(
-            exporter,
+        .span_queue(
             &resource,
-            opts.otlp.otlp_queue,
+            ("switchyard-control-plane", env!("CARGO_PKG_VERSION")),
             metrics.spans.clone(),
-        );
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let pushes = queue.map(|(queue, _task)| {
         tracing::info!(
             endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
             "tracing compiles and pushes (OTLP)"

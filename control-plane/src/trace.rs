@@ -4,16 +4,13 @@
 //! plane gets the span's `traceparent` with the version; its own span that applies the
 //! version links to this one.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use switchyard_otel::opentelemetry::trace::{
-    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags,
-};
-use switchyard_otel::opentelemetry::{InstrumentationScope, KeyValue};
-use switchyard_otel::opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use switchyard_otel::opentelemetry::KeyValue;
+use switchyard_otel::opentelemetry::trace::SpanKind;
+use switchyard_otel::proto::Head;
 use switchyard_otel::{self as otel, SpanQueue};
 
 use crate::server::Nodes;
@@ -30,7 +27,6 @@ pub struct Pushes {
     /// The `traceparent` of the last versions pushed: a data plane that connects later
     /// still links its apply span to the push.
     recent: Mutex<std::collections::VecDeque<(String, String)>>,
-    scope: InstrumentationScope,
 }
 
 /// Versions whose push context is kept after their span ended.
@@ -54,9 +50,6 @@ impl Pushes {
             nodes,
             open: Mutex::default(),
             recent: Mutex::default(),
-            scope: InstrumentationScope::builder("switchyard-control-plane")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
         })
     }
 
@@ -152,44 +145,31 @@ impl Pushes {
         let Some(p) = self.lock().remove(version) else {
             return;
         };
-        let mut attributes = p.attributes;
-        attributes.extend([
-            KeyValue::new("switchyard.config.data_planes", p.expected as i64),
-            KeyValue::new("switchyard.config.acked", p.acked as i64),
-            KeyValue::new("switchyard.config.nacked", p.nacked as i64),
-        ]);
-        let mut events = SpanEvents::default();
-        events.events.push(Event::new(
-            "switchyard.config.compiled",
-            p.compiled,
-            Vec::new(),
-            0,
-        ));
         let answered = p.acked + p.nacked;
-        self.queue.send(SpanData {
-            span_context: SpanContext::new(
-                p.trace.trace_id,
-                p.trace.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                Default::default(),
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Producer,
-            name: Cow::Borrowed("switchyard.config.push"),
-            start_time: p.started,
-            end_time: SystemTime::now(),
-            attributes,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
-            status: if p.nacked > 0 || answered < p.expected {
-                Status::error("not every data plane applied the version")
-            } else {
-                Status::Unset
-            },
-            instrumentation_scope: self.scope.clone(),
+        let head = Head {
+            trace_id: p.trace.trace_id,
+            span_id: p.trace.span_id,
+            trace_state: "",
+            sampled: true,
+            parent: None,
+            kind: SpanKind::Producer,
+            name: &["switchyard.config.push"],
+            start: p.started,
+            end: SystemTime::now(),
+        };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue.span(&head, |s| {
+            let a = &mut s.attributes();
+            for kv in &p.attributes {
+                a.value(kv.key.as_str(), &kv.value);
+            }
+            a.int("switchyard.config.data_planes", count(p.expected))
+                .int("switchyard.config.acked", count(p.acked))
+                .int("switchyard.config.nacked", count(p.nacked));
+            s.event("switchyard.config.compiled", p.compiled, |_| {});
+            if p.nacked > 0 || answered < p.expected {
+                s.error("not every data plane applied the version");
+            }
         });
     }
 }

@@ -1,11 +1,17 @@
-//! OpenTelemetry plumbing shared by both binaries: the OTLP flags, exporters for spans and
-//! metrics (gRPC through tonic or HTTP/protobuf through hyper), the W3C trace context on the
-//! wire, and [`SpanQueue`], the bounded hand-off between requests and the exporter.
+//! OpenTelemetry plumbing shared by both binaries: the OTLP flags, the span queue and its
+//! exporter (gRPC through tonic or HTTP/protobuf through hyper), the metric exporter, and
+//! the W3C trace context on the wire.
 //!
-//! Spans are not made through a `Tracer`: each binary builds a finished [`SpanData`] when the
-//! work it describes ends (a request, an attempt, a push), with its own ids and times, and
-//! hands it to the queue with a `try_send`. A request never waits for an exporter, a full
-//! queue or a collector that is down drops spans, and every dropped span is counted.
+//! Spans are not made through a `Tracer`: each binary writes a finished span into the
+//! [`SpanQueue`] when the work it describes ends (a request, an attempt, a push), with its
+//! own ids and times, encoded as OTLP protobuf there and then ([`proto`]). A request never
+//! waits for an exporter; a full queue or a collector that is down drops spans, and every
+//! dropped span is counted.
+
+mod export;
+pub mod proto;
+
+pub use export::{QueueCounts, SpanQueue};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,16 +20,10 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState}
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, ShouldSample, SpanData, SpanExporter};
-use prometheus_client::metrics::counter::Counter;
+use opentelemetry_sdk::trace::{Sampler, ShouldSample};
 
 pub use opentelemetry;
 pub use opentelemetry_sdk;
-
-/// Spans handed to the exporter in one request.
-const BATCH: usize = 512;
-/// The longest a span waits in the queue before its batch goes.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How OTLP data leaves the process.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub enum Error {
     Ratio(f64),
     #[error("OTLP exporter: {0}")]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("--otlp-endpoint: {0}")]
+    Endpoint(String),
 }
 
 impl OtlpArgs {
@@ -141,29 +143,65 @@ impl OtlpArgs {
             .with_max_delay(Duration::from_secs(1))
     }
 
-    /// The span exporter, when an endpoint is set. Call within the tokio runtime.
-    pub fn span_exporter(&self) -> Result<Option<opentelemetry_otlp::SpanExporter>, Error> {
+    /// The span queue and its exporter task, when an endpoint is set: spans go under
+    /// `resource` and the instrumentation scope `scope` (name, version), counted in `counts`.
+    /// The task ends when every queue clone is gone and what was queued has been sent.
+    /// Call within the tokio runtime.
+    pub fn span_queue(
+        &self,
+        resource: &Resource,
+        scope: (&str, &str),
+        counts: QueueCounts,
+    ) -> Result<Option<(SpanQueue, tokio::task::JoinHandle<()>)>, Error> {
         let Some(endpoint) = self.endpoint("traces") else {
             return Ok(None);
         };
         let headers = self.headers()?;
-        let b = opentelemetry_otlp::SpanExporter::builder();
-        Ok(Some(match self.otlp_protocol {
-            Protocol::Grpc => b
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(self.otlp_timeout)
-                .with_metadata(metadata(&headers))
-                .with_retry_policy(Self::retry())
-                .build()?,
-            Protocol::Http => b
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_timeout(self.otlp_timeout)
-                .with_headers(headers)
-                .with_retry_policy(Self::retry())
-                .build()?,
-        }))
+        let bad = |e: &dyn std::fmt::Display| Error::Endpoint(format!("`{endpoint}`: {e}"));
+        let exporter = match self.otlp_protocol {
+            Protocol::Grpc => {
+                let mut e = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| bad(&e))?
+                    .timeout(self.otlp_timeout)
+                    .connect_timeout(self.otlp_timeout);
+                if endpoint.starts_with("https://") {
+                    e = e
+                        .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                        .map_err(|e| bad(&e))?;
+                }
+                export::Exporter::Grpc(Box::new(export::Grpc {
+                    grpc: tonic::client::Grpc::new(e.connect_lazy()),
+                    metadata: metadata(&headers),
+                }))
+            }
+            Protocol::Http => {
+                let uri = http::Uri::try_from(endpoint.as_str()).map_err(|e| bad(&e))?;
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(std::sync::Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .map_err(|e| bad(&e))?
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                export::Exporter::Http(Box::new(export::Http {
+                    client: hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build(https),
+                    uri,
+                    headers: header_map(&headers),
+                    timeout: self.otlp_timeout,
+                }))
+            }
+        };
+        let envelope = proto::Envelope::new(resource, scope);
+        Ok(Some(SpanQueue::start(
+            exporter,
+            envelope,
+            self.otlp_queue,
+            counts,
+        )))
     }
 
     /// The metric exporter, when an endpoint is set (cumulative temporality, as Prometheus
@@ -217,6 +255,11 @@ impl OtlpArgs {
 }
 
 fn metadata(headers: &HashMap<String, String>) -> tonic::metadata::MetadataMap {
+    tonic::metadata::MetadataMap::from_headers(header_map(headers))
+}
+
+/// The headers of `--otlp-headers` that HTTP can carry.
+fn header_map(headers: &HashMap<String, String>) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (
@@ -226,7 +269,7 @@ fn metadata(headers: &HashMap<String, String>) -> tonic::metadata::MetadataMap {
             h.insert(k, v);
         }
     }
-    tonic::metadata::MetadataMap::from_headers(h)
+    h
 }
 
 /// The resource every span and metric of this process carries.
@@ -342,84 +385,4 @@ pub fn new_trace_id() -> TraceId {
 /// A random, valid span id.
 pub fn new_span_id() -> SpanId {
     SpanId::from(fastrand::u64(1..))
-}
-
-/// What [`SpanQueue`] counts.
-#[derive(Clone, Debug, Default)]
-pub struct QueueCounts {
-    /// Spans a collector accepted.
-    pub exported: Counter,
-    /// Spans lost: the queue was full, or the export failed.
-    pub dropped: Counter,
-}
-
-/// The bounded queue between finished spans and the exporter task.
-#[derive(Clone, Debug)]
-pub struct SpanQueue {
-    tx: tokio::sync::mpsc::Sender<SpanData>,
-    counts: QueueCounts,
-}
-
-impl SpanQueue {
-    /// Starts the exporter task; the returned handle ends when every queue clone is gone and
-    /// what was queued has been exported (or dropped).
-    pub fn start<E: SpanExporter + 'static>(
-        mut exporter: E,
-        resource: &Resource,
-        capacity: usize,
-        counts: QueueCounts,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        exporter.set_resource(resource);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<SpanData>(capacity.max(1));
-        let task_counts = counts.clone();
-        let task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut failing = false;
-            loop {
-                // A batch starts with its first span and goes when full or [`FLUSH_EVERY`]
-                // later: an export per wake-up would cost the request path's CPU per span.
-                let mut open = rx.recv_many(&mut batch, BATCH).await > 0;
-                let due = tokio::time::Instant::now() + FLUSH_EVERY;
-                while open && batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    match tokio::time::timeout_at(due, rx.recv_many(&mut batch, room)).await {
-                        Ok(n) => open = n > 0,
-                        Err(_) => break,
-                    }
-                }
-                if !batch.is_empty() {
-                    let n = batch.len() as u64;
-                    match exporter.export(std::mem::take(&mut batch)).await {
-                        Ok(()) => {
-                            task_counts.exported.inc_by(n);
-                            if failing {
-                                tracing::info!("OTLP span export works again");
-                                failing = false;
-                            }
-                        }
-                        Err(e) => {
-                            task_counts.dropped.inc_by(n);
-                            if !failing {
-                                tracing::warn!(error = %e, spans = n, "OTLP span export failed; spans are dropped (counted) until it works");
-                                failing = true;
-                            }
-                        }
-                    }
-                    batch = Vec::with_capacity(BATCH);
-                }
-                if !open {
-                    let _ = exporter.shutdown();
-                    return;
-                }
-            }
-        });
-        (Self { tx, counts }, task)
-    }
-
-    /// Queues a finished span, or counts it dropped.
-    pub fn send(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
-            self.counts.dropped.inc();
-        }
-    }
 }

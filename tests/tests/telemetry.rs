@@ -364,6 +364,11 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
     assert_eq!(hit.attr("switchyard.cache.result").as_deref(), Some("hit"));
     assert!(hit.events.iter().any(|(n, _)| n == "switchyard.cache"));
     assert!(e.children(&hit).is_empty(), "a hit asks no upstream");
+    assert!(
+        hit.attr("gen_ai.response.id")
+            .is_some_and(|id| !id.is_empty()),
+        "a cached answer is read for its span as the client gets it"
+    );
 
     // Embeddings.
     let (status, _) = e

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::{Flow, anthropic, bedrock, completions, embeddings, gemini, openai_chat, responses};
 use crate::error::{ErrorKind, ProxyError};
 use crate::llm::raw::RawObject;
-use crate::llm::{Event, Facts, Format, Op, Request, Response, Usage};
+use crate::llm::{Described, Event, Facts, Format, Op, Request, Response, Usage};
 use crate::upstream::Frame;
 
 /// What the gateway does with one wire format.
@@ -26,14 +26,18 @@ pub struct Codec {
     pub upstream: Option<Upstream>,
 }
 
+/// Reads the usage of a whole answer, and with a [`Described`] what its span says of it.
+pub type UsageOf = fn(&[u8], Option<&mut Described>) -> Result<Option<Usage>, ProxyError>;
+
 /// A front door's side of a format.
 #[derive(Debug)]
 pub struct Client {
     /// The facts the gateway needs before routing (model, stream, limits), read without
     /// decoding the whole body.
     pub facts: fn(&RawObject, Op) -> Result<Facts, ProxyError>,
-    /// The usage of an answer passed through in this format.
-    pub usage_of: fn(&[u8]) -> Result<Option<Usage>, ProxyError>,
+    /// The usage of a whole answer in this format; with a [`Described`], in the same pass,
+    /// the id, model and finish reasons a traced request's span reports.
+    pub usage_of: UsageOf,
     /// Same format both sides: forwards a stream's events and reads its usage.
     pub sniffer: fn(&Facts) -> Sniffer,
     /// An error event that ends a passed-through stream.
@@ -244,6 +248,76 @@ impl Renderer {
     }
 }
 
+/// The usage of a whole answer, as `U` in its `usage` field, made canonical by `into`; with
+/// `described`, the answer's id, model and finish reasons in the same pass. The fields are
+/// those of every dialect's answer (`id` / Gemini's `responseId`, `model` / `modelVersion`,
+/// Chat's `choices[].finish_reason`, Anthropic's `stop_reason`, a response's `status`):
+/// what is absent stays empty.
+pub fn read_usage<U: serde::de::DeserializeOwned>(
+    body: &[u8],
+    described: Option<&mut Described>,
+    into: impl FnOnce(U) -> Usage,
+) -> Result<Option<Usage>, ProxyError> {
+    use serde::Deserialize;
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    struct Only<U> {
+        #[serde(default = "none")]
+        usage: Option<U>,
+    }
+    fn none<U>() -> Option<U> {
+        None
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(default, borrow)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Answer<'a, U> {
+        #[serde(default = "none")]
+        usage: Option<U>,
+        #[serde(default, borrow)]
+        id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        model: Option<Cow<'a, str>>,
+        #[serde(default, rename = "modelVersion", borrow)]
+        model_version: Option<Cow<'a, str>>,
+        #[serde(default, rename = "responseId", borrow)]
+        response_id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        choices: Vec<Choice<'a>>,
+        #[serde(default, borrow)]
+        stop_reason: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        status: Option<Cow<'a, str>>,
+    }
+    let garbage = crate::dialect::upstream_garbage;
+    let Some(d) = described else {
+        let o: Only<U> = serde_json::from_slice(body).map_err(garbage)?;
+        return Ok(o.usage.map(into));
+    };
+    let a: Answer<'_, U> = serde_json::from_slice(body).map_err(garbage)?;
+    if let Some(id) = a.id.or(a.response_id) {
+        d.id = id.into_owned();
+    }
+    if let Some(m) = a.model.or(a.model_version) {
+        d.model = m.into_owned();
+    }
+    let status = a
+        .status
+        .filter(|_| a.choices.is_empty() && a.stop_reason.is_none());
+    d.finish_reasons = a
+        .choices
+        .into_iter()
+        .filter_map(|c| c.finish_reason)
+        .chain(a.stop_reason)
+        .chain(status)
+        .map(Cow::into_owned)
+        .collect();
+    Ok(a.usage.map(into))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +339,63 @@ mod tests {
         assert!(codec(Format::OpenAiEmbeddings).generation().is_err());
         assert!(codec(Format::AnthropicMessages).generation().is_ok());
         assert!(codec(Format::BedrockConverse).upstream().is_ok());
+    }
+
+    /// One pass reads a whole answer's usage and, for a traced request, its id, model and
+    /// finish reasons, in every format a front door passes through; without a `Described`
+    /// it reads the usage alone.
+    #[test]
+    fn usage_and_what_a_span_says_come_from_one_read() {
+        let chat = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-x",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},
+            "finish_reason":"stop"},{"index":1,"message":{"role":"assistant","content":"x"},
+            "finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":3,
+            "total_tokens":10}}"#;
+        let messages = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+            "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":5,"output_tokens":2}}"#;
+        let response = br#"{"id":"resp_1","object":"response","model":"gpt-r","status":"completed",
+            "output":[],"usage":{"input_tokens":4,"output_tokens":1,"total_tokens":5}}"#;
+        for (format, body, id, model, reasons, tokens) in [
+            (
+                Format::OpenAiChat,
+                &chat[..],
+                "chatcmpl-1",
+                "gpt-x",
+                &["stop", "length"][..],
+                (7, 3),
+            ),
+            (
+                Format::AnthropicMessages,
+                &messages[..],
+                "msg_1",
+                "claude-x",
+                &["end_turn"][..],
+                (5, 2),
+            ),
+            (
+                Format::OpenAiResponses,
+                &response[..],
+                "resp_1",
+                "gpt-r",
+                &["completed"][..],
+                (4, 1),
+            ),
+        ] {
+            let usage_of = codec(format).client().unwrap().usage_of;
+            let mut d = Described::default();
+            let u = usage_of(body, Some(&mut d)).unwrap().unwrap();
+            assert_eq!((u.input, u.output), tokens, "{format:?}");
+            assert_eq!((&*d.id, &*d.model), (id, model), "{format:?}");
+            assert_eq!(d.finish_reasons, reasons, "{format:?}");
+            let alone = usage_of(body, None).unwrap().unwrap();
+            assert_eq!((alone.input, alone.output), tokens);
+        }
+        let usage_of = codec(Format::OpenAiChat).client().unwrap().usage_of;
+        let mut d = Described::default();
+        assert_eq!(usage_of(b"{}", Some(&mut d)).unwrap(), None);
+        assert_eq!(d, Described::default());
+        assert!(usage_of(b"not json", Some(&mut d)).is_err());
+        assert!(usage_of(b"not json", None).is_err());
     }
 }

@@ -146,10 +146,7 @@ async fn serve(gw: &Arc<Gateway>, door: Door, headers: &HeaderMap, body: Body) -
     if let Some(x) = crate::telemetry::current() {
         x.stage(crate::telemetry::semconv::EVENT_AUTH, since, || {
             let said = if key.is_ok() { "ok" } else { "rejected" };
-            vec![switchyard_otel::opentelemetry::KeyValue::new(
-                crate::telemetry::semconv::AUTH_RESULT,
-                said,
-            )]
+            (crate::telemetry::semconv::AUTH_RESULT, said.into())
         });
     }
     let key = key?;

@@ -25,7 +25,7 @@ pub use request::{
     Effort, Media, Message, Part, Reasoning, Request, ResponseFormat, Role, Source, Tool, ToolCall,
     ToolChoice, ToolResult,
 };
-pub use response::{Finish, FinishReason, Response, Usage};
+pub use response::{Described, Finish, FinishReason, Response, Usage};
 pub use stream::{Block, Delta, Event};
 
 use bytes::Bytes;

@@ -63,6 +63,14 @@ impl Finish {
     }
 }
 
+/// What a span says of a whole answer (`gen_ai.response.*`): read only for a traced request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Described {
+    pub id: String,
+    pub model: String,
+    pub finish_reasons: Vec<String>,
+}
+
 /// Tokens of one call. `input` counts every input token, cached and cache-written ones
 /// included (OpenAI's `prompt_tokens`); `cache_read` and `cache_write` are parts of it.
 /// `output` counts every output token; `reasoning` is part of it.

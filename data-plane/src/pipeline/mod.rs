@@ -24,7 +24,6 @@ use crate::render;
 use crate::route;
 use crate::telemetry::CacheResult;
 use crate::telemetry::semconv;
-use switchyard_otel::opentelemetry::KeyValue;
 
 /// What the guardrails did to a request (`ns/name=redact, ...`).
 const GUARDRAILS: HeaderName = HeaderName::from_static("x-switchyard-guardrails");
@@ -66,7 +65,7 @@ pub(crate) async fn model_call(
         };
         a.spans(|s| s.limits = decision);
         a.stage(semconv::EVENT_LIMITS, since, || {
-            vec![KeyValue::new(semconv::LIMIT_DECISION, decision)]
+            (semconv::LIMIT_DECISION, decision.into())
         });
     }
     let mut permit = admitted?;
@@ -108,7 +107,7 @@ pub(crate) async fn model_call(
                     (Ok(_), Some(v)) => v.to_str().unwrap_or_default().to_owned(),
                     (Ok(_), None) => "pass".to_owned(),
                 };
-                vec![KeyValue::new(semconv::GUARDRAILS, said)]
+                (semconv::GUARDRAILS, said.into())
             });
         }
         match checked {
@@ -171,7 +170,7 @@ pub(crate) async fn model_call(
                     if let Some(a) = &exchange {
                         a.cache(outcome);
                         a.stage(semconv::EVENT_CACHE, since, || {
-                            vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
+                            (semconv::CACHE_RESULT, outcome.name().into())
                         });
                     }
                     return Box::pin(answer_from_cache(
@@ -202,7 +201,7 @@ pub(crate) async fn model_call(
         if let Some(a) = &exchange {
             a.cache(outcome);
             a.stage(semconv::EVENT_CACHE, since, || {
-                vec![KeyValue::new(semconv::CACHE_RESULT, outcome.name())]
+                (semconv::CACHE_RESULT, outcome.name().into())
             });
         }
         cached = Some(outcome);

@@ -625,7 +625,7 @@ pub async fn call(
     let body = upstream::read_body(resp.into_body(), d.total).await?;
     Ok(match p.read {
         Read::Raw(format) => Answer::Raw {
-            usage: (dialect::codec(format).client()?.usage_of)(&body)?,
+            usage: usage_of(format, &body)?,
             body,
         },
         Read::Decode { wire, json_tool } => {
@@ -648,6 +648,19 @@ pub async fn call(
             None => Answer::Raw { body, usage: None },
         },
     })
+}
+
+/// The usage of a whole answer in `format`; when the request is traced, what its span says
+/// of the answer is read in the same pass (and kept for the span).
+fn usage_of(format: Format, body: &[u8]) -> Result<Option<crate::llm::Usage>, ProxyError> {
+    let usage_of = dialect::codec(format).client()?.usage_of;
+    let Some(x) = crate::telemetry::current().filter(crate::telemetry::Exchange::sampled) else {
+        return usage_of(body, None);
+    };
+    let mut d = crate::llm::Described::default();
+    let usage = usage_of(body, Some(&mut d))?;
+    x.spans(|s| s.answer = Some(d));
+    Ok(usage)
 }
 
 #[cfg(test)]

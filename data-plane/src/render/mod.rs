@@ -158,7 +158,16 @@ pub(crate) async fn respond(
             None => body,
         };
         if let Some(a) = exchange.as_ref().filter(|a| a.sampled()) {
-            a.spans(|s| s.answer(&body));
+            // An upstream's answer passed through was read with its usage; a rendered or
+            // cached one is read here, as the client gets it.
+            a.spans(|s| {
+                if s.answer.is_none() {
+                    let mut d = crate::llm::Described::default();
+                    if (client.usage_of)(&body, Some(&mut d)).is_ok() {
+                        s.answer = Some(d);
+                    }
+                }
+            });
         }
         if wants_text
             && let Some(a) = &exchange

@@ -113,15 +113,17 @@ impl Telemetry {
         )
         .await?;
         let resource = otel::resource("switchyard-data-plane", &opts.node);
-        let tracer = match opts.otlp.span_exporter().map_err(invalid)? {
-            Some(exporter) => {
+        let queue = opts
+            .otlp
+            .span_queue(
+                &resource,
+                ("switchyard-data-plane", env!("CARGO_PKG_VERSION")),
+                metrics.spans.clone(),
+            )
+            .map_err(invalid)?;
+        let tracer = match queue {
+            Some((queue, _task)) => {
                 let sampler = opts.otlp.sampler().map_err(invalid)?;
-                let (queue, _task) = otel::SpanQueue::start(
-                    exporter,
-                    &resource,
-                    opts.otlp.otlp_queue,
-                    metrics.spans.clone(),
-                );
                 tracing::info!(
                     endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
                     protocol = ?opts.otlp.otlp_protocol,
@@ -373,14 +375,15 @@ impl Exchange {
         }
     }
 
-    /// A stage of the pipeline, as an event on the SERVER span (when sampled).
+    /// A stage of the pipeline, as an event on the SERVER span (when sampled), with what it
+    /// decided: an attribute.
     pub fn stage(
         &self,
         name: &'static str,
         since: Instant,
-        attributes: impl FnOnce() -> Vec<otel::opentelemetry::KeyValue>,
+        said: impl FnOnce() -> (&'static str, std::borrow::Cow<'static, str>),
     ) {
-        self.spans(|s| s.stage(name, since, attributes()));
+        self.spans(|s| s.stage(name, since, said()));
     }
 
     /// The request was routed: its key, route, model (as asked, cut at

@@ -1,9 +1,10 @@
 //! Scenario l: what telemetry costs on the request path. Gateways on the bench config,
 //! started alike (pinned to CPU 0, one worker): the access log off and tracing off (the
-//! floor), the access log on (the default, to a file), and the access log plus every request
+//! floor), the access log on (the default, to a file), the access log plus every request
 //! traced (100% sampling) to a real OpenTelemetry Collector (`tests/otelcol/build.sh`, pinned
-//! to CPU 1 with the load generator; its debug exporter counts what arrives). Each is
-//! measured at c=1 (added latency) and c=32 (throughput).
+//! to CPU 1 with the load generator; its debug exporter counts what arrives), and that plus
+//! the GenAI metrics exported over OTLP too. Each is measured at c=1 (added latency) and
+//! c=32 (throughput); the summary also gives tracing's cost against the default.
 
 use std::path::Path;
 use std::time::Duration;
@@ -65,22 +66,24 @@ pub(super) fn run(
             .display()
             .to_string()
     };
+    let traced = |name: &str, metrics_interval: &str| -> Vec<String> {
+        vec![
+            "--access-log".into(),
+            log(name),
+            "--otlp-endpoint".into(),
+            endpoint.clone(),
+            "--trace-sample-ratio".into(),
+            "1".into(),
+            "--otlp-metrics-interval".into(),
+            metrics_interval.into(),
+        ]
+    };
     let variants: Vec<(&str, Vec<String>)> = vec![
         ("off", vec!["--access-log".into(), "off".into()]),
         ("access-log", vec!["--access-log".into(), log("on")]),
-        (
-            "access-log+traces",
-            vec![
-                "--access-log".into(),
-                log("traced"),
-                "--otlp-endpoint".into(),
-                endpoint,
-                "--trace-sample-ratio".into(),
-                "1".into(),
-                "--otlp-metrics-interval".into(),
-                "5s".into(),
-            ],
-        ),
+        // Spans only: the GenAI metrics stay on /metrics.
+        ("access-log+traces", traced("traced", "0s")),
+        ("access-log+traces+otlp-metrics", traced("metrics", "5s")),
     ];
     let headers = [("Authorization", auth)];
     let mut rows = Vec::new();
@@ -115,11 +118,13 @@ pub(super) fn run(
     }
     let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
     let (off, parts) = super::against_first(&rows, "l: telemetry", &names);
+    let (_, tracing) = super::against_first(&rows, "l: telemetry", &names[1..3]);
     let summary = format!(
-        "telemetry off: c=1 p50 {:.0} us, c=32 {:.0} req/s; {}; spans exported {exported:.0}, dropped {dropped:.0}",
+        "telemetry off: c=1 p50 {:.0} us, c=32 {:.0} req/s; {}; against the access log alone, {}; spans exported {exported:.0}, dropped {dropped:.0}",
         off.0.p50_us,
         off.1.rps,
-        parts.join("; ")
+        parts.join("; "),
+        tracing.join("")
     );
     Ok(Some(Measured { rows, summary }))
 }

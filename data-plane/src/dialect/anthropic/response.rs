@@ -86,15 +86,14 @@ pub fn decode_response(body: &[u8]) -> Result<Response, ProxyError> {
     })
 }
 
-/// Only the usage of an answer forwarded byte for byte.
-pub fn usage_of(body: &[u8]) -> Result<Option<Usage>, ProxyError> {
-    #[derive(Deserialize)]
-    struct Only {
-        #[serde(default)]
-        usage: Option<WireUsage>,
-    }
-    let o: Only = serde_json::from_slice(body).map_err(upstream_garbage)?;
-    Ok(o.usage.map(Usage::from))
+/// The usage of a whole answer (and what a span says of it; [`codec::read_usage`]).
+///
+/// [`codec::read_usage`]: crate::dialect::codec::read_usage
+pub fn usage_of(
+    body: &[u8],
+    described: Option<&mut crate::llm::Described>,
+) -> Result<Option<Usage>, ProxyError> {
+    crate::dialect::codec::read_usage(body, described, <Usage as From<WireUsage>>::from)
 }
 
 #[derive(Serialize)]

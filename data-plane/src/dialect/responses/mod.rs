@@ -118,10 +118,15 @@ struct WithUsage {
     usage: Option<WireUsage>,
 }
 
-/// Only the usage of a `response` forwarded byte for byte.
-pub fn usage_of(body: &[u8]) -> Result<Option<Usage>, ProxyError> {
-    let r: WithUsage = serde_json::from_slice(body).map_err(crate::dialect::upstream_garbage)?;
-    Ok(r.usage.map(Usage::from))
+/// The usage of a whole `response` (and what a span says of it;
+/// [`codec::read_usage`]).
+///
+/// [`codec::read_usage`]: crate::dialect::codec::read_usage
+pub fn usage_of(
+    body: &[u8],
+    described: Option<&mut crate::llm::Described>,
+) -> Result<Option<Usage>, ProxyError> {
+    crate::dialect::codec::read_usage(body, described, <Usage as From<WireUsage>>::from)
 }
 
 /// Same-format passthrough of OpenAI's event stream: events go out as they came; usage is
