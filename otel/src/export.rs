@@ -1,5 +1,6 @@
 //! [`SpanQueue`]: finished spans, encoded as they are recorded, batched in memory and sent
-//! to the collector by one task, over OTLP/gRPC (tonic) or OTLP/HTTP with protobuf (hyper).
+//! to the collector by one task, over OTLP/gRPC (tonic) or OTLP/HTTP with protobuf (hyper);
+//! [`MetricsExport`]: what a binary's metrics hold, encoded and sent every interval.
 //!
 //! A request never waits for the exporter: recording a span is a short lock around writing
 //! its bytes into the open batch. A batch goes when it holds [`BATCH`] spans (or
@@ -15,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
-use crate::proto::{self, Envelope, Head, SpanWriter};
+use crate::proto::{self, Envelope, Head, MetricsWriter, SpanWriter};
 
 /// Spans in one export.
 const BATCH: usize = 512;
@@ -26,8 +27,6 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Retries of an export the collector may take later (unavailable, overloaded, timed out).
 const RETRIES: u32 = 2;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// What [`SpanQueue`] counts.
 #[derive(Clone, Debug, Default)]
@@ -225,6 +224,8 @@ pub(crate) enum Exporter {
 pub(crate) struct Grpc {
     pub(crate) grpc: tonic::client::Grpc<tonic::transport::Channel>,
     pub(crate) metadata: tonic::metadata::MetadataMap,
+    /// The signal's `Export` method.
+    pub(crate) path: http::uri::PathAndQuery,
 }
 
 /// OTLP/HTTP with protobuf bodies.
@@ -259,38 +260,35 @@ impl Exporter {
     async fn send(&mut self, body: Bytes) -> Result<u64, Failed> {
         match self {
             Self::Grpc(g) => {
-                let Grpc { grpc, metadata } = &mut **g;
+                let Grpc {
+                    grpc,
+                    metadata,
+                    path,
+                } = &mut **g;
                 grpc.ready().await.map_err(|e| Failed {
                     message: format!("collector unreachable: {e}"),
                     retry: true,
                 })?;
                 let mut req = tonic::Request::new(body);
                 *req.metadata_mut() = metadata.clone();
-                let resp = grpc
-                    .unary(
-                        req,
-                        http::uri::PathAndQuery::from_static(GRPC_PATH),
-                        RawCodec,
-                    )
-                    .await
-                    .map_err(|s| {
-                        use tonic::Code;
-                        Failed {
-                            message: format!("collector answered {:?}: {}", s.code(), s.message()),
-                            // OTLP's retryable codes (RESOURCE_EXHAUSTED only with retry
-                            // information, which a short retry honours anyway).
-                            retry: matches!(
-                                s.code(),
-                                Code::Cancelled
-                                    | Code::DeadlineExceeded
-                                    | Code::Aborted
-                                    | Code::OutOfRange
-                                    | Code::Unavailable
-                                    | Code::DataLoss
-                                    | Code::ResourceExhausted
-                            ),
-                        }
-                    })?;
+                let resp = grpc.unary(req, path.clone(), RawCodec).await.map_err(|s| {
+                    use tonic::Code;
+                    Failed {
+                        message: format!("collector answered {:?}: {}", s.code(), s.message()),
+                        // OTLP's retryable codes (RESOURCE_EXHAUSTED only with retry
+                        // information, which a short retry honours anyway).
+                        retry: matches!(
+                            s.code(),
+                            Code::Cancelled
+                                | Code::DeadlineExceeded
+                                | Code::Aborted
+                                | Code::OutOfRange
+                                | Code::Unavailable
+                                | Code::DataLoss
+                                | Code::ResourceExhausted
+                        ),
+                    }
+                })?;
                 Ok(resp.into_inner())
             }
             Self::Http(h) => {
@@ -343,7 +341,73 @@ impl Exporter {
     }
 }
 
-/// `ExportTraceServiceResponse`: what the collector did not take.
+/// The export of a binary's metrics: every interval (and once more at shutdown), what
+/// `collect` writes is sent as one `ExportMetricsServiceRequest`.
+#[derive(Debug)]
+pub struct MetricsExport {
+    stop: Arc<Notify>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl MetricsExport {
+    pub(crate) fn start(
+        mut exporter: Exporter,
+        envelope: Envelope,
+        interval: Duration,
+        collect: impl Fn(&mut MetricsWriter<'_>) + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let start = std::time::SystemTime::now();
+            let mut failing = false;
+            let mut last = false;
+            while !last {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = stopped.notified() => last = true,
+                }
+                let mut buf = Vec::new();
+                collect(&mut MetricsWriter::new(
+                    &mut buf,
+                    start,
+                    std::time::SystemTime::now(),
+                ));
+                if buf.is_empty() {
+                    continue;
+                }
+                match exporter.export(Bytes::from(envelope.request(&buf))).await {
+                    Ok(_) if failing => {
+                        tracing::info!("OTLP metric export works again");
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "OTLP metric export failed; the next export carries the totals");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Self {
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Sends what the metrics hold now and stops.
+    pub async fn shutdown(&self) {
+        self.stop.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `ExportTraceServiceResponse` (and `ExportMetricsServiceResponse`, the same shape): what
+/// the collector did not take.
 #[derive(Clone, PartialEq, prost::Message)]
 struct ExportResponse {
     #[prost(message, optional, tag = "1")]

@@ -11,14 +11,13 @@
 mod export;
 pub mod proto;
 
-pub use export::{QueueCounts, SpanQueue};
+pub use export::{MetricsExport, QueueCounts, SpanQueue};
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, ShouldSample};
 
@@ -87,8 +86,6 @@ pub enum Error {
     Header(String),
     #[error("--trace-sample-ratio must be between 0 and 1, got {0}")]
     Ratio(f64),
-    #[error("OTLP exporter: {0}")]
-    Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("--otlp-endpoint: {0}")]
     Endpoint(String),
 }
@@ -134,26 +131,9 @@ impl OtlpArgs {
         })
     }
 
-    /// Exports retried briefly: a collector that stays down costs dropped spans, not a
-    /// backlog.
-    fn retry() -> opentelemetry_otlp::RetryPolicy {
-        opentelemetry_otlp::RetryPolicy::default()
-            .with_max_retries(2)
-            .with_initial_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(1))
-    }
-
-    /// The span queue and its exporter task, when an endpoint is set: spans go under
-    /// `resource` and the instrumentation scope `scope` (name, version), counted in `counts`.
-    /// The task ends when every queue clone is gone and what was queued has been sent.
-    /// Call within the tokio runtime.
-    pub fn span_queue(
-        &self,
-        resource: &Resource,
-        scope: (&str, &str),
-        counts: QueueCounts,
-    ) -> Result<Option<(SpanQueue, tokio::task::JoinHandle<()>)>, Error> {
-        let Some(endpoint) = self.endpoint("traces") else {
+    /// The transport of one signal (`traces`, `metrics`), when an endpoint is set.
+    fn exporter(&self, signal: &str) -> Result<Option<export::Exporter>, Error> {
+        let Some(endpoint) = self.endpoint(signal) else {
             return Ok(None);
         };
         let headers = self.headers()?;
@@ -169,9 +149,15 @@ impl OtlpArgs {
                         .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
                         .map_err(|e| bad(&e))?;
                 }
+                let path = if signal == "traces" {
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                } else {
+                    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+                };
                 export::Exporter::Grpc(Box::new(export::Grpc {
                     grpc: tonic::client::Grpc::new(e.connect_lazy()),
                     metadata: metadata(&headers),
+                    path: http::uri::PathAndQuery::from_static(path),
                 }))
             }
             Protocol::Http => {
@@ -195,6 +181,22 @@ impl OtlpArgs {
                 }))
             }
         };
+        Ok(Some(exporter))
+    }
+
+    /// The span queue and its exporter task, when an endpoint is set: spans go under
+    /// `resource` and the instrumentation scope `scope` (name, version), counted in `counts`.
+    /// The task ends when every queue clone is gone and what was queued has been sent.
+    /// Call within the tokio runtime.
+    pub fn span_queue(
+        &self,
+        resource: &Resource,
+        scope: (&str, &str),
+        counts: QueueCounts,
+    ) -> Result<Option<(SpanQueue, tokio::task::JoinHandle<()>)>, Error> {
+        let Some(exporter) = self.exporter("traces")? else {
+            return Ok(None);
+        };
         let envelope = proto::Envelope::new(resource, scope);
         Ok(Some(SpanQueue::start(
             exporter,
@@ -204,53 +206,22 @@ impl OtlpArgs {
         )))
     }
 
-    /// The metric exporter, when an endpoint is set (cumulative temporality, as Prometheus
-    /// reads it). Call within the tokio runtime.
-    pub fn metric_exporter(&self) -> Result<Option<opentelemetry_otlp::MetricExporter>, Error> {
-        let Some(endpoint) = self.endpoint("metrics") else {
-            return Ok(None);
-        };
-        let headers = self.headers()?;
-        let b = opentelemetry_otlp::MetricExporter::builder();
-        Ok(Some(match self.otlp_protocol {
-            Protocol::Grpc => b
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(self.otlp_timeout)
-                .with_metadata(metadata(&headers))
-                .with_retry_policy(Self::retry())
-                .build()?,
-            Protocol::Http => b
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_timeout(self.otlp_timeout)
-                .with_headers(headers)
-                .with_retry_policy(Self::retry())
-                .build()?,
-        }))
-    }
-
-    /// A meter provider exporting every `interval` on tokio, when an endpoint is set.
-    pub fn meter_provider(
+    /// The metrics export, when an endpoint is set: every `interval`, what `collect` writes
+    /// goes under `resource` and `scope` (name, version). Call within the tokio runtime.
+    pub fn metrics_export(
         &self,
-        resource: Resource,
+        resource: &Resource,
+        scope: (&str, &str),
         interval: Duration,
-    ) -> Result<Option<opentelemetry_sdk::metrics::SdkMeterProvider>, Error> {
-        let Some(exporter) = self.metric_exporter()? else {
+        collect: impl Fn(&mut proto::MetricsWriter<'_>) + Send + 'static,
+    ) -> Result<Option<MetricsExport>, Error> {
+        let Some(exporter) = self.exporter("metrics")? else {
             return Ok(None);
         };
-        let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
-            exporter,
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .with_interval(interval)
-        .build();
-        Ok(Some(
-            opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(reader)
-                .build(),
-        ))
+        let envelope = proto::Envelope::new(resource, scope);
+        Ok(Some(MetricsExport::start(
+            exporter, envelope, interval, collect,
+        )))
     }
 }
 

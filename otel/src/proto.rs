@@ -1,4 +1,4 @@
-//! OTLP's trace messages written straight into a byte buffer, as protobuf.
+//! OTLP's trace and metric messages written straight into a byte buffer, as protobuf.
 //!
 //! A span is encoded once, when the work it describes ends, from what its owner holds: no
 //! `SpanData`, no OTLP message structs, no grouping by resource and scope at export time.
@@ -286,7 +286,8 @@ impl Envelope {
     }
 
     /// An `ExportTraceServiceRequest` of the encoded `spans` (each a `ScopeSpans.spans`
-    /// field, key and length included).
+    /// field, key and length included), or an `ExportMetricsServiceRequest` of encoded
+    /// metrics (`ScopeMetrics.metrics` fields): both messages have the same shape.
     pub(crate) fn request(&self, spans: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(spans.len() + self.resource.len() + self.scope.len() + 16);
         nested(&mut out, 1, |b| {
@@ -297,6 +298,125 @@ impl Envelope {
             });
         });
         out
+    }
+}
+
+/// Writes the `Metric`s of one export: cumulative sums and histograms, every point with the
+/// same start (when the exporter started) and time (now).
+#[derive(Debug)]
+pub struct MetricsWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    start: u64,
+    now: u64,
+}
+
+/// Where a metric says what it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Describe<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub unit: &'a str,
+}
+
+impl<'a> MetricsWriter<'a> {
+    pub(crate) fn new(buf: &'a mut Vec<u8>, start: SystemTime, now: SystemTime) -> Self {
+        Self {
+            buf,
+            start: nanos(start),
+            now: nanos(now),
+        }
+    }
+
+    fn metric(&mut self, d: Describe<'_>, kind: u32, body: impl FnOnce(&mut Vec<u8>)) {
+        // A `ScopeMetrics.metrics` field.
+        nested(self.buf, 2, |b| {
+            bytes(b, 1, d.name.as_bytes());
+            bytes(b, 2, d.description.as_bytes());
+            bytes(b, 3, d.unit.as_bytes());
+            nested(b, kind, body);
+        });
+    }
+
+    /// A histogram with cumulative temporality; `points` writes its data points.
+    pub fn histogram(&mut self, d: Describe<'_>, points: impl FnOnce(&mut HistogramPoints<'_>)) {
+        let (start, now) = (self.start, self.now);
+        self.metric(d, 9, |b| {
+            points(&mut HistogramPoints { buf: b, start, now });
+            uint(b, 2, CUMULATIVE);
+        });
+    }
+
+    /// A monotonic sum with cumulative temporality (a counter); `points` writes its points.
+    pub fn counter(&mut self, d: Describe<'_>, points: impl FnOnce(&mut CounterPoints<'_>)) {
+        let (start, now) = (self.start, self.now);
+        self.metric(d, 7, |b| {
+            points(&mut CounterPoints { buf: b, start, now });
+            uint(b, 2, CUMULATIVE);
+            uint(b, 3, 1);
+        });
+    }
+}
+
+/// `AGGREGATION_TEMPORALITY_CUMULATIVE`.
+const CUMULATIVE: u64 = 2;
+
+/// The data points of a histogram.
+#[derive(Debug)]
+pub struct HistogramPoints<'a> {
+    buf: &'a mut Vec<u8>,
+    start: u64,
+    now: u64,
+}
+
+impl HistogramPoints<'_> {
+    /// One series: its attributes, sum, and the count of each bucket (`counts` has one more
+    /// than `bounds`: the last counts what is above every bound); its count is theirs.
+    pub fn point(
+        &mut self,
+        attributes: impl FnOnce(&mut Attributes<'_>),
+        sum: f64,
+        bounds: &[f64],
+        counts: &[u64],
+    ) {
+        let (start, now) = (self.start, self.now);
+        nested(self.buf, 1, |b| {
+            fixed64(b, 2, start);
+            fixed64(b, 3, now);
+            fixed64(b, 4, counts.iter().sum());
+            fixed64(b, 5, sum.to_bits());
+            key(b, 6, LEN);
+            varint(b, 8 * counts.len() as u64);
+            for c in counts {
+                b.extend_from_slice(&c.to_le_bytes());
+            }
+            key(b, 7, LEN);
+            varint(b, 8 * bounds.len() as u64);
+            for x in bounds {
+                b.extend_from_slice(&x.to_bits().to_le_bytes());
+            }
+            attributes(&mut Attributes { buf: b, field: 9 });
+        });
+    }
+}
+
+/// The data points of a counter.
+#[derive(Debug)]
+pub struct CounterPoints<'a> {
+    buf: &'a mut Vec<u8>,
+    start: u64,
+    now: u64,
+}
+
+impl CounterPoints<'_> {
+    /// One series: its attributes and total.
+    pub fn point(&mut self, attributes: impl FnOnce(&mut Attributes<'_>), value: f64) {
+        let (start, now) = (self.start, self.now);
+        nested(self.buf, 1, |b| {
+            fixed64(b, 2, start);
+            fixed64(b, 3, now);
+            fixed64(b, 4, value.to_bits());
+            attributes(&mut Attributes { buf: b, field: 7 });
+        });
     }
 }
 
@@ -431,6 +551,75 @@ mod tests {
         let c = &ss.spans[1];
         assert_eq!((c.kind, &*c.name, c.flags), (3, "x", 0x101));
         assert!(c.parent_span_id.is_empty() && c.status.is_none() && c.attributes.is_empty());
+    }
+
+    #[test]
+    fn metrics_read_back_as_otlp() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+        let env = Envelope::new(
+            &opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name("svc")
+                .build(),
+            ("scope", "1"),
+        );
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut buf = Vec::new();
+        let mut w = MetricsWriter::new(&mut buf, t0, t0 + Duration::from_secs(5));
+        let d = |name| Describe {
+            name,
+            description: "what",
+            unit: "s",
+        };
+        w.histogram(d("h"), |p| {
+            p.point(
+                |a| {
+                    a.str("k", "a");
+                },
+                3.5,
+                &[1.0, 2.0],
+                &[1, 0, 2],
+            );
+            p.point(|_| {}, 0.0, &[1.0, 2.0], &[0, 0, 0]);
+        });
+        w.counter(d("c"), |p| {
+            p.point(
+                |a| {
+                    a.str("route", "r");
+                },
+                0.25,
+            );
+        });
+        let req = ExportMetricsServiceRequest::decode(&env.request(&buf)[..]).unwrap();
+        let sm = &req.resource_metrics[0].scope_metrics[0];
+        assert_eq!(sm.scope.as_ref().unwrap().name, "scope");
+        let [h, c] = &sm.metrics[..] else {
+            panic!("two metrics: {:?}", sm.metrics)
+        };
+        assert_eq!((&*h.name, &*h.description, &*h.unit), ("h", "what", "s"));
+        let Some(Data::Histogram(h)) = &h.data else {
+            panic!("a histogram")
+        };
+        assert_eq!(h.aggregation_temporality, 2);
+        let p = &h.data_points[0];
+        assert_eq!((p.count, p.sum), (3, Some(3.5)));
+        assert_eq!(p.bucket_counts, [1, 0, 2]);
+        assert_eq!(p.explicit_bounds, [1.0, 2.0]);
+        assert_eq!(p.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(p.time_unix_nano, 1_700_000_005_000_000_000);
+        assert_eq!(attr(&p.attributes, "k"), &Pv::StringValue("a".into()));
+        assert_eq!(h.data_points[1].count, 0);
+        let Some(Data::Sum(s)) = &c.data else {
+            panic!("a sum")
+        };
+        assert!(s.is_monotonic);
+        assert_eq!(s.aggregation_temporality, 2);
+        assert_eq!(s.data_points[0].value, Some(N::AsDouble(0.25)));
+        assert_eq!(
+            attr(&s.data_points[0].attributes, "route"),
+            &Pv::StringValue("r".into())
+        );
     }
 
     #[test]

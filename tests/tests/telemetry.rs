@@ -517,6 +517,27 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
     );
     assert!(metric(&e.admin, "switchyard_trace_spans_exported_total").await >= 8.0);
 
+    // Both read the same values: the last OTLP export of the token histogram counts what
+    // /metrics counts, series by series summed (no request is in flight now).
+    let prom = metric(&e.admin, "gen_ai_client_token_usage_count{").await;
+    eventually(DEADLINE, "OTLP's token counts equal /metrics'", || async {
+        let m = e.collector.metrics();
+        let points: Vec<&Value> = m
+            .iter()
+            .filter(|(n, _, _)| n == "gen_ai.client.token.usage")
+            .map(|(_, _, p)| p)
+            .collect();
+        let time = |p: &Value| p["timeUnixNano"].as_str().unwrap_or("").to_owned();
+        let last = points.iter().map(|p| time(p)).max()?;
+        let otlp: f64 = points
+            .iter()
+            .filter(|p| time(p) == last)
+            .filter_map(|p| p["count"].as_str()?.parse::<f64>().ok())
+            .sum();
+        (otlp == prom).then_some(())
+    })
+    .await;
+
     // The access log: a line per request, the trace id the client sent, no secret, no prompt.
     let log = eventually(DEADLINE, "the access log's lines", || async {
         let log = std::fs::read_to_string(&e.access_log).unwrap_or_default();

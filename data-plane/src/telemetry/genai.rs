@@ -2,7 +2,8 @@
 //! token usage by type, request duration, time to first token and time per output token,
 //! and spend by route, model and (opt-in, capped) key. Prometheus serves them on `/metrics`
 //! (names in `_`, with unit suffixes); with an OTLP endpoint the same values go out as OTLP
-//! metrics under their dotted names.
+//! metrics under their dotted names ([`write_otlp`]): recorded once ([`super::series`]),
+//! read by both.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -10,15 +11,11 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use switchyard_otel::opentelemetry::KeyValue;
-use switchyard_otel::opentelemetry::metrics::{
-    Counter as OtelCounter, Histogram as OtelHistogram, Meter,
-};
+use switchyard_otel::proto::{Attributes, Describe, MetricsWriter};
 
 use super::metrics::Metrics;
+use super::series::{Hist, Series};
 use super::{Done, semconv as sc};
 
 /// What every GenAI metric is labelled by.
@@ -52,16 +49,57 @@ pub struct CostLabels {
     pub key: String,
 }
 
+/// A label set's OTLP attributes: the conventions' dotted names; an empty value is left out.
+trait OtlpAttributes {
+    fn write(&self, a: &mut Attributes<'_>);
+}
+
+fn put(a: &mut Attributes<'_>, key: &str, v: &str) {
+    if !v.is_empty() {
+        a.str(key, v);
+    }
+}
+
+impl OtlpAttributes for ModelLabels {
+    fn write(&self, a: &mut Attributes<'_>) {
+        a.str(sc::OPERATION_NAME, self.gen_ai_operation_name)
+            .str(sc::REQUEST_MODEL, &self.gen_ai_request_model);
+        put(a, sc::PROVIDER_NAME, self.gen_ai_provider_name);
+    }
+}
+
+impl OtlpAttributes for DurationLabels {
+    fn write(&self, a: &mut Attributes<'_>) {
+        self.model.write(a);
+        put(a, sc::ERROR_TYPE, self.error_type);
+    }
+}
+
+impl OtlpAttributes for TokenLabels {
+    fn write(&self, a: &mut Attributes<'_>) {
+        self.model.write(a);
+        a.str(sc::TOKEN_TYPE, self.gen_ai_token_type);
+    }
+}
+
+impl OtlpAttributes for CostLabels {
+    fn write(&self, a: &mut Attributes<'_>) {
+        a.str(sc::ROUTE, &self.route)
+            .str(sc::REQUEST_MODEL, &self.model);
+        put(a, sc::KEY_ID, &self.key);
+    }
+}
+
 /// The Prometheus side, in its own registry (the conventions' names carry no `switchyard_`
 /// prefix).
 #[derive(Debug)]
 pub struct Prom {
     pub registry: Registry,
-    pub token_usage: Family<TokenLabels, Histogram>,
-    pub duration: Family<DurationLabels, Histogram>,
-    pub ttft: Family<ModelLabels, Histogram>,
-    pub tpot: Family<ModelLabels, Histogram>,
-    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub token_usage: Series<TokenLabels, Hist>,
+    pub duration: Series<DurationLabels, Hist>,
+    pub ttft: Series<ModelLabels, Hist>,
+    pub tpot: Series<ModelLabels, Hist>,
+    pub cost: Series<CostLabels, Counter<f64, AtomicU64>>,
     keys: KeyLabel,
 }
 
@@ -105,19 +143,11 @@ impl Prom {
             prefix: "",
             series,
         };
-        let token_usage = Family::<TokenLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(sc::TOKEN_BUCKETS)
-        });
-        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(sc::DURATION_BUCKETS)
-        });
-        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(sc::TTFT_BUCKETS)
-        });
-        let tpot = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(sc::TPOT_BUCKETS)
-        });
-        let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        let token_usage = Series::new(|| Hist::new(&sc::TOKEN_BUCKETS));
+        let duration = Series::new(|| Hist::new(&sc::DURATION_BUCKETS));
+        let ttft = Series::new(|| Hist::new(&sc::TTFT_BUCKETS));
+        let tpot = Series::new(|| Hist::new(&sc::TPOT_BUCKETS));
+        let cost = Series::new(Counter::default);
         reg.register(
             "gen_ai_client_token_usage",
             "Tokens per model call, by gen_ai_token_type (input, output)",
@@ -161,66 +191,64 @@ impl Prom {
     }
 }
 
-/// The OTLP side: the same values under the conventions' dotted names.
-#[derive(Debug)]
-pub(crate) struct Otlp {
-    token_usage: OtelHistogram<u64>,
-    duration: OtelHistogram<f64>,
-    ttft: OtelHistogram<f64>,
-    tpot: OtelHistogram<f64>,
-    cost: OtelCounter<f64>,
-    provider: switchyard_otel::opentelemetry_sdk::metrics::SdkMeterProvider,
-}
-
-impl Otlp {
-    pub(crate) fn new(
-        meter: &Meter,
-        provider: switchyard_otel::opentelemetry_sdk::metrics::SdkMeterProvider,
-    ) -> Self {
-        Self {
-            provider,
-            token_usage: meter
-                .u64_histogram(sc::METRIC_TOKEN_USAGE)
-                .with_unit("{token}")
-                .with_description("Tokens per model call")
-                .with_boundaries(sc::TOKEN_BUCKETS.to_vec())
-                .build(),
-            duration: meter
-                .f64_histogram(sc::METRIC_REQUEST_DURATION)
-                .with_unit("s")
-                .with_description("Model call duration")
-                .with_boundaries(sc::DURATION_BUCKETS.to_vec())
-                .build(),
-            ttft: meter
-                .f64_histogram(sc::METRIC_TIME_TO_FIRST_TOKEN)
-                .with_unit("s")
-                .with_description("Time to the first token of streamed answers")
-                .with_boundaries(sc::TTFT_BUCKETS.to_vec())
-                .build(),
-            tpot: meter
-                .f64_histogram(sc::METRIC_TIME_PER_OUTPUT_TOKEN)
-                .with_unit("s")
-                .with_description("Time per output token after the first")
-                .with_boundaries(sc::TPOT_BUCKETS.to_vec())
-                .build(),
-            cost: meter
-                .f64_counter(sc::METRIC_COST)
-                .with_unit("USD")
-                .with_description("Spend at the configured prices")
-                .build(),
-        }
+/// Writes the GenAI metrics as OTLP, under the conventions' dotted names.
+pub(super) fn write_otlp(g: &Prom, w: &mut MetricsWriter<'_>) {
+    fn histogram<L: OtlpAttributes + Clone + std::hash::Hash + Eq>(
+        w: &mut MetricsWriter<'_>,
+        d: Describe<'_>,
+        series: &Series<L, Hist>,
+    ) {
+        w.histogram(d, |p| {
+            series.each(|labels, h| {
+                let s = h.snapshot();
+                p.point(|a| labels.write(a), s.sum, h.bounds(), &s.counts);
+            });
+        });
     }
-
-    /// Exports what was recorded since the last export, and stops.
-    pub(crate) fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::debug!(error = %e, "OTLP metrics shutdown");
-        }
-    }
+    let d = |name, description, unit| Describe {
+        name,
+        description,
+        unit,
+    };
+    histogram(
+        w,
+        d(sc::METRIC_TOKEN_USAGE, "Tokens per model call", "{token}"),
+        &g.token_usage,
+    );
+    histogram(
+        w,
+        d(sc::METRIC_REQUEST_DURATION, "Model call duration", "s"),
+        &g.duration,
+    );
+    histogram(
+        w,
+        d(
+            sc::METRIC_TIME_TO_FIRST_TOKEN,
+            "Time to the first token of streamed answers",
+            "s",
+        ),
+        &g.ttft,
+    );
+    histogram(
+        w,
+        d(
+            sc::METRIC_TIME_PER_OUTPUT_TOKEN,
+            "Time per output token after the first",
+            "s",
+        ),
+        &g.tpot,
+    );
+    w.counter(
+        d(sc::METRIC_COST, "Spend at the configured prices", "USD"),
+        |p| {
+            g.cost
+                .each(|labels, c| p.point(|a| labels.write(a), c.get()));
+        },
+    );
 }
 
 /// Records a finished exchange (model calls only).
-pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
+pub(super) fn record(metrics: &Metrics, done: &Done<'_>) {
     let r = &done.open.record;
     let operation = sc::operation(r.endpoint);
     if matches!(operation, "other" | "count_tokens") {
@@ -234,23 +262,6 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
     };
     let secs = done.elapsed.as_secs_f64();
     let ok = r.error.is_empty() && r.status < 400 && r.ended.is_empty();
-    let attrs = otlp.map(|_| {
-        // Shared, so the copies each instrument takes are reference counts.
-        let shared: std::sync::Arc<str> = r.model_label.as_str().into();
-        let mut v = vec![
-            KeyValue::new(sc::OPERATION_NAME, operation),
-            KeyValue::new(sc::REQUEST_MODEL, shared),
-        ];
-        if !model.gen_ai_provider_name.is_empty() {
-            v.push(KeyValue::new(sc::PROVIDER_NAME, model.gen_ai_provider_name));
-        }
-        v
-    });
-    let with = |extra: Option<KeyValue>| {
-        let mut v = attrs.clone().unwrap_or_default();
-        v.extend(extra);
-        v
-    };
     if ok && (r.input_tokens > 0 || r.output_tokens > 0) {
         for (kind, n) in [("input", r.input_tokens), ("output", r.output_tokens)] {
             g.token_usage
@@ -259,10 +270,6 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
                     gen_ai_token_type: kind,
                 })
                 .observe(n as f64);
-            if let Some(o) = otlp {
-                o.token_usage
-                    .record(n, &with(Some(KeyValue::new(sc::TOKEN_TYPE, kind))));
-            }
         }
     }
     let error_type = if ok {
@@ -276,10 +283,6 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
     } else {
         r.error
     };
-    if let Some(o) = otlp {
-        let extra = (!error_type.is_empty()).then(|| KeyValue::new(sc::ERROR_TYPE, error_type));
-        o.duration.record(secs, &with(extra));
-    }
     g.duration
         .get_or_create(&DurationLabels {
             model: model.clone(),
@@ -289,37 +292,19 @@ pub(super) fn record(metrics: &Metrics, otlp: Option<&Otlp>, done: &Done<'_>) {
     if let (true, Some(ttft)) = (ok, done.ttft) {
         let t = ttft.as_secs_f64();
         g.ttft.get_or_create(&model).observe(t);
-        if let Some(o) = otlp {
-            o.ttft.record(t, &with(None));
-        }
         if r.output_tokens > 1 {
             let per = (secs - t).max(0.0) / (r.output_tokens - 1) as f64;
             g.tpot.get_or_create(&model).observe(per);
-            if let Some(o) = otlp {
-                o.tpot.record(per, &with(None));
-            }
         }
     }
     if r.cost_nanos > 0 {
-        let usd = r.cost_nanos as f64 / 1e9;
-        let key = g.keys.of(&r.key);
-        if let Some(o) = otlp {
-            let mut v = vec![
-                KeyValue::new(sc::ROUTE, r.route.clone()),
-                KeyValue::new(sc::REQUEST_MODEL, r.model_label.clone()),
-            ];
-            if !key.is_empty() {
-                v.push(KeyValue::new(sc::KEY_ID, key.clone()));
-            }
-            o.cost.add(usd, &v);
-        }
         g.cost
             .get_or_create(&CostLabels {
                 route: r.route.clone(),
                 model: r.model_label.clone(),
-                key,
+                key: g.keys.of(&r.key),
             })
-            .inc_by(usd);
+            .inc_by(r.cost_nanos as f64 / 1e9);
     }
 }
 

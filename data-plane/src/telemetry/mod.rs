@@ -16,6 +16,7 @@ pub mod audit;
 pub(crate) mod genai;
 pub(crate) mod metrics;
 pub(crate) mod semconv;
+pub(crate) mod series;
 pub(crate) mod trace;
 
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,7 @@ impl Default for TelemetryOptions {
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// GenAI instruments exported through OTLP (when an endpoint is set).
-    otlp_metrics: Option<genai::Otlp>,
+    otlp_metrics: Option<otel::MetricsExport>,
     access_log: Option<access_log::AccessLog>,
     tracer: Option<trace::Tracer>,
     audit: Option<audit::Auditor>,
@@ -134,19 +135,20 @@ impl Telemetry {
             }
             None => None,
         };
-        let provider = if opts.metrics_interval.is_zero() {
+        let otlp_metrics = if opts.metrics_interval.is_zero() {
             // Traces only: the GenAI metrics stay on /metrics.
             None
         } else {
+            let m = metrics.clone();
             opts.otlp
-                .meter_provider(resource, opts.metrics_interval)
+                .metrics_export(
+                    &resource,
+                    ("switchyard-data-plane", env!("CARGO_PKG_VERSION")),
+                    opts.metrics_interval,
+                    move |w| genai::write_otlp(&m.genai, w),
+                )
                 .map_err(invalid)?
         };
-        let otlp_metrics = provider.map(|provider| {
-            use switchyard_otel::opentelemetry::metrics::MeterProvider;
-            let meter = provider.meter("switchyard-data-plane");
-            genai::Otlp::new(&meter, provider)
-        });
         Ok(Self {
             metrics,
             otlp_metrics,
@@ -167,7 +169,7 @@ impl Telemetry {
             log.flush().await;
         }
         if let Some(m) = &self.otlp_metrics {
-            m.shutdown();
+            m.shutdown().await;
         }
     }
 
@@ -224,7 +226,7 @@ impl Telemetry {
             elapsed,
             ttft: o.first_token.map(|t| t.duration_since(o.started)),
         };
-        genai::record(&self.metrics, self.otlp_metrics.as_ref(), &done);
+        genai::record(&self.metrics, &done);
         if let Some(log) = &self.access_log {
             log.write(&done);
         }
