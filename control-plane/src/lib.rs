@@ -140,7 +140,7 @@ pub async fn run<S: Source>(
             metrics.spans.clone(),
         )
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let pushes = queue.map(|(queue, _task)| {
+    let pushes = queue.map(|queue| {
         tracing::info!(
             endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
             "tracing compiles and pushes (OTLP)"

@@ -4,8 +4,9 @@
 //!
 //! A request never waits for the exporter: recording a span is a short lock around writing
 //! its bytes into the open batch. A batch goes when it holds [`BATCH`] spans (or
-//! [`BATCH_BYTES`]), or [`FLUSH_EVERY`] after its first span. At most `capacity` spans wait;
-//! past that, and when an export fails after its retries, spans are dropped and counted.
+//! [`BATCH_BYTES`]), or [`FLUSH_EVERY`] after the exporter saw its first span. At most
+//! `capacity` spans wait or are in flight; past that, and when an export fails after its
+//! retries, spans are dropped and counted.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,8 @@ struct Shared {
     wake: Notify,
     capacity: usize,
     counts: QueueCounts,
+    /// The exporter task, until [`SpanQueue::shutdown`] waits for it.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -84,41 +87,74 @@ impl Shared {
 }
 
 impl SpanQueue {
-    /// Starts the exporter task; the returned handle ends when every queue clone is gone and
-    /// what was queued has been exported (or dropped).
+    /// Starts the exporter task; it ends when every queue clone is gone or
+    /// [`SpanQueue::shutdown`] is called, once what was queued has been exported (or
+    /// dropped).
     pub(crate) fn start(
         exporter: Exporter,
         envelope: Envelope,
         capacity: usize,
         counts: QueueCounts,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
             capacity: capacity.max(1),
             counts,
+            task: Mutex::default(),
         });
         let task = tokio::spawn(run(shared.clone(), exporter, envelope));
+        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         let open = Arc::new(Open(shared.clone()));
-        (
-            Self {
-                shared,
-                _open: open,
-            },
-            task,
-        )
+        Self {
+            shared,
+            _open: open,
+        }
+    }
+
+    /// Sends what is queued and stops: spans recorded after this are dropped (counted).
+    pub async fn shutdown(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        let task = self
+            .shared
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 
     /// Records a finished span: `head`, then what `body` writes (attributes, events, links,
-    /// status). Counted dropped when the queue is full.
+    /// status). Counted dropped when the queue is full or shut down.
     pub fn span(&self, head: &Head<'_>, body: impl FnOnce(&mut SpanWriter<'_>)) {
-        let mut p = self.shared.lock();
-        if p.waiting >= self.shared.capacity {
+        let p = self.shared.lock();
+        if p.waiting >= self.shared.capacity || p.closed {
             drop(p);
             self.shared.counts.dropped.inc();
             return;
         }
-        proto::span(&mut p.open, head, body);
+        // A panic while writing takes back what was written, so the batch stays whole.
+        struct Writing<'a> {
+            p: std::sync::MutexGuard<'a, Pending>,
+            mark: usize,
+        }
+        impl Drop for Writing<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mark = self.mark;
+                    self.p.open.truncate(mark);
+                }
+            }
+        }
+        let mut w = Writing {
+            mark: p.open.len(),
+            p,
+        };
+        proto::span(&mut w.p.open, head, body);
+        let p = &mut w.p;
         p.open_spans += 1;
         p.waiting += 1;
         let first = p.open_spans == 1 && p.full.is_empty();
@@ -130,7 +166,7 @@ impl SpanQueue {
         } else if !first {
             return;
         }
-        drop(p);
+        drop(w);
         self.shared.wake.notify_one();
     }
 }
@@ -165,7 +201,7 @@ async fn run(shared: Arc<Shared>, mut exporter: Exporter, envelope: Envelope) {
                 break;
             }
         }
-        let (batches, closed) = {
+        let batches = {
             let mut p = shared.lock();
             let mut batches: Vec<_> = p.full.drain(..).collect();
             if batches.is_empty() && p.open_spans > 0 {
@@ -173,32 +209,39 @@ async fn run(shared: Arc<Shared>, mut exporter: Exporter, envelope: Envelope) {
                 let open = std::mem::replace(&mut p.open, next);
                 batches.push((open, std::mem::take(&mut p.open_spans)));
             }
-            p.waiting -= batches.iter().map(|(_, n)| n).sum::<usize>();
-            (batches, p.closed && p.waiting == 0)
+            batches
         };
         for (mut batch, n) in batches {
             let body = Bytes::from(envelope.request(&batch));
-            let n = n as u64;
+            let sent = n as u64;
             match exporter.export(body).await {
                 Ok(rejected) => {
-                    shared.counts.exported.inc_by(n - rejected.min(n));
-                    shared.counts.dropped.inc_by(rejected.min(n));
+                    shared.counts.exported.inc_by(sent - rejected.min(sent));
+                    shared.counts.dropped.inc_by(rejected.min(sent));
                     if failing {
                         tracing::info!("OTLP span export works again");
                         failing = false;
                     }
                 }
                 Err(e) => {
-                    shared.counts.dropped.inc_by(n);
+                    shared.counts.dropped.inc_by(sent);
                     if !failing {
-                        tracing::warn!(error = %e, spans = n, "OTLP span export failed; spans are dropped (counted) until it works");
+                        tracing::warn!(error = %e, spans = sent, "OTLP span export failed; spans are dropped (counted) until it works");
                         failing = true;
                     }
                 }
             }
             batch.clear();
-            shared.lock().spare.push(batch);
+            // A batch counts against the capacity until it is sent: what waits and what is
+            // in flight together stay within it.
+            let mut p = shared.lock();
+            p.waiting -= n;
+            p.spare.push(batch);
         }
+        let closed = {
+            let p = shared.lock();
+            p.closed && p.waiting == 0
+        };
         if closed {
             return;
         }
@@ -315,10 +358,14 @@ impl Exporter {
                         retry: true,
                     })?;
                     let status = resp.status();
-                    let body = resp.into_body().collect().await.map_err(|e| Failed {
-                        message: format!("collector's answer broke off: {e}"),
-                        retry: true,
-                    })?;
+                    // An answer is a few bytes; a collector cannot make this hold more.
+                    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                        .collect()
+                        .await
+                        .map_err(|e| Failed {
+                            message: format!("collector's answer broke off or is too long: {e}"),
+                            retry: true,
+                        })?;
                     if status.is_success() {
                         Ok(rejected(&body.to_bytes()))
                     } else {
@@ -435,7 +482,7 @@ fn rejected(body: &[u8]) -> u64 {
         tracing::warn!(
             rejected = p.rejected_spans,
             reason = %p.error_message,
-            "the OTLP collector rejected spans"
+            "the OTLP collector rejected part of an export (spans or data points)"
         );
     }
     u64::try_from(p.rejected_spans).unwrap_or(0)

@@ -82,7 +82,7 @@ impl Default for OtlpArgs {
 /// A flag that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--otlp-headers: `{0}` is not name=value")]
+    #[error("--otlp-headers: `{0}` is not name=value with a valid header name and value")]
     Header(String),
     #[error("--trace-sample-ratio must be between 0 and 1, got {0}")]
     Ratio(f64),
@@ -91,22 +91,32 @@ pub enum Error {
 }
 
 impl OtlpArgs {
-    /// The headers of `--otlp-headers` (checked; values never appear in an error).
+    /// The headers of `--otlp-headers`, else of the standard `OTEL_EXPORTER_OTLP_HEADERS`
+    /// (checked; values never appear in an error).
     pub fn headers(&self) -> Result<HashMap<String, String>, Error> {
+        let from_env = std::env::var("OTEL_EXPORTER_OTLP_HEADERS").ok();
         let mut out = HashMap::new();
         for pair in self
             .otlp_headers
             .as_deref()
+            .or(from_env.as_deref())
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
+            let bad = || Error::Header(pair.split('=').next().unwrap_or("").to_owned());
             let (name, value) = pair
                 .split_once('=')
                 .filter(|(n, _)| !n.trim().is_empty())
-                .ok_or_else(|| Error::Header(pair.split('=').next().unwrap_or("").to_owned()))?;
-            out.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                .ok_or_else(bad)?;
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if http::HeaderName::try_from(name.as_str()).is_err()
+                || http::HeaderValue::try_from(value).is_err()
+            {
+                return Err(bad());
+            }
+            out.insert(name, value.to_owned());
         }
         Ok(out)
     }
@@ -144,7 +154,7 @@ impl OtlpArgs {
                     .map_err(|e| bad(&e))?
                     .timeout(self.otlp_timeout)
                     .connect_timeout(self.otlp_timeout);
-                if endpoint.starts_with("https://") {
+                if endpoint.to_ascii_lowercase().starts_with("https://") {
                     e = e
                         .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
                         .map_err(|e| bad(&e))?;
@@ -186,14 +196,14 @@ impl OtlpArgs {
 
     /// The span queue and its exporter task, when an endpoint is set: spans go under
     /// `resource` and the instrumentation scope `scope` (name, version), counted in `counts`.
-    /// The task ends when every queue clone is gone and what was queued has been sent.
-    /// Call within the tokio runtime.
+    /// Its task ends at [`SpanQueue::shutdown`] or when every queue clone is gone, once what
+    /// was queued has been sent. Call within the tokio runtime.
     pub fn span_queue(
         &self,
         resource: &Resource,
         scope: (&str, &str),
         counts: QueueCounts,
-    ) -> Result<Option<(SpanQueue, tokio::task::JoinHandle<()>)>, Error> {
+    ) -> Result<Option<SpanQueue>, Error> {
         let Some(exporter) = self.exporter("traces")? else {
             return Ok(None);
         };
@@ -256,8 +266,21 @@ pub fn resource(service: &'static str, instance: &str) -> Resource {
 
 /// The W3C `traceparent` of a span: `00-<trace id>-<span id>-<flags>`.
 pub fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> http::HeaderValue {
-    let v = format!("00-{trace}-{span}-{:02x}", u8::from(sampled));
-    http::HeaderValue::try_from(v).unwrap_or(http::HeaderValue::from_static(""))
+    // Written as hex digits directly: this runs for every upstream attempt with tracing on,
+    // sampled or not.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = [0_u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    let ids = trace.to_bytes().into_iter().chain(span.to_bytes());
+    for (i, b) in ids.enumerate() {
+        // 32 digits of the trace id, a dash, 16 of the span id.
+        let at = 3 + 2 * i + usize::from(i >= 16);
+        v[at] = HEX[usize::from(b >> 4)];
+        v[at + 1] = HEX[usize::from(b & 0xf)];
+    }
+    v[35] = b'-';
+    v[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+    http::HeaderValue::from_bytes(&v).unwrap_or(http::HeaderValue::from_static(""))
 }
 
 /// The remote span context in a `traceparent` (and `tracestate`) header, as the W3C
@@ -356,4 +379,43 @@ pub fn new_trace_id() -> TraceId {
 /// A random, valid span id.
 pub fn new_span_id() -> SpanId {
     SpanId::from(fastrand::u64(1..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_headers_are_checked_without_showing_values() {
+        let args = |h: &str| OtlpArgs {
+            otlp_headers: Some(h.to_owned()),
+            ..OtlpArgs::default()
+        };
+        let h = args(" Api-Key = s3cret , x-tenant=a ").headers().unwrap();
+        assert_eq!(h["api-key"], "s3cret");
+        assert_eq!(h["x-tenant"], "a");
+        for bad in ["novalue", "=v", "bad name=v", "k=line\nbreak"] {
+            let e = args(bad).headers().unwrap_err().to_string();
+            assert!(!e.contains("s3cret") && !e.contains("break"), "{e}");
+        }
+    }
+
+    #[test]
+    fn traceparent_is_the_w3c_form_and_reads_back() {
+        let (t, s) = (
+            TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+            SpanId::from(0xb7ad_6b71_6920_3331),
+        );
+        let v = traceparent(t, s, true);
+        assert_eq!(
+            v.to_str().unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(
+            traceparent(t, s, false).to_str().unwrap(),
+            format!("00-{t}-{s}-00")
+        );
+        let sc = remote_parent(Some(&v), None).expect("valid");
+        assert_eq!((sc.trace_id(), sc.span_id(), sc.is_sampled()), (t, s, true));
+    }
 }

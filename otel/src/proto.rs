@@ -17,6 +17,7 @@ const I64: u32 = 1;
 const LEN: u32 = 2;
 const I32: u32 = 5;
 
+#[inline]
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push(v as u8 | 0x80);
@@ -25,10 +26,18 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// The bytes of `v` as a varint.
+#[inline]
+fn varint_len(v: usize) -> usize {
+    (usize::BITS - (v | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+#[inline]
 fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
+#[inline]
 fn bytes(buf: &mut Vec<u8>, field: u32, v: &[u8]) {
     key(buf, field, LEN);
     varint(buf, v.len() as u64);
@@ -72,6 +81,22 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The longest string value written, in bytes: what an upstream answers (a response id, a
+/// model name) can make no span too large for a collector. Longer values are cut at a
+/// character boundary.
+pub const MAX_VALUE: usize = 4096;
+
+fn capped(v: &str) -> &str {
+    if v.len() <= MAX_VALUE {
+        return v;
+    }
+    let mut end = MAX_VALUE;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    &v[..end]
+}
+
 /// The attributes of a span, an event, a link or a resource (`KeyValue`s of its field).
 #[derive(Debug)]
 pub struct Attributes<'a> {
@@ -88,8 +113,20 @@ impl Attributes<'_> {
         self
     }
 
-    pub fn str(&mut self, key: &str, v: &str) -> &mut Self {
-        self.kv(key, |b| bytes(b, 1, v.as_bytes()))
+    pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        // The most common attribute, its lengths known up front: written in one pass.
+        let v = capped(v);
+        let any = 1 + varint_len(v.len()) + v.len();
+        let kv = 1 + varint_len(k.len()) + k.len() + 1 + varint_len(any) + any;
+        let b = &mut *self.buf;
+        b.reserve(kv + 6);
+        key(b, self.field, LEN);
+        varint(b, kv as u64);
+        bytes(b, 1, k.as_bytes());
+        key(b, 2, LEN);
+        varint(b, any as u64);
+        bytes(b, 1, v.as_bytes());
+        self
     }
 
     pub fn bool(&mut self, key: &str, v: bool) -> &mut Self {
@@ -109,7 +146,7 @@ impl Attributes<'_> {
         self.kv(key, |b| {
             nested(b, 5, |b| {
                 for s in v {
-                    nested(b, 1, |b| bytes(b, 1, s.as_bytes()));
+                    nested(b, 1, |b| bytes(b, 1, capped(s).as_bytes()));
                 }
             });
         })
@@ -133,7 +170,7 @@ fn any_value(b: &mut Vec<u8>, v: &Value) {
         Value::Bool(x) => uint(b, 2, u64::from(*x)),
         Value::I64(x) => uint(b, 3, *x as u64),
         Value::F64(x) => fixed64(b, 4, x.to_bits()),
-        Value::String(s) => bytes(b, 1, s.as_str().as_bytes()),
+        Value::String(s) => bytes(b, 1, capped(s.as_str()).as_bytes()),
         Value::Array(Array::Bool(a)) => array(b, a, |b, x| uint(b, 2, u64::from(*x))),
         Value::Array(Array::I64(a)) => array(b, a, |b, x| uint(b, 3, *x as u64)),
         Value::Array(Array::F64(a)) => array(b, a, |b, x| fixed64(b, 4, x.to_bits())),
@@ -327,32 +364,57 @@ impl<'a> MetricsWriter<'a> {
         }
     }
 
-    fn metric(&mut self, d: Describe<'_>, kind: u32, body: impl FnOnce(&mut Vec<u8>)) {
-        // A `ScopeMetrics.metrics` field.
+    /// A `ScopeMetrics.metrics` field whose data (`kind`) holds the points `write` writes,
+    /// then the fields in `tail`; left out when `write` wrote no point.
+    fn metric(
+        &mut self,
+        d: Describe<'_>,
+        kind: u32,
+        tail: &[(u32, u64)],
+        write: impl FnOnce(&mut Points<'_>),
+    ) {
+        let (start, now, mark) = (self.start, self.now, self.buf.len());
+        let mut any = false;
         nested(self.buf, 2, |b| {
             bytes(b, 1, d.name.as_bytes());
             bytes(b, 2, d.description.as_bytes());
             bytes(b, 3, d.unit.as_bytes());
-            nested(b, kind, body);
+            nested(b, kind, |b| {
+                let mut p = Points {
+                    buf: b,
+                    start,
+                    now,
+                    any: false,
+                };
+                write(&mut p);
+                any = p.any;
+                for &(field, v) in tail {
+                    uint(b, field, v);
+                }
+            });
+        });
+        if !any {
+            self.buf.truncate(mark);
+        }
+    }
+
+    /// A histogram with cumulative temporality; `points` writes its data points (a
+    /// histogram without any is left out).
+    pub fn histogram(
+        &mut self,
+        d: Describe<'_>,
+        points: impl FnOnce(&mut HistogramPoints<'_, '_>),
+    ) {
+        self.metric(d, 9, &[(2, CUMULATIVE)], |p| {
+            points(&mut HistogramPoints(p))
         });
     }
 
-    /// A histogram with cumulative temporality; `points` writes its data points.
-    pub fn histogram(&mut self, d: Describe<'_>, points: impl FnOnce(&mut HistogramPoints<'_>)) {
-        let (start, now) = (self.start, self.now);
-        self.metric(d, 9, |b| {
-            points(&mut HistogramPoints { buf: b, start, now });
-            uint(b, 2, CUMULATIVE);
-        });
-    }
-
-    /// A monotonic sum with cumulative temporality (a counter); `points` writes its points.
-    pub fn counter(&mut self, d: Describe<'_>, points: impl FnOnce(&mut CounterPoints<'_>)) {
-        let (start, now) = (self.start, self.now);
-        self.metric(d, 7, |b| {
-            points(&mut CounterPoints { buf: b, start, now });
-            uint(b, 2, CUMULATIVE);
-            uint(b, 3, 1);
+    /// A monotonic sum with cumulative temporality (a counter); `points` writes its points
+    /// (a counter without any is left out).
+    pub fn counter(&mut self, d: Describe<'_>, points: impl FnOnce(&mut CounterPoints<'_, '_>)) {
+        self.metric(d, 7, &[(2, CUMULATIVE), (3, 1)], |p| {
+            points(&mut CounterPoints(p));
         });
     }
 }
@@ -360,15 +422,33 @@ impl<'a> MetricsWriter<'a> {
 /// `AGGREGATION_TEMPORALITY_CUMULATIVE`.
 const CUMULATIVE: u64 = 2;
 
-/// The data points of a histogram.
+/// Where a metric's data points go, all with the export's start and time.
 #[derive(Debug)]
-pub struct HistogramPoints<'a> {
+pub struct Points<'a> {
     buf: &'a mut Vec<u8>,
     start: u64,
     now: u64,
+    any: bool,
 }
 
-impl HistogramPoints<'_> {
+impl Points<'_> {
+    /// One data point: its start and time, then what `f` writes.
+    fn point(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        self.any = true;
+        let (start, now) = (self.start, self.now);
+        nested(self.buf, 1, |b| {
+            fixed64(b, 2, start);
+            fixed64(b, 3, now);
+            f(b);
+        });
+    }
+}
+
+/// The data points of a histogram.
+#[derive(Debug)]
+pub struct HistogramPoints<'p, 'a>(&'p mut Points<'a>);
+
+impl HistogramPoints<'_, '_> {
     /// One series: its attributes, sum, and the count of each bucket (`counts` has one more
     /// than `bounds`: the last counts what is above every bound); its count is theirs.
     pub fn point(
@@ -378,10 +458,7 @@ impl HistogramPoints<'_> {
         bounds: &[f64],
         counts: &[u64],
     ) {
-        let (start, now) = (self.start, self.now);
-        nested(self.buf, 1, |b| {
-            fixed64(b, 2, start);
-            fixed64(b, 3, now);
+        self.0.point(|b| {
             fixed64(b, 4, counts.iter().sum());
             fixed64(b, 5, sum.to_bits());
             key(b, 6, LEN);
@@ -401,19 +478,12 @@ impl HistogramPoints<'_> {
 
 /// The data points of a counter.
 #[derive(Debug)]
-pub struct CounterPoints<'a> {
-    buf: &'a mut Vec<u8>,
-    start: u64,
-    now: u64,
-}
+pub struct CounterPoints<'p, 'a>(&'p mut Points<'a>);
 
-impl CounterPoints<'_> {
+impl CounterPoints<'_, '_> {
     /// One series: its attributes and total.
     pub fn point(&mut self, attributes: impl FnOnce(&mut Attributes<'_>), value: f64) {
-        let (start, now) = (self.start, self.now);
-        nested(self.buf, 1, |b| {
-            fixed64(b, 2, start);
-            fixed64(b, 3, now);
+        self.0.point(|b| {
             fixed64(b, 4, value.to_bits());
             attributes(&mut Attributes { buf: b, field: 7 });
         });
@@ -591,11 +661,16 @@ mod tests {
                 0.25,
             );
         });
+        w.counter(d("no points"), |_| {});
+        w.histogram(d("none either"), |_| {});
         let req = ExportMetricsServiceRequest::decode(&env.request(&buf)[..]).unwrap();
         let sm = &req.resource_metrics[0].scope_metrics[0];
         assert_eq!(sm.scope.as_ref().unwrap().name, "scope");
         let [h, c] = &sm.metrics[..] else {
-            panic!("two metrics: {:?}", sm.metrics)
+            panic!(
+                "two metrics, those without points left out: {:?}",
+                sm.metrics
+            )
         };
         assert_eq!((&*h.name, &*h.description, &*h.unit), ("h", "what", "s"));
         let Some(Data::Histogram(h)) = &h.data else {
@@ -620,6 +695,43 @@ mod tests {
             attr(&s.data_points[0].attributes, "route"),
             &Pv::StringValue("r".into())
         );
+    }
+
+    #[test]
+    fn a_string_attribute_written_in_one_pass_equals_the_nested_form() {
+        for n in [0, 1, 100, 127, 128, 200, MAX_VALUE] {
+            let (k, v) = ("k".repeat(n / 2 + 1), "v".repeat(n));
+            let (mut fast, mut nested_form) = (Vec::new(), Vec::new());
+            Attributes {
+                buf: &mut fast,
+                field: 9,
+            }
+            .str(&k, &v);
+            Attributes {
+                buf: &mut nested_form,
+                field: 9,
+            }
+            .kv(&k, |b| bytes(b, 1, v.as_bytes()));
+            assert!(fast == nested_form, "{n}");
+        }
+        for v in [0, 1, 127, 128, 16_383, 16_384, usize::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v as u64);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn string_values_are_capped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_VALUE);
+        let cut = capped(&long);
+        assert!(
+            cut.len() <= MAX_VALUE && cut.len() > MAX_VALUE - 2,
+            "{}",
+            cut.len()
+        );
+        assert!(long.starts_with(cut));
+        assert_eq!(capped("short"), "short");
     }
 
     #[test]

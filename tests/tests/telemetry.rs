@@ -28,7 +28,7 @@ const PARENT: &str = "00f067aa0ba902b7";
 struct Env {
     collector: Collector,
     mocks: Vec<MockHandle>,
-    _dp: Proc,
+    dp: Proc,
     api: String,
     admin: String,
     access_log: std::path::PathBuf,
@@ -145,7 +145,7 @@ impl Env {
         Self {
             collector,
             mocks,
-            _dp: dp,
+            dp,
             api,
             admin,
             access_log,
@@ -579,7 +579,7 @@ async fn requests_make_genai_spans_metrics_and_access_log_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_follows_the_caller_and_the_ratio() {
-    let e = Env::start("telemetry-sampling", &["--trace-sample-ratio", "0"], false).await;
+    let mut e = Env::start("telemetry-sampling", &["--trace-sample-ratio", "0"], false).await;
     // No caller decision: the ratio (0) drops it, but the upstream still gets a context.
     let (status, _) = e
         .call(
@@ -644,6 +644,25 @@ async fn sampling_follows_the_caller_and_the_ratio() {
         .last()
         .and_then(|r| r.headers.get("traceparent").cloned());
     assert!(tp.is_some_and(|t| t.starts_with(&format!("00-{other}-")) && t.ends_with("-00")));
+
+    // At exit the queue is sent: a span recorded just before SIGTERM, well within the
+    // exporter's one-second batching, still reaches the collector.
+    let last = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let sampled = format!("00-{last}-{PARENT}-01");
+    let (status, _) = e
+        .call(
+            "/v1/chat/completions",
+            chat_body("traced", "at exit"),
+            Some(&sampled),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        e.dp.terminate(Duration::from_secs(10)),
+        "the data plane exits"
+    );
+    e.server_span("the span queued at exit", |s| s.trace_id == last)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

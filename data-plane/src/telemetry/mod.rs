@@ -123,7 +123,7 @@ impl Telemetry {
             )
             .map_err(invalid)?;
         let tracer = match queue {
-            Some((queue, _task)) => {
+            Some(queue) => {
                 let sampler = opts.otlp.sampler().map_err(invalid)?;
                 tracing::info!(
                     endpoint = opts.otlp.otlp_endpoint.as_deref().unwrap_or_default(),
@@ -162,11 +162,14 @@ impl Telemetry {
         self.tracer.as_ref()
     }
 
-    /// Writes out the access log's queue and exports what is left of the GenAI metrics (at
-    /// exit).
+    /// Writes out the access log's queue and exports what is left of the spans and the GenAI
+    /// metrics (at exit).
     pub async fn shutdown(&self) {
         if let Some(log) = &self.access_log {
             log.flush().await;
+        }
+        if let Some(t) = &self.tracer {
+            t.shutdown().await;
         }
         if let Some(m) = &self.otlp_metrics {
             m.shutdown().await;

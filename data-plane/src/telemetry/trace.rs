@@ -41,6 +41,11 @@ impl Tracer {
         Self { sampler, queue }
     }
 
+    /// Sends the spans still queued and stops recording (at exit).
+    pub async fn shutdown(&self) {
+        self.queue.shutdown().await;
+    }
+
     /// The ids of a new request's SERVER span: the caller's trace (W3C `traceparent` and
     /// `tracestate`) continued, or a new one; sampled as the caller decided, else by ratio.
     pub fn start(&self, headers: &http::HeaderMap, endpoint: &str) -> otel::Started {
