@@ -71,9 +71,15 @@ pub(crate) fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)
         buf[at] = len as u8;
         return;
     }
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
-    buf.splice(at..=at, prefix);
+    // The length's varint, built on the stack, replaces the reserved byte.
+    let (mut prefix, mut n, mut v) = ([0_u8; 10], 0, len);
+    while v >= 0x80 {
+        prefix[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    prefix[n] = v as u8;
+    buf.splice(at..=at, prefix[..=n].iter().copied());
 }
 
 fn nanos(t: SystemTime) -> u64 {
