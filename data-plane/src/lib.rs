@@ -103,6 +103,9 @@ pub struct LimitOptions {
     pub fleet_size: u64,
     /// Name of this proxy in the fleet set and in request ids.
     pub node_id: String,
+    /// The largest slice of a shared limit one proxy leases, in percent of the limit (0:
+    /// every request checks Redis).
+    pub lease_percent: u64,
 }
 
 impl Default for LimitOptions {
@@ -114,6 +117,7 @@ impl Default for LimitOptions {
             fail_mode: limits::FailMode::Open,
             fleet_size: 1,
             node_id: "local".into(),
+            lease_percent: 1,
         }
     }
 }
@@ -144,6 +148,7 @@ pub async fn start(opts: &Options) -> std::io::Result<(Arc<Gateway>, Option<audi
                 l.fail_mode,
                 l.node_id.clone(),
                 l.fleet_size,
+                l.lease_percent,
                 metrics.clone(),
             )
         }
@@ -216,6 +221,7 @@ pub async fn run(
     let app = stack::router(gw.clone());
     let metrics = gw.metrics.clone();
     let telemetry = gw.telemetry.clone();
+    let limiter = gw.limiter.clone();
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     let ShutdownOptions { delay, drain } = opts.shutdown;
     let signalled = async move {
@@ -236,6 +242,7 @@ pub async fn run(
             tracing::warn!("drain deadline passed: exiting with requests still in flight");
         }
     }
+    limiter.shutdown().await;
     telemetry.shutdown().await;
     if let Some(w) = audit_writer {
         w.close().await;

@@ -132,6 +132,12 @@ struct Args {
     /// open).
     #[arg(long, env = "SWITCHYARD_FLEET_SIZE", default_value_t = 1)]
     fleet_size: u64,
+    /// The largest slice of a shared limit or budget one proxy leases from Redis and spends
+    /// without asking again, in percent of the limit (0: every request asks Redis). Leased
+    /// quota counts as used fleet-wide, so limits hold; a proxy may refuse early while others
+    /// hold unspent leases.
+    #[arg(long, env = "SWITCHYARD_LIMIT_LEASE_PERCENT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=100))]
+    limit_lease_percent: u64,
     /// On SIGTERM, how long to keep accepting connections after readiness went false (for
     /// load balancers to notice). The chart's preStop hook usually covers this.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -401,6 +407,7 @@ async fn main() -> Result<()> {
             redis_timeout: args.redis_timeout,
             fail_mode: args.redis_fail_mode,
             fleet_size: args.fleet_size.max(1),
+            lease_percent: args.limit_lease_percent,
             node_id: node_id.clone(),
         },
         shutdown: ShutdownOptions {

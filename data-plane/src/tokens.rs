@@ -69,9 +69,11 @@ pub(crate) fn loaded(tokenizers: &[Tokenizer]) -> bool {
 
 /// Counts of long texts, by tokenizer and text hash. System prompts and conversation history
 /// come back request after request; counting them again costs ~25 us per KB, looking them up
-/// well under one. Bounded: cleared when full.
+/// well under one. Bounded: cleared when full. The hash is foldhash with a random seed, about
+/// fifteen times cheaper than SipHash on a 1 KB prompt; a collision would only misestimate a
+/// count that the provider's usage corrects after the call.
 struct CountCache {
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
     counts: Mutex<HashMap<u64, u32>>,
 }
 
@@ -80,7 +82,7 @@ const CACHE_ENTRIES: usize = 16_384;
 
 fn cache() -> &'static CountCache {
     static CACHE: LazyLock<CountCache> = LazyLock::new(|| CountCache {
-        hasher: std::hash::RandomState::new(),
+        hasher: foldhash::fast::RandomState::default(),
         counts: Mutex::new(HashMap::new()),
     });
     &CACHE

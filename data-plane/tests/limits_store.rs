@@ -6,7 +6,7 @@ use std::time::Duration;
 use switchyard_data_plane::policy::limits::memory::MemoryStore;
 use switchyard_data_plane::policy::limits::redis::RedisStore;
 use switchyard_data_plane::policy::limits::store::{
-    AdmitReply, AdmitRequest, Check, CheckKind, LimitStore, SettleOp, SettleRequest,
+    AdmitReply, AdmitRequest, Check, CheckKind, LeaseAsk, LimitStore, SettleOp, SettleRequest,
 };
 use switchyard_tests::redis::{RedisCluster, RedisServer};
 
@@ -21,6 +21,7 @@ fn check(key: &str, kind: CheckKind, limit: u64, cost: u64) -> Check {
         limit,
         cost,
         ttl_ms: 60_000,
+        leased: None,
     }
 }
 
@@ -196,7 +197,44 @@ async fn budgets_reserve_and_settle(s: &dyn LimitStore, p: &str) {
 }
 
 /// The whole contract; `p` and `q` are key prefixes with different hash tags.
+/// What a proxy's lease paid is neither checked nor charged again; the rest is.
+async fn leased_checks_charge_the_rest(s: &dyn LimitStore, p: &str) {
+    let key = format!("{p}:tpm");
+    let paid = |cost, leased| {
+        let mut c = check(&key, CheckKind::Window, 100, cost);
+        c.leased = Some(leased);
+        vec![vec![c]]
+    };
+    assert!(
+        admitted(s, &req("a", paid(500, 500))).await,
+        "paid whole: not checked"
+    );
+    assert!(admitted(s, &req("b", paid(150, 60))).await, "90 charged");
+    let denied = s
+        .admit(&req(
+            "c",
+            vec![vec![check(&key, CheckKind::Window, 100, 20)]],
+        ))
+        .await
+        .expect("answer");
+    assert_eq!(
+        denied,
+        AdmitReply::Denied {
+            group: 0,
+            check: 0,
+            used: 90
+        },
+        "only the unpaid 90 were counted"
+    );
+    let bkey = format!("{p}:budget");
+    let mut b = check(&bkey, CheckKind::Budget, 1000, 300);
+    b.leased = Some(100);
+    assert!(admitted(s, &req("d", vec![vec![b]])).await);
+    assert_eq!(s.budget(&bkey).await.expect("budget"), (0, 200));
+}
+
 async fn contract(s: &dyn LimitStore, p: &str, q: &str) {
+    leased_checks_charge_the_rest(s, &format!("{p}:l")).await;
     window_counts_exactly(s, &format!("{p}:w")).await;
     groups_are_all_or_nothing(s, &format!("{p}:g"), &format!("{q}:g")).await;
     parallel_leases(s, &format!("{p}:p")).await;
@@ -215,6 +253,81 @@ async fn redis_store_keeps_the_contract() {
     let redis = RedisServer::start(&dir);
     let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
     contract(&store, "sy:{t:redis}", "sy:{t:redis2}").await;
+}
+
+/// A lease takes the smaller of what was asked and its share of what is left, and charges it
+/// like requests would; leased parallel slots are named members that expire unless refreshed.
+#[tokio::test]
+async fn redis_leases_take_a_share_of_what_is_left() {
+    let dir = std::env::temp_dir().join(format!("sy-store-lease-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let redis = RedisServer::start(&dir);
+    let s = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let ask = |key: &str, kind, limit, want, share| LeaseAsk {
+        key: key.into(),
+        kind,
+        limit,
+        want,
+        share,
+        ttl_ms: 60_000,
+        slots: match kind {
+            CheckKind::Parallel => (0..want).map(|i| format!("dp-0:lease:{i}")).collect(),
+            _ => Vec::new(),
+        },
+    };
+    let w = "sy:{k:l}:rpm";
+    let g = s
+        .lease(now(), &[ask(w, CheckKind::Window, 1000, 100, 4)])
+        .await
+        .expect("lease");
+    assert_eq!((g[0].granted, g[0].used), (100, 100));
+    assert!(
+        admitted(
+            &s,
+            &req("a", vec![vec![check(w, CheckKind::Window, 1000, 800)]])
+        )
+        .await
+    );
+    let g = s
+        .lease(now(), &[ask(w, CheckKind::Window, 1000, 100, 4)])
+        .await
+        .expect("lease");
+    assert_eq!(
+        (g[0].granted, g[0].used),
+        (25, 925),
+        "a quarter of the 100 left"
+    );
+    let g = s
+        .lease(now(), &[ask(w, CheckKind::Window, 1000, 100, 100)])
+        .await
+        .expect("lease");
+    assert_eq!(g[0].granted, 0, "too little left to lease");
+    assert_eq!(redis.query::<u64>(&["GET", w]), Some(925));
+
+    let b = "sy:{k:l}:budget";
+    let g = s
+        .lease(
+            now(),
+            &[
+                ask(b, CheckKind::Budget, 1 << 60, 1 << 50, 2),
+                ask("sy:{k:l}:par", CheckKind::Parallel, 10, 4, 2),
+            ],
+        )
+        .await
+        .expect("lease");
+    assert_eq!(g[0].granted, 1 << 50, "large amounts stay exact");
+    assert_eq!(s.budget(b).await.expect("budget"), (0, 1 << 50));
+    assert_eq!(g[1].granted, 4);
+    assert_eq!(redis.query::<u64>(&["ZCARD", "sy:{k:l}:par"]), Some(4));
+    let slots: Vec<String> = (0..4).map(|i| format!("dp-0:lease:{i}")).collect();
+    s.refresh_slots("sy:{k:l}:par", &slots, now() + 3_600_000)
+        .await
+        .expect("refresh");
+    let score: Option<f64> = redis.query(&["ZSCORE", "sy:{k:l}:par", "dp-0:lease:0"]);
+    assert!(
+        score.is_some_and(|s| s as u64 > now() + 3_000_000),
+        "refreshed"
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,12 @@ const OUTAGE_KEY: &str = "sk-limits-outage-01";
 const TEAM_KEY: &str = "sk-limits-team-0001";
 const ALERT_KEY: &str = "sk-limits-alert-001";
 const CACHE_KEY: &str = "sk-limits-cache-001";
+const LEASED_KEY: &str = "sk-limits-leased-01";
+const BUDGET_ONLY_KEY: &str = "sk-limits-leased-02";
+
+fn body2() -> Value {
+    json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "a budget only"}]})
+}
 
 /// Price of the `priced` pool: $1000 per million tokens, i.e. $0.001 (1,000,000
 /// nano-dollars) per token.
@@ -41,6 +47,8 @@ stringData:
   team: {TEAM_KEY}
   alert: {ALERT_KEY}
   cache: {CACHE_KEY}
+  leased: {LEASED_KEY}
+  leased-budget: {BUDGET_ONLY_KEY}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderPool
@@ -135,6 +143,21 @@ metadata: {{name: outage}}
 spec:
   secretRef: {{name: limit-keys, key: outage}}
   limits: {{requestsPerMinute: 100000}}
+  budget: {{amount: "1000", period: None}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: leased}}
+spec:
+  secretRef: {{name: limit-keys, key: leased}}
+  limits: {{requestsPerMinute: 1000, maxParallelRequests: 1000}}
+  budget: {{amount: "1000", period: None}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: VirtualKey
+metadata: {{name: leased-budget}}
+spec:
+  secretRef: {{name: limit-keys, key: leased-budget}}
   budget: {{amount: "1000", period: None}}
 ---
 apiVersion: switchyard.dev/v1alpha1
@@ -314,6 +337,86 @@ async fn rpm_limit_holds_across_three_proxies_within_five_percent() {
         })
         .await;
     }
+}
+
+/// Quota leases (issue 25): two proxies spend slices of the key's limits and budget without a
+/// round trip per request. Leased quota is charged in Redis when taken, so the limit is never
+/// exceeded; leases shrink near exhaustion, so a proxy refuses early by at most the unspent
+/// slices; and an idle lease goes back, after which Redis holds exactly what was used.
+#[tokio::test]
+async fn quota_leases_hold_the_limit_and_go_back_when_idle() {
+    let mut env = env("limits-lease", 2, &[]).await;
+    start_of_window(25).await;
+    let minute = switchyard_data_plane::policy::limits::now_ms() / 60_000;
+    let body = json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "lease me"}]});
+    let results = burst(&env.urls(), LEASED_KEY, body, 16, 1100).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count() as u64;
+    assert!(
+        results.iter().all(|r| r.0 == 200 || r.0 == 429),
+        "only 200s and 429s"
+    );
+    // 1% of 1,000 per lease, at most 1/4 of what is left: at the end each proxy holds at
+    // most a few unspent requests.
+    assert!(
+        (990..=1000).contains(&ok),
+        "a limit of 1000/min admitted {ok} across two leasing proxies"
+    );
+    let mut leased = 0.0;
+    for (_, _, admin) in &env.dps {
+        leased += metric(admin, "switchyard_limit_leased_total").await;
+    }
+    assert!(
+        leased >= ok as f64 / 2.0,
+        "most requests were admitted on leases: {leased} of {ok}"
+    );
+    let cost: u64 = results
+        .iter()
+        .filter(|r| r.0 == 200)
+        .map(|r| r.2["usage"]["total_tokens"].as_u64().expect("usage") * NANOS_PER_TOKEN)
+        .sum();
+    let rpm = format!("sy:{{k:default/leased}}:rpm:{minute}");
+    let par = "sy:{k:default/leased}:par";
+    let budget = switchyard_crds::spend::spend_key("default/leased", "all");
+    eventually(DEADLINE, "idle leases go back", || async {
+        let count = env.redis.query::<u64>(&["GET", &rpm]).unwrap_or(0);
+        let slots = env.redis.query::<u64>(&["ZCARD", par]).unwrap_or(u64::MAX);
+        let (s, r) = (
+            env.redis.hget_u64(&budget, "s"),
+            env.redis.hget_u64(&budget, "r"),
+        );
+        (count == ok && slots == 0 && s == cost && r == 0).then_some(())
+    })
+    .await;
+    for (_, _, admin) in &env.dps {
+        assert_eq!(metric(admin, "switchyard_limit_leases").await, 0.0);
+    }
+
+    // Budget leases taken on another key, then SIGTERM: each proxy gives its leases back and sends what it
+    // has queued before it exits, so Redis is exact at once, not a second later.
+    let results = burst(&env.urls(), BUDGET_ONLY_KEY, body2(), 4, 40).await;
+    assert!(results.iter().all(|r| r.0 == 200));
+    let cost2: u64 = results
+        .iter()
+        .map(|r| r.2["usage"]["total_tokens"].as_u64().expect("usage") * NANOS_PER_TOKEN)
+        .sum();
+    let budget2 = switchyard_crds::spend::spend_key("default/leased-budget", "all");
+    assert!(
+        env.redis.hget_u64(&budget2, "r") > 0,
+        "the proxies hold budget leases"
+    );
+    for (p, _, _) in &mut env.dps {
+        assert!(p.terminate(Duration::from_secs(10)), "clean exit");
+    }
+    assert_eq!(
+        env.redis.hget_u64(&budget2, "r"),
+        0,
+        "leases given back at exit"
+    );
+    assert_eq!(
+        env.redis.hget_u64(&budget2, "s"),
+        cost2,
+        "every request counted"
+    );
 }
 
 #[tokio::test]
@@ -655,7 +758,14 @@ async fn parallel_limit_counts_requests_in_flight_fleet_wide() {
 
 #[tokio::test]
 async fn redis_outage_fails_open_and_replays_settlements() {
-    let mut env = env("limits-outage", 2, &["--redis-timeout", "200ms"]).await;
+    // Exact mode: with leases, a proxy serves a busy key from quota it already holds in Redis
+    // and this test would not reach the local fallback it is about.
+    let mut env = env(
+        "limits-outage",
+        2,
+        &["--redis-timeout", "200ms", "--limit-lease-percent", "0"],
+    )
+    .await;
     let cfg = env.dir.join("config");
     let (mut closed, closed_api, closed_admin) = start_standalone(
         &cfg,

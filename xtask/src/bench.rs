@@ -59,6 +59,8 @@ pub(crate) enum Only {
     Tracing,
     /// c: streaming.
     Stream,
+    /// d: limits and a budget, in Redis and in memory.
+    Limits,
 }
 
 struct Proc(Child);
@@ -607,6 +609,33 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         streaming(opts, &direct, &gateway, &auth)?;
         return Ok(());
     }
+    // d. the same requests with limits and a budget, on gateways of their own (their config
+    // loads a BPE table; a-c and e keep measuring the plain path).
+    let scenario_d = if matches!(opts.only, None | Some(Only::Limits)) {
+        let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
+        match limits::run(
+            &bin,
+            &work,
+            &mock_url,
+            d,
+            &limited_body,
+            (direct_c1.p50_us, direct_c32),
+        )? {
+            Some(m) => {
+                for (scenario, r) in &m.rows {
+                    record("switchyard", scenario, r);
+                }
+                m.summary
+            }
+            None => "skipped: redis-server is not installed".to_owned(),
+        }
+    } else {
+        String::new()
+    };
+    if opts.only == Some(Only::Limits) {
+        println!("d: {scenario_d}");
+        return Ok(());
+    }
     if opts.only == Some(Only::Faults) {
         let m = faults::run(&bin, &work, d, &body)?;
         for (scenario, r) in &m.rows {
@@ -671,25 +700,6 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         vs_nginx = Some((added, gc1.p50_us / dc1.p50_us.max(1.0), ratio));
     }
 
-    // d. the same requests with limits and a budget, on gateways of their own (their config
-    // loads a BPE table; a-c and e keep measuring the plain path).
-    let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
-    let scenario_d = match limits::run(
-        &bin,
-        &work,
-        &mock_url,
-        d,
-        &limited_body,
-        (direct_c1.p50_us, direct_c32),
-    )? {
-        Some(m) => {
-            for (scenario, r) in &m.rows {
-                record("switchyard", scenario, r);
-            }
-            m.summary
-        }
-        None => "skipped: redis-server is not installed".to_owned(),
-    };
     println!("d: {scenario_d}");
 
     // g. one of two endpoints failing 30% of its requests.

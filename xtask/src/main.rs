@@ -67,6 +67,10 @@ enum Cmd {
         /// between chunks, direct and through the gateway), printed; docs/ is left alone.
         #[arg(long)]
         stream_only: bool,
+        /// Only scenarios a, b and d (RPM, TPM and parallel limits with a budget, counted in
+        /// Redis and in memory: c=1 and c=32), printed; docs/ is left alone.
+        #[arg(long)]
+        limits_only: bool,
         /// Use the binaries in DIR instead of building them (to compare two trees' builds
         /// in one session, run after run).
         #[arg(long, value_name = "DIR")]
@@ -122,6 +126,7 @@ fn main() -> Result<()> {
             cache_only,
             tracing_only,
             stream_only,
+            limits_only,
             bin_dir,
         } => bench::run(
             &root(),
@@ -138,6 +143,7 @@ fn main() -> Result<()> {
                     (cache_only, bench::Only::Cache),
                     (tracing_only, bench::Only::Tracing),
                     (stream_only, bench::Only::Stream),
+                    (limits_only, bench::Only::Limits),
                 ]
                 .into_iter()
                 .find_map(|(on, only)| on.then_some(only)),

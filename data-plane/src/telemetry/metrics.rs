@@ -198,6 +198,8 @@ pub struct Metrics {
     pub limit_fallbacks: Family<ResultLabels, Counter>,
     pub limit_pending_settlements: Gauge,
     pub limit_check_duration: Histogram,
+    pub limit_leased: Counter,
+    pub limit_leases: Gauge,
     pub fleet_size: Gauge,
     pub backend_requests: Family<BackendLabels, Counter>,
     pub endpoint_ejections: Family<BackendLabels, Counter>,
@@ -330,6 +332,8 @@ impl Metrics {
         let limit_fallbacks = Family::<ResultLabels, Counter>::default();
         let limit_pending_settlements = Gauge::default();
         let limit_check_duration = hist();
+        let limit_leased = Counter::default();
+        let limit_leases = Gauge::default();
         let fleet_size = Gauge::default();
         reg.register(
             "limit_rejections",
@@ -365,6 +369,16 @@ impl Metrics {
             "limit_check_duration_seconds",
             "Time of one admission check against the limit store",
             limit_check_duration.clone(),
+        );
+        reg.register(
+            "limit_leased",
+            "Requests admitted on this proxy's quota leases alone, without a limit-store round trip",
+            limit_leased.clone(),
+        );
+        reg.register(
+            "limit_leases",
+            "Quota leases this proxy holds (slices of shared limits and budgets it spends locally)",
+            limit_leases.clone(),
         );
         reg.register(
             "fleet_size",
@@ -588,6 +602,8 @@ impl Metrics {
             limit_fallbacks,
             limit_pending_settlements,
             limit_check_duration,
+            limit_leased,
+            limit_leases,
             fleet_size,
             requests,
             request_duration,

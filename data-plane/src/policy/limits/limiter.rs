@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use switchyard_crds::spend;
 
+use super::lease::Leases;
 use super::memory::MemoryStore;
 use super::pending::Pending;
 use super::store::{
-    self, AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest,
+    self, AdmitReply, AdmitRequest, CheckKind, LeaseAsk, LimitStore, SettleOp, SettleRequest,
 };
 use super::{Meta, Plan, RateHeaders, Scope, What, budget_ttl_ms, duration_text, now_ms};
 use crate::error::{ErrorKind, ProxyError};
@@ -60,16 +61,22 @@ pub struct Limiter {
     budget_seen: Mutex<HashMap<String, u64>>,
     /// Settlements for the shared store, sent in batches by one task.
     settle_tx: Option<tokio::sync::mpsc::UnboundedSender<SettleRequest>>,
+    /// Settlements handed to the settler and not yet sent (or kept for a replay).
+    queued: AtomicU64,
+    /// Slices of shared limits this proxy spends locally (a shared store, leasing on).
+    leases: Option<Leases>,
     metrics: Arc<Metrics>,
 }
 
 impl Limiter {
-    /// A limiter over `primary`. For a shared store, starts the fleet heartbeat.
+    /// A limiter over `primary`. For a shared store, starts the fleet heartbeat, and with a
+    /// `lease_percent` above 0 leases quota (see `lease.rs`).
     pub fn new(
         primary: Arc<dyn LimitStore>,
         mode: FailMode,
         node: String,
         fleet_size: u64,
+        lease_percent: u64,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         metrics.limit_store_up.set(1);
@@ -94,10 +101,15 @@ impl Limiter {
             flushing: AtomicBool::new(false),
             budget_seen: Mutex::new(HashMap::new()),
             settle_tx,
+            queued: AtomicU64::new(0),
+            leases: (shared && lease_percent > 0).then(|| Leases::new(lease_percent, &node)),
             metrics,
         });
         if shared {
             tokio::spawn(heartbeat(Arc::downgrade(&l)));
+        }
+        if l.leases.is_some() {
+            tokio::spawn(sweeper(Arc::downgrade(&l)));
         }
         if let Some(rx) = settle_rx {
             tokio::spawn(settler(Arc::downgrade(&l), rx));
@@ -112,6 +124,7 @@ impl Limiter {
             FailMode::Open,
             "local".into(),
             1,
+            0,
             metrics,
         )
     }
@@ -126,18 +139,46 @@ impl Limiter {
         let now = now_ms();
         let member = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
         // The checks move into the request; the plan keeps what describes them.
-        let req = AdmitRequest {
+        let mut req = AdmitRequest {
             now_ms: now,
             member,
             groups: std::mem::take(&mut plan.groups),
         };
+        // Leases pay first: for all of a request, or for part of it with the store checking
+        // the rest.
+        let mut leased_used = None;
+        if let Some(leases) = &self.leases {
+            let taken = leases.take(&mut req.groups, now, self.fleet.load(Ordering::Relaxed));
+            if !taken.asks.is_empty() {
+                self.refill(taken.asks);
+            }
+            if taken.covered {
+                self.metrics.limit_leased.inc();
+                let reply = AdmitReply::Admitted(taken.used);
+                return self.decide(plan, req, reply, Via::Shared, now);
+            }
+            leased_used = Some(taken.used);
+        }
         if self.is_up() {
             let started = Instant::now();
             match self.primary.admit(&req).await {
-                Ok(reply) => {
+                Ok(mut reply) => {
                     self.metrics
                         .limit_check_duration
                         .observe(started.elapsed().as_secs_f64());
+                    if let (AdmitReply::Admitted(used), Some(est)) = (&mut reply, &leased_used) {
+                        // The store skipped what a lease paid for whole: report the lease's view.
+                        for ((u, e), c) in used
+                            .iter_mut()
+                            .flatten()
+                            .zip(est.iter().flatten())
+                            .zip(req.groups.iter().flatten())
+                        {
+                            if c.covered() {
+                                *u = *e;
+                            }
+                        }
+                    }
                     return self.decide(plan, req, reply, Via::Shared, now);
                 }
                 Err(e) => self.store_failed("admit", &e),
@@ -248,6 +289,9 @@ impl Limiter {
                 })
             }
             AdmitReply::Denied { group, check, used } => {
+                if let Some(leases) = &self.leases {
+                    leases.give_back(&req.groups);
+                }
                 let m = plan
                     .meta
                     .get(group)
@@ -364,6 +408,8 @@ impl Limiter {
         let actual_tokens = usage.total();
         let cost = plan.price.cost_nanos(&usage);
         let mut groups = Vec::with_capacity(s.req.groups.len());
+        // Via::Local: the spend the shared store must hear of once it is back.
+        let mut shared_spend = Vec::new();
         for (group, meta) in s.req.groups.iter().zip(&plan.meta) {
             let mut ops = Vec::new();
             for (c, m) in group.iter().zip(meta) {
@@ -378,18 +424,34 @@ impl Limiter {
                             });
                         }
                     }
-                    What::Parallel => ops.push(SettleOp::Release { key: c.key.clone() }),
+                    What::Parallel => match (&self.leases, c.leased) {
+                        (Some(leases), Some(_)) => leases.release_slot(&c.key),
+                        _ => ops.push(SettleOp::Release { key: c.key.clone() }),
+                    },
                     What::Budget => {
                         let ttl_ms = plan
                             .budget
                             .as_ref()
                             .map_or(0, |(_, p)| budget_ttl_ms(p, (now_ms() / 1000) as i64));
+                        // Decided locally, the shared store holds only what a lease paid.
+                        let (reserved, shared) = match s.via {
+                            Via::Shared => (c.cost, c.cost),
+                            Via::Local => (c.charge(), c.cost - c.charge()),
+                        };
                         ops.push(SettleOp::Spend {
                             key: c.key.clone(),
-                            reserved: c.cost,
+                            reserved,
                             spent: cost,
                             ttl_ms,
                         });
+                        if s.via == Via::Local {
+                            shared_spend.push(SettleOp::Spend {
+                                key: c.key.clone(),
+                                reserved: shared,
+                                spent: cost,
+                                ttl_ms,
+                            });
+                        }
                     }
                 }
             }
@@ -406,45 +468,94 @@ impl Limiter {
         match s.via {
             Via::Local => {
                 self.local.settle_now(&req, now_ms());
-                // Spend made while Redis was away still counts once it is back (nothing was
-                // reserved there).
-                let spend_only: Vec<SettleOp> = req
-                    .groups
-                    .iter()
-                    .flatten()
-                    .filter_map(|op| match op {
-                        SettleOp::Spend {
-                            key, spent, ttl_ms, ..
-                        } => Some(SettleOp::Spend {
-                            key: key.clone(),
-                            reserved: 0,
-                            spent: *spent,
-                            ttl_ms: *ttl_ms,
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                if self.primary.shared() && !spend_only.is_empty() {
+                // Spend made while Redis was away still counts once it is back (only what a
+                // lease paid was reserved there).
+                if self.primary.shared() && !shared_spend.is_empty() {
                     self.enqueue(SettleRequest {
                         member: req.member,
-                        groups: vec![spend_only],
+                        groups: vec![shared_spend],
                     });
                 }
             }
-            Via::Shared => match &self.settle_tx {
-                Some(tx) => {
-                    if let Err(e) = tx.send(req) {
-                        // The settler is gone (shutting down): keep it for a replay.
-                        self.enqueue(e.0);
-                    }
+            Via::Shared => self.to_store(req),
+        }
+    }
+
+    /// Sends a settlement to the primary store: batched by the settler for a shared one.
+    fn to_store(self: &Arc<Self>, req: SettleRequest) {
+        match &self.settle_tx {
+            Some(tx) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                if let Err(e) = tx.send(req) {
+                    // The settler is gone (shutting down): keep it for a replay.
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.enqueue(e.0);
                 }
-                // A process-local primary answers at once (`shared()` is false).
-                None => match self.primary.settle(&req).now_or_never() {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "settlement failed"),
-                    None => tracing::error!("a local limit store did not settle at once"),
-                },
+            }
+            // A process-local primary answers at once (`shared()` is false).
+            None => match self.primary.settle(&req).now_or_never() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "settlement failed"),
+                None => tracing::error!("a local limit store did not settle at once"),
             },
+        }
+    }
+
+    /// Refills leases in the background.
+    fn refill(self: &Arc<Self>, asks: Vec<LeaseAsk>) {
+        let Some(leases) = &self.leases else { return };
+        if !self.is_up() {
+            leases.granted(asks, None, now_ms());
+            return;
+        }
+        let l = self.clone();
+        tokio::spawn(async move {
+            let now = now_ms();
+            let grants = match l.primary.lease(now, &asks).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    l.store_failed("lease", &e);
+                    None
+                }
+            };
+            if let Some(leases) = &l.leases {
+                leases.granted(asks, grants, now);
+                l.metrics.limit_leases.set(leases.len() as i64);
+            }
+        });
+    }
+
+    /// Gives back leases that ended or sat idle (`all`: every one) and keeps leased
+    /// parallel slots alive.
+    async fn sweep_leases(self: &Arc<Self>, all: bool) {
+        let Some(leases) = &self.leases else { return };
+        let swept = leases.sweep(now_ms(), all);
+        self.metrics.limit_leases.set(leases.len() as i64);
+        for (key, slots, expires_ms) in &swept.refresh {
+            if let Err(e) = self.primary.refresh_slots(key, slots, *expires_ms).await {
+                self.store_failed("lease", &e);
+            }
+        }
+        swept.returns.into_iter().for_each(|r| self.to_store(r));
+    }
+
+    /// At exit: gives every lease back and waits (a few store timeouts at most) until the
+    /// settler has sent what is queued, so requests served just before the exit count.
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.sweep_leases(true).await;
+        if self.settle_tx.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.queued.load(Ordering::Acquire) > 0 && self.is_up() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = self.queued.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                settlements = left,
+                "exiting with settlements the limit store has not received"
+            );
         }
     }
 }
@@ -537,18 +648,32 @@ async fn recover(l: Arc<Limiter>) {
 }
 
 /// Sends settlements to the shared store: whatever queued up while the previous batch was in
-/// flight goes in one pipeline. While the store is away they wait in the replay queue.
+/// flight, or within a couple of milliseconds of the first, goes in one pipeline. While the store is away they wait in the replay queue.
 async fn settler(
     l: std::sync::Weak<Limiter>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<SettleRequest>,
 ) {
     const MAX_BATCH: usize = 256;
+    // A moment for other requests' settlements to join the first: at moderate load many
+    // settle in one round trip instead of one each (under heavy load batches fill anyway).
+    const LINGER: Duration = Duration::from_millis(2);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut seq = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
         let Some(l) = l.upgrade() else { return };
+        let n = batch.len() as u64;
         if !l.is_up() {
             batch.drain(..).for_each(|r| l.enqueue(r));
+            l.queued.fetch_sub(n, Ordering::AcqRel);
             continue;
         }
         // Numbered, so that a batch whose answer is lost is neither lost nor counted twice.
@@ -564,6 +689,15 @@ async fn settler(
             l.store_failed("settle", &e);
         }
         batch.clear();
+        l.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+async fn sweeper(l: std::sync::Weak<Limiter>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(l) = l.upgrade() else { return };
+        l.sweep_leases(false).await;
     }
 }
 

@@ -106,9 +106,14 @@ impl MemoryStore {
         for (gi, group) in req.groups.iter().enumerate() {
             let mut g = Vec::with_capacity(group.len());
             for (ci, c) in group.iter().enumerate() {
+                if c.covered() {
+                    // Paid by this proxy's lease on the shared store: nothing to count here.
+                    g.push(0);
+                    continue;
+                }
                 let u = st.used(&c.key, c.kind, now);
                 let denied = match c.kind {
-                    CheckKind::Window => u.saturating_add(c.cost) > c.limit,
+                    CheckKind::Window => u.saturating_add(c.charge()) > c.limit,
                     CheckKind::Parallel => u >= c.limit,
                     CheckKind::Budget => u >= c.limit,
                     CheckKind::BudgetAlert => false,
@@ -126,7 +131,11 @@ impl MemoryStore {
         }
         for (group, g) in req.groups.iter().zip(used.iter_mut()) {
             for (c, u) in group.iter().zip(g.iter_mut()) {
+                if c.covered() {
+                    continue;
+                }
                 let exp = expiry(now, c.ttl_ms);
+                let charge = c.charge();
                 match c.kind {
                     CheckKind::Window => {
                         let slot = st.slots.entry(c.key.clone()).or_insert(Slot::Counter {
@@ -135,16 +144,16 @@ impl MemoryStore {
                         });
                         match slot {
                             Slot::Counter { value, expires_ms } if *expires_ms > now => {
-                                *value = value.saturating_add(c.cost as i64);
+                                *value = value.saturating_add(charge as i64);
                             }
                             other => {
                                 *other = Slot::Counter {
-                                    value: c.cost as i64,
+                                    value: charge as i64,
                                     expires_ms: exp,
                                 }
                             }
                         }
-                        *u = u.saturating_add(c.cost);
+                        *u = u.saturating_add(charge);
                     }
                     CheckKind::Parallel => {
                         let slot = st
@@ -171,18 +180,18 @@ impl MemoryStore {
                                 expires_ms,
                                 ..
                             } if *expires_ms > now => {
-                                *reserved = reserved.saturating_add(c.cost);
+                                *reserved = reserved.saturating_add(charge);
                                 *expires_ms = exp;
                             }
                             other => {
                                 *other = Slot::Budget {
                                     spent: 0,
-                                    reserved: c.cost,
+                                    reserved: charge,
                                     expires_ms: exp,
                                 }
                             }
                         }
-                        *u = u.saturating_add(c.cost);
+                        *u = u.saturating_add(charge);
                     }
                 }
             }

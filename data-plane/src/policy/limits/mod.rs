@@ -11,10 +11,14 @@
 //! - A budget admits while `spent + reserved < amount`; each request reserves its estimated
 //!   cost and settles it with the actual cost, so overspend is bounded by the requests in
 //!   flight whatever the number of proxies.
+//! - With a shared store, a proxy leases slices of busy counters and spends them without a
+//!   round trip (`lease.rs`): leased quota is charged when taken, so limits hold; a proxy may
+//!   refuse early while others hold unspent slices.
 //! - When the shared store (Redis) is unreachable the configured mode decides: fail open onto
 //!   local limits divided by the last known fleet size, or fail closed (503). Settlements that
 //!   could not reach Redis are summed per counter and replayed, once, when it answers again.
 
+mod lease;
 mod limiter;
 pub mod memory;
 mod pending;
@@ -177,6 +181,7 @@ fn limit_checks(
             limit: l.rpm,
             cost: 1,
             ttl_ms: c.window_ttl_ms,
+            leased: None,
         });
         meta.push(Meta {
             scope,
@@ -191,6 +196,7 @@ fn limit_checks(
             limit: l.tpm,
             cost: c.est_tokens,
             ttl_ms: c.window_ttl_ms,
+            leased: None,
         });
         meta.push(Meta {
             scope,
@@ -205,6 +211,7 @@ fn limit_checks(
             limit: l.parallel,
             cost: 1,
             ttl_ms: c.lease_ms,
+            leased: None,
         });
         meta.push(Meta {
             scope,
@@ -268,6 +275,7 @@ pub fn plan(s: &Subject<'_>, now_ms: u64, estimate: impl FnOnce() -> Estimate) -
             limit: b.amount_nanos,
             cost: s.price.cost_nanos(&Usage::new(est.input, est.output)),
             ttl_ms: budget_ttl_ms(p, now_s),
+            leased: None,
         });
         km.push(Meta {
             scope: Scope::Key,

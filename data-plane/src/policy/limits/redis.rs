@@ -14,12 +14,14 @@ use redis::{Pipeline, Script, Value};
 use crate::redis_link::{ClusterLink, Conn, Link};
 
 use super::store::{
-    AdmitReply, AdmitRequest, CheckKind, LimitStore, SettleOp, SettleRequest, StoreError,
+    AdmitReply, AdmitRequest, CheckKind, LeaseAsk, LeaseGrant, LimitStore, SettleOp, SettleRequest,
+    StoreError,
 };
 
 /// KEYS: one per check. ARGV[1] = now (ms), ARGV[2] = request id, then four per check:
-/// kind (`w` window, `p` parallel, `b` budget, `a` alert-only budget), limit, cost (for `p`:
-/// the lease's expiry in ms), ttl in ms (0 = none).
+/// kind (`w` window, `p` parallel, `b` budget, `a` alert-only budget, `l` paid by the proxy's
+/// lease: neither checked nor charged), limit, cost (for `p`: the lease's expiry in ms), ttl
+/// in ms (0 = none).
 /// Returns `{1, used...}` when admitted (everything charged), `{0, index, used}` when not
 /// (nothing charged). Amounts travel as strings so Lua's doubles never format them.
 const ADMIT: &str = r"
@@ -29,7 +31,9 @@ for i = 1, #KEYS do
   local b = 2 + (i - 1) * 4
   local kind, limit, cost = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local u
-  if kind == 'w' then
+  if kind == 'l' then
+    u = 0
+  elseif kind == 'w' then
     u = tonumber(redis.call('GET', KEYS[i]) or '0')
     if u + cost > limit then return {0, i, u} end
   elseif kind == 'p' then
@@ -47,7 +51,9 @@ local out = {1}
 for i = 1, #KEYS do
   local b = 2 + (i - 1) * 4
   local kind, cost, ttl = ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
-  if kind == 'w' then
+  if kind == 'l' then
+    out[i + 1] = 0
+  elseif kind == 'w' then
     local v = redis.call('INCRBY', KEYS[i], cost)
     if v == tonumber(cost) then redis.call('PEXPIRE', KEYS[i], ttl) end
     out[i + 1] = v
@@ -62,6 +68,43 @@ for i = 1, #KEYS do
   end
 end
 return out
+";
+
+/// A lease (see `lease.rs`). KEYS[1] = the counter; ARGV = kind (`w`, `p`, `b`, `a` as in
+/// ADMIT), limit, want, share, ttl in ms, now in ms, then for `p` the names of up to `want`
+/// slots. Grants the smaller of `want` and `1/share` of what is left, charges it like a
+/// request would, and returns `{granted, used after}`. Amounts are formatted as integers
+/// (`%.0f`): Lua's default would write large ones with an exponent.
+const LEASE: &str = r"
+local kind, limit, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local share, ttl, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local u
+if kind == 'w' then
+  u = tonumber(redis.call('GET', KEYS[1]) or '0')
+elseif kind == 'p' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  u = redis.call('ZCARD', KEYS[1])
+else
+  local v = redis.call('HMGET', KEYS[1], 's', 'r')
+  u = tonumber(v[1] or '0') + tonumber(v[2] or '0')
+end
+local g = 0
+if limit > u then g = math.min(want, math.floor((limit - u) / share)) end
+if g <= 0 then return {0, u} end
+local gs = string.format('%.0f', g)
+if kind == 'w' then
+  local v = redis.call('INCRBY', KEYS[1], gs)
+  if v == g then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+elseif kind == 'p' then
+  g = math.min(g, #ARGV - 6)
+  local expiry = string.format('%.0f', now + ttl)
+  for i = 1, g do redis.call('ZADD', KEYS[1], expiry, ARGV[6 + i]) end
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+else
+  redis.call('HINCRBY', KEYS[1], 'r', gs)
+  if ttl > 0 and redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+end
+return {g, u + g}
 ";
 
 /// The Lua function both settlement scripts apply an operation with: `kind` is `a` (add
@@ -137,6 +180,7 @@ pub struct RedisStore {
     admit: Script,
     settle: Script,
     replay: Script,
+    lease: Script,
     timeout: Duration,
 }
 
@@ -196,6 +240,7 @@ impl RedisStore {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             replay: Script::new(REPLAY),
+            lease: Script::new(LEASE),
             timeout,
         }
     }
@@ -217,7 +262,7 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
-        for script in [ADMIT, SETTLE, REPLAY] {
+        for script in [ADMIT, SETTLE, REPLAY, LEASE] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(script);
         }
         self.send(&pipe).await.map(drop)
@@ -400,10 +445,11 @@ impl LimitStore for RedisStore {
                         cmd.arg(&now).arg(&req.member);
                         for c in group {
                             let (kind, cost) = match c.kind {
-                                CheckKind::Window => ("w", c.cost),
+                                _ if c.covered() => ("l", 0),
+                                CheckKind::Window => ("w", c.charge()),
                                 CheckKind::Parallel => ("p", req.now_ms.saturating_add(c.ttl_ms)),
-                                CheckKind::Budget => ("b", c.cost),
-                                CheckKind::BudgetAlert => ("a", c.cost),
+                                CheckKind::Budget => ("b", c.charge()),
+                                CheckKind::BudgetAlert => ("a", c.charge()),
                             };
                             cmd.arg(kind).arg(c.limit).arg(cost).arg(c.ttl_ms);
                         }
@@ -501,6 +547,77 @@ impl LimitStore for RedisStore {
         .boxed()
     }
 
+    fn lease<'a>(
+        &'a self,
+        now_ms: u64,
+        asks: &'a [LeaseAsk],
+    ) -> BoxFuture<'a, Result<Vec<LeaseGrant>, StoreError>> {
+        async move {
+            let replies = self
+                .run(|pipe| {
+                    for a in asks {
+                        let kind = match a.kind {
+                            CheckKind::Window => "w",
+                            CheckKind::Parallel => "p",
+                            CheckKind::Budget => "b",
+                            CheckKind::BudgetAlert => "a",
+                        };
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(self.lease.get_hash())
+                            .arg(1)
+                            .arg(&a.key)
+                            .arg(kind)
+                            .arg(a.limit)
+                            .arg(a.want)
+                            .arg(a.share.max(1))
+                            .arg(a.ttl_ms)
+                            .arg(now_ms);
+                        for slot in &a.slots {
+                            cmd.arg(slot);
+                        }
+                        pipe.add_command(cmd);
+                    }
+                })
+                .await?;
+            replies
+                .iter()
+                .map(|r| match r {
+                    Value::Array(v) => {
+                        match (v.first().and_then(as_i64), v.get(1).and_then(as_i64)) {
+                            (Some(g), Some(u)) => Ok(LeaseGrant {
+                                granted: g.max(0) as u64,
+                                used: u.max(0) as u64,
+                            }),
+                            _ => Err(StoreError("unexpected reply from the lease script".into())),
+                        }
+                    }
+                    _ => Err(StoreError("unexpected reply from the lease script".into())),
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn refresh_slots<'a>(
+        &'a self,
+        key: &'a str,
+        slots: &'a [String],
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if slots.is_empty() {
+                return Ok(());
+            }
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(key).arg("XX");
+            for s in slots {
+                cmd.arg(expires_ms).arg(s);
+            }
+            self.one::<i64>(cmd).await.map(drop)
+        }
+        .boxed()
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.ping_now().boxed()
     }
@@ -536,16 +653,18 @@ fn undo_of(req: &AdmitRequest, used: &[Vec<u64>]) -> SettleRequest {
         .zip(used)
         .filter(|(_, u)| !u.is_empty())
         .map(|(g, _)| {
+            // What a lease paid is given back to the lease by the limiter.
             g.iter()
+                .filter(|c| !c.covered())
                 .map(|c| match c.kind {
                     CheckKind::Window => SettleOp::Adjust {
                         key: c.key.clone(),
-                        delta: -(c.cost as i64),
+                        delta: -(c.charge() as i64),
                     },
                     CheckKind::Parallel => SettleOp::Release { key: c.key.clone() },
                     CheckKind::Budget | CheckKind::BudgetAlert => SettleOp::Spend {
                         key: c.key.clone(),
-                        reserved: c.cost,
+                        reserved: c.charge(),
                         spent: 0,
                         ttl_ms: 0,
                     },

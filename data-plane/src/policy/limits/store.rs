@@ -27,6 +27,21 @@ pub struct Check {
     pub cost: u64,
     /// How long the counter (or lease) lives; 0 = forever.
     pub ttl_ms: u64,
+    /// How much of `cost` this proxy's lease on the counter paid for (see `lease.rs`): the
+    /// store charges only the rest, and skips the check when the lease paid all of it.
+    pub leased: Option<u64>,
+}
+
+impl Check {
+    /// What the store charges: the cost less what a lease paid.
+    pub fn charge(&self) -> u64 {
+        self.cost - self.leased.unwrap_or(0).min(self.cost)
+    }
+
+    /// Whether a lease paid for the whole check (the store neither checks nor charges it).
+    pub fn covered(&self) -> bool {
+        self.leased.is_some_and(|l| l >= self.cost)
+    }
 }
 
 /// Checks that are decided together, atomically. Every key of a group shares a hash tag, so
@@ -80,6 +95,33 @@ pub struct SettleRequest {
     pub groups: Vec<Vec<SettleOp>>,
 }
 
+/// A request for a lease: a slice of a counter's remaining quota, charged in the store now
+/// and spent by this proxy without asking again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub key: String,
+    /// `Window`, `Budget`/`BudgetAlert` or `Parallel`.
+    pub kind: CheckKind,
+    pub limit: u64,
+    /// The most to take.
+    pub want: u64,
+    /// Take at most `1/share` of what is left (leases shrink as the limit nears exhaustion).
+    pub share: u64,
+    /// Window counters: the window's ttl; budgets: the hash's ttl for a new period (0 =
+    /// none); parallel: how long the leased slots live unless refreshed.
+    pub ttl_ms: u64,
+    /// Parallel: the names of the slots to add (at least `want`).
+    pub slots: Vec<String>,
+}
+
+/// What a lease request got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub granted: u64,
+    /// The counter's usage after the grant.
+    pub used: u64,
+}
+
 /// The store could not answer (Redis unreachable, timed out, or replied with garbage).
 #[derive(Debug, thiserror::Error)]
 #[error("limit store: {0}")]
@@ -131,6 +173,24 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug + 'static {
         reqs: &'a [SettleRequest],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.settle_batch(reqs)
+    }
+    /// Takes leases, each at most its ask's `want` and `1/share` of what is left (none when
+    /// nothing is left). A store that is not shared grants nothing.
+    fn lease<'a>(
+        &'a self,
+        _now_ms: u64,
+        asks: &'a [LeaseAsk],
+    ) -> BoxFuture<'a, Result<Vec<LeaseGrant>, StoreError>> {
+        std::future::ready(Ok(vec![LeaseGrant::default(); asks.len()])).boxed()
+    }
+    /// Keeps leased parallel slots alive until `expires_ms`.
+    fn refresh_slots<'a>(
+        &'a self,
+        _key: &'a str,
+        _slots: &'a [String],
+        _expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        std::future::ready(Ok(())).boxed()
     }
     /// Spent and reserved nano-dollars in a budget hash (for status and tests).
     fn budget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(u64, u64), StoreError>>;
