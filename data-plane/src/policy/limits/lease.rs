@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::store::{CheckKind, Group, LeaseAsk, LeaseGrant, SettleOp, SettleRequest};
 
@@ -83,8 +83,57 @@ pub(super) struct Swept {
 pub(super) struct Leases {
     map: Mutex<HashMap<String, Lease>>,
     percent: u64,
-    node: String,
+    /// Names this process's slots: the node and a random part, so a restarted proxy never
+    /// reuses a live slot's name.
+    slot_prefix: String,
     slot_seq: AtomicU64,
+    /// Shutting down: no new leases.
+    closed: AtomicBool,
+}
+
+/// What a request took from a lease: counter key, kind, amount.
+pub(super) type Paid = (String, CheckKind, u64);
+
+/// The settlements that give `amount` of a lease back to the store (parallel: the slots).
+fn unspent(
+    kind: CheckKind,
+    key: &str,
+    amount: u64,
+    slots: impl Iterator<Item = String>,
+) -> Vec<SettleRequest> {
+    let one = |member: String, op| SettleRequest {
+        member,
+        groups: vec![vec![op]],
+    };
+    match kind {
+        CheckKind::Window if amount > 0 => vec![one(
+            String::new(),
+            SettleOp::Adjust {
+                key: key.to_owned(),
+                delta: -(amount.min(i64::MAX as u64) as i64),
+            },
+        )],
+        CheckKind::Budget | CheckKind::BudgetAlert if amount > 0 => vec![one(
+            String::new(),
+            SettleOp::Spend {
+                key: key.to_owned(),
+                reserved: amount,
+                spent: 0,
+                ttl_ms: 0,
+            },
+        )],
+        CheckKind::Parallel => slots
+            .map(|slot| {
+                one(
+                    slot,
+                    SettleOp::Release {
+                        key: key.to_owned(),
+                    },
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl Leases {
@@ -92,9 +141,15 @@ impl Leases {
         Self {
             map: Mutex::new(HashMap::new()),
             percent: percent.min(100),
-            node: node.to_owned(),
+            slot_prefix: format!("{node}:{:08x}", fastrand::u32(..)),
             slot_seq: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Stops new leases (at shutdown).
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
@@ -129,13 +184,14 @@ impl Leases {
                 let lease = map.get_mut(&c.key).filter(|l| l.ends_ms > now_ms);
                 if let Some(l) = lease {
                     l.touched_ms = now_ms;
+                    let free = cost == 0 && l.left > 0;
                     let paid = if c.kind == CheckKind::Parallel {
                         u64::from(l.left > 0)
                     } else {
                         l.left.min(cost)
                     };
                     l.left -= paid;
-                    if paid > 0 || cost == 0 {
+                    if paid > 0 || free {
                         c.leased = Some(paid);
                     }
                     seen = l.used_seen.saturating_sub(l.left);
@@ -143,7 +199,10 @@ impl Leases {
                         l.refilling = true;
                         asks.push(self.ask(c.kind, &c.key, c.limit, l.want, c.ttl_ms, fleet));
                     }
-                } else if let Some(want) = self.size(c.kind, c.limit, cost) {
+                } else if let Some(want) = self
+                    .size(c.kind, c.limit, cost)
+                    .filter(|_| !self.closed.load(Ordering::Acquire))
+                {
                     let ends_ms = match c.kind {
                         CheckKind::Window => now_ms.saturating_add(c.ttl_ms).saturating_sub(60_000),
                         _ => u64::MAX,
@@ -190,7 +249,7 @@ impl Leases {
             CheckKind::Parallel => {
                 let first = self.slot_seq.fetch_add(want, Ordering::Relaxed);
                 let slots = (first..first + want)
-                    .map(|n| format!("{}:lease:{n}", self.node))
+                    .map(|n| format!("{}:lease:{n}", self.slot_prefix))
                     .collect();
                 (SLOT_TTL_MS, slots)
             }
@@ -207,14 +266,31 @@ impl Leases {
         }
     }
 
-    /// Gives back what a refused request took.
-    pub(super) fn give_back(&self, groups: &[Group]) {
+    /// What the checks of a request took from leases.
+    pub(super) fn paid(groups: &[Group]) -> Vec<Paid> {
+        groups
+            .iter()
+            .flatten()
+            .filter_map(|c| match c.leased {
+                Some(p) if p > 0 => Some((c.key.clone(), c.kind, p)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gives back what a request that was not admitted took. What belongs to a lease that
+    /// is gone meanwhile is returned for the store.
+    pub(super) fn give_back(&self, paid: &[Paid]) -> Vec<SettleRequest> {
         let mut map = self.lock();
-        for c in groups.iter().flatten() {
-            if let (Some(paid), Some(l)) = (c.leased, map.get_mut(&c.key)) {
-                l.left += paid;
+        let mut orphans = Vec::new();
+        for (key, kind, amount) in paid {
+            match map.get_mut(key) {
+                Some(l) => l.left += amount,
+                // A parallel lease is never swept with a slot in use.
+                None => orphans.extend(unspent(*kind, key, *amount, std::iter::empty())),
             }
         }
+        orphans
     }
 
     /// A request admitted on a leased parallel slot ended.
@@ -224,17 +300,23 @@ impl Leases {
         }
     }
 
-    /// Installs what the store granted for `asks` (`None`: it did not answer).
+    /// Installs what the store granted for `asks` (`None`: it did not answer). A grant for
+    /// a lease that is gone meanwhile (shutdown) is returned for the store.
     pub(super) fn granted(
         &self,
         asks: Vec<LeaseAsk>,
         grants: Option<Vec<LeaseGrant>>,
         now_ms: u64,
-    ) {
+    ) -> Vec<SettleRequest> {
         let mut map = self.lock();
+        let mut orphans = Vec::new();
         for (i, ask) in asks.into_iter().enumerate() {
             let g = grants.as_ref().and_then(|g| g.get(i)).copied();
             let Some(l) = map.get_mut(&ask.key) else {
+                if let Some(g) = g {
+                    let slots = ask.slots.into_iter().take(g.granted as usize);
+                    orphans.extend(unspent(ask.kind, &ask.key, g.granted, slots));
+                }
                 continue;
             };
             l.refilling = false;
@@ -246,10 +328,22 @@ impl Leases {
             l.left += g.granted;
             l.used_seen = g.used;
             if ask.kind == CheckKind::Parallel {
+                // The earliest expiry of the slots held decides when they are refreshed.
+                let expires = now_ms + ask.ttl_ms;
+                if l.slots.is_empty() || expires < l.slots_expire_ms {
+                    l.slots_expire_ms = expires;
+                }
                 l.slots
                     .extend(ask.slots.into_iter().take(g.granted as usize));
-                l.slots_expire_ms = now_ms + ask.ttl_ms;
             }
+        }
+        orphans
+    }
+
+    /// The slots of `key` listed in a refresh now live until `expires_ms`.
+    pub(super) fn refreshed(&self, key: &str, expires_ms: u64) {
+        if let Some(l) = self.lock().get_mut(key) {
+            l.slots_expire_ms = expires_ms;
         }
     }
 
@@ -260,55 +354,46 @@ impl Leases {
         let mut out = Swept::default();
         let mut map = self.lock();
         map.retain(|key, l| {
+            let held = l.slots.len() as u64;
+            let in_use = held - l.left.min(held);
+            if !all && held > 0 {
+                // Slots are refreshed until the store confirms (`refreshed`), so a failed
+                // refresh is tried again at the next sweep.
+                if l.slots_expire_ms.saturating_sub(now_ms) < SLOT_TTL_MS / 2 {
+                    out.refresh
+                        .push((key.clone(), l.slots.clone(), now_ms + SLOT_TTL_MS));
+                }
+                // A burst's refills are not kept after it: free slots beyond one and a half
+                // grants go back.
+                let keep = l.want + l.want / 2;
+                if l.left > keep {
+                    let surplus = (l.left - keep) as usize;
+                    l.left = keep;
+                    let cut = l.slots.len() - surplus;
+                    let slots = l.slots.drain(cut..);
+                    out.returns
+                        .extend(unspent(l.kind, key, surplus as u64, slots));
+                }
+            }
             if l.refilling && !all {
                 return true;
             }
             let ended = l.ends_ms <= now_ms;
-            let in_use = l.slots.len() as u64 - l.left.min(l.slots.len() as u64);
             let idle = now_ms.saturating_sub(l.touched_ms) >= IDLE_MS
                 && (l.kind != CheckKind::Parallel || in_use == 0);
             if !(all || ended || idle) {
-                if l.kind == CheckKind::Parallel
-                    && !l.slots.is_empty()
-                    && l.slots_expire_ms.saturating_sub(now_ms) < SLOT_TTL_MS / 2
-                {
-                    l.slots_expire_ms = now_ms + SLOT_TTL_MS;
-                    out.refresh
-                        .push((key.clone(), l.slots.clone(), l.slots_expire_ms));
-                }
                 return true;
             }
-            match l.kind {
-                CheckKind::Window if !ended && l.left > 0 => out.returns.push(SettleRequest {
-                    member: String::new(),
-                    groups: vec![vec![SettleOp::Adjust {
-                        key: key.clone(),
-                        delta: -(l.left as i64),
-                    }]],
-                }),
-                CheckKind::Budget | CheckKind::BudgetAlert if l.left > 0 => {
-                    out.returns.push(SettleRequest {
-                        member: String::new(),
-                        groups: vec![vec![SettleOp::Spend {
-                            key: key.clone(),
-                            reserved: l.left,
-                            spent: 0,
-                            ttl_ms: 0,
-                        }]],
-                    });
-                }
-                CheckKind::Parallel => {
-                    // Slots still in use at shutdown expire with their ttl.
-                    let free = l.slots.len().saturating_sub(in_use as usize);
-                    for slot in l.slots.drain(..free) {
-                        out.returns.push(SettleRequest {
-                            member: slot,
-                            groups: vec![vec![SettleOp::Release { key: key.clone() }]],
-                        });
-                    }
-                }
-                _ => {}
-            }
+            // A window that ended took its counter with it; slots still in use at shutdown
+            // expire with their ttl.
+            let amount = if l.kind == CheckKind::Window && ended {
+                0
+            } else {
+                l.left
+            };
+            let free = l.slots.len().saturating_sub(in_use as usize);
+            out.returns
+                .extend(unspent(l.kind, key, amount, l.slots.drain(..free)));
             false
         });
         out
@@ -317,6 +402,12 @@ impl Leases {
     /// Leases held (for the gauge).
     pub(super) fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// What is left of the lease on `key`.
+    #[cfg(test)]
+    pub(super) fn left(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|l| l.left)
     }
 }
 
@@ -332,6 +423,17 @@ mod tests {
             limit,
             cost,
             ttl_ms: 90_000,
+            leased: None,
+        }
+    }
+
+    fn parallel() -> Check {
+        Check {
+            key: "p".into(),
+            kind: CheckKind::Parallel,
+            limit: 1_000,
+            cost: 1,
+            ttl_ms: 120_000,
             leased: None,
         }
     }
@@ -390,7 +492,7 @@ mod tests {
         assert!(!t.covered && t.asks.is_empty());
         assert_eq!(g[0][0].leased, Some(100), "the last 100 pay part");
         assert_eq!(g[0][0].charge(), 200);
-        l.give_back(&g);
+        assert!(l.give_back(&Leases::paid(&g)).is_empty());
         assert!(take(100).0.covered, "what a refusal took is back");
         assert!(!take(1).0.covered, "and nothing more");
     }
@@ -438,20 +540,12 @@ mod tests {
     #[test]
     fn parallel_slots_are_held_while_in_use_and_refreshed() {
         let l = Leases::new(1, "n");
-        let par = || Check {
-            key: "p".into(),
-            kind: CheckKind::Parallel,
-            limit: 1_000,
-            cost: 1,
-            ttl_ms: 120_000,
-            leased: None,
-        };
-        let mut g = vec![vec![par()]];
+        let mut g = vec![vec![parallel()]];
         let t = l.take(&mut g, 0, 1);
         assert_eq!(t.asks[0].slots.len(), 10);
         assert_eq!(t.asks[0].ttl_ms, SLOT_TTL_MS);
         grant(&l, t.asks, 10);
-        let mut g = vec![vec![par()]];
+        let mut g = vec![vec![parallel()]];
         assert!(l.take(&mut g, 0, 1).covered);
         // In use: not returned however idle, but refreshed.
         let swept = l.sweep(20_000, false);
@@ -461,5 +555,52 @@ mod tests {
         l.release_slot("p");
         let swept = l.sweep(20_000, false);
         assert_eq!(swept.returns.len(), 10, "all ten slots go back");
+    }
+
+    #[test]
+    fn surplus_slots_and_late_grants_go_back() {
+        let l = Leases::new(1, "n");
+        let mut g = vec![vec![parallel()]];
+        let first = l.take(&mut g, 0, 1).asks;
+        grant(&l, first, 10);
+        // A burst: 8 in use, a refill lands, then the burst ends.
+        let mut refill = Vec::new();
+        for _ in 0..8 {
+            let t = l.take(&mut [vec![parallel()]], 0, 1);
+            assert!(t.covered);
+            refill.extend(t.asks);
+        }
+        assert_eq!(refill.len(), 1, "one refill below half");
+        grant(&l, refill, 10);
+        for _ in 0..8 {
+            l.release_slot("p");
+        }
+        let swept = l.sweep(100, false);
+        assert_eq!(swept.returns.len(), 5, "20 free, 15 kept");
+        // A grant that lands after its lease went (shutdown) is returned, not lost.
+        let mut g = vec![vec![window("w", 100_000, 10)]];
+        let asks = l.take(&mut g, 0, 1).asks;
+        l.close();
+        l.sweep(0, true);
+        let orphans = l.granted(
+            asks,
+            Some(vec![LeaseGrant {
+                granted: 1000,
+                used: 1000,
+            }]),
+            0,
+        );
+        assert_eq!(
+            orphans[0].groups[0][0],
+            SettleOp::Adjust {
+                key: "w".into(),
+                delta: -1000
+            }
+        );
+        let mut g = vec![vec![window("w2", 100_000, 10)]];
+        assert!(
+            l.take(&mut g, 0, 1).asks.is_empty(),
+            "closed: no new leases"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use switchyard_crds::spend;
 
-use super::lease::Leases;
+use super::lease::{Leases, Paid};
 use super::memory::MemoryStore;
 use super::pending::Pending;
 use super::store::{
@@ -129,6 +129,12 @@ impl Limiter {
         )
     }
 
+    /// What is left of this proxy's lease on `key`.
+    #[cfg(test)]
+    pub(super) fn lease_left(&self, key: &str) -> Option<u64> {
+        self.leases.as_ref().and_then(|l| l.left(key))
+    }
+
     /// Whether the shared store is answering.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -147,6 +153,12 @@ impl Limiter {
         // Leases pay first: for all of a request, or for part of it with the store checking
         // the rest.
         let mut leased_used = None;
+        // What leases paid goes back unless the request is admitted (refused, failed closed,
+        // or the caller went away while the store was asked).
+        let mut unspent = Unspent {
+            limiter: self,
+            paid: Vec::new(),
+        };
         if let Some(leases) = &self.leases {
             let taken = leases.take(&mut req.groups, now, self.fleet.load(Ordering::Relaxed));
             if !taken.asks.is_empty() {
@@ -158,6 +170,7 @@ impl Limiter {
                 return self.decide(plan, req, reply, Via::Shared, now);
             }
             leased_used = Some(taken.used);
+            unspent.paid = Leases::paid(&req.groups);
         }
         if self.is_up() {
             let started = Instant::now();
@@ -166,6 +179,7 @@ impl Limiter {
                     self.metrics
                         .limit_check_duration
                         .observe(started.elapsed().as_secs_f64());
+                    unspent.keep_if(&reply);
                     if let (AdmitReply::Admitted(used), Some(est)) = (&mut reply, &leased_used) {
                         // The store skipped what a lease paid for whole: report the lease's view.
                         for ((u, e), c) in used
@@ -202,6 +216,7 @@ impl Limiter {
                     .inc();
                 let local = self.scaled(req, &plan);
                 let reply = self.local.admit_now(&local);
+                unspent.keep_if(&reply);
                 self.decide(plan, local, reply, Via::Local, now)
             }
         }
@@ -289,9 +304,6 @@ impl Limiter {
                 })
             }
             AdmitReply::Denied { group, check, used } => {
-                if let Some(leases) = &self.leases {
-                    leases.give_back(&req.groups);
-                }
                 let m = plan
                     .meta
                     .get(group)
@@ -408,7 +420,8 @@ impl Limiter {
         let actual_tokens = usage.total();
         let cost = plan.price.cost_nanos(&usage);
         let mut groups = Vec::with_capacity(s.req.groups.len());
-        // Via::Local: the spend the shared store must hear of once it is back.
+        // Via::Local: the spend (and leased tokens' corrections) the shared store must hear
+        // of once it is back.
         let mut shared_spend = Vec::new();
         for (group, meta) in s.req.groups.iter().zip(&plan.meta) {
             let mut ops = Vec::new();
@@ -417,10 +430,22 @@ impl Limiter {
                     What::Requests => {}
                     What::Tokens => {
                         let delta = actual_tokens as i64 - plan.est_tokens() as i64;
-                        if delta != 0 {
+                        // Decided locally, memory counted only what no lease paid; a smaller
+                        // answer gives the rest back to the shared store.
+                        let local = match s.via {
+                            Via::Local => delta.max(-(c.charge() as i64)),
+                            Via::Shared => delta,
+                        };
+                        if local != 0 {
                             ops.push(SettleOp::Adjust {
                                 key: c.key.clone(),
-                                delta,
+                                delta: local,
+                            });
+                        }
+                        if delta != local {
+                            shared_spend.push(SettleOp::Adjust {
+                                key: c.key.clone(),
+                                delta: delta - local,
                             });
                         }
                     }
@@ -519,8 +544,9 @@ impl Limiter {
                 }
             };
             if let Some(leases) = &l.leases {
-                leases.granted(asks, grants, now);
+                let orphans = leases.granted(asks, grants, now);
                 l.metrics.limit_leases.set(leases.len() as i64);
+                orphans.into_iter().for_each(|r| l.to_store(r));
             }
         });
     }
@@ -532,8 +558,9 @@ impl Limiter {
         let swept = leases.sweep(now_ms(), all);
         self.metrics.limit_leases.set(leases.len() as i64);
         for (key, slots, expires_ms) in &swept.refresh {
-            if let Err(e) = self.primary.refresh_slots(key, slots, *expires_ms).await {
-                self.store_failed("lease", &e);
+            match self.primary.refresh_slots(key, slots, *expires_ms).await {
+                Ok(()) => leases.refreshed(key, *expires_ms),
+                Err(e) => self.store_failed("lease", &e),
             }
         }
         swept.returns.into_iter().for_each(|r| self.to_store(r));
@@ -542,6 +569,9 @@ impl Limiter {
     /// At exit: gives every lease back and waits (a few store timeouts at most) until the
     /// settler has sent what is queued, so requests served just before the exit count.
     pub async fn shutdown(self: &Arc<Self>) {
+        if let Some(leases) = &self.leases {
+            leases.close();
+        }
         self.sweep_leases(true).await;
         if self.settle_tx.is_none() {
             return;
@@ -717,6 +747,35 @@ async fn heartbeat(l: std::sync::Weak<Limiter>) {
             }
         }
         tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// What leases paid for a request still being decided: given back when dropped, unless the
+/// request was admitted.
+struct Unspent<'a> {
+    limiter: &'a Arc<Limiter>,
+    paid: Vec<Paid>,
+}
+
+impl Unspent<'_> {
+    /// An admitted request keeps what it took.
+    fn keep_if(&mut self, reply: &AdmitReply) {
+        if matches!(reply, AdmitReply::Admitted(_)) {
+            self.paid.clear();
+        }
+    }
+}
+
+impl Drop for Unspent<'_> {
+    fn drop(&mut self) {
+        if self.paid.is_empty() {
+            return;
+        }
+        if let Some(leases) = &self.limiter.leases {
+            for r in leases.give_back(&self.paid) {
+                self.limiter.to_store(r);
+            }
+        }
     }
 }
 

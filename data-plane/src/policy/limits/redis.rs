@@ -353,11 +353,17 @@ impl RedisStore {
     /// The replay script call for one operation of batch `batch`.
     fn replay_cmd(&self, batch: &str, member: &str, op: &SettleOp) -> redis::Cmd {
         let (key, kind, x, y, z) = op_args(op);
+        // Releases are one per lease on a key, each marked on its own; the other operations
+        // are summed per key.
+        let marker = match op {
+            SettleOp::Release { .. } => format!("{key}:replay:{batch}:{member}"),
+            _ => format!("{key}:replay:{batch}"),
+        };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.replay.get_hash())
             .arg(2)
             .arg(key)
-            .arg(format!("{key}:replay:{batch}"))
+            .arg(marker)
             .arg(member)
             .arg(kind)
             .arg(x)
@@ -608,12 +614,21 @@ impl LimitStore for RedisStore {
             if slots.is_empty() {
                 return Ok(());
             }
-            let mut cmd = redis::cmd("ZADD");
-            cmd.arg(key).arg("XX");
+            // The set's own expiry moves with its slots (requests that would extend it may
+            // all be paid by leases).
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(key).arg("XX");
             for s in slots {
-                cmd.arg(expires_ms).arg(s);
+                zadd.arg(expires_ms).arg(s);
             }
-            self.one::<i64>(cmd).await.map(drop)
+            let mut expire = redis::cmd("PEXPIREAT");
+            expire.arg(key).arg(expires_ms).arg("GT");
+            self.run(|pipe| {
+                pipe.add_command(zadd.clone());
+                pipe.add_command(expire.clone());
+            })
+            .await
+            .map(drop)
         }
         .boxed()
     }

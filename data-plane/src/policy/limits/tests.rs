@@ -1,4 +1,6 @@
 use super::*;
+use crate::error::ErrorKind;
+use crate::llm::Estimate;
 
 fn subject(key: Limits, route: Limits, budget: Option<BudgetSpec>) -> Subject<'static> {
     Subject {
@@ -127,4 +129,93 @@ fn costs_are_exact_in_nano_dollars() {
     };
     // 100k uncached at 0.15 + 600k read at 0.015 + 300k written at 0.1875 (per million).
     assert_eq!(c.cost_nanos(&cached), 15_000_000 + 9_000_000 + 56_250_000);
+}
+
+/// A shared store that grants every lease in full and fails every admission.
+#[derive(Debug)]
+struct LeasesOnly;
+
+impl store::LimitStore for LeasesOnly {
+    fn admit<'a>(
+        &'a self,
+        _req: &'a store::AdmitRequest,
+    ) -> futures_util::future::BoxFuture<'a, Result<store::AdmitReply, store::StoreError>> {
+        Box::pin(std::future::ready(Err(store::StoreError("down".into()))))
+    }
+    fn settle<'a>(
+        &'a self,
+        _req: &'a store::SettleRequest,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), store::StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn lease<'a>(
+        &'a self,
+        _now_ms: u64,
+        asks: &'a [store::LeaseAsk],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<store::LeaseGrant>, store::StoreError>>
+    {
+        let grants = asks
+            .iter()
+            .map(|a| store::LeaseGrant {
+                granted: a.want,
+                used: a.want,
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(grants)))
+    }
+    fn budget<'a>(
+        &'a self,
+        _key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(u64, u64), store::StoreError>> {
+        Box::pin(std::future::ready(Ok((0, 0))))
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// What a lease paid for a request that is then refused (here: the store is down and the
+/// limiter fails closed) goes back to the lease.
+#[tokio::test]
+async fn a_request_refused_after_a_lease_paid_gives_it_back() {
+    let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::default());
+    let limiter = Limiter::new(
+        std::sync::Arc::new(LeasesOnly),
+        FailMode::Closed,
+        "n".into(),
+        1,
+        1,
+        metrics,
+    );
+    // The key's limit is leased (1% of 1000 = 10 requests); the route's is too small to be,
+    // so every request still asks the store, which fails.
+    let s = || {
+        subject(
+            Limits {
+                rpm: 1000,
+                ..Limits::default()
+            },
+            Limits {
+                rpm: 100,
+                ..Limits::default()
+            },
+            None,
+        )
+    };
+    let key = format!("sy:{{k:ns/k}}:rpm:{}", now_ms() / 60_000);
+    let first = plan(&s(), now_ms(), Estimate::default).expect("plan");
+    assert!(limiter.admit(first).await.is_err(), "fails closed");
+    for _ in 0..100 {
+        if limiter.lease_left(&key).is_some_and(|l| l > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(limiter.lease_left(&key), Some(10), "the lease arrived");
+    for _ in 0..3 {
+        let p = plan(&s(), now_ms(), Estimate::default).expect("plan");
+        let e = limiter.admit(p).await.expect_err("fails closed");
+        assert_eq!(e.kind, ErrorKind::LimitsUnavailable);
+    }
+    assert_eq!(limiter.lease_left(&key), Some(10), "nothing taken was kept");
 }
