@@ -587,17 +587,20 @@ impl LimitStore for RedisStore {
                 .await?;
             replies
                 .iter()
-                .map(|r| match r {
-                    Value::Array(v) => {
-                        match (v.first().and_then(as_i64), v.get(1).and_then(as_i64)) {
-                            (Some(g), Some(u)) => Ok(LeaseGrant {
-                                granted: g.max(0) as u64,
-                                used: u.max(0) as u64,
-                            }),
-                            _ => Err(StoreError("unexpected reply from the lease script".into())),
+                .map(|r| {
+                    let pair = match r {
+                        Value::Array(v) => {
+                            v.first().and_then(as_i64).zip(v.get(1).and_then(as_i64))
                         }
-                    }
-                    _ => Err(StoreError("unexpected reply from the lease script".into())),
+                        _ => None,
+                    };
+                    let (g, u) = pair.ok_or_else(|| {
+                        StoreError("unexpected reply from the lease script".into())
+                    })?;
+                    Ok(LeaseGrant {
+                        granted: g.max(0) as u64,
+                        used: u.max(0) as u64,
+                    })
                 })
                 .collect()
         }
