@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod limits;
+
 use serde_json::{Value, json};
 use switchyard_tests::certs::CertFiles;
 use switchyard_tests::procs::{Proc, eventually, free_addr, reqwest_lite};
