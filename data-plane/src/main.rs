@@ -326,15 +326,21 @@ fn main() -> Result<()> {
 /// core at a time (see `cache::embed`). Left to themselves, candle's pools would start a
 /// thread per physical core of the machine (not of the pod's CPU limit) for every matrix
 /// product and spin them against each other and the runtime: on one core that made a
-/// 100-token embedding 2.2 times slower. An operator's own `CANDLE_NUM_THREADS` or
-/// `RAYON_NUM_THREADS` wins.
+/// 100-token embedding 2.2 times slower. candle's matrix products read `RAYON_NUM_THREADS`
+/// and its own pool `CANDLE_NUM_THREADS`: an operator who sets either sets both; neither set
+/// means one.
 #[allow(unsafe_code)]
 fn one_compute_thread() {
-    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+    const VARS: [&str; 2] = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"];
+    let chosen = VARS
+        .iter()
+        .find_map(std::env::var_os)
+        .unwrap_or_else(|| "1".into());
+    for var in VARS {
         if std::env::var_os(var).is_none() {
             // SAFETY: called first in `main`, before the runtime or anything else starts a
             // thread, so nothing reads the environment concurrently.
-            unsafe { std::env::set_var(var, "1") };
+            unsafe { std::env::set_var(var, &chosen) };
         }
     }
 }

@@ -4,8 +4,8 @@
 //! Query, key and value are one matrix product; GELU and softmax are loops the compiler
 //! vectorises (`libm`'s `erff` alone was 13% of an embedding through candle's op).
 
-use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_core::{Device, Result, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 /// A linear layer `x · Wᵀ + b`.
@@ -34,8 +34,57 @@ impl Linear {
     }
 }
 
-fn layer_norm(vb: VarBuilder<'_>, size: usize, eps: f64) -> Result<LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb)
+/// Layer normalisation over each token's features. candle's own runs on rayon's global pool,
+/// which would put every embedding's norms through one shared thread.
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder<'_>, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            gamma: vb.get(size, "weight")?.to_vec1()?,
+            beta: vb.get(size, "bias")?.to_vec1()?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `x` is `[tokens, hidden]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.shape().clone();
+        let width = self.gamma.len();
+        let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+        let inv = 1.0 / width as f32;
+        for row in v.chunks_exact_mut(width) {
+            // Two passes (mean, then squared deviations), as exact as the reference's.
+            let mean = lanes(row, 0.0, |a, b| a + b) * inv;
+            for e in row.iter_mut() {
+                *e -= mean;
+            }
+            let var = squares(row) * inv;
+            let scale = 1.0 / (var + self.eps).sqrt();
+            for ((e, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *e = *e * scale * g + b;
+            }
+        }
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+}
+
+/// The sum of squares of `xs`, in eight lanes.
+#[inline(always)]
+fn squares(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x * x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|x| x * x).sum::<f32>()
 }
 
 struct Layer {
@@ -71,6 +120,19 @@ impl Encoder {
         if heads == 0 || !hidden.is_multiple_of(heads) {
             candle_core::bail!("hidden_size {hidden} is not a multiple of {heads} heads");
         }
+        // Weights saved from a model with heads (BertForMaskedLM and alike) sit under the
+        // model type's name, as candle's own loader also accepts.
+        let vb = match &config.model_type {
+            Some(prefix)
+                if !vb.contains_tensor("embeddings.word_embeddings.weight")
+                    && vb.contains_tensor(&format!(
+                        "{prefix}.embeddings.word_embeddings.weight"
+                    )) =>
+            {
+                vb.pp(prefix)
+            }
+            _ => vb,
+        };
         let eps = config.layer_norm_eps;
         let inter = config.intermediate_size;
         let emb = vb.pp("embeddings");
@@ -92,10 +154,10 @@ impl Encoder {
                         &stack("bias", &[hidden])?,
                     )?,
                     attention_out: Linear::load(&at.pp("output.dense"), hidden, hidden)?,
-                    attention_norm: layer_norm(at.pp("output.LayerNorm"), hidden, eps)?,
+                    attention_norm: LayerNorm::load(at.pp("output.LayerNorm"), hidden, eps)?,
                     intermediate: Linear::load(&vb.pp("intermediate.dense"), inter, hidden)?,
                     output: Linear::load(&vb.pp("output.dense"), hidden, inter)?,
-                    output_norm: layer_norm(vb.pp("output.LayerNorm"), hidden, eps)?,
+                    output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), hidden, eps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -109,7 +171,7 @@ impl Encoder {
             token_types: emb
                 .pp("token_type_embeddings")
                 .get((config.type_vocab_size, hidden), "weight")?,
-            embeddings_norm: layer_norm(emb.pp("LayerNorm"), hidden, eps)?,
+            embeddings_norm: LayerNorm::load(emb.pp("LayerNorm"), hidden, eps)?,
             layers,
             heads,
             head_size: hidden / heads,

@@ -351,6 +351,28 @@ mod tests {
         ),
     ];
 
+    #[test]
+    fn weights_saved_under_the_model_type_load_too() {
+        let dir = files(&switchyard_tests::assets::embedding_model()).expect("files");
+        let mut config: Config =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config"))
+                .expect("config");
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+            .expect("weights");
+        let prefixed: std::collections::HashMap<_, _> = tensors
+            .into_iter()
+            .map(|(k, v)| (format!("bert.{k}"), v))
+            .collect();
+        let vb = VarBuilder::from_tensors(prefixed, DType::F32, &Device::Cpu);
+        assert_eq!(config.model_type.as_deref(), Some("bert"));
+        assert!(bert::Encoder::load(vb.clone(), &config).is_ok());
+        config.model_type = None;
+        assert!(
+            bert::Encoder::load(vb, &config).is_err(),
+            "without a model type the prefix is not guessed"
+        );
+    }
+
     /// The thresholds routes use (the default is 0.9).
     const THRESHOLDS: [f32; 4] = [0.7, 0.8, 0.9, 0.95];
 
