@@ -59,11 +59,11 @@ impl LayerNorm {
         let inv = 1.0 / width as f32;
         for row in v.chunks_exact_mut(width) {
             // Two passes (mean, then squared deviations), as exact as the reference's.
-            let mean = lanes(row, 0.0, |a, b| a + b) * inv;
+            let mean = lanes(row, 0.0, |a, x| a + x, |a, b| a + b) * inv;
             for e in row.iter_mut() {
                 *e -= mean;
             }
-            let var = squares(row) * inv;
+            let var = lanes(row, 0.0, |a, x| a + x * x, |a, b| a + b) * inv;
             let scale = 1.0 / (var + self.eps).sqrt();
             for ((e, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
                 *e = *e * scale * g + b;
@@ -71,20 +71,6 @@ impl LayerNorm {
         }
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
-}
-
-/// The sum of squares of `xs`, in eight lanes.
-#[inline(always)]
-fn squares(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x * x;
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().map(|x| x * x).sum::<f32>()
 }
 
 struct Layer {
@@ -239,11 +225,11 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let width = shape.dims().last().copied().unwrap_or(1).max(1);
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
     for row in v.chunks_mut(width) {
-        let max = lanes(row, f32::NEG_INFINITY, f32::max);
+        let max = lanes(row, f32::NEG_INFINITY, f32::max, f32::max);
         for e in row.iter_mut() {
             *e = exp(*e - max);
         }
-        let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+        let inv = 1.0 / lanes(row, 0.0, |a, x| a + x, |a, b| a + b);
         for e in row.iter_mut() {
             *e *= inv;
         }
@@ -251,20 +237,25 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// Folds `xs` with `f` in eight independent lanes (a floating-point fold in one chain does
-/// not vectorise: its order is part of its result).
+/// Folds `xs` with `step` in eight independent lanes, then joins the lanes with `join` (a
+/// floating-point fold in one chain does not vectorise: its order is part of its result).
 #[inline(always)]
-fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+fn lanes(
+    xs: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    join: impl Fn(f32, f32) -> f32,
+) -> f32 {
     let mut acc = [init; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for (a, &x) in acc.iter_mut().zip(c) {
-            *a = f(*a, x);
+            *a = step(*a, x);
         }
     }
-    rest.iter()
-        .fold(acc.into_iter().reduce(&f).unwrap_or(init), |a, &b| f(a, b))
+    let joined = acc.into_iter().reduce(join).unwrap_or(init);
+    rest.iter().fold(joined, |a, &x| step(a, x))
 }
 
 /// The error function to within 1e-6 (Abramowitz and Stegun 7.1.26, 1.5e-7, in f32), without branches or
