@@ -20,6 +20,7 @@ mod limits;
 mod nginx;
 mod peers;
 mod scale;
+mod scaling;
 mod semantic;
 mod tracing;
 
@@ -61,6 +62,8 @@ pub(crate) enum Only {
     Stream,
     /// d: limits and a budget, in Redis and in memory.
     Limits,
+    /// m: two workers on two cores against one on one.
+    Scaling,
 }
 
 struct Proc(Child);
@@ -203,6 +206,26 @@ fn get_text(url: &str) -> Result<String> {
         let body = r.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
     })
+}
+
+/// The CPU time a process has used, user and system (from `/proc`; `None` elsewhere).
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let per_second = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    Some(ticks / per_second)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -415,11 +438,16 @@ struct Row {
     errors: u64,
 }
 
-/// What a scenario module measured: rows for the table and a sentence for the report.
+/// What a scenario module measured: rows for the table, a sentence for the report, and the
+/// targets it measures (what, measured, met).
 pub(super) struct Measured {
     pub(super) rows: Vec<(String, WrkResult)>,
     pub(super) summary: String,
+    pub(super) targets: Vec<Target>,
 }
+
+/// A row of the targets table: what, as measured, whether met.
+pub(super) type Target = (String, String, bool);
 
 /// Runs the benchmark.
 pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
@@ -573,6 +601,56 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         format!("{:.0}%", ratio32 * 100.0),
         ratio32 >= 0.5,
     ));
+    // a and b again against nginx (one worker, canned completion): the faster upstream.
+    // Only the runs whose scenarios compare with it (d and m use nginx as their upstream).
+    let mut vs_nginx = None;
+    let mut nginx_direct = None;
+    if let Some((_, nginx_url)) = nginx
+        .as_ref()
+        .filter(|_| matches!(opts.only, None | Some(Only::Limits) | Some(Only::Scaling)))
+    {
+        let direct = format!("{nginx_url}/v1/chat/completions");
+        let body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-nginx\"");
+        let hdr = [("Authorization", auth.as_str())];
+        let dc1 = wrk(&direct, 1, d, &[], &body, &wrk_dir)?;
+        record("nginx direct", "a: chat c=1", &dc1);
+        let gc1 = wrk(&gateway, 1, d, &hdr, &body, &wrk_dir)?;
+        record("via nginx", "a: chat c=1", &gc1);
+        let dc32 = wrk(&direct, 32, d, &[], &body, &wrk_dir)?;
+        record("nginx direct", "b: chat c=32", &dc32);
+        let gc32 = wrk(&gateway, 32, d, &hdr, &body, &wrk_dir)?;
+        record("via nginx", "b: chat c=32", &gc32);
+        let added = gc1.p50_us - dc1.p50_us;
+        let ratio = if dc32.rps > 0.0 {
+            gc32.rps / dc32.rps
+        } else {
+            0.0
+        };
+        targets.push((
+            "vs nginx: added latency p50 <= 50 us at c=1".into(),
+            format!("{added:.0} us"),
+            added <= 50.0,
+        ));
+        targets.push((
+            "vs nginx: throughput c=32 >= 50% of direct".into(),
+            format!("{:.0}%", ratio * 100.0),
+            ratio >= 0.5,
+        ));
+        vs_nginx = Some((added, gc1.p50_us / dc1.p50_us.max(1.0), ratio));
+        nginx_direct = Some((nginx_url.clone(), body, (dc1.p50_us, dc32.rps)));
+    }
+
+    let scaling_body = nginx_direct
+        .as_ref()
+        .map_or(body.as_str(), |(_, b, _)| b.as_str());
+    if opts.only == Some(Only::Scaling) {
+        let m = scaling::run(&bin, &work, d, &auth, scaling_body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        println!("m: {}", m.summary);
+        return Ok(());
+    }
     if opts.only == Some(Only::Guardrails) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -613,18 +691,24 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     // loads a BPE table; a-c and e keep measuring the plain path).
     let scenario_d = if matches!(opts.only, None | Some(Only::Limits)) {
         let limited_body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-limited\"");
-        match limits::run(
-            &bin,
-            &work,
-            &mock_url,
-            d,
-            &limited_body,
-            (direct_c1.p50_us, direct_c32),
-        )? {
+        let upstream = match &nginx_direct {
+            Some((url, _, direct)) => limits::Upstream {
+                url,
+                name: "nginx",
+                direct: *direct,
+            },
+            None => limits::Upstream {
+                url: &mock_url,
+                name: "mock",
+                direct: (direct_c1.p50_us, direct_c32),
+            },
+        };
+        match limits::run(&bin, &work, &upstream, d, &limited_body)? {
             Some(m) => {
                 for (scenario, r) in &m.rows {
                     record("switchyard", scenario, r);
                 }
+                targets.extend(m.targets);
                 m.summary
             }
             None => "skipped: redis-server is not installed".to_owned(),
@@ -660,6 +744,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         for (scenario, r) in j.rows.iter().chain(&k.rows) {
             record("switchyard", scenario, r);
         }
+        targets.extend(k.targets);
         (j.summary, k.summary)
     };
     println!("j: {scenario_j}");
@@ -667,39 +752,6 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     if opts.only == Some(Only::Cache) {
         return Ok(());
     }
-    // a and b again against nginx (one worker, canned completion): the faster upstream.
-    let mut vs_nginx = None;
-    if let Some((_, nginx_url)) = &nginx {
-        let direct = format!("{nginx_url}/v1/chat/completions");
-        let body = body.replace("\"model\":\"bench\"", "\"model\":\"bench-nginx\"");
-        let hdr = [("Authorization", auth.as_str())];
-        let dc1 = wrk(&direct, 1, d, &[], &body, &wrk_dir)?;
-        record("nginx direct", "a: chat c=1", &dc1);
-        let gc1 = wrk(&gateway, 1, d, &hdr, &body, &wrk_dir)?;
-        record("via nginx", "a: chat c=1", &gc1);
-        let dc32 = wrk(&direct, 32, d, &[], &body, &wrk_dir)?;
-        record("nginx direct", "b: chat c=32", &dc32);
-        let gc32 = wrk(&gateway, 32, d, &hdr, &body, &wrk_dir)?;
-        record("via nginx", "b: chat c=32", &gc32);
-        let added = gc1.p50_us - dc1.p50_us;
-        let ratio = if dc32.rps > 0.0 {
-            gc32.rps / dc32.rps
-        } else {
-            0.0
-        };
-        targets.push((
-            "vs nginx: added latency p50 <= 50 us at c=1".into(),
-            format!("{added:.0} us"),
-            added <= 50.0,
-        ));
-        targets.push((
-            "vs nginx: throughput c=32 >= 50% of direct".into(),
-            format!("{:.0}%", ratio * 100.0),
-            ratio >= 0.5,
-        ));
-        vs_nginx = Some((added, gc1.p50_us / dc1.p50_us.max(1.0), ratio));
-    }
-
     println!("d: {scenario_d}");
 
     // g. one of two endpoints failing 30% of its requests.
@@ -728,11 +780,36 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
             for (scenario, r) in &m.rows {
                 record("switchyard", scenario, r);
             }
+            targets.extend(m.targets);
             m.summary
         }
         None => "skipped (the collector could not be built)".to_owned(),
     };
     println!("l: {scenario_l}");
+
+    // m. two workers on two cores against one on one, on the faster upstream.
+    let scenario_m = {
+        let m = scaling::run(&bin, &work, d, &auth, scaling_body)?;
+        for (scenario, r) in &m.rows {
+            record("switchyard", scenario, r);
+        }
+        targets.extend(m.targets);
+        m.summary
+    };
+    println!("m: {scenario_m}");
+
+    // Instructions per plain request with the access log on (the default), counted under
+    // callgrind on this run's binaries: release builds only, valgrind installed.
+    if opts.release
+        && !opts.smoke
+        && let Some(n) = logged_instructions(root, &bin)
+    {
+        targets.push((
+            "instructions per plain request, access log on <= 60k".into(),
+            format!("{:.1}k", n as f64 / 1000.0),
+            n <= 60_000,
+        ));
+    }
 
     // c. streaming, 64 chunks.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -875,6 +952,13 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         md,
         "- Upstreams: `switchyard-mock-llm` (hyper, 0 ms, 1 worker) and nginx (1 worker, canned completion), OpenAI wire format; ~1 KB chat request, 16-token answer; the gateway authenticates a virtual key on every request."
     );
+    if !peer_notes.is_empty() {
+        let _ = writeln!(
+            md,
+            "- Peers (same mock, same placement): {}.",
+            peer_notes.join("; ")
+        );
+    }
     let _ = writeln!(md, "- Duration per point: {} s.\n", d.as_secs());
     let _ = writeln!(
         md,
@@ -915,6 +999,7 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
     let _ = writeln!(md, "- j. {scenario_j}.");
     let _ = writeln!(md, "- k. {scenario_k}.");
     let _ = writeln!(md, "- l. {scenario_l}.");
+    let _ = writeln!(md, "- m. {scenario_m}.");
     let _ = writeln!(
         md,
         "- e. resident memory: idle {:.1} MB; peak {:.1} MB with {streams} concurrent open streams ({completed} completed).",
@@ -964,6 +1049,38 @@ pub(crate) fn run(root: &Path, opts: &BenchOpts) -> Result<()> {
         work.join("results.json").display()
     );
     Ok(())
+}
+
+/// Instructions per plain request with the access log on: `tools/instructions.sh`'s `logged`
+/// case on `bin`'s data plane and mock. `None` (and a line saying why) when it cannot run.
+fn logged_instructions(root: &Path, bin: &Path) -> Option<u64> {
+    let out = Command::new("bash")
+        .arg(root.join("tools/instructions.sh"))
+        .arg(bin.join("switchyard-data-plane"))
+        .arg(bin.join("switchyard-mock-llm"))
+        .env("INSTRUCTIONS_CASES", "logged")
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            println!(
+                "instructions: not counted: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("instructions: not counted: {e}");
+            return None;
+        }
+    };
+    let n = text
+        .lines()
+        .find_map(|l| l.strip_prefix("logged ")?.trim().parse().ok());
+    if let Some(n) = n {
+        println!("instructions per plain request, access log on: {n}");
+    }
+    n
 }
 
 /// A bar chart of throughput and p99 per gateway and scenario.

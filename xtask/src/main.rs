@@ -71,6 +71,10 @@ enum Cmd {
         /// Redis and in memory: c=1 and c=32), printed; docs/ is left alone.
         #[arg(long)]
         limits_only: bool,
+        /// Only scenarios a, b and m (two workers on two cores against one on one: c=32 and
+        /// requests per gateway CPU-second), printed; docs/ is left alone.
+        #[arg(long)]
+        scaling_only: bool,
         /// Use the binaries in DIR instead of building them (to compare two trees' builds
         /// in one session, run after run).
         #[arg(long, value_name = "DIR")]
@@ -127,6 +131,7 @@ fn main() -> Result<()> {
             tracing_only,
             stream_only,
             limits_only,
+            scaling_only,
             bin_dir,
         } => bench::run(
             &root(),
@@ -144,6 +149,7 @@ fn main() -> Result<()> {
                     (tracing_only, bench::Only::Tracing),
                     (stream_only, bench::Only::Stream),
                     (limits_only, bench::Only::Limits),
+                    (scaling_only, bench::Only::Scaling),
                 ]
                 .into_iter()
                 .find_map(|(on, only)| on.then_some(only)),

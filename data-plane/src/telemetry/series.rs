@@ -112,7 +112,9 @@ pub struct Series<L, M> {
 
 #[derive(Debug)]
 struct SeriesInner<L, M> {
-    map: RwLock<HashMap<L, M>>,
+    /// foldhash: the label sets are the config's (routes, models, providers), never a
+    /// client's free text (`RouteTable::model_label`).
+    map: RwLock<HashMap<L, M, foldhash::fast::RandomState>>,
     make: fn() -> M,
 }
 

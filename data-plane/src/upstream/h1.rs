@@ -65,11 +65,14 @@ struct Idle {
     since: StdInstant,
 }
 
+type IdleMap = HashMap<Authority, VecDeque<Idle>, foldhash::fast::RandomState>;
+
 struct Inner {
     settings: ClientSettings,
     counts: Counts,
-    /// Idle connections by upstream authority, the most recently used last.
-    idle: Mutex<HashMap<Authority, VecDeque<Idle>>>,
+    /// Idle connections by upstream authority (the config's endpoints: foldhash), the most
+    /// recently used last.
+    idle: Mutex<IdleMap>,
 }
 
 /// The idle HTTP/1.1 connections to plain-HTTP upstreams, by authority.
@@ -97,7 +100,7 @@ impl Pool {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, VecDeque<Idle>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         self.inner
             .idle
             .lock()

@@ -60,5 +60,9 @@ pub(super) fn run(
         off.1.rps,
         parts.join("; ")
     );
-    Ok(Measured { rows, summary })
+    Ok(Measured {
+        rows,
+        summary,
+        targets: Vec::new(),
+    })
 }

@@ -43,5 +43,6 @@ pub(super) fn run(
             ("j: cache hit c=32".into(), c32),
         ],
         summary,
+        targets: Vec::new(),
     })
 }

@@ -133,5 +133,9 @@ pub(super) fn run(bin: &Path, work: &Path, duration: Duration, body: &str) -> Re
         healthy.rps,
         failing.rps,
     );
-    Ok(Measured { rows, summary })
+    Ok(Measured {
+        rows,
+        summary,
+        targets: Vec::new(),
+    })
 }

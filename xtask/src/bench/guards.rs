@@ -50,6 +50,7 @@ pub(super) fn run(
             ("h: chat c=32, PII guardrail".into(), on),
         ],
         summary,
+        targets: Vec::new(),
     })
 }
 

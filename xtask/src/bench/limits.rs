@@ -98,6 +98,19 @@ pub(super) fn start_gateway_admin(
     name: &str,
     extra: &[String],
 ) -> Result<(Proc, String, String)> {
+    start_gateway_on(bin, work, config, name, extra, "0", "1")
+}
+
+/// [`start_gateway_admin`] on the CPUs `cpus` (taskset's list) with `workers` Tokio workers.
+pub(super) fn start_gateway_on(
+    bin: &Path,
+    work: &Path,
+    config: &str,
+    name: &str,
+    extra: &[String],
+    cpus: &str,
+    workers: &str,
+) -> Result<(Proc, String, String)> {
     let (api, admin) = (free_port(), free_port());
     let mut args = vec![
         "--config".to_owned(),
@@ -110,10 +123,10 @@ pub(super) fn start_gateway_admin(
     args.extend_from_slice(extra);
     let p = spawn(
         "switchyard-pinned",
-        Some("0"),
+        Some(cpus),
         &bin.join("switchyard-data-plane"),
         &args,
-        &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "warn")],
+        &[("TOKIO_WORKER_THREADS", workers), ("RUST_LOG", "warn")],
         &work.join(format!("gateway-{name}.log")),
     )?;
     wait_http(
@@ -127,16 +140,25 @@ pub(super) fn start_gateway_admin(
     ))
 }
 
+/// The upstream scenario d's gateways call, and (c=1 p50, c=32 req/s) of the direct path to it.
+pub(super) struct Upstream<'a> {
+    pub(super) url: &'a str,
+    /// "nginx" or "mock".
+    pub(super) name: &'a str,
+    pub(super) direct: (f64, f64),
+}
+
 /// Runs scenario d on two gateways with the limits config: one counting in Redis, one in
-/// memory. `direct` is (c=1 p50, c=32 req/s) of the direct path. `None` without Redis.
+/// memory, both calling `upstream` (nginx when installed). `None` without Redis.
 pub(super) fn run(
     bin: &Path,
     work: &Path,
-    mock: &str,
+    upstream: &Upstream<'_>,
     duration: Duration,
     body: &str,
-    direct: (f64, f64),
 ) -> Result<Option<Measured>> {
+    let (mock, direct) = (upstream.url, upstream.direct);
+    let direct_name = format!("{} direct", upstream.name);
     let Some((_redis, redis_url)) = start_redis(work)? else {
         return Ok(None);
     };
@@ -172,7 +194,8 @@ pub(super) fn run(
         find("d: limits+budget memory c=32"),
     );
     let summary = format!(
-        "auth + RPM/TPM/parallel limits on key and route + monthly budget, every request: Redis c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); in memory c=1 p50 {:.0} us ({:.0} us over direct), c=32 {:.0} req/s ({:.0}% of direct); errors {}; idle RSS with the o200k BPE table loaded {:.1} MB",
+        "auth + RPM/TPM/parallel limits on key and route + monthly budget, every request, upstream {}: Redis c=1 p50 {:.0} us ({:.0} us over {direct_name}), c=32 {:.0} req/s ({:.0}% of {direct_name}); in memory c=1 p50 {:.0} us ({:.0} us over {direct_name}), c=32 {:.0} req/s ({:.0}% of {direct_name}); errors {}; idle RSS with the o200k BPE table loaded {:.1} MB",
+        upstream.name,
         r1.p50_us,
         r1.p50_us - direct.0,
         r32.rps,
@@ -184,5 +207,16 @@ pub(super) fn run(
         r1.errors + r32.errors + m1.errors + m32.errors,
         rss.first().copied().unwrap_or(0) as f64 / 1024.0,
     );
-    Ok(Some(Measured { rows, summary }))
+    // Issue 25's target, against the faster of the two direct paths.
+    let share = 100.0 * r32.rps / direct.1.max(1.0);
+    let targets = vec![(
+        format!("Redis limits + budget: c=32 >= 35% of {direct_name}"),
+        format!("{share:.0}%"),
+        share >= 35.0,
+    )];
+    Ok(Some(Measured {
+        rows,
+        summary,
+        targets,
+    }))
 }
