@@ -181,12 +181,7 @@ pub(super) fn run(
             rows.push((format!("d: limits+budget {name} c={c}"), r));
         }
     }
-    let find = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default()
-    };
+    let find = |name: &str| super::row(&rows, name);
     let (r1, r32, m1, m32) = (
         find("d: limits+budget redis c=1"),
         find("d: limits+budget redis c=32"),

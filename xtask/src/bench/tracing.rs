@@ -143,11 +143,7 @@ pub(super) fn run(
     );
     // Issue 25's target: tracing every request costs at most 10% of the default's (access
     // log on) throughput at c=32.
-    let c32 = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| *n == format!("l: telemetry {name} c=32"))
-            .map_or(0.0, |(_, r)| r.rps)
-    };
+    let c32 = |name: &str| super::row(&rows, &format!("l: telemetry {name} c=32")).rps;
     let cost = 100.0 * (1.0 - c32("access-log+traces") / c32("access-log").max(1.0));
     let targets = vec![(
         "100% tracing over OTLP/gRPC: c=32 throughput cost <= 10%".to_owned(),
